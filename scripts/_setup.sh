@@ -1,0 +1,51 @@
+# Shared set-up for scripts/demo, scripts/test and scripts/bench: sourced, not run.
+# Installs what the project needs on a fresh Debian 12 machine (as root) and activates .venv.
+# Idempotent and quick when everything is already there.
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export ROOT
+
+# Debian packages: the TPM simulator and TSS for the agent, tools used as independent oracles.
+APT_BASE=(python3-venv python3-dev gcc pkg-config libtss2-dev swtpm swtpm-tools tpm2-tools)
+
+log() { printf '[assay] %s\n' "$*" >&2; }
+
+ensure_apt() {
+    local missing=() p
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" -ne 0 ]; then
+        log "missing Debian packages: ${missing[*]} (run as root, or install them)"; return 1
+    fi
+    log "installing Debian packages: ${missing[*]}"
+    if [ -z "${ASSAY_APT_UPDATED:-}" ]; then
+        apt-get update -qq >/dev/null || { log "apt-get update failed"; return 1; }
+        export ASSAY_APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+        || { log "apt-get install ${missing[*]} failed"; return 1; }
+}
+
+ensure_venv() {
+    local stamp="$ROOT/.venv/.assay-installed" want
+    want=$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)
+    if [ ! -x "$ROOT/.venv/bin/python" ]; then
+        log "creating .venv"
+        python3 -m venv "$ROOT/.venv" || { log "python3 -m venv failed"; return 1; }
+    fi
+    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+        log "installing Python packages into .venv"
+        "$ROOT/.venv/bin/pip" install -q --upgrade pip >/dev/null
+        "$ROOT/.venv/bin/pip" install -q -e "$ROOT[agent,postgres,dev]" \
+            || { log "pip install failed"; return 1; }
+        echo "$want" > "$stamp"
+    fi
+    # shellcheck disable=SC1091
+    . "$ROOT/.venv/bin/activate"
+}
+
+ensure_base() {
+    ensure_apt "${APT_BASE[@]}" && ensure_venv
+}
