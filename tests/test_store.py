@@ -1,0 +1,200 @@
+"""The store against SQLite and a real PostgreSQL: schema, nonces, logs, tokens."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import func, select
+
+from tests.postgres import postgres_server, postgres_url  # noqa: F401
+from verifier.store import Store, repo, upgrade
+from verifier.store.migrate import current_revision, head_revision
+from verifier.store.models import Base, EventLogBlob, Node
+
+NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        url = str(tmp_path / "assay.db")
+    else:
+        url = request.getfixturevalue("postgres_url")
+    s = Store(url)
+    upgrade(s)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def _node(s: Store, name: str = "n1") -> int:
+    with s.write() as db:
+        node = Node(
+            name=name,
+            ek_public=b"ek",
+            ek_fingerprint="aa" * 32,
+            ak_public=b"ak",
+            ak_name=b"n",
+            labels={"rack": "r1"},
+            state="enrolled",
+            state_since=NOW,
+            reason="",
+            enrolled_at=NOW,
+            golden_versions=[],
+        )
+        db.add(node)
+        db.flush()
+        return node.id
+
+
+def test_migrations_create_exactly_the_models_schema(store: Store) -> None:
+    assert current_revision(store) == head_revision() == "0001"
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+
+
+def test_upgrade_twice_is_a_no_op(store: Store) -> None:
+    assert upgrade(store) == "0001"
+
+
+def test_times_round_trip_as_aware_utc(store: Store) -> None:
+    node_id = _node(store)
+    with store.read() as db:
+        node = db.get(Node, node_id)
+        assert node is not None
+        assert node.enrolled_at == NOW
+        assert node.enrolled_at.tzinfo is dt.UTC
+        assert node.labels == {"rack": "r1"}
+
+
+def test_nonce_is_consumed_once_then_reported_reused(store: Store) -> None:
+    node_id = _node(store)
+    with store.write() as db:
+        nonce = repo.issue_nonce(db, node_id, lifetime=dt.timedelta(seconds=60), now=NOW).nonce
+    assert len(nonce) == 32
+    with store.write() as db:
+        assert repo.consume_nonce(db, node_id, nonce, NOW) is None
+    with store.write() as db:
+        assert repo.consume_nonce(db, node_id, nonce, NOW) == "nonce_reused"
+
+
+def test_nonce_refusals_name_the_reason(store: Store) -> None:
+    a, b = _node(store, "a"), _node(store, "b")
+    with store.write() as db:
+        nonce = repo.issue_nonce(db, a, lifetime=dt.timedelta(seconds=60), now=NOW).nonce
+    with store.write() as db:
+        assert repo.consume_nonce(db, b, nonce, NOW) == "nonce_wrong_node"
+        assert repo.consume_nonce(db, a, b"\x00" * 32, NOW) == "nonce_unknown"
+        later = NOW + dt.timedelta(seconds=61)
+        assert repo.consume_nonce(db, a, nonce, later) == "nonce_expired"
+    with store.write() as db:  # none of the refusals used it up
+        assert repo.consume_nonce(db, a, nonce, NOW + dt.timedelta(seconds=59)) is None
+
+
+def test_concurrent_consumers_win_exactly_once(store: Store) -> None:
+    node_id = _node(store)
+    with store.write() as db:
+        nonce = repo.issue_nonce(db, node_id, lifetime=dt.timedelta(seconds=60), now=NOW).nonce
+    results: list[str | None] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(8)
+
+    def consume() -> None:
+        barrier.wait()
+        with store.write() as db:
+            r = repo.consume_nonce(db, node_id, nonce, NOW)
+        with lock:
+            results.append(r)
+
+    threads = [threading.Thread(target=consume) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results, key=str) == [None] + ["nonce_reused"] * 7
+
+
+def test_outstanding_nonces_per_node_are_bounded(store: Store) -> None:
+    node_id = _node(store)
+    with store.write() as db:
+        issued = [
+            repo.issue_nonce(db, node_id, lifetime=dt.timedelta(seconds=60), now=NOW, keep=4).nonce
+            for _ in range(10)
+        ]
+    with store.write() as db:
+        assert repo.consume_nonce(db, node_id, issued[0], NOW) == "nonce_unknown"
+        assert repo.consume_nonce(db, node_id, issued[-1], NOW) is None
+
+
+def test_event_log_is_stored_once_per_digest(store: Store) -> None:
+    for _ in range(3):
+        with store.write() as db:
+            repo.put_event_log(db, "ab" * 32, b"log bytes", NOW)
+    with store.read() as db:
+        assert db.scalar(select(func.count()).select_from(EventLogBlob)) == 1
+        assert repo.get_event_log(db, "ab" * 32) == b"log bytes"
+        assert repo.get_event_log(db, "cd" * 32) is None
+
+
+def test_single_use_token_is_used_once(store: Store) -> None:
+    with store.write() as db:
+        secret, row = repo.create_token(db, "enroll", expires_at=None, single_use=True, now=NOW)
+        token_id = row.id
+    with store.read() as db:
+        found = repo.find_token(db, secret)
+        assert found is not None and found.role == "enroll"
+        assert repo.find_token(db, secret + "x") is None
+    with store.write() as db:
+        assert repo.use_single_use_token(db, token_id, NOW)
+    with store.write() as db:
+        assert not repo.use_single_use_token(db, token_id, NOW)
+
+
+def test_token_role_must_be_known(store: Store) -> None:
+    with store.write() as db, pytest.raises(ValueError, match="unknown role"):
+        repo.create_token(db, "root", expires_at=None)
+
+
+def test_golden_assignment_by_label_selector(store: Store) -> None:
+    with store.write() as db:
+        assert repo.assign(db, "fleet", {"pool": "gpu"}, NOW)
+        assert not repo.assign(db, "fleet", {"pool": "gpu"}, NOW)
+        assert repo.assign(db, "base", {}, NOW)
+    with store.read() as db:
+        assignments = repo.list_assignments(db)
+        assert repo.golden_names_for({"pool": "gpu", "x": "y"}, assignments) == {"fleet", "base"}
+        assert repo.golden_names_for({"pool": "cpu"}, assignments) == {"base"}
+
+
+def test_sqlite_writers_in_many_threads_never_hit_database_is_locked(tmp_path: Path) -> None:
+    s = Store(str(tmp_path / "busy.db"))
+    upgrade(s)
+    errors: list[BaseException] = []
+
+    def writer(i: int) -> None:
+        try:
+            for j in range(20):
+                with s.write() as db:
+                    repo.audit(db, f"t{i}", "test", f"x{j}")
+                    db.flush()
+                    repo.list_audit(db, limit=1)
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with s.read() as db:
+        assert len(repo.list_audit(db, limit=1000)) == 160
+    s.close()

@@ -1,0 +1,8 @@
+"""The verifier's persistent state: models, migrations, repository functions."""
+
+from __future__ import annotations
+
+from .engine import Store, database_url, make_engine
+from .migrate import upgrade
+
+__all__ = ["Store", "database_url", "make_engine", "upgrade"]

@@ -1,0 +1,200 @@
+"""The verifier's tables (SQLAlchemy 2 declarative models).
+
+The schema is created and changed only by the Alembic migrations in ``migrations/``; these models
+must match them (``tests/test_store.py`` compares the two). Times are stored as naive UTC and read
+back as aware UTC (``UtcDateTime``), so SQLite and PostgreSQL behave the same.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UtcDateTime(TypeDecorator[dt.datetime]):
+    """A timestamp stored as naive UTC, returned as an aware UTC datetime."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(dt.UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, dt.datetime)
+        return value.replace(tzinfo=dt.UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Node(Base):
+    __tablename__ = "nodes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(253), unique=True)
+    ek_public: Mapped[bytes] = mapped_column(LargeBinary)
+    ek_fingerprint: Mapped[str] = mapped_column(String(64), index=True)
+    ek_cert_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    ak_public: Mapped[bytes] = mapped_column(LargeBinary)
+    ak_name: Mapped[bytes] = mapped_column(LargeBinary)
+    labels: Mapped[dict[str, str]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    state_since: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    replace_allowed: Mapped[bool] = mapped_column(Boolean, default=False)
+    last_attestation_id: Mapped[int | None] = mapped_column(Integer)
+    last_attested_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    last_success_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    last_reset_count: Mapped[int | None] = mapped_column(Integer)
+    last_restart_count: Mapped[int | None] = mapped_column(Integer)
+    last_reboot_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    boot_log_sha256: Mapped[str | None] = mapped_column(String(64))
+    golden_versions: Mapped[list[str]] = mapped_column(JSON, default=list)
+    enrolled_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class Enrollment(Base):
+    """A pending credential-activation challenge: step ``challenged`` → ``activated``/``failed``."""
+
+    __tablename__ = "enrollments"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    node_name: Mapped[str] = mapped_column(String(253), index=True)
+    labels: Mapped[dict[str, str]] = mapped_column(JSON)
+    ek_public: Mapped[bytes] = mapped_column(LargeBinary)
+    ek_fingerprint: Mapped[str] = mapped_column(String(64))
+    ek_cert_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    ak_public: Mapped[bytes] = mapped_column(LargeBinary)
+    ak_name: Mapped[bytes] = mapped_column(LargeBinary)
+    secret_sha256: Mapped[bytes] = mapped_column(LargeBinary)
+    step: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    token_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    expires_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class Nonce(Base):
+    """A verifier-chosen quote nonce; consumed once by a conditional UPDATE (any instance)."""
+
+    __tablename__ = "nonces"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), index=True)
+    nonce: Mapped[bytes] = mapped_column(LargeBinary, unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    expires_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    used_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+
+
+class EventLogBlob(Base):
+    """A raw event log, content-addressed: stored once per boot, shared by its attestations."""
+
+    __tablename__ = "event_logs"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class Attestation(Base):
+    __tablename__ = "attestations"
+    __table_args__ = (Index("ix_attestations_node_time", "node_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    source: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    verdict: Mapped[dict[str, Any]] = mapped_column(JSON)
+    nonce: Mapped[bytes] = mapped_column(LargeBinary)
+    quote: Mapped[bytes] = mapped_column(LargeBinary)
+    signature: Mapped[bytes] = mapped_column(LargeBinary)
+    pcrs: Mapped[dict[str, dict[str, str]]] = mapped_column(JSON)
+    event_log_sha256: Mapped[str | None] = mapped_column(ForeignKey("event_logs.sha256"))
+    agent_version: Mapped[str] = mapped_column(String(64), default="")
+    reset_count: Mapped[int | None] = mapped_column(Integer)
+    restart_count: Mapped[int | None] = mapped_column(Integer)
+    reboot: Mapped[bool] = mapped_column(Boolean, default=False)
+    golden_versions: Mapped[list[str]] = mapped_column(JSON, default=list)
+
+
+class GoldenSetRow(Base):
+    __tablename__ = "golden_sets"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_golden_name_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), index=True)
+    version: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    format: Mapped[str] = mapped_column(String(16))
+    source: Mapped[bytes] = mapped_column(LargeBinary)
+    selector: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    changed_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class Assignment(Base):
+    """Golden set ``golden_name`` (every version) applies to nodes whose labels match."""
+
+    __tablename__ = "assignments"
+    __table_args__ = (UniqueConstraint("golden_name", "selector_key", name="uq_assignment"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    golden_name: Mapped[str] = mapped_column(String(200))
+    selector: Mapped[dict[str, str]] = mapped_column(JSON)
+    selector_key: Mapped[str] = mapped_column(String(1000))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class Token(Base):
+    __tablename__ = "tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    secret_sha256: Mapped[bytes] = mapped_column(LargeBinary, unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    description: Mapped[str] = mapped_column(Text, default="")
+    single_use: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    used_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(UtcDateTime, index=True)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(300))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

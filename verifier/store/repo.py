@@ -1,0 +1,297 @@
+"""Repository functions: every query the service and the CLI make, over one ``Session``.
+
+They neither commit nor decide policy: the caller owns the transaction (``Store.write()``), so
+one attestation, its event log and the node's new state land together or not at all.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import CursorResult, delete, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from .models import (
+    Assignment,
+    Attestation,
+    AuditEntry,
+    EventLogBlob,
+    GoldenSetRow,
+    Node,
+    Nonce,
+    Token,
+)
+
+ROLES = ("admin", "reviewer", "scheduler", "enroll")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+# --- labels and selectors -------------------------------------------------------------------
+
+
+def selector_key(selector: Mapping[str, str]) -> str:
+    """A canonical text form of a label selector (``k1=v1,k2=v2``, sorted); ``*`` for all nodes."""
+    return ",".join(f"{k}={v}" for k, v in sorted(selector.items())) or "*"
+
+
+def selector_matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+# --- audit ----------------------------------------------------------------------------------
+
+
+def audit(
+    s: Session,
+    actor: str,
+    action: str,
+    target: str,
+    reason: str = "",
+    details: Mapping[str, Any] | None = None,
+    *,
+    now: dt.datetime | None = None,
+) -> AuditEntry:
+    entry = AuditEntry(
+        at=now or utcnow(),
+        actor=actor,
+        action=action,
+        target=target,
+        reason=reason,
+        details=dict(details or {}),
+    )
+    s.add(entry)
+    return entry
+
+
+def list_audit(s: Session, *, target: str | None = None, limit: int = 100) -> list[AuditEntry]:
+    q = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
+    if target is not None:
+        q = q.where(AuditEntry.target == target)
+    return list(s.scalars(q))
+
+
+# --- tokens ---------------------------------------------------------------------------------
+
+
+def token_hash(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def create_token(
+    s: Session,
+    role: str,
+    *,
+    expires_at: dt.datetime | None,
+    single_use: bool = False,
+    description: str = "",
+    now: dt.datetime | None = None,
+) -> tuple[str, Token]:
+    """A new bearer token; only its hash is stored, the secret is returned once."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r} (one of {', '.join(ROLES)})")
+    token_id = secrets.token_hex(8)
+    secret = f"assay_{token_id}_{secrets.token_urlsafe(32)}"
+    row = Token(
+        id=token_id,
+        secret_sha256=token_hash(secret),
+        role=role,
+        description=description,
+        single_use=single_use,
+        created_at=now or utcnow(),
+        expires_at=expires_at,
+    )
+    s.add(row)
+    return secret, row
+
+
+def find_token(s: Session, secret: str) -> Token | None:
+    return s.scalars(select(Token).where(Token.secret_sha256 == token_hash(secret))).first()
+
+
+def use_single_use_token(s: Session, token_id: str, now: dt.datetime) -> bool:
+    """Mark a single-use token used; False if another request used it first."""
+    result = s.execute(
+        update(Token)
+        .where(Token.id == token_id, Token.used_at.is_(None))
+        .values(used_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    assert isinstance(result, CursorResult)
+    return result.rowcount == 1
+
+
+def list_tokens(s: Session) -> list[Token]:
+    return list(s.scalars(select(Token).order_by(Token.created_at)))
+
+
+# --- nodes ----------------------------------------------------------------------------------
+
+
+def get_node(s: Session, name: str) -> Node | None:
+    return s.scalars(select(Node).where(Node.name == name)).first()
+
+
+def list_nodes(
+    s: Session, *, states: Sequence[str] | None = None, labels: Mapping[str, str] | None = None
+) -> list[Node]:
+    q = select(Node).order_by(Node.name)
+    if states:
+        q = q.where(Node.state.in_(list(states)))
+    nodes = list(s.scalars(q))
+    if labels:
+        nodes = [n for n in nodes if selector_matches(labels, n.labels)]
+    return nodes
+
+
+def node_attestations(s: Session, node_id: int, *, limit: int = 50) -> list[Attestation]:
+    q = (
+        select(Attestation)
+        .where(Attestation.node_id == node_id)
+        .order_by(Attestation.id.desc())
+        .limit(limit)
+    )
+    return list(s.scalars(q))
+
+
+def latest_evidence(s: Session, node_id: int) -> Attestation | None:
+    """The newest attestation that came from the node itself (not a re-appraisal copy)."""
+    q = (
+        select(Attestation)
+        .where(Attestation.node_id == node_id, Attestation.source == "evidence")
+        .order_by(Attestation.id.desc())
+        .limit(1)
+    )
+    return s.scalars(q).first()
+
+
+# --- nonces ---------------------------------------------------------------------------------
+
+
+def issue_nonce(
+    s: Session, node_id: int, *, lifetime: dt.timedelta, now: dt.datetime, keep: int = 8
+) -> Nonce:
+    """A fresh 32-byte nonce; older unused ones of the node beyond ``keep`` are dropped."""
+    s.execute(delete(Nonce).where(Nonce.node_id == node_id, Nonce.expires_at < now))
+    outstanding = list(
+        s.scalars(
+            select(Nonce.id)
+            .where(Nonce.node_id == node_id, Nonce.used_at.is_(None))
+            .order_by(Nonce.id.desc())
+        )
+    )
+    if len(outstanding) >= keep:
+        s.execute(delete(Nonce).where(Nonce.id.in_(outstanding[keep - 1 :])))
+    row = Nonce(
+        node_id=node_id, nonce=secrets.token_bytes(32), created_at=now, expires_at=now + lifetime
+    )
+    s.add(row)
+    s.flush()
+    return row
+
+
+def consume_nonce(s: Session, node_id: int, nonce: bytes, now: dt.datetime) -> str | None:
+    """Consume ``nonce`` for ``node_id`` exactly once, atomically across instances.
+
+    Returns None on success, else a stable reason code: ``nonce_unknown``, ``nonce_wrong_node``,
+    ``nonce_reused``, ``nonce_expired``.
+    """
+    result = s.execute(
+        update(Nonce)
+        .where(
+            Nonce.nonce == nonce,
+            Nonce.node_id == node_id,
+            Nonce.used_at.is_(None),
+            Nonce.expires_at > now,
+        )
+        .values(used_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    assert isinstance(result, CursorResult)
+    if result.rowcount == 1:
+        return None
+    row = s.scalars(select(Nonce).where(Nonce.nonce == nonce)).first()
+    if row is None:
+        return "nonce_unknown"
+    if row.node_id != node_id:
+        return "nonce_wrong_node"
+    if row.used_at is not None:
+        return "nonce_reused"
+    return "nonce_expired"
+
+
+# --- event logs -----------------------------------------------------------------------------
+
+
+def put_event_log(s: Session, sha256_hex: str, data: bytes, now: dt.datetime) -> None:
+    """Store a log once under its SHA-256 (a concurrent insert of the same log is harmless)."""
+    values = {"sha256": sha256_hex, "data": data, "size": len(data), "created_at": now}
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(pg_insert(EventLogBlob).values(**values).on_conflict_do_nothing())
+    else:
+        s.execute(sqlite_insert(EventLogBlob).values(**values).on_conflict_do_nothing())
+
+
+def get_event_log(s: Session, sha256_hex: str) -> bytes | None:
+    return s.scalars(select(EventLogBlob.data).where(EventLogBlob.sha256 == sha256_hex)).first()
+
+
+def has_event_log(s: Session, sha256_hex: str) -> bool:
+    q = select(EventLogBlob.sha256).where(EventLogBlob.sha256 == sha256_hex)
+    return s.scalars(q).first() is not None
+
+
+# --- golden sets and assignments ------------------------------------------------------------
+
+
+def get_golden(s: Session, name: str, version: str) -> GoldenSetRow | None:
+    q = select(GoldenSetRow).where(GoldenSetRow.name == name, GoldenSetRow.version == version)
+    return s.scalars(q).first()
+
+
+def list_golden(s: Session, *, name: str | None = None) -> list[GoldenSetRow]:
+    q = select(GoldenSetRow).order_by(GoldenSetRow.name, GoldenSetRow.id)
+    if name is not None:
+        q = q.where(GoldenSetRow.name == name)
+    return list(s.scalars(q))
+
+
+def list_assignments(s: Session) -> list[Assignment]:
+    return list(s.scalars(select(Assignment).order_by(Assignment.id)))
+
+
+def assign(s: Session, golden_name: str, selector: Mapping[str, str], now: dt.datetime) -> bool:
+    """Assign every version of ``golden_name`` to nodes matching ``selector``; False if present."""
+    key = selector_key(selector)
+    q = select(Assignment).where(
+        Assignment.golden_name == golden_name, Assignment.selector_key == key
+    )
+    if s.scalars(q).first() is not None:
+        return False
+    s.add(
+        Assignment(
+            golden_name=golden_name, selector=dict(selector), selector_key=key, created_at=now
+        )
+    )
+    return True
+
+
+def golden_names_for(labels: Mapping[str, str], assignments: Sequence[Assignment]) -> set[str]:
+    return {a.golden_name for a in assignments if selector_matches(a.selector, labels)}
+
+
+def golden_rows_for(s: Session, labels: Mapping[str, str]) -> list[GoldenSetRow]:
+    """Every stored version (any status) of every golden set assigned to nodes with ``labels``."""
+    names = golden_names_for(labels, list_assignments(s))
+    if not names:
+        return []
+    q = select(GoldenSetRow).where(GoldenSetRow.name.in_(sorted(names))).order_by(GoldenSetRow.id)
+    return list(s.scalars(q))
