@@ -1,0 +1,52 @@
+"""TCG PC Client event logs: parse (unverified), replay, and verify against a quote.
+
+``parse_event_log`` turns untrusted bytes into an EventLog; ``replay`` computes PCR values from it;
+``verify_log`` checks those against a verified quote and yields a VerifiedBootLog, the only type
+that golden policy accepts.
+"""
+
+from ._parse import (
+    MAX_LOG_SIZE,
+    TRAILER_PCR,
+    Event,
+    EventLog,
+    SpecId,
+    SpecIdAlgorithm,
+    Undecodable,
+    parse_event_log,
+)
+from ._replay import (
+    QuotedPcrs,
+    Replay,
+    VerifiedBootLog,
+    assume_quoted_for_review,
+    initial_value,
+    measured_events,
+    replay,
+    start_locality,
+    verify_log,
+)
+from ._workarounds import WORKAROUNDS, AppliedWorkaround, Workaround
+
+__all__ = [
+    "MAX_LOG_SIZE",
+    "TRAILER_PCR",
+    "WORKAROUNDS",
+    "AppliedWorkaround",
+    "Event",
+    "EventLog",
+    "QuotedPcrs",
+    "Replay",
+    "SpecId",
+    "SpecIdAlgorithm",
+    "Undecodable",
+    "VerifiedBootLog",
+    "Workaround",
+    "assume_quoted_for_review",
+    "initial_value",
+    "measured_events",
+    "parse_event_log",
+    "replay",
+    "start_locality",
+    "verify_log",
+]

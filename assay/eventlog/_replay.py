@@ -1,0 +1,283 @@
+"""Replay an event log into PCR values, and verify it against a verified quote.
+
+``replay(log)`` computes what the PCRs would hold if every measured event was extended as logged.
+``verify_log(log, quote, bank)`` compares that with the PCR values a *verified* quote vouches for and
+only then returns a VerifiedBootLog: the one type that golden policy accepts. Events in PCRs the
+quote does not cover are left out of it (a value the TPM did not sign proves nothing).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from ..algorithms import HashAlg
+from ..errors import VerificationFailed
+from ..events import EventType
+from ._coverage import data_covered
+from ._parse import TRAILER_PCR, Event, EventLog
+from ._workarounds import EBS_EVENTS_MISSING, EBS_INVOCATION, EBS_SUCCESS, AppliedWorkaround
+
+_EV_NO_ACTION = int(EventType.EV_NO_ACTION)
+_EV_EFI_ACTION = int(EventType.EV_EFI_ACTION)
+
+_FAST: dict[HashAlg, Callable[[bytes], Any]] = {
+    HashAlg.SHA1: hashlib.sha1,
+    HashAlg.SHA256: hashlib.sha256,
+    HashAlg.SHA384: hashlib.sha384,
+    HashAlg.SHA512: hashlib.sha512,
+}
+
+
+def _hasher(alg: HashAlg) -> Callable[[bytes], Any]:
+    fast = _FAST.get(alg)
+    if fast is not None:
+        return fast
+    name = "sm3"
+    return lambda data: hashlib.new(name, data)
+
+
+class QuotedPcrs(Protocol):
+    """What verify_log needs of a verified quote: the PCR values the TPM signed, per bank."""
+
+    @property
+    def pcrs(self) -> Mapping[HashAlg, Mapping[int, bytes]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """PCR values computed from a log. ``pcrs`` holds every PCR that has measured events.
+
+    ``incomplete`` lists, per bank, the PCRs where some event carried no digest for that bank: their
+    replayed value is not what the TPM holds, so they are left out of ``pcrs`` for that bank.
+    """
+
+    pcrs: dict[HashAlg, dict[int, bytes]]
+    start_locality: int
+    incomplete: dict[HashAlg, frozenset[int]]
+    warnings: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "banks": {
+                alg.bank: {str(p): v.hex() for p, v in sorted(values.items())}
+                for alg, values in self.pcrs.items()
+            },
+            "start_locality": self.start_locality,
+            "warnings": list(self.warnings),
+        }
+
+
+def measured_events(log: EventLog) -> Iterator[Event]:
+    """The events that replay extends: never EV_NO_ACTION, never the 0xFFFFFFFF trailer."""
+    for event in log.events:
+        if event.event_type != _EV_NO_ACTION and event.pcr != TRAILER_PCR:
+            yield event
+
+
+def initial_value(alg: HashAlg, pcr: int, start_locality: int) -> bytes:
+    if pcr == 0 and start_locality:
+        return bytes(alg.digest_size - 1) + bytes((start_locality,))
+    return bytes(alg.digest_size)
+
+
+def start_locality(log: EventLog) -> int:
+    """PCR0's starting value: 4 after an H-CRTM sequence, else the StartupLocality (default 0)."""
+    if log.hcrtm:
+        return 4
+    return log.startup_locality or 0
+
+
+def replay(log: EventLog, banks: Iterable[HashAlg] | None = None) -> Replay:
+    """Extend every measured event's digests, per bank, from the PCRs' reset values."""
+    locality = start_locality(log)
+    events = [e for e in log.events if e.event_type != _EV_NO_ACTION and e.pcr != TRAILER_PCR]
+    result: dict[HashAlg, dict[int, bytes]] = {}
+    incomplete: dict[HashAlg, frozenset[int]] = {}
+    warnings: list[str] = []
+    for alg in log.banks if banks is None else banks:
+        values, missing = _replay_bank(events, alg, locality)
+        for pcr in missing:
+            values.pop(pcr, None)
+        result[alg] = values
+        if missing:
+            incomplete[alg] = frozenset(missing)
+            warnings.append(
+                f"{alg.bank}: PCR {', '.join(map(str, sorted(missing)))} not replayable "
+                "(events without a digest in this bank)"
+            )
+    return Replay(result, locality, incomplete, tuple(warnings))
+
+
+def _replay_bank(events: list[Event], alg: HashAlg, locality: int) -> tuple[dict[int, bytes], set[int]]:
+    h = _hasher(alg)
+    zero = bytes(alg.digest_size)
+    start0 = initial_value(alg, 0, locality)
+    values: dict[int, bytes] = {}
+    missing: set[int] = set()
+    get = values.get
+    for event in events:
+        digest = event.digests.get(alg)
+        pcr = event.pcr
+        if digest is None:
+            missing.add(pcr)
+            continue
+        current = get(pcr)
+        if current is None:
+            current = start0 if pcr == 0 else zero
+        values[pcr] = h(current + digest).digest()
+    return values, missing
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedBootLog:
+    """Events whose PCRs a verified quote vouches for, in one bank. The only input golden policy takes.
+
+    ``events`` are the measured events in quoted PCRs (log order); ``pcrs`` the quoted values;
+    ``pcrs_outside_log`` quoted PCRs that the log has no events for but are not at their reset value
+    (extended by something that does not log here, such as IMA); ``unquoted_pcrs`` PCRs the log has
+    events for that the quote does not cover (their events are not in ``events``). ``reviewed_only`` is
+    True when no quote was involved (``assume_quoted_for_review``): such a log proves nothing about a
+    node and the service never builds one.
+    """
+
+    bank: HashAlg
+    pcrs: Mapping[int, bytes]
+    events: tuple[Event, ...]
+    all_events: tuple[Event, ...]
+    pcrs_outside_log: frozenset[int]
+    unquoted_pcrs: frozenset[int]
+    workarounds: tuple[AppliedWorkaround, ...]
+    warnings: tuple[str, ...]
+    log_sha256: bytes
+    start_locality: int
+    reviewed_only: bool = False
+    _cache: dict[tuple[str, int], Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def data_covered(self, event: Event) -> bool | None:
+        """Whether the event's digest is the hash of its data (None: the spec does not say it is).
+
+        Event data not covered by the digest must not be trusted: a boot-application event's device
+        path, for instance, is just text the firmware wrote next to the digest.
+        """
+        key = ("covered", event.index)
+        try:
+            return self._cache[key][0]  # type: ignore[no-any-return]
+        except KeyError:
+            pass
+        result = data_covered(event, self.bank)
+        self._cache[key] = result
+        return result[0]
+
+    def coverage_workaround(self, event: Event) -> AppliedWorkaround | None:
+        self.data_covered(event)
+        applied: AppliedWorkaround | None = self._cache[("covered", event.index)][1]
+        return applied
+
+    def decoded(self, event: Event) -> Any:
+        """The event's decoded data, decoded once per verified log (the log is cached per boot)."""
+        key = ("decoded", event.index)
+        try:
+            return self._cache[key]
+        except KeyError:
+            value = self._cache[key] = event.decode()
+            return value
+
+    def events_in(self, pcr: int) -> tuple[Event, ...]:
+        return tuple(e for e in self.events if e.pcr == pcr)
+
+
+def verify_log(log: EventLog, quote: QuotedPcrs, bank: HashAlg) -> VerifiedBootLog:
+    """Replay ``log`` and check it against the PCR values of a verified quote in ``bank``.
+
+    Steps: 1. the bank must be quoted and carried by the log; 2. replay that bank; 3. every quoted PCR
+    that the log has events for must equal the replay (trying the named workarounds, each reported);
+    4. keep only events in quoted PCRs. Raises VerificationFailed naming the PCR, got and expected.
+    """
+    # 1. Bank.
+    quoted = quote.pcrs.get(bank)
+    if not quoted:
+        raise VerificationFailed(f"the quote does not cover the {bank.bank} bank", code="bank_not_quoted")
+    if bank not in log.banks:
+        raise VerificationFailed(f"the event log has no {bank.bank} digests", code="bank_not_in_log")
+    # 2. Replay.
+    result = replay(log, (bank,))
+    replayed = result.pcrs[bank]
+    incomplete = result.incomplete.get(bank, frozenset())
+    workarounds: list[AppliedWorkaround] = []
+    outside: set[int] = set()
+    # 3. Compare.
+    for pcr, value in sorted(quoted.items()):
+        if pcr in incomplete:
+            raise VerificationFailed(
+                f"PCR{pcr} ({bank.bank}): events without a {bank.bank} digest, cannot replay",
+                code="pcr_replay_incomplete",
+            )
+        got = replayed.get(pcr)
+        if got is None:
+            if value != initial_value(bank, pcr, result.start_locality):
+                outside.add(pcr)
+            continue
+        if got == value:
+            continue
+        fixed = _try_ebs_workaround(log, bank, pcr, got, value)
+        if fixed is None:
+            raise VerificationFailed(
+                f"PCR{pcr} ({bank.bank}): event log replays to {got.hex()}, quote has {value.hex()}",
+                code="pcr_replay_mismatch",
+            )
+        workarounds.append(fixed)
+    # 4. Keep what the quote covers.
+    events = tuple(e for e in measured_events(log) if e.pcr in quoted)
+    unquoted = frozenset(e.pcr for e in measured_events(log) if e.pcr not in quoted)
+    return VerifiedBootLog(
+        bank=bank,
+        pcrs=dict(quoted),
+        events=events,
+        all_events=log.events,
+        pcrs_outside_log=frozenset(outside),
+        unquoted_pcrs=unquoted,
+        workarounds=tuple(workarounds),
+        warnings=result.warnings,
+        log_sha256=log.sha256,
+        start_locality=result.start_locality,
+    )
+
+
+def assume_quoted_for_review(log: EventLog, bank: HashAlg) -> VerifiedBootLog:
+    """Treat the log's own replay as if a quote had vouched for it — for offline review only.
+
+    This proves nothing about a node (anyone can write a log that replays to itself); it exists so an
+    operator can appraise a captured log against golden sets (``eventlog check``).
+    """
+    if bank not in log.banks:
+        raise VerificationFailed(f"the event log has no {bank.bank} digests", code="bank_not_in_log")
+    result = replay(log, (bank,))
+    verified = verify_log(log, _ReviewQuote({bank: result.pcrs[bank]}), bank)
+    return replace(verified, reviewed_only=True, _cache={})
+
+
+@dataclass(frozen=True, slots=True)
+class _ReviewQuote:
+    pcrs: Mapping[HashAlg, Mapping[int, bytes]]
+
+
+def _try_ebs_workaround(
+    log: EventLog, bank: HashAlg, pcr: int, got: bytes, want: bytes
+) -> AppliedWorkaround | None:
+    """Firmware that extended the ExitBootServices actions into PCR5 without logging them."""
+    if pcr != 5:
+        return None
+    logged = {e.data for e in log.events if e.pcr == 5 and e.event_type == _EV_EFI_ACTION}
+    if EBS_INVOCATION in logged:
+        return None
+    h = _hasher(bank)
+    value = h(got + bank.hash(EBS_INVOCATION)).digest()
+    value = h(value + bank.hash(EBS_SUCCESS)).digest()
+    if value != want:
+        return None
+    return AppliedWorkaround(
+        EBS_EVENTS_MISSING, 5, None, "PCR5 matches once the two unlogged ExitBootServices actions are added"
+    )
