@@ -1,0 +1,164 @@
+"""Golden reference measurements: what a trusted node may have booted.
+
+A :class:`GoldenSet` is one version of an operator-reviewed list of reference values. Several sets
+apply to a node at once (old and new kernel during a rollout); the appraisal approves a value when
+ANY active, unrevoked, in-validity set approves it. Everything here is immutable and carries no
+policy logic beyond "is this set in force at time T" — evaluation lives in ``verifier.appraisal``.
+
+Digests are keyed by PCR bank (:class:`assay.algorithms.HashAlg`). SHA-1 digests are accepted only
+in a set that says ``allow_sha1: true``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+from assay.algorithms import HashAlg
+
+Status = Literal["active", "retired", "revoked"]
+Role = Literal["shim", "loader", "kernel", "driver", "other"]
+STATUSES: tuple[Status, ...] = ("active", "retired", "revoked")
+ROLES: tuple[Role, ...] = ("shim", "loader", "kernel", "driver", "other")
+
+Digests = Mapping[HashAlg, bytes]
+"""One measured object's digest in each bank this set knows it for."""
+
+
+def digests(items: Mapping[HashAlg, bytes] | Iterable[tuple[HashAlg, bytes]]) -> Digests:
+    """A read-only, bank-ordered digest map (so that equal sets compare and dump identically)."""
+    pairs = dict(items.items() if isinstance(items, Mapping) else items)
+    return MappingProxyType({alg: pairs[alg] for alg in sorted(pairs)})
+
+
+def _empty() -> Digests:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """A labelled object known by its digests: a firmware blob, an initrd, a MokList value."""
+
+    label: str
+    digests: Digests = field(default_factory=_empty)
+
+
+@dataclass(frozen=True, slots=True)
+class BootApp:
+    """An EFI binary approved to run, by its Authenticode digest (what firmware puts in PCR4)."""
+
+    label: str
+    role: Role
+    digests: Digests = field(default_factory=_empty)
+
+
+@dataclass(frozen=True, slots=True)
+class CmdlineRule:
+    """A kernel command line: an exact string, or a regular expression that must match it whole."""
+
+    exact: str | None = None
+    regex: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.exact is None) == (self.regex is None):
+            raise ValueError("a command-line rule needs exactly one of exact or regex")
+        if self.regex is not None:
+            re.compile(self.regex)
+
+
+@dataclass(frozen=True, slots=True)
+class Firmware:
+    """PCR0–3 references: S-CRTM version strings, firmware blob digests, optional exact PCR pins."""
+
+    scrtm_versions: tuple[str, ...] = ()
+    blobs: tuple[Measured, ...] = ()
+    pcrs: Mapping[int, Digests] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True, slots=True)
+class SecureBoot:
+    """Secure Boot expectations (PCR7). Fingerprints are lowercase hex SHA-256.
+
+    ``pk``/``kek`` are ``None`` when this set does not pin them (it then approves no value for that
+    check rather than every value); ``db_must_contain``/``dbx_must_include`` list X.509 SHA-256
+    fingerprints or hash-entry values that must be present.
+    """
+
+    required: bool = True
+    pk: tuple[str, ...] | None = None
+    kek: tuple[str, ...] | None = None
+    db_must_contain: tuple[str, ...] = ()
+    dbx_must_include: tuple[str, ...] = ()
+    allow_debug_mode: bool = False
+    allow_dma_protection_disabled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Shim:
+    """shim's own state: MokList/MokListX contents (PCR14 digests) and the SbatLevel text (PCR7)."""
+
+    moklist: tuple[Measured, ...] = ()
+    moklistx: tuple[Measured, ...] = ()
+    sbat_levels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GoldenSet:
+    """One version of a golden reference set."""
+
+    name: str
+    version: str
+    description: str = ""
+    status: Status = "active"
+    status_reason: str | None = None
+    valid_from: dt.datetime | None = None
+    valid_until: dt.datetime | None = None
+    selector: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    allow_sha1: bool = False
+    required_pcrs: tuple[int, ...] = ()
+    firmware: Firmware = field(default_factory=Firmware)
+    secure_boot: SecureBoot = field(default_factory=SecureBoot)
+    boot_apps: tuple[BootApp, ...] = ()
+    boot_order: tuple[Role, ...] = ()
+    cmdlines: tuple[CmdlineRule, ...] = ()
+    initrds: tuple[Measured, ...] = ()
+    shim: Shim = field(default_factory=Shim)
+    require_exit_boot_services: bool = True
+    extra_event_types: Mapping[int, tuple[int, ...]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+
+    @property
+    def ref(self) -> str:
+        """``name@version``, the way verdicts name the set that decided a check."""
+        return f"{self.name}@{self.version}"
+
+    def in_force(self, now: dt.datetime) -> bool:
+        """Active, not revoked or retired, and ``now`` inside the validity window."""
+        if self.status != "active":
+            return False
+        if self.valid_from is not None and now < self.valid_from:
+            return False
+        return self.valid_until is None or now < self.valid_until
+
+    def with_status(self, status: Status, reason: str | None = None) -> GoldenSet:
+        """A copy with a new status: retiring or revoking never edits a set in place."""
+        return dataclasses.replace(self, status=status, status_reason=reason)
+
+    def with_boot_apps(self, apps: Iterable[BootApp]) -> GoldenSet:
+        """A copy with ``apps`` added (an app already present is kept once)."""
+        merged = list(self.boot_apps)
+        for app in apps:
+            if app not in merged:
+                merged.append(app)
+        return dataclasses.replace(self, boot_apps=tuple(merged))
+
+
+def utc(value: dt.datetime) -> dt.datetime:
+    """Naive datetimes in a golden file are taken as UTC."""
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
