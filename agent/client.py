@@ -1,0 +1,234 @@
+"""HTTP client for the verifier's agent API (push model: the agent starts every exchange).
+
+Responses are decoded into frozen dataclasses here; a 2xx body that is not what the API defines
+is a BadVerifierResponse, never a partly-filled object.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote as urlquote
+
+import requests
+
+from assay.algorithms import HashAlg
+
+from . import __version__
+from .errors import BadVerifierResponse, VerifierRefused, VerifierUnreachable
+
+USER_AGENT = f"assay-agent/{__version__}"
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialChallenge:
+    enrollment_id: str
+    credential_blob: bytes
+    encrypted_secret: bytes
+    expires_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    nonce: bytes
+    expires_at: str
+    pcr_selection: Mapping[HashAlg, tuple[int, ...]]
+    known_event_log_sha256: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class AttestationResult:
+    attestation_id: str
+    status: str
+    reason: str
+    node_state: str
+    checks: tuple[Mapping[str, Any], ...]
+
+
+def _b64(value: bytes) -> str:
+    return base64.b64encode(value).decode("ascii")
+
+
+def _field(body: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
+    value = body.get(key)
+    if not isinstance(value, kind):
+        raise BadVerifierResponse(f"{where}: field {key!r} missing or not {kind.__name__}")
+    return value
+
+
+def _unb64(body: Mapping[str, Any], key: str, where: str) -> bytes:
+    try:
+        return base64.b64decode(_field(body, key, str, where), validate=True)
+    except (binascii.Error, ValueError):
+        raise BadVerifierResponse(f"{where}: field {key!r} is not base64") from None
+
+
+def _unhex(value: str, key: str, where: str, size: int | None = None) -> bytes:
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        raise BadVerifierResponse(f"{where}: field {key!r} is not hex") from None
+    if size is not None and len(raw) != size:
+        raise BadVerifierResponse(f"{where}: field {key!r} has {len(raw)} bytes, not {size}")
+    return raw
+
+
+def _selection(raw: Any, where: str) -> dict[HashAlg, tuple[int, ...]]:
+    if not isinstance(raw, dict) or not raw:
+        raise BadVerifierResponse(f"{where}: pcr_selection is not a non-empty object")
+    out: dict[HashAlg, tuple[int, ...]] = {}
+    for bank, pcrs in raw.items():
+        try:
+            alg = HashAlg.from_bank(str(bank))
+        except ValueError:
+            raise BadVerifierResponse(f"{where}: unknown bank {bank!r} in pcr_selection") from None
+        if not isinstance(pcrs, list) or not all(
+            isinstance(p, int) and not isinstance(p, bool) and 0 <= p <= 23 for p in pcrs
+        ):
+            raise BadVerifierResponse(f"{where}: PCR list for {bank!r} is not integers 0-23")
+        out[alg] = tuple(sorted(set(pcrs)))
+    return out
+
+
+class VerifierClient:
+    """One verifier base URL; every call is one request with a timeout."""
+
+    def __init__(self, base_url: str, *, timeout: float = 10.0, tls_ca: str | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = USER_AGENT
+        if tls_ca:
+            self.session.verify = tls_ca
+
+    def close(self) -> None:
+        self.session.close()
+
+    def _post(
+        self,
+        path: str,
+        *,
+        json_body: Any = None,
+        data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        expect: int,
+    ) -> dict[str, Any]:
+        url = self.base_url + path
+        try:
+            resp = self.session.post(
+                url, json=json_body, data=data, headers=dict(headers or {}), timeout=self.timeout
+            )
+        except requests.RequestException as exc:
+            raise VerifierUnreachable(
+                f"verifier {self.base_url} unreachable: {type(exc).__name__}"
+            ) from None
+        if resp.status_code >= 500:
+            raise VerifierUnreachable(f"verifier {url} failed with HTTP {resp.status_code}")
+        body = self._json(resp, url)
+        if 400 <= resp.status_code < 500:
+            err = body.get("error") if isinstance(body, dict) else None
+            code = str(err.get("code", "")) if isinstance(err, dict) else ""
+            message = str(err.get("message", "")) if isinstance(err, dict) else ""
+            raise VerifierRefused(
+                f"verifier refused (HTTP {resp.status_code} {code or 'no code'}): {message}".rstrip(
+                    ": "
+                ),
+                code=code or f"http_{resp.status_code}",
+                status=resp.status_code,
+            )
+        if resp.status_code != expect or not isinstance(body, dict):
+            raise BadVerifierResponse(
+                f"{url}: HTTP {resp.status_code}, expected {expect} with a JSON object"
+            )
+        return body
+
+    @staticmethod
+    def _json(resp: requests.Response, url: str) -> Any:
+        try:
+            return resp.json()
+        except ValueError:
+            if resp.status_code < 400:
+                raise BadVerifierResponse(
+                    f"{url}: HTTP {resp.status_code} body is not JSON"
+                ) from None
+            return None
+
+    def enroll(
+        self,
+        token: str | None,
+        *,
+        node: str,
+        labels: Mapping[str, str],
+        ek_cert: bytes | None,
+        ek_public: bytes,
+        ak_public: bytes,
+    ) -> CredentialChallenge:
+        where = "enrollment response"
+        body = self._post(
+            "/v1/enrollments",
+            json_body={
+                "node": node,
+                "labels": dict(labels),
+                "ek_cert": _b64(ek_cert) if ek_cert is not None else None,
+                "ek_public": _b64(ek_public),
+                "ak_public": _b64(ak_public),
+            },
+            headers={"Authorization": f"Bearer {token}"} if token else None,
+            expect=201,
+        )
+        return CredentialChallenge(
+            enrollment_id=_field(body, "enrollment_id", str, where),
+            credential_blob=_unb64(body, "credential_blob", where),
+            encrypted_secret=_unb64(body, "encrypted_secret", where),
+            expires_at=_field(body, "expires_at", str, where),
+        )
+
+    def activate(self, enrollment_id: str, secret: bytes) -> str:
+        body = self._post(
+            f"/v1/enrollments/{urlquote(enrollment_id, safe='')}/activation",
+            json_body={"secret": _b64(secret)},
+            expect=200,
+        )
+        return str(_field(body, "state", str, "activation response"))
+
+    def challenge(self, node: str) -> Challenge:
+        where = "challenge response"
+        body = self._post(
+            f"/v1/nodes/{urlquote(node, safe='')}/challenge", json_body={}, expect=201
+        )
+        known = body.get("known_event_log_sha256")
+        if known is not None and not isinstance(known, str):
+            raise BadVerifierResponse(f"{where}: known_event_log_sha256 is not hex or null")
+        return Challenge(
+            nonce=_unhex(_field(body, "nonce", str, where), "nonce", where, 32),
+            expires_at=_field(body, "expires_at", str, where),
+            pcr_selection=_selection(body.get("pcr_selection"), where),
+            known_event_log_sha256=None if known is None else _unhex(known, "known", where, 32),
+        )
+
+    def submit(self, node: str, bundle: bytes) -> AttestationResult:
+        where = "evidence response"
+        body = self._post(
+            f"/v1/nodes/{urlquote(node, safe='')}/evidence",
+            data=bundle,
+            headers={"Content-Type": "application/cbor"},
+            expect=200,
+        )
+        status = _field(body, "status", str, where)
+        if status not in ("trusted", "untrusted", "unknown"):
+            raise BadVerifierResponse(
+                f"{where}: status {status!r} is not trusted/untrusted/unknown"
+            )
+        checks = body.get("checks", [])
+        if not isinstance(checks, list) or not all(isinstance(c, dict) for c in checks):
+            raise BadVerifierResponse(f"{where}: checks is not a list of objects")
+        return AttestationResult(
+            attestation_id=_field(body, "attestation_id", str, where),
+            status=status,
+            reason=str(body.get("reason", "")),
+            node_state=str(body.get("node_state", "")),
+            checks=tuple(checks),
+        )

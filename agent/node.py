@@ -1,0 +1,189 @@
+"""What the agent does: keep its AK, enroll, attest once, attest forever.
+
+Enrollment is an explicit state machine (EK+AK sent → credential activated → enrolled) that
+refuses out-of-order calls; attestation is challenge → quote → bundle → verdict. The TPM is
+opened for each operation and closed after it, so a direct swtpm (one client at a time) or a busy
+device is held only for as long as one exchange takes.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from assay.algorithms import HashAlg
+
+from .client import AttestationResult, CredentialChallenge, VerifierClient
+from .config import AgentConfig
+from .errors import AgentError, VerifierRefused
+from .evidence import MAX_EVENT_LOG, MAX_IMA_LOG, Evidence, read_log
+from .state import Enrollment, load_ak, save_ak, save_enrollment
+from .tpm import AkBlobs, EndorsementKey, Tpm
+
+NOT_ENROLLED = "node_not_enrolled"
+
+
+def ensure_ak(config: AgentConfig, tpm: Tpm, *, force: bool = False) -> tuple[AkBlobs, bool]:
+    """The saved AK, or a new one under the EK (saved 0600); the flag says whether it is new."""
+    if not force:
+        saved = load_ak(config.state_dir)
+        if saved is not None:
+            return saved, False
+    kind = tpm.resolve_ek_kind(config.ek_type)
+    ak = tpm.create_ak(kind, config.ak_alg)
+    save_ak(config.state_dir, ak)
+    return ak, True
+
+
+class EnrollState(enum.Enum):
+    NEW = "new"
+    CHALLENGED = "challenged"
+    ENROLLED = "enrolled"
+
+
+class EnrollmentSession:
+    """EK and AK sent → credential activated in the TPM → enrolled. Out-of-order calls raise."""
+
+    def __init__(self, config: AgentConfig, client: VerifierClient) -> None:
+        self.config = config
+        self.client = client
+        self.state = EnrollState.NEW
+        self._challenge: CredentialChallenge | None = None
+        self._ak: AkBlobs | None = None
+
+    def send_keys(self, ek: EndorsementKey, ak: AkBlobs) -> CredentialChallenge:
+        if self.state is not EnrollState.NEW:
+            raise RuntimeError(f"cannot send keys in enrollment state {self.state.value}")
+        self._challenge = self.client.enroll(
+            self.config.enroll_token,
+            node=self.config.node,
+            labels=self.config.labels,
+            ek_cert=ek.cert,
+            ek_public=ek.public,
+            ak_public=ak.public,
+        )
+        self._ak = ak
+        self.state = EnrollState.CHALLENGED
+        return self._challenge
+
+    def activate(self, tpm: Tpm) -> Enrollment:
+        if self.state is not EnrollState.CHALLENGED or self._challenge is None or self._ak is None:
+            raise RuntimeError(
+                f"cannot activate a credential in enrollment state {self.state.value}"
+            )
+        secret = tpm.activate_credential(
+            self._ak, self._challenge.credential_blob, self._challenge.encrypted_secret
+        )
+        self.client.activate(self._challenge.enrollment_id, secret)
+        self.state = EnrollState.ENROLLED
+        enrollment = Enrollment(
+            node=self.config.node,
+            verifier=self.client.base_url,
+            enrollment_id=self._challenge.enrollment_id,
+            ak_name=self._ak.name.hex(),
+        )
+        save_enrollment(self.config.state_dir, enrollment)
+        return enrollment
+
+
+def enroll(config: AgentConfig, client: VerifierClient) -> Enrollment:
+    with Tpm(config.tcti) as tpm:
+        ak, _ = ensure_ak(config, tpm)
+        ek = tpm.endorsement_key(ak.ek_kind)
+        session = EnrollmentSession(config, client)
+        session.send_keys(ek, ak)
+        return session.activate(tpm)
+
+
+def collect_evidence(
+    config: AgentConfig,
+    tpm: Tpm,
+    ak: AkBlobs,
+    nonce: bytes,
+    selection: Mapping[HashAlg, tuple[int, ...]] | None = None,
+) -> Evidence:
+    """Read the logs first (a missing log fails before the TPM is used), then quote."""
+    event_log = read_log(config.eventlog, MAX_EVENT_LOG)
+    ima = read_log(config.ima_log, MAX_IMA_LOG, "IMA log") if config.ima_log else None
+    quote = tpm.quote(ak, nonce, selection or config.pcr_selection)
+    return Evidence(config.node, quote, event_log, ima)
+
+
+def attest(config: AgentConfig, client: VerifierClient) -> AttestationResult:
+    """One attestation: challenge, quote over the verifier's selection, send, return the verdict."""
+    challenge = client.challenge(config.node)
+    with Tpm(config.tcti) as tpm:
+        ak, _ = ensure_ak(config, tpm)
+        evidence = collect_evidence(config, tpm, ak, challenge.nonce, challenge.pcr_selection)
+    bundle = evidence.to_cbor(known_event_log_sha256=challenge.known_event_log_sha256)
+    return client.submit(config.node, bundle)
+
+
+@dataclass(slots=True)
+class RunStats:
+    attestations: int = 0
+    failures: int = 0
+    enrollments: int = 0
+    last: AttestationResult | None = None
+
+
+def _log(message: str) -> None:
+    print(f"assay-agent: {message}", file=sys.stderr, flush=True)
+
+
+def next_delay(config: AgentConfig, failures: int, rng: random.Random) -> float:
+    """Interval ± jitter after a success; exponential backoff (capped) after failures."""
+    if failures == 0:
+        spread = config.interval * config.jitter
+        return max(0.0, config.interval + rng.uniform(-spread, spread))
+    base = min(config.interval, 5.0) or 1.0
+    backoff: float = min(config.max_backoff, base * (2 ** (failures - 1)))
+    return backoff * rng.uniform(0.5, 1.0)
+
+
+def run(
+    config: AgentConfig,
+    client: VerifierClient,
+    *,
+    iterations: int | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    rng: random.Random | None = None,
+    report: Callable[[AttestationResult], None] | None = None,
+) -> RunStats:
+    """Attest every interval until ``iterations`` rounds have run (forever when None).
+
+    Every failure a node can meet is logged as one line and retried with backoff; the agent
+    re-enrolls only when the verifier says ``node_not_enrolled``.
+    """
+    rng = rng or random.Random()
+    stats = RunStats()
+    failures = 0
+    rounds = 0
+    while iterations is None or rounds < iterations:
+        rounds += 1
+        try:
+            try:
+                result = attest(config, client)
+            except VerifierRefused as exc:
+                if exc.code != NOT_ENROLLED:
+                    raise
+                _log("verifier does not know this node: enrolling")
+                enroll(config, client)
+                stats.enrollments += 1
+                result = attest(config, client)
+            stats.attestations += 1
+            stats.last = result
+            failures = 0
+            if report is not None:
+                report(result)
+        except AgentError as exc:
+            failures += 1
+            stats.failures += 1
+            _log(f"attestation failed ({type(exc).__name__}): {exc}")
+        if iterations is None or rounds < iterations:
+            sleep(next_delay(config, failures, rng))
+    return stats

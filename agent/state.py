@@ -1,0 +1,98 @@
+"""The agent's state directory: the AK blobs and the enrollment record, written 0600.
+
+The AK private blob is wrapped by the TPM's EK and useless on any other TPM, but the directory is
+still private to the agent: a reader could otherwise load and use the key on this machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from assay.errors import ConfigurationError
+
+from .tpm import AkBlobs
+
+AK_FILE = "ak.json"
+ENROLLMENT_FILE = "enrollment.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Enrollment:
+    node: str
+    verifier: str
+    enrollment_id: str
+    ak_name: str  # hex
+
+
+def _write_private(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"state file {path} is unreadable: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigurationError(f"state file {path} is not a JSON object")
+    return data
+
+
+def save_ak(state_dir: Path, ak: AkBlobs) -> Path:
+    path = state_dir / AK_FILE
+    _write_private(
+        path,
+        {
+            "alg": ak.alg,
+            "ek_kind": ak.ek_kind,
+            "public": ak.public.hex(),
+            "private": ak.private.hex(),
+            "name": ak.name.hex(),
+        },
+    )
+    return path
+
+
+def load_ak(state_dir: Path) -> AkBlobs | None:
+    path = state_dir / AK_FILE
+    data = _read(path)
+    if data is None:
+        return None
+    try:
+        return AkBlobs(
+            alg=str(data["alg"]),
+            ek_kind=str(data["ek_kind"]),
+            public=bytes.fromhex(data["public"]),
+            private=bytes.fromhex(data["private"]),
+            name=bytes.fromhex(data["name"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigurationError(f"state file {path} is damaged: {exc}") from None
+
+
+def save_enrollment(state_dir: Path, enrollment: Enrollment) -> None:
+    _write_private(state_dir / ENROLLMENT_FILE, asdict(enrollment))
+
+
+def load_enrollment(state_dir: Path) -> Enrollment | None:
+    data = _read(state_dir / ENROLLMENT_FILE)
+    if data is None:
+        return None
+    try:
+        return Enrollment(
+            **{k: str(data[k]) for k in ("node", "verifier", "enrollment_id", "ak_name")}
+        )
+    except KeyError as exc:
+        raise ConfigurationError(f"enrollment state is missing {exc}") from None
