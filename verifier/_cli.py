@@ -11,6 +11,8 @@ Exit codes: 0 success / trusted / valid, 1 invalid or untrusted, 2 malformed inp
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -26,19 +28,20 @@ EXIT_CONFIG = 4
 Registrar = Callable[[Any], None]
 
 
-def _registrars() -> list[Registrar]:
-    """The command modules, imported lazily so that one command's dependencies never slow another."""
-    from . import _cmd_eventlog
+def optional_module(name: str) -> Any:
+    """A command module that may not be present in this build (None then); import errors inside it surface."""
+    if importlib.util.find_spec(name) is None:
+        return None
+    return importlib.import_module(name)
 
-    regs: list[Registrar] = [_cmd_eventlog.register]
-    for name in ("_cmd_quote", "_cmd_service"):
-        try:
-            module = __import__(f"verifier.{name}", fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name != f"verifier.{name}":
-                raise
-            continue
-        regs.append(module.register)
+
+def _registrars() -> list[Registrar]:
+    """The command groups, each in its own module."""
+    regs: list[Registrar] = []
+    for name in ("_cmd_eventlog", "_cmd_quote", "_cmd_service"):
+        module = optional_module(f"verifier.{name}")
+        if module is not None:
+            regs.append(module.register)
     return regs
 
 

@@ -117,8 +117,8 @@ class EventLog:
     """A parsed, *unverified* event log.
 
     ``format`` is ``"crypto_agile"`` or ``"sha1"``; ``banks`` are the banks the header declares
-    that Assay knows (SHA-1 alone for a SHA-1 log); ``header`` is the first event (the Spec ID or,
-    for an old log, an ordinary event that is also in ``events``).
+    that Assay knows (SHA-1 alone for a SHA-1 log). ``events`` starts with event 0, the Spec ID
+    header of an agile log (EV_NO_ACTION, never replayed).
     """
 
     format: str
@@ -156,7 +156,7 @@ def parse_event_log(data: bytes, *, max_size: int = MAX_LOG_SIZE) -> EventLog:
         spec_id = _parse_spec_id(first.data, 0)
         sizes = {a.alg_id: a.digest_size for a in spec_id.algorithms}
         banks = tuple(a.known for a in spec_id.algorithms if a.known is not None)
-        events = _read_agile_events(data, pos, sizes)
+        events = [first, *_read_agile_events(data, pos, sizes)]
         fmt = "crypto_agile"
     else:
         if first.event_type == _EV_NO_ACTION and first.data.startswith(SPEC_ID_00):

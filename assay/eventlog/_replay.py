@@ -83,6 +83,13 @@ def initial_value(alg: HashAlg, pcr: int, start_locality: int) -> bytes:
     return bytes(alg.digest_size)
 
 
+def _reset_values(alg: HashAlg, pcr: int, locality: int) -> tuple[bytes, ...]:
+    """Values an unextended PCR may hold: PCR17-22 reset to all ones until a DRTM launch zeroes them."""
+    if 17 <= pcr <= 22:
+        return (b"\xff" * alg.digest_size, bytes(alg.digest_size))
+    return (initial_value(alg, pcr, locality),)
+
+
 def start_locality(log: EventLog) -> int:
     """PCR0's starting value: 4 after an H-CRTM sequence, else the StartupLocality (default 0)."""
     if log.hcrtm:
@@ -217,7 +224,7 @@ def verify_log(log: EventLog, quote: QuotedPcrs, bank: HashAlg) -> VerifiedBootL
             )
         got = replayed.get(pcr)
         if got is None:
-            if value != initial_value(bank, pcr, result.start_locality):
+            if value not in _reset_values(bank, pcr, result.start_locality):
                 outside.add(pcr)
             continue
         if got == value:
