@@ -1,0 +1,234 @@
+"""EFI signature databases (PK, KEK, db, dbx, MokList…) and EFI_SIGNATURE_DATA, parsed strictly.
+
+A poisoned database is attack 14 in MISSION.md: every size in an EFI_SIGNATURE_LIST is checked
+against the header, the list and the signature type before anything is sliced, a zero size can never
+make the parser loop, and an X.509 entry must be one well-formed DER certificate filling its slot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from .._reader import Reader
+from ..errors import MalformedEvidence
+from .guid import EFI_CERT_X509, Guid
+
+_LIST_HEADER = 28  # SignatureType (16) + ListSize, HeaderSize, SignatureSize (u32 each)
+_OWNER = 16
+MAX_SIGNATURE_LISTS = 4096
+
+# Size of SignatureData (after the owner GUID) for each fixed-size signature type.
+_FIXED_SIZES: dict[str, tuple[str, int]] = {
+    "c1c41626-504c-4092-aca9-41f936934328": ("sha256", 32),
+    "826ca512-cf10-4ac9-b187-be01496631bd": ("sha1", 20),
+    "0b6e5233-a65c-44c9-9407-d9ab83bfc8bd": ("sha224", 28),
+    "ff3e5307-9fd0-48c9-85f1-8ad56c701e01": ("sha384", 48),
+    "093e0fae-a6c4-4f50-9f1b-d41e2b89c19a": ("sha512", 64),
+    "3c5766e8-269c-4e34-aa14-ed776e85b3b6": ("rsa2048", 256),
+    "e2b36190-879b-4a3d-ad8d-f2e7bba32784": ("rsa2048_sha256", 32),
+    "67f8444f-8743-48f1-a328-1eaab8736080": ("rsa2048_sha1", 20),
+    "3bd2a492-96c0-4079-b420-fcf98ef103ed": ("x509_sha256", 32 + 16),
+    "7076876e-80c2-4ee6-aad2-28b349a6865b": ("x509_sha384", 48 + 16),
+    "446dbf63-2502-4cda-bcfa-2465d2b0fe9d": ("x509_sha512", 64 + 16),
+}
+_HASH_KIND_BY_SIZE = {20: "sha1", 32: "sha256", 48: "sha384", 64: "sha512"}
+
+
+def der_length(data: bytes, where: str = "X.509 certificate") -> int:
+    """Total length of the DER SEQUENCE at the start of ``data`` (MalformedEvidence if none)."""
+    if len(data) < 2 or data[0] != 0x30:
+        raise MalformedEvidence("not a DER SEQUENCE", where=where, offset=0)
+    first = data[1]
+    if first < 0x80:
+        return 2 + first
+    count = first & 0x7F
+    if count == 0 or count > 4 or len(data) < 2 + count:
+        raise MalformedEvidence("bad DER length", where=where, offset=1)
+    return 2 + count + int.from_bytes(data[2 : 2 + count], "big")
+
+
+@dataclass(frozen=True, slots=True)
+class X509Certificate:
+    """A DER certificate from a signature database. Parsed (and so validated) at construction;
+    the text fields are computed on demand. Nothing about it is trusted: it is what the log says."""
+
+    der: bytes
+    _cert: list[x509.Certificate] = field(default_factory=list, repr=False, compare=False)
+
+    @classmethod
+    def from_der(cls, der: bytes, *, where: str = "X.509 certificate") -> X509Certificate:
+        if der_length(der, where) != len(der):
+            raise MalformedEvidence(
+                f"DER length {der_length(der, where)} does not fill the {len(der)}-byte slot",
+                where=where)
+        try:
+            cert = x509.load_der_x509_certificate(der)
+        except ValueError as exc:
+            raise MalformedEvidence(f"not a valid certificate ({exc})", where=where) from None
+        return cls(der, [cert])
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        return self._cert[0]
+
+    @property
+    def subject(self) -> str:
+        return self.certificate.subject.rfc4514_string()
+
+    @property
+    def issuer(self) -> str:
+        return self.certificate.issuer.rfc4514_string()
+
+    @property
+    def serial(self) -> int:
+        return self.certificate.serial_number
+
+    @property
+    def sha256(self) -> bytes:
+        """SHA-256 fingerprint of the DER encoding."""
+        return hashlib.sha256(self.der).digest()
+
+    @property
+    def common_name(self) -> str:
+        """The subject CN, or the whole subject when there is none."""
+        try:
+            names = self.certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        except ValueError:
+            names = []
+        if names:
+            value = names[0].value
+            return value if isinstance(value, str) else value.decode("utf-8", "replace")
+        return self.subject
+
+    def to_json(self) -> dict[str, Any]:
+        return {"subject": self.subject, "issuer": self.issuer, "serial": f"{self.serial:x}",
+                "sha256": self.sha256.hex()}
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureEntry:
+    """One EFI_SIGNATURE_DATA: owner GUID, and a certificate or a hash (``kind`` says which)."""
+
+    owner: Guid | None
+    kind: str  # "x509", "sha256", "sha1", …, or "unknown"
+    data: bytes
+    certificate: X509Certificate | None = None
+
+    def describe(self) -> str:
+        if self.certificate is not None:
+            return self.certificate.common_name
+        return f"{self.kind}:{self.data.hex()}"
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"owner": str(self.owner) if self.owner else None, "kind": self.kind}
+        if self.certificate is not None:
+            out["certificate"] = self.certificate.to_json()
+        else:
+            out["data"] = self.data.hex()
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureList:
+    """One EFI_SIGNATURE_LIST."""
+
+    signature_type: Guid
+    header: bytes
+    entries: tuple[SignatureEntry, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": str(self.signature_type), "type_name": self.signature_type.name,
+                "header": self.header.hex(), "entries": [e.to_json() for e in self.entries]}
+
+
+def parse_signature_lists(data: bytes, *, where: str = "signature database") -> tuple[
+        SignatureList, ...]:
+    """Parse a concatenation of EFI_SIGNATURE_LISTs (the content of PK, KEK, db, dbx, MokList).
+
+    Checks, per list: 1. SignatureListSize >= 28 + SignatureHeaderSize and within the data;
+    2. SignatureSize >= 16 (an owner GUID) and, for a fixed-size type, exactly 16 + that size;
+    3. the space after the header is a whole number of signatures; 4. each X.509 entry is one DER
+    certificate that fills its slot. An empty database (zero bytes) is an empty tuple.
+    """
+    lists: list[SignatureList] = []
+    pos = 0
+    end = len(data)
+    while pos < end:
+        if len(lists) >= MAX_SIGNATURE_LISTS:
+            raise MalformedEvidence(f"more than {MAX_SIGNATURE_LISTS} signature lists",
+                                    where=where, offset=pos)
+        lists.append(_parse_one_list(data, pos, where))
+        pos += int.from_bytes(data[pos + 16 : pos + 20], "little")
+    return tuple(lists)
+
+
+def _parse_one_list(data: bytes, start: int, where: str) -> SignatureList:
+    here = f"{where}, signature list at offset {start}"
+    r = Reader(data, here, start=start)
+    sig_type = Guid(r.take(16, "SignatureType"))
+    list_size = r.u32le("SignatureListSize")
+    header_size = r.u32le("SignatureHeaderSize")
+    sig_size = r.u32le("SignatureSize")
+    # 1. The list's own size bounds everything in it.
+    if list_size < _LIST_HEADER + header_size:
+        raise MalformedEvidence(
+            f"SignatureListSize {list_size} is smaller than the header (28 + {header_size})",
+            where=here, offset=start)
+    if start + list_size > len(data):
+        raise MalformedEvidence(
+            f"SignatureListSize {list_size} overruns the data ({len(data) - start} bytes left)",
+            where=here, offset=start)
+    # 2. Signature size: at least an owner GUID; exact for fixed-size types.
+    if sig_size < _OWNER:
+        raise MalformedEvidence(f"SignatureSize {sig_size} is smaller than the owner GUID (16)",
+                                where=here, offset=start + 24)
+    fixed = _FIXED_SIZES.get(str(sig_type))
+    if fixed is not None and sig_size != _OWNER + fixed[1]:
+        raise MalformedEvidence(
+            f"SignatureSize {sig_size} is wrong for {fixed[0]} (must be {_OWNER + fixed[1]})",
+            where=here, offset=start + 24)
+    # 3. A whole number of signatures after the header.
+    body = list_size - _LIST_HEADER - header_size
+    if body % sig_size != 0:
+        raise MalformedEvidence(
+            f"list body of {body} bytes is not a multiple of SignatureSize {sig_size}",
+            where=here, offset=start)
+    header = r.take(header_size, "SignatureHeader")
+    kind = "x509" if sig_type == EFI_CERT_X509 else (fixed[0] if fixed else "unknown")
+    entries = []
+    for i in range(body // sig_size):
+        owner = Guid(r.take(_OWNER, "SignatureOwner"))
+        content = r.take(sig_size - _OWNER, "SignatureData")
+        cert = None
+        if kind == "x509":
+            cert = X509Certificate.from_der(content, where=f"{here}, entry {i}")
+        entries.append(SignatureEntry(owner, kind, content, cert))
+    return SignatureList(sig_type, header, tuple(entries))
+
+
+def parse_signature_data(data: bytes, *, where: str = "EFI_SIGNATURE_DATA") -> SignatureEntry:
+    """Parse the data of an EV_EFI_VARIABLE_AUTHORITY event: the db/MokList entry that verified
+    an image. Usually EFI_SIGNATURE_DATA (owner GUID + certificate or hash); shim and some older
+    firmware log the bare DER certificate, recognised when the data is exactly one DER SEQUENCE."""
+    if len(data) >= 4 and data[0] == 0x30 and data[1] in (0x81, 0x82, 0x83):
+        try:
+            exact = der_length(data, where) == len(data)
+        except MalformedEvidence:
+            exact = False
+        if exact:
+            return SignatureEntry(None, "x509", data, X509Certificate.from_der(data, where=where))
+    if len(data) < _OWNER + 1:
+        raise MalformedEvidence(f"{len(data)} bytes is too short for an owner GUID and data",
+                                where=where, offset=0)
+    owner = Guid(data[:_OWNER])
+    content = data[_OWNER:]
+    if content[0] == 0x30:
+        cert = X509Certificate.from_der(content, where=where)
+        return SignatureEntry(owner, "x509", content, cert)
+    kind = _HASH_KIND_BY_SIZE.get(len(content), "unknown")
+    return SignatureEntry(owner, kind, content)
