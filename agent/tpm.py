@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -33,7 +34,6 @@ from tpm2_pytss import (
     TPML_DIGEST_VALUES,
     TPML_PCR_SELECTION,
     TPMS_PCR_SELECTION,
-    TPMT_HA,
     TPMT_PUBLIC,
     TPMT_SIG_SCHEME,
     TPMT_SYM_DEF,
@@ -453,9 +453,10 @@ class Tpm:
                 self._tcti.set_locality(0)
 
     def pcr_extend(self, pcr: int, digests: Mapping[HashAlg, bytes]) -> None:
-        values = TPML_DIGEST_VALUES(
-            [TPMT_HA(hashAlg=TPM2_ALG(int(alg)), digest=digest) for alg, digest in digests.items()]
+        wire = struct.pack(">I", len(digests)) + b"".join(
+            struct.pack(">H", int(alg)) + digest for alg, digest in digests.items()
         )
+        values, _ = TPML_DIGEST_VALUES.unmarshal(wire)
         try:
             self.esys.pcr_extend(ESYS_TR.parse(f"pcr{pcr}"), values)
         except TSS2_Exception as exc:
