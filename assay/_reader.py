@@ -37,7 +37,9 @@ class Reader:
         return self.pos >= self._end
 
     def fail(self, message: str, offset: int | None = None) -> MalformedEvidence:
-        return MalformedEvidence(message, where=self.where, offset=self.pos if offset is None else offset)
+        return MalformedEvidence(
+            message, where=self.where, offset=self.pos if offset is None else offset
+        )
 
     def _need(self, n: int, what: str) -> int:
         pos = self.pos

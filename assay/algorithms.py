@@ -38,7 +38,9 @@ class HashAlg(enum.IntEnum):
         return bytes(h.digest())
 
     @classmethod
-    def from_id(cls, alg_id: int, *, where: str | None = None, offset: int | None = None) -> HashAlg:
+    def from_id(
+        cls, alg_id: int, *, where: str | None = None, offset: int | None = None
+    ) -> HashAlg:
         try:
             return cls(alg_id)
         except ValueError:

@@ -75,7 +75,9 @@ def test_replay_equals_expected_pcrs(expected: Path) -> None:
             if pcr in got:
                 quoted[pcr] = value
             elif pcr not in OUTSIDE_LOG:
-                assert value == initial_value(alg, pcr, result.start_locality), f"{alg.bank} PCR{pcr}"
+                assert value == initial_value(alg, pcr, result.start_locality), (
+                    f"{alg.bank} PCR{pcr}"
+                )
         # The quote-style check: replay must equal every expected value the log has events for.
         verified = verify_log(log, _Quoted({alg: quoted}), alg)
         compared += len(quoted)
@@ -92,7 +94,9 @@ def test_ebs_missing_log_needs_the_named_workaround() -> None:
     pcr5 = bytes.fromhex(want["sha1"]["5"])
     assert replay(log).pcrs[HashAlg.SHA1][5] != pcr5
     verified = verify_log(log, _Quoted({HashAlg.SHA1: {5: pcr5}}), HashAlg.SHA1)
-    assert [w.workaround.name for w in verified.workarounds] == ["exit-boot-services-events-missing"]
+    assert [w.workaround.name for w in verified.workarounds] == [
+        "exit-boot-services-events-missing"
+    ]
 
 
 @pytest.mark.parametrize("row", MALFORMED_ROWS, ids=[r["file"] for r in MALFORMED_ROWS])

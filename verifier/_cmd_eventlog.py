@@ -29,9 +29,13 @@ def register(sub: Any) -> None:
         help="list the events of a log",
         description="Print every event: index, PCR, type, digest per bank and a decoded description.",
     )
-    show.add_argument("file", metavar="FILE", help="binary event log (binary_bios_measurements format)")
+    show.add_argument(
+        "file", metavar="FILE", help="binary event log (binary_bios_measurements format)"
+    )
     show.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    show.add_argument("--full-digests", action="store_true", help="do not shorten digests in the table")
+    show.add_argument(
+        "--full-digests", action="store_true", help="do not shorten digests in the table"
+    )
     show.set_defaults(func=_show)
 
     rep = commands.add_parser(
@@ -85,8 +89,10 @@ def _replay(args: argparse.Namespace) -> int:
         json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return EXIT_OK
-    print(f"{args.file}: {log.format} log, {len(log.events)} events, PCR0 starts at locality "
-          f"{result.start_locality}")
+    print(
+        f"{args.file}: {log.format} log, {len(log.events)} events, PCR0 starts at locality "
+        f"{result.start_locality}"
+    )
     for bank, values in doc["banks"].items():
         print(f"{bank}:")
         for pcr, value in values.items():
@@ -134,9 +140,7 @@ def _show(args: argparse.Namespace) -> int:
     for name in ("#", "PCR", "type", *(b.bank for b in log.banks), "description"):
         table.add_column(name, overflow="fold")
     for ev in events:
-        digests = [
-            _short(ev["digests"].get(b.bank, "-"), args.full_digests) for b in log.banks
-        ]
+        digests = [_short(ev["digests"].get(b.bank, "-"), args.full_digests) for b in log.banks]
         pcr = "trailer" if ev["pcr"] == 0xFFFFFFFF else str(ev["pcr"])
         table.add_row(str(ev["index"]), pcr, ev["type_name"], *digests, ev["description"])
     Console(width=200 if not sys.stdout.isatty() else None).print(table)

@@ -45,7 +45,9 @@ def data_covered(event: Event, bank: HashAlg) -> Coverage:
         if bank.hash(data) == digest:
             return True, None
         if _payload_matches(data, digest, bank):
-            return True, AppliedWorkaround(VARIABLE_DATA_ONLY, event.pcr, event.index, "digest over VariableData")
+            return True, AppliedWorkaround(
+                VARIABLE_DATA_ONLY, event.pcr, event.index, "digest over VariableData"
+            )
         return False, None
     if etype == EventType.EV_EFI_VARIABLE_BOOT:
         # The PC Client profile has EV_EFI_VARIABLE_BOOT hashed over VariableData (edk2 does this).
@@ -55,7 +57,10 @@ def data_covered(event: Event, bank: HashAlg) -> Coverage:
             return True, None
         if data and bank.hash(data[:-1]) == digest:
             return True, AppliedWorkaround(
-                SHIM_AUTHORITY_ONE_BYTE_SHORT, event.pcr, event.index, "digest over data minus its last byte"
+                SHIM_AUTHORITY_ONE_BYTE_SHORT,
+                event.pcr,
+                event.index,
+                "digest over data minus its last byte",
             )
         return False, None
     if etype == EventType.EV_IPL:

@@ -36,6 +36,7 @@ SPEC_ID_00 = b"Spec ID Event00\x00"
 STARTUP_LOCALITY = b"StartupLocality\x00"
 
 _EV_NO_ACTION = int(EventType.EV_NO_ACTION)
+_EV_HCRTM = int(EventType.EV_EFI_HCRTM_EVENT)
 _HEADER = struct.Struct("<II")
 _U32 = struct.Struct("<I")
 _U16 = struct.Struct("<H")
@@ -50,7 +51,7 @@ class Event(NamedTuple):
     the log declares (real firmware does this), never more. ``data`` is the raw event data.
     """
 
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index; the spec calls it the index
     pcr: int
     event_type: int
     digests: Mapping[HashAlg, bytes]
@@ -154,9 +155,8 @@ def parse_event_log(data: bytes, *, max_size: int = MAX_LOG_SIZE) -> EventLog:
     if first.event_type == _EV_NO_ACTION and first.pcr == 0 and first.data.startswith(SPEC_ID_03):
         # 3. Crypto-agile log.
         spec_id = _parse_spec_id(first.data, 0)
-        sizes = {a.alg_id: a.digest_size for a in spec_id.algorithms}
         banks = tuple(a.known for a in spec_id.algorithms if a.known is not None)
-        events = [first, *_read_agile_events(data, pos, sizes)]
+        events = [first, *_read_agile_events(data, pos, spec_id)]
         fmt = "crypto_agile"
     else:
         if first.event_type == _EV_NO_ACTION and first.data.startswith(SPEC_ID_00):
@@ -171,7 +171,7 @@ def parse_event_log(data: bytes, *, max_size: int = MAX_LOG_SIZE) -> EventLog:
         fmt = "sha1"
     # 4. PCR0's starting value.
     locality = _startup_locality(events)
-    hcrtm = any(e.event_type == EventType.EV_EFI_HCRTM_EVENT for e in events)
+    hcrtm = any(e.event_type == _EV_HCRTM for e in events)
     return EventLog(
         format=fmt,
         banks=banks,
@@ -186,14 +186,18 @@ def parse_event_log(data: bytes, *, max_size: int = MAX_LOG_SIZE) -> EventLog:
 
 def _check_pcr(pcr: int, index: int, offset: int) -> None:
     if pcr > MAX_PCR and pcr != TRAILER_PCR:
-        raise MalformedEvidence(f"PCR index {pcr} out of range", where=f"event {index}", offset=offset)
+        raise MalformedEvidence(
+            f"PCR index {pcr} out of range", where=f"event {index}", offset=offset
+        )
 
 
 def _read_sha1_event(data: bytes, pos: int, index: int) -> tuple[Event, int]:
     end = len(data)
     if pos + 32 > end:
         raise MalformedEvidence(
-            f"truncated TCG_PCR_EVENT header ({end - pos} of 32 bytes)", where=f"event {index}", offset=pos
+            f"truncated TCG_PCR_EVENT header ({end - pos} of 32 bytes)",
+            where=f"event {index}",
+            offset=pos,
         )
     pcr, etype, digest, dsize = _SHA1_EVENT_HEADER.unpack_from(data, pos)
     _check_pcr(pcr, index, pos)
@@ -246,7 +250,8 @@ def _parse_spec_id(data: bytes, index: int, *, legacy: bool = False) -> SpecId:
             raise MalformedEvidence(f"Spec ID declares algorithm 0x{alg_id:04x} twice", where=where)
         if known is not None and dsize != known.digest_size:
             raise MalformedEvidence(
-                f"Spec ID gives {known.bank} digest size {dsize}, expected {known.digest_size}", where=where
+                f"Spec ID gives {known.bank} digest size {dsize}, expected {known.digest_size}",
+                where=where,
             )
         if dsize == 0 or dsize > 128:
             raise MalformedEvidence(f"Spec ID digest size {dsize} for 0x{alg_id:04x}", where=where)
@@ -255,7 +260,8 @@ def _parse_spec_id(data: bytes, index: int, *, legacy: bool = False) -> SpecId:
     vsize = data[need - 1]
     if need + vsize != size:
         raise MalformedEvidence(
-            f"Spec ID event size {size} != computed {need + vsize} (vendorInfoSize={vsize})", where=where
+            f"Spec ID event size {size} != computed {need + vsize} (vendorInfoSize={vsize})",
+            where=where,
         )
     return SpecId(
         signature="Spec ID Event03",
@@ -267,74 +273,126 @@ def _parse_spec_id(data: bytes, index: int, *, legacy: bool = False) -> SpecId:
     )
 
 
-def _read_agile_events(data: bytes, pos: int, sizes: Mapping[int, int]) -> list[Event]:
-    """Read TCG_PCR_EVENT2 records until the end of the log."""
+def _read_agile_events(data: bytes, pos: int, spec_id: SpecId) -> list[Event]:
+    """Read TCG_PCR_EVENT2 records until the end of the log.
+
+    Fast path: an event carrying every declared digest in header order has a fixed layout, read with
+    one ``unpack_from``; anything else (fewer digests, another order) takes the general path.
+    """
     end = len(data)
-    max_digests = len(sizes)
+    algs = spec_id.algorithms
+    count_all = len(algs)
+    layout = struct.Struct("<III" + "".join(f"H{a.digest_size}s" for a in algs) + "I")
+    fixed = layout.size
+    expect_ids = tuple(a.alg_id for a in algs)
+    keys = tuple(a.known for a in algs)
+    all_known = all(k is not None for k in keys)
+    k0 = keys[0]
+    k1 = keys[1] if count_all > 1 else k0
+    new_event = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
+    unpack = layout.unpack_from
     events: list[Event] = []
     index = 1
-    header = _HEADER.unpack_from
-    u32 = _U32.unpack_from
-    u16 = _U16.unpack_from
-    known = _KNOWN_ALGS
+    append = events.append
     while pos < end:
-        start = pos
-        if pos + 12 > end:
-            raise MalformedEvidence(
-                f"truncated TCG_PCR_EVENT2 header ({end - pos} bytes left)", where=f"event {index}", offset=pos
-            )
-        pcr, etype = header(data, pos)
-        if pcr > MAX_PCR and pcr != TRAILER_PCR:
-            _check_pcr(pcr, index, pos)
-        count = u32(data, pos + 8)[0]
-        if count > max_digests:
-            raise MalformedEvidence(
-                f"{count} digests, the header declares {max_digests}", where=f"event {index}", offset=pos + 8
-            )
-        pos += 12
-        digests: dict[HashAlg, bytes] = {}
-        for _ in range(count):
-            if pos + 2 > end:
-                raise MalformedEvidence("truncated digest", where=f"event {index}", offset=pos)
-            alg_id = u16(data, pos)[0]
-            dsize = sizes.get(alg_id)
-            if dsize is None:
-                raise MalformedEvidence(
-                    f"digest algorithm 0x{alg_id:04x} not declared in the Spec ID header",
-                    where=f"event {index}",
-                    offset=pos,
-                )
-            pos += 2
-            if pos + dsize > end:
-                raise MalformedEvidence("truncated digest", where=f"event {index}", offset=pos)
-            alg = known.get(alg_id)
-            if alg is not None:
-                if alg in digests:
+        if all_known and pos + fixed <= end:
+            fields = unpack(data, pos)
+            if fields[2] == count_all and fields[3:-1:2] == expect_ids:
+                pcr = fields[0]
+                if pcr > MAX_PCR and pcr != TRAILER_PCR:
+                    _check_pcr(pcr, index, pos)
+                dsize = fields[-1]
+                body = pos + fixed
+                if dsize > end - body:
                     raise MalformedEvidence(
-                        f"two {alg.bank} digests", where=f"event {index}", offset=pos - 2
+                        f"event data size {dsize} overruns the log ({end - body} bytes left)",
+                        where=f"event {index}",
+                        offset=body - 4,
                     )
-                digests[alg] = data[pos : pos + dsize]
-            pos += dsize
-        if pos + 4 > end:
-            raise MalformedEvidence("truncated event size", where=f"event {index}", offset=pos)
-        dsize = u32(data, pos)[0]
-        pos += 4
-        if dsize > end - pos:
-            raise MalformedEvidence(
-                f"event data size {dsize} overruns the log ({end - pos} bytes left)",
-                where=f"event {index}",
-                offset=pos - 4,
-            )
-        events.append(Event(index, pcr, etype, digests, data[pos : pos + dsize], start))
-        pos += dsize
+                if count_all == 2:
+                    digests = {k0: fields[4], k1: fields[6]}
+                elif count_all == 1:
+                    digests = {k0: fields[4]}
+                else:
+                    digests = dict(zip(keys, fields[4:-1:2], strict=True))
+                append(
+                    new_event(
+                        Event, (index, pcr, fields[1], digests, data[body : body + dsize], pos)
+                    )
+                )
+                pos = body + dsize
+                index += 1
+                continue
+        event, pos = _read_agile_event_slow(data, pos, index, spec_id)
+        append(event)
         index += 1
     return events
+
+
+def _read_agile_event_slow(data: bytes, pos: int, index: int, spec_id: SpecId) -> tuple[Event, int]:
+    """One TCG_PCR_EVENT2 of any shape, every length checked."""
+    end = len(data)
+    start = pos
+    where = f"event {index}"
+    sizes = {a.alg_id: a.digest_size for a in spec_id.algorithms}
+    if pos + 12 > end:
+        raise MalformedEvidence(
+            f"truncated TCG_PCR_EVENT2 header ({end - pos} bytes left)", where=where, offset=pos
+        )
+    pcr, etype = _HEADER.unpack_from(data, pos)
+    _check_pcr(pcr, index, pos)
+    count = _U32.unpack_from(data, pos + 8)[0]
+    if count > len(sizes):
+        raise MalformedEvidence(
+            f"{count} digests, the header declares {len(sizes)}", where=where, offset=pos + 8
+        )
+    pos += 12
+    digests: dict[HashAlg, bytes] = {}
+    seen: set[int] = set()
+    for _ in range(count):
+        if pos + 2 > end:
+            raise MalformedEvidence("truncated digest", where=where, offset=pos)
+        alg_id = _U16.unpack_from(data, pos)[0]
+        dsize = sizes.get(alg_id)
+        if dsize is None:
+            raise MalformedEvidence(
+                f"digest algorithm 0x{alg_id:04x} not declared in the Spec ID header",
+                where=where,
+                offset=pos,
+            )
+        if alg_id in seen:
+            raise MalformedEvidence(
+                f"two digests for algorithm 0x{alg_id:04x}", where=where, offset=pos
+            )
+        seen.add(alg_id)
+        pos += 2
+        if pos + dsize > end:
+            raise MalformedEvidence("truncated digest", where=where, offset=pos)
+        alg = _KNOWN_ALGS.get(alg_id)
+        if alg is not None:
+            digests[alg] = data[pos : pos + dsize]
+        pos += dsize
+    if pos + 4 > end:
+        raise MalformedEvidence("truncated event size", where=where, offset=pos)
+    dsize = _U32.unpack_from(data, pos)[0]
+    pos += 4
+    if dsize > end - pos:
+        raise MalformedEvidence(
+            f"event data size {dsize} overruns the log ({end - pos} bytes left)",
+            where=where,
+            offset=pos - 4,
+        )
+    return Event(index, pcr, etype, digests, data[pos : pos + dsize], start), pos + dsize
 
 
 def _startup_locality(events: list[Event]) -> int | None:
     """The locality of a StartupLocality EV_NO_ACTION event in PCR0, if the log has one."""
     for event in events:
-        if event.event_type == _EV_NO_ACTION and event.pcr == 0 and event.data.startswith(STARTUP_LOCALITY):
+        if (
+            event.event_type == _EV_NO_ACTION
+            and event.pcr == 0
+            and event.data.startswith(STARTUP_LOCALITY)
+        ):
             if len(event.data) != 17:
                 raise MalformedEvidence(
                     f"StartupLocality event data is {len(event.data)} bytes, expected 17",

@@ -118,7 +118,9 @@ def replay(log: EventLog, banks: Iterable[HashAlg] | None = None) -> Replay:
     return Replay(result, locality, incomplete, tuple(warnings))
 
 
-def _replay_bank(events: list[Event], alg: HashAlg, locality: int) -> tuple[dict[int, bytes], set[int]]:
+def _replay_bank(
+    events: list[Event], alg: HashAlg, locality: int
+) -> tuple[dict[int, bytes], set[int]]:
     h = _hasher(alg)
     zero = bytes(alg.digest_size)
     start0 = initial_value(alg, 0, locality)
@@ -206,9 +208,13 @@ def verify_log(log: EventLog, quote: QuotedPcrs, bank: HashAlg) -> VerifiedBootL
     # 1. Bank.
     quoted = quote.pcrs.get(bank)
     if not quoted:
-        raise VerificationFailed(f"the quote does not cover the {bank.bank} bank", code="bank_not_quoted")
+        raise VerificationFailed(
+            f"the quote does not cover the {bank.bank} bank", code="bank_not_quoted"
+        )
     if bank not in log.banks:
-        raise VerificationFailed(f"the event log has no {bank.bank} digests", code="bank_not_in_log")
+        raise VerificationFailed(
+            f"the event log has no {bank.bank} digests", code="bank_not_in_log"
+        )
     # 2. Replay.
     result = replay(log, (bank,))
     replayed = result.pcrs[bank]
@@ -260,7 +266,9 @@ def assume_quoted_for_review(log: EventLog, bank: HashAlg) -> VerifiedBootLog:
     operator can appraise a captured log against golden sets (``eventlog check``).
     """
     if bank not in log.banks:
-        raise VerificationFailed(f"the event log has no {bank.bank} digests", code="bank_not_in_log")
+        raise VerificationFailed(
+            f"the event log has no {bank.bank} digests", code="bank_not_in_log"
+        )
     result = replay(log, (bank,))
     verified = verify_log(log, _ReviewQuote({bank: result.pcrs[bank]}), bank)
     return replace(verified, reviewed_only=True, _cache={})
@@ -286,5 +294,8 @@ def _try_ebs_workaround(
     if value != want:
         return None
     return AppliedWorkaround(
-        EBS_EVENTS_MISSING, 5, None, "PCR5 matches once the two unlogged ExitBootServices actions are added"
+        EBS_EVENTS_MISSING,
+        5,
+        None,
+        "PCR5 matches once the two unlogged ExitBootServices actions are added",
     )
