@@ -1,12 +1,10 @@
-"""Entry point for ``python -m agent``."""
+"""Entry point for ``python -m agent`` and the ``assay-agent`` script."""
+
+from __future__ import annotations
 
 import sys
 
-
-def main() -> int:
-    print("assay-agent: not implemented yet", file=sys.stderr)
-    return 2
-
+from ._cli import main
 
 if __name__ == "__main__":
     sys.exit(main())
