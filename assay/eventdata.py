@@ -207,10 +207,12 @@ class VariableEvent:
     data: bytes  # the raw VariableData
     value: VariableValue
     authority: bool = False
+    trailing: bytes = b""  # tolerated bytes after UEFI_VARIABLE_DATA (see _decode_variable)
 
     def describe(self) -> str:
         sep = ": " if self.authority or hasattr(self.value, "lists") else " = "
-        return f"{self.name}{sep}{self.value.describe()}"
+        more = f" (+{len(self.trailing)} trailing bytes)" if self.trailing else ""
+        return f"{self.name}{sep}{self.value.describe()}{more}"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -221,6 +223,7 @@ class VariableEvent:
             "authority": self.authority,
             "data": self.data.hex(),
             "value": self.value.to_json(),
+            "trailing": self.trailing.hex(),
         }
 
 
@@ -233,6 +236,7 @@ class ImageLoad:
     link_time_address: int
     device_path: bytes
     device_path_text: str
+    padding: bytes = b""  # shim's struct padding after the device path
 
     @property
     def file_path(self) -> str | None:
@@ -256,6 +260,7 @@ class ImageLoad:
             "link_time_address": self.link_time_address,
             "device_path": self.device_path.hex(),
             "device_path_text": self.device_path_text,
+            "padding": self.padding.hex(),
         }
 
 
@@ -457,18 +462,32 @@ def _where(event_type: int) -> str:
     return f"{event_type_name(event_type)} data"
 
 
+SHIM_AUTHORITY_PADDING = 7
+"""Old shim logs EV_EFI_VARIABLE_AUTHORITY with sizeof() struct padding after the value (and its
+digest one byte short, go-attestation#157): up to 7 trailing bytes are tolerated and kept."""
+
+
 def _decode_variable(event_type: int, data: bytes) -> VariableEvent:
+    """Steps: 1. UEFI_VARIABLE_DATA, strict except for two known firmware behaviours: shim's
+    padding after AUTHORITY data, and TPM 1.2-era firmware logging BootOrder and every Boot####
+    in one EV_EFI_VARIABLE_BOOT (the first is decoded, the rest kept in ``trailing``);
+    2. the value, by variable (strict for Secure Boot flags and databases)."""
     where = _where(event_type)
-    var = parse_variable_data(data, where=where)
     authority = event_type == ET.EV_EFI_VARIABLE_AUTHORITY
+    # 1. The variable.
+    trailing = SHIM_AUTHORITY_PADDING if authority else 0
+    if event_type == ET.EV_EFI_VARIABLE_BOOT:
+        trailing = len(data)
+    var = parse_variable_data(data, max_trailing=trailing, where=where)
+    # 2. Its value.
     value = decode_variable_value(var.guid, var.name, var.data, authority=authority, where=where)
-    return VariableEvent(var.guid, var.name, var.data, value, authority)
+    return VariableEvent(var.guid, var.name, var.data, value, authority, var.trailing)
 
 
 def _decode_image(event_type: int, data: bytes) -> ImageLoad:
     img = parse_image_load_event(data, where=_where(event_type))
     return ImageLoad(img.location, img.length, img.link_time_address, img.device_path,
-                     img.device_path_text)
+                     img.device_path_text, img.padding)
 
 
 def _decode_separator(event_type: int, data: bytes) -> SeparatorEvent:

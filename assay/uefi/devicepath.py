@@ -32,8 +32,9 @@ class DevicePathNode:
 def parse_device_path(data: bytes, *, where: str = "device path") -> tuple[DevicePathNode, ...]:
     """Split a device path (or several, each ended by End Entire) into nodes, end nodes included.
 
-    A buffer that stops without an end node is accepted (firmware does it); a node whose length
-    is below 4 or past the end of the buffer is not.
+    A buffer that stops without an end node, or whose rest is all zero bytes (firmware pads the
+    path with zeros instead of an end node), ends the path; a node whose length is below 4 or past
+    the end of the buffer is malformed.
     """
     nodes: list[DevicePathNode] = []
     pos = 0
@@ -45,6 +46,8 @@ def parse_device_path(data: bytes, *, where: str = "device path") -> tuple[Devic
             raise MalformedEvidence(f"truncated node header ({end - pos} bytes left)",
                                     where=where, offset=pos)
         length = data[pos + 2] | (data[pos + 3] << 8)
+        if length == 0 and not any(data[pos:]):
+            break
         if length < 4:
             raise MalformedEvidence(f"node length {length} is below the 4-byte header",
                                     where=where, offset=pos)

@@ -49,9 +49,14 @@ class UefiVariableData:
     guid: Guid
     name: str
     data: bytes
+    trailing: bytes = b""
 
 
-def parse_variable_data(data: bytes, *, where: str = "UEFI_VARIABLE_DATA") -> UefiVariableData:
+def parse_variable_data(data: bytes, *, max_trailing: int = 0,
+                        where: str = "UEFI_VARIABLE_DATA") -> UefiVariableData:
+    """Parse UEFI_VARIABLE_DATA; the lengths must account for every byte, except that up to
+    ``max_trailing`` bytes after the value are returned in ``trailing`` (callers allow it for known
+    firmware behaviour: shim's struct padding, several variables logged in one event)."""
     r = Reader(data, where)
     guid = Guid(r.take(16, "VariableName GUID"))
     name_len = r.u64le("UnicodeNameLength")
@@ -66,8 +71,9 @@ def parse_variable_data(data: bytes, *, where: str = "UEFI_VARIABLE_DATA") -> Ue
                      f"({r.remaining - 2 * name_len} bytes left)", 24)
     name = _utf16(r.take(2 * name_len, "UnicodeName"), r, "UnicodeName")
     value = r.take(data_len, "VariableData")
-    r.expect_end("UEFI_VARIABLE_DATA")
-    return UefiVariableData(guid, name, value)
+    if r.remaining > max_trailing:
+        r.expect_end("UEFI_VARIABLE_DATA")
+    return UefiVariableData(guid, name, value, r.take(r.remaining, "trailing bytes"))
 
 
 # --- EFI_LOAD_OPTION ------------------------------------------------------------------------------
@@ -116,6 +122,12 @@ class ImageLoadEvent:
     link_time_address: int
     device_path: bytes
     device_path_text: str
+    padding: bytes = b""
+
+
+MAX_IMAGE_EVENT_PADDING = 15
+"""shim logs sizeof(EFI_IMAGE_LOAD_EVENT) + path length: up to 15 bytes of struct padding (often
+uninitialised) follow the device path. More than that is malformed."""
 
 
 def parse_image_load_event(data: bytes, *, where: str = "UEFI_IMAGE_LOAD_EVENT") -> ImageLoadEvent:
@@ -124,12 +136,13 @@ def parse_image_load_event(data: bytes, *, where: str = "UEFI_IMAGE_LOAD_EVENT")
     length = r.u64le("ImageLengthInMemory")
     link = r.u64le("ImageLinkTimeAddress")
     path_len = r.u64le("LengthOfDevicePath")
-    if path_len != r.remaining:
+    if not 0 <= r.remaining - path_len <= MAX_IMAGE_EVENT_PADDING:
         raise r.fail(f"LengthOfDevicePath {path_len} does not match the {r.remaining} bytes left",
                      24)
     path = r.take(path_len, "DevicePath")
+    padding = r.take(r.remaining, "padding")
     return ImageLoadEvent(location, length, link, path,
-                          device_path_to_text(path, where=f"{where} DevicePath"))
+                          device_path_to_text(path, where=f"{where} DevicePath"), padding)
 
 
 # --- UEFI_GPT_DATA --------------------------------------------------------------------------------
