@@ -1,0 +1,40 @@
+"""The Flask app factory: configuration in, app out; no module globals."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+
+from flask import Flask, Response, jsonify
+
+from verifier.store import Store
+
+from .config import ServiceConfig
+from .context import Services
+from .errors import register_error_handlers
+from .routes import BLUEPRINTS
+
+
+def create_app(
+    config: ServiceConfig,
+    *,
+    store: Store | None = None,
+    clock: Callable[[], dt.datetime] | None = None,
+) -> Flask:
+    """Build the verifier app. The database must already be at the newest schema (db upgrade)."""
+    app = Flask("verifier")
+    app.config["MAX_CONTENT_LENGTH"] = config.max_bundle + 1024
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    svc = Services(config=config, store=store or Store(config.database))
+    if clock is not None:
+        svc.clock = clock
+    app.extensions["assay"] = svc
+    register_error_handlers(app)
+    for bp in BLUEPRINTS:
+        app.register_blueprint(bp)
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return jsonify({"ok": True})
+
+    return app

@@ -1,0 +1,243 @@
+"""Challenge–response attestation: nonce, evidence → verified quote → verified log → verdict.
+
+``submit`` steps (labelled in the code):
+ 1. decode the bundle (size caps before CBOR) and check it names the node of the URL;
+ 2. the node is enrolled; consume the nonce atomically (any instance, exactly once);
+ 3. verify the quote with the node's enrolled AK (never a key from the evidence);
+ 4. find the log: sent, or the one already held for this boot (content-addressed);
+ 5. the quote covers every PCR the verifier asked for and the policy relies on;
+ 6. the log replays to the quoted PCRs — or, within one boot with an unchanged log, the cached
+    verified log whose quoted values are identical (no re-parse);
+ 7. appraise against the node's golden sets (compiled once per set of versions);
+ 8. one transaction: the log (once per digest), the attestation, the node's new state.
+Failures in 1–3 refuse the evidence (4xx); failures from 5 on are stored verdicts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from assay.algorithms import HashAlg
+from assay.errors import MalformedEvidence, VerificationFailed
+from assay.eventlog import VerifiedBootLog, parse_event_log, verify_log
+from assay.tpm2 import VerifiedQuote, parse_public, verify_quote
+from verifier.store import repo
+from verifier.store.models import Attestation, Node
+
+from .context import Services
+from .errors import ApiError, bad_request, not_found
+from .evidence import Evidence, parse_evidence
+from .policy import Assessment, assess, failed, policy_for
+
+NODE_NOT_ENROLLED = "node_not_enrolled"
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    nonce: bytes
+    expires_at: dt.datetime
+    pcr_selection: dict[str, list[int]]
+    known_event_log_sha256: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AttestationResult:
+    attestation_id: int
+    status: str
+    reason: str
+    node_state: str
+    checks: list[dict[str, Any]]
+    reboot: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "attestation_id": str(self.attestation_id),
+            "status": self.status,
+            "reason": self.reason,
+            "node_state": self.node_state,
+            "reboot": self.reboot,
+            "checks": self.checks,
+        }
+
+
+def _enrolled(db: Session, name: str) -> Node:
+    node = repo.get_node(db, name)
+    if node is None:
+        raise not_found(NODE_NOT_ENROLLED, f"node {name!r} is not enrolled; enroll again")
+    return node
+
+
+def challenge(svc: Services, node_name: str) -> Challenge:
+    now = svc.now()
+    lifetime = dt.timedelta(seconds=svc.config.nonce_lifetime)
+    with svc.store.write() as db:
+        node = _enrolled(db, node_name)
+        row = repo.issue_nonce(db, node.id, lifetime=lifetime, now=now)
+        known = node.boot_log_sha256
+        if known is not None and not repo.has_event_log(db, known):
+            known = None
+    return Challenge(row.nonce, row.expires_at, {svc.config.bank: list(svc.config.pcrs)}, known)
+
+
+def submit(svc: Services, node_name: str, body: bytes) -> AttestationResult:
+    cfg = svc.config
+    # 1. Decode.
+    ev = parse_evidence(
+        body, max_bundle=cfg.max_bundle, max_event_log=cfg.max_event_log, max_ima=cfg.max_ima_log
+    )
+    if ev.node != node_name:
+        raise bad_request("node_mismatch", f"the evidence is for {ev.node!r}, not {node_name!r}")
+    now = svc.now()
+    # 2. Node and nonce.
+    with svc.store.write() as db:
+        node = _enrolled(db, node_name)
+        node_id, ak_public = node.id, node.ak_public
+        refused = repo.consume_nonce(db, node.id, ev.nonce, now)
+    if refused is not None:
+        raise ApiError(422, refused, f"nonce refused: {refused.removeprefix('nonce_')}")
+    # 3. Quote, with the enrolled AK only.
+    try:
+        quote = verify_quote(ev.attest, ev.signature, parse_public(ak_public), ev.nonce, ev.pcrs)
+    except (VerificationFailed, MalformedEvidence) as exc:
+        with svc.store.write() as db:
+            repo.audit(db, "agent", "evidence_refused", node_name, str(exc), now=now)
+        raise
+    # 4. The log.
+    log_hex = ev.event_log_sha256.hex()
+    log_bytes = ev.event_log
+    if log_bytes is None:
+        cached = svc.logs.get((log_hex, int(cfg.hash_alg)))
+        if cached is None:
+            with svc.store.read() as db:
+                log_bytes = repo.get_event_log(db, log_hex)
+            if log_bytes is None:
+                raise ApiError(
+                    422, "event_log_missing", "the verifier does not hold that event log; send it"
+                )
+    # 5-7. Verify the log and appraise.
+    with svc.store.read() as db:
+        rows = repo.golden_rows_for(db, node.labels)
+    assessment = appraise_evidence(svc, quote, log_hex, log_bytes, rows)
+    # 8. Store.
+    return _record(svc, node_id, ev, quote, log_hex, log_bytes, assessment, now)
+
+
+def appraise_evidence(
+    svc: Services, quote: VerifiedQuote, log_hex: str, log_bytes: bytes | None, rows: list[Any]
+) -> Assessment:
+    """Steps 5–7 for a verified quote: coverage, verified log (cached), appraisal."""
+    bank = svc.config.hash_alg
+    # 5. Coverage of what the verifier asked for (the policy adds its own required PCRs).
+    quoted = set(quote.pcrs.get(bank, {}))
+    missing = sorted(set(svc.config.pcrs) - quoted)
+    if missing:
+        return failed(
+            "unknown", "pcr_not_quoted", f"the quote does not cover {bank.bank} PCRs {missing}"
+        )
+    # 6. Verified log.
+    try:
+        vlog = verified_log(svc, quote, bank, log_hex, log_bytes)
+    except VerificationFailed as exc:
+        return failed("untrusted", exc.code, str(exc))
+    except MalformedEvidence as exc:
+        return failed("untrusted", "event_log_malformed", str(exc))
+    # 7. Appraisal.
+    return assess(vlog, policy_for(svc, rows))
+
+
+def verified_log(
+    svc: Services, quote: VerifiedQuote, bank: HashAlg, log_hex: str, log_bytes: bytes | None
+) -> VerifiedBootLog:
+    """The verified log for this quote: the cached one when the quoted values are unchanged."""
+    key = (log_hex, int(bank))
+    cached = svc.logs.get(key)
+    quoted = dict(quote.pcrs.get(bank, {}))
+    if isinstance(cached, VerifiedBootLog) and dict(cached.pcrs) == quoted:
+        return cached
+    if log_bytes is None:
+        with svc.store.read() as db:
+            log_bytes = repo.get_event_log(db, log_hex)
+        if log_bytes is None:
+            raise VerificationFailed("the event log is no longer stored", code="event_log_missing")
+    vlog = verify_log(parse_event_log(log_bytes), quote, bank)
+    svc.logs.put(key, vlog)
+    return vlog
+
+
+def _record(
+    svc: Services,
+    node_id: int,
+    ev: Evidence,
+    quote: VerifiedQuote,
+    log_hex: str,
+    log_bytes: bytes | None,
+    a: Assessment,
+    now: dt.datetime,
+) -> AttestationResult:
+    with svc.store.write() as db:
+        node = db.get(Node, node_id)
+        if node is None:  # deleted while we verified
+            raise not_found(NODE_NOT_ENROLLED, "the node was deleted; enroll again")
+        if log_bytes is not None and hashlib.sha256(log_bytes).hexdigest() == log_hex:
+            repo.put_event_log(db, log_hex, log_bytes, now)
+        reboot = node.last_reset_count is not None and quote.reset_count != node.last_reset_count
+        row = Attestation(
+            node_id=node.id,
+            created_at=now,
+            source="evidence",
+            status=a.status,
+            reason=a.reason,
+            verdict=a.verdict,
+            nonce=ev.nonce,
+            quote=ev.attest,
+            signature=ev.signature,
+            pcrs=pcrs_json(ev.pcrs),
+            event_log_sha256=log_hex,
+            agent_version=ev.agent_version,
+            reset_count=quote.reset_count,
+            restart_count=quote.restart_count,
+            reboot=reboot,
+            golden_versions=a.golden,
+        )
+        db.add(row)
+        db.flush()
+        if reboot:
+            node.last_reboot_at = now
+        node.last_reset_count = quote.reset_count
+        node.last_restart_count = quote.restart_count
+        node.boot_log_sha256 = log_hex
+        node.last_attested_at = now
+        apply_assessment(node, row, a, now)
+        return AttestationResult(row.id, a.status, a.reason, node.state, a.checks, reboot)
+
+
+def apply_assessment(node: Node, row: Attestation, a: Assessment, now: dt.datetime) -> None:
+    """Move the node to its new state (a quarantined node stays quarantined)."""
+    node.last_attestation_id = row.id
+    node.golden_versions = a.golden
+    if a.status == "trusted":
+        node.last_success_at = now
+    if node.state == "quarantined":
+        return
+    if node.state != a.status:
+        node.state_since = now
+    node.state = a.status
+    node.reason = a.reason
+
+
+def pcrs_json(pcrs: Any) -> dict[str, dict[str, str]]:
+    return {
+        alg.bank: {str(p): v.hex() for p, v in sorted(vals.items())} for alg, vals in pcrs.items()
+    }
+
+
+def pcrs_from_json(data: dict[str, dict[str, str]]) -> dict[HashAlg, dict[int, bytes]]:
+    return {
+        HashAlg.from_bank(bank): {int(p): bytes.fromhex(v) for p, v in vals.items()}
+        for bank, vals in data.items()
+    }

@@ -1,0 +1,133 @@
+"""Service configuration: defaults < YAML file < environment (ASSAY_*) < command-line flags.
+
+One frozen ``ServiceConfig`` is built at start-up and passed to ``create_app``; nothing reads the
+environment later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from assay.algorithms import HashAlg
+from assay.errors import ConfigurationError
+
+DEFAULT_PCRS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 14)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    database: str = "assay-verifier.db"
+    """A SQLAlchemy URL (``postgresql+psycopg://…``) or a SQLite file path."""
+    ek_ca_dir: str | None = None
+    """Directory of TPM-vendor CA certificates (PEM or DER) that EK certificates must chain to."""
+    allow_ek_without_cert: bool = False
+    bank: str = "sha256"
+    pcrs: tuple[int, ...] = DEFAULT_PCRS
+    nonce_lifetime: float = 60.0
+    enrollment_lifetime: float = 300.0
+    attest_interval: float = 60.0
+    freshness_factor: float = 3.0
+    max_bundle: int = 20 * 1024 * 1024
+    max_event_log: int = 1024 * 1024
+    max_ima_log: int = 16 * 1024 * 1024
+    max_json: int = 256 * 1024
+    log_cache_size: int = 512
+    policy_cache_ttl: float = 60.0
+    bind: str = "127.0.0.1:8700"
+    workers: int = 2
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def hash_alg(self) -> HashAlg:
+        return HashAlg.from_bank(self.bank)
+
+    @property
+    def freshness_window(self) -> float:
+        return self.attest_interval * self.freshness_factor
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(ServiceConfig) if f.name != "extra"}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Turn a YAML/env/flag value into the field's type; ConfigurationError names the key."""
+    default = _FIELDS[name].default
+    try:
+        if name == "pcrs":
+            return parse_pcr_list(value)
+        if name == "bank":
+            HashAlg.from_bank(str(value))
+            return str(value)
+        if isinstance(default, bool):
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(f"{value!r} is not a boolean")
+            return text in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        return None if value is None else str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"configuration {name}: {exc}") from None
+
+
+def parse_pcr_list(value: Any) -> tuple[int, ...]:
+    """``[0, 1, 7]`` or ``"0-9,14"`` → a sorted tuple of PCR indices 0..23."""
+    items: list[int] = []
+    parts = value if isinstance(value, list | tuple) else str(value).split(",")
+    for part in parts:
+        text = str(part).strip()
+        if "-" in text:
+            lo, hi = (int(x) for x in text.split("-", 1))
+            items.extend(range(lo, hi + 1))
+        elif text:
+            items.append(int(text))
+    if not items or any(not 0 <= p <= 23 for p in items):
+        raise ValueError(f"PCR list {value!r} must name PCRs 0..23")
+    return tuple(sorted(set(items)))
+
+
+def load_config(
+    path: str | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> ServiceConfig:
+    values: dict[str, Any] = {}
+    if path:
+        try:
+            raw = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigurationError(f"{path}: {exc}") from None
+        if raw is not None and not isinstance(raw, dict):
+            raise ConfigurationError(f"{path}: the configuration must be a mapping")
+        for key, value in (raw or {}).items():
+            name = str(key).replace("-", "_")
+            if name not in _FIELDS:
+                raise ConfigurationError(f"{path}: unknown setting {key!r}")
+            values[name] = _coerce(name, value)
+    for key, value in (os.environ if env is None else env).items():
+        if key.startswith("ASSAY_") and key[6:].lower() in _FIELDS:
+            name = key[6:].lower()
+            values[name] = _coerce(name, value)
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            if name not in _FIELDS:
+                raise ConfigurationError(f"unknown setting {name!r}")
+            values[name] = _coerce(name, value)
+    config = ServiceConfig(**values)
+    if bool(config.tls_cert) != bool(config.tls_key):
+        raise ConfigurationError("tls_cert and tls_key must be given together")
+    return config

@@ -1,0 +1,92 @@
+"""What one running app holds: configuration, store, clock and in-process caches.
+
+Created by ``create_app`` and kept in ``app.extensions["assay"]``; nothing lives in module globals.
+Caches are per process (per gunicorn worker) and only ever hold verified or derived data; the
+database stays the source of truth, so any worker or instance can serve any request.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from flask import current_app
+
+from verifier.store import Store
+
+from .config import ServiceConfig
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class LruCache(Generic[K, V]):
+    """A small thread-safe LRU map with hit/miss counters."""
+
+    def __init__(self, size: int) -> None:
+        self._size = max(0, size)
+        self._data: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            value = self._data.get(key)
+            if value is None:
+                self.misses += 1
+                return None
+            self._data.move_to_end(key)
+            self.hits += 1
+            return value
+
+    def put(self, key: K, value: V) -> None:
+        if self._size == 0:
+            return
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self._size:
+                self._data.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass
+class Services:
+    config: ServiceConfig
+    store: Store
+    clock: Callable[[], dt.datetime] = _utcnow
+    logs: LruCache[tuple[str, int], object] = field(init=False)
+    policies: LruCache[Hashable, tuple[float, object]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.logs = LruCache(self.config.log_cache_size)
+        self.policies = LruCache(64)
+
+    def now(self) -> dt.datetime:
+        return self.clock()
+
+    @staticmethod
+    def monotonic() -> float:
+        return time.monotonic()
+
+
+def services() -> Services:
+    svc = current_app.extensions["assay"]
+    assert isinstance(svc, Services)
+    return svc

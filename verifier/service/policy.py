@@ -1,0 +1,118 @@
+"""Golden sets for a node, compiled once per set of versions, and the appraisal of a verified log.
+
+The store's status (active / retired / revoked + reason) overrides what the uploaded document
+said, so a revocation recorded in the database takes effect without re-uploading anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from assay.errors import ConfigurationError, MalformedEvidence
+from assay.eventlog import VerifiedBootLog
+from golden.model import GoldenSet, Status
+from verifier.appraisal import CompiledPolicy, appraise, compile_golden
+from verifier.store import repo
+from verifier.store.models import GoldenSetRow
+
+from .context import Services
+
+GOLDEN_FORMATS = ("yaml", "corim")
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """What the service keeps of a verdict: status, one-line reason, checks, golden versions."""
+
+    status: str
+    reason: str
+    checks: list[dict[str, Any]]
+    golden: list[str]
+    verdict: dict[str, Any]
+
+
+def parse_golden(fmt: str, data: bytes, source: str = "<upload>") -> GoldenSet:
+    """A golden set from an uploaded YAML or CoRIM document (MalformedEvidence if unusable)."""
+    try:
+        if fmt == "yaml":
+            from golden.yamlfmt import load_yaml
+
+            return load_yaml(data, source)
+        if fmt == "corim":
+            from golden.corim import load_corim  # type: ignore[import-not-found,unused-ignore]
+
+            result = load_corim(data)
+            assert isinstance(result, GoldenSet)
+            return result
+    except ConfigurationError as exc:
+        raise MalformedEvidence(str(exc), where=f"golden set ({fmt})") from None
+    raise MalformedEvidence(f"unknown golden format {fmt!r}", where="golden set")
+
+
+def golden_from_row(row: GoldenSetRow) -> GoldenSet:
+    gs = parse_golden(row.format, row.source, f"{row.name}@{row.version}")
+    status: Status = "active"
+    if row.status in ("retired", "revoked"):
+        status = "retired" if row.status == "retired" else "revoked"
+    return dataclasses.replace(gs, status=status, status_reason=row.reason or None)
+
+
+def rows_for_labels(db: Session, labels: Mapping[str, str]) -> list[GoldenSetRow]:
+    return repo.golden_rows_for(db, labels)
+
+
+def policy_for(svc: Services, rows: Sequence[GoldenSetRow]) -> CompiledPolicy:
+    """Compile ``rows`` once per combination of versions and statuses; reuse it for a while."""
+    key: Hashable = tuple(sorted((r.name, r.version, r.status, r.reason, r.id) for r in rows))
+    cached = svc.policies.get(key)
+    now_mono = svc.monotonic()
+    if cached is not None and now_mono - cached[0] < svc.config.policy_cache_ttl:
+        policy = cached[1]
+        assert isinstance(policy, CompiledPolicy)
+        return policy
+    sets = [golden_from_row(r) for r in rows]
+    policy = compile_golden(sets, now=svc.now())
+    svc.policies.put(key, (now_mono, policy))
+    return policy
+
+
+def assess(log: VerifiedBootLog, policy: CompiledPolicy) -> Assessment:
+    verdict = appraise(log, policy)
+    return summarize(verdict.to_json())
+
+
+def summarize(verdict: dict[str, Any]) -> Assessment:
+    status = str(verdict.get("status", "unknown"))
+    if status not in ("trusted", "untrusted", "unknown"):
+        status = "unknown"
+    checks = list(verdict.get("checks", []))
+    golden = sorted({str(c["golden"]) for c in checks if c.get("golden")})
+    return Assessment(status, _reason(status, checks, verdict), checks, golden, verdict)
+
+
+def failed(status: str, code: str, message: str) -> Assessment:
+    """An assessment for evidence that never reached the policy (replay mismatch, bad log…)."""
+    check = {
+        "id": code,
+        "status": "fail" if status == "untrusted" else "unknown",
+        "reason": code,
+        "message": message,
+    }
+    verdict = {"status": status, "checks": [check]}
+    return Assessment(status, f"{code}: {message}", [check], [], verdict)
+
+
+def _reason(status: str, checks: list[dict[str, Any]], verdict: dict[str, Any]) -> str:
+    if status == "trusted":
+        return "all checks passed"
+    want = "fail" if status == "untrusted" else "unknown"
+    for check in checks:
+        if check.get("status") == want:
+            text = check.get("message") or check.get("reason") or ""
+            return f"{check.get('id')}: {text}".strip()
+    return str(verdict.get("reason") or f"verdict {status}")

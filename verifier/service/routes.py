@@ -1,0 +1,349 @@
+"""HTTP handlers, one blueprint per area. Each handler: decode → domain call → encode.
+
+Who may call what (``auth.require``): enrollment start — enroll, admin; activation, challenge,
+evidence — the agent (no token: possession of the activated secret / the AK signature over the
+verifier's nonce); node list and node — scheduler, reviewer, admin; attestations, evidence,
+golden reads, audit — reviewer, admin; every change to golden sets, nodes and tokens — admin.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+
+from verifier.store import repo
+from verifier.store.models import Attestation, Node
+
+from . import attestation, enrollment, golden_ops, inventory
+from ._http import (
+    b64_field,
+    json_body,
+    label_query,
+    labels_field,
+    reason_field,
+    text_field,
+)
+from .auth import ADMIN, ENROLL, READ_INVENTORY, REVIEW, actor, current_caller, require
+from .context import services
+from .errors import ApiError, bad_request, not_found
+from .evidence import Evidence, encode_evidence
+
+enrollment_bp = Blueprint("enrollment", __name__, url_prefix="/v1")
+attestation_bp = Blueprint("attestation", __name__, url_prefix="/v1")
+inventory_bp = Blueprint("inventory", __name__, url_prefix="/v1")
+golden_bp = Blueprint("golden", __name__, url_prefix="/v1")
+admin_bp = Blueprint("admin", __name__, url_prefix="/v1")
+
+BLUEPRINTS = (enrollment_bp, attestation_bp, inventory_bp, golden_bp, admin_bp)
+MAX_KEY = 2048
+MAX_CERT = 8192
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _iso(value: dt.datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+# --- enrollment ---------------------------------------------------------------------------
+
+
+@enrollment_bp.post("/enrollments")
+@require(*ENROLL)
+def start_enrollment() -> tuple[Response, int]:
+    body = json_body()
+    req = enrollment.EnrollmentRequest(
+        node=_node_name(text_field(body, "node")),
+        labels=labels_field(body),
+        ek_cert=b64_field(body, "ek_cert", max_len=MAX_CERT, required=False),
+        ek_public=_req(b64_field(body, "ek_public", max_len=MAX_KEY)),
+        ak_public=_req(b64_field(body, "ak_public", max_len=MAX_KEY)),
+    )
+    ch = enrollment.start(services(), req, current_caller())
+    return jsonify(
+        {
+            "enrollment_id": ch.enrollment_id,
+            "credential_blob": _b64(ch.credential_blob),
+            "encrypted_secret": _b64(ch.encrypted_secret),
+            "expires_at": _iso(ch.expires_at),
+        }
+    ), 201
+
+
+@enrollment_bp.post("/enrollments/<enrollment_id>/activation")
+def activate(enrollment_id: str) -> Response:
+    secret = _req(b64_field(json_body(), "secret", max_len=64))
+    node = enrollment.activate(services(), enrollment_id, secret)
+    return jsonify({"node": node.name, "state": node.state})
+
+
+def _req(value: bytes | None) -> bytes:
+    assert value is not None
+    return value
+
+
+def _node_name(name: str) -> str:
+    if any(c in name for c in "/?#\x00") or not name.isprintable():
+        raise bad_request("bad_field", "node names may not contain '/', '?', '#' or controls")
+    return name
+
+
+# --- attestation --------------------------------------------------------------------------
+
+
+@attestation_bp.post("/nodes/<node>/challenge")
+def challenge(node: str) -> tuple[Response, int]:
+    ch = attestation.challenge(services(), node)
+    return jsonify(
+        {
+            "nonce": ch.nonce.hex(),
+            "expires_at": _iso(ch.expires_at),
+            "pcr_selection": ch.pcr_selection,
+            "known_event_log_sha256": ch.known_event_log_sha256,
+        }
+    ), 201
+
+
+@attestation_bp.post("/nodes/<node>/evidence")
+def evidence(node: str) -> Response:
+    svc = services()
+    if request.mimetype != "application/cbor":
+        raise ApiError(415, "unsupported_media_type", "send Content-Type: application/cbor")
+    length = request.content_length
+    if length is not None and length > svc.config.max_bundle:
+        raise ApiError(413, "too_large", f"evidence larger than {svc.config.max_bundle} bytes")
+    body = request.stream.read(svc.config.max_bundle + 1)
+    result = attestation.submit(svc, node, body)
+    return jsonify(result.to_json())
+
+
+# --- inventory ----------------------------------------------------------------------------
+
+
+@inventory_bp.get("/nodes")
+@require(*READ_INVENTORY)
+def list_nodes() -> Response:
+    state = request.args.get("state")
+    if state is not None and state not in inventory.STATES:
+        raise bad_request("bad_query", f"state must be one of {', '.join(inventory.STATES)}")
+    labels = label_query(request.args.getlist("label"))
+    return jsonify({"nodes": inventory.list_nodes(services(), state=state, labels=labels)})
+
+
+@inventory_bp.get("/nodes/<node>")
+@require(*READ_INVENTORY)
+def show_node(node: str) -> Response:
+    return jsonify(inventory.show_node(services(), node))
+
+
+@inventory_bp.get("/nodes/<node>/attestations")
+@require(*REVIEW)
+def node_attestations(node: str) -> Response:
+    limit = _int_arg("limit", 50, 1, 1000)
+    with services().store.read() as db:
+        n = inventory.get_node(db, node)
+        rows = repo.node_attestations(db, n.id, limit=limit)
+        return jsonify(
+            {"attestations": [inventory.attestation_json(r, n.name, full=False) for r in rows]}
+        )
+
+
+@inventory_bp.get("/attestations/<att_id>")
+@require(*REVIEW)
+def show_attestation(att_id: str) -> Response:
+    with services().store.read() as db:
+        row, node = _attestation(db, att_id)
+        return jsonify(inventory.attestation_json(row, node.name, full=True))
+
+
+@inventory_bp.get("/attestations/<att_id>/evidence")
+@require(*REVIEW)
+def attestation_evidence(att_id: str) -> Response:
+    """The evidence reassembled from what is stored (quote, signature, PCRs, the log by digest)."""
+    with services().store.read() as db:
+        row, node = _attestation(db, att_id)
+        log = repo.get_event_log(db, row.event_log_sha256) if row.event_log_sha256 else None
+        ev = Evidence(
+            node=node.name,
+            agent_version=row.agent_version,
+            nonce=row.nonce,
+            attest=row.quote,
+            signature=row.signature,
+            pcrs=attestation.pcrs_from_json(row.pcrs),
+            event_log_sha256=bytes.fromhex(row.event_log_sha256 or "00" * 32),
+            event_log=log,
+            ima_log=None,
+        )
+    return Response(encode_evidence(ev), mimetype="application/cbor")
+
+
+def _attestation(db: Any, att_id: str) -> tuple[Attestation, Node]:
+    if not att_id.isdigit() or len(att_id) > 18:
+        raise not_found("attestation_unknown", f"no attestation {att_id!r}")
+    row = db.get(Attestation, int(att_id))
+    node = db.get(Node, row.node_id) if row is not None else None
+    if row is None or node is None:
+        raise not_found("attestation_unknown", f"no attestation {att_id!r}")
+    return row, node
+
+
+def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
+    value = request.args.get(name)
+    if value is None:
+        return default
+    if not value.isdigit() or not lo <= int(value) <= hi:
+        raise bad_request("bad_query", f"{name} must be an integer {lo}..{hi}")
+    return int(value)
+
+
+# --- golden -------------------------------------------------------------------------------
+
+
+@golden_bp.get("/golden")
+@require(*REVIEW)
+def list_golden() -> Response:
+    return jsonify(golden_ops.list_sets(services()))
+
+
+@golden_bp.get("/golden/<name>/<version>")
+@require(*REVIEW)
+def show_golden(name: str, version: str) -> Response:
+    return jsonify(golden_ops.show(services(), name, version))
+
+
+@golden_bp.post("/golden")
+@require(*ADMIN)
+def add_golden() -> tuple[Response, int]:
+    fmt = {"application/cbor": "corim", "application/rim+cbor": "corim"}.get(
+        request.mimetype, "yaml"
+    )
+    data = request.stream.read(golden_ops.MAX_GOLDEN + 1)
+    if not data:
+        raise bad_request("bad_field", "send the golden set (YAML, or CoRIM as application/cbor)")
+    return jsonify(golden_ops.upload(services(), fmt, data, actor())), 201
+
+
+@golden_bp.post("/golden/assignments")
+@require(*ADMIN)
+def assign_golden() -> Response:
+    body = json_body()
+    name = text_field(body, "golden", max_len=200)
+    return jsonify(golden_ops.assign(services(), name, labels_field(body, "selector"), actor()))
+
+
+@golden_bp.post("/golden/<name>/<version>/<action>")
+@require(*ADMIN)
+def golden_status(name: str, version: str, action: str) -> Response:
+    status = {"retire": "retired", "revoke": "revoked"}.get(action)
+    if status is None:
+        raise not_found("not_found", f"unknown golden action {action!r}")
+    reason = reason_field(json_body())
+    return jsonify(golden_ops.set_status(services(), name, version, status, reason, actor()))
+
+
+# --- admin --------------------------------------------------------------------------------
+
+
+@admin_bp.post("/nodes/<node>/<action>")
+@require(*ADMIN)
+def node_action(node: str, action: str) -> Response:
+    svc = services()
+    reason = reason_field(json_body())
+    if action == "quarantine":
+        return jsonify(inventory.quarantine(svc, node, reason, actor()))
+    if action == "release":
+        return jsonify(inventory.release(svc, node, reason, actor()))
+    if action == "replace":
+        inventory.allow_replace(svc, node, reason, actor())
+        return jsonify({"node": node, "replace_allowed": True})
+    if action == "reappraise":
+        return jsonify({"reappraised": inventory.reappraise_nodes(svc, [node], reason, actor())})
+    raise not_found("not_found", f"unknown node action {action!r}")
+
+
+@admin_bp.delete("/nodes/<node>")
+@require(*ADMIN)
+def delete_node(node: str) -> Response:
+    body = json_body(required=False)
+    reason = reason_field(body) if body else reason_field({"reason": request.args.get("reason")})
+    inventory.delete_node(services(), node, reason, actor())
+    return jsonify({"node": node, "deleted": True})
+
+
+@admin_bp.post("/admin/reappraise")
+@require(*ADMIN)
+def reappraise_all() -> Response:
+    reason = reason_field(json_body())
+    return jsonify({"reappraised": inventory.reappraise_nodes(services(), None, reason, actor())})
+
+
+@admin_bp.post("/admin/sweep")
+@require(*ADMIN)
+def sweep() -> Response:
+    return jsonify({"stale": inventory.sweep_stale(services(), actor())})
+
+
+@admin_bp.post("/tokens")
+@require(*ADMIN)
+def create_token() -> tuple[Response, int]:
+    body = json_body()
+    role = text_field(body, "role", max_len=16)
+    if role not in repo.ROLES:
+        raise bad_request("bad_field", f"role must be one of {', '.join(repo.ROLES)}")
+    ttl = body.get("ttl")
+    if ttl is not None and (not isinstance(ttl, int | float) or isinstance(ttl, bool) or ttl <= 0):
+        raise bad_request("bad_field", "ttl must be a positive number of seconds")
+    single_use = body.get("single_use", False)
+    if not isinstance(single_use, bool):
+        raise bad_request("bad_field", "single_use must be a boolean")
+    return jsonify(create_token_json(role, ttl, single_use, str(body.get("description", "")))), 201
+
+
+def create_token_json(role: str, ttl: float | None, single_use: bool, desc: str) -> dict[str, Any]:
+    svc = services()
+    now = svc.now()
+    expires = now + dt.timedelta(seconds=ttl) if ttl else None
+    with svc.store.write() as db:
+        secret, row = repo.create_token(
+            db, role, expires_at=expires, single_use=single_use, description=desc[:200], now=now
+        )
+        repo.audit(
+            db, actor(), "token_create", f"token:{row.id}", desc[:200], {"role": role}, now=now
+        )
+        return {
+            "token": secret,
+            "id": row.id,
+            "role": role,
+            "single_use": single_use,
+            "expires_at": _iso(expires) if expires else None,
+        }
+
+
+@admin_bp.get("/audit")
+@require(*REVIEW)
+def audit_log() -> Response:
+    limit = _int_arg("limit", 100, 1, 1000)
+    target = request.args.get("target")
+    with services().store.read() as db:
+        entries = repo.list_audit(db, target=target, limit=limit)
+        return jsonify(
+            {
+                "audit": [
+                    {
+                        "id": e.id,
+                        "at": _iso(e.at),
+                        "actor": e.actor,
+                        "action": e.action,
+                        "target": e.target,
+                        "reason": e.reason,
+                        "details": e.details,
+                    }
+                    for e in entries
+                ]
+            }
+        )
