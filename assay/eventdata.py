@@ -59,6 +59,11 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+def _one_line(text: str) -> str:
+    """``text`` with line breaks and tabs escaped, for a one-line table cell."""
+    return text.replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+
+
 def _text_or_none(data: bytes) -> str | None:
     """``data`` as text if it is printable UTF-8 (one trailing NUL allowed), else None."""
     body = data[:-1] if data.endswith(b"\x00") else data
@@ -116,7 +121,7 @@ class TextEvent:
     encoding: str = "ascii"
 
     def describe(self) -> str:
-        return self.text
+        return _one_line(self.text)
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": "text", "text": self.text, "encoding": self.encoding}
@@ -297,11 +302,8 @@ class IplString:
     value: str
 
     def describe(self) -> str:
-        return (
-            self.text
-            if self.kind in ("grub_cmd", "kernel_cmdline")
-            else f"{self.kind}: {self.text}"
-        )
+        line = _one_line(self.text)
+        return line if self.kind in ("grub_cmd", "kernel_cmdline") else f"{self.kind}: {line}"
 
     def to_json(self) -> dict[str, Any]:
         return {
