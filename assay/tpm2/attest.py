@@ -8,7 +8,6 @@ explicit bounds check before each read, and cache the (few, fleet-wide identical
 
 from __future__ import annotations
 
-import functools
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -112,89 +111,108 @@ def parse_attest(data: bytes) -> Attest:
     A TPMS_ATTEST starts with the magic TPM_GENERATED; a TPM2B_ATTEST starts with a u16 equal to
     the length of the rest. Anything else is parsed as TPMS_ATTEST (and fails the magic check).
     """
+    raw, magic, kind, extra_at, clock_at, selection, digest_at = scan_attest(data)
+    clock, reset, restart, safe, firmware = _CLOCK.unpack_from(raw, clock_at)
+    quote_at = clock_at + _CLOCK.size
+    quote = None if selection is None else QuoteInfo(selection, raw[digest_at:])
+    return Attest(
+        magic,
+        kind,
+        raw[8 : extra_at - 2],
+        raw[extra_at:clock_at],
+        ClockInfo(clock, reset, restart, safe == 1),
+        firmware,
+        raw[quote_at:],
+        quote,
+        raw,
+    )
+
+
+AttestScan = tuple[bytes, int, int, int, int, "PcrSelection | None", int]
+"""(TPMS_ATTEST bytes, magic, type, extraData offset, clockInfo offset, quote selection or None,
+pcrDigest offset): what ``scan_attest`` found, offsets into the TPMS_ATTEST bytes."""
+
+
+def scan_attest(data: bytes) -> AttestScan:
+    """Check the structure of a TPM2B/TPMS_ATTEST and locate its fields without building objects.
+
+    The fast path of ``parse_attest`` that ``verify_quote`` uses directly (it runs per quote).
+    """
     data = bytes(data)
     n = len(data)
     if n > MAX_ATTEST_SIZE + 2:
         raise _fail("TPM2B_ATTEST", 0, f"{n} bytes, larger than {MAX_ATTEST_SIZE}")
     if n >= 6 and data[:4] != b"\xffTCG" and _U16.unpack_from(data)[0] == n - 2:
-        return _parse_tpms(data, 2, "TPM2B_ATTEST")
+        return _scan_tpms(data[2:], "TPM2B_ATTEST", 2)
     if n > MAX_ATTEST_SIZE:
         raise _fail("TPMS_ATTEST", 0, f"{n} bytes, larger than {MAX_ATTEST_SIZE}")
-    return _parse_tpms(data, 0, "TPMS_ATTEST")
+    return _scan_tpms(data, "TPMS_ATTEST", 0)
 
 
-def _parse_tpms(data: bytes, start: int, where: str) -> Attest:
+def _scan_tpms(data: bytes, where: str, base: int) -> AttestScan:
+    """Scan a TPMS_ATTEST filling ``data``; ``base`` shifts error offsets to the caller's input."""
     end = len(data)
-    if end - start < 10:
-        raise _fail(where, start, f"header needs 10 bytes, {end - start} left")
-    magic, kind, size = _HEADER.unpack_from(data, start)
-    pos = start + 8
-    if size > MAX_NAME or pos + size + 2 > end:
-        raise _fail(where, pos - 2, f"qualifiedSigner size {size} exceeds the input or {MAX_NAME}")
-    signer = data[pos : pos + size]
-    pos += size
+    if end < 10:
+        raise _fail(where, base, f"header needs 10 bytes, {end} left")
+    magic, kind, size = _HEADER.unpack_from(data)
+    pos = 8 + size
+    if size > MAX_NAME or pos + 2 > end:
+        raise _fail(where, base + 6, f"qualifiedSigner size {size} exceeds the input or {MAX_NAME}")
     size = _U16.unpack_from(data, pos)[0]
-    pos += 2
-    if size > MAX_DATA or pos + size + _CLOCK.size > end:
-        raise _fail(where, pos - 2, f"extraData size {size} exceeds the input or {MAX_DATA}")
-    extra = data[pos : pos + size]
-    pos += size
-    clock, reset, restart, safe, firmware = _CLOCK.unpack_from(data, pos)
-    if safe > 1:
-        raise _fail(where, pos + 16, f"clockInfo.safe is {safe}, not 0 or 1")
-    pos += _CLOCK.size
-    quote = _parse_quote_info(data, pos, where) if kind == AttestType.QUOTE else None
-    return Attest(
-        magic,
-        kind,
-        signer,
-        extra,
-        ClockInfo(clock, reset, restart, safe == 1),
-        firmware,
-        data[pos:],
-        quote,
-        data[start:] if start else data,
-    )
-
-
-def _parse_quote_info(data: bytes, pos: int, where: str) -> QuoteInfo:
-    end = len(data)
-    sel_end = _selection_end(data, pos, where)
-    selection = _selection_from_bytes(data[pos:sel_end], where, pos)
+    extra_at = pos + 2
+    clock_at = extra_at + size
+    if size > MAX_DATA or clock_at + _CLOCK.size > end:
+        raise _fail(where, base + pos, f"extraData size {size} exceeds the input or {MAX_DATA}")
+    if data[clock_at + 16] > 1:
+        raise _fail(
+            where, base + clock_at + 16, f"clockInfo.safe is {data[clock_at + 16]}, not 0/1"
+        )
+    pos = clock_at + _CLOCK.size
+    if kind != AttestType.QUOTE:
+        return data, magic, kind, extra_at, clock_at, None, end
+    sel_end = _selection_end(data, pos, where, base)
+    raw_selection = data[pos:sel_end]
+    selection = _SELECTIONS.get(raw_selection)
+    if selection is None:
+        selection = _decode_selection(raw_selection, where, base + pos)
     if sel_end + 2 > end:
-        raise _fail(where, sel_end, "pcrDigest size missing")
+        raise _fail(where, base + sel_end, "pcrDigest size missing")
     size = _U16.unpack_from(data, sel_end)[0]
     if size > 64 or sel_end + 2 + size > end:
-        raise _fail(where, sel_end, f"pcrDigest size {size} exceeds the input or 64")
+        raise _fail(where, base + sel_end, f"pcrDigest size {size} exceeds the input or 64")
     if sel_end + 2 + size != end:
-        raise _fail(where, sel_end + 2 + size, f"{end - sel_end - 2 - size} trailing bytes")
-    return QuoteInfo(selection, data[sel_end + 2 :])
+        raise _fail(where, base + sel_end + 2 + size, f"{end - sel_end - 2 - size} trailing bytes")
+    return data, magic, kind, extra_at, clock_at, selection, sel_end + 2
 
 
-def _selection_end(data: bytes, pos: int, where: str) -> int:
+def _selection_end(data: bytes, pos: int, where: str, base: int = 0) -> int:
     """The offset just after the TPML_PCR_SELECTION at ``pos`` (sizes checked, nothing decoded)."""
     end = len(data)
     if pos + 4 > end:
-        raise _fail(where, pos, "TPML_PCR_SELECTION count missing")
+        raise _fail(where, base + pos, "TPML_PCR_SELECTION count missing")
     count = _U32.unpack_from(data, pos)[0]
     if count > MAX_BANKS:
-        raise _fail(where, pos, f"TPML_PCR_SELECTION count {count} exceeds {MAX_BANKS}")
+        raise _fail(where, base + pos, f"TPML_PCR_SELECTION count {count} exceeds {MAX_BANKS}")
     pos += 4
     for _ in range(count):
         if pos + 3 > end:
-            raise _fail(where, pos, "TPMS_PCR_SELECTION truncated")
+            raise _fail(where, base + pos, "TPMS_PCR_SELECTION truncated")
         size = data[pos + 2]
         if size > MAX_SIZE_OF_SELECT:
-            raise _fail(where, pos + 2, f"sizeofSelect {size} exceeds {MAX_SIZE_OF_SELECT}")
+            raise _fail(where, base + pos + 2, f"sizeofSelect {size} exceeds {MAX_SIZE_OF_SELECT}")
         pos += 3 + size
         if pos > end:
-            raise _fail(where, pos - size, f"pcrSelect of {size} bytes truncated")
+            raise _fail(where, base + pos - size, f"pcrSelect of {size} bytes truncated")
     return pos
 
 
-@functools.lru_cache(maxsize=512)
-def _selection_from_bytes(raw: bytes, where: str, base: int) -> PcrSelection:
-    """Decode a TPML_PCR_SELECTION bounded by ``_selection_end`` (cached: fleets share a few)."""
+_SELECTIONS: dict[bytes, PcrSelection] = {}
+"""Decoded selections by their bytes: a fleet quotes a handful of selections, millions of times."""
+_MAX_CACHED_SELECTIONS = 256
+
+
+def _decode_selection(raw: bytes, where: str, base: int) -> PcrSelection:
+    """Decode a TPML_PCR_SELECTION bounded by ``_selection_end``, and cache it."""
     banks: list[tuple[HashAlg, tuple[int, ...]]] = []
     seen: set[HashAlg] = set()
     pos = 4
@@ -207,7 +225,11 @@ def _selection_from_bytes(raw: bytes, where: str, base: int) -> PcrSelection:
         bitmap = raw[pos + 3 : pos + 3 + size]
         banks.append((bank, tuple(i * 8 + b for i, v in enumerate(bitmap) for b in _BITS[v])))
         pos += 3 + size
-    return PcrSelection(tuple(banks), raw)
+    selection = PcrSelection(tuple(banks), raw)
+    if len(_SELECTIONS) >= _MAX_CACHED_SELECTIONS:
+        _SELECTIONS.clear()
+    _SELECTIONS[raw] = selection
+    return selection
 
 
 def parse_pcr_selection(data: bytes, *, where: str = "TPML_PCR_SELECTION") -> PcrSelection:
@@ -216,35 +238,52 @@ def parse_pcr_selection(data: bytes, *, where: str = "TPML_PCR_SELECTION") -> Pc
     end = _selection_end(data, 0, where)
     if end != len(data):
         raise _fail(where, end, f"{len(data) - end} trailing bytes")
-    return _selection_from_bytes(data, where, 0)
+    return _SELECTIONS.get(data) or _decode_selection(data, where, 0)
 
 
 def parse_signature(data: bytes) -> Signature:
     """Parse exactly one TPMT_SIGNATURE (RSASSA, RSAPSS, ECDSA and the other ECC schemes, HMAC,
     NULL); an unknown sigAlg is malformed because its layout is unknown."""
+    alg_id, hash_alg, sig, r, s = scan_signature(data)
+    return Signature(Alg(alg_id), hash_alg, sig, r, s)
+
+
+SignatureScan = tuple[int, "HashAlg | None", bytes, bytes, bytes]
+"""(sigAlg, hashAlg, RSA signature or HMAC digest, ECC r, ECC s) as found by ``scan_signature``."""
+
+
+def scan_signature(data: bytes) -> SignatureScan:
+    """The fields of a TPMT_SIGNATURE as a tuple (``parse_signature``'s fast path)."""
     data = bytes(data)
     end, where = len(data), "TPMT_SIGNATURE"
     if end > MAX_SIGNATURE_SIZE:
         raise _fail(where, 0, f"{end} bytes, larger than {MAX_SIGNATURE_SIZE}")
     if end == 2 and data == b"\x00\x10":
-        return Signature(Alg.NULL, None)
+        return Alg.NULL, None, b"", b"", b""
     if end < 4:
         raise _fail(where, 0, f"needs at least 4 bytes, got {end}")
     alg_id, hash_id = _HH.unpack_from(data)
-    hash_alg = _hash(hash_id, where, 2)
-    if alg_id in (Alg.RSASSA, Alg.RSAPSS):
+    hash_alg = _HASH_BY_ID.get(hash_id) or _hash(hash_id, where, 2)
+    if alg_id in _RSA_SIGS:
         sig, pos = _tpm2b(data, 4, where, "signature", 512)
-        return _done(Signature(Alg(alg_id), hash_alg, sig), pos, end, where)
-    if alg_id in (Alg.ECDSA, Alg.ECDAA, Alg.SM2, Alg.ECSCHNORR):
+        _done(pos, end, where)
+        return alg_id, hash_alg, sig, b"", b""
+    if alg_id in _ECC_SIGS:
         r, pos = _tpm2b(data, 4, where, "signatureR", 66)
         s, pos = _tpm2b(data, pos, where, "signatureS", 66)
-        return _done(Signature(Alg(alg_id), hash_alg, r=r, s=s), pos, end, where)
+        _done(pos, end, where)
+        return alg_id, hash_alg, b"", r, s
     if alg_id == Alg.HMAC:
         size = hash_alg.digest_size
         if 4 + size > end:
             raise _fail(where, 4, f"HMAC digest needs {size} bytes, {end - 4} left")
-        return _done(Signature(Alg.HMAC, hash_alg, data[4 : 4 + size]), 4 + size, end, where)
+        _done(4 + size, end, where)
+        return alg_id, hash_alg, data[4 : 4 + size], b"", b""
     raise _fail(where, 0, f"unsupported signature algorithm 0x{alg_id:04x}")
+
+
+_RSA_SIGS = frozenset({int(Alg.RSASSA), int(Alg.RSAPSS)})
+_ECC_SIGS = frozenset({int(Alg.ECDSA), int(Alg.ECDAA), int(Alg.SM2), int(Alg.ECSCHNORR)})
 
 
 def _tpm2b(data: bytes, pos: int, where: str, what: str, cap: int) -> tuple[bytes, int]:
@@ -256,10 +295,9 @@ def _tpm2b(data: bytes, pos: int, where: str, what: str, cap: int) -> tuple[byte
     return data[pos + 2 : pos + 2 + size], pos + 2 + size
 
 
-def _done(sig: Signature, pos: int, end: int, where: str) -> Signature:
+def _done(pos: int, end: int, where: str) -> None:
     if pos != end:
         raise _fail(where, pos, f"{end - pos} trailing bytes")
-    return sig
 
 
 # -- marshalling (tests, benchmarks, and the agent's challenge selection) -------------------------

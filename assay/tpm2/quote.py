@@ -7,10 +7,13 @@ holds a VerifiedQuote holds PCR values the AK signed over, for the nonce the cal
 
 from __future__ import annotations
 
+import hashlib
 import hmac
-from collections.abc import Mapping
+import struct
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -19,13 +22,25 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from ..algorithms import HashAlg
 from ..errors import MalformedEvidence, VerificationFailed
-from .attest import PcrSelection, Signature, parse_attest, parse_signature
-from .constants import TPM_GENERATED_VALUE, Alg, AttestType, ObjectAttributes
+from .attest import PcrSelection, scan_attest, scan_signature
+from .constants import TPM_GENERATED_VALUE, Alg, ObjectAttributes
 from .public import TpmPublic
 
 PcrValues = Mapping[HashAlg, Mapping[int, bytes]]
 
-_AK_REQUIRED = ObjectAttributes.SIGN_ENCRYPT | ObjectAttributes.RESTRICTED
+_AK_REQUIRED = int(ObjectAttributes.SIGN_ENCRYPT | ObjectAttributes.RESTRICTED)
+_AND = int.__and__  # on an IntFlag, returns a plain int without building a new flag
+_RSA_SCHEMES = frozenset({int(Alg.RSASSA), int(Alg.RSAPSS)})
+_ECC_SCHEMES = frozenset({int(Alg.ECDSA)})
+_U16 = struct.Struct(">H")
+_HASHLIB: dict[HashAlg, Callable[[bytes], Any]] = {
+    HashAlg.SHA1: hashlib.sha1,
+    HashAlg.SHA256: hashlib.sha256,
+    HashAlg.SHA384: hashlib.sha384,
+    HashAlg.SHA512: hashlib.sha512,
+    HashAlg.SM3_256: lambda data: hashlib.new("sm3", data),
+}
+_CLOCK = struct.Struct(">QIIBQ")
 _HASHES: dict[HashAlg, hashes.HashAlgorithm] = {
     HashAlg.SHA1: hashes.SHA1(),  # noqa: S303 - SHA-1 quotes exist (the policy decides on banks)
     HashAlg.SHA256: hashes.SHA256(),
@@ -44,24 +59,66 @@ _ECDSA = {alg: ec.ECDSA(h) for alg, h in _HASHES.items()}
 class VerifiedQuote:
     """A quote whose signature, magic, type, nonce, selection and PCR digest all verified.
 
-    ``pcrs`` holds exactly the quoted (bank, PCR) values; the clock fields are as signed (obfuscated
-    per key outside the endorsement/platform hierarchy, but stable within a boot).
+    Every field is read from the signed TPMS_ATTEST bytes (``attest``) or is a PCR value covered
+    by its digest; the clock counters are obfuscated per key outside the endorsement/platform
+    hierarchy (Part 1 §36.7), but stable within a boot, which is what reboot detection needs.
     """
 
-    pcrs: Mapping[HashAlg, Mapping[int, bytes]]
-    selection: PcrSelection
-    nonce: bytes
-    reset_count: int
-    restart_count: int
-    safe: bool
-    clock: int
-    firmware_version: int
-    qualified_signer: bytes
     attest: bytes
     """The signed TPMS_ATTEST bytes."""
+    selection: PcrSelection
     hash_alg: HashAlg
     """The signature's hash, which is also the hash of the PCR digest."""
-    pcr_digest: bytes
+    values: tuple[bytes, ...]
+    """The quoted PCR values in selection order (banks as quoted, PCRs ascending)."""
+    clock_offset: int
+    """Where TPMS_CLOCK_INFO starts in ``attest`` (extraData ends there)."""
+
+    @property
+    def pcrs(self) -> Mapping[HashAlg, Mapping[int, bytes]]:
+        """The quoted values by bank and PCR index (exactly the selection, read-only)."""
+        out: dict[HashAlg, Mapping[int, bytes]] = {}
+        pos = 0
+        for bank, indices in self.selection.banks:
+            if indices:
+                chunk = self.values[pos : pos + len(indices)]
+                out[bank] = MappingProxyType(dict(zip(indices, chunk, strict=True)))
+                pos += len(indices)
+        return MappingProxyType(out)
+
+    @property
+    def nonce(self) -> bytes:
+        """extraData, which verified equal to the caller's nonce."""
+        signer_size = _U16.unpack_from(self.attest, 6)[0]
+        return self.attest[10 + signer_size : self.clock_offset]
+
+    @property
+    def qualified_signer(self) -> bytes:
+        return self.attest[8 : 8 + _U16.unpack_from(self.attest, 6)[0]]
+
+    @property
+    def clock(self) -> int:
+        return int(_CLOCK.unpack_from(self.attest, self.clock_offset)[0])
+
+    @property
+    def reset_count(self) -> int:
+        return int(_CLOCK.unpack_from(self.attest, self.clock_offset)[1])
+
+    @property
+    def restart_count(self) -> int:
+        return int(_CLOCK.unpack_from(self.attest, self.clock_offset)[2])
+
+    @property
+    def safe(self) -> bool:
+        return bool(_CLOCK.unpack_from(self.attest, self.clock_offset)[3])
+
+    @property
+    def firmware_version(self) -> int:
+        return int(_CLOCK.unpack_from(self.attest, self.clock_offset)[4])
+
+    @property
+    def pcr_digest(self) -> bytes:
+        return self.attest[len(self.attest) - self.hash_alg.digest_size :]
 
 
 def verify_quote(
@@ -85,107 +142,93 @@ def verify_quote(
        does not cover, none missing (CVE-2022-0317) [``pcr_selection_mismatch``].
     9. pcrDigest equals H_sig(supplied values in selection order: banks as quoted, PCRs
        ascending) [``pcr_digest_mismatch``].
+
+    The nonce's freshness (verifier-chosen, single use, short-lived) is the caller's job.
+    Runs per quote, so it works on ``scan_*`` tuples and builds one object, at the end.
     """
     # 1. Parse.
-    parsed = parse_attest(attest)
-    sig = parse_signature(signature)
+    raw, magic, kind, extra_at, clock_at, selection, digest_at = scan_attest(attest)
+    sig_alg, hash_alg, sig, r, s = scan_signature(signature)
     # 2. Restricted signing AK.
-    if not ak.from_spki and (ak.object_attributes & _AK_REQUIRED) != _AK_REQUIRED:
+    if _AND(ak.object_attributes, _AK_REQUIRED) != _AK_REQUIRED and not ak.from_spki:
         raise VerificationFailed(
             f"AK attributes {ak.object_attributes!r} lack sign+restricted: it could sign forged "
             "attestations",
             code="ak_not_restricted",
         )
     # 3. Scheme; 4. signature.
-    hash_alg = _check_scheme(sig, ak)
-    _check_signature(sig, hash_alg, ak, parsed.raw)
+    _check_scheme(sig_alg, hash_alg, ak)
+    assert hash_alg is not None
+    _check_signature(sig_alg, hash_alg, ak, raw, sig, r, s)
     # 5. Magic; 6. type.
-    if parsed.magic != TPM_GENERATED_VALUE:
+    if magic != TPM_GENERATED_VALUE:
+        raise VerificationFailed(f"magic is 0x{magic:08x}, not TPM_GENERATED", code="bad_magic")
+    if selection is None:
         raise VerificationFailed(
-            f"magic is 0x{parsed.magic:08x}, not TPM_GENERATED", code="bad_magic"
-        )
-    quote = parsed.quote
-    if parsed.type != AttestType.QUOTE or quote is None:
-        raise VerificationFailed(
-            f"attestation type 0x{parsed.type:04x} is not ATTEST_QUOTE", code="not_a_quote"
+            f"attestation type 0x{kind:04x} is not ATTEST_QUOTE", code="not_a_quote"
         )
     # 7. Nonce.
-    if not hmac.compare_digest(parsed.extra_data, bytes(nonce)):
+    if not hmac.compare_digest(raw[extra_at:clock_at], nonce):
         raise VerificationFailed(
-            f"extraData {parsed.extra_data.hex() or '(empty)'} is not the nonce "
+            f"extraData {raw[extra_at:clock_at].hex() or '(empty)'} is not the nonce "
             f"{bytes(nonce).hex() or '(empty)'}",
             code="nonce_mismatch",
         )
     # 8. Selection equals the supplied pairs; 9. PCR digest.
-    values, ordered = _select(quote.selection, pcrs)
-    expected = hash_alg.hash(b"".join(ordered))
-    if not hmac.compare_digest(quote.pcr_digest, expected):
+    ordered = _select(selection, pcrs)
+    expected = _HASHLIB[hash_alg](b"".join(ordered)).digest()
+    if not hmac.compare_digest(raw[digest_at:], expected):
         raise VerificationFailed(
-            f"quoted PCR digest {quote.pcr_digest.hex()} is not the {hash_alg.bank} of the "
+            f"quoted PCR digest {raw[digest_at:].hex()} is not the {hash_alg.bank} of the "
             f"supplied PCR values ({expected.hex()})",
             code="pcr_digest_mismatch",
         )
-    ci = parsed.clock_info
-    return VerifiedQuote(
-        values,
-        quote.selection,
-        parsed.extra_data,
-        ci.reset_count,
-        ci.restart_count,
-        ci.safe,
-        ci.clock,
-        parsed.firmware_version,
-        parsed.qualified_signer,
-        parsed.raw,
-        hash_alg,
-        quote.pcr_digest,
-    )
+    return VerifiedQuote(raw, selection, hash_alg, tuple(ordered), clock_at)
 
 
-def _check_scheme(sig: Signature, ak: TpmPublic) -> HashAlg:
-    """Step 3: the hash the signature uses, if the scheme is one this AK may and we can verify."""
-    allowed = (Alg.RSASSA, Alg.RSAPSS) if ak.type == Alg.RSA else (Alg.ECDSA,)
-    if sig.scheme not in allowed or sig.hash_alg is None or sig.hash_alg not in _HASHES:
-        hash_name = sig.hash_alg.bank if sig.hash_alg else "none"
+def _check_scheme(sig_alg: int, hash_alg: HashAlg | None, ak: TpmPublic) -> None:
+    """Step 3: the scheme is one this AK may use and that we can verify."""
+    allowed = _RSA_SCHEMES if ak.type == Alg.RSA else _ECC_SCHEMES
+    if sig_alg not in allowed or hash_alg is None or hash_alg not in _HASHES:
+        hash_name = hash_alg.bank if hash_alg else "none"
         raise VerificationFailed(
-            f"signature scheme {sig.scheme.name}/{hash_name} is not supported for a "
+            f"signature scheme 0x{sig_alg:04x}/{hash_name} is not supported for a "
             f"{ak.type.name} AK",
             code="unsupported_scheme",
         )
-    fixed = ak.scheme
-    if fixed.scheme != Alg.NULL and (fixed.scheme != sig.scheme or fixed.hash_alg != sig.hash_alg):
+    fixed = ak.parameters.scheme
+    if fixed.scheme != Alg.NULL and (fixed.scheme != sig_alg or fixed.hash_alg != hash_alg):
         fixed_hash = fixed.hash_alg.bank if fixed.hash_alg else "none"
         raise VerificationFailed(
-            f"signature scheme {sig.scheme.name}/{sig.hash_alg.bank} is not the AK's "
+            f"signature scheme {Alg(sig_alg).name}/{hash_alg.bank} is not the AK's "
             f"{fixed.scheme.name}/{fixed_hash}",
             code="scheme_mismatch",
         )
-    return sig.hash_alg
 
 
-def _check_signature(sig: Signature, hash_alg: HashAlg, ak: TpmPublic, signed: bytes) -> None:
+def _check_signature(
+    sig_alg: int, hash_alg: HashAlg, ak: TpmPublic, signed: bytes, sig: bytes, r: bytes, s: bytes
+) -> None:
     """Step 4: verify with ``cryptography``; r||s from the TPM become a DER ECDSA signature."""
     key = ak.key
     try:
         if isinstance(key, rsa.RSAPublicKey):
-            pad = _PKCS1 if sig.scheme == Alg.RSASSA else _PSS[hash_alg]
-            key.verify(sig.sig, signed, pad, _HASHES[hash_alg])
+            pad = _PKCS1 if sig_alg == Alg.RSASSA else _PSS[hash_alg]
+            key.verify(sig, signed, pad, _HASHES[hash_alg])
         else:
-            der = encode_dss_signature(int.from_bytes(sig.r, "big"), int.from_bytes(sig.s, "big"))
+            der = encode_dss_signature(int.from_bytes(r, "big"), int.from_bytes(s, "big"))
             key.verify(der, signed, _ECDSA[hash_alg])
     except InvalidSignature:
         raise VerificationFailed(
-            f"{sig.scheme.name}/{hash_alg.bank} signature does not verify with the AK",
+            f"{Alg(sig_alg).name}/{hash_alg.bank} signature does not verify with the AK",
             code="bad_signature",
         ) from None
 
 
-def _select(
-    selection: PcrSelection, pcrs: PcrValues
-) -> tuple[Mapping[HashAlg, Mapping[int, bytes]], list[bytes]]:
-    """Step 8: the supplied values as an immutable copy, and in selection order."""
+def _select(selection: PcrSelection, pcrs: PcrValues) -> list[bytes]:
+    """Step 8: the supplied values in selection order, if they are exactly the selection."""
     ordered: list[bytes] = []
-    result: dict[HashAlg, Mapping[int, bytes]] = {}
+    banks = 0
     for bank, indices in selection.banks:
         if not indices:
             continue
@@ -193,23 +236,21 @@ def _select(
         if supplied is None or len(supplied) != len(indices):
             raise _selection_mismatch(selection, pcrs)
         try:
-            values = [supplied[i] for i in indices]
+            values = list(map(supplied.__getitem__, indices))
         except KeyError:
             raise _selection_mismatch(selection, pcrs) from None
         if set(map(len, values)) != {bank.digest_size}:
-            bad = next(
-                i for i, v in zip(indices, values, strict=True) if len(v) != bank.digest_size
-            )
+            bad = next(i for i in indices if len(supplied[i]) != bank.digest_size)
             raise MalformedEvidence(
                 f"{bank.bank} PCR {bad} value is {len(supplied[bad])} bytes, "
                 f"not {bank.digest_size}",
                 where="PCR values",
             )
         ordered += values
-        result[bank] = MappingProxyType(dict(zip(indices, values, strict=True)))
-    if sum(1 for v in pcrs.values() if v) != len(result):
+        banks += 1
+    if len(pcrs) != banks and sum(1 for v in pcrs.values() if v) != banks:
         raise _selection_mismatch(selection, pcrs)
-    return MappingProxyType(result), ordered
+    return ordered
 
 
 def _selection_mismatch(selection: PcrSelection, pcrs: PcrValues) -> VerificationFailed:
