@@ -30,11 +30,11 @@ def _eventlog_target(data: bytes) -> None:
 def _targets() -> dict[str, Callable[[bytes], object]]:
     targets: dict[str, Callable[[bytes], object]] = {"eventlog": _eventlog_target}
     try:
-        from assay.tpm2 import structures
+        from assay import tpm2
 
-        targets["tpm2.attest"] = structures.parse_attest
-        targets["tpm2.public"] = structures.parse_public
-        targets["tpm2.signature"] = structures.parse_signature
+        targets["tpm2.attest"] = tpm2.parse_attest
+        targets["tpm2.public"] = tpm2.parse_public
+        targets["tpm2.signature"] = tpm2.parse_signature
     except (ImportError, AttributeError):
         pass
     try:
@@ -57,6 +57,20 @@ def _seeds() -> list[bytes]:
         if data:
             seeds.append(data)
     return seeds
+
+
+def _tpm_seeds() -> list[bytes]:
+    """The real AK public area, quote and signature from a Windows GCE Shielded VM."""
+    import base64
+    import json
+
+    doc = json.loads((CORPUS / "go-attestation/windows_gcp_shielded_vm.json").read_text())
+    quote = doc["Quote"] if "Quote" in doc else {}
+    raw = [doc["AK"]["Public"], quote.get("Quote", ""), quote.get("Signature", "")]
+    return [base64.b64decode(r) for r in raw if r]
+
+
+TPM_SEEDS = _tpm_seeds()
 
 
 def _mutate(rng: random.Random, seed: bytes) -> bytes:
@@ -91,7 +105,9 @@ def main() -> int:
                 data = rng.randbytes(rng.randint(0, 512))
             else:
                 seed = rng.choice(seeds)
-                if not name.startswith("eventlog"):
+                if name.startswith("tpm2"):
+                    seed = rng.choice(TPM_SEEDS)
+                elif not name.startswith("eventlog"):
                     off = rng.randrange(len(seed))
                     seed = seed[off : off + rng.randint(1, 2048)]
                 data = _mutate(rng, seed)

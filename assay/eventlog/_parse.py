@@ -289,6 +289,7 @@ def _read_agile_events(data: bytes, pos: int, spec_id: SpecId) -> list[Event]:
     all_known = all(k is not None for k in keys)
     k0 = keys[0]
     k1 = keys[1] if count_all > 1 else k0
+    k2 = keys[2] if count_all > 2 else k0
     new_event = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
     unpack = layout.unpack_from
     events: list[Event] = []
@@ -313,6 +314,8 @@ def _read_agile_events(data: bytes, pos: int, spec_id: SpecId) -> list[Event]:
                     digests = {k0: fields[4], k1: fields[6]}
                 elif count_all == 1:
                     digests = {k0: fields[4]}
+                elif count_all == 3:
+                    digests = {k0: fields[4], k1: fields[6], k2: fields[8]}
                 else:
                     digests = dict(zip(keys, fields[4:-1:2], strict=True))
                 append(
