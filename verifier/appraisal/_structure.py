@@ -1,0 +1,232 @@
+"""Checks on the shape of the log that hold whatever the golden values are (MISSION attacks 4–8)."""
+
+from __future__ import annotations
+
+from assay.algorithms import HashAlg
+from assay.eventlog import Event, VerifiedBootLog
+from assay.events import EventType as T
+
+from .facts import EBS_INVOCATION, BootFacts
+from .policy import CompiledPolicy
+from .verdict import Check
+
+_SEPARATOR_VALUES = (b"\x00\x00\x00\x00", b"\xff\xff\xff\xff")
+_SEP_CACHE: dict[HashAlg, frozenset[bytes]] = {}
+
+
+def _separator_digests(bank: HashAlg) -> frozenset[bytes]:
+    got = _SEP_CACHE.get(bank)
+    if got is None:
+        got = _SEP_CACHE[bank] = frozenset(bank.hash(v) for v in _SEPARATOR_VALUES)
+    return got
+
+
+def _where(e: Event) -> str:
+    return f"PCR{e.pcr} event {e.index} ({e.type_name})"
+
+
+def check_types(vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy) -> list[Check]:
+    """1. every event's type is allowed in its PCR; 2. no separator digest under another type;
+    3. the digest covers the data wherever the spec says it must."""
+    out: list[Check] = []
+    seps = _separator_digests(vlog.bank)
+    allowed = policy.allowed_types
+    for e in vlog.events:
+        if e.event_type not in allowed.get(e.pcr, ()):
+            out.append(
+                Check(
+                    "events.type_allowed",
+                    "fail",
+                    "event_type_not_allowed",
+                    f"{_where(e)}: event type not allowed in PCR{e.pcr}",
+                    e.pcr,
+                    e.index,
+                    got=e.type_name,
+                )
+            )
+        if e.pcr <= 7 and e.event_type != T.EV_SEPARATOR and e.digests.get(vlog.bank) in seps:
+            out.append(
+                Check(
+                    "events.separator_retyped",
+                    "fail",
+                    "separator_digest_retyped",
+                    f"{_where(e)}: carries a separator digest under another type",
+                    e.pcr,
+                    e.index,
+                    got=e.type_name,
+                    expected="EV_SEPARATOR",
+                )
+            )
+        if vlog.data_covered(e) is False:
+            out.append(
+                Check(
+                    "events.data_covered",
+                    "fail",
+                    "event_data_not_covered",
+                    f"{_where(e)}: the event data does not hash to its digest",
+                    e.pcr,
+                    e.index,
+                    got=e.digests.get(vlog.bank, b"").hex(),
+                )
+            )
+    if not out:
+        out.append(
+            Check(
+                "events.structure",
+                "pass",
+                "ok",
+                f"{len(vlog.events)} events: types allowed, data covered",
+            )
+        )
+    return out
+
+
+def _separator_pcr(pcr: int, events: list[Event], after: frozenset[int]) -> list[Check]:
+    seps = [e for e in events if e.event_type == T.EV_SEPARATOR]
+    cid = f"pcr{pcr}.separator"
+    if not seps:
+        return [Check(cid, "fail", "separator_missing", f"PCR{pcr}: no EV_SEPARATOR", pcr)]
+    if len(seps) > 1:
+        return [
+            Check(
+                cid,
+                "fail",
+                "separator_duplicate",
+                f"PCR{pcr}: {len(seps)} separators (events {', '.join(str(e.index) for e in seps)})",
+                pcr,
+                seps[1].index,
+                got=str(len(seps)),
+                expected="1",
+            )
+        ]
+    sep = seps[0]
+    if sep.data not in _SEPARATOR_VALUES:
+        return [
+            Check(
+                cid,
+                "fail",
+                "separator_value",
+                f"{_where(sep)}: separator data {sep.data.hex()}",
+                pcr,
+                sep.index,
+                got=sep.data.hex(),
+                expected="00000000 or ffffffff",
+            )
+        ]
+    out = [
+        Check(
+            cid,
+            "fail",
+            "event_after_separator",
+            f"{_where(e)}: not allowed after the separator",
+            pcr,
+            e.index,
+            got=e.type_name,
+        )
+        for e in events
+        if e.index > sep.index and e.event_type not in after
+    ]
+    return out or [Check(cid, "pass", "ok", f"PCR{pcr}: one separator", pcr, sep.index)]
+
+
+def check_separators(
+    vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy
+) -> list[Check]:
+    """4. exactly one well-formed separator in each of PCR0–7, nothing wrong after it."""
+    out: list[Check] = []
+    for pcr in range(8):
+        if pcr not in vlog.pcrs and not vlog.reviewed_only:
+            out.append(
+                Check(
+                    f"pcr{pcr}.separator",
+                    "unknown",
+                    "pcr_not_quoted",
+                    f"PCR{pcr} is not quoted",
+                    pcr,
+                )
+            )
+            continue
+        out.extend(_separator_pcr(pcr, facts.by_pcr.get(pcr, []), policy.after_separator[pcr]))
+        if pcr in vlog.pcrs_outside_log:
+            out.append(
+                Check(
+                    f"pcr{pcr}.outside_log",
+                    "fail",
+                    "pcr_extended_outside_log",
+                    f"PCR{pcr} was extended by something that did not log it",
+                    pcr,
+                    got=vlog.pcrs[pcr].hex(),
+                )
+            )
+    return out
+
+
+def check_required(vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy) -> list[Check]:
+    """5. firmware events in PCR0; ExitBootServices where a set requires it; nothing measured into
+    PCR0–7 after it; every PCR the sets require is quoted."""
+    out: list[Check] = []
+    if not facts.scrtm_versions and not facts.firmware_code:
+        out.append(
+            Check(
+                "firmware.events",
+                "fail",
+                "firmware_events_missing",
+                "PCR0 has no S-CRTM or platform firmware events",
+                0,
+            )
+        )
+    if policy.require_ebs_by:
+        invoked = [e for e in facts.ebs_events if e.data == EBS_INVOCATION]
+        if not invoked:
+            out.append(
+                Check(
+                    "boot.exit_boot_services",
+                    "fail",
+                    "exit_boot_services_missing",
+                    "no 'Exit Boot Services Invocation' event in PCR5",
+                    5,
+                    golden=policy.require_ebs_by[0],
+                )
+            )
+        else:
+            ebs_ids = {e.index for e in facts.ebs_events}
+            late = [
+                e
+                for e in vlog.events
+                if e.pcr <= 7 and e.index > invoked[0].index and e.index not in ebs_ids
+            ]
+            out.extend(
+                Check(
+                    "boot.exit_boot_services",
+                    "fail",
+                    "event_after_exit_boot_services",
+                    f"{_where(e)}: measured after ExitBootServices",
+                    e.pcr,
+                    e.index,
+                    got=e.type_name,
+                )
+                for e in late
+            )
+    for pcr in sorted(policy.required_pcrs):
+        if pcr not in vlog.pcrs:
+            out.append(
+                Check(
+                    f"pcr{pcr}.quoted",
+                    "unknown",
+                    "pcr_not_quoted",
+                    f"PCR{pcr} is required by the golden sets but not quoted",
+                    pcr,
+                )
+            )
+    if vlog.bank is HashAlg.SHA1 and not policy.sha1_refs:
+        out.append(
+            Check(
+                "evidence.bank",
+                "fail",
+                "sha1_not_allowed",
+                "the log was verified in the SHA-1 bank, which no golden set allows",
+                got="sha1",
+                expected="sha256 or stronger",
+            )
+        )
+    return out

@@ -1,0 +1,195 @@
+"""What a verified boot log says, pulled out once into plain values for the policy checks.
+
+Only data the spec makes the digest cover is read as a value (Secure Boot variables, actions,
+GRUB strings); where an event's data is not covered the fact is recorded as *uncovered* and the
+check that needs it cannot pass. Boot applications, firmware blobs, initrds and MokLists are known
+only by their digest in the verified bank. Decoding never raises: malformed data becomes an
+``undecodable`` note that the checks turn into a failure.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass, field
+
+from assay.errors import MalformedEvidence
+from assay.eventlog import Event, VerifiedBootLog
+from assay.events import EventType as T
+from assay.uefi.signatures import parse_signature_data, parse_signature_lists
+from assay.uefi.structures import parse_variable_data
+
+EBS_INVOCATION = b"Exit Boot Services Invocation"
+EBS_RETURNS = (
+    b"Exit Boot Services Returned with Success",
+    b"Exit Boot Services Returned with Failure",
+)
+DEBUG_MODE = b"UEFI Debug Mode"
+DMA_DISABLED = b"DMA Protection Disabled"
+LINUX_INITRD_TAG = 0x8F3B22EC
+SB_VARIABLES = ("SecureBoot", "PK", "KEK", "db", "dbx")
+_FIRMWARE_CODE = frozenset(
+    {
+        T.EV_S_CRTM_CONTENTS,
+        T.EV_EFI_PLATFORM_FIRMWARE_BLOB,
+        T.EV_EFI_PLATFORM_FIRMWARE_BLOB2,
+        T.EV_POST_CODE,
+        T.EV_POST_CODE2,
+        T.EV_CPU_MICROCODE,
+        T.EV_EFI_HCRTM_EVENT,
+    }
+)
+_CMDLINE_PREFIXES = (b"kernel_cmdline: ", b"grub_kernel_cmdline ")
+
+
+@dataclass(frozen=True, slots=True)
+class Variable:
+    """A Secure Boot variable as measured into PCR7 (value is None when not covered/undecodable)."""
+
+    event: Event
+    value: bytes | None
+    problem: str | None = None
+
+
+@dataclass(slots=True)
+class BootFacts:
+    """Facts from one verified log, in its bank. Built by :func:`extract`; never mutated after."""
+
+    by_pcr: dict[int, list[Event]] = field(default_factory=dict)
+    scrtm_versions: list[tuple[Event, str | None]] = field(default_factory=list)
+    firmware_code: list[Event] = field(default_factory=list)
+    variables: dict[str, Variable] = field(default_factory=dict)
+    pcr7_actions: list[tuple[Event, bytes | None]] = field(default_factory=list)
+    sbat_levels: list[tuple[Event, str | None]] = field(default_factory=list)
+    boot_apps: list[Event] = field(default_factory=list)
+    drivers: list[Event] = field(default_factory=list)
+    ebs_events: list[Event] = field(default_factory=list)
+    cmdlines: list[tuple[Event, str | None]] = field(default_factory=list)
+    initrds: list[Event] = field(default_factory=list)
+    moklists: dict[str, list[Event]] = field(default_factory=dict)
+
+
+def scrtm_text(data: bytes) -> str:
+    """An S-CRTM version as text: the UTF-16 string when it is one, else ``hex:<bytes>``."""
+    if len(data) >= 2 and len(data) % 2 == 0:
+        try:
+            text = data.decode("utf-16-le").rstrip("\x00")
+        except UnicodeDecodeError:
+            text = ""
+        if text and text.isprintable():
+            return text
+    return "hex:" + data.hex()
+
+
+def _text(raw: bytes) -> str | None:
+    """A GRUB / systemd-boot string: ASCII/UTF-8, or UTF-16LE when it looks like it."""
+    if len(raw) >= 2 and raw[1:2] == b"\x00" and len(raw) % 2 == 0:
+        try:
+            return raw.decode("utf-16-le").rstrip("\x00")
+        except UnicodeDecodeError:
+            return None
+    try:
+        return raw.rstrip(b"\x00").decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+@functools.lru_cache(maxsize=1024)
+def signature_ids(value: bytes) -> frozenset[str]:
+    """Entries of a signature database as ids: SHA-256 of each certificate's DER, else the hash hex.
+
+    Cached by content: PK/KEK/db/dbx are identical across a fleet's boots, and a 400-entry dbx is
+    the costliest thing in an appraisal. Raises MalformedEvidence for a malformed database.
+    """
+    out: set[str] = set()
+    for sig_list in parse_signature_lists(value, where="signature database"):
+        for entry in sig_list.entries:
+            out.add(
+                hashlib.sha256(entry.data).hexdigest() if entry.kind == "x509" else entry.data.hex()
+            )
+    return frozenset(out)
+
+
+def authority_id(data: bytes) -> str:
+    entry = parse_signature_data(data)
+    return hashlib.sha256(entry.data).hexdigest() if entry.kind == "x509" else entry.data.hex()
+
+
+def _variable(vlog: VerifiedBootLog, event: Event) -> tuple[str, Variable] | None:
+    try:
+        var = parse_variable_data(event.data, where=f"event {event.index}")
+    except MalformedEvidence as exc:
+        return None if event.pcr != 7 else ("?", Variable(event, None, f"undecodable: {exc}"))
+    if vlog.data_covered(event) is not True:
+        return var.name, Variable(event, None, "event data not covered by its digest")
+    return var.name, Variable(event, var.data)
+
+
+def _pcr7(vlog: VerifiedBootLog, facts: BootFacts, e: Event) -> None:
+    if e.event_type == T.EV_EFI_VARIABLE_DRIVER_CONFIG:
+        got = _variable(vlog, e)
+        if got is not None and (got[0] in SB_VARIABLES or got[0] == "?"):
+            facts.variables.setdefault(got[0], got[1])
+    elif e.event_type == T.EV_EFI_ACTION:
+        facts.pcr7_actions.append((e, e.data if vlog.data_covered(e) else None))
+    elif e.event_type == T.EV_EFI_VARIABLE_AUTHORITY:
+        got = _variable(vlog, e)
+        if got is not None and got[0] == "SbatLevel":
+            value = got[1].value
+            facts.sbat_levels.append(
+                (e, None if value is None else value.decode("utf-8", "replace"))
+            )
+
+
+def _os_pcrs(vlog: VerifiedBootLog, facts: BootFacts, e: Event) -> None:
+    if e.event_type == T.EV_IPL:
+        data = e.data
+        for prefix in _CMDLINE_PREFIXES:
+            if data.startswith(prefix):
+                covered = vlog.data_covered(e) is True
+                facts.cmdlines.append((e, _text(data[len(prefix) :]) if covered else None))
+                return
+        if e.pcr == 14 and data.rstrip(b"\x00") in (b"MokList", b"MokListX"):
+            facts.moklists.setdefault(data.rstrip(b"\x00").decode(), []).append(e)
+        elif e.pcr in (8, 12) and data[1:2] == b"\x00":  # systemd-boot: UTF-16LE command line
+            facts.cmdlines.append((e, _text(data) if vlog.data_covered(e) is True else None))
+        elif e.pcr == 9 and b"initrd" in data:
+            facts.initrds.append(e)
+    elif e.event_type == T.EV_EVENT_TAG and e.pcr == 9 and len(e.data) >= 8:
+        tag = int.from_bytes(e.data[:4], "little")
+        if tag == LINUX_INITRD_TAG:
+            facts.initrds.append(e)
+        # LINUX_LOAD_OPTIONS_TAG: the data is only a description; the digest is of the load
+        # options, which the log does not carry, so there is no command-line text to check.
+
+
+def extract(vlog: VerifiedBootLog) -> BootFacts:
+    """One pass over the verified events (log order) collecting every fact the checks use."""
+    facts = BootFacts()
+    for e in vlog.events:
+        facts.by_pcr.setdefault(e.pcr, []).append(e)
+        et, pcr = e.event_type, e.pcr
+        if pcr == 0 and et == T.EV_S_CRTM_VERSION:
+            covered = vlog.data_covered(e) is True
+            facts.scrtm_versions.append((e, scrtm_text(e.data) if covered else None))
+        elif pcr == 0 and et in _FIRMWARE_CODE:
+            facts.firmware_code.append(e)
+        elif pcr == 7:
+            _pcr7(vlog, facts, e)
+        elif pcr == 4 and et == T.EV_EFI_BOOT_SERVICES_APPLICATION:
+            facts.boot_apps.append(e)
+        elif pcr == 2 and et in (
+            T.EV_EFI_BOOT_SERVICES_DRIVER,
+            T.EV_EFI_RUNTIME_SERVICES_DRIVER,
+            T.EV_EFI_BOOT_SERVICES_APPLICATION,
+        ):
+            facts.drivers.append(e)
+        elif (
+            pcr == 5
+            and et == T.EV_EFI_ACTION
+            and (e.data == EBS_INVOCATION or e.data in EBS_RETURNS)
+        ):
+            facts.ebs_events.append(e)
+        elif pcr >= 8:
+            _os_pcrs(vlog, facts, e)
+    return facts

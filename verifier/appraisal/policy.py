@@ -1,0 +1,340 @@
+"""Golden sets compiled once into lookup tables, reused for every node that the sets apply to.
+
+Semantics (the same for every reference value): a check is *enabled* when at least one set in force
+states that aspect; a value passes when ANY set in force approves it. Sets not in force (retired,
+revoked, expired, not yet valid) approve nothing, but are kept so a failure can say "revoked: <why>".
+An empty or all-inactive input compiles to a policy that cannot produce a trusted verdict.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from assay.algorithms import HashAlg
+from assay.events import EventType as T
+from golden.model import GoldenSet, Role
+
+Key = tuple[HashAlg, bytes]
+Refs = tuple[str, ...]
+
+# Event types allowed in each PCR (PC Client PFP §10.4.1 and what real firmware in the corpus
+# does). A set may add vendor types per PCR with extra_event_types.
+_FW_PCR0 = {
+    T.EV_S_CRTM_VERSION,
+    T.EV_S_CRTM_CONTENTS,
+    T.EV_POST_CODE,
+    T.EV_POST_CODE2,
+    T.EV_EFI_PLATFORM_FIRMWARE_BLOB,
+    T.EV_EFI_PLATFORM_FIRMWARE_BLOB2,
+    T.EV_NONHOST_CODE,
+    T.EV_NONHOST_CONFIG,
+    T.EV_NONHOST_INFO,
+    T.EV_EFI_HANDOFF_TABLES,
+    T.EV_EFI_HANDOFF_TABLES2,
+    T.EV_CPU_MICROCODE,
+    T.EV_EFI_HCRTM_EVENT,
+    T.EV_EFI_SPDM_FIRMWARE_BLOB,
+    T.EV_EFI_SPDM_FIRMWARE_CONFIG,
+    T.EV_SEPARATOR,
+}
+_OS = {T.EV_IPL, T.EV_EVENT_TAG, T.EV_COMPACT_HASH, T.EV_SEPARATOR, T.EV_EFI_ACTION, T.EV_ACTION}
+ALLOWED_TYPES: dict[int, frozenset[int]] = {
+    0: frozenset(_FW_PCR0),
+    1: frozenset(
+        {
+            T.EV_EFI_VARIABLE_DRIVER_CONFIG,
+            T.EV_EFI_VARIABLE_BOOT,
+            T.EV_EFI_VARIABLE_BOOT2,
+            T.EV_EFI_HANDOFF_TABLES,
+            T.EV_EFI_HANDOFF_TABLES2,
+            T.EV_PLATFORM_CONFIG_FLAGS,
+            T.EV_TABLE_OF_DEVICES,
+            T.EV_CPU_MICROCODE,
+            T.EV_NONHOST_CONFIG,
+            T.EV_EVENT_TAG,
+            T.EV_EFI_SPDM_FIRMWARE_CONFIG,
+            T.EV_EFI_ACTION,
+            T.EV_SEPARATOR,
+        }
+    ),
+    2: frozenset(
+        {
+            T.EV_EFI_BOOT_SERVICES_DRIVER,
+            T.EV_EFI_RUNTIME_SERVICES_DRIVER,
+            T.EV_EFI_BOOT_SERVICES_APPLICATION,
+            T.EV_EFI_PLATFORM_FIRMWARE_BLOB,
+            T.EV_EFI_PLATFORM_FIRMWARE_BLOB2,
+            T.EV_EFI_SPDM_FIRMWARE_BLOB,
+            T.EV_EFI_GPT_EVENT,
+            T.EV_NONHOST_CODE,
+            T.EV_NONHOST_INFO,
+            T.EV_EVENT_TAG,
+            T.EV_POST_CODE,
+            T.EV_SEPARATOR,
+        }
+    ),
+    3: frozenset(
+        {
+            T.EV_EFI_VARIABLE_DRIVER_CONFIG,
+            T.EV_EFI_SPDM_FIRMWARE_CONFIG,
+            T.EV_NONHOST_CONFIG,
+            T.EV_SEPARATOR,
+        }
+    ),
+    4: frozenset(
+        {
+            T.EV_EFI_BOOT_SERVICES_APPLICATION,
+            T.EV_EFI_BOOT_SERVICES_DRIVER,
+            T.EV_EFI_ACTION,
+            T.EV_ACTION,
+            T.EV_IPL,
+            T.EV_SEPARATOR,
+        }
+    ),
+    5: frozenset(
+        {
+            T.EV_EFI_VARIABLE_BOOT,
+            T.EV_EFI_VARIABLE_BOOT2,
+            T.EV_EFI_GPT_EVENT,
+            T.EV_EFI_GPT_EVENT2,
+            T.EV_EFI_ACTION,
+            T.EV_ACTION,
+            T.EV_IPL_PARTITION_DATA,
+            T.EV_SEPARATOR,
+        }
+    ),
+    6: frozenset({T.EV_ACTION, T.EV_EFI_ACTION, T.EV_COMPACT_HASH, T.EV_SEPARATOR}),
+    7: frozenset(
+        {
+            T.EV_EFI_VARIABLE_DRIVER_CONFIG,
+            T.EV_EFI_VARIABLE_AUTHORITY,
+            T.EV_EFI_ACTION,
+            T.EV_EFI_SPDM_DEVICE_POLICY,
+            T.EV_EFI_SPDM_DEVICE_AUTHORITY,
+            T.EV_SEPARATOR,
+        }
+    ),
+}
+ALLOWED_TYPES.update({pcr: frozenset(_OS) for pcr in range(8, 24)})
+# What may follow the separator in PCR0–7 (firmware measures the rest before it).
+AFTER_SEPARATOR: dict[int, frozenset[int]] = {
+    0: frozenset(),
+    1: frozenset(
+        {
+            T.EV_EFI_VARIABLE_BOOT,
+            T.EV_EFI_VARIABLE_BOOT2,
+            T.EV_EFI_HANDOFF_TABLES,
+            T.EV_EFI_HANDOFF_TABLES2,
+            T.EV_PLATFORM_CONFIG_FLAGS,
+        }
+    ),
+    2: frozenset(
+        {
+            T.EV_EFI_BOOT_SERVICES_DRIVER,
+            T.EV_EFI_RUNTIME_SERVICES_DRIVER,
+            T.EV_EFI_BOOT_SERVICES_APPLICATION,
+            T.EV_EFI_GPT_EVENT,
+        }
+    ),
+    3: frozenset(),
+    4: frozenset(
+        {
+            T.EV_EFI_BOOT_SERVICES_APPLICATION,
+            T.EV_EFI_BOOT_SERVICES_DRIVER,
+            T.EV_EFI_ACTION,
+            T.EV_ACTION,
+            T.EV_IPL,
+        }
+    ),
+    5: frozenset(
+        {T.EV_EFI_GPT_EVENT, T.EV_EFI_GPT_EVENT2, T.EV_EFI_ACTION, T.EV_IPL_PARTITION_DATA}
+    ),
+    6: frozenset(),
+    7: frozenset({T.EV_EFI_VARIABLE_AUTHORITY, T.EV_EFI_SPDM_DEVICE_AUTHORITY}),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    """One set's word on a digest: which set, the label it gave, and its standing."""
+
+    ref: str
+    label: str
+    role: Role
+    status: str
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledPolicy:
+    """Lookup tables over the sets in force at ``now``. Build with :func:`compile_golden`."""
+
+    now: dt.datetime
+    in_force: Refs
+    not_in_force: tuple[tuple[str, str, str | None], ...]  # (ref, status or "expired", reason)
+    sha1_refs: Refs
+    required_pcrs: frozenset[int]
+    allowed_types: dict[int, frozenset[int]]
+    after_separator: dict[int, frozenset[int]]
+    boot_apps: dict[Key, tuple[Approval, ...]]
+    inactive_apps: dict[Key, tuple[Approval, ...]]
+    apps_enabled: bool
+    boot_orders: tuple[tuple[str, tuple[Role, ...]], ...]
+    scrtm: dict[str, Refs]
+    blobs: dict[Key, Refs]
+    pcr_pins: dict[int, dict[Key, Refs]]
+    sb_off_ok: Refs
+    sb_required_by: Refs
+    pk: dict[str, Refs] | None
+    kek: dict[str, Refs] | None
+    db_required: tuple[tuple[str, frozenset[str]], ...]
+    dbx_required: tuple[tuple[str, frozenset[str]], ...]
+    debug_ok: Refs
+    dma_ok: Refs
+    cmdline_exact: dict[str, Refs]
+    cmdline_regex: tuple[tuple[re.Pattern[str], str, str], ...]  # (compiled, source, ref)
+    initrds: dict[Key, Refs]
+    moklist: dict[str, dict[Key, Refs]]
+    sbat_levels: dict[str, Refs]
+    require_ebs_by: Refs
+
+    @property
+    def empty(self) -> bool:
+        return not self.in_force
+
+
+def _add(table: dict[Key, Refs], ref: str, digests: Mapping[HashAlg, bytes]) -> None:
+    for alg, value in digests.items():
+        key = (alg, value)
+        table[key] = (*table.get(key, ()), ref)
+
+
+def _add_text(table: dict[str, Refs], ref: str, text: str) -> None:
+    table[text] = (*table.get(text, ()), ref)
+
+
+def _compile_apps(
+    sets: Sequence[GoldenSet], now: dt.datetime
+) -> tuple[dict[Key, tuple[Approval, ...]], dict[Key, tuple[Approval, ...]]]:
+    active: dict[Key, tuple[Approval, ...]] = {}
+    inactive: dict[Key, tuple[Approval, ...]] = {}
+    for g in sets:
+        live = g.in_force(now)
+        status = g.status if g.status != "active" else ("active" if live else "expired")
+        table = active if live else inactive
+        for app in g.boot_apps:
+            approval = Approval(g.ref, app.label, app.role, status, g.status_reason)
+            for alg, value in app.digests.items():
+                table[(alg, value)] = (*table.get((alg, value), ()), approval)
+    return active, inactive
+
+
+def _secure_boot_tables(live: Sequence[GoldenSet]) -> dict[str, object]:
+    pk: dict[str, Refs] | None = None
+    kek: dict[str, Refs] | None = None
+    for g in live:
+        sb = g.secure_boot
+        if sb.pk is not None:
+            pk = pk if pk is not None else {}
+            for fp in sb.pk:
+                _add_text(pk, g.ref, fp)
+        if sb.kek is not None:
+            kek = kek if kek is not None else {}
+            for fp in sb.kek:
+                _add_text(kek, g.ref, fp)
+    return {
+        "pk": pk,
+        "kek": kek,
+        "db_required": tuple(
+            (g.ref, frozenset(g.secure_boot.db_must_contain))
+            for g in live
+            if g.secure_boot.db_must_contain
+        ),
+        "dbx_required": tuple(
+            (g.ref, frozenset(g.secure_boot.dbx_must_include))
+            for g in live
+            if g.secure_boot.dbx_must_include
+        ),
+        "sb_off_ok": tuple(g.ref for g in live if not g.secure_boot.required),
+        "sb_required_by": tuple(g.ref for g in live if g.secure_boot.required),
+        "debug_ok": tuple(g.ref for g in live if g.secure_boot.allow_debug_mode),
+        "dma_ok": tuple(g.ref for g in live if g.secure_boot.allow_dma_protection_disabled),
+    }
+
+
+def _value_tables(live: Sequence[GoldenSet]) -> dict[str, object]:
+    scrtm: dict[str, Refs] = {}
+    blobs: dict[Key, Refs] = {}
+    pins: dict[int, dict[Key, Refs]] = {}
+    exact: dict[str, Refs] = {}
+    regex: list[tuple[re.Pattern[str], str, str]] = []
+    initrds: dict[Key, Refs] = {}
+    mok: dict[str, dict[Key, Refs]] = {}
+    sbat: dict[str, Refs] = {}
+    for g in live:
+        for text in g.firmware.scrtm_versions:
+            _add_text(scrtm, g.ref, text)
+        for blob in g.firmware.blobs:
+            _add(blobs, g.ref, blob.digests)
+        for pcr, d in g.firmware.pcrs.items():
+            _add(pins.setdefault(pcr, {}), g.ref, d)
+        for rule in g.cmdlines:
+            if rule.exact is not None:
+                _add_text(exact, g.ref, rule.exact)
+            elif rule.regex is not None:
+                regex.append((re.compile(rule.regex), rule.regex, g.ref))
+        for m in g.initrds:
+            _add(initrds, g.ref, m.digests)
+        for name, items in (("MokList", g.shim.moklist), ("MokListX", g.shim.moklistx)):
+            for m in items:
+                _add(mok.setdefault(name, {}), g.ref, m.digests)
+        for level in g.shim.sbat_levels:
+            _add_text(sbat, g.ref, level)
+    return {
+        "scrtm": scrtm,
+        "blobs": blobs,
+        "pcr_pins": pins,
+        "cmdline_exact": exact,
+        "cmdline_regex": tuple(regex),
+        "initrds": initrds,
+        "moklist": mok,
+        "sbat_levels": sbat,
+    }
+
+
+def compile_golden(sets: Sequence[GoldenSet], *, now: dt.datetime | None = None) -> CompiledPolicy:
+    """Compile ``sets`` as they stand at ``now`` (default: the current time, UTC)."""
+    when = now if now is not None else dt.datetime.now(dt.UTC)
+    live = [g for g in sets if g.in_force(when)]
+    dead = tuple(
+        (g.ref, g.status if g.status != "active" else "expired", g.status_reason)
+        for g in sets
+        if not g.in_force(when)
+    )
+    allowed = dict(ALLOWED_TYPES)
+    after = dict(AFTER_SEPARATOR)
+    for g in live:  # vendor types an operator reviewed are allowed anywhere in their PCR
+        for pcr, types in g.extra_event_types.items():
+            allowed[pcr] = allowed.get(pcr, frozenset()) | frozenset(types)
+            if pcr in after:
+                after[pcr] = after[pcr] | frozenset(types)
+    apps, inactive_apps = _compile_apps(sets, when)
+    return CompiledPolicy(
+        now=when,
+        in_force=tuple(g.ref for g in live),
+        not_in_force=dead,
+        sha1_refs=tuple(g.ref for g in live if g.allow_sha1),
+        required_pcrs=frozenset(p for g in live for p in g.required_pcrs),
+        allowed_types=allowed,
+        after_separator=after,
+        boot_apps=apps,
+        inactive_apps=inactive_apps,
+        apps_enabled=any(g.boot_apps for g in live) or not live,
+        boot_orders=tuple((g.ref, g.boot_order) for g in live if g.boot_order),
+        require_ebs_by=tuple(g.ref for g in live if g.require_exit_boot_services),
+        **_secure_boot_tables(live),  # type: ignore[arg-type]
+        **_value_tables(live),  # type: ignore[arg-type]
+    )

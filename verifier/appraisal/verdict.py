@@ -1,0 +1,77 @@
+"""The result of an appraisal: every check made, and the verdict they add up to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+CheckStatus = Literal["pass", "fail", "unknown"]
+VerdictStatus = Literal["trusted", "untrusted", "unknown"]
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One check: a stable ``reason`` code, where (PCR, event index), got vs expected, and which
+    golden set (``name@version``) decided it."""
+
+    id: str
+    status: CheckStatus
+    reason: str
+    message: str
+    pcr: int | None = None
+    event: int | None = None
+    got: str | None = None
+    expected: str | None = None
+    golden: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "status": self.status,
+            "reason": self.reason,
+            "pcr": self.pcr,
+            "event": self.event,
+            "got": self.got,
+            "expected": self.expected,
+            "golden": self.golden,
+            "message": self.message,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """``trusted`` only when every check passed; any failure is ``untrusted``; otherwise
+    ``unknown`` (something could not be checked). An empty list of checks is never trusted."""
+
+    status: VerdictStatus
+    checks: tuple[Check, ...]
+
+    @classmethod
+    def of(cls, checks: list[Check]) -> Verdict:
+        if any(c.status == "fail" for c in checks):
+            status: VerdictStatus = "untrusted"
+        elif not checks or any(c.status == "unknown" for c in checks):
+            status = "unknown"
+        else:
+            status = "trusted"
+        return cls(status, tuple(checks))
+
+    @property
+    def failures(self) -> tuple[Check, ...]:
+        return tuple(c for c in self.checks if c.status != "pass")
+
+    @property
+    def reason(self) -> str:
+        """One line: the first failing (else unknown) check's message, or "all N checks passed"."""
+        for wanted in ("fail", "unknown"):
+            for c in self.checks:
+                if c.status == wanted:
+                    return f"{c.reason}: {c.message}"
+        return f"all {len(self.checks)} checks passed"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "reason": self.reason,
+            "checks": [c.to_json() for c in self.checks],
+        }
