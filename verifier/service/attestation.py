@@ -132,9 +132,10 @@ def appraise_evidence(
 ) -> Assessment:
     """Steps 5–7 for a verified quote: coverage, verified log (cached), appraisal."""
     bank = svc.config.hash_alg
-    # 5. Coverage of what the verifier asked for (the policy adds its own required PCRs).
+    policy = policy_for(svc, rows)
+    # 5. Coverage: what the verifier asked for and what the policy relies on.
     quoted = set(quote.pcrs.get(bank, {}))
-    missing = sorted(set(svc.config.pcrs) - quoted)
+    missing = sorted((set(svc.config.pcrs) | policy.required_pcrs) - quoted)
     if missing:
         return failed(
             "unknown", "pcr_not_quoted", f"the quote does not cover {bank.bank} PCRs {missing}"
@@ -147,7 +148,7 @@ def appraise_evidence(
     except MalformedEvidence as exc:
         return failed("untrusted", "event_log_malformed", str(exc))
     # 7. Appraisal.
-    return assess(vlog, policy_for(svc, rows))
+    return assess(vlog, policy)
 
 
 def verified_log(

@@ -83,16 +83,9 @@ def policy_for(svc: Services, rows: Sequence[GoldenSetRow]) -> CompiledPolicy:
 
 def assess(log: VerifiedBootLog, policy: CompiledPolicy) -> Assessment:
     verdict = appraise(log, policy)
-    return summarize(verdict.to_json())
-
-
-def summarize(verdict: dict[str, Any]) -> Assessment:
-    status = str(verdict.get("status", "unknown"))
-    if status not in ("trusted", "untrusted", "unknown"):
-        status = "unknown"
-    checks = list(verdict.get("checks", []))
-    golden = sorted({str(c["golden"]) for c in checks if c.get("golden")})
-    return Assessment(status, _reason(status, checks, verdict), checks, golden, verdict)
+    data = verdict.to_json()
+    checks = list(data["checks"])
+    return Assessment(verdict.status, verdict.reason, checks, list(policy.in_force), data)
 
 
 def failed(status: str, code: str, message: str) -> Assessment:
@@ -103,16 +96,5 @@ def failed(status: str, code: str, message: str) -> Assessment:
         "reason": code,
         "message": message,
     }
-    verdict = {"status": status, "checks": [check]}
+    verdict = {"status": status, "reason": f"{code}: {message}", "checks": [check]}
     return Assessment(status, f"{code}: {message}", [check], [], verdict)
-
-
-def _reason(status: str, checks: list[dict[str, Any]], verdict: dict[str, Any]) -> str:
-    if status == "trusted":
-        return "all checks passed"
-    want = "fail" if status == "untrusted" else "unknown"
-    for check in checks:
-        if check.get("status") == want:
-            text = check.get("message") or check.get("reason") or ""
-            return f"{check.get('id')}: {text}".strip()
-    return str(verdict.get("reason") or f"verdict {status}")

@@ -1,0 +1,343 @@
+"""``serve``, ``db upgrade``, ``nodes``, ``golden``, ``token``: the verifier service's commands.
+
+They call the same domain functions as the HTTP API, directly on the configured database, and
+print readable tables (rich) or ``--json``. Changes are audited with the actor ``cli:<user>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import getpass
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from assay.errors import ConfigurationError
+
+from ._cli import EXIT_OK, read_input
+
+GOLDEN_LIMIT = 4 * 1024 * 1024
+
+
+def _common(p: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
+    p.add_argument("--config", metavar="FILE", help="verifier YAML configuration")
+    p.add_argument("--database", metavar="URL", help="SQLAlchemy URL or SQLite file path")
+    if json_flag:
+        p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def register(sub: Any) -> None:
+    serve = sub.add_parser("serve", help="run the verifier service under gunicorn")
+    _common(serve, json_flag=False)
+    serve.add_argument("--bind", help="HOST:PORT (default 127.0.0.1:8700)")
+    serve.add_argument("--workers", type=int, help="gunicorn worker processes (default 2)")
+    serve.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
+    serve.add_argument("--tls-key", help="private key for --tls-cert (PEM)")
+    serve.add_argument("--ek-ca-dir", help="directory of TPM-vendor CA certificates")
+    serve.set_defaults(func=_serve)
+
+    db = sub.add_parser("db", help="database schema").add_subparsers(
+        dest="db_command", metavar="SUBCOMMAND", required=True
+    )
+    up = db.add_parser("upgrade", help="apply the Alembic migrations up to the newest schema")
+    _common(up)
+    up.set_defaults(func=_db_upgrade)
+
+    nodes = sub.add_parser("nodes", help="the cluster inventory").add_subparsers(
+        dest="nodes_command", metavar="SUBCOMMAND", required=True
+    )
+    ls = nodes.add_parser("list", help="nodes and their state")
+    _common(ls)
+    ls.add_argument("--state", help="only nodes in this state")
+    ls.add_argument("--label", action="append", default=[], metavar="K=V", help="label filter")
+    ls.set_defaults(func=_nodes_list)
+    show = nodes.add_parser("show", help="one node and its recent attestations")
+    _common(show)
+    show.add_argument("name")
+    show.set_defaults(func=_nodes_show)
+    sweep = nodes.add_parser("sweep", help="mark trusted nodes past their freshness window stale")
+    _common(sweep)
+    sweep.set_defaults(func=_nodes_sweep)
+
+    _register_golden(sub)
+
+    tok = sub.add_parser("token", help="API tokens").add_subparsers(
+        dest="token_command", metavar="SUBCOMMAND", required=True
+    )
+    create = tok.add_parser("create", help="create a bearer token (printed once)")
+    _common(create)
+    create.add_argument(
+        "--role", required=True, choices=("admin", "reviewer", "scheduler", "enroll")
+    )
+    create.add_argument("--ttl", type=float, help="expire after this many seconds")
+    create.add_argument("--single-use", action="store_true", help="valid for one enrollment")
+    create.add_argument("--description", default="")
+    create.set_defaults(func=_token_create)
+
+
+def _register_golden(sub: Any) -> None:
+    golden = sub.add_parser("golden", help="golden measurement sets").add_subparsers(
+        dest="golden_command", metavar="SUBCOMMAND", required=True
+    )
+    add = golden.add_parser("add", help="upload a golden set (YAML, or CoRIM with --corim)")
+    _common(add)
+    add.add_argument("file")
+    add.add_argument("--corim", action="store_true", help="the file is a CoRIM (CBOR)")
+    add.set_defaults(func=_golden_add)
+    ls = golden.add_parser("list", help="golden sets and assignments")
+    _common(ls)
+    ls.set_defaults(func=_golden_list)
+    assign = golden.add_parser("assign", help="apply a golden set to nodes matching labels")
+    _common(assign)
+    assign.add_argument("name")
+    assign.add_argument(
+        "--selector",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="label the nodes must carry (repeat; none = every node)",
+    )
+    assign.set_defaults(func=_golden_assign)
+    for action in ("retire", "revoke"):
+        p = golden.add_parser(action, help=f"{action} one version (re-appraises affected nodes)")
+        _common(p)
+        p.add_argument("name")
+        p.add_argument("version")
+        p.add_argument("--reason", required=True)
+        p.set_defaults(func=_golden_status, status=f"{action}d")
+
+
+# --- plumbing -------------------------------------------------------------------------------
+
+
+def _config(args: argparse.Namespace, **flags: Any) -> Any:
+    from verifier.service.config import load_config
+
+    return load_config(args.config, overrides={"database": args.database, **flags})
+
+
+def _services(args: argparse.Namespace) -> Any:
+    from verifier.service.context import Services
+    from verifier.store import Store
+    from verifier.store.migrate import current_revision, head_revision
+
+    config = _config(args)
+    store = Store(config.database)
+    if current_revision(store) != head_revision():
+        raise ConfigurationError(
+            f"database {store.url} is not at the newest schema: run `python -m verifier db upgrade`"
+        )
+    return Services(config=config, store=store)
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _print(args: argparse.Namespace, data: Any, table: Any) -> int:
+    if getattr(args, "json", False):
+        json.dump(data, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        from rich.console import Console
+
+        Console().print(table)
+    return EXIT_OK
+
+
+def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Any:
+    from rich.table import Table
+
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*("" if v is None else str(v) for v in r))
+    return t
+
+
+def _labels(items: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise ConfigurationError(f"label {item!r} must be KEY=VALUE")
+        out[k] = v
+    return out
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from verifier.service.server import serve
+    from verifier.store import Store
+    from verifier.store.migrate import current_revision, head_revision
+
+    config = _config(
+        args,
+        bind=args.bind,
+        workers=args.workers,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        ek_ca_dir=args.ek_ca_dir,
+    )
+    store = Store(config.database)
+    try:
+        if current_revision(store) != head_revision():
+            raise ConfigurationError(
+                "the database is not at the newest schema: run `python -m verifier db upgrade`"
+            )
+    finally:
+        store.close()
+    serve(config)
+    return EXIT_OK
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from verifier.store import Store, upgrade
+
+    store = Store(_config(args).database)
+    revision = upgrade(store)
+    data = {"database": store.url, "revision": revision}
+    if args.json:
+        return _print(args, data, None)
+    print(f"database {store.url} is at revision {revision}")
+    return EXIT_OK
+
+
+def _nodes_list(args: argparse.Namespace) -> int:
+    from verifier.service import inventory
+
+    nodes = inventory.list_nodes(_services(args), state=args.state, labels=_labels(args.label))
+    rows = [
+        (n["name"], n["state"], n["state_since"], ", ".join(n["golden"]), n["reason"])
+        for n in nodes
+    ]
+    return _print(
+        args,
+        {"nodes": nodes},
+        _table("nodes", ("node", "state", "since", "golden", "reason"), rows),
+    )
+
+
+def _nodes_show(args: argparse.Namespace) -> int:
+    from verifier.service import inventory
+    from verifier.store import repo
+
+    svc = _services(args)
+    node = inventory.show_node(svc, args.name)
+    with svc.store.read() as db:
+        row = inventory.get_node(db, args.name)
+        atts = [
+            inventory.attestation_json(a, row.name, full=False)
+            for a in repo.node_attestations(db, row.id, limit=20)
+        ]
+    node["attestations"] = atts
+    if args.json:
+        return _print(args, node, None)
+    info = _table(
+        f"node {node['name']}",
+        ("field", "value"),
+        [(k, v) for k, v in node.items() if k != "attestations"],
+    )
+    hist = _table(
+        "attestations",
+        ("id", "time", "status", "reboot", "reason"),
+        [(a["id"], a["time"], a["status"], a["reboot"], a["reason"]) for a in atts],
+    )
+    _print(args, node, info)
+    return _print(args, node, hist)
+
+
+def _nodes_sweep(args: argparse.Namespace) -> int:
+    from verifier.service import inventory
+
+    stale = inventory.sweep_stale(_services(args), _actor())
+    return _print(args, {"stale": stale}, _table("now stale", ("node",), [(n,) for n in stale]))
+
+
+def _golden_add(args: argparse.Namespace) -> int:
+    from verifier.service import golden_ops
+
+    data = read_input(args.file, "golden set", limit=GOLDEN_LIMIT)
+    out = golden_ops.upload(_services(args), "corim" if args.corim else "yaml", data, _actor())
+    return _print(args, out, _table("added", ("golden", "status"), [(out["id"], out["status"])]))
+
+
+def _golden_list(args: argparse.Namespace) -> int:
+    from verifier.service import golden_ops
+
+    data = golden_ops.list_sets(_services(args))
+    rows = [(g["id"], g["status"], g["reason"], g["changed_at"]) for g in data["golden"]]
+    return _print(
+        args, data, _table("golden sets", ("golden", "status", "reason", "changed"), rows)
+    )
+
+
+def _golden_assign(args: argparse.Namespace) -> int:
+    from verifier.service import golden_ops
+
+    out = golden_ops.assign(_services(args), args.name, _labels(args.selector), _actor())
+    sel = ",".join(f"{k}={v}" for k, v in out["selector"].items()) or "*"
+    return _print(args, out, _table("assigned", ("golden", "selector"), [(out["golden"], sel)]))
+
+
+def _golden_status(args: argparse.Namespace) -> int:
+    from verifier.service import golden_ops
+
+    out = golden_ops.set_status(
+        _services(args), args.name, args.version, args.status, args.reason, _actor()
+    )
+    rows = [(r["node"], r["status"], r["state"], r["reason"]) for r in out["reappraised"]]
+    return _print(
+        args,
+        out,
+        _table(
+            f"{out['id']} {out['status']}: nodes re-appraised",
+            ("node", "verdict", "state", "reason"),
+            rows,
+        ),
+    )
+
+
+def _token_create(args: argparse.Namespace) -> int:
+    from verifier.store import repo
+
+    svc = _services(args)
+    now = dt.datetime.now(dt.UTC)
+    expires = now + dt.timedelta(seconds=args.ttl) if args.ttl else None
+    with svc.store.write() as db:
+        secret, row = repo.create_token(
+            db,
+            args.role,
+            expires_at=expires,
+            single_use=args.single_use,
+            description=args.description,
+            now=now,
+        )
+        repo.audit(
+            db,
+            _actor(),
+            "token_create",
+            f"token:{row.id}",
+            args.description,
+            {"role": args.role},
+            now=now,
+        )
+        data = {
+            "token": secret,
+            "id": row.id,
+            "role": args.role,
+            "single_use": args.single_use,
+            "expires_at": expires.isoformat() if expires else None,
+        }
+    if args.json:
+        return _print(args, data, None)
+    print(secret)
+    return EXIT_OK

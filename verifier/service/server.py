@@ -1,0 +1,45 @@
+"""Running the app under gunicorn: workers, bind address, TLS when a certificate is given."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
+
+from .app import create_app
+from .config import ServiceConfig
+
+
+class VerifierServer(BaseApplication):  # type: ignore[misc]
+    """gunicorn with our settings; each worker builds its own app (and database engine)."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self.service_config = config
+        super().__init__()
+
+    def load_config(self) -> None:
+        cfg = self.service_config
+        settings: dict[str, Any] = {
+            "bind": [cfg.bind],
+            "workers": cfg.workers,
+            "worker_class": "sync",
+            "timeout": 60,
+            "graceful_timeout": 10,
+            "accesslog": None,
+            "errorlog": "-",
+            "loglevel": "warning",
+            "proc_name": "assay-verifier",
+        }
+        if cfg.tls_cert and cfg.tls_key:
+            settings["certfile"] = cfg.tls_cert
+            settings["keyfile"] = cfg.tls_key
+        for key, value in settings.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Flask:
+        return create_app(self.service_config)
+
+
+def serve(config: ServiceConfig) -> None:
+    VerifierServer(config).run()

@@ -1,0 +1,204 @@
+"""Helpers for tests, benchmarks and the demo: a real server on a free port, a load generator.
+
+``run_server(config)`` starts ``python -m verifier serve`` (gunicorn) on a free port, waits until
+it answers, yields its URL and stops it (by its own pid) afterwards.
+
+``FakeAgentForLoad`` is for LOAD GENERATION ONLY: it enrolls a software ECC key as a node's AK
+directly in the store (no TPM, no credential activation) and signs quotes over PCR values replayed
+from a real event log. It proves nothing about a TPM; correctness tests use swtpm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import requests
+import yaml
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+from assay.algorithms import HashAlg
+from assay.eventlog import parse_event_log, replay
+from assay.tpm2 import (
+    Alg,
+    ClockInfo,
+    ObjectAttributes,
+    Scheme,
+    Signature,
+    marshal_quote_attest,
+    marshal_signature,
+    public_from_key,
+)
+from verifier.store import Store, repo
+from verifier.store.models import Node
+
+from .config import ServiceConfig
+
+AK_ATTRIBUTES = (
+    ObjectAttributes.FIXED_TPM
+    | ObjectAttributes.FIXED_PARENT
+    | ObjectAttributes.SENSITIVE_DATA_ORIGIN
+    | ObjectAttributes.USER_WITH_AUTH
+    | ObjectAttributes.RESTRICTED
+    | ObjectAttributes.SIGN_ENCRYPT
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def config_file(config: ServiceConfig, path: Path) -> Path:
+    data = {k: v for k, v in dataclasses.asdict(config).items() if k != "extra" and v is not None}
+    data["pcrs"] = list(config.pcrs)
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@contextlib.contextmanager
+def run_server(config: ServiceConfig, *, timeout: float = 30.0) -> Iterator[str]:
+    """Serve ``config`` with gunicorn on a free port (the database must be upgraded)."""
+    port = free_port()
+    config = dataclasses.replace(config, bind=f"127.0.0.1:{port}")
+    scheme = "https" if config.tls_cert else "http"
+    with tempfile.TemporaryDirectory(prefix="assay-serve-") as tmp:
+        cfg = config_file(config, Path(tmp) / "verifier.yaml")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "verifier", "serve", "--config", str(cfg)],
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        )
+        url = f"{scheme}://127.0.0.1:{port}"
+        try:
+            _wait_healthy(proc, url, timeout, verify=False)
+            yield url
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _wait_healthy(proc: subprocess.Popen[bytes], url: str, timeout: float, verify: bool) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"verifier exited with {proc.returncode} before serving")
+        try:
+            if requests.get(f"{url}/healthz", timeout=1, verify=verify).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"verifier did not answer on {url} within {timeout} s")
+
+
+class FakeAgentForLoad:
+    """A software "TPM" for load tests: enrolled straight into the store, never via activation."""
+
+    def __init__(
+        self,
+        name: str,
+        log: bytes,
+        *,
+        bank: HashAlg = HashAlg.SHA256,
+        pcrs: Sequence[int] = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 14),
+        labels: Mapping[str, str] | None = None,
+        reset_count: int = 1,
+    ) -> None:
+        self.name = name
+        self.log = log
+        self.log_sha256 = hashlib.sha256(log).digest()
+        self.bank = bank
+        self.labels = dict(labels or {})
+        self.reset_count = reset_count
+        self._key = ec.generate_private_key(ec.SECP256R1())
+        self.ak = public_from_key(
+            self._key.public_key(),
+            attributes=AK_ATTRIBUTES,
+            scheme=Scheme(Alg.ECDSA, HashAlg.SHA256),
+        )
+        replayed = replay(parse_event_log(log)).pcrs[bank]
+        zero = bytes(bank.digest_size)
+        self.pcr_values = {p: replayed.get(p, zero) for p in pcrs}
+        self.extra_extend: bytes | None = None
+
+    def enroll_directly(self, store: Store) -> None:
+        """Insert the node with this software AK (load generation only)."""
+        now = dt.datetime.now(dt.UTC)
+        with store.write() as db:
+            node = repo.get_node(db, self.name)
+            if node is None:
+                node = Node(name=self.name, golden_versions=[])
+                db.add(node)
+            node.ek_public = self.ak.raw
+            node.ek_fingerprint = hashlib.sha256(self.ak.raw).hexdigest()
+            node.ak_public = self.ak.raw
+            node.ak_name = self.ak.name
+            node.labels = self.labels
+            node.state, node.state_since, node.reason = "enrolled", now, "load test"
+            node.enrolled_at = now
+            node.replace_allowed = False
+
+    def evidence(self, nonce: bytes, *, send_log: bool = True) -> bytes:
+        values = dict(self.pcr_values)
+        if self.extra_extend is not None:
+            pcr = max(values)
+            values[pcr] = self.bank.hash(values[pcr] + self.extra_extend)
+        selection = {self.bank: sorted(values)}
+        digest = HashAlg.SHA256.hash(b"".join(values[p] for p in sorted(values)))
+        attest = marshal_quote_attest(
+            selection, digest, nonce, clock_info=ClockInfo(1000, self.reset_count, 0, True)
+        )
+        r, s = decode_dss_signature(self._key.sign(attest, ec.ECDSA(hashes.SHA256())))
+        sig = Signature(
+            Alg.ECDSA, HashAlg.SHA256, b"", r.to_bytes(32, "big"), s.to_bytes(32, "big")
+        )
+        bundle: dict[str, Any] = {
+            "v": 1,
+            "node": self.name,
+            "agent_version": "fake-load/0",
+            "nonce": nonce,
+            "attest": attest,
+            "signature": marshal_signature(sig),
+            "pcrs": {self.bank.bank: values},
+            "event_log_sha256": self.log_sha256,
+        }
+        if send_log:
+            bundle["event_log"] = self.log
+        return bytes(cbor2.dumps(bundle))
+
+    def attest(self, session: requests.Session, url: str) -> dict[str, Any]:
+        """One challenge → evidence round trip over HTTP; returns the verdict JSON."""
+        ch = session.post(f"{url}/v1/nodes/{self.name}/challenge", timeout=60)
+        ch.raise_for_status()
+        info = ch.json()
+        known = info.get("known_event_log_sha256")
+        body = self.evidence(bytes.fromhex(info["nonce"]), send_log=known != self.log_sha256.hex())
+        resp = session.post(
+            f"{url}/v1/nodes/{self.name}/evidence",
+            data=body,
+            headers={"Content-Type": "application/cbor"},
+            timeout=60,
+        )
+        out: dict[str, Any] = resp.json()
+        out["http_status"] = resp.status_code
+        return out
