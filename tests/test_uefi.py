@@ -1,0 +1,297 @@
+"""assay.uefi: GUIDs, strict signature lists, device-path text, structures; negative vectors; fuzz."""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from assay.errors import MalformedEvidence
+from assay.eventlog import parse_event_log
+from assay.uefi import (
+    EFI_CERT_SHA256,
+    EFI_CERT_X509,
+    EFI_GLOBAL_VARIABLE,
+    Guid,
+    device_path_to_text,
+    parse_firmware_blob,
+    parse_firmware_blob2,
+    parse_gpt_event,
+    parse_handoff_tables,
+    parse_image_load_event,
+    parse_load_option,
+    parse_signature_data,
+    parse_signature_lists,
+    parse_sp800_155_event,
+    parse_startup_locality,
+    parse_variable_data,
+)
+
+VECTORS = Path(__file__).parent / "vectors" / "uefi"
+MS_OWNER = Guid.parse("77fa9abd-0359-4d32-bd60-28f4e78f784b")
+
+
+def _event(corpus: Path, name: str, index: int) -> bytes:
+    return parse_event_log((corpus / name).read_bytes()).events[index].data
+
+
+def _node(t: int, s: int, data: bytes) -> bytes:
+    return bytes([t, s]) + struct.pack("<H", 4 + len(data)) + data
+
+
+END = _node(0x7F, 0xFF, b"")
+
+
+# --- GUID -----------------------------------------------------------------------------------------
+
+
+def test_guid_text_is_canonical_mixed_endian() -> None:
+    raw = bytes.fromhex("61dfe48bca93d211aa0d00e098032b8c")
+    assert str(Guid(raw)) == "8be4df61-93ca-11d2-aa0d-00e098032b8c"
+    assert Guid(raw) == EFI_GLOBAL_VARIABLE
+    assert Guid(raw).name == "EFI_GLOBAL_VARIABLE"
+    assert Guid.parse(str(Guid(raw))).raw == raw
+
+
+def test_guid_names_cover_signature_types() -> None:
+    assert EFI_CERT_X509.name == "EFI_CERT_X509"
+    assert str(EFI_CERT_SHA256) == "c1c41626-504c-4092-aca9-41f936934328"
+    assert Guid.parse("605dab50-e046-4300-abb6-3dd810dd8b23").name == "SHIM_LOCK"
+
+
+def test_guid_from_short_bytes_is_malformed() -> None:
+    with pytest.raises(MalformedEvidence, match="GUID needs 16 bytes"):
+        Guid.from_bytes(b"\x00" * 10)
+
+
+# --- Signature lists ------------------------------------------------------------------------------
+
+
+def _sha256_list(*hashes: bytes) -> bytes:
+    body = b"".join(MS_OWNER.raw + h for h in hashes)
+    return EFI_CERT_SHA256.raw + struct.pack("<III", 28 + len(body), 0, 48) + body
+
+
+def test_sha256_signature_lists_parse_each_entry() -> None:
+    data = _sha256_list(b"\x11" * 32, b"\x22" * 32) + _sha256_list(b"\x33" * 32)
+    lists = parse_signature_lists(data)
+    assert [len(x.entries) for x in lists] == [2, 1]
+    assert [e.data[0] for x in lists for e in x.entries] == [0x11, 0x22, 0x33]
+    assert all(e.kind == "sha256" and e.owner == MS_OWNER for x in lists for e in x.entries)
+
+
+def test_empty_database_is_empty_tuple() -> None:
+    assert parse_signature_lists(b"") == ()
+
+
+def test_secureboot_db_decodes_to_microsoft_certificates(corpus: Path) -> None:
+    log = parse_event_log((corpus / "qemu-ovmf-debian12/secureboot-shim-grub-kernel.bin").read_bytes())
+    found = {}
+    for ev in log.events:
+        if ev.event_type == 0x80000001:
+            var = parse_variable_data(ev.data)
+            if var.name in ("KEK", "db"):
+                lists = parse_signature_lists(var.data)
+                found[var.name] = [e.certificate.common_name for x in lists for e in x.entries
+                                   if e.certificate is not None]
+    assert "Microsoft Corporation KEK CA 2011" in found["KEK"]
+    assert "Microsoft Windows Production PCA 2011" in found["db"]
+    assert "Microsoft Corporation UEFI CA 2011" in found["db"]
+
+
+def test_certificate_fields_of_microsoft_uefi_ca(corpus: Path) -> None:
+    data = _event(corpus, "go-attestation/sb_cert_eventlog", 8)
+    entry = parse_signature_data(parse_variable_data(data).data)
+    cert = entry.certificate
+    assert cert is not None
+    assert entry.owner is not None and str(entry.owner) == "d281fad2-8d88-47a4-9792-5baa47bb1b89"
+    assert cert.subject == ("CN=Microsoft Corporation UEFI CA 2011,O=Microsoft Corporation,"
+                            "L=Redmond,ST=Washington,C=US")
+    assert "Microsoft Corporation Third Party Marketplace Root" in cert.issuer
+    assert cert.serial == 0x6108D3C4000000000004
+    assert cert.sha256.hex() == (
+        "48e99b991f57fc52f76149599bff0a58c47154229b9f8d603ac40d3500248507")
+
+
+def test_shim_authority_bare_certificate_has_no_owner(corpus: Path) -> None:
+    data = _event(corpus, "go-attestation/sb_cert_eventlog", 12)
+    var = parse_variable_data(data, max_trailing=7)
+    assert var.name == "Shim" and len(var.trailing) == 6  # old shim's struct padding
+    entry = parse_signature_data(var.data)
+    assert entry.owner is None and entry.certificate is not None
+    assert entry.kind == "x509"
+
+
+NEGATIVE = [
+    ("siglist-size-smaller-than-header.bin", parse_signature_lists,
+     "SignatureListSize 20 is smaller than the header"),
+    ("siglist-signature-size-zero.bin", parse_signature_lists,
+     "SignatureSize 0 is smaller than the owner GUID"),
+    ("siglist-size-not-multiple.bin", parse_signature_lists,
+     "list body of 60 bytes is not a multiple of SignatureSize 48"),
+    ("siglist-sha256-wrong-entry-size.bin", parse_signature_lists,
+     "SignatureSize 40 is wrong for sha256"),
+    ("siglist-size-overruns-data.bin", parse_signature_lists,
+     "SignatureListSize 124 overruns the data"),
+    ("siglist-x509-garbage-cert.bin", parse_signature_lists, "not a valid certificate"),
+    ("variable-huge-name-length.bin", parse_variable_data,
+     "UnicodeNameLength 4611686018427387904 exceeds"),
+    ("devicepath-node-length-zero.bin", device_path_to_text,
+     "node length 0 is below the 4-byte header"),
+    ("devicepath-node-overrun.bin", device_path_to_text, "node length 64 overruns"),
+    ("gpt-absurd-partition-count.bin", parse_gpt_event,
+     "NumberOfPartitions 1099511627776 exceeds"),
+]
+
+
+@pytest.mark.parametrize(("name", "parser", "message"), NEGATIVE, ids=[n[0] for n in NEGATIVE])
+def test_named_negative_vector_is_rejected(name: str, parser: object, message: str) -> None:
+    data = (VECTORS / name).read_bytes()
+    with pytest.raises(MalformedEvidence, match=message):
+        parser(data)  # type: ignore[operator]
+
+
+def test_every_vector_file_is_in_the_table() -> None:
+    assert sorted(p.name for p in VECTORS.glob("*.bin")) == sorted(n[0] for n in NEGATIVE)
+
+
+# --- Device paths ---------------------------------------------------------------------------------
+
+
+def test_device_path_text_of_shim_on_gpt_disk() -> None:
+    hd = struct.pack("<IQQ", 1, 0x800, 0x100000) + Guid.parse(
+        "3cb9643c-6c08-4fe5-852d-17e1ae701158").raw + bytes([2, 2])
+    path = (_node(2, 1, struct.pack("<II", 0x0A0341D0, 0)) + _node(1, 1, bytes([1, 0x1F]))
+            + _node(4, 1, hd) + _node(4, 4, "\\EFI\\debian\\shimx64.efi\0".encode("utf-16-le"))
+            + END)
+    assert device_path_to_text(path) == (
+        "PciRoot(0x0)/Pci(0x1f,0x1)/HD(1,GPT,3cb9643c-6c08-4fe5-852d-17e1ae701158,0x800,0x100000)"
+        "/\\EFI\\debian\\shimx64.efi")
+
+
+def test_device_path_text_of_network_and_firmware_nodes() -> None:
+    mac = bytes.fromhex("0cc47aff601c") + bytes(26) + b"\x01"
+    ipv4 = bytes([192, 168, 0, 5]) + bytes([192, 168, 0, 1]) + struct.pack("<HHHB", 0, 69, 17, 0)
+    ipv4 += bytes([192, 168, 0, 254]) + bytes([255, 255, 255, 0])
+    fv = Guid.parse("7cb8bdc9-f8eb-4f34-aaea-3ee4af6516a1").raw
+    assert device_path_to_text(_node(3, 11, mac) + END) == "MAC(0cc47aff601c,0x1)"
+    assert device_path_to_text(_node(3, 12, ipv4) + END) == (
+        "IPv4(192.168.0.1,UDP,DHCP,192.168.0.5,192.168.0.254,255.255.255.0)")
+    assert device_path_to_text(_node(3, 24, b"http://x/boot.efi") + END) == "Uri(http://x/boot.efi)"
+    assert device_path_to_text(_node(4, 7, fv) + _node(4, 6, fv) + END) == (
+        f"Fv({Guid(fv)})/FvFile({Guid(fv)})")
+    assert device_path_to_text(_node(1, 3, struct.pack("<IQQ", 11, 0xFF000000, 0xFFFFFFFF))
+                               + END) == "MemoryMapped(0xb,0xff000000,0xffffffff)"
+    assert device_path_to_text(_node(4, 8, struct.pack("<IQQ", 0, 0xF250, 0x201FF))) == (
+        "Offset(0xf250,0x201ff)")
+    assert device_path_to_text(_node(1, 4, fv + b"\xab")) == f"VenHw({Guid(fv)},ab)"
+    assert device_path_to_text(_node(4, 3, fv)) == f"VenMedia({Guid(fv)})"
+
+
+def test_unknown_node_uses_generic_text_and_instances_join_with_comma() -> None:
+    path = _node(0x22, 0x7, b"\x01\x02") + _node(0x7F, 0x01, b"") + _node(3, 5, b"\x0b\x00") + END
+    assert device_path_to_text(path) == "Path(34,7,0102),USB(0xb,0x0)"
+
+
+def test_short_known_node_is_malformed_with_offset() -> None:
+    with pytest.raises(MalformedEvidence, match="offset 6: node type 1 subtype 1 too short"):
+        device_path_to_text(_node(3, 5, b"\x0b\x00") + _node(1, 1, b"\x01"))
+
+
+def test_device_path_node_count_is_bounded() -> None:
+    with pytest.raises(MalformedEvidence, match="more than 512 nodes"):
+        device_path_to_text(_node(3, 5, b"\x01\x00") * 600)
+
+
+# --- Structures -----------------------------------------------------------------------------------
+
+
+def test_load_option_decodes_description_and_path(corpus: Path) -> None:
+    var = parse_variable_data(_event(corpus, "go-attestation/linux_tpm12.eventlog.bin", 16))
+    assert var.name == "Boot0000" and var.guid == EFI_GLOBAL_VARIABLE
+    option = parse_load_option(var.data)
+    assert option.description == "debian" and option.active
+    assert option.device_path_text == (
+        "HD(2,GPT,6c6abb6f-d05d-4a9f-ae6f-144542ccaefe,0x1000,0x7a000)/\\EFI\\debian\\grubx64.efi")
+
+
+def test_image_load_event_fields(corpus: Path) -> None:
+    img = parse_image_load_event(_event(corpus, "tpm2-tools/event-uefiservices.bin", 1))
+    assert img.length > 0 and img.padding == b""
+    assert img.device_path_text.startswith("PciRoot(0x0)/Pci(")
+
+
+def test_image_load_event_rejects_path_length_past_data() -> None:
+    data = struct.pack("<QQQQ", 0, 0, 0, 100) + END
+    with pytest.raises(MalformedEvidence, match="LengthOfDevicePath 100 does not match"):
+        parse_image_load_event(data)
+
+
+def test_gpt_event_matches_oracle_header(corpus: Path) -> None:
+    gpt = parse_gpt_event(_event(corpus, "python3-uefi-eventlog/rhcos.bin", 24))
+    assert str(gpt.header.disk_guid) == "a2683614-6a28-40f4-a339-da6ed6207b87"
+    assert gpt.header.alternate_lba == 209715199
+    assert gpt.header.partition_entry_array_crc32 == 1083487677
+    assert len(gpt.partitions) == 4
+
+
+def test_handoff_tables_and_blobs() -> None:
+    smbios3 = Guid.parse("f2fd1544-9794-4a2c-992e-e5bbcf20e394")
+    tables = parse_handoff_tables(struct.pack("<Q", 1) + smbios3.raw + struct.pack("<Q", 0xBE366000))
+    assert tables.tables == ((smbios3, 0xBE366000),)
+    two = parse_handoff_tables(b"\x04ACPI" + struct.pack("<Q", 0), with_description=True)
+    assert two.description == "ACPI" and two.tables == ()
+    blob = parse_firmware_blob(struct.pack("<QQ", 0x820000, 0xE0000))
+    assert (blob.base, blob.length) == (0x820000, 0xE0000)
+    blob2 = parse_firmware_blob2(b"\x06fvmain" + struct.pack("<QQ", 1, 2))
+    assert blob2.description == "fvmain" and (blob2.base, blob2.length) == (1, 2)
+    with pytest.raises(MalformedEvidence, match="trailing"):
+        parse_firmware_blob(bytes(17))
+
+
+def test_startup_locality_and_sp800_155_event3() -> None:
+    assert parse_startup_locality(b"StartupLocality\x00\x03") == 3
+    body = b"SP800-155 Event3" + struct.pack("<I", 0x157) + bytes(16)
+    for s in (b"Acme", b"Model", b"1.0", b"EDK II"):
+        body += bytes([len(s)]) + s
+    body += struct.pack("<I", 0x157) + b"\x030.7"
+    body += struct.pack("<II", 1, 5) + b"http:" + struct.pack("<II", 0, 0)
+    event = parse_sp800_155_event(body)
+    assert (event.version, event.platform_manufacturer, event.firmware_version) == (3, "Acme", "0.7")
+    assert (event.rim_locator_type, event.rim_locator) == (1, b"http:")
+    with pytest.raises(MalformedEvidence):
+        parse_sp800_155_event(body[:-3])
+
+
+# --- Fuzz: only MalformedEvidence escapes ---------------------------------------------------------
+
+PARSERS = [parse_signature_lists, parse_signature_data, parse_variable_data, parse_load_option,
+           device_path_to_text, parse_image_load_event, parse_gpt_event, parse_handoff_tables,
+           parse_firmware_blob, parse_firmware_blob2, parse_sp800_155_event,
+           parse_startup_locality]
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=[p.__name__ for p in PARSERS])
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=512))
+def test_fuzz_parser_raises_only_malformed_evidence(parser: object, data: bytes) -> None:
+    with contextlib.suppress(MalformedEvidence):
+        parser(data)  # type: ignore[operator]
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.binary(max_size=200), list_size=st.integers(0, 400),
+       header=st.integers(0, 64), sig_size=st.integers(0, 100))
+def test_fuzz_structured_signature_lists(body: bytes, list_size: int, header: int,
+                                         sig_size: int) -> None:
+    for sig_type in (EFI_CERT_SHA256, EFI_CERT_X509):
+        data = sig_type.raw + struct.pack("<III", list_size, header, sig_size) + body
+        try:
+            lists = parse_signature_lists(data)
+        except MalformedEvidence:
+            continue
+        assert sum(len(x.entries) for x in lists) * 16 <= len(data)
