@@ -34,7 +34,7 @@ from .public import (
     parse_public_area,
     public_from_key,
 )
-from .quote import VerifiedQuote, verify_quote
+from .quote import QuoteWithUncheckedPcrs, VerifiedQuote, verify_quote, verify_quote_without_pcrs
 
 __all__ = [
     "TPM_GENERATED_VALUE",
@@ -48,6 +48,7 @@ __all__ = [
     "ObjectAttributes",
     "PcrSelection",
     "QuoteInfo",
+    "QuoteWithUncheckedPcrs",
     "RsaParms",
     "Scheme",
     "Signature",
@@ -68,4 +69,5 @@ __all__ = [
     "parse_signature",
     "public_from_key",
     "verify_quote",
+    "verify_quote_without_pcrs",
 ]

@@ -6,6 +6,7 @@ The Name is ``nameAlg (u16) || H_nameAlg(TPMT_PUBLIC bytes)`` (Part 1 §16), com
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass, field
 
@@ -136,9 +137,15 @@ def parse_public(data: bytes) -> TpmPublic:
     """Parse a TPM2B_PUBLIC or a bare TPMT_PUBLIC, detected as follows.
 
     It is a TPM2B_PUBLIC when the first u16 equals the length of the rest and the u16 after it is
-    an object type (RSA 0x0001 or ECC 0x0023); otherwise it is a TPMT_PUBLIC.
+    an object type (RSA 0x0001 or ECC 0x0023); otherwise it is a TPMT_PUBLIC. Results are cached
+    by their bytes (they are immutable): the verifier parses each node's stored AK per quote, and
+    building the ``cryptography`` key costs more than verifying a signature with it.
     """
-    data = bytes(data)
+    return _parse_public_cached(bytes(data))
+
+
+@functools.lru_cache(maxsize=16384)
+def _parse_public_cached(data: bytes) -> TpmPublic:
     if len(data) > MAX_PUBLIC_SIZE + 2:
         raise MalformedEvidence(
             f"{len(data)} bytes, larger than {MAX_PUBLIC_SIZE}", where="TPM2B_PUBLIC", offset=0

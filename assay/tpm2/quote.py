@@ -55,36 +55,13 @@ _PSS = {alg: padding.PSS(padding.MGF1(h), h.digest_size) for alg, h in _HASHES.i
 _ECDSA = {alg: ec.ECDSA(h) for alg, h in _HASHES.items()}
 
 
-@dataclass(frozen=True, slots=True)
-class VerifiedQuote:
-    """A quote whose signature, magic, type, nonce, selection and PCR digest all verified.
+class _SignedAttestFields:
+    """Fields read on demand from signed TPMS_ATTEST bytes (``attest``, ``clock_offset``)."""
 
-    Every field is read from the signed TPMS_ATTEST bytes (``attest``) or is a PCR value covered
-    by its digest; the clock counters are obfuscated per key outside the endorsement/platform
-    hierarchy (Part 1 §36.7), but stable within a boot, which is what reboot detection needs.
-    """
-
+    __slots__ = ()
     attest: bytes
-    """The signed TPMS_ATTEST bytes."""
-    selection: PcrSelection
-    hash_alg: HashAlg
-    """The signature's hash, which is also the hash of the PCR digest."""
-    values: tuple[bytes, ...]
-    """The quoted PCR values in selection order (banks as quoted, PCRs ascending)."""
     clock_offset: int
-    """Where TPMS_CLOCK_INFO starts in ``attest`` (extraData ends there)."""
-
-    @property
-    def pcrs(self) -> Mapping[HashAlg, Mapping[int, bytes]]:
-        """The quoted values by bank and PCR index (exactly the selection, read-only)."""
-        out: dict[HashAlg, Mapping[int, bytes]] = {}
-        pos = 0
-        for bank, indices in self.selection.banks:
-            if indices:
-                chunk = self.values[pos : pos + len(indices)]
-                out[bank] = MappingProxyType(dict(zip(indices, chunk, strict=True)))
-                pos += len(indices)
-        return MappingProxyType(out)
+    hash_alg: HashAlg
 
     @property
     def nonce(self) -> bytes:
@@ -121,6 +98,52 @@ class VerifiedQuote:
         return self.attest[len(self.attest) - self.hash_alg.digest_size :]
 
 
+@dataclass(frozen=True, slots=True)
+class VerifiedQuote(_SignedAttestFields):
+    """A quote whose signature, magic, type, nonce, selection and PCR digest all verified.
+
+    Every field is read from the signed TPMS_ATTEST bytes (``attest``) or is a PCR value covered
+    by its digest; the clock counters are obfuscated per key outside the endorsement/platform
+    hierarchy (Part 1 §36.7), but stable within a boot, which is what reboot detection needs.
+    """
+
+    attest: bytes
+    """The signed TPMS_ATTEST bytes."""
+    selection: PcrSelection
+    hash_alg: HashAlg
+    """The signature's hash, which is also the hash of the PCR digest."""
+    values: tuple[bytes, ...]
+    """The quoted PCR values in selection order (banks as quoted, PCRs ascending)."""
+    clock_offset: int
+    """Where TPMS_CLOCK_INFO starts in ``attest`` (extraData ends there)."""
+
+    @property
+    def pcrs(self) -> Mapping[HashAlg, Mapping[int, bytes]]:
+        """The quoted values by bank and PCR index (exactly the selection, read-only)."""
+        out: dict[HashAlg, Mapping[int, bytes]] = {}
+        pos = 0
+        for bank, indices in self.selection.banks:
+            if indices:
+                chunk = self.values[pos : pos + len(indices)]
+                out[bank] = MappingProxyType(dict(zip(indices, chunk, strict=True)))
+                pos += len(indices)
+        return MappingProxyType(out)
+
+
+@dataclass(frozen=True, slots=True)
+class QuoteWithUncheckedPcrs(_SignedAttestFields):
+    """Steps 1-7 of ``verify_quote`` passed, but NO PCR value was checked against the digest.
+
+    For the command line without ``--pcrs`` only: it says who signed, for which nonce, which PCRs
+    were selected, and the clock; it says nothing about what booted. Never appraise from it.
+    """
+
+    attest: bytes
+    selection: PcrSelection
+    hash_alg: HashAlg
+    clock_offset: int
+
+
 def verify_quote(
     attest: bytes, signature: bytes, ak: TpmPublic, nonce: bytes, pcrs: PcrValues
 ) -> VerifiedQuote:
@@ -146,6 +169,31 @@ def verify_quote(
     The nonce's freshness (verifier-chosen, single use, short-lived) is the caller's job.
     Runs per quote, so it works on ``scan_*`` tuples and builds one object, at the end.
     """
+    raw, hash_alg, selection, clock_at, digest_at = _verify_signed(attest, signature, ak, nonce)
+    # 8. Selection equals the supplied pairs; 9. PCR digest.
+    ordered = _select(selection, pcrs)
+    expected = _HASHLIB[hash_alg](b"".join(ordered)).digest()
+    if not hmac.compare_digest(raw[digest_at:], expected):
+        raise VerificationFailed(
+            f"quoted PCR digest {raw[digest_at:].hex()} is not the {hash_alg.bank} of the "
+            f"supplied PCR values ({expected.hex()})",
+            code="pcr_digest_mismatch",
+        )
+    return VerifiedQuote(raw, selection, hash_alg, tuple(ordered), clock_at)
+
+
+def verify_quote_without_pcrs(
+    attest: bytes, signature: bytes, ak: TpmPublic, nonce: bytes
+) -> QuoteWithUncheckedPcrs:
+    """Steps 1-7 of ``verify_quote`` only: signature, magic, type and nonce; PCRs unchecked."""
+    raw, hash_alg, selection, clock_at, _ = _verify_signed(attest, signature, ak, nonce)
+    return QuoteWithUncheckedPcrs(raw, selection, hash_alg, clock_at)
+
+
+def _verify_signed(
+    attest: bytes, signature: bytes, ak: TpmPublic, nonce: bytes
+) -> tuple[bytes, HashAlg, PcrSelection, int, int]:
+    """Steps 1-7 of ``verify_quote``: (TPMS bytes, hash, selection, clock and digest offsets)."""
     # 1. Parse.
     raw, magic, kind, extra_at, clock_at, selection, digest_at = scan_attest(attest)
     sig_alg, hash_alg, sig, r, s = scan_signature(signature)
@@ -174,16 +222,7 @@ def verify_quote(
             f"{bytes(nonce).hex() or '(empty)'}",
             code="nonce_mismatch",
         )
-    # 8. Selection equals the supplied pairs; 9. PCR digest.
-    ordered = _select(selection, pcrs)
-    expected = _HASHLIB[hash_alg](b"".join(ordered)).digest()
-    if not hmac.compare_digest(raw[digest_at:], expected):
-        raise VerificationFailed(
-            f"quoted PCR digest {raw[digest_at:].hex()} is not the {hash_alg.bank} of the "
-            f"supplied PCR values ({expected.hex()})",
-            code="pcr_digest_mismatch",
-        )
-    return VerifiedQuote(raw, selection, hash_alg, tuple(ordered), clock_at)
+    return raw, hash_alg, selection, clock_at, digest_at
 
 
 def _check_scheme(sig_alg: int, hash_alg: HashAlg | None, ak: TpmPublic) -> None:
