@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -247,6 +248,28 @@ def _is_zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
     except (OSError, IndexError):
         return True
+
+
+def clone(template: SwtpmNode, directory: Path) -> SwtpmNode:
+    """A copy of a provisioned (stopped) node: same EK and certificates, own directory and port.
+
+    Tests clone one manufactured TPM instead of running swtpm_setup for every node.
+    """
+    node = SwtpmNode(directory.resolve())
+    if node.state_dir.exists():
+        raise SwtpmError(f"{node.state_dir} already exists")
+    shutil.copytree(template.state_dir, node.state_dir, ignore=shutil.ignore_patterns(".lock"))
+    return node
+
+
+@contextlib.contextmanager
+def running(node: SwtpmNode, *, startup: bool = True) -> Iterator[SwtpmNode]:
+    """Start the node's swtpm and always stop it (by its pid file) when the block ends."""
+    started = start(node, startup=startup)
+    try:
+        yield started
+    finally:
+        stop(started)
 
 
 def main(argv: list[str] | None = None) -> int:

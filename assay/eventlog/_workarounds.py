@@ -32,12 +32,6 @@ VARIABLE_DATA_ONLY = Workaround(
     "TPM 1.2-era firmware hashed only VariableData, not the whole UEFI_VARIABLE_DATA",
     "TCG EFI Protocol 1.22 vs PC Client PFP 1.04",
 )
-IPL_STRING_WITHOUT_NUL = Workaround(
-    "ipl-string-without-terminator",
-    "GRUB and systemd-boot hash an EV_IPL string without its terminating NUL",
-    "grub-core/commands/tpm.c",
-)
-
 WORKAROUNDS = {
     w.name: w
     for w in (
