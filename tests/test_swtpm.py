@@ -138,7 +138,7 @@ def test_ak_is_created_once_and_reused_after_agent_and_tpm_restart(
 
 def _quote_json(
     node: swtpm.SwtpmNode, state: Path, nonce: str, capsys: pytest.CaptureFixture[str]
-) -> dict[str, object]:  # noqa: E501
+) -> dict[str, object]:
     argv = ["--tcti", node.tcti, "--state-dir", str(state), "quote", "--json", "--nonce", nonce]
     assert cli(argv) == EXIT_OK
     doc: dict[str, object] = json.loads(capsys.readouterr().out)
@@ -307,7 +307,7 @@ def test_tpm_info_reports_the_allocated_banks(node: swtpm.SwtpmNode) -> None:
 
 def test_swtpm_stop_uses_the_pid_file_and_leaves_no_process(
     factory: dict[str, Path], tmp_path: Path
-) -> None:  # noqa: E501
+) -> None:
     node = swtpm.start(swtpm.clone(swtpm.SwtpmNode(factory["a"]), tmp_path / "n"))
     pid = node.pid()
     assert pid is not None and int(node.pid_file.read_text()) == pid
