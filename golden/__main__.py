@@ -1,11 +1,225 @@
-"""Entry point for ``python -m golden``."""
+"""``python -m golden`` / ``assay-golden``: build, inspect and manage golden reference sets.
 
+One parser, one error handler: a domain error is one line on stderr and an exit code
+(0 ok, 1 differences found / invalid, 2 malformed input or usage, 4 configuration error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
 import sys
+from collections.abc import Sequence
+from typing import Any
+
+from assay.errors import AssayError, ConfigurationError, MalformedEvidence
+
+from .model import ROLES, GoldenSet, Status
+
+EXIT_OK, EXIT_DIFF, EXIT_MALFORMED, EXIT_CONFIG = 0, 1, 2, 4
 
 
-def main() -> int:
-    print("assay-golden: not implemented yet", file=sys.stderr)
-    return 2
+def _load(path: str) -> GoldenSet:
+    from .corim import import_corim
+    from .yamlfmt import load_yaml_file
+
+    if path.endswith((".cbor", ".corim")):
+        with open(path, "rb") as fh:
+            return import_corim(fh.read(), path)
+    return load_yaml_file(path)
+
+
+def _save(g: GoldenSet, path: str) -> None:
+    from .yamlfmt import dump_yaml
+
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(dump_yaml(g))
+
+
+def _cmd_capture(args: argparse.Namespace) -> int:
+    from assay.algorithms import HashAlg
+    from assay.eventlog import MAX_LOG_SIZE, assume_quoted_for_review, parse_event_log
+
+    from .capture import capture
+
+    with open(args.from_log, "rb") as fh:
+        log = parse_event_log(fh.read(MAX_LOG_SIZE + 1))
+    vlog = assume_quoted_for_review(log, HashAlg.from_bank(args.bank))
+    _save(capture(vlog, name=args.name, version=args.version), args.output)
+    return EXIT_OK
+
+
+def _cmd_add_efi(args: argparse.Namespace) -> int:
+    from .authenticode import authenticode_file
+    from .model import BootApp, digests
+
+    app = BootApp(args.label, args.role, digests(authenticode_file(args.file)))
+    if args.set:
+        _save(_load(args.set).with_boot_apps([app]), args.set)
+    if args.json or not args.set:
+        print(
+            json.dumps(
+                {
+                    "label": app.label,
+                    "role": app.role,
+                    **{a.bank: d.hex() for a, d in app.digests.items()},
+                }
+            )
+        )
+    return EXIT_OK
+
+
+def _cmd_from_deb(args: argparse.Namespace) -> int:
+    from .debs import boot_apps_from_deb_file
+    from .model import BootApp
+
+    apps: list[BootApp] = []
+    labels = []
+    for path in args.packages:
+        info, found = boot_apps_from_deb_file(path)
+        if not found:
+            raise MalformedEvidence("no EFI binaries or kernel image in the package", where=path)
+        apps.extend(found)
+        labels.append(f"{info.package} {info.version}")
+    g = GoldenSet(
+        name=args.name,
+        version=args.version,
+        description="from " + ", ".join(labels),
+        boot_apps=tuple(apps),
+        boot_order=("shim", "loader", "kernel"),
+    )
+    _save(g, args.output)
+    return EXIT_OK
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from .yamlfmt import dump_yaml, to_plain
+
+    g = _load(args.set)
+    print(json.dumps(to_plain(g), indent=2, default=str) if args.json else dump_yaml(g), end="\n")
+    return EXIT_OK
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    for path in args.sets:
+        g = _load(path)
+        print(f"{path}: {g.ref} ({g.status}) is valid")
+    return EXIT_OK
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    g = _load(args.set)
+    status: Status = "revoked" if args.command == "revoke" else "retired"
+    _save(g.with_status(status, args.reason), args.set)
+    return EXIT_OK
+
+
+def _diff(old: Any, new: Any, path: str, out: list[str]) -> None:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in dict.fromkeys([*old, *new]):
+            _diff(old.get(key), new.get(key), f"{path}.{key}" if path else str(key), out)
+    elif isinstance(old, list) and isinstance(new, list):
+        removed = [x for x in old if x not in new]
+        added = [x for x in new if x not in old]
+        out.extend(f"- {path}: {json.dumps(x)}" for x in removed)
+        out.extend(f"+ {path}: {json.dumps(x)}" for x in added)
+    elif old != new:
+        out.append(f"~ {path}: {json.dumps(old)} -> {json.dumps(new)}")
+
+
+def _cmd_diff(args: argparse.Namespace) -> int:
+    from .yamlfmt import to_plain
+
+    out: list[str] = []
+    _diff(to_plain(_load(args.old)), to_plain(_load(args.new)), "", out)
+    print(json.dumps(out, indent=2) if args.json else "\n".join(out or ["no differences"]))
+    return EXIT_DIFF if out else EXIT_OK
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .corim import export_corim
+
+    with open(args.output, "wb") as fh:
+        fh.write(export_corim(_load(args.set)))
+    return EXIT_OK
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    _save(_load(args.file), args.output)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="assay-golden", description="Manage golden measurement sets.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    c = sub.add_parser("capture", help="build a set from a known-good event log")
+    c.add_argument("--from-log", required=True, metavar="FILE")
+    c.add_argument("-o", "--output", required=True, metavar="SET.yaml")
+    c.add_argument("--name", default="captured")
+    c.add_argument("--version", default="1")
+    c.add_argument("--bank", default="sha256")
+    c.set_defaults(func=_cmd_capture)
+    c = sub.add_parser("add-efi", help="Authenticode digests of an EFI binary")
+    c.add_argument("file")
+    c.add_argument("--label", required=True)
+    c.add_argument("--role", choices=ROLES, default="other")
+    c.add_argument("--set", metavar="SET.yaml", help="add the binary to this set (in place)")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=_cmd_add_efi)
+    c = sub.add_parser("from-deb", help="a set from shim/GRUB/kernel Debian packages")
+    c.add_argument("packages", nargs="+", metavar="PACKAGE.deb")
+    c.add_argument("-o", "--output", required=True, metavar="SET.yaml")
+    c.add_argument("--name", default="debian")
+    c.add_argument("--version", default="1")
+    c.set_defaults(func=_cmd_from_deb)
+    c = sub.add_parser("diff", help="differences between two sets (exit 1 if any)")
+    c.add_argument("old")
+    c.add_argument("new")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=_cmd_diff)
+    c = sub.add_parser("show", help="print a set")
+    c.add_argument("set")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=_cmd_show)
+    c = sub.add_parser("validate", help="check sets against the schema")
+    c.add_argument("sets", nargs="+")
+    c.set_defaults(func=_cmd_validate)
+    c = sub.add_parser("retire", help="mark a set retired (in place)")
+    c.add_argument("set")
+    c.add_argument("--reason")
+    c.set_defaults(func=_cmd_status)
+    c = sub.add_parser("revoke", help="mark a set revoked with a reason (in place)")
+    c.add_argument("set")
+    c.add_argument("--reason", required=True)
+    c.set_defaults(func=_cmd_status)
+    c = sub.add_parser("export", help="write a set as CoRIM")
+    c.add_argument("set")
+    c.add_argument("--corim", dest="output", required=True, metavar="OUT.cbor")
+    c.set_defaults(func=_cmd_export)
+    c = sub.add_parser("import", help="read a CoRIM into a YAML set")
+    c.add_argument("file")
+    c.add_argument("-o", "--output", required=True, metavar="SET.yaml")
+    c.set_defaults(func=_cmd_import)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigurationError as exc:
+        print(f"assay-golden: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except AssayError as exc:
+        print(f"assay-golden: error: {exc}", file=sys.stderr)
+        return EXIT_MALFORMED
+    except ValueError as exc:  # a bad --bank name
+        print(f"assay-golden: error: {exc}", file=sys.stderr)
+        return EXIT_MALFORMED
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"assay-golden: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_MALFORMED
 
 
 if __name__ == "__main__":
