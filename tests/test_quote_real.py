@@ -16,6 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from assay.algorithms import HashAlg
 from assay.errors import MalformedEvidence, VerificationFailed
@@ -147,7 +148,7 @@ def test_every_single_byte_change_of_the_signature_fails(win: dict[str, Any]) ->
             _verify(win, sig=_flip(sig, pos))
         codes.add(getattr(err.value, "code", "malformed"))
         if pos >= 6:
-            assert err.value.code == "bad_signature", pos  # type: ignore[union-attr]
+            assert getattr(err.value, "code", None) == "bad_signature", pos
     assert "bad_signature" in codes and "malformed" in codes
 
 
@@ -238,16 +239,8 @@ def files(win: dict[str, Any], tmp_path: Path) -> dict[str, str]:
     (tmp_path / "ak2b.bin").write_bytes(len(win["ak"]).to_bytes(2, "big") + win["ak"])
     (tmp_path / "attest2b.bin").write_bytes(len(win["attest"]).to_bytes(2, "big") + win["attest"])
     out["ak2b"], out["attest2b"] = str(tmp_path / "ak2b.bin"), str(tmp_path / "attest2b.bin")
-    pem = (
-        parse_public(win["ak"])
-        .public_key()
-        .public_bytes(
-            __import__("cryptography.hazmat.primitives.serialization", fromlist=["x"]).Encoding.PEM,
-            __import__(
-                "cryptography.hazmat.primitives.serialization", fromlist=["x"]
-            ).PublicFormat.SubjectPublicKeyInfo,
-        )
-    )
+    key = parse_public(win["ak"]).public_key()
+    pem = key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
     (tmp_path / "ak.pem").write_bytes(pem)
     out["pem"] = str(tmp_path / "ak.pem")
     out["dir"] = str(tmp_path)
