@@ -29,22 +29,22 @@ def check_types(vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy)
     """1. every event's type is allowed in its PCR; 2. no separator digest under another type;
     3. the digest covers the data wherever the spec says it must."""
     out: list[Check] = []
-    seps = _separator_digests(vlog.bank)
     allowed = policy.allowed_types
-    for e in vlog.events:
-        if e.event_type not in allowed.get(e.pcr, ()):
-            out.append(
-                Check(
-                    "events.type_allowed",
-                    "fail",
-                    "event_type_not_allowed",
-                    f"{_where(e)}: event type not allowed in PCR{e.pcr}",
-                    e.pcr,
-                    e.index,
-                    got=e.type_name,
-                )
+    for e in facts.events_not_in(allowed):
+        out.append(
+            Check(
+                "events.type_allowed",
+                "fail",
+                "event_type_not_allowed",
+                f"{_where(e)}: event type not allowed in PCR{e.pcr}",
+                e.pcr,
+                e.index,
+                got=e.type_name,
             )
-        if e.pcr <= 7 and e.event_type != T.EV_SEPARATOR and e.digests.get(vlog.bank) in seps:
+        )
+    for e in facts.suspicious(vlog, _separator_digests(vlog.bank)):
+        sep = _separator_digests(vlog.bank)
+        if e.pcr <= 7 and e.event_type != T.EV_SEPARATOR and e.digests.get(vlog.bank) in sep:
             out.append(
                 Check(
                     "events.separator_retyped",

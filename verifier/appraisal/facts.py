@@ -67,6 +67,33 @@ class BootFacts:
     cmdlines: list[tuple[Event, str | None]] = field(default_factory=list)
     initrds: list[Event] = field(default_factory=list)
     moklists: dict[str, list[Event]] = field(default_factory=dict)
+    type_pairs: frozenset[tuple[int, int]] = frozenset()
+    _suspicious: list[Event] | None = None
+
+    def events_not_in(self, allowed: dict[int, frozenset[int]]) -> list[Event]:
+        """Events whose type is not in ``allowed`` for their PCR (checked per distinct pair)."""
+        bad = {(p, t) for p, t in self.type_pairs if t not in allowed.get(p, ())}
+        if not bad:
+            return []
+        return [
+            e for events in self.by_pcr.values() for e in events if (e.pcr, e.event_type) in bad
+        ]
+
+    def suspicious(self, vlog: VerifiedBootLog, separators: frozenset[bytes]) -> list[Event]:
+        """Events in PCR0–7 carrying a separator digest, and events whose data their digest does
+        not cover: computed once per log, the checks then say which is which."""
+        if self._suspicious is None:
+            self._suspicious = [
+                e
+                for e in vlog.events
+                if (
+                    e.pcr <= 7
+                    and e.event_type != T.EV_SEPARATOR
+                    and e.digests.get(vlog.bank) in separators
+                )
+                or vlog.data_covered(e) is False
+            ]
+        return self._suspicious
 
 
 def scrtm_text(data: bytes) -> str:
@@ -163,7 +190,24 @@ def _os_pcrs(vlog: VerifiedBootLog, facts: BootFacts, e: Event) -> None:
         # options, which the log does not carry, so there is no command-line text to check.
 
 
+_MEMO_KEY = ("appraisal.facts", -1)
+
+
 def extract(vlog: VerifiedBootLog) -> BootFacts:
+    """The log's facts, computed once per verified log (a node re-attesting within one boot keeps
+    its VerifiedBootLog, so re-appraisal against a changed policy does not re-decode anything).
+
+    Uses the per-log memo the evidence core keeps for decoded data (``VerifiedBootLog._cache``);
+    the facts are a pure function of the log and its bank, and BootFacts is never mutated.
+    """
+    memo = vlog._cache  # see the docstring; a public memo hook is requested
+    facts = memo.get(_MEMO_KEY)
+    if not isinstance(facts, BootFacts):
+        facts = memo[_MEMO_KEY] = _extract(vlog)
+    return facts
+
+
+def _extract(vlog: VerifiedBootLog) -> BootFacts:
     """One pass over the verified events (log order) collecting every fact the checks use."""
     facts = BootFacts()
     for e in vlog.events:
@@ -192,4 +236,5 @@ def extract(vlog: VerifiedBootLog) -> BootFacts:
             facts.ebs_events.append(e)
         elif pcr >= 8:
             _os_pcrs(vlog, facts, e)
+    facts.type_pairs = frozenset((e.pcr, e.event_type) for e in vlog.events)
     return facts
