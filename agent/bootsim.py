@@ -129,6 +129,7 @@ def simulate_boot(
         banks = tuple(alg for alg in measured.banks if alg in active)
         if not banks:
             raise ConfigurationError("the TPM and the log share no PCR bank")
+        _check_reset_state(tpm, banks, locality)
         for event in measured_events(measured):
             digests = {alg: event.digests[alg] for alg in banks if alg in event.digests}
             if event.pcr > 16 and event.pcr != 23:
@@ -142,6 +143,24 @@ def simulate_boot(
     if eventlog_out is not None:
         _write_atomic(eventlog_out, written_bytes)
     return BootResult(locality, banks, count, tuple(skipped), eventlog_out, written.sha256)
+
+
+def _check_reset_state(tpm: Tpm, banks: tuple[HashAlg, ...], locality: int) -> None:
+    """Refuse a TPM whose PCRs are not as after TPM2_Startup(CLEAR) at ``locality``.
+
+    ESYS treats Startup on an already started TPM as success, so a swtpm started with
+    ``startup-clear`` (or already booted once) would silently give PCRs the log cannot replay.
+    """
+    pcrs = (*range(17), 23)
+    _, values = tpm.pcr_read({alg: pcrs for alg in banks})
+    for alg in banks:
+        for pcr in pcrs:
+            want = bytes(alg.digest_size - 1) + bytes((locality if pcr == 0 else 0,))
+            if values[alg][pcr] != want:
+                raise ConfigurationError(
+                    f"{alg.bank} PCR {pcr} is not in its reset state after TPM2_Startup at "
+                    f"locality {locality}: start swtpm without startup-clear and boot it once"
+                )
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
