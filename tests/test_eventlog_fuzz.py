@@ -61,3 +61,22 @@ def test_mutated_real_logs_never_crash(seed: int, flips: list[tuple[int, int]], 
 def test_seeds_exist() -> None:
     assert all(len(s) > 100 for s in SEEDS)
     assert Path(CORPUS).is_dir()
+
+
+def test_certificate_with_corrupt_subject_is_malformed_not_valueerror() -> None:
+    """Found by scripts/fuzz: cryptography parses names lazily, so a bad subject used to surface as a
+    ValueError in describe(). It must be rejected when the signature list is parsed."""
+    import pytest
+
+    from assay.eventlog import parse_event_log
+    from assay.uefi.signatures import X509Certificate
+
+    log = parse_event_log((CORPUS / "qemu-ovmf-debian12/secureboot-shim-grub-kernel.bin").read_bytes())
+    db = log.events[7].decode()
+    cert = db.value.certificates[0].certificate
+    der = bytearray(cert.der)
+    subject = cert.certificate.subject.public_bytes()
+    at = bytes(der).index(subject)
+    der[at + 2] = 0x00  # the first RDN's SET tag becomes an end-of-contents tag
+    with pytest.raises(MalformedEvidence, match="not a valid certificate"):
+        X509Certificate.from_der(bytes(der))

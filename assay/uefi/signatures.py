@@ -68,7 +68,12 @@ class X509Certificate:
                 where=where)
         try:
             cert = x509.load_der_x509_certificate(der)
-        except ValueError as exc:
+            # cryptography parses lazily: touch every field we show now, so a bad name or
+            # version is a MalformedEvidence here and never a ValueError in describe().
+            _ = (cert.version, cert.serial_number, cert.subject.rfc4514_string(),
+                 cert.issuer.rfc4514_string(),
+                 cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME))
+        except (ValueError, x509.InvalidVersion) as exc:
             raise MalformedEvidence(f"not a valid certificate ({exc})", where=where) from None
         return cls(der, [cert])
 
