@@ -21,7 +21,12 @@ import struct
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+try:  # cryptography >= 47 keeps CFB (which TPM 2.0 mandates here) under "decrepit"
+    from cryptography.hazmat.decrepit.ciphers.modes import CFB
+except ImportError:  # pragma: no cover - older cryptography
+    from cryptography.hazmat.primitives.ciphers.modes import CFB
 
 from ..algorithms import HashAlg
 from ..errors import MalformedEvidence, VerificationFailed
@@ -93,7 +98,7 @@ def make_credential(ek: TpmPublic, object_name: bytes, secret: bytes) -> tuple[b
     seed, encrypted = _seed(ek, hash_alg)
     # 2.-3. Encrypt the credential.
     sym_key = kdfa(hash_alg, seed, b"STORAGE", object_name, b"", ek.symmetric.key_bits)
-    encryptor = Cipher(algorithms.AES(sym_key), modes.CFB(bytes(16))).encryptor()
+    encryptor = Cipher(algorithms.AES(sym_key), CFB(bytes(16))).encryptor()
     enc_identity = encryptor.update(_U16.pack(len(secret)) + secret) + encryptor.finalize()
     # 4. Outer integrity.
     hmac_key = kdfa(hash_alg, seed, b"INTEGRITY", b"", b"", digest_size * 8)
