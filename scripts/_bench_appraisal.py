@@ -22,16 +22,25 @@ from golden.model import BootApp, GoldenSet, digests
 from verifier.appraisal import appraise, compile_golden
 
 
-def _padded(g: GoldenSet) -> GoldenSet:
+def _padded(g: GoldenSet) -> tuple[GoldenSet, GoldenSet]:
     dbx = list(g.secure_boot.dbx_must_include)
     dbx += [hashlib.sha256(b"dbx%d" % i).hexdigest() for i in range(500 - len(dbx))]
     apps = list(g.boot_apps)
-    apps += [BootApp(f"padding {i}", "other", digests({HashAlg.SHA256: hashlib.sha256(b"app%d" % i).digest()}))
-             for i in range(20 - len(apps))]
+    apps += [
+        BootApp(
+            f"padding {i}",
+            "other",
+            digests({HashAlg.SHA256: hashlib.sha256(b"app%d" % i).digest()}),
+        )
+        for i in range(20 - len(apps))
+    ]
     # The log's real dbx would not hold the padding, so the set requires it of a separate set.
-    pad = dataclasses.replace(g, name=g.name + "-dbx", secure_boot=dataclasses.replace(
-        g.secure_boot, dbx_must_include=tuple(dbx)))
-    return dataclasses.replace(g, boot_apps=tuple(apps)), pad  # type: ignore[return-value]
+    pad = dataclasses.replace(
+        g,
+        name=g.name + "-dbx",
+        secure_boot=dataclasses.replace(g.secure_boot, dbx_must_include=tuple(dbx)),
+    )
+    return dataclasses.replace(g, boot_apps=tuple(apps)), pad
 
 
 def bench_appraisal(log_path: str, *, rounds: int = 2000) -> dict[str, Any]:
@@ -40,7 +49,7 @@ def bench_appraisal(log_path: str, *, rounds: int = 2000) -> dict[str, Any]:
     bank = HashAlg.SHA256 if HashAlg.SHA256 in log.banks else log.banks[0]
     vlog = assume_quoted_for_review(log, bank)
     now = dt.datetime.now(dt.UTC)
-    main_set, dbx_set = _padded(capture(vlog, name="bench", version="1"))  # type: ignore[misc]
+    main_set, dbx_set = _padded(capture(vlog, name="bench", version="1"))
     policy = compile_golden([main_set, dbx_set], now=now)
     verdict = appraise(vlog, policy)  # warm: decoded signature databases are cached by content
     times = []
@@ -51,8 +60,13 @@ def bench_appraisal(log_path: str, *, rounds: int = 2000) -> dict[str, Any]:
     t0 = time.perf_counter_ns()
     compile_golden([main_set, dbx_set], now=now)
     compile_us = (time.perf_counter_ns() - t0) / 1000
-    return {"appraise_us": round(statistics.median(times) / 1000, 1), "events": len(vlog.events),
-            "checks": len(verdict.checks), "status": verdict.status, "compile_us": round(compile_us, 1)}
+    return {
+        "appraise_us": round(statistics.median(times) / 1000, 1),
+        "events": len(vlog.events),
+        "checks": len(verdict.checks),
+        "status": verdict.status,
+        "compile_us": round(compile_us, 1),
+    }
 
 
 if __name__ == "__main__":
