@@ -89,9 +89,9 @@ def make_credential(ek: TpmPublic, object_name: bytes, secret: bytes) -> tuple[b
     decryption key with AES-CFB and a SHA-1/2 nameAlg) and MalformedEvidence for a bad Name.
     The secret must be 1 .. digest size of the EK's nameAlg bytes (TPM2_MakeCredential's limit).
     """
+    _check_name(object_name)
     hash_alg = _check_ek(ek)
     digest_size = hash_alg.digest_size
-    _check_name(object_name)
     if not 1 <= len(secret) <= digest_size:
         raise ValueError(f"secret must be 1 to {digest_size} bytes, got {len(secret)}")
     # 1. Seed and its encryption to the EK.
