@@ -1,0 +1,209 @@
+"""Boot a node image under QEMU (q35, SMM, TCG) with OVMF and a freshly manufactured swtpm.
+
+``VmNode`` owns two processes and a work directory: swtpm (control socket only; QEMU passes the
+data channel) and QEMU. ``boot()`` runs the guest until it powers off (``-no-shutdown`` keeps QEMU
+alive, the QMP ``SHUTDOWN`` event says when), takes the event log the guest wrote to its second
+serial port, then SIGKILLs QEMU so that it cannot shut the TPM down: the TPM keeps the boot's PCRs
+for :mod:`tests.vm.swtpm_handoff`. ``close()`` stops whatever still runs, by the pids it started.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from agent import swtpm as agent_swtpm
+
+from .builder import HANDOFF_BEGIN, HANDOFF_END, OVMF_CODE, NodeImage, VmBuildError
+from .swtpm_handoff import HandoffTpm
+
+BOOT_TIMEOUT = 240.0
+BANKS = "sha1,sha256,sha384,sha512"
+
+
+class VmBootError(VmBuildError):
+    """The guest did not power off in time, or handed out no event log."""
+
+
+@dataclass(frozen=True, slots=True)
+class BootResult:
+    """What one boot produced: the guest's log bytes and what it saw, and how long it took."""
+
+    variant: str
+    event_log: bytes
+    guest_cmdline: str
+    console: str
+    seconds: float
+
+
+def parse_handoff(text: str) -> tuple[bytes, str]:
+    """The event log (base64 between markers) and the kernel command line the guest reported."""
+    lines = [line.strip("\r") for line in text.splitlines()]
+    cmdline = next(
+        (ln[len("ASSAY-CMDLINE ") :] for ln in lines if ln.startswith("ASSAY-CMDLINE ")), ""
+    )
+    try:
+        start, end = lines.index(HANDOFF_BEGIN), lines.index(HANDOFF_END)
+    except ValueError:
+        raise VmBootError("the guest handed out no event log (markers missing)") from None
+    try:
+        log = base64.b64decode("".join(lines[start + 1 : end]), validate=True)
+    except binascii.Error as exc:
+        raise VmBootError(f"the guest's event log is not valid base64: {exc}") from None
+    return log, cmdline
+
+
+class VmNode:
+    """One node: its swtpm (manufactured with EK certificates from ``ca_dir``) and one boot."""
+
+    def __init__(self, image: NodeImage, workdir: Path, ca_dir: Path) -> None:
+        self.image = image
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.ca_dir = ca_dir
+        self.ctrl_path = self.dir / "swtpm-ctrl.sock"
+        self._swtpm: subprocess.Popen[bytes] | None = None
+        self._qemu: subprocess.Popen[bytes] | None = None
+        self.result: BootResult | None = None
+
+    # -- processes -----------------------------------------------------------------------------
+
+    def start_tpm(self) -> None:
+        """Manufacture the TPM (swtpm_setup, EK certs from the local CA) and start swtpm."""
+        agent_swtpm.provision(self.dir / "tpmnode", self.ca_dir, banks=BANKS)
+        cmd = [
+            "swtpm", "socket", "--tpm2",
+            "--tpmstate", f"dir={self.dir / 'tpmnode' / 'tpm'}",
+            "--ctrl", f"type=unixio,path={self.ctrl_path}",
+            "--log", f"file={self.dir / 'swtpm.log'},level=1",
+        ]  # fmt: skip
+        self._swtpm = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 10
+        while not self.ctrl_path.exists():
+            if self._swtpm.poll() is not None or time.monotonic() > deadline:
+                raise VmBootError(f"swtpm did not create {self.ctrl_path}")
+            time.sleep(0.02)
+
+    def _qemu_cmd(self, qmp: Path) -> list[str]:
+        vars_copy = self.dir / "OVMF_VARS.fd"
+        shutil.copyfile(self.image.ovmf_vars, vars_copy)
+        return [
+            "qemu-system-x86_64",
+            "-machine", "q35,smm=on,accel=tcg",
+            "-m", "512", "-smp", "1",
+            "-nodefaults", "-no-user-config", "-display", "none", "-vga", "none",
+            "-global", "driver=cfi.pflash01,property=secure,value=on",
+            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
+            "-chardev", f"socket,id=chrtpm,path={self.ctrl_path}",
+            "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
+            "-device", "tpm-tis,tpmdev=tpm0",
+            "-drive", f"if=virtio,format=raw,readonly=on,file={self.image.esp}",
+            "-nic", "none",
+            "-no-shutdown",
+            "-serial", f"file:{self.dir / 'console.log'}",
+            "-serial", f"file:{self.dir / 'handoff.log'}",
+            "-qmp", f"unix:{qmp},server=on,wait=off",
+        ]  # fmt: skip
+
+    def boot(self, timeout: float = BOOT_TIMEOUT) -> BootResult:
+        """Boot until the guest powers off; keep swtpm (and its PCRs) running afterwards."""
+        if self._swtpm is None:
+            self.start_tpm()
+        qmp = self.dir / "qmp.sock"
+        started = time.monotonic()
+        self._qemu = subprocess.Popen(
+            self._qemu_cmd(qmp),
+            stdin=subprocess.DEVNULL,
+            stdout=(self.dir / "qemu.out").open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            self._wait_shutdown(qmp, started + timeout)
+        finally:
+            self._kill_qemu()
+        seconds = time.monotonic() - started
+        console = (self.dir / "console.log").read_text(errors="replace")
+        handoff = (self.dir / "handoff.log").read_text(errors="replace")
+        try:
+            log, cmdline = parse_handoff(handoff)
+        except VmBootError as exc:
+            raise VmBootError(
+                f"{self.image.variant.name}: {exc}; console: {console[-300:]!r}"
+            ) from None
+        self.result = BootResult(self.image.variant.name, log, cmdline, console, seconds)
+        return self.result
+
+    def _wait_shutdown(self, qmp: Path, deadline: float) -> None:
+        assert self._qemu is not None
+        while not qmp.exists():
+            if self._qemu.poll() is not None or time.monotonic() > deadline:
+                out = (self.dir / "qemu.out").read_text(errors="replace")[-400:]
+                raise VmBootError(f"QEMU exited or never opened its QMP socket: {out}")
+            time.sleep(0.05)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(str(qmp))
+            sock.settimeout(1.0)
+            sock.sendall(b'{"execute": "qmp_capabilities"}\n')
+            buf = b""
+            while time.monotonic() < deadline:
+                try:
+                    chunk = sock.recv(65536)
+                except TimeoutError:
+                    continue
+                if not chunk:
+                    raise VmBootError("QEMU closed its QMP socket before the guest powered off")
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    if line.strip() and json.loads(line).get("event") == "SHUTDOWN":
+                        return
+        tail = (self.dir / "console.log").read_text(errors="replace")[-400:]
+        raise VmBootError(f"{self.image.variant.name}: no power-off within the timeout: {tail!r}")
+
+    def _kill_qemu(self) -> None:
+        """SIGKILL: a clean QEMU exit sends CMD_SHUTDOWN, which would end swtpm with our PCRs."""
+        if self._qemu is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self._qemu.pid, signal.SIGKILL)
+        self._qemu.wait(timeout=10)
+        self._qemu = None
+
+    def tpm(self) -> HandoffTpm:
+        """The agent's Tpm over the TPM the guest measured into (only after ``boot``)."""
+        if self.result is None or self._qemu is not None:
+            raise VmBootError("take the TPM over only after the guest powered off")
+        return HandoffTpm(self.ctrl_path)
+
+    def close(self) -> None:
+        self._kill_qemu()
+        if self._swtpm is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._swtpm.pid, signal.SIGTERM)
+            try:
+                self._swtpm.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.kill(self._swtpm.pid, signal.SIGKILL)
+                self._swtpm.wait(timeout=5)
+            self._swtpm = None
+
+    def __enter__(self) -> VmNode:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
