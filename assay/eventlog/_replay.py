@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from ..algorithms import HashAlg
 from ..errors import VerificationFailed
@@ -19,6 +19,8 @@ from ..events import EventType
 from ._coverage import data_covered
 from ._parse import TRAILER_PCR, Event, EventLog
 from ._workarounds import EBS_EVENTS_MISSING, EBS_INVOCATION, EBS_SUCCESS, AppliedWorkaround
+
+T = TypeVar("T")
 
 _EV_NO_ACTION = int(EventType.EV_NO_ACTION)
 _EV_EFI_ACTION = int(EventType.EV_EFI_ACTION)
@@ -196,6 +198,19 @@ class VerifiedBootLog:
 
     def events_in(self, pcr: int) -> tuple[Event, ...]:
         return tuple(e for e in self.events if e.pcr == pcr)
+
+    def memo(self, key: str, factory: Callable[[VerifiedBootLog], T]) -> T:
+        """Compute something from this verified log once (e.g. appraisal facts) and keep it with it.
+
+        The service caches verified logs per boot, so whatever is memoised here is computed once per
+        boot, not once per attestation.
+        """
+        slot = ("memo:" + key, -1)
+        try:
+            return self._cache[slot]  # type: ignore[no-any-return]
+        except KeyError:
+            value = self._cache[slot] = factory(self)
+            return value
 
 
 def verify_log(log: EventLog, quote: QuotedPcrs, bank: HashAlg) -> VerifiedBootLog:

@@ -190,21 +190,13 @@ def _os_pcrs(vlog: VerifiedBootLog, facts: BootFacts, e: Event) -> None:
         # options, which the log does not carry, so there is no command-line text to check.
 
 
-_MEMO_KEY = ("appraisal.facts", -1)
-
-
 def extract(vlog: VerifiedBootLog) -> BootFacts:
     """The log's facts, computed once per verified log (a node re-attesting within one boot keeps
     its VerifiedBootLog, so re-appraisal against a changed policy does not re-decode anything).
 
-    Uses the per-log memo the evidence core keeps for decoded data (``VerifiedBootLog._cache``);
-    the facts are a pure function of the log and its bank, and BootFacts is never mutated.
+    The facts are a pure function of the log and its bank, and BootFacts is never mutated.
     """
-    memo = vlog._cache  # see the docstring; a public memo hook is requested
-    facts = memo.get(_MEMO_KEY)
-    if not isinstance(facts, BootFacts):
-        facts = memo[_MEMO_KEY] = _extract(vlog)
-    return facts
+    return vlog.memo("appraisal.facts", _extract)
 
 
 def _extract(vlog: VerifiedBootLog) -> BootFacts:
