@@ -476,8 +476,8 @@ def test_quarantine_release_delete_are_audited_with_reason(env: Env) -> None:
 # --- golden lifecycle -----------------------------------------------------------------------
 
 
-def golden_yaml(name: str, version: str) -> str:
-    log = parse_event_log(SB_LOG.read_bytes())
+def golden_yaml(name: str, version: str, path: Path = SB_LOG) -> str:
+    log = parse_event_log(path.read_bytes())
     gs = capture(assume_quoted_for_review(log, HashAlg.SHA256), name=name, version=version)
     return dump_yaml(gs)
 

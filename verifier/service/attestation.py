@@ -110,15 +110,13 @@ def submit(svc: Services, node_name: str, body: bytes) -> AttestationResult:
     # 4. The log.
     log_hex = ev.event_log_sha256.hex()
     log_bytes = ev.event_log
-    if log_bytes is None:
-        cached = svc.logs.get((log_hex, int(cfg.hash_alg)))
-        if cached is None:
-            with svc.store.read() as db:
-                log_bytes = repo.get_event_log(db, log_hex)
-            if log_bytes is None:
-                raise ApiError(
-                    422, "event_log_missing", "the verifier does not hold that event log; send it"
-                )
+    if log_bytes is None and (log_hex, int(cfg.hash_alg)) not in svc.logs:
+        with svc.store.read() as db:
+            log_bytes = repo.get_event_log(db, log_hex)
+        if log_bytes is None:
+            raise ApiError(
+                422, "event_log_missing", "the verifier does not hold that event log; send it"
+            )
     # 5-7. Verify the log and appraise.
     with svc.store.read() as db:
         rows = repo.golden_rows_for(db, node.labels)

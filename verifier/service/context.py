@@ -45,6 +45,11 @@ class LruCache(Generic[K, V]):
             self.hits += 1
             return value
 
+    def __contains__(self, key: object) -> bool:
+        """Whether ``key`` is cached (not counted as a hit or miss, order unchanged)."""
+        with self._lock:
+            return key in self._data
+
     def put(self, key: K, value: V) -> None:
         if self._size == 0:
             return

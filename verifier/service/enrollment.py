@@ -121,11 +121,13 @@ def start(svc: Services, req: EnrollmentRequest, caller: Caller) -> EnrollmentCh
     blob, encrypted = make_credential(ek, ak.name, secret)
     enrollment_id = secrets.token_urlsafe(16)
     expires = now + dt.timedelta(seconds=svc.config.enrollment_lifetime)
-    with svc.store.write() as db:
-        # 5. EK pin.
-        try:
-            _check_pin(repo.get_node(db, req.node), ek_fp)
-        except ApiError:
+    # 5. EK pin (a refusal is audited in its own transaction, so it survives the error).
+    with svc.store.read() as db:
+        existing = repo.get_node(db, req.node)
+    try:
+        _check_pin(existing, ek_fp)
+    except ApiError:
+        with svc.store.write() as db:
             repo.audit(
                 db,
                 caller.actor,
@@ -135,7 +137,9 @@ def start(svc: Services, req: EnrollmentRequest, caller: Caller) -> EnrollmentCh
                 {"ek_fingerprint": ek_fp},
                 now=now,
             )
-            raise
+        raise
+    with svc.store.write() as db:
+        _check_pin(repo.get_node(db, req.node), ek_fp)  # again, inside the transaction
         # 6. Single-use token.
         if caller.single_use and not repo.use_single_use_token(db, caller.token_id, now):
             raise ApiError(401, "token_used", "the single-use token was already used")

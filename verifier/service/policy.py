@@ -44,11 +44,9 @@ def parse_golden(fmt: str, data: bytes, source: str = "<upload>") -> GoldenSet:
 
             return load_yaml(data, source)
         if fmt == "corim":
-            from golden.corim import load_corim  # type: ignore[import-not-found,unused-ignore]
+            from golden.corim import import_corim
 
-            result = load_corim(data)
-            assert isinstance(result, GoldenSet)
-            return result
+            return import_corim(data, source)
     except ConfigurationError as exc:
         raise MalformedEvidence(str(exc), where=f"golden set ({fmt})") from None
     raise MalformedEvidence(f"unknown golden format {fmt!r}", where="golden set")

@@ -82,9 +82,8 @@ class Store:
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Session]:
-        with self._read() as session:
+        with self._read() as session:  # close() ends the transaction; objects stay loaded
             yield session
-            session.rollback()
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Session]:
