@@ -7,6 +7,7 @@ One parser, one error handler: a domain error is one line on stderr and an exit 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -45,8 +46,20 @@ def _cmd_capture(args: argparse.Namespace) -> int:
     with open(args.from_log, "rb") as fh:
         log = parse_event_log(fh.read(MAX_LOG_SIZE + 1))
     vlog = assume_quoted_for_review(log, HashAlg.from_bank(args.bank))
-    _save(capture(vlog, name=args.name, version=args.version), args.output)
+    captured = capture(vlog, name=args.name, version=args.version)
+    # Leave aspects to other sets (e.g. boot chain and kernel from the vendor's packages).
+    drop: dict[str, Any] = {}
+    for aspect in args.without:
+        drop.update(_CAPTURE_ASPECTS[aspect])
+    _save(dataclasses.replace(captured, **drop), args.output)
     return EXIT_OK
+
+
+_CAPTURE_ASPECTS: dict[str, dict[str, Any]] = {
+    "boot-apps": {"boot_apps": (), "boot_order": ()},
+    "cmdlines": {"cmdlines": ()},
+    "initrds": {"initrds": ()},
+}
 
 
 def _cmd_add_efi(args: argparse.Namespace) -> int:
@@ -152,12 +165,30 @@ def _cmd_import(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="assay-golden", description="Manage golden measurement sets.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    c = sub.add_parser("capture", help="build a set from a known-good event log")
-    c.add_argument("--from-log", required=True, metavar="FILE")
-    c.add_argument("-o", "--output", required=True, metavar="SET.yaml")
-    c.add_argument("--name", default="captured")
-    c.add_argument("--version", default="1")
-    c.add_argument("--bank", default="sha256")
+    c = sub.add_parser(
+        "capture",
+        help="build a set from a known-good event log",
+        description="Build a golden set from a known-good node's event log: firmware, Secure Boot "
+        "keys and databases, boot applications, command lines, initrds, MokLists, SbatLevel. "
+        "Review it before use.",
+    )
+    c.add_argument("--from-log", required=True, metavar="FILE", help="binary event log")
+    c.add_argument(
+        "-o", "--output", required=True, metavar="SET.yaml", help="where to write the set"
+    )
+    c.add_argument("--name", default="captured", help="set name (default: captured)")
+    c.add_argument("--version", default="1", help="set version (default: 1)")
+    c.add_argument(
+        "--bank", default="sha256", help="PCR bank to take digests from (default: sha256)"
+    )
+    c.add_argument(
+        "--without",
+        action="append",
+        default=[],
+        choices=sorted(_CAPTURE_ASPECTS),
+        help="leave this aspect to other sets (repeatable), e.g. boot-apps when the boot chain "
+        "comes from `from-deb`",
+    )
     c.set_defaults(func=_cmd_capture)
     c = sub.add_parser("add-efi", help="Authenticode digests of an EFI binary")
     c.add_argument("file")
