@@ -265,6 +265,8 @@ def scan_signature(data: bytes) -> SignatureScan:
     alg_id, hash_id = _HH.unpack_from(data)
     hash_alg = _HASH_BY_ID.get(hash_id) or _hash(hash_id, where, 2)
     if alg_id in _RSA_SIGS:
+        if end >= 6 and _U16.unpack_from(data, 4)[0] == end - 6 <= 512:  # the usual case
+            return alg_id, hash_alg, data[6:], b"", b""
         sig, pos = _tpm2b(data, 4, where, "signature", 512)
         _done(pos, end, where)
         return alg_id, hash_alg, sig, b"", b""

@@ -197,16 +197,13 @@ def _verify_signed(
     # 1. Parse.
     raw, magic, kind, extra_at, clock_at, selection, digest_at = scan_attest(attest)
     sig_alg, hash_alg, sig, r, s = scan_signature(signature)
-    # 2. Restricted signing AK.
-    if _AND(ak.object_attributes, _AK_REQUIRED) != _AK_REQUIRED and not ak.from_spki:
-        raise VerificationFailed(
-            f"AK attributes {ak.object_attributes!r} lack sign+restricted: it could sign forged "
-            "attestations",
-            code="ak_not_restricted",
-        )
-    # 3. Scheme; 4. signature.
-    _check_scheme(sig_alg, hash_alg, ak)
+    # 2. Restricted signing AK; 3. scheme (precomputed per AK; the slow path says which failed).
+    if (sig_alg, hash_alg) not in _accepted_schemes(ak):
+        _check_ak_attributes(ak)
+        _check_scheme(sig_alg, hash_alg, ak)
+        raise VerificationFailed("signature scheme refused", code="unsupported_scheme")
     assert hash_alg is not None
+    # 4. Signature.
     _check_signature(sig_alg, hash_alg, ak, raw, sig, r, s)
     # 5. Magic; 6. type.
     if magic != TPM_GENERATED_VALUE:
@@ -223,6 +220,39 @@ def _verify_signed(
             code="nonce_mismatch",
         )
     return raw, hash_alg, selection, clock_at, digest_at
+
+
+_ACCEPTED: dict[tuple[bytes, bool], frozenset[tuple[int, HashAlg]]] = {}
+_MAX_ACCEPTED = 65536
+
+
+def _accepted_schemes(ak: TpmPublic) -> frozenset[tuple[int, HashAlg]]:
+    """Steps 2-3 as a set of (sigAlg, hash) this AK may sign quotes with (empty: none), cached
+    by the AK's bytes: a verifier checks the same AKs over and over."""
+    key = (ak.raw, ak.from_spki)
+    accepted = _ACCEPTED.get(key)
+    if accepted is None:
+        schemes = _RSA_SCHEMES if ak.type == Alg.RSA else _ECC_SCHEMES
+        pairs = {(scheme, h) for scheme in schemes for h in _HASHES}
+        fixed = ak.parameters.scheme
+        if fixed.scheme != Alg.NULL:
+            pairs &= {(int(fixed.scheme), fixed.hash_alg)}
+        restricted = _AND(ak.object_attributes, _AK_REQUIRED) == _AK_REQUIRED
+        accepted = frozenset(pairs) if restricted or ak.from_spki else frozenset()
+        if len(_ACCEPTED) >= _MAX_ACCEPTED:
+            _ACCEPTED.clear()
+        _ACCEPTED[key] = accepted
+    return accepted
+
+
+def _check_ak_attributes(ak: TpmPublic) -> None:
+    """Step 2: a restricted signing key signs only what the TPM generated itself."""
+    if _AND(ak.object_attributes, _AK_REQUIRED) != _AK_REQUIRED and not ak.from_spki:
+        raise VerificationFailed(
+            f"AK attributes {ak.object_attributes!r} lack sign+restricted: it could sign forged "
+            "attestations",
+            code="ak_not_restricted",
+        )
 
 
 def _check_scheme(sig_alg: int, hash_alg: HashAlg | None, ak: TpmPublic) -> None:
