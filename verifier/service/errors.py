@@ -12,12 +12,18 @@ import logging
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
-from assay.errors import ConfigurationError, MalformedEvidence, PolicyViolation, VerificationFailed
+from assay.errors import (
+    AssayError,
+    ConfigurationError,
+    MalformedEvidence,
+    PolicyViolation,
+    VerificationFailed,
+)
 
 log = logging.getLogger("assay.verifier")
 
 
-class ApiError(Exception):
+class ApiError(AssayError):
     """An error the API reports as-is: HTTP status, stable code, one-line message."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
