@@ -86,7 +86,7 @@ def run_server(config: ServiceConfig, *, timeout: float = 30.0) -> Iterator[str]
         )
         url = f"{scheme}://127.0.0.1:{port}"
         try:
-            _wait_healthy(proc, url, timeout, verify=False)
+            _wait_healthy(proc, url, timeout, verify=config.tls_cert or True)
             yield url
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -97,7 +97,9 @@ def run_server(config: ServiceConfig, *, timeout: float = 30.0) -> Iterator[str]
                 proc.wait()
 
 
-def _wait_healthy(proc: subprocess.Popen[bytes], url: str, timeout: float, verify: bool) -> None:
+def _wait_healthy(
+    proc: subprocess.Popen[bytes], url: str, timeout: float, verify: bool | str
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -202,3 +204,83 @@ class FakeAgentForLoad:
         out: dict[str, Any] = resp.json()
         out["http_status"] = resp.status_code
         return out
+
+
+def bench_service(
+    database: str, log: bytes, *, clients: int = 50, rounds: int = 5, workers: int = 2
+) -> dict[str, Any]:
+    """End-to-end attestations/s and latency over HTTP with ``clients`` FakeAgentForLoad threads.
+
+    Round 1 is each node's first attestation of the boot (log sent, parsed, replayed); later rounds
+    are re-attestations within the boot (log omitted, verified log reused). ``database`` must be
+    upgraded; the golden set captured from ``log`` is uploaded and assigned to every node.
+    """
+    import statistics
+    import threading
+
+    from assay.eventlog import assume_quoted_for_review
+    from golden.capture import capture
+    from golden.yamlfmt import dump_yaml
+
+    from . import golden_ops
+    from .context import Services
+
+    config = ServiceConfig(database=database, workers=workers)
+    store = Store(database)
+    svc = Services(config=config, store=store)
+    gs = capture(
+        assume_quoted_for_review(parse_event_log(log), HashAlg.SHA256),
+        name="bench",
+        version=str(time.time_ns()),
+    )
+    golden_ops.upload(svc, "yaml", dump_yaml(gs).encode(), "bench")
+    golden_ops.assign(svc, "bench", {}, "bench")
+    tag = os.urandom(3).hex()
+    agents = [FakeAgentForLoad(f"bench-{tag}-{i}", log) for i in range(clients)]
+    for a in agents:
+        a.enroll_directly(store)
+    store.close()
+    lat: list[list[float]] = [[] for _ in range(rounds)]
+    failures: list[str] = []
+    walls: list[float] = [0.0] * rounds
+    with run_server(config) as url:
+        for r in range(rounds):
+            barrier = threading.Barrier(clients + 1)
+
+            def run(
+                agent: FakeAgentForLoad, r: int = r, barrier: threading.Barrier = barrier
+            ) -> None:
+                with requests.Session() as session:
+                    barrier.wait()
+                    t = time.perf_counter()
+                    out = agent.attest(session, url)
+                    lat[r].append(time.perf_counter() - t)
+                    if out.get("http_status") != 200 or out.get("status") != "trusted":
+                        failures.append(str(out)[:200])
+
+            threads = [threading.Thread(target=run, args=(a,)) for a in agents]
+            for t in threads:
+                t.start()
+            barrier.wait()
+            start = time.perf_counter()
+            for t in threads:
+                t.join()
+            walls[r] = time.perf_counter() - start
+
+    def summary(samples: list[float], wall: float) -> dict[str, float]:
+        ordered = sorted(samples)
+        return {
+            "attestations_per_s": round(len(samples) / wall, 1),
+            "p50_ms": round(statistics.median(ordered) * 1000, 1),
+            "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 1),
+        }
+
+    re_samples = [x for r in lat[1:] for x in r]
+    return {
+        "database": database.split("://")[0] if "://" in database else "sqlite",
+        "clients": clients,
+        "workers": workers,
+        "failures": len(failures),
+        "first": summary(lat[0], walls[0]),
+        "reattest": summary(re_samples, sum(walls[1:])),
+    }
