@@ -97,7 +97,7 @@ def parse_evidence(data: bytes, *, max_bundle: int, max_event_log: int, max_ima:
         ) from None
     if not isinstance(doc, dict):
         raise MalformedEvidence("not a CBOR map", where=WHERE)
-    if doc.get("v") != 1:
+    if type(doc.get("v")) is not int or doc["v"] != 1:  # True == 1 in Python
         raise MalformedEvidence(f"unsupported version {doc.get('v')!r} (want 1)", where=WHERE)
     digest = _bytes(doc, "event_log_sha256", 32)
     assert digest is not None
