@@ -73,6 +73,7 @@ class VmNode:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.ca_dir = ca_dir
         self.ctrl_path = self.dir / "swtpm-ctrl.sock"
+        self.eventlog_path = self.dir / "binary_bios_measurements"
         self._swtpm: subprocess.Popen[bytes] | None = None
         self._qemu: subprocess.Popen[bytes] | None = None
         self.result: BootResult | None = None
@@ -143,6 +144,7 @@ class VmNode:
             raise VmBootError(
                 f"{self.image.variant.name}: {exc}; console: {console[-300:]!r}"
             ) from None
+        self.eventlog_path.write_bytes(log)  # where an agent on the node would read it
         self.result = BootResult(self.image.variant.name, log, cmdline, console, seconds)
         return self.result
 

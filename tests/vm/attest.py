@@ -1,0 +1,160 @@
+"""The product around the VMs: a real verifier (gunicorn, SQLite), golden sets made with the
+``golden`` CLI, and the agent's own enrollment/attestation code driving the taken-over TPM.
+
+``VmAgent`` uses the agent's building blocks (``ensure_ak``, ``EnrollmentSession``,
+``collect_evidence``, ``VerifierClient``) with :class:`tests.vm.swtpm_handoff.HandoffTpm`, because
+``agent.node.enroll``/``attest`` open ``Tpm(config.tcti)`` by name and cannot take a custom TCTI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from agent.client import AttestationResult, VerifierClient
+from agent.config import AgentConfig
+from agent.node import EnrollmentSession, collect_evidence, ensure_ak
+from agent.state import Enrollment
+from verifier.service import ServiceConfig
+from verifier.service.testing import run_server
+from verifier.store import Store, repo, upgrade
+
+from .runner import VmNode
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def golden_cli(*args: str | Path) -> None:
+    """``python -m golden ARGS`` as an operator runs it; a failure shows its stderr."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "golden", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+        timeout=300,
+    )
+    assert proc.returncode == 0, f"golden {args[0]} failed: {proc.stderr.strip()}"
+
+
+@dataclass(frozen=True, slots=True)
+class Verifier:
+    url: str
+    admin_token: str
+    enroll_token: str
+
+    @property
+    def _admin(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_token}"}
+
+    def _call(
+        self, method: str, path: str, *, content_type: str | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        headers = self._admin | ({"Content-Type": content_type} if content_type else {})
+        resp = requests.request(
+            method, f"{self.url}/v1{path}", headers=headers, timeout=60, **kwargs
+        )
+        assert resp.status_code < 300, f"{method} {path}: {resp.status_code} {resp.text[:300]}"
+        out: dict[str, Any] = resp.json()
+        return out
+
+    def add_golden(self, yaml_file: Path, selector: Mapping[str, str]) -> str:
+        """Upload a golden set (YAML) and assign its name to nodes matching ``selector``."""
+        added = self._call(
+            "POST",
+            "/golden",
+            data=yaml_file.read_bytes(),
+            content_type="application/yaml",
+        )
+        self._call(
+            "POST",
+            "/golden/assignments",
+            json={"golden": added["name"], "selector": dict(selector)},
+        )
+        return str(added["id"])
+
+    def revoke(self, name: str, version: str, reason: str) -> dict[str, Any]:
+        return self._call("POST", f"/golden/{name}/{version}/revoke", json={"reason": reason})
+
+    def node(self, name: str) -> dict[str, Any]:
+        return self._call("GET", f"/nodes/{name}")
+
+
+@contextlib.contextmanager
+def running_verifier(workdir: Path, ek_ca_dir: Path) -> Iterator[Verifier]:
+    """A verifier on a free port with its own SQLite file, trusting the CAs in ``ek_ca_dir``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    db = workdir / "verifier.db"
+    store = Store(str(db))
+    try:
+        upgrade(store)
+        with store.write() as s:
+            admin, _ = repo.create_token(s, "admin", expires_at=None)
+            enroll, _ = repo.create_token(s, "enroll", expires_at=None)
+    finally:
+        store.close()
+    config = ServiceConfig(database=str(db), ek_ca_dir=str(ek_ca_dir), workers=1)
+    with run_server(config) as url:
+        yield Verifier(url, admin, enroll)
+
+
+class VmAgent:
+    """The agent for one booted VM node, against one verifier (its own state directory)."""
+
+    def __init__(
+        self, node: VmNode, verifier: Verifier, name: str, labels: Mapping[str, str], state: Path
+    ) -> None:
+        self.node = node
+        self.config = AgentConfig(
+            tcti="swtpm-handoff",
+            state_dir=state,
+            eventlog=node.eventlog_path,
+            verifier=verifier.url,
+            node=name,
+            labels=dict(labels),
+            enroll_token=verifier.enroll_token,
+        )
+        self.client = VerifierClient(verifier.url, timeout=60)
+
+    def enroll(self) -> Enrollment:
+        """EK (+ certificate) and AK to the verifier, credential activated in the node's TPM."""
+        with self.node.tpm() as tpm:
+            ak, _ = ensure_ak(self.config, tpm)
+            ek = tpm.endorsement_key(ak.ek_kind)
+            session = EnrollmentSession(self.config, self.client)
+            session.send_keys(ek, ak)
+            return session.activate(tpm)
+
+    def attest(self) -> AttestationResult:
+        """Challenge, quote over the verifier's selection, evidence bundle, verdict."""
+        challenge = self.client.challenge(self.config.node)
+        with self.node.tpm() as tpm:
+            ak, _ = ensure_ak(self.config, tpm)
+            evidence = collect_evidence(
+                self.config, tpm, ak, challenge.nonce, challenge.pcr_selection
+            )
+        bundle = evidence.to_cbor(known_event_log_sha256=challenge.known_event_log_sha256)
+        return self.client.submit(self.config.node, bundle)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def failures(result: AttestationResult) -> list[Mapping[str, Any]]:
+    return [c for c in result.checks if c.get("status") != "pass"]
+
+
+def failing_reasons(result: AttestationResult) -> set[str]:
+    return {str(c["reason"]) for c in failures(result)}
+
+
+def apps_of(checks: Sequence[Mapping[str, Any]], reason: str) -> list[tuple[Any, Any]]:
+    """(pcr, event) of every check with ``reason``."""
+    return [(c.get("pcr"), c.get("event")) for c in checks if c.get("reason") == reason]

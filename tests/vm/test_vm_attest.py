@@ -1,0 +1,222 @@
+"""Real boots through the whole product: enrollment, attestation, golden sets, revocation.
+
+Golden sets come from the same .deb files the nodes boot (``golden from-deb``: shim + GRUB, and
+one set per kernel), plus one reviewed capture of the platform (firmware, Secure Boot keys and
+databases, shim's MokList/SbatLevel, the fleet's kernel command line and initrd) taken with
+``golden capture --without boot-apps`` from the log of another node on the same QEMU/OVMF platform
+(the sb-cloud node: no boot application of it goes into the set). The UKI fleet's set is a full
+capture of the UKI node's boot, Secure Boot not required.
+
+Which tampered boot is which: a kernel command line changed in grub.cfg (sb-cmdline); a kernel
+flavour no set approves (sb-cloud, linux-image-cloud-amd64); Secure Boot off (the UKI node
+appraised against the Secure Boot fleet's sets); an unknown EFI application started before the
+OS loader (uki-sdboot: systemd-boot as BOOTX64.EFI, then the same UKI; with Secure Boot on, shim
+refuses unsigned applications, so the extra application is shown on the Secure-Boot-off fleet).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from agent import swtpm as agent_swtpm
+from agent.errors import VerifierRefused
+from assay.eventlog import parse_event_log
+
+from .attest import Verifier, VmAgent, failing_reasons, failures, golden_cli, running_verifier
+from .fleet import Fleet
+
+pytestmark = pytest.mark.vm
+
+SB = {"fleet": "sb"}
+UKI = {"fleet": "uki"}
+REVOCATION = "CVE-2026-0001 in kernel A: test revocation"
+
+
+@dataclass(frozen=True)
+class Golden:
+    platform: Path
+    boot: Path
+    kernel_a: Path
+    kernel_b: Path
+    uki: Path
+    vendor_ca: Path
+
+
+@pytest.fixture(scope="module")
+def golden(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Golden:
+    out = tmp_path_factory.mktemp("vm-golden")
+    sb, cloud = fleet.nodes["sb"].image, fleet.nodes["sb-cloud"].image
+    shim_deb, grub_deb = sb.boot.debs[0], sb.boot.debs[1]
+    assert shim_deb.name.startswith("shim-signed_") and grub_deb.name.startswith("grub-efi-")
+    g = Golden(
+        out / "platform.yaml",
+        out / "boot.yaml",
+        out / "kernel-a.yaml",
+        out / "kernel-b.yaml",
+        out / "uki.yaml",
+        out / "vendor-ca",
+    )
+    # from the packages alone (nothing here depends on a boot)
+    golden_cli("from-deb", shim_deb, grub_deb, "-o", g.boot, "--name", "debian-boot")
+    golden_cli("from-deb", sb.kernel.deb, "-o", g.kernel_a, "--name", "kernel-a")
+    golden_cli("from-deb", cloud.kernel.deb, "-o", g.kernel_b, "--name", "kernel-b")
+    # the reviewed platform capture, and the UKI fleet's capture
+    ref, uki = fleet.nodes["sb-cloud"].eventlog_path, fleet.nodes["uki"].eventlog_path
+    golden_cli("capture", "--from-log", ref, "--without", "boot-apps", "-o", g.platform,
+               "--name", "qemu-ovmf-platform")  # fmt: skip
+    golden_cli("capture", "--from-log", uki, "-o", g.uki, "--name", "uki-fleet")
+    agent_swtpm.export_ca(fleet.ca_dir, g.vendor_ca)
+    return g
+
+
+def _sb_fleet(v: Verifier, g: Golden, *, kernel_b: bool = False) -> None:
+    for path in (g.platform, g.boot, g.kernel_a, *((g.kernel_b,) if kernel_b else ())):
+        v.add_golden(path, SB)
+
+
+@pytest.fixture(scope="module")
+def verifier(golden: Golden, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Verifier]:
+    """Kernel A approved for the Secure Boot fleet; the UKI fleet has its own set."""
+    with running_verifier(tmp_path_factory.mktemp("vm-verifier"), golden.vendor_ca) as v:
+        _sb_fleet(v, golden)
+        v.add_golden(golden.uki, UKI)
+        yield v
+
+
+def _agent(fleet: Fleet, v: Verifier, variant: str, labels: dict[str, str], tmp: Path) -> VmAgent:
+    return VmAgent(fleet.nodes[variant], v, f"node-{variant}", labels, tmp / f"agent-{variant}")
+
+
+def test_secure_boot_vm_enrolls_with_validated_ek_cert_attests_and_is_trusted(
+    fleet: Fleet, verifier: Verifier, tmp_path: Path
+) -> None:
+    agent = _agent(fleet, verifier, "sb", SB, tmp_path)
+    enrollment = agent.enroll()
+    assert enrollment.node == "node-sb"
+    assert verifier.node("node-sb")["state"] == "enrolled"
+    first = agent.attest()
+    assert (first.status, first.node_state) == ("trusted", "trusted"), first.reason
+    assert failures(first) == []
+    assert first.reason.startswith("all ")
+    again = agent.attest()  # same boot: the verifier already holds the log, the agent omits it
+    assert again.status == "trusted"
+    shown = verifier.node("node-sb")
+    assert shown["state"] == "trusted"
+    assert {"debian-boot@1", "kernel-a@1", "qemu-ovmf-platform@1"} <= set(shown["golden"])
+
+
+def test_ek_certificate_from_another_ca_is_refused(
+    fleet: Fleet, golden: Golden, tmp_path: Path
+) -> None:
+    other = tmp_path / "other-ca"
+    other.mkdir()
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Some other TPM vendor CA")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(dt.datetime(2024, 1, 1, tzinfo=dt.UTC))
+        .not_valid_after(dt.datetime(2034, 1, 1, tzinfo=dt.UTC))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    (other / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    with running_verifier(tmp_path / "v", other) as v:
+        agent = _agent(fleet, v, "sb", SB, tmp_path)
+        with pytest.raises(VerifierRefused) as err:
+            agent.enroll()
+    assert err.value.code == "ek_cert_untrusted"
+
+
+def test_kernel_command_line_changed_in_grub_cfg_is_untrusted(
+    fleet: Fleet, verifier: Verifier, tmp_path: Path
+) -> None:
+    agent = _agent(fleet, verifier, "sb-cmdline", SB, tmp_path)
+    agent.enroll()
+    result = agent.attest()
+    assert result.status == "untrusted"
+    assert result.reason.startswith("cmdline_not_approved")
+    assert failing_reasons(result) == {"cmdline_not_approved"}
+    (check,) = failures(result)
+    assert check["pcr"] == 8
+    assert "nokaslr" in str(check["got"]) + str(check["message"])
+    assert verifier.node("node-sb-cmdline")["state"] == "untrusted"
+
+
+def test_kernel_that_no_golden_set_approves_is_untrusted(
+    fleet: Fleet, verifier: Verifier, tmp_path: Path
+) -> None:
+    agent = _agent(fleet, verifier, "sb-cloud", SB, tmp_path)
+    agent.enroll()
+    result = agent.attest()
+    assert result.status == "untrusted"
+    assert result.reason.startswith("boot_app_not_approved")
+    assert failing_reasons(result) == {"boot_app_not_approved"}
+    # only the kernel (loaded by GRUB through shim, measured twice): shim and GRUB are approved
+    assert all(c["pcr"] == 4 for c in failures(result))
+    assert len(failures(result)) == 2
+
+
+def test_unknown_efi_application_before_the_os_loader_is_untrusted(
+    fleet: Fleet, verifier: Verifier, tmp_path: Path
+) -> None:
+    clean = _agent(fleet, verifier, "uki", UKI, tmp_path)
+    clean.enroll()
+    assert clean.attest().status == "trusted"  # the same UKI alone passes the UKI fleet's set
+    agent = _agent(fleet, verifier, "uki-sdboot", UKI, tmp_path)
+    agent.enroll()
+    result = agent.attest()
+    assert result.status == "untrusted"
+    assert failing_reasons(result) == {"boot_app_not_approved"}
+    (check,) = failures(result)
+    assert check["pcr"] == 4
+    sdboot_event = min(
+        e.index
+        for e in parse_event_log(fleet.result("uki-sdboot").event_log).events
+        if e.pcr == 4 and e.type_name == "EV_EFI_BOOT_SERVICES_APPLICATION"
+    )
+    assert check["event"] == sdboot_event
+
+
+def test_secure_boot_off_is_untrusted(fleet: Fleet, golden: Golden, tmp_path: Path) -> None:
+    with running_verifier(tmp_path / "v", golden.vendor_ca) as v:
+        _sb_fleet(v, golden)
+        agent = _agent(fleet, v, "uki", SB, tmp_path)
+        agent.enroll()
+        result = agent.attest()
+    assert result.status == "untrusted"
+    assert "secure_boot_disabled" in failing_reasons(result)
+    (sb_check,) = [c for c in failures(result) if c["reason"] == "secure_boot_disabled"]
+    assert sb_check["pcr"] == 7
+
+
+def test_staged_rollout_revoking_kernel_a_flags_its_node_at_once(
+    fleet: Fleet, golden: Golden, tmp_path: Path
+) -> None:
+    with running_verifier(tmp_path / "v", golden.vendor_ca) as v:
+        _sb_fleet(v, golden, kernel_b=True)
+        a = _agent(fleet, v, "sb", SB, tmp_path)
+        b = _agent(fleet, v, "sb-cloud", SB, tmp_path)
+        for agent in (a, b):
+            agent.enroll()
+            assert agent.attest().status == "trusted"
+        revoked = v.revoke("kernel-a", "1", REVOCATION)
+        states = {r["node"]: r["state"] for r in revoked["reappraised"]}
+        assert states == {"node-sb": "untrusted", "node-sb-cloud": "trusted"}
+        node_a, node_b = v.node("node-sb"), v.node("node-sb-cloud")
+    assert node_a["state"] == "untrusted"
+    assert node_a["reason"].startswith("boot_app_revoked")
+    assert "kernel-a@1" in node_a["reason"] and REVOCATION in node_a["reason"]
+    assert node_b["state"] == "trusted"
