@@ -13,9 +13,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from assay.algorithms import HashAlg  # noqa: E402
-from assay.errors import MalformedEvidence  # noqa: E402
-from assay.eventlog import parse_event_log, replay  # noqa: E402
+from assay.algorithms import HashAlg
+from assay.errors import MalformedEvidence
+from assay.eventlog import parse_event_log, replay
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT.parent / "shared" / "eventlogs"

@@ -65,7 +65,7 @@ def _tpm_seeds() -> list[bytes]:
     import json
 
     doc = json.loads((CORPUS / "go-attestation/windows_gcp_shielded_vm.json").read_text())
-    quote = doc["Quote"] if "Quote" in doc else {}
+    quote = doc.get("Quote", {})
     raw = [doc["AK"]["Public"], quote.get("Quote", ""), quote.get("Signature", "")]
     return [base64.b64decode(r) for r in raw if r]
 

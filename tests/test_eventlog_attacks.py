@@ -120,7 +120,7 @@ def test_tampered_event_fails_replay_naming_the_pcr() -> None:
     assert info.value.code == "pcr_replay_mismatch"
     assert "PCR5 (sha256)" in str(info.value)
     verified = verify_log(parse_event_log(tampered), quote, HashAlg.SHA256)
-    changed = [e for e in verified.events if e.pcr == 5 and e.event_type == EV_EFI_ACTION][0]
+    changed = next(e for e in verified.events if e.pcr == 5 and e.event_type == EV_EFI_ACTION)
     assert verified.data_covered(changed) is False
 
 
