@@ -88,7 +88,9 @@ def _mutate(rng: random.Random, seed: bytes) -> bytes:
             data[pos:pos] = rng.randbytes(rng.randint(1, 16))
         else:
             pos = rng.randrange(max(1, len(data) - 4))
-            data[pos : pos + 4] = rng.choice([b"\xff\xff\xff\xff", b"\x00\x00\x00\x00", b"\xff\xff\x00\x00"])
+            data[pos : pos + 4] = rng.choice(
+                [b"\xff\xff\xff\xff", b"\x00\x00\x00\x00", b"\xff\xff\x00\x00"]
+            )
     return bytes(data)
 
 

@@ -52,7 +52,10 @@ NEGATIVE_VECTORS = {
         "sha256 digest size 20",
     ),
     "event-data-overruns-log": (GOOD + event2(1, EV_SEPARATOR, bytes(4))[:-2], "overruns the log"),
-    "truncated-event-header": (GOOD + b"\x01\x00\x00\x00\x04\x00", "truncated TCG_PCR_EVENT2 header"),
+    "truncated-event-header": (
+        GOOD + b"\x01\x00\x00\x00\x04\x00",
+        "truncated TCG_PCR_EVENT2 header",
+    ),
     "more-digests-than-declared": (
         GOOD + struct.pack("<III", 1, EV_SEPARATOR, 3) + bytes(80),
         "3 digests, the header declares 2",
@@ -70,7 +73,10 @@ NEGATIVE_VECTORS = {
         + struct.pack("<I", 0),
         "two digests for algorithm 0x0004",
     ),
-    "pcr-index-out-of-range": (GOOD + event2(24, EV_SEPARATOR, bytes(4)), "PCR index 24 out of range"),
+    "pcr-index-out-of-range": (
+        GOOD + event2(24, EV_SEPARATOR, bytes(4)),
+        "PCR index 24 out of range",
+    ),
     "huge-event-size-sha1-log": (
         struct.pack("<II20sI", 0, 8, bytes(20), 0xFFFFFFF0) + b"x",
         "event data size 4294967280 overruns",

@@ -49,7 +49,9 @@ def test_random_bytes_never_crash(data: bytes) -> None:
     flips=st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)), max_size=8),
     cut=st.one_of(st.none(), st.integers(min_value=0)),
 )
-def test_mutated_real_logs_never_crash(seed: int, flips: list[tuple[int, int]], cut: int | None) -> None:
+def test_mutated_real_logs_never_crash(
+    seed: int, flips: list[tuple[int, int]], cut: int | None
+) -> None:
     data = bytearray(SEEDS[seed])
     for pos, value in flips:
         data[pos % len(data)] = value
@@ -71,7 +73,9 @@ def test_certificate_with_corrupt_subject_is_malformed_not_valueerror() -> None:
     from assay.eventlog import parse_event_log
     from assay.uefi.signatures import X509Certificate
 
-    log = parse_event_log((CORPUS / "qemu-ovmf-debian12/secureboot-shim-grub-kernel.bin").read_bytes())
+    log = parse_event_log(
+        (CORPUS / "qemu-ovmf-debian12/secureboot-shim-grub-kernel.bin").read_bytes()
+    )
     db = log.events[7].decode()
     cert = db.value.certificates[0].certificate
     der = bytearray(cert.der)
