@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -101,8 +102,11 @@ def running_verifier(workdir: Path, ek_ca_dir: Path) -> Iterator[Verifier]:
     finally:
         store.close()
     config = ServiceConfig(database=str(db), ek_ca_dir=str(ek_ca_dir), workers=1)
-    with run_server(config) as url:
-        yield Verifier(url, admin, enroll)
+    try:
+        with run_server(config) as url:
+            yield Verifier(url, admin, enroll)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 class VmAgent:

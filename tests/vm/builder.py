@@ -47,6 +47,7 @@ DEFAULT_CMDLINE = "console=ttyS0,115200 panic=-1 loglevel=4"
 KERNEL_META = {"amd64": "linux-image-amd64", "cloud": "linux-image-cloud-amd64"}
 BOOT_PACKAGES = ("shim-signed", "grub-efi-amd64-signed", "busybox-static", "systemd-boot-efi")
 _INIT_VERSION = "1"  # bump when INIT_SCRIPT changes, so cached initramfs images are rebuilt
+_UKI_VERSION = "2"  # bump when build_uki changes
 
 # The guest's /init: hand the firmware's event log to the host over the second serial port.
 HANDOFF_BEGIN = "ASSAY-EVENTLOG-BEGIN"
@@ -265,14 +266,16 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def zero_pe_timestamp(path: Path) -> None:
-    """Set the COFF header's TimeDateStamp to 0 (objcopy stamps the build time into it)."""
+    """Zero the COFF TimeDateStamp (objcopy stamps the build time into it) and the optional
+    header's CheckSum computed over it (outside the Authenticode digest; firmware ignores it)."""
     data = bytearray(path.read_bytes())
     if data[:2] != b"MZ" or len(data) < 0x40:
         raise VmBuildError(f"{path} is not a PE image")
     (pe,) = struct.unpack_from("<I", data, 0x3C)
     if data[pe : pe + 4] != b"PE\0\0":
         raise VmBuildError(f"{path}: no PE signature at 0x{pe:x}")
-    struct.pack_into("<I", data, pe + 8, 0)
+    struct.pack_into("<I", data, pe + 8, 0)  # TimeDateStamp
+    struct.pack_into("<I", data, pe + 24 + 64, 0)  # CheckSum (same offset in PE32 and PE32+)
     path.write_bytes(bytes(data))
 
 
@@ -284,7 +287,7 @@ def build_uki(stub: Path, kernel: Path, initrd: Path, cmdline: str, cache: Path)
     h = hashlib.sha256()
     for part in (stub.read_bytes(), kernel.read_bytes(), initrd.read_bytes()):
         h.update(hashlib.sha256(part).digest())
-    h.update(cmdline.encode() + OS_RELEASE.encode())
+    h.update(cmdline.encode() + OS_RELEASE.encode() + _UKI_VERSION.encode())
     out = cache / "images" / f"uki-{h.hexdigest()[:16]}.efi"
     if out.exists():
         return out

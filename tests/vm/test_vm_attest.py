@@ -17,6 +17,7 @@ refuses unsigned applications, so the extra application is shown on the Secure-B
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +53,7 @@ class Golden:
 
 
 @pytest.fixture(scope="module")
-def golden(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Golden:
+def golden(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Golden]:
     out = tmp_path_factory.mktemp("vm-golden")
     sb, cloud = fleet.nodes["sb"].image, fleet.nodes["sb-cloud"].image
     shim_deb, grub_deb = sb.boot.debs[0], sb.boot.debs[1]
@@ -75,7 +76,8 @@ def golden(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Golden:
                "--name", "qemu-ovmf-platform")  # fmt: skip
     golden_cli("capture", "--from-log", uki, "-o", g.uki, "--name", "uki-fleet")
     agent_swtpm.export_ca(fleet.ca_dir, g.vendor_ca)
-    return g
+    yield g
+    shutil.rmtree(out, ignore_errors=True)
 
 
 def _sb_fleet(v: Verifier, g: Golden, *, kernel_b: bool = False) -> None:

@@ -1,0 +1,62 @@
+"""The node images are a pure function of the .deb files: rebuilt from scratch, byte-identical."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from . import builder
+from .fleet import Fleet
+from .runner import VmBootError, parse_handoff
+
+pytestmark = pytest.mark.vm
+
+
+def test_initramfs_and_uki_rebuild_byte_identical_in_a_fresh_cache(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    image = fleet.nodes["uki"].image
+    assert image.uki is not None
+    initrd = builder.build_initramfs(image.boot.busybox, tmp_path)
+    assert initrd != image.initrd
+    assert initrd.read_bytes() == image.initrd.read_bytes()
+    uki = builder.build_uki(
+        image.boot.stub, image.kernel.vmlinuz, initrd, builder.DEFAULT_CMDLINE, tmp_path
+    )
+    assert uki != image.uki
+    assert (
+        hashlib.sha256(uki.read_bytes()).digest() == hashlib.sha256(image.uki.read_bytes()).digest()
+    )
+
+
+def test_initramfs_holds_init_and_busybox_with_fixed_metadata(fleet: Fleet) -> None:
+    archive = gzip.decompress(fleet.nodes["sb"].image.initrd.read_bytes())
+    names, pos = [], 0
+    while True:
+        header = archive[pos : pos + 110]
+        assert header[:6] == b"070701"
+        fields = [int(header[6 + 8 * i : 14 + 8 * i], 16) for i in range(13)]
+        mtime, size, namesize = fields[5], fields[6], fields[11]
+        name = archive[pos + 110 : pos + 110 + namesize - 1].decode()
+        if name == "TRAILER!!!":
+            break
+        assert mtime == 0 and fields[2] == fields[3] == 0  # mtime, uid, gid
+        names.append(name)
+        pos += 110 + namesize
+        pos += -pos % 4
+        pos += size + (-(pos + size) % 4)
+    assert {"init", "bin/busybox", "proc", "sys", "dev"} <= set(names)
+
+
+def test_handoff_without_markers_or_with_bad_base64_is_a_one_line_error() -> None:
+    with pytest.raises(VmBootError, match="markers missing"):
+        parse_handoff("ASSAY-EVENTLOG-MISSING\nASSAY-CMDLINE x\n")
+    with pytest.raises(VmBootError, match="not valid base64"):
+        parse_handoff(f"{builder.HANDOFF_BEGIN}\n!!!!\n{builder.HANDOFF_END}\n")
+    log, cmdline = parse_handoff(
+        f"{builder.HANDOFF_BEGIN}\r\nAAEC\r\nAw==\r\n{builder.HANDOFF_END}\r\nASSAY-CMDLINE a b\r\n"
+    )
+    assert (log, cmdline) == (b"\x00\x01\x02\x03", "a b")
