@@ -157,14 +157,32 @@ def kernel_dependency(meta_deb: Path) -> str:
     return match.group(1)
 
 
-def extract(deb: Path, cache: Path) -> Path:
-    """``dpkg-deb -x`` into a cached directory named after the .deb file."""
+def extract(deb: Path, cache: Path, *, only: str | None = None) -> Path:
+    """``dpkg-deb -x`` into a cached directory named after the .deb file.
+
+    ``only`` limits it to one directory of the package (``./boot`` of a kernel package: its
+    modules are of no use to the node and take hundreds of MB).
+    """
     dest = cache / "pkgs" / deb.stem
     if not (dest / ".complete").exists():
         if dest.exists():
             shutil.rmtree(dest)
         dest.mkdir(parents=True)
-        run(["dpkg-deb", "-x", str(deb), str(dest)], f"extracting {deb.name}")
+        if only is None:
+            run(["dpkg-deb", "-x", str(deb), str(dest)], f"extracting {deb.name}")
+        else:
+            tar = dest / ".fsys.tar"
+            with tar.open("wb") as fh:
+                proc = subprocess.run(
+                    ["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=fh, check=False, timeout=600
+                )
+            if proc.returncode != 0:
+                raise VmBuildError(f"dpkg-deb --fsys-tarfile {deb.name} failed")
+            run(
+                ["tar", "-x", "-f", str(tar), "-C", str(dest), only],
+                f"extracting {only} of {deb.name}",
+            )
+            tar.unlink()
         (dest / ".complete").write_text(deb.name)
     return dest
 
@@ -184,7 +202,7 @@ def fetch_kernel(flavour: str, cache: Path) -> Kernel:
     meta = download(KERNEL_META[flavour], cache)
     package = kernel_dependency(meta)
     deb = download(package, cache)
-    root = extract(deb, cache)
+    root = extract(deb, cache, only="./boot")
     images = sorted((root / "boot").glob("vmlinuz-*"))
     if len(images) != 1:
         raise VmBuildError(f"{deb.name}: expected one /boot/vmlinuz-*, found {len(images)}")
