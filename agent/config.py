@@ -9,8 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from assay.algorithms import HashAlg
 from assay.errors import ConfigurationError
 
@@ -130,6 +128,8 @@ def _labels(value: Any) -> dict[str, str]:
 
 
 def _from_file(path: Path) -> dict[str, Any]:
+    import yaml  # only when a config file is used: the agent stays resident on every node
+
     try:
         raw = yaml.safe_load(path.read_text())
     except OSError as exc:
