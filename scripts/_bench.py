@@ -61,6 +61,34 @@ def corpus_logs() -> list[Path]:
     return logs
 
 
+def bench_service_dbs(which: str) -> dict[str, Any]:
+    """attestations/s and latency, first of a boot vs re-attestation, on SQLite and/or PostgreSQL."""
+    import tempfile
+
+    from verifier.service.testing import bench_service
+    from verifier.store import Store, upgrade
+
+    sys.path.insert(0, str(ROOT))
+    log = (CORPUS / "qemu-ovmf-debian12/secureboot-shim-grub-kernel.bin").read_bytes()
+    out: dict[str, Any] = {}
+    work = Path(tempfile.mkdtemp(prefix="assay-bench-"))
+    if which in ("sqlite", "both"):
+        url = str(work / "bench.db")
+        upgrade(Store(url))
+        out["sqlite"] = bench_service(url, log, clients=50, rounds=5, workers=2)
+    if which in ("postgres", "both"):
+        from tests.postgres import start_postgres, stop_postgres
+
+        server = start_postgres(work / "pg")
+        try:
+            url = server.create_database()
+            upgrade(Store(url))
+            out["postgres"] = bench_service(url, log, clients=50, rounds=5, workers=2)
+        finally:
+            stop_postgres(server)
+    return out
+
+
 def _optional(module: str, func: str) -> Any:
     spec = importlib.util.find_spec(module)
     if spec is None:
@@ -73,6 +101,12 @@ def main() -> int:
     parser.add_argument("logs", nargs="*", type=Path, help="event logs (default: the whole corpus)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--runs", type=int, default=2000, help="timed runs per figure (median)")
+    parser.add_argument(
+        "--service",
+        choices=("sqlite", "postgres", "both"),
+        help="also measure end-to-end attestations/s over HTTP (gunicorn, 2 workers, 50 software "
+        "agents: FakeAgentForLoad, load generation only) on this database",
+    )
     args = parser.parse_args()
     logs = [p.resolve() for p in args.logs] or corpus_logs()
     result: dict[str, Any] = {"eventlog": {}}
@@ -91,6 +125,8 @@ def main() -> int:
                 result["appraisal"][key] = bench_appraisal(path)
             except (MalformedEvidence, ValueError) as exc:  # logs the appraisal cannot capture
                 result["appraisal"][key] = {"error": str(exc)}
+    if args.service:
+        result["service"] = bench_service_dbs(args.service)
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -98,7 +134,7 @@ def main() -> int:
     print(f"{'log':<60} {'events':>6} {'parse+replay µs':>16} {'parse µs':>9}")
     for key, row in result["eventlog"].items():
         print(f"{key:<60} {row['events']:>6} {row['parse_replay_us']:>16} {row['parse_us']:>9}")
-    for section in ("quote", "appraisal"):
+    for section in ("quote", "appraisal", "service"):
         if section in result:
             print(f"{section}: {json.dumps(result[section])}")
     return 0
