@@ -90,8 +90,18 @@ class EnrollmentSession:
         return enrollment
 
 
-def enroll(config: AgentConfig, client: VerifierClient) -> Enrollment:
-    with Tpm(config.tcti) as tpm:
+TpmOpener = Callable[[], Tpm]
+
+
+def _opener(config: AgentConfig, open_tpm: TpmOpener | None) -> TpmOpener:
+    """How to reach the TPM: by the configured TCTI unless the caller brings its own connection."""
+    return open_tpm if open_tpm is not None else lambda: Tpm(config.tcti)
+
+
+def enroll(
+    config: AgentConfig, client: VerifierClient, *, open_tpm: TpmOpener | None = None
+) -> Enrollment:
+    with _opener(config, open_tpm)() as tpm:
         ak, _ = ensure_ak(config, tpm)
         ek = tpm.endorsement_key(ak.ek_kind)
         session = EnrollmentSession(config, client)
@@ -113,10 +123,12 @@ def collect_evidence(
     return Evidence(config.node, quote, event_log, ima)
 
 
-def attest(config: AgentConfig, client: VerifierClient) -> AttestationResult:
+def attest(
+    config: AgentConfig, client: VerifierClient, *, open_tpm: TpmOpener | None = None
+) -> AttestationResult:
     """One attestation: challenge, quote over the verifier's selection, send, return the verdict."""
     challenge = client.challenge(config.node)
-    with Tpm(config.tcti) as tpm:
+    with _opener(config, open_tpm)() as tpm:
         ak, _ = ensure_ak(config, tpm)
         evidence = collect_evidence(config, tpm, ak, challenge.nonce, challenge.pcr_selection)
     bundle = evidence.to_cbor(known_event_log_sha256=challenge.known_event_log_sha256)

@@ -20,6 +20,7 @@ os.environ.setdefault("TSS2_LOG", "all+NONE")  # libtss2 logs to stderr; errors 
 from tpm2_pytss import (
     ESAPI,
     ESYS_TR,
+    TCTI,
     TPM2_ALG,
     TPM2_CAP,
     TPM2_HR,
@@ -137,9 +138,15 @@ def _rc_error(exc: TSS2_Exception, what: str) -> TpmBusy | TpmFailure:
 class Tpm:
     """One connection to a TPM; use as a context manager so the connection is always closed."""
 
-    def __init__(self, tcti: str | TctiSpec) -> None:
-        self.spec = tcti if isinstance(tcti, TctiSpec) else parse_tcti(tcti)
-        self._tcti = self._open_tcti(self.spec)
+    def __init__(self, tcti: str | TctiSpec | TCTI, *, describe: TctiSpec | None = None) -> None:
+        """Open ``tcti`` by spec, or take an already-open TCTI object (e.g. a PyTCTI over a socket
+        handed over from QEMU); ``describe`` then names it in messages."""
+        if isinstance(tcti, TCTI):
+            self.spec = describe or TctiSpec(type(tcti).__name__, None)
+            self._tcti: TCTI = tcti
+        else:
+            self.spec = tcti if isinstance(tcti, TctiSpec) else parse_tcti(tcti)
+            self._tcti = self._open_tcti(self.spec)
         try:
             self.esys = ESAPI(self._tcti)
         except TSS2_Exception as exc:

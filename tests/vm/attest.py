@@ -21,7 +21,7 @@ import requests
 
 from agent.client import AttestationResult, VerifierClient
 from agent.config import AgentConfig
-from agent.node import EnrollmentSession, collect_evidence, ensure_ak
+from agent.node import attest, enroll
 from agent.state import Enrollment
 from verifier.service import ServiceConfig
 from verifier.service.testing import run_server
@@ -129,23 +129,11 @@ class VmAgent:
 
     def enroll(self) -> Enrollment:
         """EK (+ certificate) and AK to the verifier, credential activated in the node's TPM."""
-        with self.node.tpm() as tpm:
-            ak, _ = ensure_ak(self.config, tpm)
-            ek = tpm.endorsement_key(ak.ek_kind)
-            session = EnrollmentSession(self.config, self.client)
-            session.send_keys(ek, ak)
-            return session.activate(tpm)
+        return enroll(self.config, self.client, open_tpm=self.node.tpm)
 
     def attest(self) -> AttestationResult:
         """Challenge, quote over the verifier's selection, evidence bundle, verdict."""
-        challenge = self.client.challenge(self.config.node)
-        with self.node.tpm() as tpm:
-            ak, _ = ensure_ak(self.config, tpm)
-            evidence = collect_evidence(
-                self.config, tpm, ak, challenge.nonce, challenge.pcr_selection
-            )
-        bundle = evidence.to_cbor(known_event_log_sha256=challenge.known_event_log_sha256)
-        return self.client.submit(self.config.node, bundle)
+        return attest(self.config, self.client, open_tpm=self.node.tpm)
 
     def close(self) -> None:
         self.client.close()

@@ -18,7 +18,7 @@ import socket
 import struct
 from pathlib import Path
 
-from tpm2_pytss import ESAPI, PyTCTI
+from tpm2_pytss import PyTCTI
 
 from agent.tpm import TctiSpec, Tpm
 from assay.errors import ConfigurationError
@@ -118,14 +118,7 @@ def take_over(ctrl_path: Path) -> SwtpmDataTcti:
 
 
 class HandoffTpm(Tpm):
-    """The agent's Tpm over a taken-over swtpm (agent.tpm.Tpm only opens TCTIs by name)."""
+    """The agent's Tpm over a taken-over swtpm."""
 
     def __init__(self, ctrl_path: Path) -> None:
-        tcti = take_over(ctrl_path)
-        self.spec = TctiSpec("swtpm-handoff", str(ctrl_path))
-        self._tcti = tcti
-        try:
-            self.esys = ESAPI(tcti)
-        except Exception:
-            tcti.close()
-            raise
+        super().__init__(take_over(ctrl_path), describe=TctiSpec("swtpm-handoff", str(ctrl_path)))
