@@ -14,7 +14,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from assay.algorithms import HashAlg
-from assay.errors import MalformedEvidence
+from assay.errors import AssayError, MalformedEvidence
 from assay.eventlog import parse_event_log, replay
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,7 +123,7 @@ def main() -> int:
             key = str(path.relative_to(CORPUS)) if path.is_relative_to(CORPUS) else str(path)
             try:
                 result["appraisal"][key] = bench_appraisal(path)
-            except (MalformedEvidence, ValueError) as exc:  # logs the appraisal cannot capture
+            except (AssayError, ValueError) as exc:  # logs the appraisal cannot capture
                 result["appraisal"][key] = {"error": str(exc)}
     if args.service:
         result["service"] = bench_service_dbs(args.service)

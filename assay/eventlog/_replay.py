@@ -222,7 +222,7 @@ def verify_log(log: EventLog, quote: QuotedPcrs, bank: HashAlg) -> VerifiedBootL
     """
     # 1. Bank.
     quoted = quote.pcrs.get(bank)
-    if not quoted:
+    if quoted is None:
         raise VerificationFailed(
             f"the quote does not cover the {bank.bank} bank", code="bank_not_quoted"
         )
