@@ -79,7 +79,8 @@ def bench_service_dbs(which: str) -> dict[str, Any]:
     if which in ("postgres", "both"):
         from tests.postgres import start_postgres, stop_postgres
 
-        server = start_postgres(work / "pg")
+        # Its own top-level directory: the postgres user must be able to reach it.
+        server = start_postgres(Path(tempfile.mkdtemp(prefix="assay-pg-")))
         try:
             url = server.create_database()
             upgrade(Store(url))
