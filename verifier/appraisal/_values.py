@@ -297,17 +297,22 @@ def _app_check(
     dead = policy.inactive_apps.get((vlog.bank, digest))
     if dead:
         a = next((x for x in dead if x.status == "revoked"), dead[0])
-        why = f": {a.reason}" if a.reason else ""
+        # Every set that would have approved it, each with why it no longer does.
+        approvers = "; ".join(
+            dict.fromkeys(
+                f"{x.ref} ({x.status}{': ' + x.reason if x.reason else ''})" for x in dead
+            )
+        )
         return Check(
             cid,
             "fail",
             f"boot_app_{a.status}",
-            f"{_where(e)}: {a.label} is approved only by {a.ref}, which is {a.status}{why}",
+            f"{_where(e)}: {a.label} is approved only by sets no longer in force: {approvers}",
             e.pcr,
             e.index,
             got=digest.hex(),
             expected=a.label,
-            golden=a.ref,
+            golden=_refs(tuple(x.ref for x in dead)),
         ), None
     in_force = ", ".join(policy.in_force) or "no golden set in force"
     return Check(
