@@ -27,8 +27,24 @@ def _eventlog_target(data: bytes) -> None:
         event.decode().describe()
 
 
+def _eventdata_target(data: bytes) -> None:
+    """First 4 bytes pick the event type (a known one, mostly), the rest is its data."""
+    from assay.eventdata import decode_event_data
+    from assay.events import EventType
+
+    if len(data) < 4:
+        raise MalformedEvidence("too short for the harness")
+    types = list(EventType)
+    pick = int.from_bytes(data[:4], "little")
+    etype = int(types[pick % len(types)]) if pick % 8 else pick
+    decode_event_data(etype, data[4:]).describe()
+
+
 def _targets() -> dict[str, Callable[[bytes], object]]:
-    targets: dict[str, Callable[[bytes], object]] = {"eventlog": _eventlog_target}
+    targets: dict[str, Callable[[bytes], object]] = {
+        "eventlog": _eventlog_target,
+        "eventdata": _eventdata_target,
+    }
     try:
         from assay import tpm2
 
@@ -73,6 +89,20 @@ def _tpm_seeds() -> list[bytes]:
 TPM_SEEDS = _tpm_seeds()
 
 
+def _event_data() -> list[bytes]:
+    """The data of every event in the corpus (UEFI variables, device paths, strings, tags …)."""
+    out = []
+    for seed in _seeds():
+        try:
+            out += [e.data for e in parse_event_log(seed).events if e.data]
+        except MalformedEvidence:
+            continue
+    return out
+
+
+EVENT_DATA = _event_data()
+
+
 def _mutate(rng: random.Random, seed: bytes) -> bytes:
     data = bytearray(seed)
     for _ in range(rng.randint(1, 8)):
@@ -109,6 +139,8 @@ def main() -> int:
                 seed = rng.choice(seeds)
                 if name.startswith("tpm2"):
                     seed = rng.choice(TPM_SEEDS)
+                elif name == "eventdata":
+                    seed = rng.randbytes(4) + rng.choice(EVENT_DATA)
                 elif not name.startswith("eventlog"):
                     off = rng.randrange(len(seed))
                     seed = seed[off : off + rng.randint(1, 2048)]
