@@ -33,9 +33,7 @@ class HashAlg(enum.IntEnum):
         return _CONSTRUCTORS[self]()
 
     def hash(self, data: bytes) -> bytes:
-        h = _CONSTRUCTORS[self]()
-        h.update(data)
-        return bytes(h.digest())
+        return _ONE_SHOT[self](data).digest()  # type: ignore[no-any-return]
 
     @classmethod
     def from_id(
@@ -79,6 +77,18 @@ _SIZES = {
 def _sm3() -> Any:
     return hashlib.new("sm3")
 
+
+def _sm3_of(data: bytes) -> Any:
+    return hashlib.new("sm3", data)
+
+
+_ONE_SHOT: dict[HashAlg, Callable[[bytes], Any]] = {
+    HashAlg.SHA1: hashlib.sha1,
+    HashAlg.SHA256: hashlib.sha256,
+    HashAlg.SHA384: hashlib.sha384,
+    HashAlg.SHA512: hashlib.sha512,
+    HashAlg.SM3_256: _sm3_of,
+}
 
 _CONSTRUCTORS: dict[HashAlg, Callable[[], Any]] = {
     HashAlg.SHA1: hashlib.sha1,

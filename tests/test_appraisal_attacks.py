@@ -131,3 +131,18 @@ def test_action_string_not_covered_by_its_digest_is_not_trusted() -> None:
     verdict = _verdict(data)
     assert verdict.status == "untrusted"
     assert _failing_reasons(verdict) == {"event_data_not_covered"}
+
+
+def test_kernel_command_line_not_covered_by_its_digest_is_not_trusted() -> None:
+    """Attack 5 on PCR8: the logged text is the approved command line, the digest is of another."""
+    log = parse_event_log(SB_LOG)
+    cmdline = log.events[45]
+    assert cmdline.data.startswith(b"kernel_cmdline: ")
+    forged = struct.pack("<III", 8, cmdline.event_type, len(BANKS))
+    for alg in BANKS:
+        forged += struct.pack("<H", int(alg)) + alg.hash(b"/vmlinuz init=/bin/sh")
+    forged += struct.pack("<I", len(cmdline.data)) + cmdline.data
+    data = SB_LOG[: cmdline.offset] + forged + SB_LOG[log.events[46].offset :]
+    verdict = _verdict(data)
+    assert verdict.status == "untrusted"
+    assert _failing_reasons(verdict) == {"cmdline_not_covered"}

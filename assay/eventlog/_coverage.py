@@ -70,11 +70,16 @@ def data_covered(event: Event, bank: HashAlg) -> Coverage:
 
 def _ipl_covered(data: bytes, digest: bytes, bank: HashAlg) -> bool | None:
     """GRUB commands must be covered; other EV_IPL strings (file names, UKI sections) usually are not."""
-    for prefix in _IPL_PREFIXES:
-        if data.startswith(prefix):
-            rest = data[len(prefix) :]
-            return bank.hash(rest) == digest or bank.hash(rest.rstrip(b"\x00")) == digest
-    if bank.hash(data) == digest or bank.hash(data.rstrip(b"\x00")) == digest:
+    h = bank.hash
+    if data.startswith(b"grub") or data.startswith(b"kernel_cmdline"):
+        for prefix in _IPL_PREFIXES:
+            if data.startswith(prefix):
+                # Upstream GRUB hashes the string without its NUL (the common case: tried first).
+                rest = data[len(prefix) :]
+                stripped = rest.rstrip(b"\x00")
+                return h(stripped) == digest or (stripped != rest and h(rest) == digest)
+    stripped = data.rstrip(b"\x00")
+    if h(stripped) == digest or (stripped != data and h(data) == digest):
         return True
     return None
 

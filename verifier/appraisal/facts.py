@@ -80,18 +80,23 @@ class BootFacts:
         ]
 
     def suspicious(self, vlog: VerifiedBootLog, separators: frozenset[bytes]) -> list[Event]:
-        """Events in PCR0–7 carrying a separator digest, and events whose data their digest does
-        not cover: computed once per log, the checks then say which is which."""
+        """Events in PCR0–7 carrying a separator digest or data their digest does not cover:
+        computed once per log, the checks then say which is which.
+
+        Coverage is checked where the appraisal reads event data: PCR0–7 (S-CRTM version,
+        variables, actions, separators) here, and the kernel command line in its own check (an
+        uncovered command line has no text, so it cannot match). GRUB's other commands, file
+        names and MokList names in PCR8/9/14 are never read as values, so hashing them would
+        only cost time."""
         if self._suspicious is None:
             self._suspicious = [
                 e
                 for e in vlog.events
-                if (
-                    e.pcr <= 7
-                    and e.event_type != T.EV_SEPARATOR
-                    and e.digests.get(vlog.bank) in separators
+                if e.pcr <= 7
+                and (
+                    (e.event_type != T.EV_SEPARATOR and e.digests.get(vlog.bank) in separators)
+                    or vlog.data_covered(e) is False
                 )
-                or vlog.data_covered(e) is False
             ]
         return self._suspicious
 
