@@ -65,15 +65,22 @@ class X509Certificate:
         if der_length(der, where) != len(der):
             raise MalformedEvidence(
                 f"DER length {der_length(der, where)} does not fill the {len(der)}-byte slot",
-                where=where)
+                where=where,
+            )
         try:
             cert = x509.load_der_x509_certificate(der)
             # cryptography parses lazily: touch every field we show now, so a bad name or
             # version is a MalformedEvidence here and never a ValueError in describe().
-            _ = (cert.version, cert.serial_number, cert.subject.rfc4514_string(),
-                 cert.issuer.rfc4514_string(),
-                 cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME))
-        except (ValueError, x509.InvalidVersion) as exc:
+            _ = (
+                cert.version,
+                cert.serial_number,
+                cert.subject.rfc4514_string(),
+                cert.issuer.rfc4514_string(),
+                cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME),
+            )
+        except Exception as exc:
+            # cryptography raises ValueError, InvalidVersion and, for some malformed names,
+            # TypeError (found by scripts/fuzz): at this boundary every one means "malformed".
             raise MalformedEvidence(f"not a valid certificate ({exc})", where=where) from None
         return cls(der, [cert])
 
@@ -111,8 +118,12 @@ class X509Certificate:
         return self.subject
 
     def to_json(self) -> dict[str, Any]:
-        return {"subject": self.subject, "issuer": self.issuer, "serial": f"{self.serial:x}",
-                "sha256": self.sha256.hex()}
+        return {
+            "subject": self.subject,
+            "issuer": self.issuer,
+            "serial": f"{self.serial:x}",
+            "sha256": self.sha256.hex(),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,12 +158,17 @@ class SignatureList:
     entries: tuple[SignatureEntry, ...]
 
     def to_json(self) -> dict[str, Any]:
-        return {"type": str(self.signature_type), "type_name": self.signature_type.name,
-                "header": self.header.hex(), "entries": [e.to_json() for e in self.entries]}
+        return {
+            "type": str(self.signature_type),
+            "type_name": self.signature_type.name,
+            "header": self.header.hex(),
+            "entries": [e.to_json() for e in self.entries],
+        }
 
 
-def parse_signature_lists(data: bytes, *, where: str = "signature database") -> tuple[
-        SignatureList, ...]:
+def parse_signature_lists(
+    data: bytes, *, where: str = "signature database"
+) -> tuple[SignatureList, ...]:
     """Parse a concatenation of EFI_SIGNATURE_LISTs (the content of PK, KEK, db, dbx, MokList).
 
     Checks, per list: 1. SignatureListSize >= 28 + SignatureHeaderSize and within the data;
@@ -165,8 +181,9 @@ def parse_signature_lists(data: bytes, *, where: str = "signature database") -> 
     end = len(data)
     while pos < end:
         if len(lists) >= MAX_SIGNATURE_LISTS:
-            raise MalformedEvidence(f"more than {MAX_SIGNATURE_LISTS} signature lists",
-                                    where=where, offset=pos)
+            raise MalformedEvidence(
+                f"more than {MAX_SIGNATURE_LISTS} signature lists", where=where, offset=pos
+            )
         lists.append(_parse_one_list(data, pos, where))
         pos += int.from_bytes(data[pos + 16 : pos + 20], "little")
     return tuple(lists)
@@ -183,26 +200,37 @@ def _parse_one_list(data: bytes, start: int, where: str) -> SignatureList:
     if list_size < _LIST_HEADER + header_size:
         raise MalformedEvidence(
             f"SignatureListSize {list_size} is smaller than the header (28 + {header_size})",
-            where=here, offset=start)
+            where=here,
+            offset=start,
+        )
     if start + list_size > len(data):
         raise MalformedEvidence(
             f"SignatureListSize {list_size} overruns the data ({len(data) - start} bytes left)",
-            where=here, offset=start)
+            where=here,
+            offset=start,
+        )
     # 2. Signature size: at least an owner GUID; exact for fixed-size types.
     if sig_size < _OWNER:
-        raise MalformedEvidence(f"SignatureSize {sig_size} is smaller than the owner GUID (16)",
-                                where=here, offset=start + 24)
+        raise MalformedEvidence(
+            f"SignatureSize {sig_size} is smaller than the owner GUID (16)",
+            where=here,
+            offset=start + 24,
+        )
     fixed = _FIXED_SIZES.get(str(sig_type))
     if fixed is not None and sig_size != _OWNER + fixed[1]:
         raise MalformedEvidence(
             f"SignatureSize {sig_size} is wrong for {fixed[0]} (must be {_OWNER + fixed[1]})",
-            where=here, offset=start + 24)
+            where=here,
+            offset=start + 24,
+        )
     # 3. A whole number of signatures after the header.
     body = list_size - _LIST_HEADER - header_size
     if body % sig_size != 0:
         raise MalformedEvidence(
             f"list body of {body} bytes is not a multiple of SignatureSize {sig_size}",
-            where=here, offset=start)
+            where=here,
+            offset=start,
+        )
     header = r.take(header_size, "SignatureHeader")
     kind = "x509" if sig_type == EFI_CERT_X509 else (fixed[0] if fixed else "unknown")
     entries = []
@@ -228,8 +256,9 @@ def parse_signature_data(data: bytes, *, where: str = "EFI_SIGNATURE_DATA") -> S
         if exact:
             return SignatureEntry(None, "x509", data, X509Certificate.from_der(data, where=where))
     if len(data) < _OWNER + 1:
-        raise MalformedEvidence(f"{len(data)} bytes is too short for an owner GUID and data",
-                                where=where, offset=0)
+        raise MalformedEvidence(
+            f"{len(data)} bytes is too short for an owner GUID and data", where=where, offset=0
+        )
     owner = Guid(data[:_OWNER])
     content = data[_OWNER:]
     if content[0] == 0x30:

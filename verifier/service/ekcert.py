@@ -52,14 +52,23 @@ class CaPool:
 
 
 def load_ek_certificate(der: bytes) -> x509.Certificate:
+    """Parse an EK certificate from a node, and every part of it the chain check reads.
+
+    cryptography decodes names, extensions and the key lazily; touching them here turns a
+    malformed field into MalformedEvidence (a 400) instead of an exception deep in the chain check.
+    """
     try:
         if der.lstrip().startswith(b"-----BEGIN"):
-            return x509.load_pem_x509_certificate(der)
-        return x509.load_der_x509_certificate(der)
-    except ValueError as exc:
+            cert = x509.load_pem_x509_certificate(der)
+        else:
+            cert = x509.load_der_x509_certificate(der)
+        _ = (cert.version, cert.serial_number, cert.subject, cert.issuer, cert.public_key())
+        _ = (cert.not_valid_before_utc, cert.not_valid_after_utc, list(cert.extensions))
+    except Exception as exc:
         raise MalformedEvidence(
             f"not an X.509 certificate: {exc}", where="EK certificate"
         ) from None
+    return cert
 
 
 def cert_fingerprint(cert: x509.Certificate) -> str:
