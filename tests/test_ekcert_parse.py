@@ -27,7 +27,7 @@ def test_certificate_whose_subject_fails_lazily_is_malformed(tag: int) -> None:
     subject = x509.load_der_x509_certificate(bytes(der)).subject.public_bytes()
     at = bytes(der).index(subject)
     der[at + 12] = tag
-    with pytest.raises(MalformedEvidence, match="EK certificate: not an X.509 certificate"):
+    with pytest.raises(MalformedEvidence, match=r"EK certificate: not an X\.509 certificate"):
         load_ek_certificate(bytes(der))
 
 
