@@ -55,6 +55,17 @@ ensure_venv() {
     . "$ROOT/.venv/bin/activate"
 }
 
+# `apt-get download` (the demo's and the tests' Debian packages) needs package lists; a fresh
+# machine may have none.
+ensure_apt_lists() {
+    if ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 && [ -z "${ASSAY_APT_UPDATED:-}" ]; then
+        [ "$(id -u)" -eq 0 ] || { log "no apt package lists (run apt-get update as root)"; return 1; }
+        log "apt-get update"
+        apt-get update -qq >/dev/null || { log "apt-get update failed"; return 1; }
+        export ASSAY_APT_UPDATED=1
+    fi
+}
+
 ensure_base() {
-    ensure_apt "${APT_BASE[@]}" && ensure_venv
+    ensure_apt_lists && ensure_apt "${APT_BASE[@]}" && ensure_venv
 }
