@@ -58,7 +58,7 @@ ensure_venv() {
 # `apt-get download` (the demo's and the tests' Debian packages) needs package lists; a fresh
 # machine may have none.
 ensure_apt_lists() {
-    if ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 && [ -z "${ASSAY_APT_UPDATED:-}" ]; then
+    if ! ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1 && [ -z "${ASSAY_APT_UPDATED:-}" ]; then
         [ "$(id -u)" -eq 0 ] || { log "no apt package lists (run apt-get update as root)"; return 1; }
         log "apt-get update"
         apt-get update -qq >/dev/null || { log "apt-get update failed"; return 1; }
