@@ -3,6 +3,12 @@
 The spec makes the digest the hash of the event data for some event types (separators, actions,
 variables, GPT, S-CRTM version, GRUB's command strings); for others (boot applications, firmware
 blobs, files loaded by GRUB) the digest is of something else and the data is only a description.
+
+The answer is a pure function of (bank, event type, digest, data), so it is kept by content across
+logs: nodes with the same firmware log byte-identical Secure Boot databases, separators and actions,
+and hashing a 30 KB dbx once per fleet instead of once per boot is most of an appraisal's cost. A hit
+requires the exact same data (compared byte for byte), so the cache can only save work, never change
+an answer.
 """
 
 from __future__ import annotations
@@ -12,12 +18,25 @@ import struct
 from ..algorithms import HashAlg
 from ..events import EventType
 from ._parse import Event
-from ._workarounds import SHIM_AUTHORITY_ONE_BYTE_SHORT, VARIABLE_DATA_ONLY, AppliedWorkaround
+from ._workarounds import (
+    SHIM_AUTHORITY_ONE_BYTE_SHORT,
+    VARIABLE_DATA_ONLY,
+    AppliedWorkaround,
+    Workaround,
+)
 
 Coverage = tuple[bool | None, AppliedWorkaround | None]
+# (covered, workaround needed, its detail): what the cache keeps, independent of event position.
+_Result = tuple[bool | None, Workaround | None, str]
 
+# Plain ints: an enum attribute lookup per event costs more than the comparison it feeds.
+_VARIABLE_DRIVER_CONFIG = int(EventType.EV_EFI_VARIABLE_DRIVER_CONFIG)
+_VARIABLE_BOOT = int(EventType.EV_EFI_VARIABLE_BOOT)
+_VARIABLE_AUTHORITY = int(EventType.EV_EFI_VARIABLE_AUTHORITY)
+_IPL = int(EventType.EV_IPL)
 _WHOLE_DATA = frozenset(
-    {
+    int(t)
+    for t in (
         EventType.EV_SEPARATOR,
         EventType.EV_EFI_ACTION,
         EventType.EV_ACTION,
@@ -26,46 +45,64 @@ _WHOLE_DATA = frozenset(
         EventType.EV_S_CRTM_VERSION,
         EventType.EV_EFI_VARIABLE_BOOT2,
         EventType.EV_COMPACT_HASH,
-    }
+    )
 )
+_CHECKED = _WHOLE_DATA | {_VARIABLE_DRIVER_CONFIG, _VARIABLE_BOOT, _VARIABLE_AUTHORITY, _IPL}
 # GRUB measures the command without its prefix (and, upstream, without the NUL).
 _IPL_PREFIXES = (b"grub_cmd: ", b"kernel_cmdline: ", b"grub_kernel_cmdline ", b"grub_cmd ")
+
+# Bounded by the bytes it holds (untrusted logs choose their event sizes); emptied when full.
+_CACHE_MAX_BYTES = 16 * 1024 * 1024
+_cache: dict[tuple[HashAlg, int, bytes], tuple[bytes, _Result]] = {}
+_cache_bytes = 0
 
 
 def data_covered(event: Event, bank: HashAlg) -> Coverage:
     """(covered, workaround used): True/False where the spec defines the digest over the data, else None."""
+    global _cache_bytes
     digest = event.digests.get(bank)
     if digest is None:
         return False, None
     etype = event.event_type
+    if etype not in _CHECKED:
+        return None, None
     data = event.data
+    key = (bank, etype, digest)
+    hit = _cache.get(key)
+    if hit is not None and hit[0] == data:
+        result = hit[1]
+    else:
+        result = _covered(etype, data, digest, bank)
+        if _cache_bytes + len(data) > _CACHE_MAX_BYTES:
+            _cache.clear()
+            _cache_bytes = 0
+        _cache[key] = (data, result)
+        _cache_bytes += len(data)
+    covered, workaround, detail = result
+    if workaround is None:
+        return covered, None
+    return covered, AppliedWorkaround(workaround, event.pcr, event.index, detail)
+
+
+def _covered(etype: int, data: bytes, digest: bytes, bank: HashAlg) -> _Result:
     if etype in _WHOLE_DATA:
-        return bank.hash(data) == digest, None
-    if etype == EventType.EV_EFI_VARIABLE_DRIVER_CONFIG:
+        return bank.hash(data) == digest, None, ""
+    if etype == _VARIABLE_DRIVER_CONFIG:
         if bank.hash(data) == digest:
-            return True, None
+            return True, None, ""
         if _payload_matches(data, digest, bank):
-            return True, AppliedWorkaround(
-                VARIABLE_DATA_ONLY, event.pcr, event.index, "digest over VariableData"
-            )
-        return False, None
-    if etype == EventType.EV_EFI_VARIABLE_BOOT:
+            return True, VARIABLE_DATA_ONLY, "digest over VariableData"
+        return False, None, ""
+    if etype == _VARIABLE_BOOT:
         # The PC Client profile has EV_EFI_VARIABLE_BOOT hashed over VariableData (edk2 does this).
-        return bank.hash(data) == digest or _payload_matches(data, digest, bank), None
-    if etype == EventType.EV_EFI_VARIABLE_AUTHORITY:
+        return bank.hash(data) == digest or _payload_matches(data, digest, bank), None, ""
+    if etype == _VARIABLE_AUTHORITY:
         if bank.hash(data) == digest:
-            return True, None
+            return True, None, ""
         if data and bank.hash(data[:-1]) == digest:
-            return True, AppliedWorkaround(
-                SHIM_AUTHORITY_ONE_BYTE_SHORT,
-                event.pcr,
-                event.index,
-                "digest over data minus its last byte",
-            )
-        return False, None
-    if etype == EventType.EV_IPL:
-        return _ipl_covered(data, digest, bank), None
-    return None, None
+            return True, SHIM_AUTHORITY_ONE_BYTE_SHORT, "digest over data minus its last byte"
+        return False, None, ""
+    return _ipl_covered(data, digest, bank), None, ""
 
 
 def _ipl_covered(data: bytes, digest: bytes, bank: HashAlg) -> bool | None:

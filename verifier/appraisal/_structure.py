@@ -6,19 +6,11 @@ from assay.algorithms import HashAlg
 from assay.eventlog import Event, VerifiedBootLog
 from assay.events import EventType as T
 
-from .facts import EBS_INVOCATION, BootFacts
+from .facts import EBS_INVOCATION, BootFacts, separator_digests
 from .policy import CompiledPolicy
 from .verdict import Check
 
 _SEPARATOR_VALUES = (b"\x00\x00\x00\x00", b"\xff\xff\xff\xff")
-_SEP_CACHE: dict[HashAlg, frozenset[bytes]] = {}
-
-
-def _separator_digests(bank: HashAlg) -> frozenset[bytes]:
-    got = _SEP_CACHE.get(bank)
-    if got is None:
-        got = _SEP_CACHE[bank] = frozenset(bank.hash(v) for v in _SEPARATOR_VALUES)
-    return got
 
 
 def _where(e: Event) -> str:
@@ -42,8 +34,8 @@ def check_types(vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy)
                 got=e.type_name,
             )
         )
-    for e in facts.suspicious(vlog, _separator_digests(vlog.bank)):
-        sep = _separator_digests(vlog.bank)
+    sep = separator_digests(vlog.bank)
+    for e in facts.suspicious:
         if e.pcr <= 7 and e.event_type != T.EV_SEPARATOR and e.digests.get(vlog.bank) in sep:
             out.append(
                 Check(

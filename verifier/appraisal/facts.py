@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import operator
 from dataclasses import dataclass, field
 
+from assay.algorithms import HashAlg
 from assay.errors import MalformedEvidence
 from assay.eventlog import Event, VerifiedBootLog
 from assay.events import EventType as T
 from assay.uefi.signatures import parse_signature_data, parse_signature_lists
 from assay.uefi.structures import parse_variable_data
+
+from ._cache import ContentCache
 
 EBS_INVOCATION = b"Exit Boot Services Invocation"
 EBS_RETURNS = (
@@ -28,8 +32,27 @@ DEBUG_MODE = b"UEFI Debug Mode"
 DMA_DISABLED = b"DMA Protection Disabled"
 LINUX_INITRD_TAG = 0x8F3B22EC
 SB_VARIABLES = ("SecureBoot", "PK", "KEK", "db", "dbx")
+# Event types as plain ints: the extraction loop compares every event's type, and an enum
+# attribute lookup costs several times the comparison.
+_S_CRTM_VERSION = int(T.EV_S_CRTM_VERSION)
+_SEPARATOR = int(T.EV_SEPARATOR)
+_IPL = int(T.EV_IPL)
+_EVENT_TAG = int(T.EV_EVENT_TAG)
+_EFI_ACTION = int(T.EV_EFI_ACTION)
+_VARIABLE_DRIVER_CONFIG = int(T.EV_EFI_VARIABLE_DRIVER_CONFIG)
+_VARIABLE_AUTHORITY = int(T.EV_EFI_VARIABLE_AUTHORITY)
+_BOOT_SERVICES_APPLICATION = int(T.EV_EFI_BOOT_SERVICES_APPLICATION)
+_DRIVERS = frozenset(
+    int(t)
+    for t in (
+        T.EV_EFI_BOOT_SERVICES_DRIVER,
+        T.EV_EFI_RUNTIME_SERVICES_DRIVER,
+        T.EV_EFI_BOOT_SERVICES_APPLICATION,
+    )
+)
 _FIRMWARE_CODE = frozenset(
-    {
+    int(t)
+    for t in (
         T.EV_S_CRTM_CONTENTS,
         T.EV_EFI_PLATFORM_FIRMWARE_BLOB,
         T.EV_EFI_PLATFORM_FIRMWARE_BLOB2,
@@ -37,9 +60,13 @@ _FIRMWARE_CODE = frozenset(
         T.EV_POST_CODE2,
         T.EV_CPU_MICROCODE,
         T.EV_EFI_HCRTM_EVENT,
-    }
+    )
 )
+_EBS_ACTIONS = (EBS_INVOCATION, *EBS_RETURNS)
+_SEPARATOR_VALUES = (b"\x00\x00\x00\x00", b"\xff\xff\xff\xff")
+_SEPARATOR_DIGESTS: dict[HashAlg, frozenset[bytes]] = {}
 _CMDLINE_PREFIXES = (b"kernel_cmdline: ", b"grub_kernel_cmdline ")
+_PCR_AND_TYPE = operator.itemgetter(1, 2)  # Event is a NamedTuple: (index, pcr, event_type, …)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +80,14 @@ class Variable:
 
 @dataclass(slots=True)
 class BootFacts:
-    """Facts from one verified log, in its bank. Built by :func:`extract`; never mutated after."""
+    """Facts from one verified log, in its bank. Built by :func:`extract`; never mutated after.
 
+    ``by_pcr`` holds the events of PCR0–7 (the separator checks read them); ``suspicious`` the
+    events in PCR0–7 carrying a separator digest under another type or data their digest does
+    not cover.
+    """
+
+    events: tuple[Event, ...] = ()
     by_pcr: dict[int, list[Event]] = field(default_factory=dict)
     scrtm_versions: list[tuple[Event, str | None]] = field(default_factory=list)
     firmware_code: list[Event] = field(default_factory=list)
@@ -67,38 +100,18 @@ class BootFacts:
     cmdlines: list[tuple[Event, str | None]] = field(default_factory=list)
     initrds: list[Event] = field(default_factory=list)
     moklists: dict[str, list[Event]] = field(default_factory=dict)
+    suspicious: list[Event] = field(default_factory=list)
     type_pairs: frozenset[tuple[int, int]] = frozenset()
-    _suspicious: list[Event] | None = None
 
     def events_not_in(self, allowed: dict[int, frozenset[int]]) -> list[Event]:
-        """Events whose type is not in ``allowed`` for their PCR (checked per distinct pair)."""
+        """Events whose type is not in ``allowed`` for their PCR (checked per distinct pair),
+        grouped by PCR in the order the PCRs first appear in the log."""
         bad = {(p, t) for p, t in self.type_pairs if t not in allowed.get(p, ())}
         if not bad:
             return []
-        return [
-            e for events in self.by_pcr.values() for e in events if (e.pcr, e.event_type) in bad
-        ]
-
-    def suspicious(self, vlog: VerifiedBootLog, separators: frozenset[bytes]) -> list[Event]:
-        """Events in PCR0–7 carrying a separator digest or data their digest does not cover:
-        computed once per log, the checks then say which is which.
-
-        Coverage is checked where the appraisal reads event data: PCR0–7 (S-CRTM version,
-        variables, actions, separators) here, and the kernel command line in its own check (an
-        uncovered command line has no text, so it cannot match). GRUB's other commands, file
-        names and MokList names in PCR8/9/14 are never read as values, so hashing them would
-        only cost time."""
-        if self._suspicious is None:
-            self._suspicious = [
-                e
-                for e in vlog.events
-                if e.pcr <= 7
-                and (
-                    (e.event_type != T.EV_SEPARATOR and e.digests.get(vlog.bank) in separators)
-                    or vlog.data_covered(e) is False
-                )
-            ]
-        return self._suspicious
+        rank = {pcr: i for i, pcr in enumerate(dict.fromkeys(e.pcr for e in self.events))}
+        found = [e for e in self.events if (e.pcr, e.event_type) in bad]
+        return sorted(found, key=lambda e: rank[e.pcr])
 
 
 def scrtm_text(data: bytes) -> str:
@@ -147,25 +160,45 @@ def authority_id(data: bytes) -> str:
     return hashlib.sha256(entry.data).hexdigest() if entry.kind == "x509" else entry.data.hex()
 
 
-def _variable(vlog: VerifiedBootLog, event: Event) -> tuple[str, Variable] | None:
-    try:
-        var = parse_variable_data(event.data, where=f"event {event.index}")
-    except MalformedEvidence as exc:
-        return None if event.pcr != 7 else ("?", Variable(event, None, f"undecodable: {exc}"))
-    if vlog.data_covered(event) is not True:
-        return var.name, Variable(event, None, "event data not covered by its digest")
-    return var.name, Variable(event, var.data)
+def separator_digests(bank: HashAlg) -> frozenset[bytes]:
+    """The digests of the two separator values in ``bank``."""
+    got = _SEPARATOR_DIGESTS.get(bank)
+    if got is None:
+        got = _SEPARATOR_DIGESTS[bank] = frozenset(bank.hash(v) for v in _SEPARATOR_VALUES)
+    return got
 
 
-def _pcr7(vlog: VerifiedBootLog, facts: BootFacts, e: Event) -> None:
-    if e.event_type == T.EV_EFI_VARIABLE_DRIVER_CONFIG:
-        got = _variable(vlog, e)
+# Decoded UEFI_VARIABLE_DATA (name, value) of well-formed events, by content across logs.
+_VARIABLES: ContentCache[tuple[str, bytes]] = ContentCache(16 * 1024 * 1024)
+
+
+def _variable(
+    vlog: VerifiedBootLog, event: Event, covered: bool | None
+) -> tuple[str, Variable] | None:
+    key = (vlog.bank, event.event_type, event.digests.get(vlog.bank, b""))
+    var = _VARIABLES.get(key, event.data)
+    if var is None:
+        try:
+            parsed = parse_variable_data(event.data, where=f"event {event.index}")
+        except MalformedEvidence as exc:
+            return None if event.pcr != 7 else ("?", Variable(event, None, f"undecodable: {exc}"))
+        var = (parsed.name, parsed.data)
+        _VARIABLES.put(key, event.data, var)
+    if covered is not True:
+        return var[0], Variable(event, None, "event data not covered by its digest")
+    return var[0], Variable(event, var[1])
+
+
+def _pcr7(vlog: VerifiedBootLog, facts: BootFacts, e: Event, covered: bool | None) -> None:
+    et = e.event_type
+    if et == _VARIABLE_DRIVER_CONFIG:
+        got = _variable(vlog, e, covered)
         if got is not None and (got[0] in SB_VARIABLES or got[0] == "?"):
             facts.variables.setdefault(got[0], got[1])
-    elif e.event_type == T.EV_EFI_ACTION:
-        facts.pcr7_actions.append((e, e.data if vlog.data_covered(e) else None))
-    elif e.event_type == T.EV_EFI_VARIABLE_AUTHORITY:
-        got = _variable(vlog, e)
+    elif et == _EFI_ACTION:
+        facts.pcr7_actions.append((e, e.data if covered else None))
+    elif et == _VARIABLE_AUTHORITY:
+        got = _variable(vlog, e, covered)
         if got is not None and got[0] == "SbatLevel":
             value = got[1].value
             facts.sbat_levels.append(
@@ -174,7 +207,7 @@ def _pcr7(vlog: VerifiedBootLog, facts: BootFacts, e: Event) -> None:
 
 
 def _os_pcrs(vlog: VerifiedBootLog, facts: BootFacts, e: Event) -> None:
-    if e.event_type == T.EV_IPL:
+    if e.event_type == _IPL:
         data = e.data
         for prefix in _CMDLINE_PREFIXES:
             if data.startswith(prefix):
@@ -187,7 +220,7 @@ def _os_pcrs(vlog: VerifiedBootLog, facts: BootFacts, e: Event) -> None:
             facts.cmdlines.append((e, _text(data) if vlog.data_covered(e) is True else None))
         elif e.pcr == 9 and b"initrd" in data:
             facts.initrds.append(e)
-    elif e.event_type == T.EV_EVENT_TAG and e.pcr == 9 and len(e.data) >= 8:
+    elif e.event_type == _EVENT_TAG and e.pcr == 9 and len(e.data) >= 8:
         tag = int.from_bytes(e.data[:4], "little")
         if tag == LINUX_INITRD_TAG:
             facts.initrds.append(e)
@@ -205,33 +238,46 @@ def extract(vlog: VerifiedBootLog) -> BootFacts:
 
 
 def _extract(vlog: VerifiedBootLog) -> BootFacts:
-    """One pass over the verified events (log order) collecting every fact the checks use."""
-    facts = BootFacts()
-    for e in vlog.events:
-        facts.by_pcr.setdefault(e.pcr, []).append(e)
-        et, pcr = e.event_type, e.pcr
-        if pcr == 0 and et == T.EV_S_CRTM_VERSION:
-            covered = vlog.data_covered(e) is True
-            facts.scrtm_versions.append((e, scrtm_text(e.data) if covered else None))
-        elif pcr == 0 and et in _FIRMWARE_CODE:
-            facts.firmware_code.append(e)
-        elif pcr == 7:
-            _pcr7(vlog, facts, e)
-        elif pcr == 4 and et == T.EV_EFI_BOOT_SERVICES_APPLICATION:
-            facts.boot_apps.append(e)
-        elif pcr == 2 and et in (
-            T.EV_EFI_BOOT_SERVICES_DRIVER,
-            T.EV_EFI_RUNTIME_SERVICES_DRIVER,
-            T.EV_EFI_BOOT_SERVICES_APPLICATION,
-        ):
-            facts.drivers.append(e)
-        elif (
-            pcr == 5
-            and et == T.EV_EFI_ACTION
-            and (e.data == EBS_INVOCATION or e.data in EBS_RETURNS)
-        ):
-            facts.ebs_events.append(e)
-        elif pcr >= 8:
+    """One pass over the verified events (log order) collecting every fact the checks use.
+
+    Coverage is checked where the appraisal reads event data: PCR0–7 (S-CRTM version, variables,
+    actions, separators) here, and the kernel command line where it is read. GRUB's other commands
+    (most of a log), file names and MokList names in PCR8/9/14 are never read as values, so they
+    are neither hashed nor looked at beyond their prefix."""
+    events = vlog.events
+    facts = BootFacts(events=events, type_pairs=frozenset(map(_PCR_AND_TYPE, events)))
+    bank = vlog.bank
+    seps = separator_digests(bank)
+    by_pcr = facts.by_pcr
+    for e in events:
+        pcr = e.pcr
+        if pcr >= 8:
+            if pcr == 8 and e.data.startswith(b"grub_cmd"):  # neither command line nor initrd
+                continue
             _os_pcrs(vlog, facts, e)
-    facts.type_pairs = frozenset((e.pcr, e.event_type) for e in vlog.events)
+            continue
+        et = e.event_type
+        group = by_pcr.get(pcr)
+        if group is None:
+            group = by_pcr[pcr] = []
+        group.append(e)
+        covered = vlog.data_covered(e)
+        if covered is False or (et != _SEPARATOR and e.digests.get(bank) in seps):
+            facts.suspicious.append(e)
+        if pcr == 7:
+            _pcr7(vlog, facts, e, covered)
+        elif pcr == 0:
+            if et == _S_CRTM_VERSION:
+                text = scrtm_text(e.data) if covered is True else None
+                facts.scrtm_versions.append((e, text))
+            elif et in _FIRMWARE_CODE:
+                facts.firmware_code.append(e)
+        elif pcr == 4:
+            if et == _BOOT_SERVICES_APPLICATION:
+                facts.boot_apps.append(e)
+        elif pcr == 2:
+            if et in _DRIVERS:
+                facts.drivers.append(e)
+        elif pcr == 5 and et == _EFI_ACTION and e.data in _EBS_ACTIONS:
+            facts.ebs_events.append(e)
     return facts
