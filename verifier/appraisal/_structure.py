@@ -5,6 +5,7 @@ from __future__ import annotations
 from assay.algorithms import HashAlg
 from assay.eventlog import Event, VerifiedBootLog
 from assay.events import EventType as T
+from assay.events import event_type_name
 
 from .facts import EBS_INVOCATION, BootFacts, separator_digests
 from .policy import CompiledPolicy
@@ -14,7 +15,7 @@ _SEPARATOR_VALUES = (b"\x00\x00\x00\x00", b"\xff\xff\xff\xff")
 
 
 def _where(e: Event) -> str:
-    return f"PCR{e.pcr} event {e.index} ({e.type_name})"
+    return f"PCR{e.pcr} event {e.index} ({event_type_name(e.event_type)})"
 
 
 def check_types(vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy) -> list[Check]:
@@ -73,8 +74,10 @@ def check_types(vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy)
     return out
 
 
-def _separator_pcr(pcr: int, events: list[Event], after: frozenset[int]) -> list[Check]:
-    seps = [e for e in events if e.event_type == T.EV_SEPARATOR]
+def _separator_pcr(
+    pcr: int, events: list[Event], positions: list[int], after: frozenset[int]
+) -> list[Check]:
+    seps = [events[i] for i in positions]
     cid = f"pcr{pcr}.separator"
     if not seps:
         return [Check(cid, "fail", "separator_missing", f"PCR{pcr}: no EV_SEPARATOR", pcr)]
@@ -115,8 +118,8 @@ def _separator_pcr(pcr: int, events: list[Event], after: frozenset[int]) -> list
             e.index,
             got=e.type_name,
         )
-        for e in events
-        if e.index > sep.index and e.event_type not in after
+        for e in events[positions[0] + 1 :]
+        if e.event_type not in after
     ]
     return out or [Check(cid, "pass", "ok", f"PCR{pcr}: one separator", pcr, sep.index)]
 
@@ -138,7 +141,14 @@ def check_separators(
                 )
             )
             continue
-        out.extend(_separator_pcr(pcr, facts.by_pcr.get(pcr, []), policy.after_separator[pcr]))
+        out.extend(
+            _separator_pcr(
+                pcr,
+                facts.by_pcr.get(pcr, []),
+                facts.separators.get(pcr, []),
+                policy.after_separator[pcr],
+            )
+        )
         if pcr in vlog.pcrs_outside_log:
             out.append(
                 Check(

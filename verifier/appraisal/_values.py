@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from assay.errors import MalformedEvidence
 from assay.eventlog import Event, VerifiedBootLog
+from assay.events import event_type_name
 
 from .facts import DEBUG_MODE, DMA_DISABLED, BootFacts, signature_ids
 from .policy import Approval, CompiledPolicy, Key, Refs
@@ -11,11 +12,11 @@ from .verdict import Check
 
 
 def _where(e: Event) -> str:
-    return f"PCR{e.pcr} event {e.index} ({e.type_name})"
+    return f"PCR{e.pcr} event {e.index} ({event_type_name(e.event_type)})"
 
 
 def _refs(refs: Refs) -> str:
-    return ", ".join(dict.fromkeys(refs))
+    return refs[0] if len(refs) == 1 else ", ".join(dict.fromkeys(refs))
 
 
 def _digest_check(

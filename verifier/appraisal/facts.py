@@ -82,13 +82,15 @@ class Variable:
 class BootFacts:
     """Facts from one verified log, in its bank. Built by :func:`extract`; never mutated after.
 
-    ``by_pcr`` holds the events of PCR0–7 (the separator checks read them); ``suspicious`` the
+    ``by_pcr`` holds the events of PCR0–7 (the separator checks read them) and ``separators``
+    where the EV_SEPARATORs are among them; ``suspicious`` the
     events in PCR0–7 carrying a separator digest under another type or data their digest does
     not cover.
     """
 
     events: tuple[Event, ...] = ()
     by_pcr: dict[int, list[Event]] = field(default_factory=dict)
+    separators: dict[int, list[int]] = field(default_factory=dict)  # positions in by_pcr[pcr]
     scrtm_versions: list[tuple[Event, str | None]] = field(default_factory=list)
     firmware_code: list[Event] = field(default_factory=list)
     variables: dict[str, Variable] = field(default_factory=dict)
@@ -260,6 +262,8 @@ def _extract(vlog: VerifiedBootLog) -> BootFacts:
         group = by_pcr.get(pcr)
         if group is None:
             group = by_pcr[pcr] = []
+        if et == _SEPARATOR:
+            facts.separators.setdefault(pcr, []).append(len(group))
         group.append(e)
         covered = vlog.data_covered(e)
         if covered is False or (et != _SEPARATOR and e.digests.get(bank) in seps):

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 CheckStatus = Literal["pass", "fail", "unknown"]
 VerdictStatus = Literal["trusted", "untrusted", "unknown"]
 
 
-@dataclass(frozen=True, slots=True)
-class Check:
+class Check(NamedTuple):
     """One check: a stable ``reason`` code, where (PCR, event index), got vs expected, and which
-    golden set (``name@version``) decided it."""
+    golden set (``name@version``) decided it.
+
+    Immutable like the rest of the verdict; a NamedTuple rather than a frozen dataclass because an
+    appraisal builds 20–40 of them and a frozen dataclass's ``__init__`` costs about twice as much
+    (``assay.eventlog.Event`` is a NamedTuple for the same reason)."""
 
     id: str
     status: CheckStatus
