@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+
 from assay.algorithms import HashAlg
 from assay.eventlog import Event, VerifiedBootLog
 from assay.events import EventType as T
@@ -11,6 +13,7 @@ from .facts import EBS_INVOCATION, BootFacts, separator_digests
 from .policy import CompiledPolicy
 from .verdict import Check
 
+_INDEX = operator.itemgetter(0)  # Event.index
 _SEPARATOR_VALUES = (b"\x00\x00\x00\x00", b"\xff\xff\xff\xff")
 
 
@@ -192,11 +195,16 @@ def check_required(vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPoli
             )
         else:
             ebs_ids = {e.index for e in facts.ebs_events}
-            late = [
-                e
-                for e in vlog.events
-                if e.pcr <= 7 and e.index > invoked[0].index and e.index not in ebs_ids
-            ]
+            first = invoked[0].index
+            late = sorted(
+                (
+                    e
+                    for events in facts.by_pcr.values()  # PCR0–7
+                    for e in events
+                    if e.index > first and e.index not in ebs_ids
+                ),
+                key=_INDEX,
+            )
             out.extend(
                 Check(
                     "boot.exit_boot_services",
