@@ -1,0 +1,173 @@
+"""The first appraisal of a boot is fast without changing any answer (issue 3 benchmark).
+
+Coverage and decoded variables are kept by content across logs; GRUB commands are skipped by
+prefix; checks are built from facts found in one pass. These tests pin that a cache hit needs the
+exact same bytes and that the shortcuts see everything the checks read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import struct
+from pathlib import Path
+
+import pytest
+
+from assay.algorithms import HashAlg
+from assay.eventlog import (
+    Event,
+    VerifiedBootLog,
+    _coverage,
+    assume_quoted_for_review,
+    parse_event_log,
+)
+from assay.events import EventType
+from golden.capture import capture
+from verifier.appraisal import appraise, compile_golden
+from verifier.appraisal import facts as facts_module
+from verifier.appraisal.facts import extract
+
+from .conftest import CORPUS
+from .logbuilder import event2, simple_log
+
+NOW = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
+SHA256 = HashAlg.SHA256
+EFI_GLOBAL = bytes.fromhex("61dfe48bca93d211aa0d00e098032b8c")
+BENCH_LOGS = (
+    "go-tpm-tools/ubuntu-2104-no-secure-boot.bin",
+    "keylime/binary_bios_measurements",
+    "rust-keylime/uefi_log.bin",
+    "python3-uefi-eventlog/css-flex14vm4-bootlog.bin",
+)
+
+
+def _variable(name: str, value: bytes) -> bytes:
+    utf16 = name.encode("utf-16-le")
+    return EFI_GLOBAL + struct.pack("<QQ", len(name), len(value)) + utf16 + value
+
+
+def _event(index: int, pcr: int, etype: int, data: bytes, digest: bytes) -> Event:
+    return Event(index, pcr, etype, {SHA256: digest}, data, 0)
+
+
+def _vlog(*events: Event) -> VerifiedBootLog:
+    return VerifiedBootLog(
+        bank=SHA256,
+        pcrs={},
+        events=events,
+        all_events=events,
+        pcrs_outside_log=frozenset(),
+        unquoted_pcrs=frozenset(),
+        workarounds=(),
+        warnings=(),
+        log_sha256=b"",
+        start_locality=0,
+        reviewed_only=True,
+    )
+
+
+def test_coverage_cache_hit_needs_the_same_bytes_not_just_the_same_digest() -> None:
+    digest = SHA256.hash(bytes(4))
+    honest = _event(1, 7, EventType.EV_SEPARATOR, bytes(4), digest)
+    forged = _event(2, 7, EventType.EV_SEPARATOR, b"\x01\x00\x00\x00", digest)
+    assert _coverage.data_covered(honest, SHA256) == (True, None)
+    assert _coverage.data_covered(forged, SHA256) == (False, None)
+    assert _coverage.data_covered(honest, SHA256) == (True, None)  # not poisoned by the forgery
+
+
+def test_cached_coverage_workaround_names_each_events_own_position() -> None:
+    data = _variable("SbatLevel", b"sbat,1,2021030218\n")
+    short = SHA256.hash(data[:-1])  # old shim's one-byte-short digest
+    first = _coverage.data_covered(
+        _event(10, 7, EventType.EV_EFI_VARIABLE_AUTHORITY, data, short), SHA256
+    )
+    second = _coverage.data_covered(
+        _event(42, 7, EventType.EV_EFI_VARIABLE_AUTHORITY, data, short), SHA256
+    )
+    assert first[0] is True and second[0] is True
+    assert first[1] is not None and second[1] is not None
+    assert (first[1].pcr, first[1].event) == (7, 10)
+    assert (second[1].pcr, second[1].event) == (7, 42)
+
+
+def test_decoded_variable_cache_does_not_carry_a_value_to_different_bytes() -> None:
+    on = _variable("SecureBoot", b"\x01")
+    off = _variable("SecureBoot", b"\x00")
+    digest = SHA256.hash(on)
+    config = EventType.EV_EFI_VARIABLE_DRIVER_CONFIG
+    got_on = extract(_vlog(_event(0, 7, config, on, digest))).variables["SecureBoot"]
+    # Same digest, other bytes: not covered, and the cached "on" must not leak into it.
+    got_off = extract(_vlog(_event(0, 7, config, off, digest))).variables["SecureBoot"]
+    assert got_on.value == b"\x01"
+    assert got_off.value is None
+    assert got_off.problem == "event data not covered by its digest"
+
+
+def test_grub_kernel_cmdline_is_not_mistaken_for_a_skipped_grub_command() -> None:
+    ipl = EventType.EV_IPL
+    cmd = b"grub_cmd: linux /vmlinuz root=/dev/sda1"
+    kernel = b"grub_kernel_cmdline /vmlinuz root=/dev/sda1 ro"
+    vlog = _vlog(
+        _event(0, 8, ipl, cmd, SHA256.hash(cmd[len(b"grub_cmd: ") :])),
+        _event(1, 8, ipl, kernel, SHA256.hash(kernel[len(b"grub_kernel_cmdline ") :])),
+    )
+    facts = extract(vlog)
+    assert [(e.index, text) for e, text in facts.cmdlines] == [(1, "/vmlinuz root=/dev/sda1 ro")]
+
+
+def test_events_not_allowed_are_grouped_by_pcr_in_first_appearance_order() -> None:
+    sep = SHA256.hash(bytes(4))
+    odd = 0xDEAD
+    vlog = _vlog(
+        _event(0, 5, odd, b"a", b"x" * 32),
+        _event(1, 1, odd, b"b", b"y" * 32),
+        _event(2, 5, EventType.EV_SEPARATOR, bytes(4), sep),
+        _event(3, 5, odd, b"c", b"z" * 32),
+        _event(4, 12, odd, b"d", b"w" * 32),
+    )
+    bad = extract(vlog).events_not_in({5: frozenset({int(EventType.EV_SEPARATOR)})})
+    assert [e.index for e in bad] == [0, 3, 1, 4]
+
+
+def test_separator_checks_use_positions_found_during_extraction() -> None:
+    log = simple_log() + event2(4, 0x80000007, b"Calling EFI Application from Boot Option")
+    log += event2(4, 0x80000007, b"Calling EFI Application from Boot Option")
+    log += event2(0, 0x80000008, b"after the separator")  # a firmware blob after PCR0's separator
+    vlog = assume_quoted_for_review(parse_event_log(log), SHA256)
+    facts = extract(vlog)
+    for pcr, positions in facts.separators.items():
+        assert [facts.by_pcr[pcr][i].event_type for i in positions] == [EventType.EV_SEPARATOR]
+    verdict = appraise(vlog, compile_golden([capture(vlog, name="t", version="1")], now=NOW))
+    late = [c for c in verdict.checks if c.reason == "event_after_separator"]
+    assert [(c.pcr, c.event) for c in late] == [(0, 13)]  # index 0 is the Spec ID event
+
+
+def _clear_caches() -> None:
+    _coverage._cache.clear()
+    _coverage._cache_bytes = 0
+    facts_module._VARIABLES._entries.clear()
+    facts_module.signature_ids.cache_clear()
+
+
+@pytest.mark.parametrize("name", BENCH_LOGS)
+def test_warm_caches_give_the_same_verdict_as_cold_ones(name: str) -> None:
+    log = parse_event_log((CORPUS / name).read_bytes())
+    bank = SHA256 if SHA256 in log.banks else log.banks[0]
+    policy = compile_golden(
+        [capture(assume_quoted_for_review(log, bank), name="self", version="1")], now=NOW
+    )
+    other = compile_golden([capture(_other_vlog(name), name="other", version="1")], now=NOW)
+    for pol in (policy, other):
+        _clear_caches()
+        cold = appraise(assume_quoted_for_review(log, bank), pol)
+        warm = appraise(assume_quoted_for_review(log, bank), pol)
+        assert warm == cold
+    _clear_caches()
+    assert appraise(assume_quoted_for_review(log, bank), policy).status == "trusted"
+    assert appraise(assume_quoted_for_review(log, bank), other).status == "untrusted"
+
+
+def _other_vlog(name: str) -> VerifiedBootLog:
+    other = BENCH_LOGS[(BENCH_LOGS.index(name) + 1) % len(BENCH_LOGS)]
+    log = parse_event_log(Path(CORPUS / other).read_bytes())
+    return assume_quoted_for_review(log, SHA256 if SHA256 in log.banks else log.banks[0])
