@@ -30,6 +30,7 @@ _HH = struct.Struct(">HH")
 _HEADER = struct.Struct(">IHH")  # magic, type, qualifiedSigner.size
 _CLOCK = struct.Struct(">QIIBQ")  # clock, resetCount, restartCount, safe, firmwareVersion
 _HASH_BY_ID = {int(a): a for a in HashAlg}
+_QUOTE = int(AttestType.QUOTE)
 _BITS = tuple(tuple(b for b in range(8) if v >> b & 1) for v in range(256))
 
 
@@ -158,7 +159,7 @@ def _scan_tpms(data: bytes, where: str, base: int) -> AttestScan:
     pos = 8 + size
     if size > MAX_NAME or pos + 2 > end:
         raise _fail(where, base + 6, f"qualifiedSigner size {size} exceeds the input or {MAX_NAME}")
-    size = _U16.unpack_from(data, pos)[0]
+    size = data[pos] << 8 | data[pos + 1]
     extra_at = pos + 2
     clock_at = extra_at + size
     if size > MAX_DATA or clock_at + _CLOCK.size > end:
@@ -168,21 +169,32 @@ def _scan_tpms(data: bytes, where: str, base: int) -> AttestScan:
             where, base + clock_at + 16, f"clockInfo.safe is {data[clock_at + 16]}, not 0/1"
         )
     pos = clock_at + _CLOCK.size
-    if kind != AttestType.QUOTE:
+    if kind != _QUOTE:
         return data, magic, kind, extra_at, clock_at, None, end
-    sel_end = _selection_end(data, pos, where, base)
-    raw_selection = data[pos:sel_end]
-    selection = _SELECTIONS.get(raw_selection)
+    # A fleet quotes a few selections, almost always of one bank: guess that length and look the
+    # bytes up among the selections already decoded. The encoding is self-delimiting, so bytes equal
+    # to a decoded selection are that selection, wherever they came from; otherwise parse.
+    guess = pos + 7 + data[pos + 6] if pos + 7 <= end else end
+    selection = _SELECTIONS.get(data[pos:guess])
     if selection is None:
-        selection = _decode_selection(raw_selection, where, base + pos)
-    if sel_end + 2 > end:
+        sel_end = _selection_end(data, pos, where, base)
+        selection = _decode_selection(data[pos:sel_end], where, base + pos)
+    else:
+        sel_end = pos + len(selection.raw)
+    digest_at = sel_end + 2
+    if digest_at > end:
         raise _fail(where, base + sel_end, "pcrDigest size missing")
-    size = _U16.unpack_from(data, sel_end)[0]
-    if size > 64 or sel_end + 2 + size > end:
-        raise _fail(where, base + sel_end, f"pcrDigest size {size} exceeds the input or 64")
-    if sel_end + 2 + size != end:
-        raise _fail(where, base + sel_end + 2 + size, f"{end - sel_end - 2 - size} trailing bytes")
-    return data, magic, kind, extra_at, clock_at, selection, sel_end + 2
+    size = data[sel_end] << 8 | data[sel_end + 1]
+    if digest_at + size != end or size > 64:
+        raise _digest_size_error(size, sel_end, end, where, base)
+    return data, magic, kind, extra_at, clock_at, selection, digest_at
+
+
+def _digest_size_error(size: int, pos: int, end: int, where: str, base: int) -> MalformedEvidence:
+    """Why the pcrDigest TPM2B at ``pos`` (``size`` bytes) does not end the input exactly."""
+    if size > 64 or pos + 2 + size > end:
+        return _fail(where, base + pos, f"pcrDigest size {size} exceeds the input or 64")
+    return _fail(where, base + pos + 2 + size, f"{end - pos - 2 - size} trailing bytes")
 
 
 def _selection_end(data: bytes, pos: int, where: str, base: int = 0) -> int:

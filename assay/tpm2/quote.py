@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import operator
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -144,6 +145,38 @@ class QuoteWithUncheckedPcrs(_SignedAttestFields):
     clock_offset: int
 
 
+_SET_ATTEST: Callable[[VerifiedQuote, bytes], None] = vars(VerifiedQuote)["attest"].__set__
+_SET_SELECTION: Callable[[VerifiedQuote, PcrSelection], None] = vars(VerifiedQuote)[
+    "selection"
+].__set__
+_SET_HASH_ALG: Callable[[VerifiedQuote, HashAlg], None] = vars(VerifiedQuote)["hash_alg"].__set__
+_SET_VALUES: Callable[[VerifiedQuote, tuple[bytes, ...]], None] = vars(VerifiedQuote)[
+    "values"
+].__set__
+_SET_CLOCK_OFFSET: Callable[[VerifiedQuote, int], None] = vars(VerifiedQuote)[
+    "clock_offset"
+].__set__
+
+
+def _new_verified_quote(
+    attest: bytes,
+    selection: PcrSelection,
+    hash_alg: HashAlg,
+    values: tuple[bytes, ...],
+    clock_offset: int,
+) -> VerifiedQuote:
+    """``VerifiedQuote(attest, selection, hash_alg, values, clock_offset)``, built per quote by
+    storing into its slots directly: the frozen dataclass's ``__init__`` pays an
+    ``object.__setattr__`` call per field. The instance is as frozen as any other."""
+    quote: VerifiedQuote = object.__new__(VerifiedQuote)
+    _SET_ATTEST(quote, attest)
+    _SET_SELECTION(quote, selection)
+    _SET_HASH_ALG(quote, hash_alg)
+    _SET_VALUES(quote, values)
+    _SET_CLOCK_OFFSET(quote, clock_offset)
+    return quote
+
+
 def verify_quote(
     attest: bytes, signature: bytes, ak: TpmPublic, nonce: bytes, pcrs: PcrValues
 ) -> VerifiedQuote:
@@ -171,15 +204,15 @@ def verify_quote(
     """
     raw, hash_alg, selection, clock_at, digest_at = _verify_signed(attest, signature, ak, nonce)
     # 8. Selection equals the supplied pairs; 9. PCR digest.
-    ordered = _select(selection, pcrs)
-    expected = _HASHLIB[hash_alg](b"".join(ordered)).digest()
+    values = _select(selection, pcrs)
+    expected = _HASHLIB[hash_alg](b"".join(values)).digest()
     if not hmac.compare_digest(raw[digest_at:], expected):
         raise VerificationFailed(
             f"quoted PCR digest {raw[digest_at:].hex()} is not the {hash_alg.bank} of the "
             f"supplied PCR values ({expected.hex()})",
             code="pcr_digest_mismatch",
         )
-    return VerifiedQuote(raw, selection, hash_alg, tuple(ordered), clock_at)
+    return _new_verified_quote(raw, selection, hash_alg, values, clock_at)
 
 
 def verify_quote_without_pcrs(
@@ -198,13 +231,13 @@ def _verify_signed(
     raw, magic, kind, extra_at, clock_at, selection, digest_at = scan_attest(attest)
     sig_alg, hash_alg, sig, r, s = scan_signature(signature)
     # 2. Restricted signing AK; 3. scheme (precomputed per AK; the slow path says which failed).
-    if (sig_alg, hash_alg) not in _accepted_schemes(ak):
+    verifier = _accepted_schemes(ak).get((sig_alg, hash_alg))
+    if verifier is None or hash_alg is None:
         _check_ak_attributes(ak)
         _check_scheme(sig_alg, hash_alg, ak)
         raise VerificationFailed("signature scheme refused", code="unsupported_scheme")
-    assert hash_alg is not None
     # 4. Signature.
-    _check_signature(sig_alg, hash_alg, ak, raw, sig, r, s)
+    _check_signature(verifier, sig_alg, hash_alg, ak, raw, sig, r, s)
     # 5. Magic; 6. type.
     if magic != TPM_GENERATED_VALUE:
         raise VerificationFailed(f"magic is 0x{magic:08x}, not TPM_GENERATED", code="bad_magic")
@@ -222,27 +255,39 @@ def _verify_signed(
     return raw, hash_alg, selection, clock_at, digest_at
 
 
-_ACCEPTED: dict[tuple[bytes, bool], frozenset[tuple[int, HashAlg]]] = {}
+_Verifier = tuple["padding.AsymmetricPadding | None", "hashes.HashAlgorithm | ec.ECDSA"]
+"""How to check a signature: (RSA padding, hash) for RSA keys, (None, ECDSA) for ECC keys."""
+_ACCEPTED: dict[tuple[bytes, bool], dict[tuple[int, HashAlg | None], _Verifier]] = {}
 _MAX_ACCEPTED = 65536
 
 
-def _accepted_schemes(ak: TpmPublic) -> frozenset[tuple[int, HashAlg]]:
-    """Steps 2-3 as a set of (sigAlg, hash) this AK may sign quotes with (empty: none), cached
-    by the AK's bytes: a verifier checks the same AKs over and over."""
+def _accepted_schemes(ak: TpmPublic) -> dict[tuple[int, HashAlg | None], _Verifier]:
+    """Steps 2-3 as the (sigAlg, hash) pairs this AK may sign quotes with (empty: none), each
+    with how to verify it; cached by the AK's bytes: a verifier checks the same AKs over and over."""
     key = (ak.raw, ak.from_spki)
     accepted = _ACCEPTED.get(key)
     if accepted is None:
-        schemes = _RSA_SCHEMES if ak.type == Alg.RSA else _ECC_SCHEMES
-        pairs = {(scheme, h) for scheme in schemes for h in _HASHES}
+        rsa_ak = ak.type == Alg.RSA
+        pairs = {
+            (scheme, h) for scheme in (_RSA_SCHEMES if rsa_ak else _ECC_SCHEMES) for h in _HASHES
+        }
         fixed = ak.parameters.scheme
         if fixed.scheme != Alg.NULL:
             pairs &= {(int(fixed.scheme), fixed.hash_alg)}
         restricted = _AND(ak.object_attributes, _AK_REQUIRED) == _AK_REQUIRED
-        accepted = frozenset(pairs) if restricted or ak.from_spki else frozenset()
+        accepted = {pair: _verifier(*pair) for pair in pairs if restricted or ak.from_spki}
         if len(_ACCEPTED) >= _MAX_ACCEPTED:
             _ACCEPTED.clear()
         _ACCEPTED[key] = accepted
     return accepted
+
+
+def _verifier(sig_alg: int, hash_alg: HashAlg) -> _Verifier:
+    if sig_alg == Alg.RSASSA:
+        return _PKCS1, _HASHES[hash_alg]
+    if sig_alg == Alg.RSAPSS:
+        return _PSS[hash_alg], _HASHES[hash_alg]
+    return None, _ECDSA[hash_alg]
 
 
 def _check_ak_attributes(ak: TpmPublic) -> None:
@@ -276,17 +321,29 @@ def _check_scheme(sig_alg: int, hash_alg: HashAlg | None, ak: TpmPublic) -> None
 
 
 def _check_signature(
-    sig_alg: int, hash_alg: HashAlg, ak: TpmPublic, signed: bytes, sig: bytes, r: bytes, s: bytes
+    verifier: _Verifier,
+    sig_alg: int,
+    hash_alg: HashAlg,
+    ak: TpmPublic,
+    signed: bytes,
+    sig: bytes,
+    r: bytes,
+    s: bytes,
 ) -> None:
-    """Step 4: verify with ``cryptography``; r||s from the TPM become a DER ECDSA signature."""
-    key = ak.key
+    """Step 4: verify with ``cryptography``; r||s from the TPM become a DER ECDSA signature.
+
+    ``verifier`` comes from the AK's type (a parsed AK's key is made from the same bytes), which
+    spares an ``isinstance`` against the key ABCs on every quote.
+    """
+    pad, algorithm = verifier
     try:
-        if isinstance(key, rsa.RSAPublicKey):
-            pad = _PKCS1 if sig_alg == Alg.RSASSA else _PSS[hash_alg]
-            key.verify(sig, signed, pad, _HASHES[hash_alg])
+        if pad is not None:
+            cast(rsa.RSAPublicKey, ak.key).verify(
+                sig, signed, pad, cast(hashes.HashAlgorithm, algorithm)
+            )
         else:
             der = encode_dss_signature(int.from_bytes(r, "big"), int.from_bytes(s, "big"))
-            key.verify(der, signed, _ECDSA[hash_alg])
+            cast(ec.EllipticCurvePublicKey, ak.key).verify(der, signed, cast(ec.ECDSA, algorithm))
     except InvalidSignature:
         raise VerificationFailed(
             f"{Alg(sig_alg).name}/{hash_alg.bank} signature does not verify with the AK",
@@ -294,21 +351,52 @@ def _check_signature(
         ) from None
 
 
-def _select(selection: PcrSelection, pcrs: PcrValues) -> list[bytes]:
-    """Step 8: the supplied values in selection order, if they are exactly the selection."""
-    ordered: list[bytes] = []
-    banks = 0
-    for bank, indices in selection.banks:
-        if not indices:
-            continue
+_BankLayout = tuple[
+    HashAlg, tuple[int, ...], Callable[[Mapping[int, bytes]], tuple[bytes, ...]], tuple[int, ...]
+]
+"""One selected bank: (bank, PCR indices, their values from a mapping in order, their sizes)."""
+_LAYOUTS: dict[bytes, tuple[_BankLayout, ...]] = {}
+_MAX_LAYOUTS = 256
+
+
+def _layout(selection: PcrSelection) -> tuple[_BankLayout, ...]:
+    """The non-empty banks of ``selection`` as ``_select`` reads them, cached by its bytes."""
+    layout = tuple(
+        (bank, indices, _getter(indices), (bank.digest_size,) * len(indices))
+        for bank, indices in selection.banks
+        if indices
+    )
+    if selection.raw:  # selections scanned from a quote; one built by hand has no bytes
+        if len(_LAYOUTS) >= _MAX_LAYOUTS:
+            _LAYOUTS.clear()
+        _LAYOUTS[selection.raw] = layout
+    return layout
+
+
+def _getter(indices: tuple[int, ...]) -> Callable[[Mapping[int, bytes]], tuple[bytes, ...]]:
+    if len(indices) == 1:  # itemgetter of one key returns the value, not a 1-tuple
+        index = indices[0]
+        return lambda values: (values[index],)
+    return operator.itemgetter(*indices)
+
+
+def _select(selection: PcrSelection, pcrs: PcrValues) -> tuple[bytes, ...]:
+    """Step 8: the supplied values in selection order, if they are exactly the selection.
+
+    Each value's size is checked even though a wrong size would rarely give the right digest:
+    values of 31 and 33 bytes can concatenate to the right 64, and must not become "verified".
+    """
+    layout = _LAYOUTS.get(selection.raw) or _layout(selection)
+    ordered: tuple[bytes, ...] = ()
+    for bank, indices, take, sizes in layout:
         supplied = pcrs.get(bank)
         if supplied is None or len(supplied) != len(indices):
             raise _selection_mismatch(selection, pcrs)
         try:
-            values = list(map(supplied.__getitem__, indices))
+            values = take(supplied)
         except KeyError:
             raise _selection_mismatch(selection, pcrs) from None
-        if set(map(len, values)) != {bank.digest_size}:
+        if tuple(map(len, values)) != sizes:
             bad = next(i for i in indices if len(supplied[i]) != bank.digest_size)
             raise MalformedEvidence(
                 f"{bank.bank} PCR {bad} value is {len(supplied[bad])} bytes, "
@@ -316,8 +404,7 @@ def _select(selection: PcrSelection, pcrs: PcrValues) -> list[bytes]:
                 where="PCR values",
             )
         ordered += values
-        banks += 1
-    if len(pcrs) != banks and sum(1 for v in pcrs.values() if v) != banks:
+    if len(pcrs) != len(layout) and sum(1 for v in pcrs.values() if v) != len(layout):
         raise _selection_mismatch(selection, pcrs)
     return ordered
 
