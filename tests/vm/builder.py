@@ -376,6 +376,58 @@ def build_esp(files: Mapping[str, bytes | Path], out: Path, size_mb: int = 64) -
     return out
 
 
+# -- firmware variables -------------------------------------------------------------------------
+
+EFI_GLOBAL_VARIABLE = bytes.fromhex("61dfe48bca93d211aa0d00e098032b8c")  # 8BE4DF61-93CA-11D2-AA0D-…
+_AUTH_VAR_HEADER = struct.Struct("<HBBIQ16sIII16s")  # StartId .. VendorGuid: 60 bytes
+_VAR_START_ID, _VAR_ADDED = 0x55AA, 0x3F
+_VAR_NV_BS_RT = 0x7
+
+
+def _varstore_end(fd: bytes) -> tuple[int, int]:
+    """(offset of the first free byte, end of the store) in an OVMF_VARS image (authenticated
+    variable store right after the firmware volume header: 28-byte store header, then 4-aligned
+    records whose data directly follows the name)."""
+    if len(fd) < 0x80 or fd[0x28:0x2C] != b"_FVH":
+        raise VmBuildError("OVMF variables template: no firmware volume header")
+    (fv_header,) = struct.unpack_from("<H", fd, 0x30)
+    (store_size,) = struct.unpack_from("<I", fd, fv_header + 16)
+    end = min(fv_header + store_size, len(fd))
+    off = (fv_header + 28 + 3) & ~3
+    while off + _AUTH_VAR_HEADER.size <= end:
+        start, *_, name_size, data_size, _guid = _AUTH_VAR_HEADER.unpack_from(fd, off)
+        if start != _VAR_START_ID:
+            return off, end
+        off = (off + _AUTH_VAR_HEADER.size + name_size + data_size + 3) & ~3
+    raise VmBuildError("OVMF variables template: variable store has no free space")
+
+
+def vars_with_boot_next(template: Path, option: int, cache: Path) -> Path:
+    """A copy of ``template`` with ``BootNext`` = ``option`` added (non-volatile, boot and
+    runtime access): BDS boots that option first, then the normal BootOrder."""
+    fd = template.read_bytes()
+    out = (
+        cache / "images" / (f"vars-{hashlib.sha256(fd).hexdigest()[:16]}-bootnext-{option:04X}.fd")
+    )
+    if out.exists():
+        return out
+    free, end = _varstore_end(fd)
+    name, data = "BootNext\0".encode("utf-16-le"), struct.pack("<H", option)
+    record = _AUTH_VAR_HEADER.pack(
+        _VAR_START_ID, _VAR_ADDED, 0, _VAR_NV_BS_RT, 0, bytes(16), 0, len(name), len(data),
+        EFI_GLOBAL_VARIABLE,
+    ) + name + data  # fmt: skip
+    if free + len(record) > end or fd[free : free + len(record)] != b"\xff" * len(record):
+        raise VmBuildError(f"OVMF variables template: no room for BootNext at 0x{free:x}")
+    _write_atomic(out, fd[:free] + record + fd[free + len(record) :])
+    return out
+
+
+# OVMF's "EFI Internal Shell" (Fv(7CB8BDC9-…)/FvFile(7C04A583-…)) is Boot0002 in Debian's
+# variables templates; UiApp is Boot0000 and the virtio disk Boot0001.
+SHELL_BOOT_OPTION = 0x0002
+
+
 # -- 4. variants -------------------------------------------------------------------------------
 
 
@@ -389,6 +441,7 @@ class Variant:
     cmdline: str = DEFAULT_CMDLINE
     secure_boot: bool = True
     description: str = ""
+    boot_next: int | None = None  # a boot option the firmware starts before BootOrder
 
 
 VARIANTS: Mapping[str, Variant] = {
@@ -406,6 +459,12 @@ VARIANTS: Mapping[str, Variant] = {
             "shim-grub",
             kernel="cloud",
             description="Secure Boot, the cloud kernel flavour instead of the generic one",
+        ),
+        Variant(
+            "sb-shell",
+            "shim-grub",
+            boot_next=SHELL_BOOT_OPTION,
+            description="Secure Boot, OVMF's built-in UEFI Shell started before shim (BootNext)",
         ),
         Variant("uki", "uki", secure_boot=False, description="UKI as BOOTX64.EFI, Secure Boot off"),
         Variant(
@@ -476,4 +535,6 @@ def build(variant: Variant, cache: Path | None = None) -> NodeImage:
         h.update(dest.encode() + b"\0" + hashlib.sha256(data).digest())
     esp = build_esp(files, cache / "images" / f"esp-{variant.name}-{h.hexdigest()[:16]}.img")
     ovmf_vars = OVMF_VARS_MS if variant.secure_boot else OVMF_VARS_PLAIN
+    if variant.boot_next is not None:
+        ovmf_vars = vars_with_boot_next(ovmf_vars, variant.boot_next, cache)
     return NodeImage(variant, esp, ovmf_vars, kernel, boot, initrd, uki, (*boot.debs, kernel.deb))

@@ -10,8 +10,8 @@ capture of the UKI node's boot, Secure Boot not required.
 Which tampered boot is which: a kernel command line changed in grub.cfg (sb-cmdline); a kernel
 flavour no set approves (sb-cloud, linux-image-cloud-amd64); Secure Boot off (the UKI node
 appraised against the Secure Boot fleet's sets); an unknown EFI application started before the
-OS loader (uki-sdboot: systemd-boot as BOOTX64.EFI, then the same UKI; with Secure Boot on, shim
-refuses unsigned applications, so the extra application is shown on the Secure-Boot-off fleet).
+OS loader (uki-sdboot: systemd-boot as BOOTX64.EFI, then the same UKI, Secure Boot off) and, with
+Secure Boot on, before shim (sb-shell: OVMF's built-in UEFI Shell started first through BootNext).
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ pytestmark = pytest.mark.vm
 SB = {"fleet": "sb"}
 UKI = {"fleet": "uki"}
 REVOCATION = "CVE-2026-0001 in kernel A: test revocation"
+# the UEFI Shell's file GUID 7C04A583-9E3E-4F1C-AD65-E05268D0B4D1 as in a device path
+SHELL_FILE_GUID = bytes.fromhex("83a5047c3e9e1c4fad65e05268d0b4d1")
 
 
 @dataclass(frozen=True)
@@ -222,3 +224,32 @@ def test_staged_rollout_revoking_kernel_a_flags_its_node_at_once(
     assert node_a["reason"].startswith("boot_app_revoked")
     assert "kernel-a@1" in node_a["reason"] and REVOCATION in node_a["reason"]
     assert node_b["state"] == "trusted"
+
+
+def test_unknown_efi_application_before_shim_with_secure_boot_on_is_untrusted(
+    fleet: Fleet, verifier: Verifier, tmp_path: Path
+) -> None:
+    """OVMF's built-in UEFI Shell (in the firmware volume, so Secure Boot lets it load) is
+    started first through BootNext; it runs and returns, then the firmware boots shim -> GRUB ->
+    kernel from the disk as on the good node. The shell is in no golden set."""
+    log = parse_event_log(fleet.result("sb-shell").event_log)
+    apps = [
+        e for e in log.events if e.pcr == 4 and e.type_name == "EV_EFI_BOOT_SERVICES_APPLICATION"
+    ]
+    assert len(apps) == 5  # shell, shim, GRUB, kernel twice
+    shell = apps[0]
+    assert SHELL_FILE_GUID in bytes(shell.data)  # FvFile(7C04A583-…): the firmware's own shell
+    assert "EFI/BOOT/BOOTX64.EFI".encode("utf-16-le") not in bytes(shell.data).replace(
+        b"\\\x00", b"/\x00"
+    )
+    sb_apps = [e.digests for e in parse_event_log(fleet.result("sb").event_log).events
+               if e.pcr == 4 and e.type_name == "EV_EFI_BOOT_SERVICES_APPLICATION"]  # fmt: skip
+    assert [e.digests for e in apps[1:]] == sb_apps  # the rest is the good node's chain
+    agent = _agent(fleet, verifier, "sb-shell", SB, tmp_path)
+    agent.enroll()
+    result = agent.attest()
+    assert result.status == "untrusted"
+    assert result.reason.startswith("boot_app_not_approved")
+    assert failing_reasons(result) == {"boot_app_not_approved"}  # nothing else differs
+    (check,) = failures(result)
+    assert (check["pcr"], check["event"]) == (4, shell.index)
