@@ -424,7 +424,9 @@ def vars_with_boot_next(template: Path, option: int, cache: Path) -> Path:
 
 
 # OVMF's "EFI Internal Shell" (Fv(7CB8BDC9-…)/FvFile(7C04A583-…)) is Boot0002 in Debian's
-# variables templates; UiApp is Boot0000 and the virtio disk Boot0001.
+# OVMF_VARS_4M.ms.fd (a record the firmware left when the template was made). Debian's build
+# refuses to run the shell with Secure Boot on (CVE-2023-48733): it is loaded, measured into PCR4,
+# its entry point returns EFI_SECURITY_VIOLATION, and BDS goes on with BootOrder (the disk: shim).
 SHELL_BOOT_OPTION = 0x0002
 
 

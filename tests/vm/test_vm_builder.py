@@ -60,3 +60,25 @@ def test_handoff_without_markers_or_with_bad_base64_is_a_one_line_error() -> Non
         f"{builder.HANDOFF_BEGIN}\r\nAAEC\r\nAw==\r\n{builder.HANDOFF_END}\r\nASSAY-CMDLINE a b\r\n"
     )
     assert (log, cmdline) == (b"\x00\x01\x02\x03", "a b")
+
+
+def test_boot_next_is_appended_to_the_variables_template_and_nothing_else_changes(
+    tmp_path: Path,
+) -> None:
+    template = builder.OVMF_VARS_MS
+    out = builder.vars_with_boot_next(template, 0x0002, tmp_path)
+    old, new = template.read_bytes(), out.read_bytes()
+    assert len(new) == len(old)
+    free, _ = builder._varstore_end(old)
+    assert new[:free] == old[:free]
+    name = "BootNext\0".encode("utf-16-le")
+    record_end = free + 60 + len(name) + 2
+    assert new[record_end:] == old[record_end:]
+    assert new[free : free + 4] == b"\xaa\x55\x3f\x00"  # StartId, VAR_ADDED
+    assert new[free + 44 : free + 60] == builder.EFI_GLOBAL_VARIABLE
+    assert new[free + 60 : record_end] == name + b"\x02\x00"
+    assert builder._varstore_end(new)[0] == (record_end + 3) & ~3  # the store walks past it
+    junk = tmp_path / "junk.fd"
+    junk.write_bytes(b"\xff" * 4096)
+    with pytest.raises(builder.VmBuildError, match="no firmware volume header"):
+        builder.vars_with_boot_next(junk, 2, tmp_path)
