@@ -146,6 +146,7 @@ def _clear_caches() -> None:
     _coverage._cache.clear()
     _coverage._cache_bytes = 0
     facts_module._VARIABLES._entries.clear()
+    facts_module._COVERED._entries.clear()
     facts_module.signature_ids.cache_clear()
 
 

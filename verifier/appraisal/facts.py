@@ -170,8 +170,23 @@ def separator_digests(bank: HashAlg) -> frozenset[bytes]:
     return got
 
 
-# Decoded UEFI_VARIABLE_DATA (name, value) of well-formed events, by content across logs.
+# Decoded UEFI_VARIABLE_DATA (name, value) of well-formed events, and whether an event's data is
+# covered by its digest (``VerifiedBootLog.data_covered``, a pure function of the event's type,
+# digest and data), kept by content across logs.
 _VARIABLES: ContentCache[tuple[str, bytes]] = ContentCache(16 * 1024 * 1024)
+_COVERED: ContentCache[tuple[bool | None]] = ContentCache(16 * 1024 * 1024)
+
+
+def _covered(vlog: VerifiedBootLog, e: Event, digest: bytes | None) -> bool | None:
+    """``vlog.data_covered(e)``, answered from an earlier log with these exact bytes if any."""
+    if digest is None:
+        return vlog.data_covered(e)
+    key = (vlog.bank, e.event_type, digest)
+    hit = _COVERED.get(key, e.data)
+    if hit is None:
+        hit = (vlog.data_covered(e),)
+        _COVERED.put(key, e.data, hit)
+    return hit[0]
 
 
 def _variable(
@@ -265,8 +280,9 @@ def _extract(vlog: VerifiedBootLog) -> BootFacts:
         if et == _SEPARATOR:
             facts.separators.setdefault(pcr, []).append(len(group))
         group.append(e)
-        covered = vlog.data_covered(e)
-        if covered is False or (et != _SEPARATOR and e.digests.get(bank) in seps):
+        digest = e.digests.get(bank)
+        covered = _covered(vlog, e, digest)
+        if covered is False or (et != _SEPARATOR and digest in seps):
             facts.suspicious.append(e)
         if pcr == 7:
             _pcr7(vlog, facts, e, covered)
