@@ -27,6 +27,7 @@ MAX_DATA = 66  # sizeof(TPMT_HA)
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _HH = struct.Struct(">HH")
+_HHH = struct.Struct(">HHH")
 _HEADER = struct.Struct(">IHH")  # magic, type, qualifiedSigner.size
 _CLOCK = struct.Struct(">QIIBQ")  # clock, resetCount, restartCount, safe, firmwareVersion
 _HASH_BY_ID = {int(a): a for a in HashAlg}
@@ -267,6 +268,16 @@ SignatureScan = tuple[int, "HashAlg | None", bytes, bytes, bytes]
 def scan_signature(data: bytes) -> SignatureScan:
     """The fields of a TPMT_SIGNATURE as a tuple (``parse_signature``'s fast path)."""
     data = bytes(data)
+    if len(data) >= 6:  # the usual case first: RSASSA/RSAPSS, a known hash, no trailing bytes
+        alg_id, hash_id, size = _HHH.unpack_from(data)
+        hash_alg = _HASH_BY_ID.get(hash_id)
+        if alg_id in _RSA_SIGS and size == len(data) - 6 <= 512 and hash_alg is not None:
+            return alg_id, hash_alg, data[6:], b"", b""
+    return _scan_signature(data)
+
+
+def _scan_signature(data: bytes) -> SignatureScan:
+    """``scan_signature`` for every layout, and the reason for any malformed one."""
     end, where = len(data), "TPMT_SIGNATURE"
     if end > MAX_SIGNATURE_SIZE:
         raise _fail(where, 0, f"{end} bytes, larger than {MAX_SIGNATURE_SIZE}")
@@ -277,8 +288,6 @@ def scan_signature(data: bytes) -> SignatureScan:
     alg_id, hash_id = _HH.unpack_from(data)
     hash_alg = _HASH_BY_ID.get(hash_id) or _hash(hash_id, where, 2)
     if alg_id in _RSA_SIGS:
-        if end >= 6 and _U16.unpack_from(data, 4)[0] == end - 6 <= 512:  # the usual case
-            return alg_id, hash_alg, data[6:], b"", b""
         sig, pos = _tpm2b(data, 4, where, "signature", 512)
         _done(pos, end, where)
         return alg_id, hash_alg, sig, b"", b""

@@ -204,8 +204,8 @@ def verify_quote(
     """
     raw, hash_alg, selection, clock_at, digest_at = _verify_signed(attest, signature, ak, nonce)
     # 8. Selection equals the supplied pairs; 9. PCR digest.
-    values = _select(selection, pcrs)
-    expected = _HASHLIB[hash_alg](b"".join(values)).digest()
+    values, joined = _select(selection, pcrs)
+    expected = _HASHLIB[hash_alg](joined).digest()
     if not hmac.compare_digest(raw[digest_at:], expected):
         raise VerificationFailed(
             f"quoted PCR digest {raw[digest_at:].hex()} is not the {hash_alg.bank} of the "
@@ -255,8 +255,8 @@ def _verify_signed(
     return raw, hash_alg, selection, clock_at, digest_at
 
 
-_Verifier = tuple["padding.AsymmetricPadding | None", "hashes.HashAlgorithm | ec.ECDSA"]
-"""How to check a signature: (RSA padding, hash) for RSA keys, (None, ECDSA) for ECC keys."""
+_Verifier = tuple["padding.AsymmetricPadding | None", hashes.HashAlgorithm, "ec.ECDSA | None"]
+"""How to check a signature: (RSA padding, hash, None) for RSA keys, (None, hash, ECDSA) for ECC."""
 _ACCEPTED: dict[tuple[bytes, bool], dict[tuple[int, HashAlg | None], _Verifier]] = {}
 _MAX_ACCEPTED = 65536
 
@@ -284,10 +284,10 @@ def _accepted_schemes(ak: TpmPublic) -> dict[tuple[int, HashAlg | None], _Verifi
 
 def _verifier(sig_alg: int, hash_alg: HashAlg) -> _Verifier:
     if sig_alg == Alg.RSASSA:
-        return _PKCS1, _HASHES[hash_alg]
+        return _PKCS1, _HASHES[hash_alg], None
     if sig_alg == Alg.RSAPSS:
-        return _PSS[hash_alg], _HASHES[hash_alg]
-    return None, _ECDSA[hash_alg]
+        return _PSS[hash_alg], _HASHES[hash_alg], None
+    return None, _HASHES[hash_alg], _ECDSA[hash_alg]
 
 
 def _check_ak_attributes(ak: TpmPublic) -> None:
@@ -335,15 +335,13 @@ def _check_signature(
     ``verifier`` comes from the AK's type (a parsed AK's key is made from the same bytes), which
     spares an ``isinstance`` against the key ABCs on every quote.
     """
-    pad, algorithm = verifier
+    pad, algorithm, ecdsa = verifier
     try:
         if pad is not None:
-            cast(rsa.RSAPublicKey, ak.key).verify(
-                sig, signed, pad, cast(hashes.HashAlgorithm, algorithm)
-            )
+            cast(rsa.RSAPublicKey, ak.key).verify(sig, signed, pad, algorithm)
         else:
             der = encode_dss_signature(int.from_bytes(r, "big"), int.from_bytes(s, "big"))
-            cast(ec.EllipticCurvePublicKey, ak.key).verify(der, signed, cast(ec.ECDSA, algorithm))
+            cast(ec.EllipticCurvePublicKey, ak.key).verify(der, signed, cast(ec.ECDSA, ecdsa))
     except InvalidSignature:
         raise VerificationFailed(
             f"{Alg(sig_alg).name}/{hash_alg.bank} signature does not verify with the AK",
@@ -352,20 +350,23 @@ def _check_signature(
 
 
 _BankLayout = tuple[
-    HashAlg, tuple[int, ...], Callable[[Mapping[int, bytes]], tuple[bytes, ...]], tuple[int, ...]
+    HashAlg, tuple[int, ...], Callable[[Mapping[int, bytes]], tuple[bytes, ...]], int
 ]
-"""One selected bank: (bank, PCR indices, their values from a mapping in order, their sizes)."""
-_LAYOUTS: dict[bytes, tuple[_BankLayout, ...]] = {}
+"""One selected bank: (bank, PCR indices, their values from a mapping in order, value size)."""
+_Layout = tuple[tuple[_BankLayout, ...], int]
+"""The non-empty banks of a selection, and the length of all their values together."""
+_LAYOUTS: dict[bytes, _Layout] = {}
 _MAX_LAYOUTS = 256
 
 
-def _layout(selection: PcrSelection) -> tuple[_BankLayout, ...]:
-    """The non-empty banks of ``selection`` as ``_select`` reads them, cached by its bytes."""
-    layout = tuple(
-        (bank, indices, _getter(indices), (bank.digest_size,) * len(indices))
+def _layout(selection: PcrSelection) -> _Layout:
+    """How ``_select`` reads values for ``selection``, cached by its bytes."""
+    banks = tuple(
+        (bank, indices, _getter(indices), bank.digest_size)
         for bank, indices in selection.banks
         if indices
     )
+    layout = banks, sum(len(indices) * size for _, indices, _, size in banks)
     if selection.raw:  # selections scanned from a quote; one built by hand has no bytes
         if len(_LAYOUTS) >= _MAX_LAYOUTS:
             _LAYOUTS.clear()
@@ -380,15 +381,18 @@ def _getter(indices: tuple[int, ...]) -> Callable[[Mapping[int, bytes]], tuple[b
     return operator.itemgetter(*indices)
 
 
-def _select(selection: PcrSelection, pcrs: PcrValues) -> tuple[bytes, ...]:
-    """Step 8: the supplied values in selection order, if they are exactly the selection.
+def _select(selection: PcrSelection, pcrs: PcrValues) -> tuple[tuple[bytes, ...], bytes]:
+    """Step 8: the supplied values in selection order, and their concatenation, if they are
+    exactly the selection.
 
-    Each value's size is checked even though a wrong size would rarely give the right digest:
-    values of 31 and 33 bytes can concatenate to the right 64, and must not become "verified".
+    Each value must have its bank's size, although a wrong size would rarely give the right
+    digest: 31 and 33 bytes concatenate to the right 64 and must not be "verified" (the service
+    stores the values as supplied). No value is longer than its size and all are as long as they
+    should be together, so each is exactly its size.
     """
-    layout = _LAYOUTS.get(selection.raw) or _layout(selection)
+    banks, total = _LAYOUTS.get(selection.raw) or _layout(selection)
     ordered: tuple[bytes, ...] = ()
-    for bank, indices, take, sizes in layout:
+    for bank, indices, take, size in banks:
         supplied = pcrs.get(bank)
         if supplied is None or len(supplied) != len(indices):
             raise _selection_mismatch(selection, pcrs)
@@ -396,17 +400,29 @@ def _select(selection: PcrSelection, pcrs: PcrValues) -> tuple[bytes, ...]:
             values = take(supplied)
         except KeyError:
             raise _selection_mismatch(selection, pcrs) from None
-        if tuple(map(len, values)) != sizes:
-            bad = next(i for i in indices if len(supplied[i]) != bank.digest_size)
-            raise MalformedEvidence(
-                f"{bank.bank} PCR {bad} value is {len(supplied[bad])} bytes, "
-                f"not {bank.digest_size}",
-                where="PCR values",
-            )
+        if max(map(len, values)) > size:
+            raise _value_size_error(banks, pcrs)
         ordered += values
-    if len(pcrs) != len(layout) and sum(1 for v in pcrs.values() if v) != len(layout):
+    if len(pcrs) != len(banks) and sum(1 for v in pcrs.values() if v) != len(banks):
         raise _selection_mismatch(selection, pcrs)
-    return ordered
+    joined = b"".join(ordered)
+    if len(joined) != total:
+        raise _value_size_error(banks, pcrs)
+    return ordered, joined
+
+
+def _value_size_error(banks: tuple[_BankLayout, ...], pcrs: PcrValues) -> MalformedEvidence:
+    """The first supplied value (all of them are there) that is not its bank's size."""
+    bank, pcr, value = next(
+        (bank, i, pcrs[bank][i])
+        for bank, indices, _, size in banks
+        for i in indices
+        if len(pcrs[bank][i]) != size
+    )
+    return MalformedEvidence(
+        f"{bank.bank} PCR {pcr} value is {len(value)} bytes, not {bank.digest_size}",
+        where="PCR values",
+    )
 
 
 def _selection_mismatch(selection: PcrSelection, pcrs: PcrValues) -> VerificationFailed:
