@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from assay.errors import MalformedEvidence
 from assay.eventlog import Event, VerifiedBootLog
 from assay.events import event_type_name
@@ -15,8 +17,10 @@ def _where(e: Event) -> str:
     return f"PCR{e.pcr} event {e.index} ({event_type_name(e.event_type)})"
 
 
+@functools.lru_cache(maxsize=4096)
 def _refs(refs: Refs) -> str:
-    return refs[0] if len(refs) == 1 else ", ".join(dict.fromkeys(refs))
+    """The sets that decided a check, each once (cached: the tuples come from the compiled policy)."""
+    return ", ".join(dict.fromkeys(refs))
 
 
 def _digest_check(
