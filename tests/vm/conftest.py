@@ -13,7 +13,7 @@ from .fleet import Fleet, boot_fleet
 
 @pytest.fixture(scope="session")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    """All variants booted (sb, sb-cmdline, sb-cloud, uki, uki-sdboot); swtpm kept running."""
+    """All variants booted (sb, sb-cmdline, sb-cloud, sb-shell, uki, uki-sdboot); swtpm kept running."""
     work = tmp_path_factory.mktemp("vm-fleet")
     try:
         with boot_fleet(list(VARIANTS), work) as booted:
