@@ -32,6 +32,7 @@ _HEADER = struct.Struct(">IHH")  # magic, type, qualifiedSigner.size
 _CLOCK = struct.Struct(">QIIBQ")  # clock, resetCount, restartCount, safe, firmwareVersion
 _HASH_BY_ID = {int(a): a for a in HashAlg}
 _QUOTE = int(AttestType.QUOTE)
+_MAGIC = _U32.pack(TPM_GENERATED_VALUE)
 _BITS = tuple(tuple(b for b in range(8) if v >> b & 1) for v in range(256))
 
 
@@ -142,9 +143,11 @@ def scan_attest(data: bytes) -> AttestScan:
     """
     data = bytes(data)
     n = len(data)
+    if data[:4] == _MAGIC and n <= MAX_ATTEST_SIZE:  # a TPMS_ATTEST, as the TPM signed it
+        return _scan_tpms(data, "TPMS_ATTEST", 0)
     if n > MAX_ATTEST_SIZE + 2:
         raise _fail("TPM2B_ATTEST", 0, f"{n} bytes, larger than {MAX_ATTEST_SIZE}")
-    if n >= 6 and data[:4] != b"\xffTCG" and _U16.unpack_from(data)[0] == n - 2:
+    if n >= 6 and data[:4] != _MAGIC and _U16.unpack_from(data)[0] == n - 2:
         return _scan_tpms(data[2:], "TPM2B_ATTEST", 2)
     if n > MAX_ATTEST_SIZE:
         raise _fail("TPMS_ATTEST", 0, f"{n} bytes, larger than {MAX_ATTEST_SIZE}")
@@ -160,7 +163,7 @@ def _scan_tpms(data: bytes, where: str, base: int) -> AttestScan:
     pos = 8 + size
     if size > MAX_NAME or pos + 2 > end:
         raise _fail(where, base + 6, f"qualifiedSigner size {size} exceeds the input or {MAX_NAME}")
-    size = data[pos] << 8 | data[pos + 1]
+    size = _U16.unpack_from(data, pos)[0]
     extra_at = pos + 2
     clock_at = extra_at + size
     if size > MAX_DATA or clock_at + _CLOCK.size > end:
@@ -185,7 +188,7 @@ def _scan_tpms(data: bytes, where: str, base: int) -> AttestScan:
     digest_at = sel_end + 2
     if digest_at > end:
         raise _fail(where, base + sel_end, "pcrDigest size missing")
-    size = data[sel_end] << 8 | data[sel_end + 1]
+    size = _U16.unpack_from(data, sel_end)[0]
     if digest_at + size != end or size > 64:
         raise _digest_size_error(size, sel_end, end, where, base)
     return data, magic, kind, extra_at, clock_at, selection, digest_at

@@ -14,7 +14,7 @@ import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -99,15 +99,7 @@ class _SignedAttestFields:
         return self.attest[len(self.attest) - self.hash_alg.digest_size :]
 
 
-@dataclass(frozen=True, slots=True)
-class VerifiedQuote(_SignedAttestFields):
-    """A quote whose signature, magic, type, nonce, selection and PCR digest all verified.
-
-    Every field is read from the signed TPMS_ATTEST bytes (``attest``) or is a PCR value covered
-    by its digest; the clock counters are obfuscated per key outside the endorsement/platform
-    hierarchy (Part 1 §36.7), but stable within a boot, which is what reboot detection needs.
-    """
-
+class _VerifiedQuoteFields(NamedTuple):
     attest: bytes
     """The signed TPMS_ATTEST bytes."""
     selection: PcrSelection
@@ -117,6 +109,20 @@ class VerifiedQuote(_SignedAttestFields):
     """The quoted PCR values in selection order (banks as quoted, PCRs ascending)."""
     clock_offset: int
     """Where TPMS_CLOCK_INFO starts in ``attest`` (extraData ends there)."""
+
+
+class VerifiedQuote(_VerifiedQuoteFields, _SignedAttestFields):
+    """A quote whose signature, magic, type, nonce, selection and PCR digest all verified.
+
+    Every field is read from the signed TPMS_ATTEST bytes (``attest``) or is a PCR value covered
+    by its digest; the clock counters are obfuscated per key outside the endorsement/platform
+    hierarchy (Part 1 §36.7), but stable within a boot, which is what reboot detection needs.
+    Only ``verify_quote`` makes one. A named tuple rather than a frozen dataclass, because one is
+    built per quote and a tuple is built several times faster; it is as immutable, and like any
+    tuple it also unpacks and compares equal to a plain tuple of its fields.
+    """
+
+    __slots__ = ()
 
     @property
     def pcrs(self) -> Mapping[HashAlg, Mapping[int, bytes]]:
@@ -143,38 +149,6 @@ class QuoteWithUncheckedPcrs(_SignedAttestFields):
     selection: PcrSelection
     hash_alg: HashAlg
     clock_offset: int
-
-
-_SET_ATTEST: Callable[[VerifiedQuote, bytes], None] = vars(VerifiedQuote)["attest"].__set__
-_SET_SELECTION: Callable[[VerifiedQuote, PcrSelection], None] = vars(VerifiedQuote)[
-    "selection"
-].__set__
-_SET_HASH_ALG: Callable[[VerifiedQuote, HashAlg], None] = vars(VerifiedQuote)["hash_alg"].__set__
-_SET_VALUES: Callable[[VerifiedQuote, tuple[bytes, ...]], None] = vars(VerifiedQuote)[
-    "values"
-].__set__
-_SET_CLOCK_OFFSET: Callable[[VerifiedQuote, int], None] = vars(VerifiedQuote)[
-    "clock_offset"
-].__set__
-
-
-def _new_verified_quote(
-    attest: bytes,
-    selection: PcrSelection,
-    hash_alg: HashAlg,
-    values: tuple[bytes, ...],
-    clock_offset: int,
-) -> VerifiedQuote:
-    """``VerifiedQuote(attest, selection, hash_alg, values, clock_offset)``, built per quote by
-    storing into its slots directly: the frozen dataclass's ``__init__`` pays an
-    ``object.__setattr__`` call per field. The instance is as frozen as any other."""
-    quote: VerifiedQuote = object.__new__(VerifiedQuote)
-    _SET_ATTEST(quote, attest)
-    _SET_SELECTION(quote, selection)
-    _SET_HASH_ALG(quote, hash_alg)
-    _SET_VALUES(quote, values)
-    _SET_CLOCK_OFFSET(quote, clock_offset)
-    return quote
 
 
 def verify_quote(
@@ -204,15 +178,15 @@ def verify_quote(
     """
     raw, hash_alg, selection, clock_at, digest_at = _verify_signed(attest, signature, ak, nonce)
     # 8. Selection equals the supplied pairs; 9. PCR digest.
-    values, joined = _select(selection, pcrs)
-    expected = _HASHLIB[hash_alg](joined).digest()
+    values = _select(selection, pcrs)
+    expected = _HASHLIB[hash_alg](b"".join(values)).digest()
     if not hmac.compare_digest(raw[digest_at:], expected):
         raise VerificationFailed(
             f"quoted PCR digest {raw[digest_at:].hex()} is not the {hash_alg.bank} of the "
             f"supplied PCR values ({expected.hex()})",
             code="pcr_digest_mismatch",
         )
-    return _new_verified_quote(raw, selection, hash_alg, values, clock_at)
+    return VerifiedQuote(raw, selection, hash_alg, values, clock_at)
 
 
 def verify_quote_without_pcrs(
@@ -231,13 +205,26 @@ def _verify_signed(
     raw, magic, kind, extra_at, clock_at, selection, digest_at = scan_attest(attest)
     sig_alg, hash_alg, sig, r, s = scan_signature(signature)
     # 2. Restricted signing AK; 3. scheme (precomputed per AK; the slow path says which failed).
-    verifier = _accepted_schemes(ak).get((sig_alg, hash_alg))
+    accepted = _ACCEPTED.get((ak.raw, ak.from_spki)) or _accepted_schemes(ak)  # a call less
+    verifier = accepted.get((sig_alg, hash_alg))
     if verifier is None or hash_alg is None:
         _check_ak_attributes(ak)
         _check_scheme(sig_alg, hash_alg, ak)
         raise VerificationFailed("signature scheme refused", code="unsupported_scheme")
-    # 4. Signature.
-    _check_signature(verifier, sig_alg, hash_alg, ak, raw, sig, r, s)
+    # 4. Signature, checked as the AK's type says (a parsed AK's key is made from the same bytes),
+    # which spares an isinstance against the key ABCs per quote.
+    pad, algorithm, ecdsa = verifier
+    try:
+        if pad is not None:
+            cast(rsa.RSAPublicKey, ak.key).verify(sig, raw, pad, algorithm)
+        else:
+            der = encode_dss_signature(int.from_bytes(r, "big"), int.from_bytes(s, "big"))
+            cast(ec.EllipticCurvePublicKey, ak.key).verify(der, raw, cast(ec.ECDSA, ecdsa))
+    except InvalidSignature:
+        raise VerificationFailed(
+            f"{Alg(sig_alg).name}/{hash_alg.bank} signature does not verify with the AK",
+            code="bad_signature",
+        ) from None
     # 5. Magic; 6. type.
     if magic != TPM_GENERATED_VALUE:
         raise VerificationFailed(f"magic is 0x{magic:08x}, not TPM_GENERATED", code="bad_magic")
@@ -320,53 +307,21 @@ def _check_scheme(sig_alg: int, hash_alg: HashAlg | None, ak: TpmPublic) -> None
         )
 
 
-def _check_signature(
-    verifier: _Verifier,
-    sig_alg: int,
-    hash_alg: HashAlg,
-    ak: TpmPublic,
-    signed: bytes,
-    sig: bytes,
-    r: bytes,
-    s: bytes,
-) -> None:
-    """Step 4: verify with ``cryptography``; r||s from the TPM become a DER ECDSA signature.
-
-    ``verifier`` comes from the AK's type (a parsed AK's key is made from the same bytes), which
-    spares an ``isinstance`` against the key ABCs on every quote.
-    """
-    pad, algorithm, ecdsa = verifier
-    try:
-        if pad is not None:
-            cast(rsa.RSAPublicKey, ak.key).verify(sig, signed, pad, algorithm)
-        else:
-            der = encode_dss_signature(int.from_bytes(r, "big"), int.from_bytes(s, "big"))
-            cast(ec.EllipticCurvePublicKey, ak.key).verify(der, signed, cast(ec.ECDSA, ecdsa))
-    except InvalidSignature:
-        raise VerificationFailed(
-            f"{Alg(sig_alg).name}/{hash_alg.bank} signature does not verify with the AK",
-            code="bad_signature",
-        ) from None
-
-
 _BankLayout = tuple[
-    HashAlg, tuple[int, ...], Callable[[Mapping[int, bytes]], tuple[bytes, ...]], int
+    HashAlg, tuple[int, ...], Callable[[Mapping[int, bytes]], tuple[bytes, ...]], tuple[int, ...]
 ]
-"""One selected bank: (bank, PCR indices, their values from a mapping in order, value size)."""
-_Layout = tuple[tuple[_BankLayout, ...], int]
-"""The non-empty banks of a selection, and the length of all their values together."""
-_LAYOUTS: dict[bytes, _Layout] = {}
+"""One selected bank: (bank, PCR indices, their values from a mapping in order, their sizes)."""
+_LAYOUTS: dict[bytes, tuple[_BankLayout, ...]] = {}
 _MAX_LAYOUTS = 256
 
 
-def _layout(selection: PcrSelection) -> _Layout:
-    """How ``_select`` reads values for ``selection``, cached by its bytes."""
-    banks = tuple(
-        (bank, indices, _getter(indices), bank.digest_size)
+def _layout(selection: PcrSelection) -> tuple[_BankLayout, ...]:
+    """The non-empty banks of ``selection`` as ``_select`` reads them, cached by its bytes."""
+    layout = tuple(
+        (bank, indices, _getter(indices), (bank.digest_size,) * len(indices))
         for bank, indices in selection.banks
         if indices
     )
-    layout = banks, sum(len(indices) * size for _, indices, _, size in banks)
     if selection.raw:  # selections scanned from a quote; one built by hand has no bytes
         if len(_LAYOUTS) >= _MAX_LAYOUTS:
             _LAYOUTS.clear()
@@ -381,18 +336,16 @@ def _getter(indices: tuple[int, ...]) -> Callable[[Mapping[int, bytes]], tuple[b
     return operator.itemgetter(*indices)
 
 
-def _select(selection: PcrSelection, pcrs: PcrValues) -> tuple[tuple[bytes, ...], bytes]:
-    """Step 8: the supplied values in selection order, and their concatenation, if they are
-    exactly the selection.
+def _select(selection: PcrSelection, pcrs: PcrValues) -> tuple[bytes, ...]:
+    """Step 8: the supplied values in selection order, if they are exactly the selection.
 
-    Each value must have its bank's size, although a wrong size would rarely give the right
-    digest: 31 and 33 bytes concatenate to the right 64 and must not be "verified" (the service
-    stores the values as supplied). No value is longer than its size and all are as long as they
-    should be together, so each is exactly its size.
+    Each value's size is checked here, although a wrong size would rarely give the right digest:
+    values of 31 and 33 bytes concatenate to the right 64, and must not be "verified" (the
+    service stores the values as supplied).
     """
-    banks, total = _LAYOUTS.get(selection.raw) or _layout(selection)
+    layout = _LAYOUTS.get(selection.raw) or _layout(selection)
     ordered: tuple[bytes, ...] = ()
-    for bank, indices, take, size in banks:
+    for bank, indices, take, sizes in layout:
         supplied = pcrs.get(bank)
         if supplied is None or len(supplied) != len(indices):
             raise _selection_mismatch(selection, pcrs)
@@ -400,29 +353,17 @@ def _select(selection: PcrSelection, pcrs: PcrValues) -> tuple[tuple[bytes, ...]
             values = take(supplied)
         except KeyError:
             raise _selection_mismatch(selection, pcrs) from None
-        if max(map(len, values)) > size:
-            raise _value_size_error(banks, pcrs)
+        if tuple(map(len, values)) != sizes:
+            bad = next(i for i in indices if len(supplied[i]) != bank.digest_size)
+            raise MalformedEvidence(
+                f"{bank.bank} PCR {bad} value is {len(supplied[bad])} bytes, "
+                f"not {bank.digest_size}",
+                where="PCR values",
+            )
         ordered += values
-    if len(pcrs) != len(banks) and sum(1 for v in pcrs.values() if v) != len(banks):
+    if len(pcrs) != len(layout) and sum(1 for v in pcrs.values() if v) != len(layout):
         raise _selection_mismatch(selection, pcrs)
-    joined = b"".join(ordered)
-    if len(joined) != total:
-        raise _value_size_error(banks, pcrs)
-    return ordered, joined
-
-
-def _value_size_error(banks: tuple[_BankLayout, ...], pcrs: PcrValues) -> MalformedEvidence:
-    """The first supplied value (all of them are there) that is not its bank's size."""
-    bank, pcr, value = next(
-        (bank, i, pcrs[bank][i])
-        for bank, indices, _, size in banks
-        for i in indices
-        if len(pcrs[bank][i]) != size
-    )
-    return MalformedEvidence(
-        f"{bank.bank} PCR {pcr} value is {len(value)} bytes, not {bank.digest_size}",
-        where="PCR values",
-    )
+    return ordered
 
 
 def _selection_mismatch(selection: PcrSelection, pcrs: PcrValues) -> VerificationFailed:
