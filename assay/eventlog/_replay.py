@@ -174,13 +174,10 @@ class VerifiedBootLog:
         path, for instance, is just text the firmware wrote next to the digest.
         """
         key = ("covered", event.index)
-        try:
-            return self._cache[key][0]  # type: ignore[no-any-return]
-        except KeyError:
-            pass
-        result = data_covered(event, self.bank)
-        self._cache[key] = result
-        return result[0]
+        result = self._cache.get(key)
+        if result is None:
+            result = self._cache[key] = data_covered(event, self.bank)
+        return result[0]  # type: ignore[no-any-return]
 
     def coverage_workaround(self, event: Event) -> AppliedWorkaround | None:
         self.data_covered(event)
