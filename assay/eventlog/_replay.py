@@ -177,7 +177,7 @@ class VerifiedBootLog:
         result = self._cache.get(key)
         if result is None:
             result = self._cache[key] = data_covered(event, self.bank)
-        return result[0]  # type: ignore[no-any-return]
+        return result[0]
 
     def coverage_workaround(self, event: Event) -> AppliedWorkaround | None:
         self.data_covered(event)
