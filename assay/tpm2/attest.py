@@ -30,6 +30,7 @@ _HH = struct.Struct(">HH")
 _HHH = struct.Struct(">HHH")
 _HEADER = struct.Struct(">IHH")  # magic, type, qualifiedSigner.size
 _CLOCK = struct.Struct(">QIIBQ")  # clock, resetCount, restartCount, safe, firmwareVersion
+_CLOCK_SIZE = _CLOCK.size
 _HASH_BY_ID = {int(a): a for a in HashAlg}
 _QUOTE = int(AttestType.QUOTE)
 _MAGIC = _U32.pack(TPM_GENERATED_VALUE)
@@ -116,7 +117,7 @@ def parse_attest(data: bytes) -> Attest:
     """
     raw, magic, kind, extra_at, clock_at, selection, digest_at = scan_attest(data)
     clock, reset, restart, safe, firmware = _CLOCK.unpack_from(raw, clock_at)
-    quote_at = clock_at + _CLOCK.size
+    quote_at = clock_at + _CLOCK_SIZE
     quote = None if selection is None else QuoteInfo(selection, raw[digest_at:])
     return Attest(
         magic,
@@ -166,13 +167,13 @@ def _scan_tpms(data: bytes, where: str, base: int) -> AttestScan:
     size = _U16.unpack_from(data, pos)[0]
     extra_at = pos + 2
     clock_at = extra_at + size
-    if size > MAX_DATA or clock_at + _CLOCK.size > end:
+    if size > MAX_DATA or clock_at + _CLOCK_SIZE > end:
         raise _fail(where, base + pos, f"extraData size {size} exceeds the input or {MAX_DATA}")
     if data[clock_at + 16] > 1:
         raise _fail(
             where, base + clock_at + 16, f"clockInfo.safe is {data[clock_at + 16]}, not 0/1"
         )
-    pos = clock_at + _CLOCK.size
+    pos = clock_at + _CLOCK_SIZE
     if kind != _QUOTE:
         return data, magic, kind, extra_at, clock_at, None, end
     # A fleet quotes a few selections, almost always of one bank: guess that length and look the

@@ -186,7 +186,8 @@ def verify_quote(
             f"supplied PCR values ({expected.hex()})",
             code="pcr_digest_mismatch",
         )
-    return VerifiedQuote(raw, selection, hash_alg, values, clock_at)
+    # tuple.__new__ is VerifiedQuote(...) without the named tuple's Python-level __new__.
+    return tuple.__new__(VerifiedQuote, (raw, selection, hash_alg, values, clock_at))
 
 
 def verify_quote_without_pcrs(
@@ -205,8 +206,9 @@ def _verify_signed(
     raw, magic, kind, extra_at, clock_at, selection, digest_at = scan_attest(attest)
     sig_alg, hash_alg, sig, r, s = scan_signature(signature)
     # 2. Restricted signing AK; 3. scheme (precomputed per AK; the slow path says which failed).
-    accepted = _ACCEPTED.get((ak.raw, ak.from_spki)) or _accepted_schemes(ak)  # a call less
-    verifier = accepted.get((sig_alg, hash_alg))
+    verifier = _ACCEPTED.get((ak.raw, ak.from_spki, sig_alg, hash_alg)) or _accept(
+        ak, sig_alg, hash_alg
+    )
     if verifier is None or hash_alg is None:
         _check_ak_attributes(ak)
         _check_scheme(sig_alg, hash_alg, ak)
@@ -244,29 +246,27 @@ def _verify_signed(
 
 _Verifier = tuple["padding.AsymmetricPadding | None", hashes.HashAlgorithm, "ec.ECDSA | None"]
 """How to check a signature: (RSA padding, hash, None) for RSA keys, (None, hash, ECDSA) for ECC."""
-_ACCEPTED: dict[tuple[bytes, bool], dict[tuple[int, HashAlg | None], _Verifier]] = {}
+_ACCEPTED: dict[tuple[bytes, bool, int, HashAlg | None], _Verifier] = {}
 _MAX_ACCEPTED = 65536
 
 
-def _accepted_schemes(ak: TpmPublic) -> dict[tuple[int, HashAlg | None], _Verifier]:
-    """Steps 2-3 as the (sigAlg, hash) pairs this AK may sign quotes with (empty: none), each
-    with how to verify it; cached by the AK's bytes: a verifier checks the same AKs over and over."""
-    key = (ak.raw, ak.from_spki)
-    accepted = _ACCEPTED.get(key)
-    if accepted is None:
-        rsa_ak = ak.type == Alg.RSA
-        pairs = {
-            (scheme, h) for scheme in (_RSA_SCHEMES if rsa_ak else _ECC_SCHEMES) for h in _HASHES
-        }
-        fixed = ak.parameters.scheme
-        if fixed.scheme != Alg.NULL:
-            pairs &= {(int(fixed.scheme), fixed.hash_alg)}
-        restricted = _AND(ak.object_attributes, _AK_REQUIRED) == _AK_REQUIRED
-        accepted = {pair: _verifier(*pair) for pair in pairs if restricted or ak.from_spki}
-        if len(_ACCEPTED) >= _MAX_ACCEPTED:
-            _ACCEPTED.clear()
-        _ACCEPTED[key] = accepted
-    return accepted
+def _accept(ak: TpmPublic, sig_alg: int, hash_alg: HashAlg | None) -> _Verifier | None:
+    """Steps 2-3: how to verify what ``ak`` signed with (sigAlg, hash), or None if it may not sign
+    quotes so. Accepted pairs are cached by the AK's bytes: a verifier sees the same AKs over and
+    over (a refused pair is worked out again: failures need not be fast)."""
+    restricted = _AND(ak.object_attributes, _AK_REQUIRED) == _AK_REQUIRED
+    schemes = _RSA_SCHEMES if ak.type == Alg.RSA else _ECC_SCHEMES
+    if not (restricted or ak.from_spki) or sig_alg not in schemes or hash_alg not in _HASHES:
+        return None
+    fixed = ak.parameters.scheme
+    if fixed.scheme != Alg.NULL and (fixed.scheme != sig_alg or fixed.hash_alg != hash_alg):
+        return None
+    assert hash_alg is not None  # it is in _HASHES
+    verifier = _verifier(sig_alg, hash_alg)
+    if len(_ACCEPTED) >= _MAX_ACCEPTED:
+        _ACCEPTED.clear()
+    _ACCEPTED[(ak.raw, ak.from_spki, sig_alg, hash_alg)] = verifier
+    return verifier
 
 
 def _verifier(sig_alg: int, hash_alg: HashAlg) -> _Verifier:
