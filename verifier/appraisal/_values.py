@@ -23,19 +23,19 @@ def _refs(refs: Refs) -> str:
     return ", ".join(dict.fromkeys(refs))
 
 
+def _digest_missing(vlog: VerifiedBootLog, e: Event, cid: str) -> Check:
+    """An event without a digest in the appraised bank: nothing about it can be approved."""
+    return Check(
+        cid, "fail", "digest_missing", f"{_where(e)}: no {vlog.bank.bank} digest", e.pcr, e.index
+    )
+
+
 def _digest_check(
     vlog: VerifiedBootLog, e: Event, table: dict[Key, Refs], cid: str, what: str, reason: str
 ) -> Check:
     digest = e.digests.get(vlog.bank)
     if digest is None:
-        return Check(
-            cid,
-            "fail",
-            "digest_missing",
-            f"{_where(e)}: no {vlog.bank.bank} digest",
-            e.pcr,
-            e.index,
-        )
+        return _digest_missing(vlog, e, cid)
     refs = table.get((vlog.bank, digest))
     if refs:
         return Check(
@@ -277,14 +277,7 @@ def _app_check(
 ) -> tuple[Check, Approval | None]:
     digest = e.digests.get(vlog.bank)
     if digest is None:
-        return Check(
-            cid,
-            "fail",
-            "digest_missing",
-            f"{_where(e)}: no {vlog.bank.bank} digest",
-            e.pcr,
-            e.index,
-        ), None
+        return _digest_missing(vlog, e, cid), None
     found = policy.boot_apps.get((vlog.bank, digest))
     if found:
         a = found[0]
