@@ -29,8 +29,13 @@ class HashAlg(enum.IntEnum):
         return _SIZES[self]
 
     def new(self) -> Any:
-        """A fresh hashlib object for this algorithm."""
-        return _CONSTRUCTORS[self]()
+        """A fresh hashlib object for this algorithm (for incremental hashing)."""
+        return _ONE_SHOT[self](b"")
+
+    @property
+    def hasher(self) -> Callable[[bytes], Any]:
+        """The one-shot constructor, ``hashlib.sha256`` and the like, for hot loops."""
+        return _ONE_SHOT[self]
 
     def hash(self, data: bytes) -> bytes:
         return _ONE_SHOT[self](data).digest()  # type: ignore[no-any-return]
@@ -74,10 +79,6 @@ _SIZES = {
 }
 
 
-def _sm3() -> Any:
-    return hashlib.new("sm3")
-
-
 def _sm3_of(data: bytes) -> Any:
     return hashlib.new("sm3", data)
 
@@ -88,12 +89,4 @@ _ONE_SHOT: dict[HashAlg, Callable[[bytes], Any]] = {
     HashAlg.SHA384: hashlib.sha384,
     HashAlg.SHA512: hashlib.sha512,
     HashAlg.SM3_256: _sm3_of,
-}
-
-_CONSTRUCTORS: dict[HashAlg, Callable[[], Any]] = {
-    HashAlg.SHA1: hashlib.sha1,
-    HashAlg.SHA256: hashlib.sha256,
-    HashAlg.SHA384: hashlib.sha384,
-    HashAlg.SHA512: hashlib.sha512,
-    HashAlg.SM3_256: _sm3,
 }

@@ -8,7 +8,6 @@ quote does not cover are left out of it (a value the TPM did not sign proves not
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
@@ -24,21 +23,6 @@ T = TypeVar("T")
 
 _EV_NO_ACTION = int(EventType.EV_NO_ACTION)
 _EV_EFI_ACTION = int(EventType.EV_EFI_ACTION)
-
-_FAST: dict[HashAlg, Callable[[bytes], Any]] = {
-    HashAlg.SHA1: hashlib.sha1,
-    HashAlg.SHA256: hashlib.sha256,
-    HashAlg.SHA384: hashlib.sha384,
-    HashAlg.SHA512: hashlib.sha512,
-}
-
-
-def _hasher(alg: HashAlg) -> Callable[[bytes], Any]:
-    fast = _FAST.get(alg)
-    if fast is not None:
-        return fast
-    name = "sm3"
-    return lambda data: hashlib.new(name, data)
 
 
 class QuotedPcrs(Protocol):
@@ -123,7 +107,7 @@ def replay(log: EventLog, banks: Iterable[HashAlg] | None = None) -> Replay:
 def _replay_bank(
     events: list[Event], alg: HashAlg, locality: int
 ) -> tuple[dict[int, bytes], set[int]]:
-    h = _hasher(alg)
+    h = alg.hasher
     zero = bytes(alg.digest_size)
     start0 = initial_value(alg, 0, locality)
     values: dict[int, bytes] = {}
@@ -300,7 +284,7 @@ def _try_ebs_workaround(
     logged = {e.data for e in log.events if e.pcr == 5 and e.event_type == _EV_EFI_ACTION}
     if EBS_INVOCATION in logged:
         return None
-    h = _hasher(bank)
+    h = bank.hasher
     value = h(got + bank.hash(EBS_INVOCATION)).digest()
     value = h(value + bank.hash(EBS_SUCCESS)).digest()
     if value != want:
