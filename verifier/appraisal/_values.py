@@ -23,6 +23,23 @@ def _refs(refs: Refs) -> str:
     return ", ".join(dict.fromkeys(refs))
 
 
+def _text_check(
+    e: Event, text: str | None, table: dict[str, Refs], cid: str, what: str, pcr: int
+) -> Check:
+    """A value the log states as text (covered by its digest, else None) against approved texts."""
+    refs = table.get(text) if text is not None else None
+    if refs:
+        return Check(
+            cid, "pass", "ok", f"{_where(e)}: {what} {text!r}", pcr, e.index, got=text,
+            golden=_refs(refs),
+        )  # fmt: skip
+    reason = cid.split(".", 1)[1] + "_not_approved"
+    return Check(
+        cid, "fail", reason, f"{_where(e)}: {what} {text!r} is not approved", pcr, e.index,
+        got=text, expected=" | ".join(sorted(table))[:200],
+    )  # fmt: skip
+
+
 def _digest_missing(vlog: VerifiedBootLog, e: Event, cid: str) -> Check:
     """An event without a digest in the appraised bank: nothing about it can be approved."""
     return Check(
@@ -63,31 +80,10 @@ def _digest_check(
 def check_firmware(vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy) -> list[Check]:
     out: list[Check] = []
     if policy.scrtm:
-        for e, text in facts.scrtm_versions:
-            refs = policy.scrtm.get(text) if text is not None else None
-            out.append(
-                Check(
-                    "firmware.scrtm_version",
-                    "pass",
-                    "ok",
-                    f"{_where(e)}: {text}",
-                    0,
-                    e.index,
-                    got=text,
-                    golden=_refs(refs),
-                )
-                if refs
-                else Check(
-                    "firmware.scrtm_version",
-                    "fail",
-                    "scrtm_version_not_approved",
-                    f"{_where(e)}: S-CRTM version {text!r} is not approved",
-                    0,
-                    e.index,
-                    got=text,
-                    expected=" | ".join(sorted(policy.scrtm))[:200],
-                )
-            )
+        out.extend(
+            _text_check(e, text, policy.scrtm, "firmware.scrtm_version", "S-CRTM version", 0)
+            for e, text in facts.scrtm_versions
+        )
     if policy.blobs:
         out.extend(
             _digest_check(
@@ -407,30 +403,10 @@ def check_os(vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy) ->
             for e in facts.moklists.get(name, [])
         )
     if policy.sbat_levels:
-        for e, text in facts.sbat_levels:
-            refs = policy.sbat_levels.get(text) if text is not None else None
-            out.append(
-                Check(
-                    "shim.sbat_level",
-                    "pass",
-                    "ok",
-                    f"{_where(e)}: SbatLevel approved",
-                    7,
-                    e.index,
-                    golden=_refs(refs),
-                )
-                if refs
-                else Check(
-                    "shim.sbat_level",
-                    "fail",
-                    "sbat_level_not_approved",
-                    f"{_where(e)}: SbatLevel is not approved",
-                    7,
-                    e.index,
-                    got=text,
-                    expected=" | ".join(policy.sbat_levels),
-                )
-            )
+        out.extend(
+            _text_check(e, text, policy.sbat_levels, "shim.sbat_level", "SbatLevel", 7)
+            for e, text in facts.sbat_levels
+        )
     return out
 
 
