@@ -33,9 +33,32 @@ ensure_apt() {
 PYTHON=${ASSAY_PYTHON:-/usr/bin/python3}
 [ -x "$PYTHON" ] || PYTHON=python3
 
+# The agent's tpm2-pytss is built from source against libtss2 with FAPI hidden from pkg-config. The
+# agent uses ESAPI only; a build with FAPI maps libcurl, GnuTLS, Kerberos, LDAP and some 25 other
+# libraries into every agent, 5.5 MB of its resident set (docs/agent.md). Usage: ensure_tpm2_pytss VENV
+ensure_tpm2_pytss() {
+    local py="$1/bin/python" spec pc d f rc=0
+    "$py" -c 'import sys, tpm2_pytss; sys.exit(hasattr(tpm2_pytss, "FAPI"))' 2>/dev/null && return 0
+    spec=$("$py" -c 'import sys, tomllib
+extras = tomllib.load(open(sys.argv[1], "rb"))["project"]["optional-dependencies"]["agent"]
+print(next(r for r in extras if r.startswith("tpm2-pytss")))' "$ROOT/pyproject.toml") || return 1
+    log "building $spec from source without FAPI"
+    "$py" -m pip uninstall -q -y tpm2-pytss >/dev/null 2>&1
+    pc=$(mktemp -d)
+    for d in $(pkg-config --variable pc_path pkg-config | tr ':' ' '); do
+        for f in "$d"/*.pc; do [ -e "$f" ] && ln -sf "$f" "$pc/"; done
+    done
+    rm -f "$pc/tss2-fapi.pc" "$pc/tss2-policy.pc"
+    PKG_CONFIG_LIBDIR="$pc" "$py" -m pip install -q --no-cache-dir --no-binary tpm2-pytss "$spec" || rc=1
+    rm -rf "$pc"
+    [ $rc -eq 0 ] || { log "building $spec failed"; return 1; }
+    "$py" -c 'import sys, tpm2_pytss; sys.exit(hasattr(tpm2_pytss, "FAPI"))' \
+        || { log "tpm2-pytss still has FAPI after the build"; return 1; }
+}
+
 ensure_venv() {
     local stamp="$ROOT/.venv/.assay-installed" want
-    want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1) $("$PYTHON" -c 'import sys; print(sys.version)' | head -1)"
+    want="$(sha256sum "$ROOT/pyproject.toml" "$ROOT/scripts/_setup.sh" | cut -d' ' -f1 | tr '\n' ' ')$("$PYTHON" -c 'import sys; print(sys.version)' | head -1)"
     if [ -x "$ROOT/.venv/bin/python" ] && [ "$(readlink -f "$ROOT/.venv/bin/python")" != "$(readlink -f "$(command -v "$PYTHON")")" ]; then
         log "re-creating .venv with $PYTHON"
         rm -rf "$ROOT/.venv"
@@ -47,6 +70,7 @@ ensure_venv() {
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
         log "installing Python packages into .venv"
         "$ROOT/.venv/bin/pip" install -q --upgrade pip >/dev/null
+        ensure_tpm2_pytss "$ROOT/.venv" || return 1
         "$ROOT/.venv/bin/pip" install -q -e "$ROOT[agent,postgres,dev]" \
             || { log "pip install failed"; return 1; }
         echo "$want" > "$stamp"
