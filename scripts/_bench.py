@@ -108,6 +108,12 @@ def main() -> int:
         help="also measure end-to-end attestations/s over HTTP (gunicorn, 2 workers, 50 software "
         "agents: FakeAgentForLoad, load generation only) on this database",
     )
+    parser.add_argument(
+        "--agent",
+        metavar="PYTHON",
+        help="also measure `agent run` (resident set, CPU per attestation) for the agent installed "
+        "under this interpreter; `scripts/bench --agent` installs one with scripts/install-agent",
+    )
     args = parser.parse_args()
     logs = [p.resolve() for p in args.logs] or corpus_logs()
     result: dict[str, Any] = {"eventlog": {}}
@@ -128,6 +134,10 @@ def main() -> int:
                 result["appraisal"][key] = {"error": str(exc)}
     if args.service:
         result["service"] = bench_service_dbs(args.service)
+    if args.agent:
+        from _measure_agent import measure_agent
+
+        result["agent"] = measure_agent(args.agent)
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -135,7 +145,7 @@ def main() -> int:
     print(f"{'log':<60} {'events':>6} {'parse+replay µs':>16} {'parse µs':>9}")
     for key, row in result["eventlog"].items():
         print(f"{key:<60} {row['events']:>6} {row['parse_replay_us']:>16} {row['parse_us']:>9}")
-    for section in ("quote", "appraisal", "service"):
+    for section in ("quote", "appraisal", "service", "agent"):
         if section in result:
             print(f"{section}: {json.dumps(result[section])}")
     return 0

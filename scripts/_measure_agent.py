@@ -1,7 +1,8 @@
 """Resident set and CPU of `agent run` against the real verifier and a swtpm node.
 
 Usage: python scripts/_measure_agent.py [PYTHON]   (PYTHON: the interpreter whose agent to measure;
-default this one). Starts the verifier (gunicorn, SQLite) and one swtpm booted from the Debian
+default this one; `scripts/bench --agent` installs the agent as a node does, with
+scripts/install-agent, and measures that one). Starts the verifier (gunicorn, SQLite) and one swtpm booted from the Debian
 Secure Boot log with the demo's plumbing, enrolls, then:
 - samples VmRSS of `agent run --count 60` every 20 ms (steady state: the second half);
 - runs `agent run` for 41 and for 1 round under /usr/bin/time: peak RSS, and CPU per attestation
@@ -49,8 +50,9 @@ def _timed(cmd: list[str], cwd: str) -> tuple[float, float]:
     return int(rss_kb) / 1024, float(user) + float(system)
 
 
-def main() -> int:
-    python = sys.argv[1] if len(sys.argv) > 1 else sys.executable
+def measure_agent(python: str) -> dict[str, float | str]:
+    """VmRSS and CPU figures of `agent run` for the agent installed under PYTHON."""
+    os.environ.setdefault("ASSAY_AGENT_JITTER", "0")
     work = Path(tempfile.mkdtemp(prefix="assay-measure-"))
     demo = d.Demo(work=work, quiet=True)
     try:
@@ -74,13 +76,24 @@ def main() -> int:
         steady, top = _steady_rss([*cmd, "--count", "60"], cwd)
         peak41, cpu41 = _timed([*cmd, "--count", "41"], cwd)
         _, cpu1 = _timed([*cmd, "--count", "1"], cwd)
-        print(f"agent run ({python}): steady VmRSS {steady:.1f} MB (max sampled {top:.1f}); "
-              f"peak RSS {peak41:.1f} MB; CPU per attestation {(cpu41 - cpu1) / 40 * 1000:.1f} ms")  # fmt: skip
     finally:
         demo.stop_all()
+    return {
+        "python": python,
+        "steady_rss_mb": round(steady, 1),
+        "max_sampled_rss_mb": round(top, 1),
+        "peak_rss_mb": round(peak41, 1),
+        "cpu_ms_per_attestation": round((cpu41 - cpu1) / 40 * 1000, 1),
+    }
+
+
+def main() -> int:
+    m = measure_agent(sys.argv[1] if len(sys.argv) > 1 else sys.executable)
+    print(f"agent run ({m['python']}): steady VmRSS {m['steady_rss_mb']} MB (max sampled "
+          f"{m['max_sampled_rss_mb']}); peak RSS {m['peak_rss_mb']} MB; CPU per attestation "
+          f"{m['cpu_ms_per_attestation']} ms")  # fmt: skip
     return 0
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("ASSAY_AGENT_JITTER", "0")
     sys.exit(main())
