@@ -54,8 +54,11 @@ def test_every_event_of_real_log_decodes(name: str) -> None:
 
 
 def _oracle_pairs(oracle: Path, log: str) -> list[tuple[Event, dict[str, Any]]]:
-    doc = json.loads(oracle.read_text()) if oracle.suffix == ".json" else yaml.safe_load(
-        oracle.read_text())
+    doc = (
+        json.loads(oracle.read_text())
+        if oracle.suffix == ".json"
+        else yaml.safe_load(oracle.read_text())
+    )
     by_index = {e.index: e for e in _events(log)}
     if not isinstance(doc["events"], list):
         # tpm2-tools' event-uefi-sha1-log fixture is one mapping with repeated keys: nothing to pair.
@@ -102,8 +105,9 @@ def _compare(got: object, want: dict[str, Any]) -> int:
     return 0
 
 
-YAML_ORACLES = sorted(p for p in CORPUS.glob("*/*.upstream-fixture.yaml")
-                      if "specid-vendordata" not in p.name)  # a malformed log: the parser rejects it
+YAML_ORACLES = sorted(
+    p for p in CORPUS.glob("*/*.upstream-fixture.yaml") if "specid-vendordata" not in p.name
+)  # a malformed log: the parser rejects it
 
 
 def _tpm2_tools_path(text: str) -> str:
@@ -137,42 +141,55 @@ def test_fields_match_tpm2_tools_fixture(oracle: Path) -> None:
 
 
 def test_secureboot_log_names_microsoft_and_debian_keys() -> None:
-    decoded = {e.index: decode_event_data(e.event_type, e.data)
-               for e in _events("qemu-ovmf-debian12/secureboot-shim-grub-kernel.bin")}
-    variables = {d.name: d for d in decoded.values()
-                 if isinstance(d, VariableEvent) and (not d.authority or d.name != "db")}
+    decoded = {
+        e.index: decode_event_data(e.event_type, e.data)
+        for e in _events("qemu-ovmf-debian12/secureboot-shim-grub-kernel.bin")
+    }
+    variables = {
+        d.name: d
+        for d in decoded.values()
+        if isinstance(d, VariableEvent) and (not d.authority or d.name != "db")
+    }
     assert variables["SecureBoot"].value == FlagValue(1)
     db = variables["db"].value
     assert isinstance(db, SignatureDatabase)
     assert variables["db"].describe().startswith("db: 2 certificates (")
     assert {e.certificate.common_name for e in db.certificates if e.certificate} == {
-        "Microsoft Windows Production PCA 2011", "Microsoft Corporation UEFI CA 2011"}
+        "Microsoft Windows Production PCA 2011",
+        "Microsoft Corporation UEFI CA 2011",
+    }
     assert variables["SbatLevel"].describe().startswith("SbatLevel: sbat,1,2025021800")
     mok = variables["MokListRT"]
     assert mok.authority and "Debian Secure Boot CA" in mok.describe()
 
 
 def test_keylime_secureboot_log_has_red_hat_vendor_db() -> None:
-    decoded = [decode_event_data(e.event_type, e.data)
-               for e in _events("keylime/binary_bios_measurements-secureboot")]
+    decoded = [
+        decode_event_data(e.event_type, e.data)
+        for e in _events("keylime/binary_bios_measurements-secureboot")
+    ]
     authorities = [d for d in decoded if isinstance(d, VariableEvent) and d.authority]
     vendor = [d for d in authorities if d.name == "vendor_db"]
     assert vendor and "Red Hat Secure Boot CA" in vendor[0].describe()
 
 
 def test_grub_and_kernel_command_lines_keep_the_exact_string() -> None:
-    decoded = [decode_event_data(e.event_type, e.data)
-               for e in _events("go-tpm-tools/rhel8-uefi.bin")]
+    decoded = [
+        decode_event_data(e.event_type, e.data) for e in _events("go-tpm-tools/rhel8-uefi.bin")
+    ]
     ipl = [d for d in decoded if isinstance(d, IplString)]
     assert IplString("grub_cmd", "grub_cmd set pager=1", "ascii", "set pager=1") in ipl
     cmdline = [d for d in ipl if d.kind == "kernel_cmdline"]
     assert len(cmdline) == 1 and cmdline[0].text.startswith(
-        "grub_kernel_cmdline (hd0,gpt2)/boot/vmlinuz-4.18.0-240.22.1.el8_3.x86_64 root=UUID=")
+        "grub_kernel_cmdline (hd0,gpt2)/boot/vmlinuz-4.18.0-240.22.1.el8_3.x86_64 root=UUID="
+    )
 
 
 def test_systemd_boot_utf16_cmdline_and_initrd_tag() -> None:
-    decoded = {e.index: decode_event_data(e.event_type, e.data)
-               for e in _events("tpm2-tools/event-sd-boot-fedora37.bin")}
+    decoded = {
+        e.index: decode_event_data(e.event_type, e.data)
+        for e in _events("tpm2-tools/event-sd-boot-fedora37.bin")
+    }
     cmdline = decoded[23]
     assert isinstance(cmdline, IplString) and cmdline.encoding == "utf-16le"
     assert cmdline.kind == "kernel_cmdline"
@@ -192,12 +209,15 @@ def test_windows_separators_startup_locality_and_unknown_types() -> None:
     assert raw.to_json() == {"kind": "raw", "data": "01", "note": "unknown event type"}
 
 
-@pytest.mark.parametrize(("event_type", "data", "message"), [
-    (EventType.EV_SEPARATOR, b"\x00\x00", "separator data must be 4 bytes"),
-    (EventType.EV_EFI_VARIABLE_DRIVER_CONFIG, b"\x00" * 20, "UnicodeNameLength: needs 8 bytes"),
-    (EventType.EV_EVENT_TAG, b"\x01\x00\x00\x00\x09\x00\x00\x00ab", "taggedEventDataSize 9"),
-    (EventType.EV_EFI_ACTION, b"\xff\xfe", "not ASCII"),
-])
+@pytest.mark.parametrize(
+    ("event_type", "data", "message"),
+    [
+        (EventType.EV_SEPARATOR, b"\x00\x00", "separator data must be 4 bytes"),
+        (EventType.EV_EFI_VARIABLE_DRIVER_CONFIG, b"\x00" * 20, "UnicodeNameLength: needs 8 bytes"),
+        (EventType.EV_EVENT_TAG, b"\x01\x00\x00\x00\x09\x00\x00\x00ab", "taggedEventDataSize 9"),
+        (EventType.EV_EFI_ACTION, b"\xff\xfe", "not ASCII"),
+    ],
+)
 def test_known_type_with_malformed_data_raises(event_type: int, data: bytes, message: str) -> None:
     with pytest.raises(MalformedEvidence, match=message):
         decode_event_data(event_type, data)
@@ -206,9 +226,15 @@ def test_known_type_with_malformed_data_raises(event_type: int, data: bytes, mes
 def test_poisoned_db_variable_is_rejected() -> None:
     name = "db".encode("utf-16-le")
     bad_list = bytes.fromhex("2616c4c14c509240aca941f936934328") + bytes.fromhex(
-        "1c000000" "00000000" "00000000")
-    data = (bytes.fromhex("cbb219d73a3d9645a3bcdad00e67656f") + (2).to_bytes(8, "little")
-            + len(bad_list).to_bytes(8, "little") + name + bad_list)
+        "1c0000000000000000000000"
+    )
+    data = (
+        bytes.fromhex("cbb219d73a3d9645a3bcdad00e67656f")
+        + (2).to_bytes(8, "little")
+        + len(bad_list).to_bytes(8, "little")
+        + name
+        + bad_list
+    )
     with pytest.raises(MalformedEvidence, match="SignatureSize 0"):
         decode_event_data(EventType.EV_EFI_VARIABLE_DRIVER_CONFIG, data)
 

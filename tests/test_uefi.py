@@ -89,15 +89,21 @@ def test_empty_database_is_empty_tuple() -> None:
 
 
 def test_secureboot_db_decodes_to_microsoft_certificates(corpus: Path) -> None:
-    log = parse_event_log((corpus / "qemu-ovmf-debian12/secureboot-shim-grub-kernel.bin").read_bytes())
+    log = parse_event_log(
+        (corpus / "qemu-ovmf-debian12/secureboot-shim-grub-kernel.bin").read_bytes()
+    )
     found = {}
     for ev in log.events:
         if ev.event_type == 0x80000001:
             var = parse_variable_data(ev.data)
             if var.name in ("KEK", "db"):
                 lists = parse_signature_lists(var.data)
-                found[var.name] = [e.certificate.common_name for x in lists for e in x.entries
-                                   if e.certificate is not None]
+                found[var.name] = [
+                    e.certificate.common_name
+                    for x in lists
+                    for e in x.entries
+                    if e.certificate is not None
+                ]
     assert "Microsoft Corporation KEK CA 2011" in found["KEK"]
     assert "Microsoft Windows Production PCA 2011" in found["db"]
     assert "Microsoft Corporation UEFI CA 2011" in found["db"]
@@ -109,12 +115,12 @@ def test_certificate_fields_of_microsoft_uefi_ca(corpus: Path) -> None:
     cert = entry.certificate
     assert cert is not None
     assert entry.owner is not None and str(entry.owner) == "d281fad2-8d88-47a4-9792-5baa47bb1b89"
-    assert cert.subject == ("CN=Microsoft Corporation UEFI CA 2011,O=Microsoft Corporation,"
-                            "L=Redmond,ST=Washington,C=US")
+    assert cert.subject == (
+        "CN=Microsoft Corporation UEFI CA 2011,O=Microsoft Corporation,L=Redmond,ST=Washington,C=US"
+    )
     assert "Microsoft Corporation Third Party Marketplace Root" in cert.issuer
     assert cert.serial == 0x6108D3C4000000000004
-    assert cert.sha256.hex() == (
-        "48e99b991f57fc52f76149599bff0a58c47154229b9f8d603ac40d3500248507")
+    assert cert.sha256.hex() == ("48e99b991f57fc52f76149599bff0a58c47154229b9f8d603ac40d3500248507")
 
 
 def test_shim_authority_bare_certificate_has_no_owner(corpus: Path) -> None:
@@ -127,24 +133,44 @@ def test_shim_authority_bare_certificate_has_no_owner(corpus: Path) -> None:
 
 
 NEGATIVE = [
-    ("siglist-size-smaller-than-header.bin", parse_signature_lists,
-     "SignatureListSize 20 is smaller than the header"),
-    ("siglist-signature-size-zero.bin", parse_signature_lists,
-     "SignatureSize 0 is smaller than the owner GUID"),
-    ("siglist-size-not-multiple.bin", parse_signature_lists,
-     "list body of 60 bytes is not a multiple of SignatureSize 48"),
-    ("siglist-sha256-wrong-entry-size.bin", parse_signature_lists,
-     "SignatureSize 40 is wrong for sha256"),
-    ("siglist-size-overruns-data.bin", parse_signature_lists,
-     "SignatureListSize 124 overruns the data"),
+    (
+        "siglist-size-smaller-than-header.bin",
+        parse_signature_lists,
+        "SignatureListSize 20 is smaller than the header",
+    ),
+    (
+        "siglist-signature-size-zero.bin",
+        parse_signature_lists,
+        "SignatureSize 0 is smaller than the owner GUID",
+    ),
+    (
+        "siglist-size-not-multiple.bin",
+        parse_signature_lists,
+        "list body of 60 bytes is not a multiple of SignatureSize 48",
+    ),
+    (
+        "siglist-sha256-wrong-entry-size.bin",
+        parse_signature_lists,
+        "SignatureSize 40 is wrong for sha256",
+    ),
+    (
+        "siglist-size-overruns-data.bin",
+        parse_signature_lists,
+        "SignatureListSize 124 overruns the data",
+    ),
     ("siglist-x509-garbage-cert.bin", parse_signature_lists, "not a valid certificate"),
-    ("variable-huge-name-length.bin", parse_variable_data,
-     "UnicodeNameLength 4611686018427387904 exceeds"),
-    ("devicepath-node-length-zero.bin", device_path_to_text,
-     "node length 0 is below the 4-byte header"),
+    (
+        "variable-huge-name-length.bin",
+        parse_variable_data,
+        "UnicodeNameLength 4611686018427387904 exceeds",
+    ),
+    (
+        "devicepath-node-length-zero.bin",
+        device_path_to_text,
+        "node length 0 is below the 4-byte header",
+    ),
     ("devicepath-node-overrun.bin", device_path_to_text, "node length 64 overruns"),
-    ("gpt-absurd-partition-count.bin", parse_gpt_event,
-     "NumberOfPartitions 1099511627776 exceeds"),
+    ("gpt-absurd-partition-count.bin", parse_gpt_event, "NumberOfPartitions 1099511627776 exceeds"),
 ]
 
 
@@ -163,14 +189,22 @@ def test_every_vector_file_is_in_the_table() -> None:
 
 
 def test_device_path_text_of_shim_on_gpt_disk() -> None:
-    hd = struct.pack("<IQQ", 1, 0x800, 0x100000) + Guid.parse(
-        "3cb9643c-6c08-4fe5-852d-17e1ae701158").raw + bytes([2, 2])
-    path = (_node(2, 1, struct.pack("<II", 0x0A0341D0, 0)) + _node(1, 1, bytes([1, 0x1F]))
-            + _node(4, 1, hd) + _node(4, 4, "\\EFI\\debian\\shimx64.efi\0".encode("utf-16-le"))
-            + END)
+    hd = (
+        struct.pack("<IQQ", 1, 0x800, 0x100000)
+        + Guid.parse("3cb9643c-6c08-4fe5-852d-17e1ae701158").raw
+        + bytes([2, 2])
+    )
+    path = (
+        _node(2, 1, struct.pack("<II", 0x0A0341D0, 0))
+        + _node(1, 1, bytes([1, 0x1F]))
+        + _node(4, 1, hd)
+        + _node(4, 4, "\\EFI\\debian\\shimx64.efi\0".encode("utf-16-le"))
+        + END
+    )
     assert device_path_to_text(path) == (
         "PciRoot(0x0)/Pci(0x1f,0x1)/HD(1,GPT,3cb9643c-6c08-4fe5-852d-17e1ae701158,0x800,0x100000)"
-        "/\\EFI\\debian\\shimx64.efi")
+        "/\\EFI\\debian\\shimx64.efi"
+    )
 
 
 def test_device_path_text_of_network_and_firmware_nodes() -> None:
@@ -180,14 +214,19 @@ def test_device_path_text_of_network_and_firmware_nodes() -> None:
     fv = Guid.parse("7cb8bdc9-f8eb-4f34-aaea-3ee4af6516a1").raw
     assert device_path_to_text(_node(3, 11, mac) + END) == "MAC(0cc47aff601c,0x1)"
     assert device_path_to_text(_node(3, 12, ipv4) + END) == (
-        "IPv4(192.168.0.1,UDP,DHCP,192.168.0.5,192.168.0.254,255.255.255.0)")
+        "IPv4(192.168.0.1,UDP,DHCP,192.168.0.5,192.168.0.254,255.255.255.0)"
+    )
     assert device_path_to_text(_node(3, 24, b"http://x/boot.efi") + END) == "Uri(http://x/boot.efi)"
     assert device_path_to_text(_node(4, 7, fv) + _node(4, 6, fv) + END) == (
-        f"Fv({Guid(fv)})/FvFile({Guid(fv)})")
-    assert device_path_to_text(_node(1, 3, struct.pack("<IQQ", 11, 0xFF000000, 0xFFFFFFFF))
-                               + END) == "MemoryMapped(0xb,0xff000000,0xffffffff)"
+        f"Fv({Guid(fv)})/FvFile({Guid(fv)})"
+    )
+    assert (
+        device_path_to_text(_node(1, 3, struct.pack("<IQQ", 11, 0xFF000000, 0xFFFFFFFF)) + END)
+        == "MemoryMapped(0xb,0xff000000,0xffffffff)"
+    )
     assert device_path_to_text(_node(4, 8, struct.pack("<IQQ", 0, 0xF250, 0x201FF))) == (
-        "Offset(0xf250,0x201ff)")
+        "Offset(0xf250,0x201ff)"
+    )
     assert device_path_to_text(_node(1, 4, fv + b"\xab")) == f"VenHw({Guid(fv)},ab)"
     assert device_path_to_text(_node(4, 3, fv)) == f"VenMedia({Guid(fv)})"
 
@@ -216,7 +255,8 @@ def test_load_option_decodes_description_and_path(corpus: Path) -> None:
     option = parse_load_option(var.data)
     assert option.description == "debian" and option.active
     assert option.device_path_text == (
-        "HD(2,GPT,6c6abb6f-d05d-4a9f-ae6f-144542ccaefe,0x1000,0x7a000)/\\EFI\\debian\\grubx64.efi")
+        "HD(2,GPT,6c6abb6f-d05d-4a9f-ae6f-144542ccaefe,0x1000,0x7a000)/\\EFI\\debian\\grubx64.efi"
+    )
 
 
 def test_image_load_event_fields(corpus: Path) -> None:
@@ -241,7 +281,9 @@ def test_gpt_event_matches_oracle_header(corpus: Path) -> None:
 
 def test_handoff_tables_and_blobs() -> None:
     smbios3 = Guid.parse("f2fd1544-9794-4a2c-992e-e5bbcf20e394")
-    tables = parse_handoff_tables(struct.pack("<Q", 1) + smbios3.raw + struct.pack("<Q", 0xBE366000))
+    tables = parse_handoff_tables(
+        struct.pack("<Q", 1) + smbios3.raw + struct.pack("<Q", 0xBE366000)
+    )
     assert tables.tables == ((smbios3, 0xBE366000),)
     two = parse_handoff_tables(b"\x04ACPI" + struct.pack("<Q", 0), with_description=True)
     assert two.description == "ACPI" and two.tables == ()
@@ -261,7 +303,11 @@ def test_startup_locality_and_sp800_155_event3() -> None:
     body += struct.pack("<I", 0x157) + b"\x030.7"
     body += struct.pack("<II", 1, 5) + b"http:" + struct.pack("<II", 0, 0)
     event = parse_sp800_155_event(body)
-    assert (event.version, event.platform_manufacturer, event.firmware_version) == (3, "Acme", "0.7")
+    assert (event.version, event.platform_manufacturer, event.firmware_version) == (
+        3,
+        "Acme",
+        "0.7",
+    )
     assert (event.rim_locator_type, event.rim_locator) == (1, b"http:")
     with pytest.raises(MalformedEvidence):
         parse_sp800_155_event(body[:-3])
@@ -269,10 +315,20 @@ def test_startup_locality_and_sp800_155_event3() -> None:
 
 # --- Fuzz: only MalformedEvidence escapes ---------------------------------------------------------
 
-PARSERS = [parse_signature_lists, parse_signature_data, parse_variable_data, parse_load_option,
-           device_path_to_text, parse_image_load_event, parse_gpt_event, parse_handoff_tables,
-           parse_firmware_blob, parse_firmware_blob2, parse_sp800_155_event,
-           parse_startup_locality]
+PARSERS = [
+    parse_signature_lists,
+    parse_signature_data,
+    parse_variable_data,
+    parse_load_option,
+    device_path_to_text,
+    parse_image_load_event,
+    parse_gpt_event,
+    parse_handoff_tables,
+    parse_firmware_blob,
+    parse_firmware_blob2,
+    parse_sp800_155_event,
+    parse_startup_locality,
+]
 
 
 @pytest.mark.parametrize("parser", PARSERS, ids=[p.__name__ for p in PARSERS])
@@ -284,10 +340,15 @@ def test_fuzz_parser_raises_only_malformed_evidence(parser: object, data: bytes)
 
 
 @settings(max_examples=300, deadline=None)
-@given(body=st.binary(max_size=200), list_size=st.integers(0, 400),
-       header=st.integers(0, 64), sig_size=st.integers(0, 100))
-def test_fuzz_structured_signature_lists(body: bytes, list_size: int, header: int,
-                                         sig_size: int) -> None:
+@given(
+    body=st.binary(max_size=200),
+    list_size=st.integers(0, 400),
+    header=st.integers(0, 64),
+    sig_size=st.integers(0, 100),
+)
+def test_fuzz_structured_signature_lists(
+    body: bytes, list_size: int, header: int, sig_size: int
+) -> None:
     for sig_type in (EFI_CERT_SHA256, EFI_CERT_X509):
         data = sig_type.raw + struct.pack("<III", list_size, header, sig_size) + body
         try:
