@@ -488,14 +488,21 @@ def _decode_variable(event_type: int, data: bytes) -> VariableEvent:
 
 def _decode_image(event_type: int, data: bytes) -> ImageLoad:
     img = parse_image_load_event(data, where=_where(event_type))
-    return ImageLoad(img.location, img.length, img.link_time_address, img.device_path,
-                     img.device_path_text, img.padding)
+    return ImageLoad(
+        img.location,
+        img.length,
+        img.link_time_address,
+        img.device_path,
+        img.device_path_text,
+        img.padding,
+    )
 
 
 def _decode_separator(event_type: int, data: bytes) -> SeparatorEvent:
     if len(data) != 4:
-        raise MalformedEvidence(f"separator data must be 4 bytes, got {len(data)}",
-                                where=_where(event_type))
+        raise MalformedEvidence(
+            f"separator data must be 4 bytes, got {len(data)}", where=_where(event_type)
+        )
     return SeparatorEvent(data)
 
 
@@ -543,7 +550,7 @@ def _decode_ipl(event_type: int, data: bytes) -> IplString | RawEventData:
     if text is not None:
         for prefix, kind in _IPL_PREFIXES:
             if text.startswith(prefix):
-                return IplString(kind, text, "ascii", text[len(prefix):])
+                return IplString(kind, text, "ascii", text[len(prefix) :])
         kind = "path" if text.startswith(("(", "/", "\\")) else "string"
         return IplString(kind, text, "ascii", text)
     wide = _utf16_or_none(data)
@@ -577,8 +584,9 @@ def _decode_blob2(event_type: int, data: bytes) -> BlobEvent:
 
 def _decode_handoff(event_type: int, data: bytes) -> HandoffTablesEvent:
     two = event_type == ET.EV_EFI_HANDOFF_TABLES2
-    return HandoffTablesEvent(parse_handoff_tables(data, with_description=two,
-                                                   where=_where(event_type)))
+    return HandoffTablesEvent(
+        parse_handoff_tables(data, with_description=two, where=_where(event_type))
+    )
 
 
 def _decode_table_of_devices(event_type: int, data: bytes) -> HandoffTablesEvent | RawEventData:

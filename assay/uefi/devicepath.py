@@ -43,18 +43,22 @@ def parse_device_path(data: bytes, *, where: str = "device path") -> tuple[Devic
         if len(nodes) >= MAX_NODES:
             raise MalformedEvidence(f"more than {MAX_NODES} nodes", where=where, offset=pos)
         if end - pos < 4:
-            raise MalformedEvidence(f"truncated node header ({end - pos} bytes left)",
-                                    where=where, offset=pos)
+            raise MalformedEvidence(
+                f"truncated node header ({end - pos} bytes left)", where=where, offset=pos
+            )
         length = data[pos + 2] | (data[pos + 3] << 8)
         if length == 0 and not any(data[pos:]):
             break
         if length < 4:
-            raise MalformedEvidence(f"node length {length} is below the 4-byte header",
-                                    where=where, offset=pos)
+            raise MalformedEvidence(
+                f"node length {length} is below the 4-byte header", where=where, offset=pos
+            )
         if pos + length > end:
             raise MalformedEvidence(
                 f"node length {length} overruns the device path ({end - pos} bytes left)",
-                where=where, offset=pos)
+                where=where,
+                offset=pos,
+            )
         nodes.append(DevicePathNode(data[pos], data[pos + 1], data[pos + 4 : pos + length], pos))
         pos += length
     return tuple(nodes)
@@ -88,7 +92,9 @@ def node_to_text(node: DevicePathNode, where: str = "device path") -> str:
     except (struct.error, IndexError, ValueError):
         raise MalformedEvidence(
             f"node type {node.type} subtype {node.subtype} too short ({len(node.data)} data bytes)",
-            where=where, offset=node.offset) from None
+            where=where,
+            offset=node.offset,
+        ) from None
 
 
 def _u(data: bytes, fmt: str, offset: int = 0) -> tuple[int, ...]:
@@ -128,8 +134,14 @@ def _memory_mapped(d: bytes) -> str:
     return f"MemoryMapped(0x{mem_type:x},0x{start:x},0x{stop:x})"
 
 
-_PNP_NAMES = {0x0A03: "PciRoot", 0x0A08: "PcieRoot", 0x0604: "Floppy", 0x0301: "Keyboard",
-              0x0501: "Serial", 0x0401: "ParallelPort"}
+_PNP_NAMES = {
+    0x0A03: "PciRoot",
+    0x0A08: "PcieRoot",
+    0x0604: "Floppy",
+    0x0301: "Keyboard",
+    0x0501: "Serial",
+    0x0401: "ParallelPort",
+}
 
 
 def _acpi(d: bytes) -> str:
@@ -158,8 +170,9 @@ def _acpi_adr(d: bytes) -> str:
 
 def _atapi(d: bytes) -> str:
     primary, slave, lun = _u(d, "BBH")
-    return (f"Ata({'Secondary' if primary else 'Primary'},{'Slave' if slave else 'Master'},"
-            f"0x{lun:x})")
+    return (
+        f"Ata({'Secondary' if primary else 'Primary'},{'Slave' if slave else 'Master'},0x{lun:x})"
+    )
 
 
 def _mac(d: bytes) -> str:
@@ -200,8 +213,12 @@ def _uart(d: bytes) -> str:
 
 def _ven_msg(d: bytes) -> str:
     guid = Guid(d[:16]) if len(d) >= 16 else None
-    short = {"PC_ANSI": "VenPcAnsi()", "VT_100": "VenVt100()", "VT_100_PLUS": "VenVt100Plus()",
-             "VT_UTF8": "VenUtf8()"}
+    short = {
+        "PC_ANSI": "VenPcAnsi()",
+        "VT_100": "VenVt100()",
+        "VT_100_PLUS": "VenVt100Plus()",
+        "VT_UTF8": "VenUtf8()",
+    }
     if guid is not None and guid.name in short and len(d) == 16:
         return short[guid.name]
     return _vendor("VenMsg")(d)

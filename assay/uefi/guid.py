@@ -23,8 +23,11 @@ class Guid:
     @classmethod
     def from_bytes(cls, data: bytes, offset: int = 0, *, where: str = "GUID") -> Guid:
         if offset < 0 or offset + 16 > len(data):
-            raise MalformedEvidence(f"GUID needs 16 bytes, {max(len(data) - offset, 0)} left",
-                                    where=where, offset=offset)
+            raise MalformedEvidence(
+                f"GUID needs 16 bytes, {max(len(data) - offset, 0)} left",
+                where=where,
+                offset=offset,
+            )
         return cls(bytes(data[offset : offset + 16]))
 
     @classmethod

@@ -52,8 +52,9 @@ class UefiVariableData:
     trailing: bytes = b""
 
 
-def parse_variable_data(data: bytes, *, max_trailing: int = 0,
-                        where: str = "UEFI_VARIABLE_DATA") -> UefiVariableData:
+def parse_variable_data(
+    data: bytes, *, max_trailing: int = 0, where: str = "UEFI_VARIABLE_DATA"
+) -> UefiVariableData:
     """Parse UEFI_VARIABLE_DATA; the lengths must account for every byte, except that up to
     ``max_trailing`` bytes after the value are returned in ``trailing`` (callers allow it for known
     firmware behaviour: shim's struct padding, several variables logged in one event)."""
@@ -64,11 +65,15 @@ def parse_variable_data(data: bytes, *, max_trailing: int = 0,
     if name_len > MAX_NAME_CHARS:
         raise r.fail(f"UnicodeNameLength {name_len} exceeds {MAX_NAME_CHARS}", 16)
     if 2 * name_len > r.remaining:
-        raise r.fail(f"UnicodeNameLength {name_len} needs {2 * name_len} bytes, "
-                     f"{r.remaining} left", 16)
+        raise r.fail(
+            f"UnicodeNameLength {name_len} needs {2 * name_len} bytes, {r.remaining} left", 16
+        )
     if data_len > r.remaining - 2 * name_len:
-        raise r.fail(f"VariableDataLength {data_len} overruns the event "
-                     f"({r.remaining - 2 * name_len} bytes left)", 24)
+        raise r.fail(
+            f"VariableDataLength {data_len} overruns the event "
+            f"({r.remaining - 2 * name_len} bytes left)",
+            24,
+        )
     name = _utf16(r.take(2 * name_len, "UnicodeName"), r, "UnicodeName")
     value = r.take(data_len, "VariableData")
     if r.remaining > max_trailing:
@@ -94,9 +99,13 @@ class LoadOption:
         return bool(self.attributes & 0x1)
 
     def to_json(self) -> dict[str, Any]:
-        return {"attributes": self.attributes, "active": self.active,
-                "description": self.description, "device_path": self.device_path_text,
-                "optional_data": self.optional_data.hex()}
+        return {
+            "attributes": self.attributes,
+            "active": self.active,
+            "description": self.description,
+            "device_path": self.device_path_text,
+            "optional_data": self.optional_data.hex(),
+        }
 
 
 def parse_load_option(data: bytes, *, where: str = "EFI_LOAD_OPTION") -> LoadOption:
@@ -137,12 +146,19 @@ def parse_image_load_event(data: bytes, *, where: str = "UEFI_IMAGE_LOAD_EVENT")
     link = r.u64le("ImageLinkTimeAddress")
     path_len = r.u64le("LengthOfDevicePath")
     if not 0 <= r.remaining - path_len <= MAX_IMAGE_EVENT_PADDING:
-        raise r.fail(f"LengthOfDevicePath {path_len} does not match the {r.remaining} bytes left",
-                     24)
+        raise r.fail(
+            f"LengthOfDevicePath {path_len} does not match the {r.remaining} bytes left", 24
+        )
     path = r.take(path_len, "DevicePath")
     padding = r.take(r.remaining, "padding")
-    return ImageLoadEvent(location, length, link, path,
-                          device_path_to_text(path, where=f"{where} DevicePath"), padding)
+    return ImageLoadEvent(
+        location,
+        length,
+        link,
+        path,
+        device_path_to_text(path, where=f"{where} DevicePath"),
+        padding,
+    )
 
 
 # --- UEFI_GPT_DATA --------------------------------------------------------------------------------
@@ -174,9 +190,14 @@ class GptPartition:
     name: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"type_guid": str(self.type_guid), "unique_guid": str(self.unique_guid),
-                "first_lba": self.first_lba, "last_lba": self.last_lba,
-                "attributes": self.attributes, "name": self.name}
+        return {
+            "type_guid": str(self.type_guid),
+            "unique_guid": str(self.unique_guid),
+            "first_lba": self.first_lba,
+            "last_lba": self.last_lba,
+            "attributes": self.attributes,
+            "name": self.name,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,8 +221,20 @@ def parse_gpt_event(data: bytes, *, where: str = "UEFI_GPT_DATA") -> GptEvent:
     array_crc = r.u32le("PartitionEntryArrayCRC32")
     if header_size < 92:
         raise r.fail(f"HeaderSize {header_size} is smaller than 92", 12)
-    header = GptHeader(revision, header_size, crc, lbas[0], lbas[1], lbas[2], lbas[3], disk_guid,
-                       entry_lba, n_entries, entry_size, array_crc)
+    header = GptHeader(
+        revision,
+        header_size,
+        crc,
+        lbas[0],
+        lbas[1],
+        lbas[2],
+        lbas[3],
+        disk_guid,
+        entry_lba,
+        n_entries,
+        entry_size,
+        array_crc,
+    )
     count_at = r.pos
     count = r.u64le("NumberOfPartitions")
     if count > MAX_GPT_PARTITIONS:
@@ -209,8 +242,10 @@ def parse_gpt_event(data: bytes, *, where: str = "UEFI_GPT_DATA") -> GptEvent:
     if count and entry_size < 128:
         raise r.fail(f"SizeOfPartitionEntry {entry_size} is smaller than 128", 84)
     if count * entry_size != r.remaining:
-        raise r.fail(f"{count} partitions of {entry_size} bytes do not match the "
-                     f"{r.remaining} bytes left", count_at)
+        raise r.fail(
+            f"{count} partitions of {entry_size} bytes do not match the {r.remaining} bytes left",
+            count_at,
+        )
     partitions: list[GptPartition] = []
     for _ in range(count):
         entry = r.take(entry_size, "partition entry")
@@ -233,8 +268,9 @@ class HandoffTables:
     tables: tuple[tuple[Guid, int], ...]
 
 
-def parse_handoff_tables(data: bytes, *, with_description: bool = False,
-                         where: str = "UEFI_HANDOFF_TABLE_POINTERS") -> HandoffTables:
+def parse_handoff_tables(
+    data: bytes, *, with_description: bool = False, where: str = "UEFI_HANDOFF_TABLE_POINTERS"
+) -> HandoffTables:
     r = Reader(data, where)
     description = None
     if with_description:
@@ -243,8 +279,9 @@ def parse_handoff_tables(data: bytes, *, with_description: bool = False,
     count_at = r.pos
     count = r.u64le("NumberOfTables")
     if count > MAX_HANDOFF_TABLES or count * 24 != r.remaining:
-        raise r.fail(f"NumberOfTables {count} does not match the {r.remaining} bytes left",
-                     count_at)
+        raise r.fail(
+            f"NumberOfTables {count} does not match the {r.remaining} bytes left", count_at
+        )
     tables = tuple((Guid(r.take(16, "VendorGuid")), r.u64le("VendorTable")) for _ in range(count))
     return HandoffTables(description, tables)
 
@@ -265,8 +302,9 @@ def parse_firmware_blob(data: bytes, *, where: str = "UEFI_PLATFORM_FIRMWARE_BLO
     return FirmwareBlob(base, length)
 
 
-def parse_firmware_blob2(data: bytes, *,
-                         where: str = "UEFI_PLATFORM_FIRMWARE_BLOB2") -> FirmwareBlob:
+def parse_firmware_blob2(
+    data: bytes, *, where: str = "UEFI_PLATFORM_FIRMWARE_BLOB2"
+) -> FirmwareBlob:
     r = Reader(data, where)
     description = _ascii(r.take(r.u8("BlobDescriptionSize"), "BlobDescription"))
     base, length = r.u64le("BlobBase"), r.u64le("BlobLength")
@@ -286,8 +324,9 @@ SP800_155_SIGNATURES = (b"SP800-155 Event\x00", b"SP800-155 Event2", b"SP800-155
 
 def parse_startup_locality(data: bytes, *, where: str = "StartupLocality event") -> int:
     if len(data) != 17 or not data.startswith(STARTUP_LOCALITY_SIGNATURE):
-        raise MalformedEvidence(f"must be 'StartupLocality\\0' + 1 byte, got {len(data)} bytes",
-                                where=where, offset=0)
+        raise MalformedEvidence(
+            f"must be 'StartupLocality\\0' + 1 byte, got {len(data)} bytes", where=where, offset=0
+        )
     return data[16]
 
 
@@ -310,16 +349,21 @@ class Sp800155Event:
     platform_cert_locator: bytes = b""
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": self.version, "vendor_id": self.vendor_id,
-                "reference_manifest_guid": str(self.reference_manifest_guid),
-                "platform_manufacturer": self.platform_manufacturer,
-                "platform_model": self.platform_model, "platform_version": self.platform_version,
-                "firmware_manufacturer": self.firmware_manufacturer,
-                "firmware_manufacturer_id": self.firmware_manufacturer_id,
-                "firmware_version": self.firmware_version,
-                "rim_locator_type": self.rim_locator_type, "rim_locator": self.rim_locator.hex(),
-                "platform_cert_locator_type": self.platform_cert_locator_type,
-                "platform_cert_locator": self.platform_cert_locator.hex()}
+        return {
+            "version": self.version,
+            "vendor_id": self.vendor_id,
+            "reference_manifest_guid": str(self.reference_manifest_guid),
+            "platform_manufacturer": self.platform_manufacturer,
+            "platform_model": self.platform_model,
+            "platform_version": self.platform_version,
+            "firmware_manufacturer": self.firmware_manufacturer,
+            "firmware_manufacturer_id": self.firmware_manufacturer_id,
+            "firmware_version": self.firmware_version,
+            "rim_locator_type": self.rim_locator_type,
+            "rim_locator": self.rim_locator.hex(),
+            "platform_cert_locator_type": self.platform_cert_locator_type,
+            "platform_cert_locator": self.platform_cert_locator.hex(),
+        }
 
 
 def parse_sp800_155_event(data: bytes, *, where: str = "SP800-155 event") -> Sp800155Event:
@@ -331,8 +375,14 @@ def parse_sp800_155_event(data: bytes, *, where: str = "SP800-155 event") -> Sp8
     vendor_id = r.u32le("VendorId")
     guid = Guid(r.take(16, "ReferenceManifestGuid"))
     maker, model, pversion, fw_maker = (
-        _ascii(r.take(r.u8(f"{n}Size"), n)) for n in
-        ("PlatformManufacturerStr", "PlatformModel", "PlatformVersion", "FirmwareManufacturerStr"))
+        _ascii(r.take(r.u8(f"{n}Size"), n))
+        for n in (
+            "PlatformManufacturerStr",
+            "PlatformModel",
+            "PlatformVersion",
+            "FirmwareManufacturerStr",
+        )
+    )
     fw_id = r.u32le("FirmwareManufacturerId")
     fw_version = _ascii(r.take(r.u8("FirmwareVersionSize"), "FirmwareVersion"))
     rim_type = cert_type = None
@@ -342,7 +392,20 @@ def parse_sp800_155_event(data: bytes, *, where: str = "SP800-155 event") -> Sp8
         rim = r.take(r.u32le("RIMLocatorLength"), "RIMLocator")
         cert_type = r.u32le("PlatformCertLocatorType")
         cert = r.take(r.u32le("PlatformCertLocatorLength"), "PlatformCertLocator")
-    event = Sp800155Event(version, vendor_id, guid, maker, model, pversion, fw_maker, fw_id,
-                          fw_version, rim_type, rim, cert_type, cert)
+    event = Sp800155Event(
+        version,
+        vendor_id,
+        guid,
+        maker,
+        model,
+        pversion,
+        fw_maker,
+        fw_id,
+        fw_version,
+        rim_type,
+        rim,
+        cert_type,
+        cert,
+    )
     r.expect_end(where)
     return event

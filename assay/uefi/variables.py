@@ -20,8 +20,14 @@ from .structures import LoadOption, parse_load_option
 
 _BOOT_OPTION = re.compile(r"(Boot|Driver|SysPrep|PlatformRecovery)[0-9A-Fa-f]{4}")
 _GLOBAL_FLAGS = {"SecureBoot", "SetupMode", "AuditMode", "DeployedMode"}
-_SHIM_FLAGS = {"MokListTrusted", "MokListTrustedRT", "MokSBState", "MokSBStateRT", "MokIgnoreDB",
-               "SbatPolicy"}
+_SHIM_FLAGS = {
+    "MokListTrusted",
+    "MokListTrustedRT",
+    "MokSBState",
+    "MokSBStateRT",
+    "MokIgnoreDB",
+    "SbatPolicy",
+}
 _GLOBAL_DATABASES = {"PK", "KEK", "PKDefault", "KEKDefault", "dbDefault", "dbxDefault"}
 _SECURITY_DATABASES = {"db", "dbx", "dbt", "dbr"}
 _MOK_DATABASES = {"MokList", "MokListX", "MokListRT", "MokListXRT"}
@@ -141,17 +147,26 @@ class RawValue:
         return {"kind": "raw", "data": self.data.hex(), "error": self.error}
 
 
-VariableValue = (FlagValue | SignatureDatabase | U16ListValue | TextValue | LoadOptionValue
-                 | AuthorityValue | RawValue)
+VariableValue = (
+    FlagValue
+    | SignatureDatabase
+    | U16ListValue
+    | TextValue
+    | LoadOptionValue
+    | AuthorityValue
+    | RawValue
+)
 
 
-def decode_variable_value(guid: Guid, name: str, data: bytes, *, authority: bool = False,
-                          where: str = "variable") -> VariableValue:
+def decode_variable_value(
+    guid: Guid, name: str, data: bytes, *, authority: bool = False, where: str = "variable"
+) -> VariableValue:
     """Decode the value of variable ``guid:name``. ``authority`` is True for
     EV_EFI_VARIABLE_AUTHORITY, whose data is a signature entry rather than the variable."""
     here = f"{where} {name}"
     if (guid == EFI_GLOBAL_VARIABLE and name in _GLOBAL_FLAGS) or (
-            guid == SHIM_LOCK and name in _SHIM_FLAGS):
+        guid == SHIM_LOCK and name in _SHIM_FLAGS
+    ):
         return _flag(data, here)
     if guid == SHIM_LOCK and name in _TEXT:
         return TextValue(_text(data, here))
@@ -172,9 +187,11 @@ def decode_variable_value(guid: Guid, name: str, data: bytes, *, authority: bool
 
 
 def _is_database(guid: Guid, name: str) -> bool:
-    return ((guid == EFI_GLOBAL_VARIABLE and name in _GLOBAL_DATABASES)
-            or (guid == EFI_IMAGE_SECURITY_DATABASE and name in _SECURITY_DATABASES)
-            or (guid == SHIM_LOCK and name in _MOK_DATABASES))
+    return (
+        (guid == EFI_GLOBAL_VARIABLE and name in _GLOBAL_DATABASES)
+        or (guid == EFI_IMAGE_SECURITY_DATABASE and name in _SECURITY_DATABASES)
+        or (guid == SHIM_LOCK and name in _MOK_DATABASES)
+    )
 
 
 def _flag(data: bytes, where: str) -> FlagValue:
