@@ -165,6 +165,7 @@ def run(
     sleep: Callable[[float], None] = time.sleep,
     rng: random.Random | None = None,
     report: Callable[[AttestationResult], None] | None = None,
+    open_tpm: TpmOpener | None = None,
 ) -> RunStats:
     """Attest every interval until ``iterations`` rounds have run (forever when None).
 
@@ -179,14 +180,14 @@ def run(
         rounds += 1
         try:
             try:
-                result = attest(config, client)
+                result = attest(config, client, open_tpm=open_tpm)
             except VerifierRefused as exc:
                 if exc.code != NOT_ENROLLED:
                     raise
                 _log("verifier does not know this node: enrolling")
-                enroll(config, client)
+                enroll(config, client, open_tpm=open_tpm)
                 stats.enrollments += 1
-                result = attest(config, client)
+                result = attest(config, client, open_tpm=open_tpm)
             stats.attestations += 1
             stats.last = result
             failures = 0

@@ -13,10 +13,11 @@ import itertools
 import os
 import random
 import secrets
+import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 import cbor2
 import pytest
 from flask import Flask, Response, jsonify, request
-from tpm2_pytss import TSS2_Exception
+from tpm2_pytss import TPM2_CAP, TPM2_HR, PyTCTI, TCTILdr, TSS2_Exception
 from werkzeug.serving import make_server
 
 from agent import __version__, swtpm
@@ -43,7 +44,7 @@ from agent.errors import (
     TpmBusy,
 )
 from agent.node import next_delay, run
-from agent.tpm import _rc_error
+from agent.tpm import TctiSpec, Tpm, _rc_error
 from assay.algorithms import HashAlg
 from assay.errors import ConfigurationError
 from assay.tpm2 import TpmPublic, make_credential, parse_public, verify_quote
@@ -293,6 +294,93 @@ def test_tpm_retry_and_yield_codes_are_busy_not_errors() -> None:
     for rc in (0x922, 0x908, 0x90A):
         assert isinstance(_rc_error(TSS2_Exception(rc), "TPM2_Quote"), TpmBusy)
     assert not isinstance(_rc_error(TSS2_Exception(0x100), "TPM2_Quote"), TpmBusy)
+
+
+@dataclass
+class BusySpell:
+    """While ``busy``, the next ``quotes`` quotes (all of them when None) are refused."""
+
+    busy: bool = True
+    quotes: int | None = None
+    refused: int = 0
+
+
+class QuoteRetryInjector(PyTCTI):  # type: ignore[misc]  # tpm2_pytss ships no type information
+    """Fault injection, NOT a TPM: every command goes to the real swtpm, except that during a
+    ``BusySpell`` a TPM2_Quote is answered TPM_RC_RETRY (what a TPM busy with other work says)
+    without reaching it. Tests what ESAPI and the agent do with a busy TPM."""
+
+    def __init__(self, spec: str, spell: BusySpell) -> None:
+        super().__init__(max_size=4096, magic=b"ASSAYBSY")
+        name, _, conf = spec.partition(":")
+        self._tpm = TCTILdr(name, conf)
+        self._spell = spell
+        self._reply: bytes | None = None
+
+    def do_transmit(self, command: bytes) -> None:
+        (code,) = struct.unpack_from(">I", command, 6)
+        spell = self._spell
+        if code == 0x158 and spell.busy and spell.quotes != 0:  # TPM_CC_Quote
+            spell.refused += 1
+            spell.quotes = None if spell.quotes is None else spell.quotes - 1
+            self._reply = struct.pack(">HII", 0x8001, 10, 0x922)  # TPM_RC_RETRY
+        else:
+            self._tpm.transmit(bytes(command))
+
+    def do_receive(self, timeout: int) -> bytes:
+        if self._reply is not None:
+            reply, self._reply = self._reply, None
+            return reply
+        return bytes(self._tpm.receive(4096, timeout))
+
+    def do_finalize(self) -> None:
+        self._tpm.finalize()
+
+
+def _busy_tpm(node: swtpm.SwtpmNode, spell: BusySpell) -> Callable[[], Tpm]:
+    return lambda: Tpm(QuoteRetryInjector(node.tcti, spell), describe=TctiSpec("injector", None))
+
+
+def _transient_objects(node: swtpm.SwtpmNode) -> int:
+    with Tpm(node.tcti) as tpm:
+        _, data = tpm.esys.get_capability(TPM2_CAP.HANDLES, int(TPM2_HR.TRANSIENT), 64)
+        return len(data.data.handles)
+
+
+def test_busy_tpm_is_resubmitted_by_esapi_then_retried_by_run_with_backoff(
+    node: swtpm.SwtpmNode,
+    tmp_path: Path,
+    verifier: FakeVerifier,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = _config(node, tmp_path, verifier.url, interval=30, jitter=0, max_backoff=300)
+    client = VerifierClient(verifier.url)
+    run(config, client, iterations=1, sleep=lambda _: None)  # enrolls, straight to the swtpm
+
+    # A short spell, within ESAPI's resubmission limit, never reaches the agent.
+    short = BusySpell(quotes=2)
+    stats = run(config, client, iterations=1, sleep=lambda _: None, open_tpm=_busy_tpm(node, short))
+    assert stats.failures == 0 and stats.attestations == 1 and short.refused == 2
+
+    # A long one: each round fails with one line, run backs off, then attests once it is over.
+    spell = BusySpell()
+    delays: list[float] = []
+
+    def sleep(delay: float) -> None:
+        delays.append(delay)
+        spell.busy = len(delays) < 2  # busy for two rounds, then free again
+
+    capsys.readouterr()
+    stats = run(config, client, iterations=3, sleep=sleep, open_tpm=_busy_tpm(node, spell),
+                rng=random.Random(5))  # fmt: skip
+    assert stats.failures == 2 and stats.attestations == 1
+    assert stats.last is not None and stats.last.status == "trusted"
+    assert spell.refused > 2  # ESAPI resubmitted each refused quote before giving up
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and all("(TpmBusy)" in ln and "TPM busy" in ln for ln in lines), lines
+    assert delays[0] < delays[1] < 30  # backoff, growing
+    assert _transient_objects(node) == 0  # nothing left loaded in a TPM without resource manager
+    assert len(verifier.bundles) == 3  # enrolling round, short spell, after the long spell
 
 
 def test_unreachable_verifier_exits_6(node: swtpm.SwtpmNode, tmp_path: Path) -> None:
