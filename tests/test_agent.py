@@ -9,6 +9,7 @@ the real verifier service belong to the service's test suite.
 from __future__ import annotations
 
 import base64
+import errno
 import itertools
 import os
 import random
@@ -37,6 +38,7 @@ from agent.errors import (
     EXIT_EVENTLOG_UNREADABLE,
     EXIT_NO_TPM,
     EXIT_OK,
+    EXIT_TPM_BUSY,
     EXIT_TPM_ERROR,
     EXIT_UNTRUSTED,
     EXIT_VERIFIER_REFUSED,
@@ -288,6 +290,26 @@ def test_tpm_error_exits_5(template: swtpm.SwtpmNode, tmp_path: Path) -> None:
         proc = _run_cli("--tcti", cold.tcti, "tpm", "info")
     assert proc.returncode == EXIT_TPM_ERROR
     assert "TPM" in _one_line(proc)
+
+
+def test_tpm_device_held_elsewhere_exits_4_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # /dev/tpm0 (no resource manager) answers EBUSY while another process has it open; there is
+    # no kernel TPM here, so the kernel's answer is stood in for at os.open.
+    device = tmp_path / "tpm0"
+    device.touch()
+    real_open = os.open
+
+    def held(path: Any, flags: int, *rest: Any) -> int:
+        if str(path) == str(device):
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), str(path))
+        return real_open(path, flags, *rest)
+
+    monkeypatch.setattr(os, "open", held)
+    assert cli(["--tcti", f"device:{device}", "tpm", "info"]) == EXIT_TPM_BUSY
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"assay-agent: TPM device {device} is in use by another process"]
 
 
 def test_tpm_retry_and_yield_codes_are_busy_not_errors() -> None:
