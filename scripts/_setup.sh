@@ -49,7 +49,8 @@ print(next(r for r in extras if r.startswith("tpm2-pytss")))' "$ROOT/pyproject.t
         for f in "$d"/*.pc; do [ -e "$f" ] && ln -sf "$f" "$pc/"; done
     done
     rm -f "$pc/tss2-fapi.pc" "$pc/tss2-policy.pc"
-    PKG_CONFIG_LIBDIR="$pc" "$py" -m pip install -q --no-cache-dir --no-binary tpm2-pytss "$spec" || rc=1
+    PKG_CONFIG_LIBDIR="$pc" "$py" -m pip install -q --no-cache-dir --no-binary tpm2-pytss \
+        -c "$ROOT/constraints.txt" "$spec" || rc=1
     rm -rf "$pc"
     [ $rc -eq 0 ] || { log "building $spec failed"; return 1; }
     "$py" -c 'import sys, tpm2_pytss; sys.exit(hasattr(tpm2_pytss, "FAPI"))' \
@@ -58,7 +59,7 @@ print(next(r for r in extras if r.startswith("tpm2-pytss")))' "$ROOT/pyproject.t
 
 ensure_venv() {
     local stamp="$ROOT/.venv/.assay-installed" want
-    want="$(sha256sum "$ROOT/pyproject.toml" "$ROOT/scripts/_setup.sh" | cut -d' ' -f1 | tr '\n' ' ')$("$PYTHON" -c 'import sys; print(sys.version)' | head -1)"
+    want="$(sha256sum "$ROOT/pyproject.toml" "$ROOT/constraints.txt" "$ROOT/scripts/_setup.sh" | cut -d' ' -f1 | tr '\n' ' ')$("$PYTHON" -c 'import sys; print(sys.version)' | head -1)"
     if [ -x "$ROOT/.venv/bin/python" ] && [ "$(readlink -f "$ROOT/.venv/bin/python")" != "$(readlink -f "$(command -v "$PYTHON")")" ]; then
         log "re-creating .venv with $PYTHON"
         rm -rf "$ROOT/.venv"
@@ -71,7 +72,7 @@ ensure_venv() {
         log "installing Python packages into .venv"
         "$ROOT/.venv/bin/pip" install -q --upgrade pip >/dev/null
         ensure_tpm2_pytss "$ROOT/.venv" || return 1
-        "$ROOT/.venv/bin/pip" install -q -e "$ROOT[agent,postgres,dev]" \
+        "$ROOT/.venv/bin/pip" install -q -c "$ROOT/constraints.txt" -e "$ROOT[agent,postgres,dev]" \
             || { log "pip install failed"; return 1; }
         echo "$want" > "$stamp"
     fi
