@@ -21,7 +21,7 @@ from .client import AttestationResult, CredentialChallenge, VerifierClient
 from .config import AgentConfig
 from .errors import AgentError, VerifierRefused
 from .evidence import MAX_EVENT_LOG, MAX_IMA_LOG, Evidence, read_log
-from .state import Enrollment, load_ak, save_ak, save_enrollment
+from .state import AkContextFile, Enrollment, load_ak, save_ak, save_enrollment
 from .tpm import AkBlobs, EndorsementKey, Tpm
 
 NOT_ENROLLED = "node_not_enrolled"
@@ -119,7 +119,9 @@ def collect_evidence(
     """Read the logs first (a missing log fails before the TPM is used), then quote."""
     event_log = read_log(config.eventlog, MAX_EVENT_LOG)
     ima = read_log(config.ima_log, MAX_IMA_LOG, "IMA log") if config.ima_log else None
-    quote = tpm.quote(ak, nonce, selection or config.pcr_selection)
+    quote = tpm.quote(
+        ak, nonce, selection or config.pcr_selection, saved=AkContextFile(config.state_dir)
+    )
     return Evidence(config.node, quote, event_log, ima)
 
 

@@ -17,6 +17,7 @@ from assay.errors import ConfigurationError
 from .tpm import AkBlobs
 
 AK_FILE = "ak.json"
+AK_CONTEXT_FILE = "ak.ctx"
 ENROLLMENT_FILE = "enrollment.json"
 
 
@@ -80,6 +81,35 @@ def load_ak(state_dir: Path) -> AkBlobs | None:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigurationError(f"state file {path} is damaged: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class AkContextFile:
+    """The loaded AK's saved context (TPM2_ContextSave), so that a quote needs one ContextLoad
+    instead of re-creating the EK. Integrity-protected by the TPM and valid only until its next
+    reset; the TPM refuses it after that, or on another machine, and the agent loads the AK under
+    the EK again. Written 0600 like the rest of the state."""
+
+    state_dir: Path
+
+    @property
+    def path(self) -> Path:
+        return self.state_dir / AK_CONTEXT_FILE
+
+    def read(self) -> bytes | None:
+        try:
+            return self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def write(self, blob: bytes) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = self.state_dir / f"{AK_CONTEXT_FILE}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, self.path)
 
 
 def save_enrollment(state_dir: Path, enrollment: Enrollment) -> None:

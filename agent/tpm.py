@@ -14,6 +14,7 @@ import os
 import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 os.environ.setdefault("TSS2_LOG", "all+NONE")  # libtss2 logs to stderr; errors are ours to report
 
@@ -34,6 +35,7 @@ from tpm2_pytss import (
     TPMA_OBJECT,
     TPML_DIGEST_VALUES,
     TPML_PCR_SELECTION,
+    TPMS_CONTEXT,
     TPMS_PCR_SELECTION,
     TPMT_PUBLIC,
     TPMT_SIG_SCHEME,
@@ -65,6 +67,14 @@ _PT_FIRMWARE_VERSION_1 = 0x10B
 _PT_FIRMWARE_VERSION_2 = 0x10C
 _PT_NV_BUFFER_MAX = 0x12C
 _TPM_RC_BUSY = {0x922, 0x908, 0x90A}  # TPM_RC_RETRY, TPM_RC_YIELDED, TPM_RC_TESTING
+
+
+class SavedContext(Protocol):
+    """Where the AK's saved context (TPM2_ContextSave output) is kept between operations."""
+
+    def read(self) -> bytes | None: ...
+
+    def write(self, blob: bytes) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,19 +354,51 @@ class Tpm:
         return AkBlobs(alg, ek_kind, public.marshal(), private.marshal(), name)
 
     @contextlib.contextmanager
-    def _loaded_ak(self, ak: AkBlobs) -> Iterator[ESYS_TR]:
+    def _loaded_ak(self, ak: AkBlobs, saved: SavedContext | None = None) -> Iterator[ESYS_TR]:
+        """The AK, loaded: from its saved context when that still loads and is this AK (one
+        ContextLoad), else under a re-created EK (CreatePrimary: seconds for RSA on some TPMs),
+        saving the context for next time."""
+        handle = self._load_saved_ak(ak, saved) if saved is not None else None
+        if handle is None:
+            handle = self._load_ak_under_ek(ak)
+            if saved is not None:
+                with contextlib.suppress(TSS2_Exception, OSError):
+                    saved.write(bytes(self.esys.context_save(handle).marshal()))
+        with self._flushing(handle):
+            yield handle
+
+    def _load_ak_under_ek(self, ak: AkBlobs) -> ESYS_TR:
         public, _ = TPM2B_PUBLIC.unmarshal(ak.public)
         private, _ = TPM2B_PRIVATE.unmarshal(ak.private)
         with self._loaded_ek(ak.ek_kind) as (ek, _, _), self._ek_policy() as session:
             try:
-                handle = self.esys.load(ek, private, public, session1=session)
+                return self.esys.load(ek, private, public, session1=session)
             except TSS2_Exception as exc:
                 raise TpmFailure(
                     f"the saved AK does not load under this TPM's {ak.ek_kind} EK "
                     f"(another TPM, or the TPM was cleared): {exc}"
                 ) from None
-        with self._flushing(handle):
-            yield handle
+
+    def _load_saved_ak(self, ak: AkBlobs, saved: SavedContext) -> ESYS_TR | None:
+        """None when there is no saved context, or it no longer loads (the TPM was reset or
+        cleared since, or it is another TPM's), or what loads is not this AK."""
+        try:
+            blob = saved.read()
+            if blob is None:
+                return None
+            context, _ = TPMS_CONTEXT.unmarshal(blob)
+            handle = self.esys.context_load(context)
+        except (TSS2_Exception, OSError, ValueError, TypeError):
+            return None
+        try:
+            _, name, _ = self.esys.read_public(handle)
+            if bytes(name) == ak.name:
+                return handle
+        except TSS2_Exception:
+            pass
+        with contextlib.suppress(TSS2_Exception):
+            self.esys.flush_context(handle)
+        return None
 
     def activate_credential(self, ak: AkBlobs, credential_blob: bytes, secret: bytes) -> bytes:
         """Recover the verifier's secret; the TPM refuses unless the blob names this AK and EK."""
@@ -425,12 +467,18 @@ class Tpm:
         return counter or 0, values, True
 
     def quote(
-        self, ak: AkBlobs, nonce: bytes, selection: Mapping[HashAlg, tuple[int, ...]]
+        self,
+        ak: AkBlobs,
+        nonce: bytes,
+        selection: Mapping[HashAlg, tuple[int, ...]],
+        *,
+        saved: SavedContext | None = None,
     ) -> QuoteResult:
-        """Quote with the AK and return the PCR values of the same state (counter unchanged)."""
+        """Quote with the AK and return the PCR values of the same state (counter unchanged).
+        ``saved``: where the AK's context is kept between quotes (see ``_loaded_ak``)."""
         if len(nonce) > 64:
             raise TpmFailure(f"nonce of {len(nonce)} bytes is longer than a TPM2B_DATA allows")
-        with self._loaded_ak(ak) as handle:
+        with self._loaded_ak(ak, saved) as handle:
             for _ in range(_PCR_READ_ATTEMPTS):
                 before, pcrs = self.pcr_read(selection)
                 try:

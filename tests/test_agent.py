@@ -14,6 +14,7 @@ import itertools
 import os
 import random
 import secrets
+import stat
 import struct
 import subprocess
 import sys
@@ -46,6 +47,7 @@ from agent.errors import (
     TpmBusy,
 )
 from agent.node import next_delay, run
+from agent.state import AkContextFile
 from agent.tpm import TctiSpec, Tpm, _rc_error
 from assay.algorithms import HashAlg
 from assay.errors import ConfigurationError
@@ -325,6 +327,7 @@ class BusySpell:
     busy: bool = True
     quotes: int | None = None
     refused: int = 0
+    commands: list[int] = field(default_factory=list)  # every command code sent, in order
 
 
 class QuoteRetryInjector(PyTCTI):  # type: ignore[misc]  # tpm2_pytss ships no type information
@@ -342,6 +345,7 @@ class QuoteRetryInjector(PyTCTI):  # type: ignore[misc]  # tpm2_pytss ships no t
     def do_transmit(self, command: bytes) -> None:
         (code,) = struct.unpack_from(">I", command, 6)
         spell = self._spell
+        spell.commands.append(code)
         if code == 0x158 and spell.busy and spell.quotes != 0:  # TPM_CC_Quote
             spell.refused += 1
             spell.quotes = None if spell.quotes is None else spell.quotes - 1
@@ -403,6 +407,48 @@ def test_busy_tpm_is_resubmitted_by_esapi_then_retried_by_run_with_backoff(
     assert delays[0] < delays[1] < 30  # backoff, growing
     assert _transient_objects(node) == 0  # nothing left loaded in a TPM without resource manager
     assert len(verifier.bundles) == 3  # enrolling round, short spell, after the long spell
+
+
+CC_CREATE_PRIMARY, CC_CONTEXT_LOAD = 0x131, 0x161
+
+
+def test_quote_loads_the_saved_ak_context_and_falls_back_when_it_does_not_fit(
+    node: swtpm.SwtpmNode, tmp_path: Path, verifier: FakeVerifier
+) -> None:
+    config = _config(node, tmp_path, verifier.url)
+    client = VerifierClient(verifier.url)
+    run(config, client, iterations=1, sleep=lambda _: None)  # enrolls; the first quote saves
+    saved = tmp_path / "state" / "ak.ctx"
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+    tap = BusySpell(busy=False)
+
+    def attest_once() -> list[int]:
+        tap.commands.clear()
+        stats = run(
+            config, client, iterations=1, sleep=lambda _: None, open_tpm=_busy_tpm(node, tap)
+        )
+        assert stats.attestations == 1 and stats.failures == 0  # FakeVerifier checked the quote
+        return [tap.commands.count(CC_CREATE_PRIMARY), tap.commands.count(CC_CONTEXT_LOAD)]
+
+    assert attest_once() == [0, 1]  # one ContextLoad, no EK
+    assert attest_once() == [0, 1]
+    # Damaged: loaded under the EK again, and saved anew.
+    saved.write_bytes(b"\x00" * 12)
+    assert attest_once() == [1, 0]
+    assert attest_once() == [0, 1]
+    # Another AK of the same TPM: it loads, but its Name is not this AK's, so it is not used.
+    other = tmp_path / "other"
+    with Tpm(node.tcti) as tpm:
+        tpm.quote(tpm.create_ak("rsa"), b"n", {HashAlg.SHA256: (0,)}, saved=AkContextFile(other))
+    saved.write_bytes((other / "ak.ctx").read_bytes())
+    assert attest_once() == [1, 1]
+    # After a TPM reset (power cycle, Startup(CLEAR)) the TPM refuses the old context.
+    subprocess.run(["swtpm_ioctl", "--tcp", f"{node.host}:{node.ctrl_port}", "-i"], check=True)
+    with Tpm(node.tcti) as tpm:
+        tpm.startup()
+    assert attest_once() == [1, 1]
+    assert attest_once() == [0, 1]
+    assert _transient_objects(node) == 0
 
 
 def test_unreachable_verifier_exits_6(node: swtpm.SwtpmNode, tmp_path: Path) -> None:
