@@ -30,6 +30,7 @@ from .errors import (
 )
 from .evidence import MAX_EVENT_LOG, read_log
 from .node import attest, enroll, ensure_ak, run
+from .state import AkContextFile
 from .tpm import EK_TEMPLATES, QuoteResult, Tpm
 
 _VERDICT_EXIT = {"trusted": EXIT_OK, "untrusted": EXIT_UNTRUSTED, "unknown": EXIT_UNKNOWN}
@@ -182,7 +183,7 @@ def cmd_quote(args: argparse.Namespace, config: AgentConfig) -> int:
     selection = parse_pcr_selection(config.pcrs)
     with Tpm(config.tcti) as tpm:
         ak, _ = ensure_ak(config, tpm)
-        quote = tpm.quote(ak, nonce, selection)
+        quote = tpm.quote(ak, nonce, selection, saved=AkContextFile(config.state_dir))
 
     def human() -> None:
         print(f"quote by AK {ak.name.hex()} over nonce {nonce.hex()}")
