@@ -356,3 +356,92 @@ def test_fuzz_structured_signature_lists(
         except MalformedEvidence:
             continue
         assert sum(len(x.entries) for x in lists) * 16 <= len(data)
+
+
+# Real PK and db certificates whose serial number is zero or negative (RFC 5280 forbids it;
+# cryptography warns that it will refuse them): the logs that carry them, and how many.
+NONPOSITIVE_SERIAL_LOGS = {
+    "python3-uefi-eventlog/201123-eventlog.bin": [("db", "SUPERMICRO Product CA 2018")],
+    "python3-uefi-eventlog/bootlog-5.0.0-rhel-20210423T133156Z_8b0347a.bin": [
+        ("db", "SUPERMICRO Product CA 2018")
+    ],
+    "python3-uefi-eventlog/thyme-eventlog.bin": [
+        ("PK", "Ideapad Products"),
+        ("db", "AVY740-1517ICH"),
+    ],
+    "tpm2-tools/event-postcode.bin": [("db", "SUPERMICRO Product CA 2018")],
+}
+
+
+def _database_certificates(log: Path) -> list[tuple[str, bytes]]:
+    """(variable, DER) for every X.509 entry of PK, KEK, db in the log, by our list parser."""
+    out = []
+    for ev in parse_event_log(log.read_bytes()).events:
+        if ev.event_type != 0x80000001:
+            continue
+        var = parse_variable_data(ev.data)
+        if var.name in ("PK", "KEK", "db"):
+            for lst in parse_signature_lists(var.data):
+                out += [(var.name, e.data) for e in lst.entries if e.kind == "x509"]
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(NONPOSITIVE_SERIAL_LOGS))
+def test_nonpositive_serial_certificates_are_kept_and_read_like_cryptography(
+    corpus: Path, name: str
+) -> None:
+    import warnings
+
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    from assay.uefi.signatures import X509Certificate
+
+    seen = []
+    for variable, der in _database_certificates(corpus / name):
+        ours = X509Certificate.from_der(der)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the oracle: cryptography as it still parses them
+            theirs = x509.load_der_x509_certificate(der)
+            serial = theirs.serial_number
+            cns = [
+                theirs.subject.get_attributes_for_oid(NameOID.COMMON_NAME),
+                theirs.issuer.get_attributes_for_oid(NameOID.COMMON_NAME),
+            ]
+        if serial > 0:
+            assert ours.unparsed is None and ours.certificate is not None
+            continue
+        seen.append((variable, ours.common_name))
+        assert ours.certificate is None and ours.unparsed is not None
+        assert ours.serial == serial
+        assert ours.common_name == cns[0][0].value
+        assert ours.issuer == f"CN={cns[1][0].value}"
+        assert ours.to_json()["unparsed"] == f"serial number {serial} is not positive (RFC 5280)"
+    assert seen == NONPOSITIVE_SERIAL_LOGS[name]
+
+
+def test_nonpositive_serial_does_not_excuse_a_broken_certificate(corpus: Path) -> None:
+    from assay.uefi.signatures import X509Certificate
+
+    name = "tpm2-tools/event-postcode.bin"
+    der = next(
+        d for _, d in _database_certificates(corpus / name)
+        if X509Certificate.from_der(d).unparsed is not None
+    )  # fmt: skip
+    # The signature value is not a BIT STRING: refused, serial or not.
+    body = bytearray(der)
+    body[_signature_value_offset(der)] = 0x04  # OCTET STRING
+    with pytest.raises(MalformedEvidence, match="not a valid certificate"):
+        X509Certificate.from_der(bytes(body))
+    # Cut short inside tbsCertificate: refused.
+    with pytest.raises(MalformedEvidence):
+        X509Certificate.from_der(der[:40])
+
+
+def _signature_value_offset(der: bytes) -> int:
+    from assay.uefi.signatures import _tlv
+
+    _, s, e = _tlv(der, 0, len(der))
+    _, _, te = _tlv(der, s, e)
+    _, _, ae = _tlv(der, te, e)
+    return ae

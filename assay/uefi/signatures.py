@@ -8,10 +8,12 @@ make the parser loop, and an X.509 entry must be one well-formed DER certificate
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID
 
 from .._reader import Reader
@@ -53,12 +55,30 @@ def der_length(data: bytes, where: str = "X.509 certificate") -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class _Unparsed:
+    """What the certificate walk below reads from a certificate cryptography refuses."""
+
+    serial: int
+    issuer_cn: str | None
+    subject_cn: str | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class X509Certificate:
     """A DER certificate from a signature database. Parsed (and so validated) at construction;
-    the text fields are computed on demand. Nothing about it is trusted: it is what the log says."""
+    the text fields are computed on demand. Nothing about it is trusted: it is what the log says.
+
+    Real firmware ships PK and db certificates whose serial number is zero or negative, which
+    RFC 5280 forbids and cryptography refuses (today with a deprecation warning, taken here as
+    the refusal it announces). Such a certificate is kept when the rest of its outer structure is
+    sound: it is identified by the SHA-256 of its DER like every other entry (what the appraisal
+    compares), and only its serial and common names are read, by ``_walk``. ``certificate`` is
+    then None and ``unparsed`` says why."""
 
     der: bytes
     _cert: list[x509.Certificate] = field(default_factory=list, repr=False, compare=False)
+    unparsed: _Unparsed | None = field(default=None, compare=False)
 
     @classmethod
     def from_der(cls, der: bytes, *, where: str = "X.509 certificate") -> X509Certificate:
@@ -68,37 +88,50 @@ class X509Certificate:
                 where=where,
             )
         try:
-            cert = x509.load_der_x509_certificate(der)
-            # cryptography parses lazily: touch every field we show now, so a bad name or
-            # version is a MalformedEvidence here and never a ValueError in describe().
-            _ = (
-                cert.version,
-                cert.serial_number,
-                cert.subject.rfc4514_string(),
-                cert.issuer.rfc4514_string(),
-                cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME),
-            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", CryptographyDeprecationWarning)
+                cert = x509.load_der_x509_certificate(der)
+                # cryptography parses lazily: touch every field we show now, so a bad name or
+                # version is a MalformedEvidence here and never a ValueError in describe().
+                _ = (
+                    cert.version,
+                    cert.serial_number,
+                    cert.subject.rfc4514_string(),
+                    cert.issuer.rfc4514_string(),
+                    cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME),
+                )
         except Exception as exc:
             # cryptography raises ValueError, InvalidVersion and, for some malformed names,
-            # TypeError (found by scripts/fuzz): at this boundary every one means "malformed".
-            raise MalformedEvidence(f"not a valid certificate ({exc})", where=where) from None
+            # TypeError (found by scripts/fuzz): at this boundary every one means "malformed",
+            # except a serial number that is not positive on an otherwise sound certificate.
+            walked = _walk(der)
+            if walked is None or walked.serial > 0:
+                raise MalformedEvidence(f"not a valid certificate ({exc})", where=where) from None
+            reason = f"serial number {walked.serial} is not positive (RFC 5280)"
+            return cls(
+                der, [], _Unparsed(walked.serial, walked.issuer_cn, walked.subject_cn, reason)
+            )
         return cls(der, [cert])
 
     @property
-    def certificate(self) -> x509.Certificate:
-        return self._cert[0]
+    def certificate(self) -> x509.Certificate | None:
+        return self._cert[0] if self._cert else None
 
     @property
     def subject(self) -> str:
-        return self.certificate.subject.rfc4514_string()
+        if self.unparsed is not None:
+            return f"CN={self.unparsed.subject_cn}" if self.unparsed.subject_cn else ""
+        return self._cert[0].subject.rfc4514_string()
 
     @property
     def issuer(self) -> str:
-        return self.certificate.issuer.rfc4514_string()
+        if self.unparsed is not None:
+            return f"CN={self.unparsed.issuer_cn}" if self.unparsed.issuer_cn else ""
+        return self._cert[0].issuer.rfc4514_string()
 
     @property
     def serial(self) -> int:
-        return self.certificate.serial_number
+        return self.unparsed.serial if self.unparsed is not None else self._cert[0].serial_number
 
     @property
     def sha256(self) -> bytes:
@@ -108,8 +141,10 @@ class X509Certificate:
     @property
     def common_name(self) -> str:
         """The subject CN, or the whole subject when there is none."""
+        if self.unparsed is not None:
+            return self.unparsed.subject_cn or f"certificate {self.sha256.hex()[:16]}"
         try:
-            names = self.certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+            names = self._cert[0].subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         except ValueError:
             names = []
         if names:
@@ -118,12 +153,93 @@ class X509Certificate:
         return self.subject
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "subject": self.subject,
             "issuer": self.issuer,
             "serial": f"{self.serial:x}",
             "sha256": self.sha256.hex(),
         }
+        if self.unparsed is not None:
+            out["unparsed"] = self.unparsed.reason
+        return out
+
+
+# -- the certificate walk: only for certificates cryptography refuses ------------------------------
+
+_CN_OID = bytes.fromhex("550403")  # 2.5.4.3
+_STRING_CODECS = {0x0C: "utf-8", 0x13: "ascii", 0x16: "ascii", 0x14: "latin-1", 0x1E: "utf-16-be"}
+
+
+def _tlv(data: bytes, pos: int, end: int) -> tuple[int, int, int]:
+    """(tag, content start, content end) of the DER element at ``pos``; ValueError if it
+    overruns ``end`` or is not definite-length DER."""
+    if pos + 2 > end:
+        raise ValueError("truncated")
+    tag, first = data[pos], data[pos + 1]
+    if first < 0x80:
+        start, length = pos + 2, first
+    else:
+        count = first & 0x7F
+        if count == 0 or count > 4 or pos + 2 + count > end:
+            raise ValueError("bad length")
+        start, length = pos + 2 + count, int.from_bytes(data[pos + 2 : pos + 2 + count], "big")
+    if start + length > end:
+        raise ValueError("overrun")
+    return tag, start, start + length
+
+
+def _common_name(data: bytes, start: int, end: int) -> str | None:
+    """The first CN in a Name (SEQUENCE OF SET OF AttributeTypeAndValue)."""
+    pos = start
+    while pos < end:
+        tag, s, e = _tlv(data, pos, end)
+        if tag != 0x31:
+            raise ValueError("RDN is not a SET")
+        inner = s
+        while inner < e:
+            tag, a, b = _tlv(data, inner, e)
+            if tag != 0x30:
+                raise ValueError("attribute is not a SEQUENCE")
+            otag, os_, oe = _tlv(data, a, b)
+            vtag, vs, ve = _tlv(data, oe, b)
+            if otag == 0x06 and data[os_:oe] == _CN_OID and vtag in _STRING_CODECS:
+                return data[vs:ve].decode(_STRING_CODECS[vtag], "replace")
+            inner = b
+        pos = e
+    return None
+
+
+def _walk(der: bytes) -> _Unparsed | None:
+    """Certificate ::= SEQUENCE {tbsCertificate, signatureAlgorithm, signatureValue BIT STRING},
+    tbsCertificate ::= SEQUENCE {[0] version OPTIONAL, serialNumber INTEGER, signature, issuer,
+    validity, subject, …}: serial and CNs, or None when the structure is not that."""
+    try:
+        tag, s, e = _tlv(der, 0, len(der))
+        if tag != 0x30 or e != len(der):
+            return None
+        tag, ts, te = _tlv(der, s, e)  # tbsCertificate
+        tag2, _, ae = _tlv(der, te, e)  # signatureAlgorithm
+        tag3, _, be = _tlv(der, ae, e)  # signatureValue
+        if (tag, tag2, tag3) != (0x30, 0x30, 0x03) or be != e:
+            return None
+        tag, s, f = _tlv(der, ts, te)
+        if tag == 0xA0:  # version
+            tag, s, f = _tlv(der, f, te)
+        if tag != 0x02 or f == s:
+            return None
+        serial = int.from_bytes(der[s:f], "big", signed=True)
+        fields = []
+        pos = f
+        for _ in range(4):  # signature, issuer, validity, subject
+            tag, s, pos = _tlv(der, pos, te)
+            if tag != 0x30:
+                return None
+            fields.append((s, pos))
+        issuer_cn = _common_name(der, *fields[1])
+        subject_cn = _common_name(der, *fields[3])
+    except ValueError:
+        return None
+    return _Unparsed(serial, issuer_cn, subject_cn, "")
 
 
 @dataclass(frozen=True, slots=True)
