@@ -29,12 +29,14 @@ class Enrollment:
     ak_name: str  # hex
 
 
-def _write_private(path: Path, data: dict[str, Any]) -> None:
+def _write_private(path: Path, data: dict[str, Any] | bytes) -> None:
+    """Write ``data`` (bytes, or a dict as JSON) to ``path`` atomically, 0600 in a 0700 directory."""
+    raw = data if isinstance(data, bytes) else json.dumps(data, indent=2, sort_keys=True).encode()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
+    with os.fdopen(fd, "wb") as f:
+        f.write(raw)
     os.chmod(tmp, 0o600)
     os.replace(tmp, path)
 
@@ -103,13 +105,7 @@ class AkContextFile:
             return None
 
     def write(self, blob: bytes) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self.state_dir / f"{AK_CONTEXT_FILE}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, self.path)
+        _write_private(self.path, blob)
 
 
 def save_enrollment(state_dir: Path, enrollment: Enrollment) -> None:

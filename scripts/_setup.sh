@@ -38,7 +38,8 @@ PYTHON=${ASSAY_PYTHON:-/usr/bin/python3}
 # libraries into every agent, 5.5 MB of its resident set (docs/agent.md). Usage: ensure_tpm2_pytss VENV
 ensure_tpm2_pytss() {
     local py="$1/bin/python" spec pc d f rc=0
-    "$py" -c 'import sys, tpm2_pytss; sys.exit(hasattr(tpm2_pytss, "FAPI"))' 2>/dev/null && return 0
+    without_fapi() { "$py" -c 'import sys, tpm2_pytss; sys.exit(hasattr(tpm2_pytss, "FAPI"))'; }
+    without_fapi 2>/dev/null && return 0
     spec=$("$py" -c 'import sys, tomllib
 extras = tomllib.load(open(sys.argv[1], "rb"))["project"]["optional-dependencies"]["agent"]
 print(next(r for r in extras if r.startswith("tpm2-pytss")))' "$ROOT/pyproject.toml") || return 1
@@ -53,8 +54,7 @@ print(next(r for r in extras if r.startswith("tpm2-pytss")))' "$ROOT/pyproject.t
         -c "$ROOT/constraints.txt" "$spec" || rc=1
     rm -rf "$pc"
     [ $rc -eq 0 ] || { log "building $spec failed"; return 1; }
-    "$py" -c 'import sys, tpm2_pytss; sys.exit(hasattr(tpm2_pytss, "FAPI"))' \
-        || { log "tpm2-pytss still has FAPI after the build"; return 1; }
+    without_fapi || { log "tpm2-pytss still has FAPI after the build"; return 1; }
 }
 
 ensure_venv() {

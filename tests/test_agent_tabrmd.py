@@ -39,18 +39,18 @@ def tabrmd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             ["dbus-daemon", "--session", "--nofork", "--print-address=1"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )  # fmt: skip
-        assert bus.stdout is not None
-        address = bus.stdout.readline().strip()
         name = f"com.intel.tss2.Tabrmd.assay{os.getpid()}"
-        saved = os.environ.get("DBUS_SESSION_BUS_ADDRESS")
-        os.environ["DBUS_SESSION_BUS_ADDRESS"] = address
-        abrmd = subprocess.Popen(
-            ["tpm2-abrmd", "--session", "--allow-root", f"--dbus-name={name}",
-             f"--tcti=swtpm:host={started.host},port={started.port}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
         spec = f"tabrmd:bus_name={name},bus_type=session"
+        saved = os.environ.get("DBUS_SESSION_BUS_ADDRESS")
+        abrmd: subprocess.Popen[bytes] | None = None
         try:
+            assert bus.stdout is not None
+            os.environ["DBUS_SESSION_BUS_ADDRESS"] = bus.stdout.readline().strip()
+            abrmd = subprocess.Popen(
+                ["tpm2-abrmd", "--session", "--allow-root", f"--dbus-name={name}",
+                 f"--tcti=swtpm:host={started.host},port={started.port}"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
             deadline = time.monotonic() + 15
             while True:
                 try:
@@ -62,10 +62,10 @@ def tabrmd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                     time.sleep(0.1)
             yield spec
         finally:
-            abrmd.terminate()
-            bus.terminate()
-            abrmd.wait(10)
-            bus.wait(10)
+            for proc in (abrmd, bus):
+                if proc is not None:
+                    proc.terminate()
+                    proc.wait(10)
             if saved is None:
                 os.environ.pop("DBUS_SESSION_BUS_ADDRESS", None)
             else:

@@ -61,7 +61,10 @@ class _Unparsed:
     serial: int
     issuer_cn: str | None
     subject_cn: str | None
-    reason: str
+
+    @property
+    def reason(self) -> str:
+        return f"serial number {self.serial} is not positive (RFC 5280)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,10 +110,7 @@ class X509Certificate:
             walked = _walk(der)
             if walked is None or walked.serial > 0:
                 raise MalformedEvidence(f"not a valid certificate ({exc})", where=where) from None
-            reason = f"serial number {walked.serial} is not positive (RFC 5280)"
-            return cls(
-                der, [], _Unparsed(walked.serial, walked.issuer_cn, walked.subject_cn, reason)
-            )
+            return cls(der, [], walked)
         return cls(der, [cert])
 
     @property
@@ -239,7 +239,7 @@ def _walk(der: bytes) -> _Unparsed | None:
         subject_cn = _common_name(der, *fields[3])
     except ValueError:
         return None
-    return _Unparsed(serial, issuer_cn, subject_cn, "")
+    return _Unparsed(serial, issuer_cn, subject_cn)
 
 
 @dataclass(frozen=True, slots=True)
