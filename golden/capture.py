@@ -2,15 +2,21 @@
 
 Everything the appraisal checks is taken from the log as it is: firmware versions and blobs, the
 Secure Boot keys and databases, boot applications, command lines, initrds, MokLists, SbatLevel.
-Nothing unsafe is allowed by capture (debug mode, DMA protection off stay failures).
+Every other event of the PCRs the set relies on (0–9 as quoted, and 14) is approved by its digest
+under ``measurements``, so the captured set accounts for exactly what the log measured and nothing
+more. Nothing unsafe is allowed by capture (debug mode, DMA protection off stay failures).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 from collections.abc import Iterable
+from types import MappingProxyType
 
 from assay.algorithms import HashAlg
 from assay.eventlog import Event, VerifiedBootLog
+from verifier.appraisal import compile_golden, unaccounted_events
 from verifier.appraisal.facts import EBS_INVOCATION, BootFacts, extract, signature_ids
 from verifier.appraisal.policy import ALLOWED_TYPES
 
@@ -45,14 +51,14 @@ def _unique(items: Iterable[Measured]) -> tuple[Measured, ...]:
 
 
 def _ids(facts: BootFacts, name: str) -> tuple[str, ...]:
-    var = facts.variables.get(name)
-    if var is None or var.value is None:
+    var = facts.variable(name)
+    if var is None:
         return ()
     return tuple(sorted(signature_ids(var.value)))
 
 
 def _secure_boot(facts: BootFacts) -> SecureBoot:
-    var = facts.variables.get("SecureBoot")
+    var = facts.variable("SecureBoot")
     on = var is not None and var.value == b"\x01"
     return SecureBoot(
         required=on,
@@ -81,15 +87,44 @@ def _extra_types(vlog: VerifiedBootLog) -> dict[int, tuple[int, ...]]:
     return {pcr: tuple(sorted(types)) for pcr, types in sorted(extra.items())}
 
 
+def _moklists(facts: BootFacts, allow_sha1: bool) -> dict[str, tuple[Measured, ...]]:
+    """PCR14 events by the name shim wrote beside them: only a label here, for the operator who
+    reviews the set; the appraisal knows them by digest alone."""
+    found: dict[str, list[Measured]] = {}
+    for e in facts.pcr14:
+        label = e.data.rstrip(b"\x00")
+        if label in (b"MokList", b"MokListX"):
+            found.setdefault(label.decode(), []).append(
+                Measured(label.decode(), _digests(e, allow_sha1))
+            )
+    return {n: _unique(items) for n, items in found.items()}
+
+
+def _label(e: Event) -> str:
+    text = e.data[:48].rstrip(b"\x00")
+    shown = text.decode("ascii") if text.isascii() and text.decode("ascii").isprintable() else ""
+    return f"PCR{e.pcr} event {e.index} ({e.type_name})" + (f" {shown}" if shown else "")
+
+
+def _measurements(
+    vlog: VerifiedBootLog, categorised: GoldenSet, allow_sha1: bool
+) -> dict[int, tuple[Measured, ...]]:
+    """Every event of the captured PCRs that the categorised set does not account for."""
+    pcrs = frozenset(p for p in vlog.pcrs if p <= 9 or p == 14)
+    when = dt.datetime.now(dt.UTC)
+    policy = compile_golden([categorised], now=when)
+    found: dict[int, list[Measured]] = {}
+    for e in unaccounted_events(vlog, policy, pcrs):
+        found.setdefault(e.pcr, []).append(Measured(_label(e), _digests(e, allow_sha1)))
+    return {pcr: _unique(items) for pcr, items in sorted(found.items())}
+
+
 def capture(vlog: VerifiedBootLog, *, name: str, version: str, description: str = "") -> GoldenSet:
     """A golden set that approves exactly what ``vlog`` measured (in its verified bank)."""
     facts = extract(vlog)
     allow_sha1 = vlog.bank is HashAlg.SHA1
-    moklists = {
-        n: _unique(Measured(n, _digests(e, allow_sha1)) for e in evs)
-        for n, evs in facts.moklists.items()
-    }
-    return GoldenSet(
+    moklists = _moklists(facts, allow_sha1)
+    categorised = GoldenSet(
         name=name,
         version=version,
         description=description or f"captured from event log {vlog.log_sha256.hex()[:16]}",
@@ -118,6 +153,8 @@ def capture(vlog: VerifiedBootLog, *, name: str, version: str, description: str 
             moklistx=moklists.get("MokListX", ()),
             sbat_levels=tuple(dict.fromkeys(t for _, t in facts.sbat_levels if t is not None)),
         ),
-        require_exit_boot_services=any(e.data == EBS_INVOCATION for e in facts.ebs_events),
+        require_exit_boot_services=any(a == EBS_INVOCATION for _, a in facts.ebs_events),
         extra_event_types=_extra_types(vlog),
     )
+    measured = _measurements(vlog, categorised, allow_sha1)
+    return dataclasses.replace(categorised, measurements=MappingProxyType(measured))

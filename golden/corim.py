@@ -3,7 +3,8 @@
 Layout: an unsigned CoRIM (tag 501) whose one CoMID (tag 506) holds one reference-value triple for
 the environment ``{vendor: "assay", model: <set name>}``. Each reference value is a measurement map
 whose ``mkey`` says what it is (``boot_app/shim``, ``firmware_blob``, ``initrd``, ``moklist``,
-``scrtm_version``, ``cmdline/exact`` …, or the PCR number for a pinned PCR), whose ``name`` (11) is
+``scrtm_version``, ``cmdline/exact``, ``measurement/<pcr>`` for another approved digest in that
+PCR …, or the PCR number for a pinned PCR), whose ``name`` (11) is
 the label or text, and whose ``digests`` (2) are ``[alg, value]`` pairs. Digest algorithms use the
 IANA Named Information registry: sha-256 = 1, sha-384 = 7, sha-512 = 8. SHA-1 is not in that
 registry, so SHA-1 digests (only in a set with ``allow_sha1``) use the text name ``"sha-1"``, which
@@ -72,6 +73,11 @@ def _measurements(plain: dict[str, Any]) -> list[dict[int, Any]]:
     out += [_mm(kind, m["label"], m) for kind in ("moklist", "moklistx") for m in shim[kind]]
     out += [_mm("sbat_level", v) for v in shim["sbat_levels"]]
     out += [_mm(f"cmdline/{next(iter(c))}", next(iter(c.values()))) for c in plain.pop("cmdlines")]
+    out += [
+        _mm(f"measurement/{pcr}", m["label"], m)
+        for pcr, items in plain.pop("measurements").items()
+        for m in items
+    ]
     return out
 
 
@@ -150,6 +156,8 @@ def _apply(plain: dict[str, Any], mm: Any, source: str, i: int) -> None:
         shim["sbat_levels"].append(name)
     elif key in ("cmdline/exact", "cmdline/regex"):
         plain["cmdlines"].append({key.split("/", 1)[1]: name})
+    elif isinstance(key, str) and key.startswith("measurement/") and key[12:].isdigit():
+        plain["measurements"].setdefault(int(key[12:]), []).append({"label": name, **digests})
     else:
         raise _fail(source, f"{where}: unknown measurement key {key!r}")
 
@@ -176,7 +184,7 @@ def import_corim(data: bytes, source: str = "<corim>") -> GoldenSet:
         plain = _thaw(_expect(corim.get(EXT_KEY), Mapping, f"assay extension {EXT_KEY}", source))
         plain["firmware"] = {"scrtm_versions": [], "blobs": [], "pcrs": {}}
         plain["shim"] = {"moklist": [], "moklistx": [], "sbat_levels": []}
-        plain.update(boot_apps=[], initrds=[], cmdlines=[])
+        plain.update(boot_apps=[], initrds=[], cmdlines=[], measurements={})
         tags = _expect(corim.get(1), (list, tuple), "tags", source)
         for t in tags:
             inner = _expect(t, cbor2.CBORTag, "tag", source)

@@ -109,7 +109,14 @@ class Shim:
 
 @dataclass(frozen=True, slots=True)
 class GoldenSet:
-    """One version of a golden reference set."""
+    """One version of a golden reference set.
+
+    ``measurements`` approves, per PCR, digests that no other field describes (POST codes, handoff
+    tables, boot variables, GPT, GRUB commands and files, shim's authorities, …): in a PCR the set
+    relies on, every event's digest must be approved by some field or be a spec-fixed value.
+    ``deny_workarounds`` names firmware workarounds (``assay.eventlog.WORKAROUNDS``) that this set
+    refuses: a log needing one is untrusted.
+    """
 
     name: str
     version: str
@@ -132,6 +139,41 @@ class GoldenSet:
     extra_event_types: Mapping[int, tuple[int, ...]] = field(
         default_factory=lambda: MappingProxyType({})
     )
+    measurements: Mapping[int, tuple[Measured, ...]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    deny_workarounds: tuple[str, ...] = ()
+
+    def relied_pcrs(self) -> frozenset[int]:
+        """The PCRs whose every measured digest this set must account for (closed world).
+
+        A set relies on every PCR it requires quoted and every PCR it pins a value in: firmware
+        (PCR0), boot applications and drivers (PCR2, PCR4), Secure Boot and SbatLevel (PCR7),
+        command lines (PCR8), initrds (PCR9), MokLists (PCR14), and each PCR of ``measurements``.
+        """
+        out = set(self.required_pcrs) | set(self.firmware.pcrs) | set(self.measurements)
+        fw = self.firmware
+        if fw.scrtm_versions or fw.blobs:
+            out.add(0)
+        if self.boot_apps:
+            out |= {2, 4}
+        sb = self.secure_boot
+        if (
+            sb.required
+            or sb.pk is not None
+            or sb.kek is not None
+            or sb.db_must_contain
+            or sb.dbx_must_include
+            or self.shim.sbat_levels
+        ):
+            out.add(7)
+        if self.cmdlines:
+            out.add(8)
+        if self.initrds:
+            out.add(9)
+        if self.shim.moklist or self.shim.moklistx:
+            out.add(14)
+        return frozenset(out)
 
     @property
     def ref(self) -> str:

@@ -16,6 +16,7 @@ import yaml
 
 from assay.algorithms import HashAlg
 from assay.errors import ConfigurationError
+from assay.eventlog import WORKAROUNDS
 from assay.events import EventType, event_type_name
 
 from .model import (
@@ -312,6 +313,32 @@ def _extra_types(doc: _Doc, node: yaml.Node | None) -> Mapping[int, tuple[int, .
     return MappingProxyType(dict(sorted(out.items())))
 
 
+def _measurements(
+    doc: _Doc, node: yaml.Node | None, allow_sha1: bool
+) -> Mapping[int, tuple[Measured, ...]]:
+    if node is None:
+        return MappingProxyType({})
+    out: dict[int, tuple[Measured, ...]] = {}
+    parse = _measured(doc, allow_sha1)
+    for key_node, value_node in _as_mapping(doc, node, "measurements").value:
+        pcr = _pcr_index(doc, key_node, "measurements", 23)
+        path = f"measurements.{pcr}"
+        out[pcr] = tuple(
+            parse(item, f"{path}[{i}]") for i, item in enumerate(doc.sequence(value_node, path))
+        )
+    return MappingProxyType(dict(sorted(out.items())))
+
+
+def _workaround_name(doc: _Doc) -> Callable[[yaml.Node, str], str]:
+    def parse(node: yaml.Node, path: str) -> str:
+        name = doc.text(node, path)
+        if name not in WORKAROUNDS:
+            doc.fail(node, path, f"unknown workaround {name!r} (known: {', '.join(WORKAROUNDS)})")
+        return name
+
+    return parse
+
+
 def _when(doc: _Doc, node: yaml.Node | None, path: str) -> dt.datetime | None:
     if node is None:
         return None
@@ -350,6 +377,8 @@ _TOP_KEYS = (
     "shim",
     "require_exit_boot_services",
     "extra_event_types",
+    "measurements",
+    "deny_workarounds",
 )
 
 
@@ -396,6 +425,10 @@ def _golden(doc: _Doc, root: yaml.Node) -> GoldenSet:
         shim=_shim(doc, m.get("shim"), allow_sha1),
         require_exit_boot_services=_bool(doc, m, "require_exit_boot_services", "", True),
         extra_event_types=_extra_types(doc, m.get("extra_event_types")),
+        measurements=_measurements(doc, m.get("measurements"), allow_sha1),
+        deny_workarounds=tuple(
+            dict.fromkeys(doc.items(m, "deny_workarounds", "", _workaround_name(doc)))
+        ),
     )
 
 
@@ -488,6 +521,8 @@ def to_plain(g: GoldenSet) -> dict[str, Any]:
     out["extra_event_types"] = {
         pcr: [event_type_name(t) for t in types] for pcr, types in g.extra_event_types.items()
     }
+    out["measurements"] = {pcr: _dump_measured(items) for pcr, items in g.measurements.items()}
+    out["deny_workarounds"] = list(g.deny_workarounds)
     return out
 
 

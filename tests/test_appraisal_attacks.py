@@ -107,7 +107,12 @@ def test_missing_scrtm_and_firmware_blobs_is_never_trusted() -> None:
         data = _remove(data, index)
     verdict = _verdict(data)
     assert verdict.status == "untrusted"
-    assert _failing_reasons(verdict) == {"firmware_events_missing"}
+    # The golden set pins both, so their absence is named too (attack 19).
+    assert _failing_reasons(verdict) == {
+        "firmware_events_missing",
+        "firmware_blob_missing",
+        "scrtm_version_missing",
+    }
 
 
 def test_missing_pcr7_separator_is_never_trusted() -> None:
@@ -130,7 +135,8 @@ def test_action_string_not_covered_by_its_digest_is_not_trusted() -> None:
     data = SB_LOG[: calling.offset] + forged + SB_LOG[end:]
     verdict = _verdict(data)
     assert verdict.status == "untrusted"
-    assert _failing_reasons(verdict) == {"event_data_not_covered"}
+    # ... and the digest that was really extended is accounted for by nothing (closed world).
+    assert _failing_reasons(verdict) == {"event_data_not_covered", "event_not_accounted"}
 
 
 def test_kernel_command_line_not_covered_by_its_digest_is_not_trusted() -> None:

@@ -17,7 +17,7 @@ from ..errors import VerificationFailed
 from ..events import EventType
 from ._coverage import data_covered
 from ._parse import TRAILER_PCR, Event, EventLog
-from ._workarounds import EBS_EVENTS_MISSING, EBS_INVOCATION, EBS_SUCCESS, AppliedWorkaround
+from ._workarounds import EBS_INVOCATION, REPLAY_WORKAROUNDS, AppliedWorkaround
 
 T = TypeVar("T")
 
@@ -164,9 +164,20 @@ class VerifiedBootLog:
         return result[0]
 
     def coverage_workaround(self, event: Event) -> AppliedWorkaround | None:
+        """The coverage workaround this event needed, if any (its data is then only partly covered)."""
         self.data_covered(event)
         applied: AppliedWorkaround | None = self._cache[("covered", event.index)][1]
         return applied
+
+    def fully_covered(self, event: Event) -> bool:
+        """Whether the digest is the hash of *all* the event data, with no workaround: only then may
+        the appraisal read a value (a name, a text, a key database) out of the data."""
+        return self.data_covered(event) is True and self.coverage_workaround(event) is None
+
+    def all_workarounds(self) -> tuple[AppliedWorkaround, ...]:
+        """Every workaround this log needed: replay ones (from verify_log), then coverage ones for
+        the events in quoted PCRs, in log order."""
+        return self.memo("workarounds", _all_workarounds)
 
     def decoded(self, event: Event) -> Any:
         """The event's decoded data, decoded once per verified log (the log is cached per boot)."""
@@ -194,6 +205,11 @@ class VerifiedBootLog:
             return value
 
 
+def _all_workarounds(vlog: VerifiedBootLog) -> tuple[AppliedWorkaround, ...]:
+    found = [w for e in vlog.events if (w := vlog.coverage_workaround(e)) is not None]
+    return (*vlog.workarounds, *found)
+
+
 def verify_log(log: EventLog, quote: QuotedPcrs, bank: HashAlg) -> VerifiedBootLog:
     """Replay ``log`` and check it against the PCR values of a verified quote in ``bank``.
 
@@ -216,6 +232,7 @@ def verify_log(log: EventLog, quote: QuotedPcrs, bank: HashAlg) -> VerifiedBootL
     replayed = result.pcrs[bank]
     incomplete = result.incomplete.get(bank, frozenset())
     workarounds: list[AppliedWorkaround] = []
+    unlogged: list[Event] = []
     outside: set[int] = set()
     # 3. Compare.
     for pcr, value in sorted(quoted.items()):
@@ -231,15 +248,16 @@ def verify_log(log: EventLog, quote: QuotedPcrs, bank: HashAlg) -> VerifiedBootL
             continue
         if got == value:
             continue
-        fixed = _try_ebs_workaround(log, bank, pcr, got, value)
+        fixed = _try_replay_workarounds(log, bank, pcr, got, value, len(log.events) + len(unlogged))
         if fixed is None:
             raise VerificationFailed(
                 f"PCR{pcr} ({bank.bank}): event log replays to {got.hex()}, quote has {value.hex()}",
                 code="pcr_replay_mismatch",
             )
-        workarounds.append(fixed)
-    # 4. Keep what the quote covers.
-    events = tuple(e for e in measured_events(log) if e.pcr in quoted)
+        workarounds.append(fixed[0])
+        unlogged.extend(fixed[1])
+    # 4. Keep what the quote covers (with the events a workaround showed were extended unlogged).
+    events = tuple(e for e in measured_events(log) if e.pcr in quoted) + tuple(unlogged)
     unquoted = frozenset(e.pcr for e in measured_events(log) if e.pcr not in quoted)
     return VerifiedBootLog(
         bank=bank,
@@ -275,23 +293,38 @@ class _ReviewQuote:
     pcrs: Mapping[HashAlg, Mapping[int, bytes]]
 
 
-def _try_ebs_workaround(
-    log: EventLog, bank: HashAlg, pcr: int, got: bytes, want: bytes
-) -> AppliedWorkaround | None:
-    """Firmware that extended the ExitBootServices actions into PCR5 without logging them."""
-    if pcr != 5:
-        return None
-    logged = {e.data for e in log.events if e.pcr == 5 and e.event_type == _EV_EFI_ACTION}
-    if EBS_INVOCATION in logged:
+def _try_replay_workarounds(
+    log: EventLog, bank: HashAlg, pcr: int, got: bytes, want: bytes, next_index: int
+) -> tuple[AppliedWorkaround, tuple[Event, ...]] | None:
+    """The table's replay workarounds for ``pcr``: events the firmware extended without logging.
+
+    Each is tried on a copy: the unlogged events are appended after the PCR's logged ones, and the
+    first sequence that makes the replay equal the quote is kept, as events numbered after the log's
+    own so the appraisal accounts for them like any other (their digests are spec-fixed strings).
+    """
+    logged = {e.data for e in log.events if e.pcr == pcr and e.event_type == _EV_EFI_ACTION}
+    if EBS_INVOCATION in logged:  # the firmware logs ExitBootServices: nothing is missing
         return None
     h = bank.hasher
-    value = h(got + bank.hash(EBS_INVOCATION)).digest()
-    value = h(value + bank.hash(EBS_SUCCESS)).digest()
-    if value != want:
-        return None
-    return AppliedWorkaround(
-        EBS_EVENTS_MISSING,
-        5,
-        None,
-        "PCR5 matches once the two unlogged ExitBootServices actions are added",
-    )
+    for w in REPLAY_WORKAROUNDS:
+        if pcr not in w.pcrs:
+            continue
+        value = got
+        for data in w.unlogged:
+            value = h(value + bank.hash(data)).digest()
+        if value != want:
+            continue
+        added = tuple(
+            Event(next_index + i, pcr, _EV_EFI_ACTION, {bank: bank.hash(data)}, data, -1)
+            for i, data in enumerate(w.unlogged)
+        )
+        detail = (
+            f"PCR{pcr} matches the quote once {len(added)} unlogged EV_EFI_ACTION events are added "
+            f"(events {added[0].index}-{added[-1].index}: "
+            + ", ".join(repr(d.decode()) for d in w.unlogged)
+            + ")"
+        )
+        return AppliedWorkaround(
+            w, pcr, added[0].index, detail, tuple(e.index for e in added)
+        ), added
+    return None

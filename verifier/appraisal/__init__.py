@@ -6,24 +6,37 @@
 2. log structure: event types per PCR, retyped separators, data covered by digests;
 3. separators in PCR0–7 and what follows them; PCRs extended outside the log;
 4. required events (firmware, ExitBootServices) and required quoted PCRs; bank;
-5. firmware values (S-CRTM version, firmware blobs, pinned PCRs);
-6. Secure Boot (state, PK/KEK, db/dbx contents, debug mode, DMA protection);
-7. boot applications (PCR4) and drivers (PCR2), boot order;
-8. kernel command line, initrd, MokList/MokListX, SbatLevel;
-9. workarounds that were needed, listed so the reviewer sees them.
+5. firmware values (S-CRTM version, firmware blobs and that they are all there, pinned PCRs);
+6. Secure Boot (state, PK/KEK, db/dbx contents, authorities, debug mode, DMA protection);
+7. boot applications (PCR4) and drivers (PCR2), at least one, boot order with every stage;
+8. kernel command line, initrd, MokList/MokListX, SbatLevel — each present when pinned;
+9. workarounds that were needed, each its own check (a failure where a set denies it);
+10. the closed world: every event of every relied-on PCR accounted for (``_ledger``).
+
+Steps 5–8 read values only from data the digest covers and judge boot applications, blobs,
+initrds and MokLists by digest; each event they judge is marked in a ledger, and step 10 makes
+every other event of a relied-on PCR answer to an approved or spec-fixed digest.
 """
 
 from __future__ import annotations
 
-from assay.eventlog import VerifiedBootLog
+from assay.eventlog import Event, VerifiedBootLog
 
+from ._ledger import Ledger, check_closed_world, unaccounted
 from ._structure import check_required, check_separators, check_types
 from ._values import check_boot_apps, check_firmware, check_os, check_secure_boot
-from .facts import extract
+from .facts import BootFacts, extract
 from .policy import CompiledPolicy, compile_golden
 from .verdict import Check, Verdict
 
-__all__ = ["Check", "CompiledPolicy", "Verdict", "appraise", "compile_golden"]
+__all__ = [
+    "Check",
+    "CompiledPolicy",
+    "Verdict",
+    "appraise",
+    "compile_golden",
+    "unaccounted_events",
+]
 
 
 def appraise(vlog: VerifiedBootLog, policy: CompiledPolicy) -> Verdict:
@@ -54,22 +67,56 @@ def appraise(vlog: VerifiedBootLog, policy: CompiledPolicy) -> Verdict:
             )
         )
     facts = extract(vlog)
+    ledger = Ledger()
+    checks += _judged(vlog, facts, policy, ledger)
+    checks += check_closed_world(vlog, policy, ledger)  # 10.
+    return Verdict.of(checks)
+
+
+def _judged(
+    vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy, ledger: Ledger
+) -> list[Check]:
+    """Steps 2–9; every event a value check judges is marked in ``ledger``."""
+    checks: list[Check] = []
     checks += check_types(vlog, facts, policy)  # 2.
     checks += check_separators(vlog, facts, policy)  # 3.
     checks += check_required(vlog, facts, policy)  # 4.
-    checks += check_firmware(vlog, facts, policy)  # 5.
-    checks += check_secure_boot(vlog, facts, policy)  # 6.
-    checks += check_boot_apps(vlog, facts, policy)  # 7.
-    checks += check_os(vlog, facts, policy)  # 8.
-    for w in vlog.workarounds:  # 9.
-        checks.append(
-            Check(
-                f"workaround.{w.workaround.name}",
-                "pass",
-                "workaround_applied",
-                w.detail,
-                w.pcr,
-                w.event,
-            )
+    checks += check_firmware(vlog, facts, policy, ledger)  # 5.
+    checks += check_secure_boot(vlog, facts, policy, ledger)  # 6.
+    checks += check_boot_apps(vlog, facts, policy, ledger)  # 7.
+    checks += check_os(vlog, facts, policy, ledger)  # 8.
+    checks += _workaround_checks(vlog, policy)  # 9.
+    return checks
+
+
+def unaccounted_events(
+    vlog: VerifiedBootLog, policy: CompiledPolicy, pcrs: frozenset[int]
+) -> list[Event]:
+    """The events of ``pcrs`` that ``policy`` does not account for (``golden.capture`` adds them)."""
+    ledger = Ledger()
+    _judged(vlog, extract(vlog), policy, ledger)
+    return unaccounted(vlog, policy, ledger, pcrs)
+
+
+def _workaround_checks(vlog: VerifiedBootLog, policy: CompiledPolicy) -> list[Check]:
+    out: list[Check] = []
+    for w in vlog.all_workarounds():
+        name = w.workaround.name
+        where = f"PCR{w.pcr} event{'s' if len(w.events) > 1 else ''} " + (
+            ", ".join(map(str, w.events or (w.event,)))
         )
-    return Verdict.of(checks)
+        denied = policy.denied_workarounds.get(name)
+        out.append(
+            Check(
+                f"workaround.{name}", "fail", "workaround_denied",
+                f"{where}: needs workaround {name} ({w.workaround.summary}), which "
+                f"{', '.join(denied)} den{'y' if len(denied) > 1 else 'ies'}: {w.detail}",
+                w.pcr, w.event, golden=", ".join(denied),
+            )
+            if denied
+            else Check(
+                f"workaround.{name}", "pass", "workaround_applied",
+                f"{where}: {w.detail} ({w.workaround.reference})", w.pcr, w.event,
+            )
+        )  # fmt: skip
+    return out

@@ -14,7 +14,7 @@ from .policy import CompiledPolicy
 from .verdict import Check
 
 _INDEX = operator.itemgetter(0)  # Event.index
-_SEPARATOR_VALUES = (b"\x00\x00\x00\x00", b"\xff\xff\xff\xff")
+_SEPARATOR = int(T.EV_SEPARATOR)
 
 
 def _where(e: Event) -> str:
@@ -98,20 +98,21 @@ def _separator_pcr(
             )
         ]
     sep = seps[0]
-    if sep.data not in _SEPARATOR_VALUES:
-        return [
-            Check(
-                cid,
-                "fail",
-                "separator_value",
-                f"{_where(sep)}: separator data {sep.data.hex()}",
-                pcr,
-                sep.index,
-                got=sep.data.hex(),
-                expected="00000000 or ffffffff",
-            )
-        ]
     out = [
+        Check(
+            cid,
+            "fail",
+            "separator_value",
+            f"{_where(e)}: an EV_SEPARATOR whose digest is not a separator value's",
+            pcr,
+            e.index,
+            got=e.data.hex()[:64],
+            expected="00000000 or ffffffff",
+        )
+        for e in events
+        if e.event_type == _SEPARATOR and e not in seps
+    ]
+    out += [
         Check(
             cid,
             "fail",
@@ -130,7 +131,8 @@ def _separator_pcr(
 def check_separators(
     vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy
 ) -> list[Check]:
-    """4. exactly one well-formed separator in each of PCR0–7, nothing wrong after it."""
+    """4. exactly one separator (its type and its digest say so) in each of PCR0–7, nothing
+    wrong after it."""
     out: list[Check] = []
     for pcr in range(8):
         if pcr not in vlog.pcrs and not vlog.reviewed_only:
@@ -181,7 +183,7 @@ def check_required(vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPoli
             )
         )
     if policy.require_ebs_by:
-        invoked = [e for e in facts.ebs_events if e.data == EBS_INVOCATION]
+        invoked = [e for e, action in facts.ebs_events if action == EBS_INVOCATION]
         if not invoked:
             out.append(
                 Check(
@@ -194,7 +196,7 @@ def check_required(vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPoli
                 )
             )
         else:
-            ebs_ids = {e.index for e in facts.ebs_events}
+            ebs_ids = {e.index for e, _ in facts.ebs_events}
             first = invoked[0].index
             late = sorted(
                 (

@@ -6,9 +6,11 @@ import functools
 
 from assay.errors import MalformedEvidence
 from assay.eventlog import Event, VerifiedBootLog
+from assay.events import EventType as T
 from assay.events import event_type_name
 
-from .facts import DEBUG_MODE, DMA_DISABLED, BootFacts, signature_ids
+from ._ledger import Ledger
+from .facts import DEBUG_MODE, BootFacts, authority_id, signature_ids
 from .policy import Approval, CompiledPolicy, Key, Refs
 from .verdict import Check
 
@@ -48,12 +50,22 @@ def _digest_missing(vlog: VerifiedBootLog, e: Event, cid: str) -> Check:
 
 
 def _digest_check(
-    vlog: VerifiedBootLog, e: Event, table: dict[Key, Refs], cid: str, what: str, reason: str
+    vlog: VerifiedBootLog,
+    e: Event,
+    table: dict[Key, Refs],
+    cid: str,
+    what: str,
+    reason: str,
+    policy: CompiledPolicy,
 ) -> Check:
+    """The event's digest against ``table``, else against anything approved for its PCR (the type
+    only chose which list to show it against)."""
     digest = e.digests.get(vlog.bank)
     if digest is None:
         return _digest_missing(vlog, e, cid)
     refs = table.get((vlog.bank, digest))
+    if not refs:
+        refs = tuple(ref for ref, _ in policy.approved.get((e.pcr, vlog.bank, digest), ()))
     if refs:
         return Check(
             cid,
@@ -77,20 +89,42 @@ def _digest_check(
     )
 
 
-def check_firmware(vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy) -> list[Check]:
+def check_firmware(
+    vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy, ledger: Ledger
+) -> list[Check]:
     out: list[Check] = []
     if policy.scrtm:
-        out.extend(
-            _text_check(e, text, policy.scrtm, "firmware.scrtm_version", "S-CRTM version", 0)
-            for e, text in facts.scrtm_versions
-        )
-    if policy.blobs:
-        out.extend(
-            _digest_check(
-                vlog, e, policy.blobs, "firmware.blob", "firmware", "firmware_blob_not_approved"
+        for e, text in facts.scrtm_versions:
+            ledger.take(e)
+            out.append(
+                _text_check(e, text, policy.scrtm, "firmware.scrtm_version", "S-CRTM version", 0)
             )
-            for e in facts.firmware_code
-        )
+        if not any(t in policy.scrtm for _, t in facts.scrtm_versions if t is not None):
+            out.append(
+                Check(
+                    "firmware.scrtm_version",
+                    "fail",
+                    "scrtm_version_missing",
+                    "no approved S-CRTM version is measured (covered by its digest) in PCR0",
+                    0,
+                    expected=" | ".join(sorted(policy.scrtm))[:200],
+                )
+            )
+    if policy.blobs:
+        for e in facts.firmware_code:
+            ledger.take(e)
+            out.append(
+                _digest_check(
+                    vlog,
+                    e,
+                    policy.blobs,
+                    "firmware.blob",
+                    "firmware",
+                    "firmware_blob_not_approved",
+                    policy,
+                )
+            )
+        out.extend(_blobs_present(vlog, policy))
     for pcr, pins in sorted(policy.pcr_pins.items()):
         value = vlog.pcrs.get(pcr)
         expected = [v.hex() for (alg, v) in pins if alg == vlog.bank]
@@ -126,23 +160,68 @@ def check_firmware(vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPoli
     return out
 
 
+def _blobs_present(vlog: VerifiedBootLog, policy: CompiledPolicy) -> list[Check]:
+    """A set's firmware blobs are all measured in PCR0 (by digest) for at least one set."""
+    measured = {
+        (vlog.bank, d) for e in vlog.events if e.pcr == 0 for d in (e.digests.get(vlog.bank),)
+    }
+    best: tuple[str, int] | None = None
+    for ref, keys in policy.blob_sets:
+        mine = [k for k in keys if k[0] == vlog.bank]
+        missing = sum(1 for k in mine if k not in measured)
+        if mine and not missing:
+            return []
+        if mine and (best is None or missing < best[1]):
+            best = (ref, missing)
+    if best is None:
+        return [
+            Check(
+                "firmware.blobs_present",
+                "unknown",
+                "no_reference_in_bank",
+                f"no golden set pins firmware blobs in the {vlog.bank.bank} bank",
+                0,
+            )
+        ]
+    return [
+        Check(
+            "firmware.blobs_present",
+            "fail",
+            "firmware_blob_missing",
+            f"{best[1]} firmware blob(s) pinned by {best[0]} are not measured in PCR0",
+            0,
+            golden=best[0],
+        )
+    ]
+
+
 def _db_ids(facts: BootFacts, name: str) -> tuple[frozenset[str] | None, str | None]:
-    var = facts.variables.get(name)
-    if var is None:
+    """Entries of every covered measurement of ``name`` (None and why when one is malformed or the
+    measurements disagree)."""
+    found = facts.variables.get(name, [])
+    if not found:
         return frozenset(), None
-    if var.value is None:
-        return None, var.problem
+    values = {v.value for v in found}
+    if len(values) > 1:
+        where = ", ".join(str(v.event.index) for v in found)
+        return None, f"measured {len(found)} times with different values (events {where})"
     try:
-        return signature_ids(var.value), None
+        return signature_ids(found[0].value), None
     except MalformedEvidence as exc:
         return None, f"malformed {name}: {exc}"
 
 
-def _secure_boot_state(facts: BootFacts, policy: CompiledPolicy) -> Check:
-    var = facts.variables.get("SecureBoot")
-    on = var is not None and var.value == b"\x01"
-    event = var.event.index if var is not None else None
-    got = "on" if on else ("unverifiable" if var is not None and var.value is None else "off")
+def _secure_boot_state(facts: BootFacts, policy: CompiledPolicy, ledger: Ledger) -> Check:
+    found = facts.variables.get("SecureBoot", [])
+    for v in found:
+        ledger.take(v.event)
+    on = bool(found) and all(v.value == b"\x01" for v in found)
+    event = found[0].event.index if found else None
+    got = (
+        "on"
+        if on
+        else ("inconsistent" if found and any(v.value == b"\x01" for v in found) else "off")
+    )
     if on:
         return Check(
             "secure_boot.enabled",
@@ -178,11 +257,27 @@ def _secure_boot_state(facts: BootFacts, policy: CompiledPolicy) -> Check:
     )
 
 
-def _key_check(facts: BootFacts, name: str, table: dict[str, Refs]) -> Check:
+def _take_variable(facts: BootFacts, name: str, ledger: Ledger) -> None:
+    for v in facts.variables.get(name, []):
+        ledger.take(v.event)
+
+
+def _key_check(facts: BootFacts, name: str, table: dict[str, Refs], ledger: Ledger) -> Check:
+    _take_variable(facts, name, ledger)
     ids, problem = _db_ids(facts, name)
     cid = f"secure_boot.{name.lower()}"
     if ids is None:
         return Check(cid, "fail", "secure_boot_variable_unverifiable", f"{name}: {problem}", 7)
+    if not facts.variables.get(name) and table:
+        return Check(
+            cid,
+            "fail",
+            "secure_boot_variable_missing",
+            f"{name} is pinned by the golden sets but no measurement of it is covered by its "
+            "digest in PCR7",
+            7,
+            expected=" | ".join(sorted(table)),
+        )
     bad = sorted(i for i in ids if i not in table)
     if bad:
         return Check(
@@ -199,8 +294,9 @@ def _key_check(facts: BootFacts, name: str, table: dict[str, Refs]) -> Check:
 
 
 def _contains(
-    facts: BootFacts, name: str, required: tuple[tuple[str, frozenset[str]], ...]
+    facts: BootFacts, name: str, required: tuple[tuple[str, frozenset[str]], ...], ledger: Ledger
 ) -> Check:
+    _take_variable(facts, name, ledger)
     ids, problem = _db_ids(facts, name)
     cid = f"secure_boot.{name}_contains"
     if ids is None:
@@ -225,46 +321,62 @@ def _contains(
     )
 
 
-def check_secure_boot(
-    vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy
-) -> list[Check]:
-    out = [_secure_boot_state(facts, policy)]
-    if policy.pk is not None:
-        out.append(_key_check(facts, "PK", policy.pk))
-    if policy.kek is not None:
-        out.append(_key_check(facts, "KEK", policy.kek))
-    if policy.db_required:
-        out.append(_contains(facts, "db", policy.db_required))
-    if policy.dbx_required:
-        out.append(_contains(facts, "dbx", policy.dbx_required))
-    for e, data in facts.pcr7_actions:
-        for marker, ok, cid, reason in (
-            (DEBUG_MODE, policy.debug_ok, "platform.debug_mode", "uefi_debug_mode"),
-            (DMA_DISABLED, policy.dma_ok, "platform.dma_protection", "dma_protection_disabled"),
-        ):
-            if data is not None and data.rstrip(b"\x00") == marker:
-                out.append(
-                    Check(
-                        cid,
-                        "pass",
-                        "allowed",
-                        f"{_where(e)}: {marker.decode()} (allowed)",
-                        7,
-                        e.index,
-                        golden=_refs(ok),
-                    )
-                    if ok
-                    else Check(
-                        cid,
-                        "fail",
-                        reason,
-                        f"{_where(e)}: {marker.decode()}",
-                        7,
-                        e.index,
-                        got=marker.decode(),
-                        expected="absent",
-                    )
+def _authorities(facts: BootFacts, ledger: Ledger) -> list[Check]:
+    """An EV_EFI_VARIABLE_AUTHORITY "db" entry is accounted for when the measured db holds it."""
+    ids, _ = _db_ids(facts, "db")
+    out: list[Check] = []
+    for e, value in facts.authorities:
+        try:
+            entry = authority_id(value)
+        except MalformedEvidence:
+            continue  # left to the closed-world check
+        if ids and entry in ids:
+            ledger.take(e)
+            out.append(
+                Check(
+                    "secure_boot.authority",
+                    "pass",
+                    "ok",
+                    f"{_where(e)}: image verified by a db entry",
+                    7,
+                    e.index,
+                    got=entry,
                 )
+            )
+    return out
+
+
+def check_secure_boot(
+    vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy, ledger: Ledger
+) -> list[Check]:
+    out = [_secure_boot_state(facts, policy, ledger)]
+    if policy.pk is not None:
+        out.append(_key_check(facts, "PK", policy.pk, ledger))
+    if policy.kek is not None:
+        out.append(_key_check(facts, "KEK", policy.kek, ledger))
+    if policy.db_required:
+        out.append(_contains(facts, "db", policy.db_required, ledger))
+    if policy.dbx_required:
+        out.append(_contains(facts, "dbx", policy.dbx_required, ledger))
+    out.extend(_authorities(facts, ledger))
+    for e, marker in facts.platform_states:
+        ledger.take(e)
+        ok, cid, reason = (
+            (policy.debug_ok, "platform.debug_mode", "uefi_debug_mode")
+            if marker == DEBUG_MODE
+            else (policy.dma_ok, "platform.dma_protection", "dma_protection_disabled")
+        )
+        out.append(
+            Check(
+                cid, "pass", "allowed", f"{_where(e)}: {marker.decode()} (allowed)", 7, e.index,
+                golden=_refs(ok),
+            )
+            if ok
+            else Check(
+                cid, "fail", reason, f"{_where(e)}: {marker.decode()}", 7, e.index,
+                got=marker.decode(), expected="absent",
+            )
+        )  # fmt: skip
     return out
 
 
@@ -333,45 +445,139 @@ def _order_ok(roles: list[str], order: tuple[str, ...]) -> bool:
     return True
 
 
-def check_boot_apps(vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy) -> list[Check]:
+_APP_TYPES = frozenset(
+    int(t)
+    for t in (
+        T.EV_EFI_BOOT_SERVICES_APPLICATION,
+        T.EV_EFI_BOOT_SERVICES_DRIVER,
+        T.EV_EFI_RUNTIME_SERVICES_DRIVER,
+    )
+)
+
+
+def _app_events(
+    vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy, pcr: int
+) -> list[Event]:
+    """PCR2/PCR4 events judged as boot applications: every one whose digest an (active or inactive)
+    set knows as one, whatever its type, and every one whose type claims to be one."""
+    bank = vlog.bank
+    hinted = {e.index for e in (facts.boot_apps if pcr == 4 else facts.drivers)}
+    return [
+        e
+        for e in vlog.events
+        if e.pcr == pcr
+        and (
+            e.index in hinted
+            or (bank, e.digests.get(bank)) in policy.boot_apps
+            or (bank, e.digests.get(bank)) in policy.inactive_apps
+        )
+    ]
+
+
+def check_boot_apps(
+    vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy, ledger: Ledger
+) -> list[Check]:
     if not policy.apps_enabled:
         return []
     out: list[Check] = []
     roles: list[str] = []
-    for e in facts.boot_apps:
+    for e in _app_events(vlog, facts, policy, 4):
+        ledger.take(e)
         check, approval = _app_check(vlog, e, policy, "boot.app")
         out.append(check)
         if approval is not None:
             roles.append(approval.role)
-    for e in facts.drivers:
+    for e in _app_events(vlog, facts, policy, 2):
+        ledger.take(e)
         out.append(_app_check(vlog, e, policy, "firmware.driver")[0])
-    if policy.boot_orders:
-        ok = [ref for ref, order in policy.boot_orders if _order_ok(roles, order)]
+    if not roles and policy.in_force:
         out.append(
             Check(
-                "boot.order",
-                "pass",
-                "ok",
-                "boot chain order as approved",
-                4,
-                got=" → ".join(roles),
-                golden=_refs(tuple(ok)),
-            )
-            if ok
-            else Check(
-                "boot.order",
+                "boot.app",
                 "fail",
-                "boot_order_wrong",
-                "boot applications ran out of order",
+                "boot_app_missing",
+                "no approved boot application is measured in PCR4",
                 4,
-                got=" → ".join(roles),
-                expected=" → ".join(policy.boot_orders[0][1]),
+                expected=f"one of {len(policy.boot_apps)} approved digests",
+            )
+        )
+    if policy.boot_orders:
+        out.append(_order_check(roles, policy))
+    return out
+
+
+def _order_check(roles: list[str], policy: CompiledPolicy) -> Check:
+    """Some set's boot order holds: every stage it names was measured, in that order."""
+    ok = [
+        ref
+        for ref, order in policy.boot_orders
+        if _order_ok(roles, order) and set(order) <= set(roles)
+    ]
+    if ok:
+        return Check(
+            "boot.order", "pass", "ok", "boot chain order as approved", 4,
+            got=" → ".join(roles), golden=_refs(tuple(ok)),
+        )  # fmt: skip
+    ref, order = policy.boot_orders[0]
+    missing = [r for r in order if r not in roles]
+    if missing:
+        return Check(
+            "boot.order", "fail", "boot_stage_missing",
+            f"boot stage(s) {', '.join(missing)} pinned by {ref} were never measured in PCR4", 4,
+            got=" → ".join(roles) or "(none)", expected=" → ".join(order), golden=ref,
+        )  # fmt: skip
+    return Check(
+        "boot.order", "fail", "boot_order_wrong", "boot applications ran out of order", 4,
+        got=" → ".join(roles), expected=" → ".join(order),
+    )  # fmt: skip
+
+
+def _moklists(
+    vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy, ledger: Ledger
+) -> list[Check]:
+    """PCR14 by digest: each event an approved MokList value is accounted for; every pinned name
+    must be among them (its "MokList" description is not covered and decides nothing)."""
+    out: list[Check] = []
+    seen: set[str] = set()
+    bank = vlog.bank
+    for e in facts.pcr14:
+        digest = e.digests.get(bank)
+        names = [
+            (name, refs)
+            for name, table in sorted(policy.moklist.items())
+            if digest is not None and (refs := table.get((bank, digest)))
+        ]
+        if names:  # one value may be approved under two names (both lists empty, say)
+            ledger.take(e)
+            seen.update(n for n, _ in names)
+            out.append(
+                Check(
+                    f"shim.{names[0][0].lower()}",
+                    "pass",
+                    "ok",
+                    f"{_where(e)}: approved {' / '.join(n for n, _ in names)}",
+                    14,
+                    e.index,
+                    got=digest.hex() if digest else None,
+                    golden=_refs(tuple(r for _, refs in names for r in refs)),
+                )
+            )
+    for name in sorted(set(policy.moklist) - seen):
+        out.append(
+            Check(
+                f"shim.{name.lower()}",
+                "fail",
+                f"{name.lower()}_missing",
+                f"{name} is pinned by the golden sets but no approved value is measured in PCR14",
+                14,
             )
         )
     return out
 
 
-def check_os(vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy) -> list[Check]:
+def check_os(
+    vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy, ledger: Ledger
+) -> list[Check]:
     out: list[Check] = []
     if policy.cmdline_exact or policy.cmdline_regex:
         if not facts.cmdlines:
@@ -385,28 +591,42 @@ def check_os(vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy) ->
                 )
             )
         for e, text in facts.cmdlines:
+            ledger.take(e)
             out.append(_cmdline(e, text, policy))
     if policy.initrds:
         if not facts.initrds:
             out.append(
                 Check("kernel.initrd", "fail", "initrd_not_measured", "no initrd was measured", 9)
             )
-        out.extend(
-            _digest_check(vlog, e, policy.initrds, "kernel.initrd", "initrd", "initrd_not_approved")
-            for e in facts.initrds
-        )
-    for name, table in sorted(policy.moklist.items()):
-        out.extend(
-            _digest_check(
-                vlog, e, table, f"shim.{name.lower()}", name, f"{name.lower()}_not_approved"
+        for e in facts.initrds:
+            ledger.take(e)
+            out.append(
+                _digest_check(
+                    vlog,
+                    e,
+                    policy.initrds,
+                    "kernel.initrd",
+                    "initrd",
+                    "initrd_not_approved",
+                    policy,
+                )
             )
-            for e in facts.moklists.get(name, [])
-        )
+    out.extend(_moklists(vlog, facts, policy, ledger))
     if policy.sbat_levels:
-        out.extend(
-            _text_check(e, text, policy.sbat_levels, "shim.sbat_level", "SbatLevel", 7)
-            for e, text in facts.sbat_levels
-        )
+        for e, text in facts.sbat_levels:
+            ledger.take(e)
+            out.append(_text_check(e, text, policy.sbat_levels, "shim.sbat_level", "SbatLevel", 7))
+        if not facts.sbat_levels:
+            out.append(
+                Check(
+                    "shim.sbat_level",
+                    "fail",
+                    "sbat_level_missing",
+                    "SbatLevel is pinned by the golden sets but not measured (covered) in PCR7",
+                    7,
+                    expected=" | ".join(sorted(policy.sbat_levels))[:200],
+                )
+            )
     return out
 
 

@@ -1,10 +1,18 @@
 """What a verified boot log says, pulled out once into plain values for the policy checks.
 
-Only data the spec makes the digest cover is read as a value (Secure Boot variables, actions,
-GRUB strings); where an event's data is not covered the fact is recorded as *uncovered* and the
-check that needs it cannot pass. Boot applications, firmware blobs, initrds and MokLists are known
-only by their digest in the verified bank. Decoding never raises: malformed data becomes an
-``undecodable`` note that the checks turn into a failure.
+Values are read by *what the digest covers*, never by the event type or by data the digest does
+not cover (an attacker with a genuine quote can rewrite both):
+
+- Secure Boot variables (SecureBoot, PK, KEK, db, dbx) and SbatLevel are every event in PCR1/PCR7
+  whose whole data is covered by its digest and parses as UEFI_VARIABLE_DATA with that name,
+  whatever type it claims; a workaround that leaves the name uncovered leaves no variable;
+- ExitBootServices, "UEFI Debug Mode" and "DMA Protection Disabled" are known by their digests;
+- separators in PCR0–7 are events carrying a separator digest, whatever their type.
+
+The event type still chooses which list an event is shown against (boot application, firmware
+blob, command line, …) — a hint for messages; the closed-world check (``_ledger``) makes every digest
+of a relied-on PCR answer to an approved or spec-fixed value regardless. Boot applications, firmware
+blobs, initrds and MokLists are known only by their digest in the verified bank.
 """
 
 from __future__ import annotations
@@ -63,19 +71,20 @@ _FIRMWARE_CODE = frozenset(
     )
 )
 _EBS_ACTIONS = (EBS_INVOCATION, *EBS_RETURNS)
+_PLATFORM_STATES = (DEBUG_MODE, DMA_DISABLED)
 _SEPARATOR_VALUES = (b"\x00\x00\x00\x00", b"\xff\xff\xff\xff")
 _SEPARATOR_DIGESTS: dict[HashAlg, frozenset[bytes]] = {}
+_TEXT_DIGESTS: dict[tuple[HashAlg, bytes], frozenset[bytes]] = {}
 _CMDLINE_PREFIXES = (b"kernel_cmdline: ", b"grub_kernel_cmdline ")
 _PCR_AND_TYPE = operator.itemgetter(1, 2)  # Event is a NamedTuple: (index, pcr, event_type, …)
 
 
 @dataclass(frozen=True, slots=True)
 class Variable:
-    """A Secure Boot variable as measured into PCR7 (value is None when not covered/undecodable)."""
+    """A UEFI variable whose whole UEFI_VARIABLE_DATA is covered by the event's digest."""
 
     event: Event
-    value: bytes | None
-    problem: str | None = None
+    value: bytes
 
 
 @dataclass(slots=True)
@@ -93,17 +102,23 @@ class BootFacts:
     separators: dict[int, list[int]] = field(default_factory=dict)  # positions in by_pcr[pcr]
     scrtm_versions: list[tuple[Event, str | None]] = field(default_factory=list)
     firmware_code: list[Event] = field(default_factory=list)
-    variables: dict[str, Variable] = field(default_factory=dict)
-    pcr7_actions: list[tuple[Event, bytes | None]] = field(default_factory=list)
-    sbat_levels: list[tuple[Event, str | None]] = field(default_factory=list)
+    variables: dict[str, list[Variable]] = field(default_factory=dict)
+    authorities: list[tuple[Event, bytes]] = field(default_factory=list)  # covered "db" entries
+    platform_states: list[tuple[Event, bytes]] = field(default_factory=list)  # debug, DMA off
+    sbat_levels: list[tuple[Event, str]] = field(default_factory=list)
     boot_apps: list[Event] = field(default_factory=list)
     drivers: list[Event] = field(default_factory=list)
-    ebs_events: list[Event] = field(default_factory=list)
+    ebs_events: list[tuple[Event, bytes]] = field(default_factory=list)  # by digest
     cmdlines: list[tuple[Event, str | None]] = field(default_factory=list)
     initrds: list[Event] = field(default_factory=list)
-    moklists: dict[str, list[Event]] = field(default_factory=dict)
+    pcr14: list[Event] = field(default_factory=list)
     suspicious: list[Event] = field(default_factory=list)
     type_pairs: frozenset[tuple[int, int]] = frozenset()
+
+    def variable(self, name: str) -> Variable | None:
+        """The one measurement of ``name`` (None when absent; several are reported by the checks)."""
+        found = self.variables.get(name)
+        return found[0] if found else None
 
     def events_not_in(self, allowed: dict[int, frozenset[int]]) -> list[Event]:
         """Events whose type is not in ``allowed`` for their PCR (checked per distinct pair),
@@ -170,6 +185,15 @@ def separator_digests(bank: HashAlg) -> frozenset[bytes]:
     return got
 
 
+def text_digests(bank: HashAlg, text: bytes) -> frozenset[bytes]:
+    """The digests a firmware string is measured as in ``bank``: without and with its NUL."""
+    key = (bank, text)
+    got = _TEXT_DIGESTS.get(key)
+    if got is None:
+        got = _TEXT_DIGESTS[key] = frozenset((bank.hash(text), bank.hash(text + b"\x00")))
+    return got
+
+
 # Decoded UEFI_VARIABLE_DATA (name, value) of well-formed events, and whether an event's data is
 # covered by its digest (``VerifiedBootLog.data_covered``, a pure function of the event's type,
 # digest and data), kept by content across logs.
@@ -189,55 +213,66 @@ def _covered(vlog: VerifiedBootLog, e: Event, digest: bytes | None) -> bool | No
     return hit[0]
 
 
-def _variable(
-    vlog: VerifiedBootLog, event: Event, covered: bool | None
-) -> tuple[str, Variable] | None:
+def _variable(vlog: VerifiedBootLog, event: Event) -> tuple[str, bytes] | None:
+    """(name, value) of a fully covered, well-formed UEFI_VARIABLE_DATA, else None."""
     key = (vlog.bank, event.event_type, event.digests.get(vlog.bank, b""))
     var = _VARIABLES.get(key, event.data)
     if var is None:
         try:
             parsed = parse_variable_data(event.data, where=f"event {event.index}")
-        except MalformedEvidence as exc:
-            return None if event.pcr != 7 else ("?", Variable(event, None, f"undecodable: {exc}"))
+        except MalformedEvidence:
+            return None
         var = (parsed.name, parsed.data)
         _VARIABLES.put(key, event.data, var)
-    if covered is not True:
-        return var[0], Variable(event, None, "event data not covered by its digest")
-    return var[0], Variable(event, var[1])
+    return var
 
 
 def _pcr7(vlog: VerifiedBootLog, facts: BootFacts, e: Event, covered: bool | None) -> None:
-    et = e.event_type
-    if et == _VARIABLE_DRIVER_CONFIG:
-        got = _variable(vlog, e, covered)
-        if got is not None and (got[0] in SB_VARIABLES or got[0] == "?"):
-            facts.variables.setdefault(got[0], got[1])
-    elif et == _EFI_ACTION:
-        facts.pcr7_actions.append((e, e.data if covered else None))
-    elif et == _VARIABLE_AUTHORITY:
-        got = _variable(vlog, e, covered)
-        if got is not None and got[0] == "SbatLevel":
-            value = got[1].value
-            facts.sbat_levels.append(
-                (e, None if value is None else value.decode("utf-8", "replace"))
-            )
+    digest = e.digests.get(vlog.bank)
+    for marker in _PLATFORM_STATES:  # the digest says what happened, whatever the data claims
+        if digest in text_digests(vlog.bank, marker):
+            facts.platform_states.append((e, marker))
+            return
+    _variable_fact(vlog, facts, e, covered)
+
+
+def _variable_fact(vlog: VerifiedBootLog, facts: BootFacts, e: Event, covered: bool | None) -> None:
+    """Record a covered variable by its covered name: Secure Boot databases, SbatLevel, and the
+    ``db`` entry an image was verified with (EV_EFI_VARIABLE_AUTHORITY: one EFI_SIGNATURE_DATA, the
+    type choosing between that and the ``db`` database — either reading of the wrong one fails)."""
+    if covered is not True or vlog.coverage_workaround(e) is not None:
+        return
+    got = _variable(vlog, e)
+    if got is None:
+        return
+    name, value = got
+    if name == "SbatLevel":
+        facts.sbat_levels.append((e, value.decode("utf-8", "replace")))
+    elif name == "db" and e.event_type == _VARIABLE_AUTHORITY:
+        facts.authorities.append((e, value))
+    elif name in SB_VARIABLES:
+        facts.variables.setdefault(name, []).append(Variable(e, value))
 
 
 def _os_pcrs(vlog: VerifiedBootLog, facts: BootFacts, e: Event) -> None:
-    if e.event_type == _IPL:
+    """PCR8/9/12/14, by hint: which events to show as command lines and initrds. Only the text a
+    digest covers is read; MokLists are every PCR14 event, known by digest (the "MokList" name in
+    the data is not covered)."""
+    pcr = e.pcr
+    if pcr == 14:
+        facts.pcr14.append(e)
+    elif e.event_type == _IPL:
         data = e.data
         for prefix in _CMDLINE_PREFIXES:
             if data.startswith(prefix):
                 covered = vlog.data_covered(e) is True
                 facts.cmdlines.append((e, _text(data[len(prefix) :]) if covered else None))
                 return
-        if e.pcr == 14 and data.rstrip(b"\x00") in (b"MokList", b"MokListX"):
-            facts.moklists.setdefault(data.rstrip(b"\x00").decode(), []).append(e)
-        elif e.pcr in (8, 12) and data[1:2] == b"\x00":  # systemd-boot: UTF-16LE command line
+        if pcr in (8, 12) and data[1:2] == b"\x00":  # systemd-boot: UTF-16LE command line
             facts.cmdlines.append((e, _text(data) if vlog.data_covered(e) is True else None))
-        elif e.pcr == 9 and b"initrd" in data:
+        elif pcr == 9 and b"initrd" in data:
             facts.initrds.append(e)
-    elif e.event_type == _EVENT_TAG and e.pcr == 9 and len(e.data) >= 8:
+    elif e.event_type == _EVENT_TAG and pcr == 9 and len(e.data) >= 8:
         tag = int.from_bytes(e.data[:4], "little")
         if tag == LINUX_INITRD_TAG:
             facts.initrds.append(e)
@@ -258,9 +293,8 @@ def _extract(vlog: VerifiedBootLog) -> BootFacts:
     """One pass over the verified events (log order) collecting every fact the checks use.
 
     Coverage is checked where the appraisal reads event data: PCR0–7 (S-CRTM version, variables,
-    actions, separators) here, and the kernel command line where it is read. GRUB's other commands
-    (most of a log), file names and MokList names in PCR8/9/14 are never read as values, so they
-    are neither hashed nor looked at beyond their prefix."""
+    separators) here, and the kernel command line where it is read. GRUB's other commands (most of
+    a log) are looked at only by the closed-world check, by digest first."""
     events = vlog.events
     facts = BootFacts(events=events, type_pairs=frozenset(map(_PCR_AND_TYPE, events)))
     bank = vlog.bank
@@ -277,10 +311,10 @@ def _extract(vlog: VerifiedBootLog) -> BootFacts:
         group = by_pcr.get(pcr)
         if group is None:
             group = by_pcr[pcr] = []
-        if et == _SEPARATOR:
+        digest = e.digests.get(bank)
+        if digest in seps and et == _SEPARATOR:  # a separator digest under another type fails
             facts.separators.setdefault(pcr, []).append(len(group))
         group.append(e)
-        digest = e.digests.get(bank)
         covered = _covered(vlog, e, digest)
         if covered is False or (et != _SEPARATOR and digest in seps):
             facts.suspicious.append(e)
@@ -288,8 +322,8 @@ def _extract(vlog: VerifiedBootLog) -> BootFacts:
             _pcr7(vlog, facts, e, covered)
         elif pcr == 0:
             if et == _S_CRTM_VERSION:
-                text = scrtm_text(e.data) if covered is True else None
-                facts.scrtm_versions.append((e, text))
+                full = covered is True and vlog.coverage_workaround(e) is None
+                facts.scrtm_versions.append((e, scrtm_text(e.data) if full else None))
             elif et in _FIRMWARE_CODE:
                 facts.firmware_code.append(e)
         elif pcr == 4:
@@ -298,6 +332,10 @@ def _extract(vlog: VerifiedBootLog) -> BootFacts:
         elif pcr == 2:
             if et in _DRIVERS:
                 facts.drivers.append(e)
-        elif pcr == 5 and et == _EFI_ACTION and e.data in _EBS_ACTIONS:
-            facts.ebs_events.append(e)
+        elif pcr == 5:
+            for action in _EBS_ACTIONS:
+                if digest in text_digests(bank, action):
+                    facts.ebs_events.append((e, action))
+        elif pcr == 1:
+            _variable_fact(vlog, facts, e, covered)
     return facts

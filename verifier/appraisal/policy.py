@@ -200,6 +200,10 @@ class CompiledPolicy:
     moklist: dict[str, dict[Key, Refs]]
     sbat_levels: dict[str, Refs]
     require_ebs_by: Refs
+    relied_pcrs: frozenset[int]
+    approved: dict[tuple[int, HashAlg, bytes], tuple[tuple[str, str], ...]]  # → ((ref, label), …)
+    blob_sets: tuple[tuple[str, tuple[Key, ...]], ...]  # (ref, its blobs' digests)
+    denied_workarounds: dict[str, Refs]
 
     @property
     def empty(self) -> bool:
@@ -305,6 +309,44 @@ def _value_tables(live: Sequence[GoldenSet]) -> dict[str, object]:
     }
 
 
+def _approved(
+    live: Sequence[GoldenSet],
+) -> dict[tuple[int, HashAlg, bytes], tuple[tuple[str, str], ...]]:
+    """Every digest a set approves, keyed by the PCR it may be extended into: the closed world's
+    ledger. Boot applications may run from PCR4 (and, as drivers, PCR2); firmware blobs are PCR0;
+    initrds PCR9; MokLists PCR14; ``measurements`` name their PCR."""
+    out: dict[tuple[int, HashAlg, bytes], tuple[tuple[str, str], ...]] = {}
+
+    def add(pcrs: tuple[int, ...], ref: str, label: str, d: Mapping[HashAlg, bytes]) -> None:
+        for pcr in pcrs:
+            for alg, value in d.items():
+                key = (pcr, alg, value)
+                out[key] = (*out.get(key, ()), (ref, label))
+
+    for g in live:
+        for app in g.boot_apps:
+            add((2, 4), g.ref, f"{app.role} {app.label}", app.digests)
+        for m in g.firmware.blobs:
+            add((0,), g.ref, m.label, m.digests)
+        for m in g.initrds:
+            add((9,), g.ref, f"initrd {m.label}", m.digests)
+        for name, items in (("MokList", g.shim.moklist), ("MokListX", g.shim.moklistx)):
+            for m in items:
+                add((14,), g.ref, f"{name} {m.label}", m.digests)
+        for pcr, items in g.measurements.items():
+            for m in items:
+                add((pcr,), g.ref, m.label, m.digests)
+    return out
+
+
+def _denied(live: Sequence[GoldenSet]) -> dict[str, Refs]:
+    out: dict[str, Refs] = {}
+    for g in live:
+        for name in g.deny_workarounds:
+            _add_text(out, g.ref, name)
+    return out
+
+
 def compile_golden(sets: Sequence[GoldenSet], *, now: dt.datetime | None = None) -> CompiledPolicy:
     """Compile ``sets`` as they stand at ``now`` (default: the current time, UTC)."""
     when = now if now is not None else dt.datetime.now(dt.UTC)
@@ -335,6 +377,14 @@ def compile_golden(sets: Sequence[GoldenSet], *, now: dt.datetime | None = None)
         apps_enabled=any(g.boot_apps for g in live) or not live,
         boot_orders=tuple((g.ref, g.boot_order) for g in live if g.boot_order),
         require_ebs_by=tuple(g.ref for g in live if g.require_exit_boot_services),
+        relied_pcrs=frozenset(p for g in live for p in g.relied_pcrs()),
+        approved=_approved(live),
+        blob_sets=tuple(
+            (g.ref, tuple((alg, v) for m in g.firmware.blobs for alg, v in m.digests.items()))
+            for g in live
+            if g.firmware.blobs
+        ),
+        denied_workarounds=_denied(live),
         **_secure_boot_tables(live),  # type: ignore[arg-type]
         **_value_tables(live),  # type: ignore[arg-type]
     )

@@ -1,0 +1,222 @@
+"""The closed world: every digest extended into a PCR the policy relies on is accounted for.
+
+An attacker with a genuine quote can rewrite everything in an event log except the digests (the
+replay must still equal the quote): event types, descriptions, device paths, variable names under
+a data-only digest. So the last word on a relied-on PCR is a ledger over its digests. Each event is
+accounted for by exactly one of:
+
+1. a check that judged it by its digest or by data the digest covers (``Ledger.take``): a boot
+   application, a Secure Boot variable, a command line, … — passing or failing;
+2. a spec-fixed digest: the separator values in PCR0–7, the EFI action strings the PC Client
+   profile defines for PCR4/PCR5 (:data:`FIXED_ACTIONS`);
+3. a digest some golden set in force approves for that PCR (``CompiledPolicy.approved``);
+4. covered data that an approved value matches: an S-CRTM version text in PCR0, a command line in
+   PCR8/PCR12, a parameterised legacy action in PCR4/PCR6.
+
+Anything else is a failure naming the PCR, the event, its type *as logged* and its digest. The
+type only picks the reason code shown; it never exempts an event.
+"""
+
+from __future__ import annotations
+
+import re
+
+from assay.algorithms import HashAlg
+from assay.eventlog import Event, VerifiedBootLog
+from assay.eventlog._workarounds import EBS_FAILURE, EBS_INVOCATION, EBS_SUCCESS
+from assay.events import event_type_name
+
+from .facts import scrtm_text, separator_digests, text_digests
+from .policy import CompiledPolicy
+from .verdict import Check
+
+# EFI/legacy action strings whose digests the PC Client PFP fixes (§10.4.4), per PCR, as real
+# firmware in the corpus measures them ("Calling EFI Application…" also appears in PCR5 there).
+FIXED_ACTIONS: dict[int, tuple[bytes, ...]] = {
+    4: (
+        b"Calling EFI Application from Boot Option",
+        b"Returning from EFI Application from Boot Option",
+        b"Calling INT 19h",
+        b"Returned INT 19h",
+        b"Return via INT 18h",
+    ),
+    5: (
+        EBS_INVOCATION,
+        EBS_SUCCESS,
+        EBS_FAILURE,
+        b"Calling EFI Application from Boot Option",
+    ),
+}
+# Parameterised legacy-BIOS actions: accounted only when the digest covers the text that matches.
+_ACTION_PATTERNS: dict[int, re.Pattern[bytes]] = {
+    4: re.compile(rb"Booting (?:BCV|BEV) Device [ -~]{1,64}"),
+    6: re.compile(rb"Wake Event [0-9]{1,3}"),
+}
+_FIXED: dict[tuple[HashAlg, int], frozenset[bytes]] = {}
+_CMDLINE_PREFIXES = (b"kernel_cmdline: ", b"grub_kernel_cmdline ", b"grub_cmd: ", b"grub_cmd ")
+
+
+class Ledger:
+    """Which events the checks of one appraisal judged (by index). Local to one appraisal."""
+
+    __slots__ = ("taken",)
+
+    def __init__(self) -> None:
+        self.taken: set[int] = set()
+
+    def take(self, event: Event) -> None:
+        self.taken.add(event.index)
+
+
+def fixed_digests(bank: HashAlg, pcr: int) -> frozenset[bytes]:
+    """Spec-fixed digests for ``pcr``: separators in PCR0–7 and the fixed action strings."""
+    key = (bank, pcr)
+    got = _FIXED.get(key)
+    if got is None:
+        found: set[bytes] = set(separator_digests(bank)) if pcr <= 7 else set()
+        for action in FIXED_ACTIONS.get(pcr, ()):
+            found |= text_digests(bank, action)
+        got = _FIXED[key] = frozenset(found)
+    return got
+
+
+def _covered_text(vlog: VerifiedBootLog, e: Event) -> str | None:
+    """The text a PCR8/PCR12 string event's digest covers (its uncovered prefix removed)."""
+    if vlog.data_covered(e) is not True:
+        return None
+    data = e.data
+    for prefix in _CMDLINE_PREFIXES:
+        if data.startswith(prefix):
+            data = data[len(prefix) :]
+            break
+    if len(data) >= 2 and data[1:2] == b"\x00" and len(data) % 2 == 0:
+        try:
+            return data.decode("utf-16-le").rstrip("\x00")
+        except UnicodeDecodeError:
+            return None
+    try:
+        return data.rstrip(b"\x00").decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _content_approved(vlog: VerifiedBootLog, e: Event, policy: CompiledPolicy) -> bool:
+    """4. covered data that an approved value matches (see the module docstring)."""
+    pcr = e.pcr
+    if pcr == 0:
+        return vlog.fully_covered(e) and scrtm_text(e.data) in policy.scrtm
+    if pcr in (8, 12):
+        text = _covered_text(vlog, e)
+        if text is None:
+            return False
+        if text in policy.cmdline_exact:
+            return True
+        return any(p.fullmatch(text) for p, _, _ in policy.cmdline_regex)
+    pattern = _ACTION_PATTERNS.get(pcr)
+    return (
+        pattern is not None
+        and vlog.fully_covered(e)
+        and pattern.fullmatch(e.data.rstrip(b"\x00")) is not None
+    )
+
+
+def _unaccounted(e: Event, digest: bytes, policy: CompiledPolicy) -> Check:
+    cid, reason = ("events.accounted", "event_not_accounted")
+    if e.pcr == 14 and policy.moklist:
+        cid, reason = ("shim.moklist", "moklist_not_approved")
+    in_force = ", ".join(policy.in_force) or "no golden set in force"
+    return Check(
+        cid,
+        "fail",
+        reason,
+        f"PCR{e.pcr} event {e.index} ({event_type_name(e.event_type)}): digest "
+        f"{digest.hex()[:16]}… is neither approved for PCR{e.pcr} by {in_force} nor a "
+        "spec-defined value",
+        e.pcr,
+        e.index,
+        got=digest.hex(),
+        expected=f"a digest approved for PCR{e.pcr} or fixed by the PC Client profile",
+    )
+
+
+def unaccounted(
+    vlog: VerifiedBootLog, policy: CompiledPolicy, ledger: Ledger, pcrs: frozenset[int]
+) -> list[Event]:
+    """Events of ``pcrs`` that nothing accounts for (steps 2–4 after the checks' step 1)."""
+    bank = vlog.bank
+    out = []
+    for e in vlog.events:
+        if e.pcr not in pcrs or e.index in ledger.taken:
+            continue
+        digest = e.digests.get(bank)
+        if digest is None or (
+            digest not in fixed_digests(bank, e.pcr)
+            and (e.pcr, bank, digest) not in policy.approved
+            and not _content_approved(vlog, e, policy)
+        ):
+            out.append(e)
+    return out
+
+
+def check_closed_world(
+    vlog: VerifiedBootLog, policy: CompiledPolicy, ledger: Ledger
+) -> list[Check]:
+    """Every event of every relied-on PCR accounted for (steps 1–4 of the module docstring)."""
+    relied = policy.relied_pcrs
+    if not relied:
+        return []
+    out: list[Check] = []
+    if not vlog.reviewed_only:
+        out.extend(
+            Check(
+                f"pcr{pcr}.quoted",
+                "unknown",
+                "pcr_not_quoted",
+                f"PCR{pcr} is relied on by the golden sets but not quoted",
+                pcr,
+            )
+            for pcr in sorted(relied - vlog.pcrs.keys() - policy.required_pcrs)
+        )
+    bank = vlog.bank
+    approved = policy.approved
+    taken = ledger.taken
+    count = 0
+    for e in vlog.events:
+        pcr = e.pcr
+        if pcr not in relied:
+            continue
+        count += 1
+        if e.index in taken:  # 1.
+            continue
+        digest = e.digests.get(bank)
+        if digest is None:
+            out.append(
+                Check(
+                    "events.accounted",
+                    "fail",
+                    "digest_missing",
+                    f"PCR{pcr} event {e.index} ({event_type_name(e.event_type)}): no "
+                    f"{bank.bank} digest",
+                    pcr,
+                    e.index,
+                )
+            )
+            continue
+        if digest in fixed_digests(bank, pcr):  # 2.
+            continue
+        if (pcr, bank, digest) in approved:  # 3.
+            continue
+        if _content_approved(vlog, e, policy):  # 4.
+            continue
+        out.append(_unaccounted(e, digest, policy))
+    if not any(c.status == "fail" for c in out):
+        pcrs = ", ".join(map(str, sorted(relied)))
+        out.append(
+            Check(
+                "events.accounted",
+                "pass",
+                "ok",
+                f"all {count} events in the relied-on PCRs ({pcrs}) are accounted for",
+            )
+        )
+    return out
