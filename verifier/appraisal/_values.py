@@ -195,20 +195,22 @@ def _blobs_present(vlog: VerifiedBootLog, policy: CompiledPolicy) -> list[Check]
     ]
 
 
-def _db_ids(facts: BootFacts, name: str) -> tuple[frozenset[str] | None, str | None]:
-    """Entries of every covered measurement of ``name`` (None and why when one is malformed or the
-    measurements disagree)."""
+def _db_ids(
+    facts: BootFacts, name: str, *, every: bool = False
+) -> tuple[frozenset[str] | None, str | None]:
+    """Entries of the covered measurements of ``name``: all of them together (a key check must
+    approve each), or with ``every`` only those in every measurement (what a "must contain" check
+    may rely on). None and why when one is malformed."""
     found = facts.variables.get(name, [])
     if not found:
         return frozenset(), None
-    values = {v.value for v in found}
-    if len(values) > 1:
-        where = ", ".join(str(v.event.index) for v in found)
-        return None, f"measured {len(found)} times with different values (events {where})"
-    try:
-        return signature_ids(found[0].value), None
-    except MalformedEvidence as exc:
-        return None, f"malformed {name}: {exc}"
+    sets = []
+    for v in found:
+        try:
+            sets.append(signature_ids(v.value))
+        except MalformedEvidence as exc:
+            return None, f"malformed {name} (event {v.event.index}): {exc}"
+    return (frozenset.intersection(*sets) if every else frozenset.union(*sets)), None
 
 
 def _secure_boot_state(facts: BootFacts, policy: CompiledPolicy, ledger: Ledger) -> Check:
@@ -297,7 +299,7 @@ def _contains(
     facts: BootFacts, name: str, required: tuple[tuple[str, frozenset[str]], ...], ledger: Ledger
 ) -> Check:
     _take_variable(facts, name, ledger)
-    ids, problem = _db_ids(facts, name)
+    ids, problem = _db_ids(facts, name, every=True)
     cid = f"secure_boot.{name}_contains"
     if ids is None:
         return Check(cid, "fail", "secure_boot_variable_unverifiable", f"{name}: {problem}", 7)
