@@ -118,6 +118,10 @@ def _event_json(log: EventLog, index: int) -> dict[str, Any]:
 def _show(args: argparse.Namespace) -> int:
     log = load_log(args.file)
     events = [_event_json(log, i) for i in range(len(log.events))]
+    workarounds = _coverage_workarounds(log)
+    by_event = {i: w["name"] for w in workarounds for i in w["events"] if i is not None}
+    for ev in events:
+        ev["workaround"] = by_event.get(ev["index"])
     if args.json:
         doc = {
             "format": log.format,
@@ -125,12 +129,14 @@ def _show(args: argparse.Namespace) -> int:
             "startup_locality": log.startup_locality,
             "sha256": log.sha256.hex(),
             "events": events,
+            "workarounds": workarounds,
         }
         json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return EXIT_OK
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=f"{args.file} — {log.format}, {len(events)} events", expand=False)
     for name in ("#", "PCR", "type", *(b.bank for b in log.banks), "description"):
@@ -138,8 +144,18 @@ def _show(args: argparse.Namespace) -> int:
     for ev in events:
         digests = [_short(ev["digests"].get(b.bank, "-"), args.full_digests) for b in log.banks]
         pcr = "trailer" if ev["pcr"] == 0xFFFFFFFF else str(ev["pcr"])
-        table.add_row(str(ev["index"]), pcr, ev["type_name"], *digests, ev["description"])
-    Console(width=200 if not sys.stdout.isatty() else None).print(table)
+        description = ev["description"]
+        if ev["workaround"]:
+            description += f" [workaround {ev['workaround']}]"
+        # Text, not markup: descriptions come from the log, and "[...]" in them is just text.
+        table.add_row(str(ev["index"]), pcr, ev["type_name"], *digests, Text(description))
+    console = Console(width=200 if not sys.stdout.isatty() else None)
+    console.print(table)
+    for w in workarounds:
+        console.print(
+            f"workaround {w['name']}: PCR{w['pcr']} event {w['event']}: {w['detail']}",
+            markup=False,
+        )
     return EXIT_OK
 
 

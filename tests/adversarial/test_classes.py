@@ -22,7 +22,7 @@ from golden.capture import capture
 from golden.model import GoldenSet
 from verifier.appraisal import Check, Verdict, appraise, compile_golden
 
-from .forge import SB_LOG, insert_before, record, remove, replace, rewrite, variable
+from .forge import SB_LOG, insert_before, record, remove, replace, variable
 
 NOW = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
 GOLDEN = capture(
