@@ -31,6 +31,8 @@ USER_AGENT = f"assay-agent/{__version__}"
 @dataclass(frozen=True, slots=True)
 class CredentialChallenge:
     enrollment_id: str
+    activation_key: str
+    """Returned only to this client; the activation must present it (nobody else can fail it)."""
     credential_blob: bytes
     encrypted_secret: bytes
     expires_at: str
@@ -193,7 +195,8 @@ class VerifierClient:
             "/v1/enrollments",
             json_body={
                 "node": node,
-                "labels": dict(labels),
+                # The verifier refuses node-chosen labels; an empty set is simply not sent.
+                **({"labels": dict(labels)} if labels else {}),
                 "ek_cert": _b64(ek_cert) if ek_cert is not None else None,
                 "ek_public": _b64(ek_public),
                 "ak_public": _b64(ak_public),
@@ -203,15 +206,16 @@ class VerifierClient:
         )
         return CredentialChallenge(
             enrollment_id=_field(body, "enrollment_id", str, where),
+            activation_key=_field(body, "activation_key", str, where),
             credential_blob=_unb64(body, "credential_blob", where),
             encrypted_secret=_unb64(body, "encrypted_secret", where),
             expires_at=_field(body, "expires_at", str, where),
         )
 
-    def activate(self, enrollment_id: str, secret: bytes) -> str:
+    def activate(self, enrollment_id: str, activation_key: str, secret: bytes) -> str:
         body = self._post(
             f"/v1/enrollments/{urlquote(enrollment_id, safe='')}/activation",
-            json_body={"secret": _b64(secret)},
+            json_body={"secret": _b64(secret), "activation_key": activation_key},
             expect=200,
         )
         return str(_field(body, "state", str, "activation response"))

@@ -78,7 +78,7 @@ class EnrollmentSession:
         secret = tpm.activate_credential(
             self._ak, self._challenge.credential_blob, self._challenge.encrypted_secret
         )
-        self.client.activate(self._challenge.enrollment_id, secret)
+        self.client.activate(self._challenge.enrollment_id, self._challenge.activation_key, secret)
         self.state = EnrollState.ENROLLED
         enrollment = Enrollment(
             node=self.config.node,

@@ -366,13 +366,15 @@ def enroll_and_attest(demo: Demo) -> None:
         "Enrollment (EK certificate chain, credential activation) and attestation with the agent"
     )
     for node in NODES:
+        # The operator labels the node through its enrollment token; the node sends none.
+        labels = [x for k, v in node.labels.items() for x in ("--label", f"{k}={v}")]
         token = json.loads(
             demo.verifier(
-                "token", "create", "--role", "enroll", "--single-use", "--json", capture=True
+                "token", "create", "--role", "enroll", "--single-use", *labels, "--json",
+                capture=True,
             )
-        )["token"]
-        labels = [x for k, v in node.labels.items() for x in ("--label", f"{k}={v}")]
-        _agent(demo, node, "enroll", "--token", token, *labels)
+        )["token"]  # fmt: skip
+        _agent(demo, node, "enroll", "--token", token)
         demo.record("node_enrolled", node=node.name)
         result = _agent(demo, node, "attest")
         demo.record("node_attested", node=node.name, status=result.get("status"))

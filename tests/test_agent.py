@@ -67,7 +67,7 @@ class FakeVerifier:
 
     url: str = ""
     enrolled: dict[str, TpmPublic] = field(default_factory=dict)
-    pending: dict[str, tuple[str, TpmPublic, bytes]] = field(default_factory=dict)
+    pending: dict[str, tuple[str, TpmPublic, bytes, str]] = field(default_factory=dict)
     nonces: dict[str, bytes] = field(default_factory=dict)
     bundles: list[dict[str, Any]] = field(default_factory=list)
     user_agents: set[str] = field(default_factory=set)
@@ -96,10 +96,11 @@ class FakeVerifier:
             ak = parse_public(base64.b64decode(body["ak_public"]))
             secret = secrets.token_bytes(32)
             blob, enc = make_credential(ek, ak.name, secret)
-            eid = secrets.token_hex(8)
-            self.pending[eid] = (body["node"], ak, secret)
+            eid, key = secrets.token_hex(8), secrets.token_urlsafe(32)
+            self.pending[eid] = (body["node"], ak, secret, key)
             return jsonify({
                 "enrollment_id": eid,
+                "activation_key": key,
                 "credential_blob": base64.b64encode(blob).decode(),
                 "encrypted_secret": base64.b64encode(enc).decode(),
                 "expires_at": "2026-11-28T13:00:00Z",
@@ -107,7 +108,9 @@ class FakeVerifier:
 
         @app.post("/v1/enrollments/<eid>/activation")
         def activate(eid: str) -> tuple[Response, int]:
-            node, ak, secret = self.pending.pop(eid)
+            node, ak, secret, key = self.pending.pop(eid)
+            if request.get_json().get("activation_key") != key:
+                return error("activation_key_invalid", 403)
             if base64.b64decode(request.get_json()["secret"]) != secret:
                 return error("activation_failed", 403)
             self.enrolled[node] = ak

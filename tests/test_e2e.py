@@ -61,8 +61,12 @@ class Env:
         )
         return out.stdout
 
-    def token(self, role: str) -> str:
-        token: str = json.loads(self.cli("token", "create", "--role", role, "--json"))["token"]
+    def token(self, role: str, *labels: str) -> str:
+        """A new token; ``labels`` (``k=v``) for enroll tokens: the operator labels the nodes."""
+        extra = [x for label in labels for x in ("--label", label)]
+        token: str = json.loads(self.cli("token", "create", "--role", role, *extra, "--json"))[
+            "token"
+        ]
         return token
 
     def get(self, path: str) -> requests.Response:
@@ -122,7 +126,9 @@ def make_node(env: Env, tmp_path: Path) -> Iterator[object]:
         group: str = "main",
     ) -> Node:
         n = next(_counter)
-        tpm = swtpm.start(swtpm.clone(env.template, tmp_path / f"tpm{n}"), startup=False)
+        # Its own TPM (own EK): one TPM is one node, so clones of one template would be refused.
+        own = swtpm.provision(tmp_path / f"tpm{n}", env.base / "ca")
+        tpm = swtpm.start(own, startup=False)
         started.append(tpm)
         simulate_boot(
             tpm.tcti,
@@ -138,8 +144,7 @@ def make_node(env: Env, tmp_path: Path) -> Iterator[object]:
             eventlog=tpm.eventlog,
             verifier=env.url,
             node=name or f"node-{tmp_path.name[-12:]}-{n}",
-            labels={"group": group},
-            enroll_token=env.token("enroll"),
+            enroll_token=env.token("enroll", f"group={group}"),
         )
         return Node(tpm, config, VerifierClient(env.url, timeout=30))
 
@@ -160,8 +165,7 @@ def test_agent_cli_enrolls_and_attests_trusted(env: Env, make_node: object) -> N
         "--verifier", env.url, "--json",
     ]  # fmt: skip
     enrolled = subprocess.run(
-        [sys.executable, "-m", "agent", "enroll", *common, "--label", "group=main",
-         "--token", node.config.enroll_token],
+        [sys.executable, "-m", "agent", "enroll", *common, "--token", node.config.enroll_token],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert enrolled.returncode == 0, enrolled.stderr

@@ -133,10 +133,14 @@ ENDPOINTS: list[tuple[str, str, tuple[str, ...] | None]] = [
     ("POST", "/v1/nodes/n1/release", ("admin",)),
     ("POST", "/v1/nodes/n1/replace", ("admin",)),
     ("POST", "/v1/nodes/n1/reappraise", ("admin",)),
+    ("POST", "/v1/nodes/n1/move", ("admin",)),
+    ("POST", "/v1/nodes/n1/labels", ("admin",)),
     ("DELETE", "/v1/nodes/n1", ("admin",)),
     ("POST", "/v1/admin/reappraise", ("admin",)),
     ("POST", "/v1/admin/sweep", ("admin",)),
     ("POST", "/v1/tokens", ("admin",)),
+    ("GET", "/v1/tokens", ("admin",)),
+    ("POST", "/v1/tokens/abc/revoke", ("admin",)),
     ("GET", "/v1/audit", ("admin", "reviewer")),
 ]
 

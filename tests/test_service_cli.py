@@ -40,7 +40,7 @@ def test_db_token_golden_nodes_round_trip(
 ) -> None:
     db = ["--database", str(tmp_path / "v.db")]
     code, out, _ = run(capsys, "db", "upgrade", *db, "--json")
-    assert code == 0 and json.loads(out)["revision"] == "0001"
+    assert code == 0 and json.loads(out)["revision"] == "0002"
     code, out, _ = run(
         capsys, "token", "create", "--role", "scheduler", "--ttl", "60", *db, "--json"
     )
@@ -119,3 +119,39 @@ def test_serve_speaks_tls_when_given_a_certificate(
         assert resp.status_code == 401 and resp.json()["error"]["code"] == "unauthenticated"
         with pytest.raises(requests.ConnectionError):
             requests.get(url.replace("https", "http") + "/healthz", timeout=5)
+
+
+def test_tokens_list_revoke_and_nodes_move_label_from_the_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.test_service_api import add_node
+
+    db = ["--database", str(tmp_path / "v.db")]
+    assert run(capsys, "db", "upgrade", *db)[0] == 0
+    code, out, _ = run(
+        capsys, "token", "create", "--role", "enroll", "--label", "pool=web", *db, "--json"
+    )
+    made = json.loads(out)
+    assert code == 0 and made["labels"] == {"pool": "web"}
+    code, out, err = run(capsys, "token", "create", "--role", "admin", "--ttl", "1e9", *db)
+    assert code == 1 and "ttl may be at most" in err and err.count("\n") == 1
+    code, out, _ = run(capsys, "token", "list", *db, "--json")
+    [listed] = json.loads(out)["tokens"]
+    assert code == 0 and listed["id"] == made["id"] and made["token"] not in out
+    code, out, _ = run(capsys, "token", "revoke", made["id"], "--reason", "leaked", *db, "--json")
+    assert code == 0 and json.loads(out)["revoked_at"] is not None
+    code, _, err = run(capsys, "token", "revoke", made["id"], "--reason", "again", *db)
+    assert code == 1 and "already revoked" in err
+    store = Store(str(tmp_path / "v.db"))
+    add_node(store, "old-name")
+    store.close()
+    code, out, _ = run(
+        capsys, "nodes", "move", "old-name", "new-name", "--reason", "rename", *db, "--json"
+    )
+    assert code == 0 and json.loads(out)["name"] == "new-name"
+    code, out, _ = run(
+        capsys, "nodes", "label", "new-name", "--label", "pool=gpu", "--reason", "r", *db, "--json"
+    )
+    assert code == 0 and json.loads(out)["labels"] == {"pool": "gpu"}
+    code, out, _ = run(capsys, "token", "list", *db)  # the rich table
+    assert code == 0 and "enroll" in out

@@ -94,7 +94,8 @@ def svc(tpms: Tpms, tmp_path: Path) -> Iterator[Svc]:
     upgrade(store)
     with store.write() as db:
         admin, _ = repo.create_token(db, "admin", expires_at=None)
-        enroll, _ = repo.create_token(db, "enroll", expires_at=None)
+        # The operator chooses the labels: they ride on the enrollment token, not the request.
+        enroll, _ = repo.create_token(db, "enroll", expires_at=None, labels={"pool": "web"})
     app = create_app(
         ServiceConfig(database=str(tmp_path / "v.db"), ek_ca_dir=str(tpms.ca_dir)), store=store
     )
@@ -149,7 +150,6 @@ def start_enrollment(
         headers={"Authorization": f"Bearer {s.enroll_token}"},
         json={
             "node": name,
-            "labels": {"pool": "web"},
             "ek_cert": _b64(ek.cert) if ek.cert else None,
             "ek_public": _b64(ek.public),
             "ak_public": _b64(ak.public),
@@ -158,7 +158,8 @@ def start_enrollment(
     return resp, ak
 
 
-def enroll(s: Svc, node: swtpm.SwtpmNode, name: str) -> AkBlobs:
+def enroll(s: Svc, node: swtpm.SwtpmNode, name: str, *, state: str = "enrolled") -> AkBlobs:
+    """Enroll with credential activation; ``state``: the node's state after (kept on re-enroll)."""
     with Tpm(node.tcti) as tpm:
         resp, ak = start_enrollment(s, tpm, name)
         assert resp.status_code == 201, resp.json
@@ -167,12 +168,21 @@ def enroll(s: Svc, node: swtpm.SwtpmNode, name: str) -> AkBlobs:
             base64.b64decode(resp.json["credential_blob"]),
             base64.b64decode(resp.json["encrypted_secret"]),
         )
-    act = s.client.post(
-        f"/v1/enrollments/{resp.json['enrollment_id']}/activation", json={"secret": _b64(secret)}
-    )
+    act = activate(s, resp, secret)
     assert act.status_code == 200, act.json
-    assert act.json == {"node": name, "state": "enrolled"}
+    assert act.json == {"node": name, "state": state}
     return ak
+
+
+def activate(s: Svc, started: Any, secret: bytes, *, key: str | None = None) -> Any:
+    """POST the activation as the client that started the enrollment (or with ``key``)."""
+    return s.client.post(
+        f"/v1/enrollments/{started.json['enrollment_id']}/activation",
+        json={
+            "secret": _b64(secret),
+            "activation_key": started.json["activation_key"] if key is None else key,
+        },
+    )
 
 
 def attest(
@@ -297,12 +307,11 @@ def test_activation_is_a_state_machine_with_a_constant_time_secret(tpms: Tpms, s
             base64.b64decode(resp.json["credential_blob"]),
             base64.b64decode(resp.json["encrypted_secret"]),
         )
-    url = f"/v1/enrollments/{resp.json['enrollment_id']}/activation"
-    wrong = svc.client.post(url, json={"secret": _b64(bytes(len(secret)))})
+    wrong = activate(svc, resp, bytes(len(secret)))
     assert (wrong.status_code, wrong.json["error"]["code"]) == (422, "activation_failed")
     assert svc.client.post("/v1/nodes/web-2/challenge").status_code == 404  # not enrolled yet
-    assert svc.client.post(url, json={"secret": _b64(secret)}).status_code == 200
-    again = svc.client.post(url, json={"secret": _b64(secret)})
+    assert activate(svc, resp, secret).status_code == 200
+    again = activate(svc, resp, secret)
     assert (again.status_code, again.json["error"]["code"]) == (409, "enrollment_step")
 
 
@@ -314,10 +323,9 @@ def test_three_wrong_secrets_fail_the_enrollment(tpms: Tpms, svc: Svc) -> None:
             base64.b64decode(resp.json["credential_blob"]),
             base64.b64decode(resp.json["encrypted_secret"]),
         )
-    url = f"/v1/enrollments/{resp.json['enrollment_id']}/activation"
     for _ in range(3):
-        assert svc.client.post(url, json={"secret": _b64(b"x" * 32)}).status_code == 422
-    late = svc.client.post(url, json={"secret": _b64(secret)})
+        assert activate(svc, resp, b"x" * 32).status_code == 422
+    late = activate(svc, resp, secret)
     assert (late.status_code, late.json["error"]["code"]) == (409, "enrollment_step")
 
 
@@ -325,9 +333,7 @@ def test_expired_enrollment_cannot_be_activated(tpms: Tpms, svc: Svc) -> None:
     with Tpm(tpms.a.tcti) as tpm:
         resp, _ = start_enrollment(svc, tpm, "web-4")
     svc.services.clock = lambda: dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
-    late = svc.client.post(
-        f"/v1/enrollments/{resp.json['enrollment_id']}/activation", json={"secret": _b64(b"y" * 32)}
-    )
+    late = activate(svc, resp, b"y" * 32)
     assert (late.status_code, late.json["error"]["code"]) == (410, "enrollment_expired")
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from tests.postgres import postgres_server, postgres_url  # noqa: F401
 from verifier.store import Store, repo, upgrade
@@ -39,7 +39,7 @@ def _node(s: Store, name: str = "n1") -> int:
         node = Node(
             name=name,
             ek_public=b"ek",
-            ek_fingerprint="aa" * 32,
+            ek_fingerprint=name.encode().hex().ljust(64, "0"),
             ak_public=b"ak",
             ak_name=b"n",
             labels={"rack": "r1"},
@@ -55,14 +55,14 @@ def _node(s: Store, name: str = "n1") -> int:
 
 
 def test_migrations_create_exactly_the_models_schema(store: Store) -> None:
-    assert current_revision(store) == head_revision() == "0001"
+    assert current_revision(store) == head_revision() == "0002"
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
 
 
 def test_upgrade_twice_is_a_no_op(store: Store) -> None:
-    assert upgrade(store) == "0001"
+    assert upgrade(store) == "0002"
 
 
 def test_times_round_trip_as_aware_utc(store: Store) -> None:
@@ -198,3 +198,23 @@ def test_sqlite_writers_in_many_threads_never_hit_database_is_locked(tmp_path: P
     with s.read() as db:
         assert len(repo.list_audit(db, limit=1000)) == 160
     s.close()
+
+
+def test_upgrade_from_0001_keeps_tokens_and_gives_them_no_labels(tmp_path: Path) -> None:
+    s = Store(str(tmp_path / "old.db"))
+    try:
+        assert upgrade(s, "0001") == "0001"
+        with s.engine.begin() as conn:  # the 0001 columns, not today's model
+            conn.execute(
+                text(
+                    "INSERT INTO tokens (id, secret_sha256, role, description, single_use,"
+                    " created_at) VALUES ('t1', :h, 'enroll', '', false, :at)"
+                ),
+                {"h": repo.token_hash("s1"), "at": NOW.replace(tzinfo=None)},
+            )
+        assert upgrade(s) == "0002"
+        with s.read() as db:
+            token = repo.find_token(db, "s1")
+            assert token is not None and token.labels == {}
+    finally:
+        s.close()

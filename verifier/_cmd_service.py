@@ -7,7 +7,6 @@ print readable tables (rich) or ``--json``. Changes are audited with the actor `
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import getpass
 import json
 import sys
@@ -60,9 +59,24 @@ def register(sub: Any) -> None:
     sweep = nodes.add_parser("sweep", help="mark trusted nodes past their freshness window stale")
     _common(sweep)
     sweep.set_defaults(func=_nodes_sweep)
+    move = nodes.add_parser("move", help="give a node (its TPM, labels, state) a new name")
+    _common(move)
+    move.add_argument("name")
+    move.add_argument("new_name")
+    move.add_argument("--reason", required=True)
+    move.set_defaults(func=_nodes_move)
+    label = nodes.add_parser("label", help="set a node's labels (replaces them; re-appraises)")
+    _common(label)
+    label.add_argument("name")
+    label.add_argument("--label", action="append", default=[], metavar="K=V", help="repeat")
+    label.add_argument("--reason", required=True)
+    label.set_defaults(func=_nodes_label)
 
     _register_golden(sub)
+    _register_token(sub)
 
+
+def _register_token(sub: Any) -> None:
     tok = sub.add_parser("token", help="API tokens").add_subparsers(
         dest="token_command", metavar="SUBCOMMAND", required=True
     )
@@ -71,10 +85,27 @@ def register(sub: Any) -> None:
     create.add_argument(
         "--role", required=True, choices=("admin", "reviewer", "scheduler", "enroll")
     )
-    create.add_argument("--ttl", type=float, help="expire after this many seconds")
-    create.add_argument("--single-use", action="store_true", help="valid for one enrollment")
+    create.add_argument(
+        "--ttl", type=float, help="expire after this many seconds (default max_token_lifetime)"
+    )
+    create.add_argument("--single-use", action="store_true", help="valid for one request")
     create.add_argument("--description", default="")
+    create.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="enroll tokens: a label every node it enrolls receives (repeat)",
+    )
     create.set_defaults(func=_token_create)
+    ls = tok.add_parser("list", help="tokens (never their secrets)")
+    _common(ls)
+    ls.set_defaults(func=_token_list)
+    revoke = tok.add_parser("revoke", help="revoke a token by its id")
+    _common(revoke)
+    revoke.add_argument("id")
+    revoke.add_argument("--reason", required=True)
+    revoke.set_defaults(func=_token_revoke)
 
 
 def _register_golden(sub: Any) -> None:
@@ -262,6 +293,26 @@ def _nodes_sweep(args: argparse.Namespace) -> int:
     return _print(args, {"stale": stale}, _table("now stale", ("node",), [(n,) for n in stale]))
 
 
+def _nodes_move(args: argparse.Namespace) -> int:
+    from verifier.service import inventory
+
+    out = inventory.move_node(_services(args), args.name, args.new_name, args.reason, _actor())
+    return _print(args, out, _table("moved", ("from", "to"), [(args.name, out["name"])]))
+
+
+def _nodes_label(args: argparse.Namespace) -> int:
+    from verifier.service import inventory
+
+    labels = _labels(args.label)
+    out = inventory.set_labels(_services(args), args.name, labels, args.reason, _actor())
+    sel = ",".join(f"{k}={v}" for k, v in out["labels"].items())
+    return _print(
+        args,
+        out,
+        _table("labelled", ("node", "labels", "state"), [(out["name"], sel, out["state"])]),
+    )
+
+
 def _golden_add(args: argparse.Namespace) -> int:
     from verifier.service import golden_ops
 
@@ -307,37 +358,48 @@ def _golden_status(args: argparse.Namespace) -> int:
 
 
 def _token_create(args: argparse.Namespace) -> int:
-    from verifier.store import repo
+    from verifier.service import tokens
 
-    svc = _services(args)
-    now = dt.datetime.now(dt.UTC)
-    expires = now + dt.timedelta(seconds=args.ttl) if args.ttl else None
-    with svc.store.write() as db:
-        secret, row = repo.create_token(
-            db,
-            args.role,
-            expires_at=expires,
-            single_use=args.single_use,
-            description=args.description,
-            now=now,
-        )
-        repo.audit(
-            db,
-            _actor(),
-            "token_create",
-            f"token:{row.id}",
-            args.description,
-            {"role": args.role},
-            now=now,
-        )
-        data = {
-            "token": secret,
-            "id": row.id,
-            "role": args.role,
-            "single_use": args.single_use,
-            "expires_at": expires.isoformat() if expires else None,
-        }
+    data = tokens.create(
+        _services(args),
+        args.role,
+        ttl=args.ttl,
+        single_use=args.single_use,
+        description=args.description,
+        labels=_labels(args.label),
+        actor=_actor(),
+    )
     if args.json:
         return _print(args, data, None)
-    print(secret)
+    print(data["token"])
     return EXIT_OK
+
+
+def _token_list(args: argparse.Namespace) -> int:
+    from verifier.service import tokens
+
+    rows = tokens.list_all(_services(args))
+    table = _table(
+        "tokens",
+        ("id", "role", "labels", "expires", "used", "revoked", "description"),
+        [
+            (
+                t["id"],
+                t["role"] + (" (single use)" if t["single_use"] else ""),
+                ",".join(f"{k}={v}" for k, v in t["labels"].items()),
+                t["expires_at"],
+                t["used_at"],
+                t["revoked_at"],
+                t["description"],
+            )
+            for t in rows
+        ],
+    )
+    return _print(args, {"tokens": rows}, table)
+
+
+def _token_revoke(args: argparse.Namespace) -> int:
+    from verifier.service import tokens
+
+    out = tokens.revoke(_services(args), args.id, args.reason, _actor())
+    return _print(args, out, _table("revoked", ("id", "role"), [(out["id"], out["role"])]))

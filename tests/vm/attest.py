@@ -81,6 +81,11 @@ class Verifier:
         )
         return str(added["id"])
 
+    def enroll_token_for(self, labels: Mapping[str, str]) -> str:
+        """An enroll token carrying ``labels``: the operator, not the node, labels it."""
+        made = self._call("POST", "/tokens", json={"role": "enroll", "labels": dict(labels)})
+        return str(made["token"])
+
     def revoke(self, name: str, version: str, reason: str) -> dict[str, Any]:
         return self._call("POST", f"/golden/{name}/{version}/revoke", json={"reason": reason})
 
@@ -122,8 +127,7 @@ class VmAgent:
             eventlog=node.eventlog_path,
             verifier=verifier.url,
             node=name,
-            labels=dict(labels),
-            enroll_token=verifier.enroll_token,
+            enroll_token=verifier.enroll_token_for(labels) if labels else verifier.enroll_token,
         )
         self.client = VerifierClient(verifier.url, timeout=60)
 

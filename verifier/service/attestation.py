@@ -211,16 +211,23 @@ def _record(
         node.last_restart_count = quote.restart_count
         node.boot_log_sha256 = log_hex
         node.last_attested_at = now
-        apply_assessment(node, row, a, now)
+        apply_assessment(node, row, a, now, now)
         return AttestationResult(row.id, a.status, a.reason, node.state, a.checks, reboot)
 
 
-def apply_assessment(node: Node, row: Attestation, a: Assessment, now: dt.datetime) -> None:
-    """Move the node to its new state (a quarantined node stays quarantined)."""
+def apply_assessment(
+    node: Node, row: Attestation, a: Assessment, now: dt.datetime, quoted_at: dt.datetime
+) -> None:
+    """Move the node to its new state (a quarantined node stays quarantined).
+
+    Freshness comes only from the quote: ``quoted_at`` is when the appraised quote was verified
+    (``now`` for new evidence, the stored evidence's time for a re-appraisal), so re-appraising
+    old evidence never makes a node fresher than its last real attestation.
+    """
     node.last_attestation_id = row.id
     node.golden_versions = a.golden
-    if a.status == "trusted":
-        node.last_success_at = now
+    if a.status == "trusted" and (node.last_success_at or quoted_at) <= quoted_at:
+        node.last_success_at = quoted_at
     if node.state == "quarantined":
         return
     if node.state != a.status:

@@ -2,8 +2,12 @@
 
 Roles: ``admin`` (everything), ``reviewer`` (read inventory, attestations, evidence, golden sets,
 audit), ``scheduler`` (read-only inventory: node list and node state), ``enroll`` (start an
-enrollment; single use or expiring). Agents need no token after enrollment: their evidence is
-authenticated by the AK signature over the verifier's nonce.
+enrollment). Agents need no token after enrollment: their evidence is authenticated by the AK
+signature over the verifier's nonce.
+
+Every token expires (``tokens.expiry``). A single-use token, of any role, is good for one request:
+it is used up atomically as the request is admitted (any instance), except where the handler's
+domain function uses it up itself once the request was checked (enrollment start, step 6).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from flask import g, request
 
 from verifier.store import repo
 
+from . import tokens
 from .context import services
 from .errors import ApiError
 
@@ -53,17 +58,26 @@ def authenticate(header: str | None) -> Caller:
         token = repo.find_token(db, secret.strip())
         if token is None:
             raise ApiError(401, "invalid_token", "unknown token")
-        if token.revoked_at is not None:
-            raise ApiError(401, "invalid_token", "the token was revoked")
-        if token.expires_at is not None and token.expires_at <= now:
-            raise ApiError(401, "token_expired", "the token has expired")
-        if token.single_use and token.used_at is not None:
-            raise ApiError(401, "token_used", "the single-use token was already used")
+        tokens.check_usable(token, svc.config.max_token_lifetime, now)
         return Caller(token_id=token.id, role=token.role, single_use=token.single_use)
 
 
-def require(*roles: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Decorate a handler: only callers with one of ``roles`` get through (else 401/403)."""
+def use_up(caller: Caller) -> None:
+    """Use up a single-use token for this request; 401 if another request already did."""
+    svc = services()
+    with svc.store.write() as db:
+        if not repo.use_single_use_token(db, caller.token_id, svc.now()):
+            raise ApiError(401, "token_used", "the single-use token was already used")
+
+
+def require(
+    *roles: str, domain_uses_token: bool = False
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorate a handler: only callers with one of ``roles`` get through (else 401/403).
+
+    A single-use token is used up here, unless ``domain_uses_token`` says the domain function
+    does it itself after checking the request (so a refused request does not burn the token).
+    """
 
     def wrap(handler: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(handler)
@@ -71,6 +85,8 @@ def require(*roles: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
             caller = authenticate(request.headers.get("Authorization"))
             if caller.role not in roles:
                 raise ApiError(403, "forbidden", f"role {caller.role!r} may not call this endpoint")
+            if caller.single_use and not domain_uses_token:
+                use_up(caller)
             g.caller = caller
             return handler(*args, **kwargs)
 

@@ -40,6 +40,8 @@ class ServiceConfig:
     max_json: int = 256 * 1024
     log_cache_size: int = 512
     policy_cache_ttl: float = 60.0
+    max_token_lifetime: float = 30 * 24 * 3600.0
+    """Seconds: no bearer token is accepted longer than this after its creation (30 days)."""
     bind: str = "127.0.0.1:8700"
     workers: int = 2
     tls_cert: str | None = None
@@ -128,6 +130,8 @@ def load_config(
                 raise ConfigurationError(f"unknown setting {name!r}")
             values[name] = _coerce(name, value)
     config = ServiceConfig(**values)
+    if config.max_token_lifetime <= 0:
+        raise ConfigurationError("max_token_lifetime must be a positive number of seconds")
     if bool(config.tls_cert) != bool(config.tls_key):
         raise ConfigurationError("tls_cert and tls_key must be given together")
     return config

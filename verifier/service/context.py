@@ -77,7 +77,7 @@ class Services:
     store: Store
     clock: Callable[[], dt.datetime] = _utcnow
     logs: LruCache[tuple[str, int], object] = field(init=False)
-    policies: LruCache[Hashable, tuple[float, object]] = field(init=False)
+    policies: LruCache[Hashable, tuple[float, dt.datetime | None, object]] = field(init=False)
 
     def __post_init__(self) -> None:
         self.logs = LruCache(self.config.log_cache_size)

@@ -3,13 +3,21 @@
 An explicit state machine per enrollment: ``challenged`` → ``activated`` (or ``failed`` after too
 many wrong secrets, or past ``expires_at``). Anything else is refused with ``enrollment_step``.
 
+What the node chooses: its name and its keys, nothing else. Its labels (which select its golden
+sets) come from the enrollment token, or later from an admin; a re-enrollment keeps the node's
+labels and state. One TPM is one node: an EK or AK bound to one name is refused for another
+until an admin moves the node (``inventory.move_node``).
+
 ``start`` steps: 1. parse the EK and AK public areas; 2. chain the EK certificate to a configured
 vendor CA (or accept a bare EK only where the operator allows it); 3. the certificate's key is the
-EK sent; 4. the AK is a restricted signing key fixed to this TPM; 5. the node name is not held by a
-different EK (unless an admin allowed a replacement); 6. use up a single-use token; 7. wrap a fresh
-secret for (EK, AK Name) with MakeCredential and remember only its hash.
-``activate`` steps: 1. the enrollment exists, is ``challenged`` and unexpired; 2. the secret
-matches (constant time); 3. re-check the EK pin; 4. create or update the node: EK pinned, AK bound.
+EK sent; 4. the AK is a restricted signing key fixed to this TPM; 5. identity: the node name is not
+held by a different EK (unless an admin allowed a replacement), and neither the EK nor the AK is
+bound to another name; 6. use up a single-use token; 7. wrap a fresh secret for (EK, AK Name) with
+MakeCredential and remember only its hash, and the hash of an activation key returned only to
+this client.
+``activate`` steps: 1. the enrollment exists and the caller holds its activation key (anyone else
+is refused without touching it); 2. it is ``challenged`` and unexpired; 3. the secret matches
+(constant time); 4. re-check the identity; 5. create or update the node: EK pinned, AK bound.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import secrets
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from assay.errors import VerificationFailed
@@ -45,8 +54,9 @@ AK_REQUIRED = (
 
 @dataclass(frozen=True, slots=True)
 class EnrollmentRequest:
+    """What an enrolling node may say: its name and its keys (never its labels)."""
+
     node: str
-    labels: dict[str, str]
     ek_cert: bytes | None
     ek_public: bytes
     ak_public: bytes
@@ -55,6 +65,7 @@ class EnrollmentRequest:
 @dataclass(frozen=True, slots=True)
 class EnrollmentChallenge:
     enrollment_id: str
+    activation_key: str
     credential_blob: bytes
     encrypted_secret: bytes
     expires_at: dt.datetime
@@ -99,12 +110,24 @@ def _check_ek(svc: Services, req: EnrollmentRequest, ek: TpmPublic, now: dt.date
     return cert_fingerprint(cert)
 
 
-def _check_pin(node: Node | None, ek_fp: str) -> None:
+def _check_identity(db: Session, name: str, ek_fp: str, ak_name: bytes) -> None:
+    """Step 5: one TPM is one node, and a name keeps its TPM unless an admin allowed a new one."""
+    node = repo.get_node(db, name)
     if node is not None and node.ek_fingerprint != ek_fp and not node.replace_allowed:
         raise conflict(
             "ek_mismatch",
-            f"node {node.name!r} is enrolled with a different EK; an admin must replace it first",
+            f"node {name!r} is enrolled with a different EK; an admin must replace it first",
         )
+    for other, what, code in (
+        (repo.node_by_ek(db, ek_fp), "EK", "ek_in_use"),
+        (repo.node_by_ak(db, ak_name), "AK", "ak_in_use"),
+    ):
+        if other is not None and other.name != name:
+            raise conflict(
+                code,
+                f"this TPM's {what} is enrolled as node {other.name!r}; "
+                "an admin must move that node to a new name",
+            )
 
 
 def start(svc: Services, req: EnrollmentRequest, caller: Caller) -> EnrollmentChallenge:
@@ -120,41 +143,29 @@ def start(svc: Services, req: EnrollmentRequest, caller: Caller) -> EnrollmentCh
     secret = secrets.token_bytes(32)
     blob, encrypted = make_credential(ek, ak.name, secret)
     enrollment_id = secrets.token_urlsafe(16)
+    activation_key = secrets.token_urlsafe(32)
     expires = now + dt.timedelta(seconds=svc.config.enrollment_lifetime)
-    # 5. EK pin (a refusal is audited in its own transaction, so it survives the error).
-    with svc.store.read() as db:
-        existing = repo.get_node(db, req.node)
-    try:
-        _check_pin(existing, ek_fp)
-    except ApiError:
-        with svc.store.write() as db:
-            repo.audit(
-                db,
-                caller.actor,
-                "enroll_refused",
-                req.node,
-                "different EK",
-                {"ek_fingerprint": ek_fp},
-                now=now,
-            )
-        raise
+    # 5. Identity (a refusal is audited in its own transaction, so it survives the error).
+    _refuse_audited(svc, req.node, ek_fp, ak.name, caller.actor, now)
     with svc.store.write() as db:
-        _check_pin(repo.get_node(db, req.node), ek_fp)  # again, inside the transaction
+        _check_identity(db, req.node, ek_fp, ak.name)  # again, inside the transaction
         # 6. Single-use token.
         if caller.single_use and not repo.use_single_use_token(db, caller.token_id, now):
             raise ApiError(401, "token_used", "the single-use token was already used")
-        # 7. Remember the challenge.
+        # 7. Remember the challenge; the labels are the token's, never the node's.
+        token = repo.get_token(db, caller.token_id)
         db.add(
             Enrollment(
                 id=enrollment_id,
                 node_name=req.node,
-                labels=req.labels,
+                labels=dict(token.labels) if token is not None else {},
                 ek_public=ek.raw,
                 ek_fingerprint=ek_fp,
                 ek_cert_fingerprint=cert_fp,
                 ak_public=ak.raw,
                 ak_name=ak.name,
                 secret_sha256=hashlib.sha256(secret).digest(),
+                activation_key_sha256=_key_hash(activation_key),
                 step="challenged",
                 attempts=0,
                 token_id=caller.token_id,
@@ -162,25 +173,53 @@ def start(svc: Services, req: EnrollmentRequest, caller: Caller) -> EnrollmentCh
                 expires_at=expires,
             )
         )
+        # The enrollment id is not audited: reviewers read the audit log, only the client acts.
+        repo.audit(
+            db, caller.actor, "enroll_start", req.node, "", {"ek_fingerprint": ek_fp}, now=now
+        )
+    return EnrollmentChallenge(enrollment_id, activation_key, blob, encrypted, expires)
+
+
+def _key_hash(activation_key: str) -> bytes:
+    return hashlib.sha256(activation_key.encode()).digest()
+
+
+def _refuse_audited(
+    svc: Services, name: str, ek_fp: str, ak_name: bytes, actor: str, now: dt.datetime
+) -> None:
+    with svc.store.read() as db:
+        try:
+            _check_identity(db, name, ek_fp, ak_name)
+            return
+        except ApiError as exc:
+            refusal = exc
+    with svc.store.write() as db:
         repo.audit(
             db,
-            caller.actor,
-            "enroll_start",
-            req.node,
-            "",
-            {"enrollment_id": enrollment_id, "ek_fingerprint": ek_fp},
+            actor,
+            "enroll_refused",
+            name,
+            refusal.code,
+            {"ek_fingerprint": ek_fp, "ak_name": ak_name.hex()},
             now=now,
         )
-    return EnrollmentChallenge(enrollment_id, blob, encrypted, expires)
+    raise refusal
 
 
-def activate(svc: Services, enrollment_id: str, secret: bytes) -> Node:
+def activate(svc: Services, enrollment_id: str, secret: bytes, activation_key: str) -> Node:
     now = svc.now()
     with svc.store.write() as db:
-        # 1. State machine.
+        # 1. The enrollment, and only for the client that started it.
         row = db.get(Enrollment, enrollment_id)
         if row is None:
             raise ApiError(404, "enrollment_unknown", "no such enrollment")
+        if row.activation_key_sha256 is None or not hmac.compare_digest(
+            _key_hash(activation_key), row.activation_key_sha256
+        ):
+            raise ApiError(
+                403, "activation_key_invalid", "this is not the client that started the enrollment"
+            )
+        # 2. State machine.
         if row.step != "challenged":
             raise conflict("enrollment_step", f"enrollment is {row.step}, not awaiting activation")
         if row.expires_at <= now:
@@ -188,7 +227,7 @@ def activate(svc: Services, enrollment_id: str, secret: bytes) -> Node:
             return_error = ApiError(410, "enrollment_expired", "the enrollment challenge expired")
         else:
             return_error = None
-        # 2. Secret, constant time.
+        # 3. Secret, constant time.
         if return_error is None and not hmac.compare_digest(
             hashlib.sha256(secret).digest(), row.secret_sha256
         ):
@@ -198,10 +237,9 @@ def activate(svc: Services, enrollment_id: str, secret: bytes) -> Node:
             repo.audit(db, "agent", "activation_failed", row.node_name, "wrong secret", now=now)
             return_error = ApiError(422, "activation_failed", "the activated secret is wrong")
         if return_error is None:
-            # 3-4. Pin and bind.
-            node = repo.get_node(db, row.node_name)
-            _check_pin(node, row.ek_fingerprint)
-            node = _bind(db, node, row, now)
+            # 4-5. Identity, then pin and bind.
+            _check_identity(db, row.node_name, row.ek_fingerprint, row.ak_name)
+            node = _bind(db, row, now)
             row.step = "activated"
             repo.audit(
                 db,
@@ -216,24 +254,34 @@ def activate(svc: Services, enrollment_id: str, secret: bytes) -> Node:
     raise return_error
 
 
-def _bind(db: Session, node: Node | None, row: Enrollment, now: dt.datetime) -> Node:
+def _bind(db: Session, row: Enrollment, now: dt.datetime) -> Node:
+    """Pin the EK and bind the AK. A known node keeps its labels and state (and a quarantine)."""
+    node = repo.get_node(db, row.node_name)
     if node is None:
-        node = Node(name=row.node_name, golden_versions=[])
+        node = Node(name=row.node_name, golden_versions=[], labels=dict(row.labels))
         db.add(node)
+        _set_state(node, "enrolled", "enrolled; awaiting the first attestation", now)
+        node.enrolled_at = now
     elif node.ek_fingerprint != row.ek_fingerprint:  # an admin-approved replacement
         node.last_reset_count = node.last_restart_count = None
         node.boot_log_sha256 = None
         node.last_success_at = None
+        node.last_attestation_id = None  # a release must not restore the old TPM's verdict
+        if node.state != "quarantined":
+            _set_state(node, "enrolled", "new TPM enrolled; awaiting the first attestation", now)
+        node.enrolled_at = now
     node.ek_public = row.ek_public
     node.ek_fingerprint = row.ek_fingerprint
     node.ek_cert_fingerprint = row.ek_cert_fingerprint
     node.ak_public = row.ak_public
     node.ak_name = row.ak_name
-    node.labels = dict(row.labels)
     node.replace_allowed = False
-    node.state = "enrolled"
-    node.state_since = now
-    node.reason = "enrolled; awaiting the first attestation"
-    node.enrolled_at = now
-    db.flush()
+    try:
+        db.flush()
+    except IntegrityError:  # another instance bound this EK to another name just now
+        raise conflict("ek_in_use", "this TPM's EK was just enrolled as another node") from None
     return node
+
+
+def _set_state(node: Node, state: str, reason: str, now: dt.datetime) -> None:
+    node.state, node.reason, node.state_since = state, reason, now

@@ -170,6 +170,34 @@ def allow_replace(svc: Services, name: str, reason: str, actor: str) -> None:
         repo.audit(db, actor, "allow_replace", name, reason, now=now)
 
 
+def move_node(svc: Services, name: str, new_name: str, reason: str, actor: str) -> dict[str, Any]:
+    """Give the node (its TPM, labels, state and history) a new name: one TPM stays one node."""
+    now = svc.now()
+    with svc.store.write() as db:
+        node = get_node(db, name)
+        if repo.get_node(db, new_name) is not None:
+            raise conflict("node_exists", f"node {new_name!r} exists; delete it first")
+        node.name = new_name
+        details = {"from": name, "to": new_name, "ek_fingerprint": node.ek_fingerprint}
+        for target in (name, new_name):
+            repo.audit(db, actor, "move", target, reason, details, now=now)
+        return node_json(node, now, svc.config.freshness_window)
+
+
+def set_labels(
+    svc: Services, name: str, labels: Mapping[str, str], reason: str, actor: str
+) -> dict[str, Any]:
+    """An admin sets the labels that select the node's golden sets; its evidence is re-appraised."""
+    now = svc.now()
+    with svc.store.write() as db:
+        node = get_node(db, name)
+        before = dict(node.labels)
+        node.labels = dict(labels)
+        repo.audit(db, actor, "labels", name, reason, {"from": before, "to": dict(labels)}, now=now)
+    reappraise_nodes(svc, [name], f"labels changed: {reason}", actor)
+    return show_node(svc, name)
+
+
 def reappraise_nodes(
     svc: Services, names: Sequence[str] | None, reason: str, actor: str
 ) -> list[dict[str, Any]]:
@@ -177,7 +205,8 @@ def reappraise_nodes(
 
     The stored quote is verified again with the node's AK and nonce, the log replayed against it
     (cached when unchanged), and the verdict recorded as a ``reappraisal`` attestation that moves
-    the node's state — all nodes in one transaction, so the inventory flips at once.
+    the node's state — all nodes in one transaction, so the inventory flips at once. It never
+    refreshes a node: freshness stays that of the stored evidence (``apply_assessment``).
     """
     now = svc.now()
     results: list[dict[str, Any]] = []
@@ -208,7 +237,7 @@ def reappraise_nodes(
             )
             db.add(row)
             db.flush()
-            apply_assessment(node, row, a, now)
+            apply_assessment(node, row, a, now, last.created_at)
             repo.audit(
                 db,
                 actor,

@@ -7,6 +7,7 @@ said, so a revocation recorded in the database takes effect without re-uploading
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -65,18 +66,32 @@ def rows_for_labels(db: Session, labels: Mapping[str, str]) -> list[GoldenSetRow
 
 
 def policy_for(svc: Services, rows: Sequence[GoldenSetRow]) -> CompiledPolicy:
-    """Compile ``rows`` once per combination of versions and statuses; reuse it for a while."""
+    """Compile ``rows`` once per combination of versions and statuses; reuse it for a while.
+
+    The key holds each row's status as read from the store now, so a retirement or revocation
+    made by any verifier instance takes effect on the next appraisal. A compiled policy is reused
+    only while the clock stays inside the window it was compiled for: never past the next
+    ``valid_from``/``valid_until`` of any of its sets, nor for longer than ``policy_cache_ttl``.
+    """
     key: Hashable = tuple(sorted((r.name, r.version, r.status, r.reason, r.id) for r in rows))
     cached = svc.policies.get(key)
-    now_mono = svc.monotonic()
-    if cached is not None and now_mono - cached[0] < svc.config.policy_cache_ttl:
-        policy = cached[1]
+    now, now_mono = svc.now(), svc.monotonic()
+    if cached is not None:
+        loaded, until, policy = cached
         assert isinstance(policy, CompiledPolicy)
-        return policy
+        fresh = now_mono - loaded < svc.config.policy_cache_ttl
+        if fresh and policy.now <= now and (until is None or now < until):
+            return policy
     sets = [golden_from_row(r) for r in rows]
-    policy = compile_golden(sets, now=svc.now())
-    svc.policies.put(key, (now_mono, policy))
+    policy = compile_golden(sets, now=now)
+    svc.policies.put(key, (now_mono, next_boundary(sets, now), policy))
     return policy
+
+
+def next_boundary(sets: Sequence[GoldenSet], now: dt.datetime) -> dt.datetime | None:
+    """The first time after ``now`` at which one of ``sets`` enters or leaves its window."""
+    times = [t for g in sets for t in (g.valid_from, g.valid_until) if t is not None and t > now]
+    return min(times, default=None)
 
 
 def assess(log: VerifiedBootLog, policy: CompiledPolicy) -> Assessment:

@@ -3,7 +3,8 @@
 Who may call what (``auth.require``): enrollment start — enroll, admin; activation, challenge,
 evidence — the agent (no token: possession of the activated secret / the AK signature over the
 verifier's nonce); node list and node — scheduler, reviewer, admin; attestations, evidence,
-golden reads, audit — reviewer, admin; every change to golden sets, nodes and tokens — admin.
+golden reads, audit — reviewer, admin; every change to golden sets, nodes and tokens, and the
+token list — admin.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from flask import Blueprint, Response, jsonify, request
 from verifier.store import repo
 from verifier.store.models import Attestation, Node
 
-from . import attestation, enrollment, golden_ops, inventory
+from . import attestation, enrollment, golden_ops, inventory, tokens
 from ._http import (
     b64_field,
     json_body,
@@ -54,12 +55,16 @@ def _iso(value: dt.datetime) -> str:
 
 
 @enrollment_bp.post("/enrollments")
-@require(*ENROLL)
+@require(*ENROLL, domain_uses_token=True)  # step 6 of enrollment.start
 def start_enrollment() -> tuple[Response, int]:
     body = json_body()
+    if labels_field(body):
+        raise bad_request(
+            "labels_not_accepted",
+            "a node may not choose its labels: they come from the enrollment token or an admin",
+        )
     req = enrollment.EnrollmentRequest(
         node=_node_name(text_field(body, "node")),
-        labels=labels_field(body),
         ek_cert=b64_field(body, "ek_cert", max_len=MAX_CERT, required=False),
         ek_public=_req(b64_field(body, "ek_public", max_len=MAX_KEY)),
         ak_public=_req(b64_field(body, "ak_public", max_len=MAX_KEY)),
@@ -68,6 +73,7 @@ def start_enrollment() -> tuple[Response, int]:
     return jsonify(
         {
             "enrollment_id": ch.enrollment_id,
+            "activation_key": ch.activation_key,
             "credential_blob": _b64(ch.credential_blob),
             "encrypted_secret": _b64(ch.encrypted_secret),
             "expires_at": _iso(ch.expires_at),
@@ -77,8 +83,10 @@ def start_enrollment() -> tuple[Response, int]:
 
 @enrollment_bp.post("/enrollments/<enrollment_id>/activation")
 def activate(enrollment_id: str) -> Response:
-    secret = _req(b64_field(json_body(), "secret", max_len=64))
-    node = enrollment.activate(services(), enrollment_id, secret)
+    body = json_body()
+    secret = _req(b64_field(body, "secret", max_len=64))
+    key = text_field(body, "activation_key", required=False, max_len=64)
+    node = enrollment.activate(services(), enrollment_id, secret, key)
     return jsonify({"node": node.name, "state": node.state})
 
 
@@ -253,7 +261,13 @@ def golden_status(name: str, version: str, action: str) -> Response:
 @require(*ADMIN)
 def node_action(node: str, action: str) -> Response:
     svc = services()
-    reason = reason_field(json_body())
+    body = json_body()
+    reason = reason_field(body)
+    if action == "move":
+        new_name = _node_name(text_field(body, "to"))
+        return jsonify(inventory.move_node(svc, node, new_name, reason, actor()))
+    if action == "labels":
+        return jsonify(inventory.set_labels(svc, node, labels_field(body), reason, actor()))
     if action == "quarantine":
         return jsonify(inventory.quarantine(svc, node, reason, actor()))
     if action == "release":
@@ -292,36 +306,35 @@ def sweep() -> Response:
 @require(*ADMIN)
 def create_token() -> tuple[Response, int]:
     body = json_body()
-    role = text_field(body, "role", max_len=16)
-    if role not in repo.ROLES:
-        raise bad_request("bad_field", f"role must be one of {', '.join(repo.ROLES)}")
     ttl = body.get("ttl")
     if ttl is not None and (not isinstance(ttl, int | float) or isinstance(ttl, bool) or ttl <= 0):
         raise bad_request("bad_field", "ttl must be a positive number of seconds")
     single_use = body.get("single_use", False)
     if not isinstance(single_use, bool):
         raise bad_request("bad_field", "single_use must be a boolean")
-    return jsonify(create_token_json(role, ttl, single_use, str(body.get("description", "")))), 201
+    out = tokens.create(
+        services(),
+        text_field(body, "role", max_len=16),
+        ttl=ttl,
+        single_use=single_use,
+        description=str(body.get("description", "")),
+        labels=labels_field(body),
+        actor=actor(),
+    )
+    return jsonify(out), 201
 
 
-def create_token_json(role: str, ttl: float | None, single_use: bool, desc: str) -> dict[str, Any]:
-    svc = services()
-    now = svc.now()
-    expires = now + dt.timedelta(seconds=ttl) if ttl else None
-    with svc.store.write() as db:
-        secret, row = repo.create_token(
-            db, role, expires_at=expires, single_use=single_use, description=desc[:200], now=now
-        )
-        repo.audit(
-            db, actor(), "token_create", f"token:{row.id}", desc[:200], {"role": role}, now=now
-        )
-        return {
-            "token": secret,
-            "id": row.id,
-            "role": role,
-            "single_use": single_use,
-            "expires_at": _iso(expires) if expires else None,
-        }
+@admin_bp.get("/tokens")
+@require(*ADMIN)
+def list_tokens() -> Response:
+    return jsonify({"tokens": tokens.list_all(services())})
+
+
+@admin_bp.post("/tokens/<token_id>/revoke")
+@require(*ADMIN)
+def revoke_token(token_id: str) -> Response:
+    reason = reason_field(json_body())
+    return jsonify(tokens.revoke(services(), token_id, reason, actor()))
 
 
 @admin_bp.get("/audit")

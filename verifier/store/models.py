@@ -57,11 +57,13 @@ class Node(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(253), unique=True)
     ek_public: Mapped[bytes] = mapped_column(LargeBinary)
-    ek_fingerprint: Mapped[str] = mapped_column(String(64), index=True)
+    ek_fingerprint: Mapped[str] = mapped_column(String(64), index=True, unique=True)
+    """One TPM is one node: an EK is bound to one name (an admin moves it, never an enrollment)."""
     ek_cert_fingerprint: Mapped[str | None] = mapped_column(String(64))
     ak_public: Mapped[bytes] = mapped_column(LargeBinary)
     ak_name: Mapped[bytes] = mapped_column(LargeBinary)
     labels: Mapped[dict[str, str]] = mapped_column(JSON)
+    """Chosen by the operator (the enrollment token's labels, or an admin): they select golden sets."""
     state: Mapped[str] = mapped_column(String(16), index=True)
     state_since: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     reason: Mapped[str] = mapped_column(Text, default="")
@@ -91,6 +93,8 @@ class Enrollment(Base):
     ak_public: Mapped[bytes] = mapped_column(LargeBinary)
     ak_name: Mapped[bytes] = mapped_column(LargeBinary)
     secret_sha256: Mapped[bytes] = mapped_column(LargeBinary)
+    activation_key_sha256: Mapped[bytes | None] = mapped_column(LargeBinary)
+    """Hash of the key returned only to the enrolling client; an activation must present it."""
     step: Mapped[str] = mapped_column(String(16))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     token_id: Mapped[str | None] = mapped_column(String(64))
@@ -182,6 +186,8 @@ class Token(Base):
     role: Mapped[str] = mapped_column(String(16))
     description: Mapped[str] = mapped_column(Text, default="")
     single_use: Mapped[bool] = mapped_column(Boolean, default=False)
+    labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    """For ``enroll`` tokens: the labels every node first enrolled with this token receives."""
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     expires_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
     used_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)

@@ -93,6 +93,7 @@ def create_token(
     expires_at: dt.datetime | None,
     single_use: bool = False,
     description: str = "",
+    labels: Mapping[str, str] | None = None,
     now: dt.datetime | None = None,
 ) -> tuple[str, Token]:
     """A new bearer token; only its hash is stored, the secret is returned once."""
@@ -106,6 +107,7 @@ def create_token(
         role=role,
         description=description,
         single_use=single_use,
+        labels=dict(labels or {}),
         created_at=now or utcnow(),
         expires_at=expires_at,
     )
@@ -130,7 +132,11 @@ def use_single_use_token(s: Session, token_id: str, now: dt.datetime) -> bool:
 
 
 def list_tokens(s: Session) -> list[Token]:
-    return list(s.scalars(select(Token).order_by(Token.created_at)))
+    return list(s.scalars(select(Token).order_by(Token.created_at, Token.id)))
+
+
+def get_token(s: Session, token_id: str) -> Token | None:
+    return s.get(Token, token_id)
 
 
 # --- nodes ----------------------------------------------------------------------------------
@@ -138,6 +144,14 @@ def list_tokens(s: Session) -> list[Token]:
 
 def get_node(s: Session, name: str) -> Node | None:
     return s.scalars(select(Node).where(Node.name == name)).first()
+
+
+def node_by_ek(s: Session, ek_fingerprint: str) -> Node | None:
+    return s.scalars(select(Node).where(Node.ek_fingerprint == ek_fingerprint)).first()
+
+
+def node_by_ak(s: Session, ak_name: bytes) -> Node | None:
+    return s.scalars(select(Node).where(Node.ak_name == ak_name)).first()
 
 
 def list_nodes(
