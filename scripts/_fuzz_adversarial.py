@@ -47,9 +47,13 @@ def main() -> int:
             )
             start, boots, lies = time.perf_counter(), 0, 0
             for truth in truths(data, policy.relied_pcrs):
-                quote = quote_truth(template, work / f"{name.replace('/', '_')}-{boots}", truth.data)
+                quote = quote_truth(
+                    template, work / f"{name.replace('/', '_')}-{boots}", truth.data
+                )
                 boots += 1
-                lies += run(truth, quote, policy, lambda what: trusted.append(f"{name}: {what}"))
+                lies += run(
+                    truth, quote, policy, lambda what, n=name: trusted.append(f"{n}: {what}")
+                )
             total += lies
             took = time.perf_counter() - start
             print(f"{name}: {boots} evil boots quoted by swtpm, {lies} lies appraised, {took:.1f}s")
