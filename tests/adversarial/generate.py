@@ -96,7 +96,7 @@ def _time_wait_sockets() -> int:
     return count
 
 
-def wait_for_ports(limit: int = 12000, timeout: float = 90.0) -> None:
+def wait_for_ports(limit: int = 20000, timeout: float = 20.0) -> None:
     """Each swtpm boot leaves ~70 client sockets in TIME-WAIT (tpm2-tss's swtpm TCTI reconnects
     its control channel); a long run waits here so the machine's ephemeral ports never run out."""
     import time
