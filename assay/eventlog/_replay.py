@@ -17,12 +17,21 @@ from ..errors import VerificationFailed
 from ..events import EventType
 from ._coverage import data_covered
 from ._parse import TRAILER_PCR, Event, EventLog
-from ._workarounds import EBS_INVOCATION, REPLAY_WORKAROUNDS, AppliedWorkaround
+from ._workarounds import (
+    COVERAGE_WORKAROUNDS,
+    EBS_INVOCATION,
+    REPLAY_WORKAROUNDS,
+    AppliedWorkaround,
+)
 
 T = TypeVar("T")
 
 _EV_NO_ACTION = int(EventType.EV_NO_ACTION)
 _EV_EFI_ACTION = int(EventType.EV_EFI_ACTION)
+# (PCR, event type) pairs a coverage workaround may touch: the only events worth asking.
+_COVERAGE_TOUCHES = frozenset(
+    (pcr, t) for w in COVERAGE_WORKAROUNDS for pcr in w.pcrs for t in w.event_types
+)
 
 
 class QuotedPcrs(Protocol):
@@ -206,7 +215,12 @@ class VerifiedBootLog:
 
 
 def _all_workarounds(vlog: VerifiedBootLog) -> tuple[AppliedWorkaround, ...]:
-    found = [w for e in vlog.events if (w := vlog.coverage_workaround(e)) is not None]
+    found = [
+        w
+        for e in vlog.events
+        if (e.pcr, e.event_type) in _COVERAGE_TOUCHES
+        and (w := vlog.coverage_workaround(e)) is not None
+    ]
     return (*vlog.workarounds, *found)
 
 

@@ -69,7 +69,7 @@ def appraise(vlog: VerifiedBootLog, policy: CompiledPolicy) -> Verdict:
     facts = extract(vlog)
     ledger = Ledger()
     checks += _judged(vlog, facts, policy, ledger)
-    checks += check_closed_world(vlog, policy, ledger)  # 10.
+    checks += check_closed_world(vlog, facts, policy, ledger)  # 10.
     return Verdict.of(checks)
 
 
@@ -94,8 +94,9 @@ def unaccounted_events(
 ) -> list[Event]:
     """The events of ``pcrs`` that ``policy`` does not account for (``golden.capture`` adds them)."""
     ledger = Ledger()
-    _judged(vlog, extract(vlog), policy, ledger)
-    return unaccounted(vlog, policy, ledger, pcrs)
+    facts = extract(vlog)
+    _judged(vlog, facts, policy, ledger)
+    return unaccounted(vlog, facts, policy, ledger, pcrs)
 
 
 def _workaround_checks(vlog: VerifiedBootLog, policy: CompiledPolicy) -> list[Check]:

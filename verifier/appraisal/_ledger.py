@@ -19,14 +19,16 @@ type only picks the reason code shown; it never exempts an event.
 
 from __future__ import annotations
 
+import operator
 import re
+from collections.abc import Iterator
 
 from assay.algorithms import HashAlg
 from assay.eventlog import Event, VerifiedBootLog
 from assay.eventlog._workarounds import EBS_FAILURE, EBS_INVOCATION, EBS_SUCCESS
 from assay.events import event_type_name
 
-from .facts import scrtm_text, separator_digests, text_digests
+from .facts import BootFacts, scrtm_text, separator_digests, text_digests
 from .policy import CompiledPolicy
 from .verdict import Check
 
@@ -53,6 +55,7 @@ _ACTION_PATTERNS: dict[int, re.Pattern[bytes]] = {
     6: re.compile(rb"Wake Event [0-9]{1,3}"),
 }
 _FIXED: dict[tuple[HashAlg, int], frozenset[bytes]] = {}
+_INDEX = operator.itemgetter(0)  # Event.index
 _CMDLINE_PREFIXES = (b"kernel_cmdline: ", b"grub_kernel_cmdline ", b"grub_cmd: ", b"grub_cmd ")
 
 
@@ -139,27 +142,45 @@ def _unaccounted(e: Event, digest: bytes, policy: CompiledPolicy) -> Check:
     )
 
 
-def unaccounted(
-    vlog: VerifiedBootLog, policy: CompiledPolicy, ledger: Ledger, pcrs: frozenset[int]
-) -> list[Event]:
+def _open_events(
+    vlog: VerifiedBootLog,
+    facts: BootFacts,
+    policy: CompiledPolicy,
+    ledger: Ledger,
+    pcrs: frozenset[int],
+) -> Iterator[Event]:
     """Events of ``pcrs`` that nothing accounts for (steps 2–4 after the checks' step 1)."""
     bank = vlog.bank
-    out = []
-    for e in vlog.events:
-        if e.pcr not in pcrs or e.index in ledger.taken:
-            continue
-        digest = e.digests.get(bank)
-        if digest is None or (
-            digest not in fixed_digests(bank, e.pcr)
-            and (e.pcr, bank, digest) not in policy.approved
-            and not _content_approved(vlog, e, policy)
-        ):
-            out.append(e)
-    return out
+    approved = policy.approved
+    taken = ledger.taken
+    for pcr in sorted(pcrs):
+        fixed = fixed_digests(bank, pcr)
+        for e in facts.in_pcr.get(pcr, ()):
+            if e.index in taken:  # 1.
+                continue
+            digest = e.digests.get(bank)
+            if digest is not None and (
+                digest in fixed  # 2.
+                or (pcr, bank, digest) in approved  # 3.
+                or _content_approved(vlog, e, policy)  # 4.
+            ):
+                continue
+            yield e
+
+
+def unaccounted(
+    vlog: VerifiedBootLog,
+    facts: BootFacts,
+    policy: CompiledPolicy,
+    ledger: Ledger,
+    pcrs: frozenset[int],
+) -> list[Event]:
+    """Events of ``pcrs`` that nothing accounts for, in log order."""
+    return sorted(_open_events(vlog, facts, policy, ledger, pcrs), key=_INDEX)
 
 
 def check_closed_world(
-    vlog: VerifiedBootLog, policy: CompiledPolicy, ledger: Ledger
+    vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy, ledger: Ledger
 ) -> list[Check]:
     """Every event of every relied-on PCR accounted for (steps 1–4 of the module docstring)."""
     relied = policy.relied_pcrs
@@ -178,16 +199,7 @@ def check_closed_world(
             for pcr in sorted(relied - vlog.pcrs.keys() - policy.required_pcrs)
         )
     bank = vlog.bank
-    approved = policy.approved
-    taken = ledger.taken
-    count = 0
-    for e in vlog.events:
-        pcr = e.pcr
-        if pcr not in relied:
-            continue
-        count += 1
-        if e.index in taken:  # 1.
-            continue
+    for e in unaccounted(vlog, facts, policy, ledger, relied):
         digest = e.digests.get(bank)
         if digest is None:
             out.append(
@@ -195,21 +207,16 @@ def check_closed_world(
                     "events.accounted",
                     "fail",
                     "digest_missing",
-                    f"PCR{pcr} event {e.index} ({event_type_name(e.event_type)}): no "
+                    f"PCR{e.pcr} event {e.index} ({event_type_name(e.event_type)}): no "
                     f"{bank.bank} digest",
-                    pcr,
+                    e.pcr,
                     e.index,
                 )
             )
-            continue
-        if digest in fixed_digests(bank, pcr):  # 2.
-            continue
-        if (pcr, bank, digest) in approved:  # 3.
-            continue
-        if _content_approved(vlog, e, policy):  # 4.
-            continue
-        out.append(_unaccounted(e, digest, policy))
+        else:
+            out.append(_unaccounted(e, digest, policy))
     if not any(c.status == "fail" for c in out):
+        count = sum(len(facts.in_pcr.get(p, ())) for p in relied)
         pcrs = ", ".join(map(str, sorted(relied)))
         out.append(
             Check(

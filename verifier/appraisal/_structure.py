@@ -109,8 +109,8 @@ def _separator_pcr(
             got=e.data.hex()[:64],
             expected="00000000 or ffffffff",
         )
-        for e in events
-        if e.event_type == _SEPARATOR and e not in seps
+        for i, e in enumerate(events)
+        if e.event_type == _SEPARATOR and i not in positions
     ]
     out += [
         Check(

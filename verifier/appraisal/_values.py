@@ -124,7 +124,7 @@ def check_firmware(
                     policy,
                 )
             )
-        out.extend(_blobs_present(vlog, policy))
+        out.extend(_blobs_present(vlog, facts, policy))
     for pcr, pins in sorted(policy.pcr_pins.items()):
         value = vlog.pcrs.get(pcr)
         expected = [v.hex() for (alg, v) in pins if alg == vlog.bank]
@@ -160,7 +160,7 @@ def check_firmware(
     return out
 
 
-def _blobs_present(vlog: VerifiedBootLog, policy: CompiledPolicy) -> list[Check]:
+def _blobs_present(vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy) -> list[Check]:
     """A set's firmware blobs are all measured in PCR0 (by digest) for at least one set."""
     measured = {
         (vlog.bank, d) for e in vlog.events if e.pcr == 0 for d in (e.digests.get(vlog.bank),)
@@ -328,11 +328,8 @@ def _authorities(facts: BootFacts, ledger: Ledger) -> list[Check]:
     ids, _ = _db_ids(facts, "db")
     out: list[Check] = []
     for e, value in facts.authorities:
-        try:
-            entry = authority_id(value)
-        except MalformedEvidence:
-            continue  # left to the closed-world check
-        if ids and entry in ids:
+        entry = authority_id(value)  # None (malformed): left to the closed-world check
+        if ids and entry is not None and entry in ids:
             ledger.take(e)
             out.append(
                 Check(
@@ -464,15 +461,13 @@ def _app_events(
     set knows as one, whatever its type, and every one whose type claims to be one."""
     bank = vlog.bank
     hinted = {e.index for e in (facts.boot_apps if pcr == 4 else facts.drivers)}
+    apps, inactive = policy.boot_apps, policy.inactive_apps
     return [
         e
-        for e in vlog.events
-        if e.pcr == pcr
-        and (
-            e.index in hinted
-            or (bank, e.digests.get(bank)) in policy.boot_apps
-            or (bank, e.digests.get(bank)) in policy.inactive_apps
-        )
+        for e in facts.in_pcr.get(pcr, ())
+        if e.index in hinted
+        or (bank, e.digests.get(bank)) in apps
+        or (bank, e.digests.get(bank)) in inactive
     ]
 
 

@@ -112,6 +112,7 @@ class BootFacts:
     cmdlines: list[tuple[Event, str | None]] = field(default_factory=list)
     initrds: list[Event] = field(default_factory=list)
     pcr14: list[Event] = field(default_factory=list)
+    in_pcr: dict[int, list[Event]] = field(default_factory=dict)  # every PCR, log order
     suspicious: list[Event] = field(default_factory=list)
     type_pairs: frozenset[tuple[int, int]] = frozenset()
 
@@ -172,8 +173,14 @@ def signature_ids(value: bytes) -> frozenset[str]:
     return frozenset(out)
 
 
-def authority_id(data: bytes) -> str:
-    entry = parse_signature_data(data)
+@functools.lru_cache(maxsize=1024)
+def authority_id(data: bytes) -> str | None:
+    """The id of an EFI_SIGNATURE_DATA (an image's verifying authority), as :func:`signature_ids`
+    names database entries; None when malformed. Cached by content like the databases."""
+    try:
+        entry = parse_signature_data(data)
+    except MalformedEvidence:
+        return None
     return hashlib.sha256(entry.data).hexdigest() if entry.kind == "x509" else entry.data.hex()
 
 
@@ -300,8 +307,13 @@ def _extract(vlog: VerifiedBootLog) -> BootFacts:
     bank = vlog.bank
     seps = separator_digests(bank)
     by_pcr = facts.by_pcr
+    in_pcr = facts.in_pcr
     for e in events:
         pcr = e.pcr
+        mine = in_pcr.get(pcr)
+        if mine is None:
+            mine = in_pcr[pcr] = []
+        mine.append(e)
         if pcr >= 8:
             if pcr == 8 and e.data.startswith(b"grub_cmd"):  # neither command line nor initrd
                 continue
