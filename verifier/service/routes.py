@@ -23,6 +23,9 @@ from ._http import (
     json_body,
     label_query,
     labels_field,
+    node_field,
+    path_text,
+    printable,
     reason_field,
     text_field,
 )
@@ -40,6 +43,7 @@ admin_bp = Blueprint("admin", __name__, url_prefix="/v1")
 BLUEPRINTS = (enrollment_bp, attestation_bp, inventory_bp, golden_bp, admin_bp)
 MAX_KEY = 2048
 MAX_CERT = 8192
+MAX_TTL = 10 * 366 * 86400
 
 
 def _b64(data: bytes) -> str:
@@ -58,7 +62,7 @@ def _iso(value: dt.datetime) -> str:
 def start_enrollment() -> tuple[Response, int]:
     body = json_body()
     req = enrollment.EnrollmentRequest(
-        node=_node_name(text_field(body, "node")),
+        node=node_field(body),
         labels=labels_field(body),
         ek_cert=b64_field(body, "ek_cert", max_len=MAX_CERT, required=False),
         ek_public=_req(b64_field(body, "ek_public", max_len=MAX_KEY)),
@@ -77,6 +81,7 @@ def start_enrollment() -> tuple[Response, int]:
 
 @enrollment_bp.post("/enrollments/<enrollment_id>/activation")
 def activate(enrollment_id: str) -> Response:
+    path_text(enrollment_id, "enrollment", 64)
     secret = _req(b64_field(json_body(), "secret", max_len=64))
     node = enrollment.activate(services(), enrollment_id, secret)
     return jsonify({"node": node.name, "state": node.state})
@@ -87,17 +92,12 @@ def _req(value: bytes | None) -> bytes:
     return value
 
 
-def _node_name(name: str) -> str:
-    if any(c in name for c in "/?#\x00") or not name.isprintable():
-        raise bad_request("bad_field", "node names may not contain '/', '?', '#' or controls")
-    return name
-
-
 # --- attestation --------------------------------------------------------------------------
 
 
 @attestation_bp.post("/nodes/<node>/challenge")
 def challenge(node: str) -> tuple[Response, int]:
+    path_text(node, "node")
     ch = attestation.challenge(services(), node)
     return jsonify(
         {
@@ -111,6 +111,7 @@ def challenge(node: str) -> tuple[Response, int]:
 
 @attestation_bp.post("/nodes/<node>/evidence")
 def evidence(node: str) -> Response:
+    path_text(node, "node")
     svc = services()
     if request.mimetype != "application/cbor":
         raise ApiError(415, "unsupported_media_type", "send Content-Type: application/cbor")
@@ -138,12 +139,14 @@ def list_nodes() -> Response:
 @inventory_bp.get("/nodes/<node>")
 @require(*READ_INVENTORY)
 def show_node(node: str) -> Response:
+    path_text(node, "node")
     return jsonify(inventory.show_node(services(), node))
 
 
 @inventory_bp.get("/nodes/<node>/attestations")
 @require(*REVIEW)
 def node_attestations(node: str) -> Response:
+    path_text(node, "node")
     limit = _int_arg("limit", 50, 1, 1000)
     with services().store.read() as db:
         n = inventory.get_node(db, node)
@@ -213,6 +216,7 @@ def list_golden() -> Response:
 @golden_bp.get("/golden/<name>/<version>")
 @require(*REVIEW)
 def show_golden(name: str, version: str) -> Response:
+    path_text(name, "golden set", 200), path_text(version, "golden version", 64)
     return jsonify(golden_ops.show(services(), name, version))
 
 
@@ -239,6 +243,7 @@ def assign_golden() -> Response:
 @golden_bp.post("/golden/<name>/<version>/<action>")
 @require(*ADMIN)
 def golden_status(name: str, version: str, action: str) -> Response:
+    path_text(name, "golden set", 200), path_text(version, "golden version", 64)
     status = {"retire": "retired", "revoke": "revoked"}.get(action)
     if status is None:
         raise not_found("not_found", f"unknown golden action {action!r}")
@@ -252,6 +257,7 @@ def golden_status(name: str, version: str, action: str) -> Response:
 @admin_bp.post("/nodes/<node>/<action>")
 @require(*ADMIN)
 def node_action(node: str, action: str) -> Response:
+    path_text(node, "node")
     svc = services()
     reason = reason_field(json_body())
     if action == "quarantine":
@@ -269,6 +275,7 @@ def node_action(node: str, action: str) -> Response:
 @admin_bp.delete("/nodes/<node>")
 @require(*ADMIN)
 def delete_node(node: str) -> Response:
+    path_text(node, "node")
     body = json_body(required=False)
     reason = reason_field(body) if body else reason_field({"reason": request.args.get("reason")})
     inventory.delete_node(services(), node, reason, actor())
@@ -296,12 +303,18 @@ def create_token() -> tuple[Response, int]:
     if role not in repo.ROLES:
         raise bad_request("bad_field", f"role must be one of {', '.join(repo.ROLES)}")
     ttl = body.get("ttl")
-    if ttl is not None and (not isinstance(ttl, int | float) or isinstance(ttl, bool) or ttl <= 0):
-        raise bad_request("bad_field", "ttl must be a positive number of seconds")
+    if ttl is not None and (
+        not isinstance(ttl, int | float) or isinstance(ttl, bool) or not 0 < ttl <= MAX_TTL
+    ):
+        raise bad_request("bad_field", f"ttl must be a number of seconds in 1..{MAX_TTL}")
     single_use = body.get("single_use", False)
     if not isinstance(single_use, bool):
         raise bad_request("bad_field", "single_use must be a boolean")
-    return jsonify(create_token_json(role, ttl, single_use, str(body.get("description", "")))), 201
+    desc = body.get("description", "")
+    if not isinstance(desc, str):
+        raise bad_request("bad_field", "description must be a string")
+    desc = printable(desc[:200], "description")
+    return jsonify(create_token_json(role, ttl, single_use, desc)), 201
 
 
 def create_token_json(role: str, ttl: float | None, single_use: bool, desc: str) -> dict[str, Any]:
@@ -329,6 +342,8 @@ def create_token_json(role: str, ttl: float | None, single_use: bool, desc: str)
 def audit_log() -> Response:
     limit = _int_arg("limit", 100, 1, 1000)
     target = request.args.get("target")
+    if target is not None and (len(target) > 300 or not target.isprintable()):
+        raise bad_request("bad_query", "target must be printable text of at most 300 characters")
     with services().store.read() as db:
         entries = repo.list_audit(db, target=target, limit=limit)
         return jsonify(
