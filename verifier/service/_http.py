@@ -13,6 +13,7 @@ import binascii
 import json
 import math
 import re
+import time
 from typing import Any, NoReturn
 
 from flask import request
@@ -83,12 +84,38 @@ def node_name(value: str) -> str:
     return value
 
 
+CHUNK = 64 * 1024
+
+
+def read_body(limit: int) -> bytes:
+    """At most ``limit`` bytes of the body, read within ``body_timeout`` (else 408).
+
+    Each socket read also waits at most the worker's IO timeout, so a client that trickles its
+    body holds a connection for a bounded time, not forever.
+    """
+    deadline = time.monotonic() + services().config.body_timeout
+    parts: list[bytes] = []
+    size = 0
+    try:
+        while size < limit:
+            chunk = request.stream.read(min(CHUNK, limit - size))
+            if not chunk:
+                break
+            parts.append(chunk)
+            size += len(chunk)
+            if time.monotonic() > deadline:
+                raise ApiError(408, "body_timeout", "the request body arrived too slowly")
+    except OSError:  # socket timeout or reset while reading
+        raise ApiError(408, "body_timeout", "the request body arrived too slowly") from None
+    return b"".join(parts)
+
+
 def json_body(*, required: bool = True) -> dict[str, Any]:
     """The request body as a JSON object (size capped, content type checked)."""
     limit = services().config.max_json
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, "too_large", f"JSON body larger than {limit} bytes")
-    raw = request.get_data(cache=True)
+    raw = read_body(limit + 1)
     if len(raw) > limit:
         raise ApiError(413, "too_large", f"JSON body larger than {limit} bytes")
     if not raw.strip():

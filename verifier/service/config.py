@@ -42,6 +42,10 @@ class ServiceConfig:
     policy_cache_ttl: float = 60.0
     bind: str = "127.0.0.1:8700"
     workers: int = 2
+    worker_connections: int = 1000
+    """Connections one (gevent) worker holds at most; more wait in the listen backlog."""
+    body_timeout: float = 30.0
+    """Seconds a request body may take to arrive; a slower client gets 408 ``body_timeout``."""
     tls_cert: str | None = None
     tls_key: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)

@@ -26,6 +26,7 @@ from ._http import (
     node_field,
     path_text,
     printable,
+    read_body,
     reason_field,
     text_field,
 )
@@ -118,7 +119,7 @@ def evidence(node: str) -> Response:
     length = request.content_length
     if length is not None and length > svc.config.max_bundle:
         raise ApiError(413, "too_large", f"evidence larger than {svc.config.max_bundle} bytes")
-    body = request.stream.read(svc.config.max_bundle + 1)
+    body = read_body(svc.config.max_bundle + 1)
     result = attestation.submit(svc, node, body)
     return jsonify(result.to_json())
 
@@ -226,7 +227,7 @@ def add_golden() -> tuple[Response, int]:
     fmt = {"application/cbor": "corim", "application/rim+cbor": "corim"}.get(
         request.mimetype, "yaml"
     )
-    data = request.stream.read(golden_ops.MAX_GOLDEN + 1)
+    data = read_body(golden_ops.MAX_GOLDEN + 1)
     if not data:
         raise bad_request("bad_field", "send the golden set (YAML, or CoRIM as application/cbor)")
     return jsonify(golden_ops.upload(services(), fmt, data, actor())), 201
