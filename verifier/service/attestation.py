@@ -55,14 +55,48 @@ class AttestationResult:
     reboot: bool
 
     def to_json(self) -> dict[str, Any]:
+        """What the (unauthenticated) poster learns: status, reason codes and check ids.
+
+        Never the approved values (``expected`` digests and command lines, golden messages):
+        those are for reviewers (``GET /v1/attestations/{id}``). A failure found before the
+        policy (replay, coverage, log syntax) keeps its message, which is about the node's own
+        evidence only.
+        """
         return {
             "attestation_id": str(self.attestation_id),
             "status": self.status,
-            "reason": self.reason,
+            "reason": poster_reason(self.reason, self.checks),
             "node_state": self.node_state,
             "reboot": self.reboot,
-            "checks": self.checks,
+            "checks": [{k: c.get(k) for k in POSTER_CHECK_KEYS} for c in self.checks],
         }
+
+
+POSTER_CHECK_KEYS = ("id", "status", "reason")
+PRE_POLICY_CODES = frozenset(
+    {
+        "pcr_not_quoted",
+        "pcr_replay_mismatch",
+        "pcr_replay_incomplete",
+        "bank_not_in_log",
+        "bank_not_quoted",
+        "event_log_malformed",
+        "event_log_missing",
+    }
+)
+"""Verdicts decided before any golden set was consulted: their message names only the node's own
+quote and log, so the poster may read it."""
+
+
+def poster_reason(reason: str, checks: list[dict[str, Any]]) -> str:
+    """The verdict's reason without golden values: the deciding check's code, or "all … passed"."""
+    for wanted in ("fail", "unknown"):
+        for c in checks:
+            if c.get("status") == wanted:
+                code = str(c.get("reason", ""))
+                keep = code in PRE_POLICY_CODES and reason.startswith(code + ":")
+                return reason if keep else code
+    return reason
 
 
 def _enrolled(db: Session, name: str) -> Node:
