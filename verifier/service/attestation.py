@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import math
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,16 +108,35 @@ def _enrolled(db: Session, name: str) -> Node:
     return node
 
 
-def challenge(svc: Services, node_name: str) -> Challenge:
+AUDIT_WINDOW = dt.timedelta(minutes=10)
+
+
+def challenge(svc: Services, node_name: str, event_log_sha256: str | None = None) -> Challenge:
+    """A nonce for ``node_name``; the answer looks the same whether or not the node exists.
+
+    Unauthenticated, so it reveals nothing the caller does not already know: an unknown node gets
+    a well-formed nonce that is never stored (the evidence step says ``node_not_enrolled``), and
+    ``known_event_log_sha256`` is only the digest the caller itself sent, echoed when the verifier
+    holds that log as the node's current boot log. Outstanding nonces are never evicted; past
+    ``MAX_OUTSTANDING_NONCES`` the answer is 429 until the oldest expires.
+    """
     now = svc.now()
     lifetime = dt.timedelta(seconds=svc.config.nonce_lifetime)
+    selection = {svc.config.bank: list(svc.config.pcrs)}
     with svc.store.write() as db:
-        node = _enrolled(db, node_name)
+        node = repo.get_node(db, node_name)
+        if node is None:
+            return Challenge(secrets.token_bytes(32), now + lifetime, selection, None)
         row = repo.issue_nonce(db, node.id, lifetime=lifetime, now=now)
         known = node.boot_log_sha256
-        if known is not None and not repo.has_event_log(db, known):
+        if known is None or known != event_log_sha256 or not repo.has_event_log(db, known):
             known = None
-    return Challenge(row.nonce, row.expires_at, {svc.config.bank: list(svc.config.pcrs)}, known)
+    if isinstance(row, dt.datetime):
+        wait = max(1, math.ceil((row - now).total_seconds()))
+        raise ApiError(
+            429, "too_many_challenges", f"too many outstanding challenges; retry in {wait} s"
+        )
+    return Challenge(row.nonce, row.expires_at, selection, known)
 
 
 def submit(svc: Services, node_name: str, body: bytes) -> AttestationResult:
@@ -139,7 +160,9 @@ def submit(svc: Services, node_name: str, body: bytes) -> AttestationResult:
         quote = verify_quote(ev.attest, ev.signature, parse_public(ak_public), ev.nonce, ev.pcrs)
     except (VerificationFailed, MalformedEvidence) as exc:
         with svc.store.write() as db:
-            repo.audit(db, "agent", "evidence_refused", node_name, str(exc), now=now)
+            repo.audit_coalesced(
+                db, "agent", "evidence_refused", node_name, str(exc), now=now, window=AUDIT_WINDOW
+            )
         raise
     # 4. The log.
     log_hex = ev.event_log_sha256.hex()

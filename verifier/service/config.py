@@ -39,6 +39,10 @@ class ServiceConfig:
     max_ima_log: int = 16 * 1024 * 1024
     max_json: int = 256 * 1024
     log_cache_size: int = 512
+    client_rate: float = 50.0
+    client_burst: float = 500.0
+    """Unauthenticated requests (challenge, evidence, activation) per client address and worker:
+    sustained per second, and at once."""
     policy_cache_ttl: float = 60.0
     bind: str = "127.0.0.1:8700"
     workers: int = 2

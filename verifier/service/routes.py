@@ -83,9 +83,21 @@ def start_enrollment() -> tuple[Response, int]:
 @enrollment_bp.post("/enrollments/<enrollment_id>/activation")
 def activate(enrollment_id: str) -> Response:
     path_text(enrollment_id, "enrollment", 64)
+    _rate_limit()
     secret = _req(b64_field(json_body(), "secret", max_len=64))
     node = enrollment.activate(services(), enrollment_id, secret)
     return jsonify({"node": node.name, "state": node.state})
+
+
+def _rate_limit() -> None:
+    """Unauthenticated endpoints: a token bucket per client address (429 ``rate_limited``)."""
+    svc = services()
+    if not svc.unauthenticated.allow(request.remote_addr or "?", svc.monotonic()):
+        raise ApiError(429, "rate_limited", "too many requests from this address; slow down")
+
+
+def _is_hex(text: str, size: int) -> bool:
+    return len(text) == 2 * size and all(c in "0123456789abcdefABCDEF" for c in text)
 
 
 def _req(value: bytes | None) -> bytes:
@@ -99,7 +111,12 @@ def _req(value: bytes | None) -> bytes:
 @attestation_bp.post("/nodes/<node>/challenge")
 def challenge(node: str) -> tuple[Response, int]:
     path_text(node, "node")
-    ch = attestation.challenge(services(), node)
+    _rate_limit()
+    body = json_body(required=False)
+    digest = body.get("event_log_sha256")
+    if digest is not None and (not isinstance(digest, str) or not _is_hex(digest, 32)):
+        raise bad_request("bad_field", "event_log_sha256 must be 64 hex digits")
+    ch = attestation.challenge(services(), node, digest.lower() if digest else None)
     return jsonify(
         {
             "nonce": ch.nonce.hex(),
@@ -113,6 +130,7 @@ def challenge(node: str) -> tuple[Response, int]:
 @attestation_bp.post("/nodes/<node>/evidence")
 def evidence(node: str) -> Response:
     path_text(node, "node")
+    _rate_limit()
     svc = services()
     if request.mimetype != "application/cbor":
         raise ApiError(415, "unsupported_media_type", "send Content-Type: application/cbor")
