@@ -220,10 +220,12 @@ class VerifierClient:
         )
         return str(_field(body, "state", str, "activation response"))
 
-    def challenge(self, node: str) -> Challenge:
+    def challenge(self, node: str, event_log_sha256: bytes | None = None) -> Challenge:
+        """A nonce; the verifier says it holds our log only when we name its digest."""
         where = "challenge response"
+        request = {} if event_log_sha256 is None else {"event_log_sha256": event_log_sha256.hex()}
         body = self._post(
-            f"/v1/nodes/{urlquote(node, safe='')}/challenge", json_body={}, expect=201
+            f"/v1/nodes/{urlquote(node, safe='')}/challenge", json_body=request, expect=201
         )
         known = body.get("known_event_log_sha256")
         if known is not None and not isinstance(known, str):

@@ -9,6 +9,7 @@ device is held only for as long as one exchange takes.
 from __future__ import annotations
 
 import enum
+import hashlib
 import random
 import sys
 import time
@@ -129,7 +130,8 @@ def attest(
     config: AgentConfig, client: VerifierClient, *, open_tpm: TpmOpener | None = None
 ) -> AttestationResult:
     """One attestation: challenge, quote over the verifier's selection, send, return the verdict."""
-    challenge = client.challenge(config.node)
+    log_sha256 = hashlib.sha256(read_log(config.eventlog, MAX_EVENT_LOG)).digest()
+    challenge = client.challenge(config.node, log_sha256)
     with _opener(config, open_tpm)() as tpm:
         ak, _ = ensure_ak(config, tpm)
         evidence = collect_evidence(config, tpm, ak, challenge.nonce, challenge.pcr_selection)

@@ -372,7 +372,10 @@ def _submit(env: Env, nonce: bytes, node: str = "n1") -> Any:
 
 
 def test_challenge_for_unknown_node_says_enroll_again(env: Env) -> None:
-    resp = env.client.post("/v1/nodes/ghost/challenge")
+    # The unauthenticated challenge no longer reveals whether a node exists (issue 10 §5):
+    # the "enroll again" answer comes at the evidence step.
+    nonce = _challenge(env, "ghost")
+    resp = _submit(env, nonce, "ghost")
     assert resp.status_code == 404 and resp.json["error"]["code"] == "node_not_enrolled"
 
 

@@ -309,7 +309,9 @@ def test_activation_is_a_state_machine_with_a_constant_time_secret(tpms: Tpms, s
         )
     wrong = activate(svc, resp, bytes(len(secret)))
     assert (wrong.status_code, wrong.json["error"]["code"]) == (422, "activation_failed")
-    assert svc.client.post("/v1/nodes/web-2/challenge").status_code == 404  # not enrolled yet
+    # Not enrolled yet; the unauthenticated challenge does not say so (issue 10 §5).
+    assert svc.client.post("/v1/nodes/web-2/challenge").status_code == 201
+    assert svc.client.get("/v1/nodes/web-2", headers=svc.admin).status_code == 404
     assert activate(svc, resp, secret).status_code == 200
     again = activate(svc, resp, secret)
     assert (again.status_code, again.json["error"]["code"]) == (409, "enrollment_step")

@@ -15,7 +15,7 @@ from sqlalchemy import func, select, text
 from tests.postgres import postgres_server, postgres_url  # noqa: F401
 from verifier.store import Store, repo, upgrade
 from verifier.store.migrate import current_revision, head_revision
-from verifier.store.models import Base, EventLogBlob, Node
+from verifier.store.models import Base, EventLogBlob, Node, Nonce
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
 
@@ -124,14 +124,18 @@ def test_concurrent_consumers_win_exactly_once(store: Store) -> None:
 
 def test_outstanding_nonces_per_node_are_bounded(store: Store) -> None:
     node_id = _node(store)
+    # Bounded by refusing more, never by evicting one (the challenge is unauthenticated).
     with store.write() as db:
         issued = [
-            repo.issue_nonce(db, node_id, lifetime=dt.timedelta(seconds=60), now=NOW, keep=4).nonce
+            repo.issue_nonce(db, node_id, lifetime=dt.timedelta(seconds=60), now=NOW, keep=4)
             for _ in range(10)
         ]
+    nonces = [n.nonce for n in issued if isinstance(n, Nonce)]
+    assert len(nonces) == 4
+    assert issued[4:] == [NOW + dt.timedelta(seconds=60)] * 6
     with store.write() as db:
-        assert repo.consume_nonce(db, node_id, issued[0], NOW) == "nonce_unknown"
-        assert repo.consume_nonce(db, node_id, issued[-1], NOW) is None
+        assert repo.consume_nonce(db, node_id, nonces[0], NOW) is None
+        assert repo.consume_nonce(db, node_id, nonces[-1], NOW) is None
 
 
 def test_event_log_is_stored_once_per_digest(store: Store) -> None:

@@ -1,16 +1,113 @@
-"""Decoding request bodies (JSON, base64, labels, reasons): every failure a 400 with a code."""
+"""Decoding request bodies (JSON, base64, labels, reasons): every failure a 400 with a code.
+
+JSON is decoded strictly: no NaN/Infinity, no number that overflows a float, integers of at most
+20 digits, at most ``MAX_JSON_DEPTH`` levels of nesting. Every text that is stored or shown
+(names, labels, selectors, reasons) must be printable: no control or format characters, no lone
+surrogates. Node names follow one ASCII rule (docs/api.md), so Unicode look-alikes are refused.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import json
-from typing import Any
+import math
+import re
+import time
+from typing import Any, NoReturn
 
 from flask import request
 
 from .context import services
 from .errors import ApiError, bad_request
+
+MAX_JSON_DEPTH = 16
+NODE_NAME = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,251}[a-z0-9])?")
+NODE_RULE = "lower-case ASCII letters, digits, '.', '-' and '_' (1..253, alphanumeric at both ends)"
+
+
+def _no_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > 20:
+        raise ValueError(f"integer of {len(text)} digits is out of range")
+    return int(text)
+
+
+def _depth_ok(value: Any) -> bool:
+    """Whether ``value`` nests at most MAX_JSON_DEPTH levels (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, dict | list) else []
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return False
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return True
+
+
+def parse_json(raw: bytes) -> Any:
+    """Strict JSON (see the module docstring); ApiError 400 ``malformed_json`` otherwise."""
+    try:
+        body = json.loads(
+            raw, parse_constant=_no_constant, parse_float=_finite, parse_int=_bounded_int
+        )
+    except RecursionError:
+        raise bad_request("malformed_json", "body is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad_request("malformed_json", f"body is not JSON: {str(exc)[:200]}") from None
+    if not _depth_ok(body):
+        raise bad_request("malformed_json", f"body is nested deeper than {MAX_JSON_DEPTH}")
+    return body
+
+
+def printable(value: str, what: str) -> str:
+    """``value`` unless it holds a control/format character or a lone surrogate (ApiError 400)."""
+    if not value.isprintable():
+        raise bad_request("bad_field", f"{what} contains control characters or invalid Unicode")
+    return value
+
+
+def node_name(value: str) -> str:
+    """A node name by the one rule (docs/api.md); anything else, e.g. a look-alike, is a 400."""
+    if not NODE_NAME.fullmatch(value):
+        raise bad_request("bad_field", f"node names are {NODE_RULE}")
+    return value
+
+
+CHUNK = 64 * 1024
+
+
+def read_body(limit: int) -> bytes:
+    """At most ``limit`` bytes of the body, read within ``body_timeout`` (else 408).
+
+    Each socket read also waits at most the worker's IO timeout, so a client that trickles its
+    body holds a connection for a bounded time, not forever.
+    """
+    deadline = time.monotonic() + services().config.body_timeout
+    parts: list[bytes] = []
+    size = 0
+    try:
+        while size < limit:
+            chunk = request.stream.read(min(CHUNK, limit - size))
+            if not chunk:
+                break
+            parts.append(chunk)
+            size += len(chunk)
+            if time.monotonic() > deadline:
+                raise ApiError(408, "body_timeout", "the request body arrived too slowly")
+    except OSError:  # socket timeout or reset while reading
+        raise ApiError(408, "body_timeout", "the request body arrived too slowly") from None
+    return b"".join(parts)
 
 
 def json_body(*, required: bool = True) -> dict[str, Any]:
@@ -18,7 +115,7 @@ def json_body(*, required: bool = True) -> dict[str, Any]:
     limit = services().config.max_json
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, "too_large", f"JSON body larger than {limit} bytes")
-    raw = request.get_data(cache=True)
+    raw = read_body(limit + 1)
     if len(raw) > limit:
         raise ApiError(413, "too_large", f"JSON body larger than {limit} bytes")
     if not raw.strip():
@@ -27,10 +124,7 @@ def json_body(*, required: bool = True) -> dict[str, Any]:
         return {}
     if not request.mimetype.endswith("json"):
         raise ApiError(415, "unsupported_media_type", "send Content-Type: application/json")
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise bad_request("malformed_json", f"body is not JSON: {exc}") from None
+    body = parse_json(raw)
     if not isinstance(body, dict):
         raise bad_request("malformed_json", "body must be a JSON object")
     return body
@@ -46,7 +140,7 @@ def text_field(
         raise bad_request("bad_field", f"field {name!r} must be a non-empty string")
     if len(value) > max_len:
         raise bad_request("bad_field", f"field {name!r} is longer than {max_len} characters")
-    return value
+    return printable(value, f"field {name!r}")
 
 
 def b64_field(
@@ -70,6 +164,13 @@ def b64_field(
     return data
 
 
+def node_field(body: dict[str, Any], name: str = "node") -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value:
+        raise bad_request("bad_field", f"field {name!r} must be a non-empty string")
+    return node_name(value)
+
+
 def labels_field(body: dict[str, Any], name: str = "labels") -> dict[str, str]:
     value = body.get(name, {})
     if value is None:
@@ -79,8 +180,8 @@ def labels_field(body: dict[str, Any], name: str = "labels") -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in value.items():
         if not isinstance(v, str) or not k or len(k) > 63 or len(v) > 253 or "=" in k or "," in k:
-            raise bad_request("bad_field", f"label {k!r} must map a short name to a string")
-        out[k] = v
+            raise bad_request("bad_field", f"label {k[:63]!r} must map a short name to a string")
+        out[printable(k, f"{name} key")] = printable(v, f"{name} {k!r}")
     return out
 
 
@@ -90,7 +191,7 @@ def reason_field(body: dict[str, Any], *, required: bool = True) -> str:
         return ""
     if not isinstance(value, str) or not value.strip() or len(value) > 1000:
         raise bad_request("reason_required", "a 'reason' (1..1000 characters) is required")
-    return value.strip()
+    return printable(value.strip(), "'reason'")
 
 
 def label_query(values: list[str]) -> dict[str, str]:
@@ -98,7 +199,14 @@ def label_query(values: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in values:
         k, sep, v = item.partition("=")
-        if not sep or not k:
-            raise bad_request("bad_query", f"label filter {item!r} must be key=value")
+        if not sep or not k or not item.isprintable() or len(item) > 320:
+            raise bad_request("bad_query", f"label filter {item[:80]!r} must be key=value")
         out[k] = v
     return out
+
+
+def path_text(value: str, what: str, max_len: int = 253) -> str:
+    """A name taken from the URL path or query, checked before it reaches a query (ApiError 404)."""
+    if not value or len(value) > max_len or not value.isprintable():
+        raise ApiError(404, "not_found", f"no such {what}")
+    return value

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import math
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,14 +57,48 @@ class AttestationResult:
     reboot: bool
 
     def to_json(self) -> dict[str, Any]:
+        """What the (unauthenticated) poster learns: status, reason codes and check ids.
+
+        Never the approved values (``expected`` digests and command lines, golden messages):
+        those are for reviewers (``GET /v1/attestations/{id}``). A failure found before the
+        policy (replay, coverage, log syntax) keeps its message, which is about the node's own
+        evidence only.
+        """
         return {
             "attestation_id": str(self.attestation_id),
             "status": self.status,
-            "reason": self.reason,
+            "reason": poster_reason(self.reason, self.checks),
             "node_state": self.node_state,
             "reboot": self.reboot,
-            "checks": self.checks,
+            "checks": [{k: c.get(k) for k in POSTER_CHECK_KEYS} for c in self.checks],
         }
+
+
+POSTER_CHECK_KEYS = ("id", "status", "reason")
+PRE_POLICY_CODES = frozenset(
+    {
+        "pcr_not_quoted",
+        "pcr_replay_mismatch",
+        "pcr_replay_incomplete",
+        "bank_not_in_log",
+        "bank_not_quoted",
+        "event_log_malformed",
+        "event_log_missing",
+    }
+)
+"""Verdicts decided before any golden set was consulted: their message names only the node's own
+quote and log, so the poster may read it."""
+
+
+def poster_reason(reason: str, checks: list[dict[str, Any]]) -> str:
+    """The verdict's reason without golden values: the deciding check's code, or "all … passed"."""
+    for wanted in ("fail", "unknown"):
+        for c in checks:
+            if c.get("status") == wanted:
+                code = str(c.get("reason", ""))
+                keep = code in PRE_POLICY_CODES and reason.startswith(code + ":")
+                return reason if keep else code
+    return reason
 
 
 def _enrolled(db: Session, name: str) -> Node:
@@ -72,16 +108,35 @@ def _enrolled(db: Session, name: str) -> Node:
     return node
 
 
-def challenge(svc: Services, node_name: str) -> Challenge:
+AUDIT_WINDOW = dt.timedelta(minutes=10)
+
+
+def challenge(svc: Services, node_name: str, event_log_sha256: str | None = None) -> Challenge:
+    """A nonce for ``node_name``; the answer looks the same whether or not the node exists.
+
+    Unauthenticated, so it reveals nothing the caller does not already know: an unknown node gets
+    a well-formed nonce that is never stored (the evidence step says ``node_not_enrolled``), and
+    ``known_event_log_sha256`` is only the digest the caller itself sent, echoed when the verifier
+    holds that log as the node's current boot log. Outstanding nonces are never evicted; past
+    ``MAX_OUTSTANDING_NONCES`` the answer is 429 until the oldest expires.
+    """
     now = svc.now()
     lifetime = dt.timedelta(seconds=svc.config.nonce_lifetime)
+    selection = {svc.config.bank: list(svc.config.pcrs)}
     with svc.store.write() as db:
-        node = _enrolled(db, node_name)
+        node = repo.get_node(db, node_name)
+        if node is None:
+            return Challenge(secrets.token_bytes(32), now + lifetime, selection, None)
         row = repo.issue_nonce(db, node.id, lifetime=lifetime, now=now)
         known = node.boot_log_sha256
-        if known is not None and not repo.has_event_log(db, known):
+        if known is None or known != event_log_sha256 or not repo.has_event_log(db, known):
             known = None
-    return Challenge(row.nonce, row.expires_at, {svc.config.bank: list(svc.config.pcrs)}, known)
+    if isinstance(row, dt.datetime):
+        wait = max(1, math.ceil((row - now).total_seconds()))
+        raise ApiError(
+            429, "too_many_challenges", f"too many outstanding challenges; retry in {wait} s"
+        )
+    return Challenge(row.nonce, row.expires_at, selection, known)
 
 
 def submit(svc: Services, node_name: str, body: bytes) -> AttestationResult:
@@ -105,7 +160,9 @@ def submit(svc: Services, node_name: str, body: bytes) -> AttestationResult:
         quote = verify_quote(ev.attest, ev.signature, parse_public(ak_public), ev.nonce, ev.pcrs)
     except (VerificationFailed, MalformedEvidence) as exc:
         with svc.store.write() as db:
-            repo.audit(db, "agent", "evidence_refused", node_name, str(exc), now=now)
+            repo.audit_coalesced(
+                db, "agent", "evidence_refused", node_name, str(exc), now=now, window=AUDIT_WINDOW
+            )
         raise
     # 4. The log.
     log_hex = ev.event_log_sha256.hex()

@@ -39,11 +39,19 @@ class ServiceConfig:
     max_ima_log: int = 16 * 1024 * 1024
     max_json: int = 256 * 1024
     log_cache_size: int = 512
+    client_rate: float = 50.0
+    client_burst: float = 500.0
+    """Unauthenticated requests (challenge, evidence, activation) per client address and worker:
+    sustained per second, and at once."""
     policy_cache_ttl: float = 60.0
     max_token_lifetime: float = 30 * 24 * 3600.0
     """Seconds: no bearer token is accepted longer than this after its creation (30 days)."""
     bind: str = "127.0.0.1:8700"
     workers: int = 2
+    worker_connections: int = 1000
+    """Connections one (gevent) worker holds at most; more wait in the listen backlog."""
+    body_timeout: float = 30.0
+    """Seconds a request body may take to arrive; a slower client gets 408 ``body_timeout``."""
     tls_cert: str | None = None
     tls_key: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)

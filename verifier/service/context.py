@@ -67,6 +67,24 @@ class LruCache(Generic[K, V]):
         return len(self._data)
 
 
+class RateLimiter:
+    """Token buckets per client address (``rate`` per second, ``burst`` at once), in one process.
+
+    At most ``clients`` addresses are tracked (least recently seen forgotten first), so the
+    limiter's own memory is bounded whatever the number of addresses."""
+
+    def __init__(self, rate: float, burst: float, clients: int = 10_000) -> None:
+        self.rate, self.burst = rate, burst
+        self._buckets: LruCache[str, tuple[float, float]] = LruCache(clients)
+
+    def allow(self, client: str, now: float) -> bool:
+        tokens, last = self._buckets.get(client) or (self.burst, now)
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        allowed = tokens >= 1.0
+        self._buckets.put(client, (tokens - 1.0 if allowed else tokens, now))
+        return allowed
+
+
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -78,10 +96,12 @@ class Services:
     clock: Callable[[], dt.datetime] = _utcnow
     logs: LruCache[tuple[str, int], object] = field(init=False)
     policies: LruCache[Hashable, tuple[float, dt.datetime | None, object]] = field(init=False)
+    unauthenticated: RateLimiter = field(init=False)
 
     def __post_init__(self) -> None:
         self.logs = LruCache(self.config.log_cache_size)
         self.policies = LruCache(64)
+        self.unauthenticated = RateLimiter(self.config.client_rate, self.config.client_burst)
 
     def now(self) -> dt.datetime:
         return self.clock()

@@ -1,7 +1,8 @@
 """API errors: every failure is ``{"error": {"code", "message"}}`` with a 4xx (5xx only for bugs).
 
 Domain errors map by type: MalformedEvidence → 400, VerificationFailed → 422 (with its code),
-PolicyViolation → 403, ConfigurationError → 500. Werkzeug's own errors (404 route, 405 method,
+PolicyViolation → 403, ConfigurationError → 500, StoreUnavailable → 503 (``database_busy`` or
+``database_unavailable``, with Retry-After). Werkzeug's own errors (404 route, 405 method,
 413 too large) become the same JSON shape.
 """
 
@@ -19,6 +20,7 @@ from assay.errors import (
     PolicyViolation,
     VerificationFailed,
 )
+from verifier.store import StoreUnavailable
 
 log = logging.getLogger("assay.verifier")
 
@@ -70,6 +72,14 @@ def register_error_handlers(app: Flask) -> None:
     def _config(exc: ConfigurationError) -> tuple[Response, int]:
         log.error("configuration error: %s", exc)
         return error_response(500, "configuration_error", str(exc))
+
+    @app.errorhandler(StoreUnavailable)
+    def _store(exc: StoreUnavailable) -> tuple[Response, int]:
+        log.warning("%s", exc)
+        code = "database_busy" if exc.busy else "database_unavailable"
+        resp, status = error_response(503, code, str(exc))
+        resp.headers["Retry-After"] = "1"
+        return resp, status
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> tuple[Response, int]:

@@ -18,6 +18,8 @@ import cbor2
 from assay.algorithms import HashAlg
 from assay.errors import MalformedEvidence
 
+from ._cbor import CborError, loads_strict
+
 MAX_SMALL = 4096
 WHERE = "evidence bundle"
 
@@ -35,6 +37,17 @@ class Evidence:
     event_log_sha256: bytes
     event_log: bytes | None
     ima_log: bytes | None
+
+
+def show(value: Any) -> str:
+    """A short, safe description of an untrusted value for a message (never a huge repr)."""
+    if type(value) is int and -(2**64) <= value < 2**64:
+        return str(value)
+    if isinstance(value, str) and len(value) <= 40:
+        return repr(value)
+    if isinstance(value, str | bytes | list | dict):
+        return f"a {type(value).__name__} of length {len(value)}"
+    return "null" if value is None else type(value).__name__
 
 
 def _bytes(m: Mapping[str, Any], key: str, limit: int, *, required: bool = True) -> bytes | None:
@@ -67,7 +80,7 @@ def _pcrs(value: Any) -> dict[HashAlg, dict[int, bytes]]:
         except ValueError:
             alg = None
         if alg is None or alg in out:
-            raise MalformedEvidence(f"'pcrs': unknown or repeated bank {bank!r}", where=WHERE)
+            raise MalformedEvidence(f"'pcrs': unknown or repeated bank {show(bank)}", where=WHERE)
         if not isinstance(values, dict) or len(values) > 24:
             raise MalformedEvidence(
                 f"'pcrs'.{alg.bank} must map PCR indices to digests", where=WHERE
@@ -75,7 +88,9 @@ def _pcrs(value: Any) -> dict[HashAlg, dict[int, bytes]]:
         bank_values: dict[int, bytes] = {}
         for pcr, digest in values.items():
             if type(pcr) is not int or not 0 <= pcr <= 23:
-                raise MalformedEvidence(f"'pcrs'.{alg.bank}: bad PCR index {pcr!r}", where=WHERE)
+                raise MalformedEvidence(
+                    f"'pcrs'.{alg.bank}: bad PCR index {show(pcr)}", where=WHERE
+                )
             if not isinstance(digest, bytes) or len(digest) != alg.digest_size:
                 raise MalformedEvidence(
                     f"'pcrs'.{alg.bank}[{pcr}] must be {alg.digest_size} bytes", where=WHERE
@@ -90,15 +105,13 @@ def parse_evidence(data: bytes, *, max_bundle: int, max_event_log: int, max_ima:
     if len(data) > max_bundle:
         raise MalformedEvidence(f"{len(data)} bytes, more than {max_bundle}", where=WHERE)
     try:
-        doc = cbor2.loads(data)
-    except Exception as exc:  # cbor2 raises several types (CBORDecodeError, ValueError, …)
-        raise MalformedEvidence(
-            f"not CBOR: {str(exc).splitlines()[0][:120]}", where=WHERE
-        ) from None
+        doc = loads_strict(data)
+    except CborError as exc:
+        raise MalformedEvidence(f"not CBOR of the bundle profile: {exc}", where=WHERE) from None
     if not isinstance(doc, dict):
         raise MalformedEvidence("not a CBOR map", where=WHERE)
     if type(doc.get("v")) is not int or doc["v"] != 1:  # True == 1 in Python
-        raise MalformedEvidence(f"unsupported version {doc.get('v')!r} (want 1)", where=WHERE)
+        raise MalformedEvidence(f"unsupported version {show(doc.get('v'))} (want 1)", where=WHERE)
     digest = _bytes(doc, "event_log_sha256", 32)
     assert digest is not None
     if len(digest) != 32:

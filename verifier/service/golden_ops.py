@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from assay.errors import MalformedEvidence
+from golden.model import GoldenSet
 from verifier.store import repo
 from verifier.store.models import GoldenSetRow
 
@@ -43,6 +45,7 @@ def upload(svc: Services, fmt: str, data: bytes, actor: str) -> dict[str, Any]:
     if len(data) > MAX_GOLDEN:
         raise bad_request("too_large", f"golden set larger than {MAX_GOLDEN} bytes")
     gs = parse_golden(fmt, data)
+    _check_printable(gs)
     now = svc.now()
     with svc.store.write() as db:
         if repo.get_golden(db, gs.name, gs.version) is not None:
@@ -64,6 +67,16 @@ def upload(svc: Services, fmt: str, data: bytes, actor: str) -> dict[str, Any]:
         repo.audit(db, actor, "golden_add", f"{gs.name}@{gs.version}", "", now=now)
         db.flush()
         return golden_json(row)
+
+
+def _check_printable(gs: GoldenSet) -> None:
+    """The names and selector stored in columns and shown to reviewers must be printable text."""
+    texts = [gs.name, gs.version, gs.status_reason or "", *gs.selector, *gs.selector.values()]
+    if not all(isinstance(t, str) and t.isprintable() for t in texts):
+        raise MalformedEvidence(
+            "name, version, reason or selector holds control characters or invalid Unicode",
+            where="golden set",
+        )
 
 
 def list_sets(svc: Services) -> dict[str, Any]:

@@ -39,18 +39,34 @@ class Assessment:
 
 def parse_golden(fmt: str, data: bytes, source: str = "<upload>") -> GoldenSet:
     """A golden set from an uploaded YAML or CoRIM document (MalformedEvidence if unusable)."""
+    where = f"golden set ({fmt})"
     try:
         if fmt == "yaml":
             from golden.yamlfmt import load_yaml
 
-            return load_yaml(data, source)
+            return load_yaml(_utf8_text(data, where), source)
         if fmt == "corim":
             from golden.corim import import_corim
 
             return import_corim(data, source)
     except ConfigurationError as exc:
-        raise MalformedEvidence(str(exc), where=f"golden set ({fmt})") from None
+        raise MalformedEvidence(str(exc), where=where) from None
+    except RecursionError:
+        raise MalformedEvidence("nested too deeply", where=where) from None
+    except MalformedEvidence:
+        raise
+    except Exception as exc:  # the decoder boundary: any library error is malformed input
+        first = (str(exc).splitlines() or [""])[0][:160]
+        raise MalformedEvidence(f"{type(exc).__name__}: {first}", where=where) from None
     raise MalformedEvidence(f"unknown golden format {fmt!r}", where="golden set")
+
+
+def _utf8_text(data: bytes, where: str) -> str:
+    """YAML must be UTF-8 (the YAML reader itself refuses control characters)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MalformedEvidence(f"not UTF-8 at byte {exc.start}", where=where) from None
 
 
 def golden_from_row(row: GoldenSetRow) -> GoldenSet:

@@ -24,6 +24,10 @@ from ._http import (
     json_body,
     label_query,
     labels_field,
+    node_field,
+    path_text,
+    printable,
+    read_body,
     reason_field,
     text_field,
 )
@@ -41,6 +45,7 @@ admin_bp = Blueprint("admin", __name__, url_prefix="/v1")
 BLUEPRINTS = (enrollment_bp, attestation_bp, inventory_bp, golden_bp, admin_bp)
 MAX_KEY = 2048
 MAX_CERT = 8192
+MAX_TTL = 10 * 366 * 86400
 
 
 def _b64(data: bytes) -> str:
@@ -64,7 +69,7 @@ def start_enrollment() -> tuple[Response, int]:
             "a node may not choose its labels: they come from the enrollment token or an admin",
         )
     req = enrollment.EnrollmentRequest(
-        node=_node_name(text_field(body, "node")),
+        node=node_field(body),
         ek_cert=b64_field(body, "ek_cert", max_len=MAX_CERT, required=False),
         ek_public=_req(b64_field(body, "ek_public", max_len=MAX_KEY)),
         ak_public=_req(b64_field(body, "ak_public", max_len=MAX_KEY)),
@@ -83,6 +88,8 @@ def start_enrollment() -> tuple[Response, int]:
 
 @enrollment_bp.post("/enrollments/<enrollment_id>/activation")
 def activate(enrollment_id: str) -> Response:
+    path_text(enrollment_id, "enrollment", 64)
+    _rate_limit()
     body = json_body()
     secret = _req(b64_field(body, "secret", max_len=64))
     key = text_field(body, "activation_key", required=False, max_len=64)
@@ -90,15 +97,20 @@ def activate(enrollment_id: str) -> Response:
     return jsonify({"node": node.name, "state": node.state})
 
 
+def _rate_limit() -> None:
+    """Unauthenticated endpoints: a token bucket per client address (429 ``rate_limited``)."""
+    svc = services()
+    if not svc.unauthenticated.allow(request.remote_addr or "?", svc.monotonic()):
+        raise ApiError(429, "rate_limited", "too many requests from this address; slow down")
+
+
+def _is_hex(text: str, size: int) -> bool:
+    return len(text) == 2 * size and all(c in "0123456789abcdefABCDEF" for c in text)
+
+
 def _req(value: bytes | None) -> bytes:
     assert value is not None
     return value
-
-
-def _node_name(name: str) -> str:
-    if any(c in name for c in "/?#\x00") or not name.isprintable():
-        raise bad_request("bad_field", "node names may not contain '/', '?', '#' or controls")
-    return name
 
 
 # --- attestation --------------------------------------------------------------------------
@@ -106,7 +118,13 @@ def _node_name(name: str) -> str:
 
 @attestation_bp.post("/nodes/<node>/challenge")
 def challenge(node: str) -> tuple[Response, int]:
-    ch = attestation.challenge(services(), node)
+    path_text(node, "node")
+    _rate_limit()
+    body = json_body(required=False)
+    digest = body.get("event_log_sha256")
+    if digest is not None and (not isinstance(digest, str) or not _is_hex(digest, 32)):
+        raise bad_request("bad_field", "event_log_sha256 must be 64 hex digits")
+    ch = attestation.challenge(services(), node, digest.lower() if digest else None)
     return jsonify(
         {
             "nonce": ch.nonce.hex(),
@@ -119,13 +137,15 @@ def challenge(node: str) -> tuple[Response, int]:
 
 @attestation_bp.post("/nodes/<node>/evidence")
 def evidence(node: str) -> Response:
+    path_text(node, "node")
+    _rate_limit()
     svc = services()
     if request.mimetype != "application/cbor":
         raise ApiError(415, "unsupported_media_type", "send Content-Type: application/cbor")
     length = request.content_length
     if length is not None and length > svc.config.max_bundle:
         raise ApiError(413, "too_large", f"evidence larger than {svc.config.max_bundle} bytes")
-    body = request.stream.read(svc.config.max_bundle + 1)
+    body = read_body(svc.config.max_bundle + 1)
     result = attestation.submit(svc, node, body)
     return jsonify(result.to_json())
 
@@ -146,12 +166,14 @@ def list_nodes() -> Response:
 @inventory_bp.get("/nodes/<node>")
 @require(*READ_INVENTORY)
 def show_node(node: str) -> Response:
+    path_text(node, "node")
     return jsonify(inventory.show_node(services(), node))
 
 
 @inventory_bp.get("/nodes/<node>/attestations")
 @require(*REVIEW)
 def node_attestations(node: str) -> Response:
+    path_text(node, "node")
     limit = _int_arg("limit", 50, 1, 1000)
     with services().store.read() as db:
         n = inventory.get_node(db, node)
@@ -221,6 +243,7 @@ def list_golden() -> Response:
 @golden_bp.get("/golden/<name>/<version>")
 @require(*REVIEW)
 def show_golden(name: str, version: str) -> Response:
+    path_text(name, "golden set", 200), path_text(version, "golden version", 64)
     return jsonify(golden_ops.show(services(), name, version))
 
 
@@ -230,7 +253,7 @@ def add_golden() -> tuple[Response, int]:
     fmt = {"application/cbor": "corim", "application/rim+cbor": "corim"}.get(
         request.mimetype, "yaml"
     )
-    data = request.stream.read(golden_ops.MAX_GOLDEN + 1)
+    data = read_body(golden_ops.MAX_GOLDEN + 1)
     if not data:
         raise bad_request("bad_field", "send the golden set (YAML, or CoRIM as application/cbor)")
     return jsonify(golden_ops.upload(services(), fmt, data, actor())), 201
@@ -247,6 +270,7 @@ def assign_golden() -> Response:
 @golden_bp.post("/golden/<name>/<version>/<action>")
 @require(*ADMIN)
 def golden_status(name: str, version: str, action: str) -> Response:
+    path_text(name, "golden set", 200), path_text(version, "golden version", 64)
     status = {"retire": "retired", "revoke": "revoked"}.get(action)
     if status is None:
         raise not_found("not_found", f"unknown golden action {action!r}")
@@ -260,11 +284,12 @@ def golden_status(name: str, version: str, action: str) -> Response:
 @admin_bp.post("/nodes/<node>/<action>")
 @require(*ADMIN)
 def node_action(node: str, action: str) -> Response:
+    path_text(node, "node")
     svc = services()
     body = json_body()
     reason = reason_field(body)
     if action == "move":
-        new_name = _node_name(text_field(body, "to"))
+        new_name = node_field(body, "to")
         return jsonify(inventory.move_node(svc, node, new_name, reason, actor()))
     if action == "labels":
         return jsonify(inventory.set_labels(svc, node, labels_field(body), reason, actor()))
@@ -283,6 +308,7 @@ def node_action(node: str, action: str) -> Response:
 @admin_bp.delete("/nodes/<node>")
 @require(*ADMIN)
 def delete_node(node: str) -> Response:
+    path_text(node, "node")
     body = json_body(required=False)
     reason = reason_field(body) if body else reason_field({"reason": request.args.get("reason")})
     inventory.delete_node(services(), node, reason, actor())
@@ -307,17 +333,22 @@ def sweep() -> Response:
 def create_token() -> tuple[Response, int]:
     body = json_body()
     ttl = body.get("ttl")
-    if ttl is not None and (not isinstance(ttl, int | float) or isinstance(ttl, bool) or ttl <= 0):
-        raise bad_request("bad_field", "ttl must be a positive number of seconds")
+    if ttl is not None and (
+        not isinstance(ttl, int | float) or isinstance(ttl, bool) or not 0 < ttl <= MAX_TTL
+    ):
+        raise bad_request("bad_field", f"ttl must be a number of seconds in 1..{MAX_TTL}")
     single_use = body.get("single_use", False)
     if not isinstance(single_use, bool):
         raise bad_request("bad_field", "single_use must be a boolean")
+    desc = body.get("description", "")
+    if not isinstance(desc, str):
+        raise bad_request("bad_field", "description must be a string")
     out = tokens.create(
         services(),
         text_field(body, "role", max_len=16),
         ttl=ttl,
         single_use=single_use,
-        description=str(body.get("description", "")),
+        description=printable(desc[:200], "description"),
         labels=labels_field(body),
         actor=actor(),
     )
@@ -342,6 +373,8 @@ def revoke_token(token_id: str) -> Response:
 def audit_log() -> Response:
     limit = _int_arg("limit", 100, 1, 1000)
     target = request.args.get("target")
+    if target is not None and (len(target) > 300 or not target.isprintable()):
+        raise bad_request("bad_query", "target must be printable text of at most 300 characters")
     with services().store.read() as db:
         entries = repo.list_audit(db, target=target, limit=limit)
         return jsonify(

@@ -1,4 +1,8 @@
-"""Running the app under gunicorn: workers, bind address, TLS when a certificate is given."""
+"""Running the app under gunicorn: gevent workers, bind address, TLS when a certificate is given.
+
+Workers are gevent (``_worker.VerifierWorker``): slow or idle clients cost a greenlet each, so they
+cannot stall the service the way two idle sockets stalled two sync workers (docs/operations.md).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,10 @@ from gunicorn.app.base import BaseApplication
 
 from .app import create_app
 from .config import ServiceConfig
+
+KEEPALIVE = 5
+"""Seconds an idle kept-alive connection stays open, and the most a request line and headers
+may take to arrive (the gevent worker reads them under this timeout)."""
 
 
 class VerifierServer(BaseApplication):  # type: ignore[misc]
@@ -23,7 +31,9 @@ class VerifierServer(BaseApplication):  # type: ignore[misc]
         settings: dict[str, Any] = {
             "bind": [cfg.bind],
             "workers": cfg.workers,
-            "worker_class": "sync",
+            "worker_class": "verifier.service._worker.VerifierWorker",
+            "worker_connections": cfg.worker_connections,
+            "keepalive": KEEPALIVE,
             "timeout": 60,
             "graceful_timeout": 10,
             "accesslog": None,

@@ -190,7 +190,11 @@ class FakeAgentForLoad:
 
     def attest(self, session: requests.Session, url: str) -> dict[str, Any]:
         """One challenge → evidence round trip over HTTP; returns the verdict JSON."""
-        ch = session.post(f"{url}/v1/nodes/{self.name}/challenge", timeout=60)
+        ch = session.post(
+            f"{url}/v1/nodes/{self.name}/challenge",
+            json={"event_log_sha256": self.log_sha256.hex()},
+            timeout=60,
+        )
         ch.raise_for_status()
         info = ch.json()
         known = info.get("known_event_log_sha256")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .engine import Store, database_url, make_engine
+from .engine import Store, StoreUnavailable, database_url, make_engine
 from .migrate import upgrade
 
-__all__ = ["Store", "database_url", "make_engine", "upgrade"]
+__all__ = ["Store", "StoreUnavailable", "database_url", "make_engine", "upgrade"]

@@ -4,23 +4,47 @@ SQLite with several gunicorn workers: WAL lets readers run beside one writer, ``
 makes a writer wait for the lock instead of failing, and write transactions start with
 ``BEGIN IMMEDIATE`` so two workers never both hold a read lock and then deadlock upgrading it
 (the cause of "database is locked" that a busy timeout cannot cure).
+
+A locked or unreachable database is never waited on for long: a write transaction waits at most
+``lock_timeout`` seconds for SQLite's write lock (short C-level waits, retried with ``time.sleep``,
+which gevent makes cooperative, so other requests of the worker run meanwhile); PostgreSQL gets a
+connect timeout, a lock timeout and a pool timeout of the same order. Whatever the database then
+raises is re-raised as ``StoreUnavailable`` (busy or down), which the API answers with 503.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
-from assay.errors import ConfigurationError
+from assay.errors import AssayError, ConfigurationError
 
-SQLITE_BUSY_TIMEOUT_MS = 30_000
+SQLITE_BUSY_TIMEOUT_MS = 50
+"""One C-level wait for a SQLite lock; it blocks the whole (gevent) worker, so it is short."""
+LOCK_TIMEOUT = 3.0
+"""Seconds a transaction waits for a lock, or a request for a connection, before 503."""
+
+
+class StoreUnavailable(AssayError):
+    """The database is locked past ``lock_timeout`` (``busy``) or cannot be reached."""
+
+    def __init__(self, message: str, *, busy: bool) -> None:
+        super().__init__(message)
+        self.busy = busy
+
+
+def _is_busy(exc: BaseException) -> bool:
+    text = str(getattr(exc, "orig", exc)).lower()
+    return "locked" in text or "busy" in text or "lock timeout" in text
 
 
 def database_url(value: str) -> str:
@@ -43,11 +67,23 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(conn: Any) -> None:
-    mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
-    conn.exec_driver_sql(f"BEGIN {mode}")
+    """BEGIN, retrying a locked database with a (cooperative) sleep up to the lock timeout."""
+    options = conn.get_execution_options()
+    mode = options.get("sqlite_begin", "DEFERRED")
+    deadline = time.monotonic() + options.get("lock_timeout", LOCK_TIMEOUT)
+    pause = 0.005
+    while True:
+        try:
+            conn.exec_driver_sql(f"BEGIN {mode}")
+            return
+        except sa_exc.OperationalError as exc:
+            if not _is_busy(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, lock_timeout: float = LOCK_TIMEOUT) -> Engine:
     try:
         parsed = make_url(database_url(url))
     except ArgumentError as exc:
@@ -57,22 +93,52 @@ def make_engine(url: str) -> Engine:
         if db and db != ":memory:":
             Path(db).parent.mkdir(parents=True, exist_ok=True)
         # A pool keeps connections open: closing the last one checkpoints the WAL (slow).
-        engine = create_engine(parsed, pool_size=5, max_overflow=10)
+        engine = create_engine(
+            parsed,
+            pool_size=5,
+            max_overflow=10,
+            pool_timeout=lock_timeout,
+            execution_options={"lock_timeout": lock_timeout},
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
     if parsed.get_backend_name() == "postgresql":
-        return create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=5)
+        ms = int(lock_timeout * 1000)
+        return create_engine(
+            parsed,
+            pool_pre_ping=True,
+            pool_size=5,
+            max_overflow=5,
+            pool_timeout=lock_timeout,
+            connect_args={
+                "connect_timeout": max(1, round(lock_timeout)),
+                "options": f"-c lock_timeout={ms}",
+            },
+        )
     backend = parsed.get_backend_name()
     raise ConfigurationError(f"unsupported database {backend!r} (sqlite, postgresql)")
+
+
+@contextlib.contextmanager
+def _unavailable_as_domain_error() -> Iterator[None]:
+    try:
+        yield
+    except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+        busy = _is_busy(exc)
+        what = "locked by another connection" if busy else "unreachable"
+        first = (str(getattr(exc, "orig", exc)).splitlines() or [""])[0][:120]
+        raise StoreUnavailable(f"the database is {what}: {first}", busy=busy) from None
+    except sa_exc.TimeoutError:
+        raise StoreUnavailable("no database connection free in time", busy=True) from None
 
 
 class Store:
     """The database handle one app (or CLI run) uses: ``read()`` and ``write()`` sessions."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, lock_timeout: float = LOCK_TIMEOUT) -> None:
         self.url = database_url(url)
-        self.engine = make_engine(self.url)
+        self.engine = make_engine(self.url, lock_timeout)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         writer = self.engine
         if self.is_sqlite:
@@ -82,13 +148,13 @@ class Store:
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Session]:
-        with self._read() as session:  # close() ends the transaction; objects stay loaded
-            yield session
+        with _unavailable_as_domain_error(), self._read() as session:
+            yield session  # close() ends the transaction; objects stay loaded
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Session]:
         """One transaction: committed when the block ends normally, rolled back otherwise."""
-        with self._write() as session, session.begin():
+        with _unavailable_as_domain_error(), self._write() as session, session.begin():
             yield session
 
     def close(self) -> None:

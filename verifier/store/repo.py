@@ -72,6 +72,37 @@ def audit(
     return entry
 
 
+def audit_coalesced(
+    s: Session,
+    actor: str,
+    action: str,
+    target: str,
+    reason: str,
+    *,
+    now: dt.datetime,
+    window: dt.timedelta,
+) -> AuditEntry:
+    """Audit an unauthenticated event at most once per ``window`` per (action, target): later ones
+    raise ``details.count`` and ``details.last_at`` of that row, so bogus posts cannot grow the
+    table by one row each."""
+    q = (
+        select(AuditEntry)
+        .where(AuditEntry.action == action, AuditEntry.target == target)
+        .where(AuditEntry.at > now - window)
+        .order_by(AuditEntry.id.desc())
+        .limit(1)
+    )
+    entry = s.scalars(q).first()
+    if entry is None:
+        return audit(s, actor, action, target, reason, {"count": 1}, now=now)
+    details = dict(entry.details or {})
+    details["count"] = int(details.get("count", 1)) + 1
+    details["last_at"] = now.isoformat()
+    details["last_reason"] = reason[:300]
+    entry.details = details
+    return entry
+
+
 def list_audit(s: Session, *, target: str | None = None, limit: int = 100) -> list[AuditEntry]:
     q = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
     if target is not None:
@@ -190,20 +221,39 @@ def latest_evidence(s: Session, node_id: int) -> Attestation | None:
 # --- nonces ---------------------------------------------------------------------------------
 
 
+MAX_OUTSTANDING_NONCES = 16
+
+
 def issue_nonce(
-    s: Session, node_id: int, *, lifetime: dt.timedelta, now: dt.datetime, keep: int = 8
-) -> Nonce:
-    """A fresh 32-byte nonce; older unused ones of the node beyond ``keep`` are dropped."""
-    s.execute(delete(Nonce).where(Nonce.node_id == node_id, Nonce.expires_at < now))
+    s: Session,
+    node_id: int,
+    *,
+    lifetime: dt.timedelta,
+    now: dt.datetime,
+    keep: int = MAX_OUTSTANDING_NONCES,
+) -> Nonce | dt.datetime:
+    """A fresh 32-byte nonce, or — when ``keep`` unexpired ones are outstanding — the time the
+    oldest expires. An outstanding nonce is never evicted: the challenge endpoint is
+    unauthenticated, and eviction would let anyone cancel the agent's challenge. Used nonces are
+    kept (for ``nonce_reused``) up to ``keep`` per node, so rows per node stay under 2 × keep."""
+    s.execute(delete(Nonce).where(Nonce.node_id == node_id, Nonce.expires_at <= now))
+    used = s.scalars(
+        select(Nonce.id)
+        .where(Nonce.node_id == node_id, Nonce.used_at.is_not(None))
+        .order_by(Nonce.id.desc())
+        .offset(keep)
+    )
+    # A used nonce forgotten early is refused as unknown instead of reused: still refused.
+    s.execute(delete(Nonce).where(Nonce.id.in_(list(used))))
     outstanding = list(
         s.scalars(
-            select(Nonce.id)
+            select(Nonce.expires_at)
             .where(Nonce.node_id == node_id, Nonce.used_at.is_(None))
-            .order_by(Nonce.id.desc())
+            .order_by(Nonce.expires_at)
         )
     )
     if len(outstanding) >= keep:
-        s.execute(delete(Nonce).where(Nonce.id.in_(outstanding[keep - 1 :])))
+        return outstanding[0]
     row = Nonce(
         node_id=node_id, nonce=secrets.token_bytes(32), created_at=now, expires_at=now + lifetime
     )

@@ -1,0 +1,126 @@
+"""The unauthenticated challenge: nobody can evict a node's nonce, learn whether a node exists or
+which boot log it holds, grow the database, or flood the endpoint from one address.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from tests.test_service_api import ROLES, T0, Env, _bundle, add_node
+from verifier.service import ServiceConfig, create_app
+from verifier.store import Store, repo, upgrade
+from verifier.store.models import AuditEntry, Node, Nonce
+
+CBOR = {"Content-Type": "application/cbor"}
+
+
+def _env(tmp_path: Path, **config: float) -> Env:
+    url = str(tmp_path / "v.db")
+    store = Store(url)
+    upgrade(store)
+    tokens = {}
+    with store.write() as db:
+        for role in ROLES:
+            tokens[role], _ = repo.create_token(db, role, expires_at=None, now=T0)
+    clock = [T0]
+    cfg = ServiceConfig(database=url, nonce_lifetime=30, **config)  # type: ignore[arg-type]
+    app = create_app(cfg, store=store, clock=lambda: clock[0])
+    add_node(store, "n1")
+    return Env(app.test_client(), store, tokens, clock)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    e = _env(tmp_path)
+    try:
+        yield e
+    finally:
+        e.store.close()
+
+
+def _rows(env: Env, model: type) -> int:
+    with env.store.read() as db:
+        return int(db.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def test_a_flood_of_challenges_never_evicts_the_agents_nonce(env: Env) -> None:
+    mine = bytes.fromhex(env.client.post("/v1/nodes/n1/challenge").json["nonce"])
+    answers = [env.client.post("/v1/nodes/n1/challenge") for _ in range(40)]
+    codes = [r.status_code for r in answers]
+    assert codes.count(201) == repo.MAX_OUTSTANDING_NONCES - 1
+    refused = [r for r in answers if r.status_code != 201]
+    assert {(r.status_code, r.json["error"]["code"]) for r in refused} == {
+        (429, "too_many_challenges")
+    }
+    assert _rows(env, Nonce) == repo.MAX_OUTSTANDING_NONCES  # bounded per node
+    # The agent's nonce is still good: the (garbage) quote is what fails, not the nonce.
+    resp = env.client.post("/v1/nodes/n1/evidence", data=_bundle(nonce=mine), headers=CBOR)
+    assert (resp.status_code, resp.json["error"]["code"]) == (400, "malformed_evidence")
+    # Expired nonces free their slots.
+    env.clock[0] = T0.replace(minute=T0.minute + 1)
+    assert env.client.post("/v1/nodes/n1/challenge").status_code == 201
+
+
+def test_a_challenge_does_not_reveal_whether_the_node_exists(env: Env) -> None:
+    known = env.client.post("/v1/nodes/n1/challenge")
+    ghost = env.client.post("/v1/nodes/ghost/challenge")
+    assert known.status_code == ghost.status_code == 201
+    assert set(known.json) == set(ghost.json)
+    assert known.json["pcr_selection"] == ghost.json["pcr_selection"]
+    assert len(ghost.json["nonce"]) == len(known.json["nonce"]) == 64
+    assert _rows(env, Nonce) == 1  # nothing stored for a name that is not enrolled
+
+
+def test_the_boot_log_digest_is_only_echoed_to_a_caller_who_names_it(env: Env) -> None:
+    log = b"boot log"
+    digest = hashlib.sha256(log).hexdigest()
+    with env.store.write() as db:
+        repo.put_event_log(db, digest, log, T0)
+        node = repo.get_node(db, "n1")
+        assert isinstance(node, Node)
+        node.boot_log_sha256 = digest
+
+    def known(body: object) -> object:
+        return env.client.post("/v1/nodes/n1/challenge", json=body).json["known_event_log_sha256"]
+
+    assert known({}) is None
+    assert known({"event_log_sha256": "00" * 32}) is None
+    assert known({"event_log_sha256": digest}) == digest
+    assert known({"event_log_sha256": digest.upper()}) == digest
+    resp = env.client.post("/v1/nodes/n1/challenge", json={"event_log_sha256": "zz"})
+    assert (resp.status_code, resp.json["error"]["code"]) == (400, "bad_field")
+
+
+def test_bogus_evidence_posts_add_one_audit_row_not_one_each(env: Env) -> None:
+    for _ in range(30):
+        nonce = bytes.fromhex(env.client.post("/v1/nodes/n1/challenge").json["nonce"])
+        resp = env.client.post("/v1/nodes/n1/evidence", data=_bundle(nonce=nonce), headers=CBOR)
+        assert resp.status_code == 400
+    with env.store.read() as db:
+        rows = list(db.scalars(select(AuditEntry).where(AuditEntry.action == "evidence_refused")))
+    assert len(rows) == 1 and rows[0].details["count"] == 30
+    assert _rows(env, Nonce) <= 2 * repo.MAX_OUTSTANDING_NONCES
+    # A new window gets a new row: growth is bounded by time, not by requests.
+    env.clock[0] = T0.replace(minute=T0.minute + 11)
+    nonce = bytes.fromhex(env.client.post("/v1/nodes/n1/challenge").json["nonce"])
+    env.client.post("/v1/nodes/n1/evidence", data=_bundle(nonce=nonce), headers=CBOR)
+    assert _rows(env, AuditEntry) == 2
+
+
+def test_one_address_is_rate_limited_on_unauthenticated_endpoints(tmp_path: Path) -> None:
+    env = _env(tmp_path, client_rate=0.001, client_burst=5)
+    try:
+        codes = [env.client.post("/v1/nodes/ghost/challenge").status_code for _ in range(5)]
+        assert codes == [201] * 5
+        resp = env.client.post("/v1/nodes/n1/evidence", data=_bundle(), headers=CBOR)
+        assert (resp.status_code, resp.json["error"]["code"]) == (429, "rate_limited")
+        other = env.client.post("/v1/nodes/n1/challenge", environ_base={"REMOTE_ADDR": "127.0.0.2"})
+        assert other.status_code == 201
+        assert env.client.get("/v1/nodes", headers=env.h("admin")).status_code == 200
+    finally:
+        env.store.close()
