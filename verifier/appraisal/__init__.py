@@ -20,7 +20,7 @@ every other event of a relied-on PCR answer to an approved or spec-fixed digest.
 
 from __future__ import annotations
 
-from assay.eventlog import Event, VerifiedBootLog
+from assay.eventlog import AppliedWorkaround, Event, VerifiedBootLog
 
 from ._ledger import Ledger, check_closed_world, unaccounted
 from ._structure import check_required, check_separators, check_types
@@ -85,7 +85,7 @@ def _judged(
     checks += check_secure_boot(vlog, facts, policy, ledger)  # 6.
     checks += check_boot_apps(vlog, facts, policy, ledger)  # 7.
     checks += check_os(vlog, facts, policy, ledger)  # 8.
-    checks += _workaround_checks(vlog, policy)  # 9.
+    checks += _workaround_checks((*vlog.workarounds, *facts.workarounds), policy)  # 9.
     return checks
 
 
@@ -99,9 +99,11 @@ def unaccounted_events(
     return unaccounted(vlog, facts, policy, ledger, pcrs)
 
 
-def _workaround_checks(vlog: VerifiedBootLog, policy: CompiledPolicy) -> list[Check]:
+def _workaround_checks(used: tuple[AppliedWorkaround, ...], policy: CompiledPolicy) -> list[Check]:
+    """One check per use: replay ones from verify_log, coverage ones met during extraction (the
+    table's coverage entries touch only PCR1/PCR7 events, all of which extraction visits)."""
     out: list[Check] = []
-    for w in vlog.all_workarounds():
+    for w in used:
         name = w.workaround.name
         where = f"PCR{w.pcr} event{'s' if len(w.events) > 1 else ''} " + (
             ", ".join(map(str, w.events or (w.event,)))

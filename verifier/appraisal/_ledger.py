@@ -151,21 +151,22 @@ def _open_events(
 ) -> Iterator[Event]:
     """Events of ``pcrs`` that nothing accounts for (steps 2–4 after the checks' step 1)."""
     bank = vlog.bank
-    approved = policy.approved
+    approved = policy.approved_digests(bank)
     taken = ledger.taken
+    empty: frozenset[bytes] = frozenset()
     for pcr in sorted(pcrs):
-        fixed = fixed_digests(bank, pcr)
+        # 2. and 3. for the PCR's distinct digests at once; only what is left is looked at.
+        left = (
+            facts.digests_in.get(pcr, empty) - fixed_digests(bank, pcr) - approved.get(pcr, empty)
+        )
+        if not left and pcr not in facts.digestless:
+            continue
         for e in facts.in_pcr.get(pcr, ()):
             if e.index in taken:  # 1.
                 continue
             digest = e.digests.get(bank)
-            if digest is not None and (
-                digest in fixed  # 2.
-                or (pcr, bank, digest) in approved  # 3.
-                or _content_approved(vlog, e, policy)  # 4.
-            ):
-                continue
-            yield e
+            if digest is None or (digest in left and not _content_approved(vlog, e, policy)):  # 4.
+                yield e
 
 
 def unaccounted(

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 
 from assay.algorithms import HashAlg
 from assay.errors import MalformedEvidence
-from assay.eventlog import Event, VerifiedBootLog
+from assay.eventlog import AppliedWorkaround, Event, VerifiedBootLog
+from assay.eventlog._workarounds import COVERAGE_WORKAROUNDS
 from assay.events import EventType as T
 from assay.uefi.signatures import parse_signature_data, parse_signature_lists
 from assay.uefi.structures import parse_variable_data
@@ -40,6 +41,10 @@ DEBUG_MODE = b"UEFI Debug Mode"
 DMA_DISABLED = b"DMA Protection Disabled"
 LINUX_INITRD_TAG = 0x8F3B22EC
 SB_VARIABLES = ("SecureBoot", "PK", "KEK", "db", "dbx")
+# The UTF-16LE names the appraisal reads a value for, by length: a peek at a UEFI_VARIABLE_DATA's
+# name (offset 32) rules out most variables (Boot####, BootOrder, …) before anything is hashed.
+_VALUE_NAMES = frozenset(n.encode("utf-16-le") for n in (*SB_VARIABLES, "SbatLevel"))
+_VALUE_NAME_LENGTHS = frozenset(len(n) // 2 for n in _VALUE_NAMES)
 # Event types as plain ints: the extraction loop compares every event's type, and an enum
 # attribute lookup costs several times the comparison.
 _S_CRTM_VERSION = int(T.EV_S_CRTM_VERSION)
@@ -76,6 +81,22 @@ _SEPARATOR_VALUES = (b"\x00\x00\x00\x00", b"\xff\xff\xff\xff")
 _SEPARATOR_DIGESTS: dict[HashAlg, frozenset[bytes]] = {}
 _TEXT_DIGESTS: dict[tuple[HashAlg, bytes], frozenset[bytes]] = {}
 _CMDLINE_PREFIXES = (b"kernel_cmdline: ", b"grub_kernel_cmdline ")
+_COVERAGE_TOUCHES = frozenset(
+    (pcr, t) for w in COVERAGE_WORKAROUNDS for pcr in w.pcrs for t in w.event_types
+)
+# Extraction visits every PCR0–7 event, so it meets every use of a coverage workaround; the
+# table's coverage entries touch PCR1 and PCR7 only.
+assert {pcr for pcr, _ in _COVERAGE_TOUCHES} <= {1, 7}
+_TOUCHED_IN_PCR1 = frozenset(t for pcr, t in _COVERAGE_TOUCHES if pcr == 1)
+_TOUCHED_IN_PCR7 = frozenset(t for pcr, t in _COVERAGE_TOUCHES if pcr == 7)
+
+
+def _note_workaround(vlog: VerifiedBootLog, facts: BootFacts, e: Event) -> None:
+    applied = vlog.coverage_workaround(e)
+    if applied is not None:
+        facts.workarounds.append(applied)
+
+
 _PCR_AND_TYPE = operator.itemgetter(1, 2)  # Event is a NamedTuple: (index, pcr, event_type, …)
 
 
@@ -113,6 +134,10 @@ class BootFacts:
     initrds: list[Event] = field(default_factory=list)
     pcr14: list[Event] = field(default_factory=list)
     in_pcr: dict[int, list[Event]] = field(default_factory=dict)  # every PCR, log order
+    workarounds: list[AppliedWorkaround] = field(default_factory=list)  # coverage ones, PCR0-7
+    digests_in: dict[int, frozenset[bytes]] = field(default_factory=dict)  # per PCR, in the bank
+    with_digest: dict[int, dict[bytes, list[Event]]] = field(default_factory=dict)
+    digestless: frozenset[int] = frozenset()  # PCRs with an event lacking the bank's digest
     suspicious: list[Event] = field(default_factory=list)
     type_pairs: frozenset[tuple[int, int]] = frozenset()
 
@@ -192,6 +217,20 @@ def separator_digests(bank: HashAlg) -> frozenset[bytes]:
     return got
 
 
+_SPECIAL: dict[HashAlg, dict[bytes, bytes]] = {}
+
+
+def special_digests(bank: HashAlg) -> dict[bytes, bytes]:
+    """Digest → string for the strings known by their digest: ExitBootServices and the unsafe
+    platform states, with and without their NUL."""
+    got = _SPECIAL.get(bank)
+    if got is None:
+        got = _SPECIAL[bank] = {
+            d: text for text in (*_EBS_ACTIONS, *_PLATFORM_STATES) for d in text_digests(bank, text)
+        }
+    return got
+
+
 def text_digests(bank: HashAlg, text: bytes) -> frozenset[bytes]:
     """The digests a firmware string is measured as in ``bank``: without and with its NUL."""
     key = (bank, text)
@@ -234,20 +273,28 @@ def _variable(vlog: VerifiedBootLog, event: Event) -> tuple[str, bytes] | None:
     return var
 
 
-def _pcr7(vlog: VerifiedBootLog, facts: BootFacts, e: Event, covered: bool | None) -> None:
-    digest = e.digests.get(vlog.bank)
-    for marker in _PLATFORM_STATES:  # the digest says what happened, whatever the data claims
-        if digest in text_digests(vlog.bank, marker):
-            facts.platform_states.append((e, marker))
-            return
+def _pcr7(
+    vlog: VerifiedBootLog, facts: BootFacts, e: Event, covered: bool | None, special: bytes | None
+) -> None:
+    if special in _PLATFORM_STATES:  # the digest says what happened, whatever the data claims
+        facts.platform_states.append((e, special))
+        return
     _variable_fact(vlog, facts, e, covered)
+
+
+def _names_a_value(data: bytes) -> bool:
+    """Whether ``data`` could be a UEFI_VARIABLE_DATA of a variable the appraisal reads."""
+    if len(data) < 36:
+        return False
+    n = int.from_bytes(data[16:24], "little")
+    return n in _VALUE_NAME_LENGTHS and data[32 : 32 + 2 * n] in _VALUE_NAMES
 
 
 def _variable_fact(vlog: VerifiedBootLog, facts: BootFacts, e: Event, covered: bool | None) -> None:
     """Record a covered variable by its covered name: Secure Boot databases, SbatLevel, and the
     ``db`` entry an image was verified with (EV_EFI_VARIABLE_AUTHORITY: one EFI_SIGNATURE_DATA, the
     type choosing between that and the ``db`` database — either reading of the wrong one fails)."""
-    if covered is not True or vlog.coverage_workaround(e) is not None:
+    if covered is not True or not _names_a_value(e.data) or vlog.coverage_workaround(e) is not None:
         return
     got = _variable(vlog, e)
     if got is None:
@@ -306,15 +353,16 @@ def _extract(vlog: VerifiedBootLog) -> BootFacts:
     facts = BootFacts(events=events, type_pairs=frozenset(map(_PCR_AND_TYPE, events)))
     bank = vlog.bank
     seps = separator_digests(bank)
+    special = special_digests(bank)
     by_pcr = facts.by_pcr
     in_pcr = facts.in_pcr
     for e in events:
         pcr = e.pcr
-        mine = in_pcr.get(pcr)
-        if mine is None:
-            mine = in_pcr[pcr] = []
-        mine.append(e)
         if pcr >= 8:
+            mine = in_pcr.get(pcr)
+            if mine is None:
+                mine = in_pcr[pcr] = []
+            mine.append(e)
             if pcr == 8 and e.data.startswith(b"grub_cmd"):  # neither command line nor initrd
                 continue
             _os_pcrs(vlog, facts, e)
@@ -322,7 +370,7 @@ def _extract(vlog: VerifiedBootLog) -> BootFacts:
         et = e.event_type
         group = by_pcr.get(pcr)
         if group is None:
-            group = by_pcr[pcr] = []
+            group = by_pcr[pcr] = in_pcr[pcr] = []  # one list: PCR0–7 in both maps
         digest = e.digests.get(bank)
         if digest in seps and et == _SEPARATOR:  # a separator digest under another type fails
             facts.separators.setdefault(pcr, []).append(len(group))
@@ -331,7 +379,9 @@ def _extract(vlog: VerifiedBootLog) -> BootFacts:
         if covered is False or (et != _SEPARATOR and digest in seps):
             facts.suspicious.append(e)
         if pcr == 7:
-            _pcr7(vlog, facts, e, covered)
+            if et in _TOUCHED_IN_PCR7:
+                _note_workaround(vlog, facts, e)
+            _pcr7(vlog, facts, e, covered, special.get(digest) if digest is not None else None)
         elif pcr == 0:
             if et == _S_CRTM_VERSION:
                 full = covered is True and vlog.coverage_workaround(e) is None
@@ -345,9 +395,32 @@ def _extract(vlog: VerifiedBootLog) -> BootFacts:
             if et in _DRIVERS:
                 facts.drivers.append(e)
         elif pcr == 5:
-            for action in _EBS_ACTIONS:
-                if digest in text_digests(bank, action):
-                    facts.ebs_events.append((e, action))
+            action = special.get(digest) if digest is not None else None
+            if action in _EBS_ACTIONS:
+                facts.ebs_events.append((e, action))
         elif pcr == 1:
+            if et in _TOUCHED_IN_PCR1:
+                _note_workaround(vlog, facts, e)
             _variable_fact(vlog, facts, e, covered)
+    _digest_sets(facts, bank)
     return facts
+
+
+def _digest_sets(facts: BootFacts, bank: HashAlg) -> None:
+    """The distinct digests of each PCR: the closed-world check starts from set differences."""
+    lacking: set[int] = set()
+    for pcr, evs in facts.in_pcr.items():
+        found: dict[bytes, list[Event]] = {}
+        for e in evs:
+            d = e.digests.get(bank)
+            if d is None:
+                lacking.add(pcr)
+            else:
+                got = found.get(d)
+                if got is None:
+                    found[d] = [e]
+                else:
+                    got.append(e)
+        facts.with_digest[pcr] = found
+        facts.digests_in[pcr] = frozenset(found)
+    facts.digestless = frozenset(lacking)

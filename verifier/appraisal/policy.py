@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from assay.algorithms import HashAlg
 from assay.events import EventType as T
@@ -204,10 +204,24 @@ class CompiledPolicy:
     approved: dict[tuple[int, HashAlg, bytes], tuple[tuple[str, str], ...]]  # → ((ref, label), …)
     blob_sets: tuple[tuple[str, tuple[Key, ...]], ...]  # (ref, its blobs' digests)
     denied_workarounds: dict[str, Refs]
+    _by_bank: dict[HashAlg, dict[int, frozenset[bytes]]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @property
     def empty(self) -> bool:
         return not self.in_force
+
+    def approved_digests(self, bank: HashAlg) -> dict[int, frozenset[bytes]]:
+        """``approved`` as PCR → digests in ``bank`` (built once per bank; the policy is immutable)."""
+        got = self._by_bank.get(bank)
+        if got is None:
+            found: dict[int, set[bytes]] = {}
+            for pcr, alg, digest in self.approved:
+                if alg is bank:
+                    found.setdefault(pcr, set()).add(digest)
+            got = self._by_bank[bank] = {p: frozenset(d) for p, d in found.items()}
+        return got
 
 
 def _add(table: dict[Key, Refs], ref: str, digests: Mapping[HashAlg, bytes]) -> None:
