@@ -14,7 +14,6 @@ from .policy import CompiledPolicy
 from .verdict import Check
 
 _INDEX = operator.itemgetter(0)  # Event.index
-_SEPARATOR = int(T.EV_SEPARATOR)
 
 
 def _where(e: Event) -> str:
@@ -78,7 +77,7 @@ def check_types(vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy)
 
 
 def _separator_pcr(
-    pcr: int, events: list[Event], positions: list[int], after: frozenset[int]
+    pcr: int, events: list[Event], positions: list[int], after: frozenset[int], odd: list[Event]
 ) -> list[Check]:
     seps = [events[i] for i in positions]
     cid = f"pcr{pcr}.separator"
@@ -109,8 +108,8 @@ def _separator_pcr(
             got=e.data.hex()[:64],
             expected="00000000 or ffffffff",
         )
-        for i, e in enumerate(events)
-        if e.event_type == _SEPARATOR and i not in positions
+        for e in odd
+        if e.pcr == pcr
     ]
     out += [
         Check(
@@ -152,6 +151,7 @@ def check_separators(
                 facts.by_pcr.get(pcr, []),
                 facts.separators.get(pcr, []),
                 policy.after_separator[pcr],
+                facts.odd_separators,
             )
         )
         if pcr in vlog.pcrs_outside_log:

@@ -204,6 +204,11 @@ def _db_ids(
     found = facts.variables.get(name, [])
     if not found:
         return frozenset(), None
+    if len(found) == 1:  # the usual case: one measurement
+        try:
+            return signature_ids(found[0].value), None
+        except MalformedEvidence as exc:
+            return None, f"malformed {name} (event {found[0].event.index}): {exc}"
     sets = []
     for v in found:
         try:
@@ -459,15 +464,11 @@ def _app_events(
 ) -> list[Event]:
     """PCR2/PCR4 events judged as boot applications: every one whose digest an (active or inactive)
     set knows as one, whatever its type, and every one whose type claims to be one."""
-    bank = vlog.bank
     hinted = {e.index for e in (facts.boot_apps if pcr == 4 else facts.drivers)}
-    apps, inactive = policy.boot_apps, policy.inactive_apps
+    known = policy.app_digests(vlog.bank)
+    bank = vlog.bank
     return [
-        e
-        for e in facts.in_pcr.get(pcr, ())
-        if e.index in hinted
-        or (bank, e.digests.get(bank)) in apps
-        or (bank, e.digests.get(bank)) in inactive
+        e for e in facts.by_pcr.get(pcr, ()) if e.index in hinted or e.digests.get(bank) in known
     ]
 
 
@@ -537,13 +538,10 @@ def _moklists(
     out: list[Check] = []
     seen: set[str] = set()
     bank = vlog.bank
+    names_of = policy.moklist_names(bank)
     for e in facts.pcr14:
         digest = e.digests.get(bank)
-        names = [
-            (name, refs)
-            for name, table in sorted(policy.moklist.items())
-            if digest is not None and (refs := table.get((bank, digest)))
-        ]
+        names = names_of.get(digest) if digest is not None else None
         if names:  # one value may be approved under two names (both lists empty, say)
             ledger.take(e)
             seen.update(n for n, _ in names)

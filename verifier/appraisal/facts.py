@@ -97,7 +97,12 @@ def _note_workaround(vlog: VerifiedBootLog, facts: BootFacts, e: Event) -> None:
         facts.workarounds.append(applied)
 
 
-_PCR_AND_TYPE = operator.itemgetter(1, 2)  # Event is a NamedTuple: (index, pcr, event_type, …)
+_PCR_AND_TYPE = operator.itemgetter(1, 2)
+_PCR = operator.itemgetter(1)
+_DIGESTS = operator.itemgetter(3)
+_GET = functools.partial(
+    operator.methodcaller, "get"
+)  # Event is a NamedTuple: (index, pcr, event_type, …)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,12 +138,28 @@ class BootFacts:
     cmdlines: list[tuple[Event, str | None]] = field(default_factory=list)
     initrds: list[Event] = field(default_factory=list)
     pcr14: list[Event] = field(default_factory=list)
-    in_pcr: dict[int, list[Event]] = field(default_factory=dict)  # every PCR, log order
     workarounds: list[AppliedWorkaround] = field(default_factory=list)  # coverage ones, PCR0-7
-    digests_in: dict[int, frozenset[bytes]] = field(default_factory=dict)  # per PCR, in the bank
-    with_digest: dict[int, dict[bytes, list[Event]]] = field(default_factory=dict)
-    digestless: frozenset[int] = frozenset()  # PCRs with an event lacking the bank's digest
+    first_with: dict[int, dict[bytes, Event]] = field(default_factory=dict)  # PCR → digest → 1st
+    repeated: set[int] = field(default_factory=set)  # PCRs where some digest occurs twice
+    digestless: set[int] = field(default_factory=set)  # PCRs with an event lacking the digest
+
+    def with_digest(self, pcr: int, bank: HashAlg, digest: bytes) -> list[Event]:
+        """The events of ``pcr`` whose digest in ``bank`` is ``digest``, in log order."""
+        first = self.first_with.get(pcr, {}).get(digest)
+        if first is None:
+            return []
+        if pcr not in self.repeated:
+            return [first]
+        return [e for e in self.events if e.pcr == pcr and e.digests.get(bank) == digest]
+
+    def without_digest(self, pcr: int, bank: HashAlg) -> list[Event]:
+        """The events of ``pcr`` that carry no digest in ``bank``."""
+        return [e for e in self.events if e.pcr == pcr and e.digests.get(bank) is None]
+
     suspicious: list[Event] = field(default_factory=list)
+    odd_separators: list[Event] = field(
+        default_factory=list
+    )  # EV_SEPARATOR, not a separator digest
     type_pairs: frozenset[tuple[int, int]] = frozenset()
 
     def variable(self, name: str) -> Variable | None:
@@ -355,14 +376,20 @@ def _extract(vlog: VerifiedBootLog) -> BootFacts:
     seps = separator_digests(bank)
     special = special_digests(bank)
     by_pcr = facts.by_pcr
-    in_pcr = facts.in_pcr
+    first_with = facts.first_with
     for e in events:
         pcr = e.pcr
+        digest = e.digests.get(bank)
+        firsts = first_with.get(pcr)
+        if firsts is None:
+            firsts = first_with[pcr] = {}
+        if digest is None:
+            facts.digestless.add(pcr)
+        elif digest in firsts:
+            facts.repeated.add(pcr)
+        else:
+            firsts[digest] = e
         if pcr >= 8:
-            mine = in_pcr.get(pcr)
-            if mine is None:
-                mine = in_pcr[pcr] = []
-            mine.append(e)
             if pcr == 8 and e.data.startswith(b"grub_cmd"):  # neither command line nor initrd
                 continue
             _os_pcrs(vlog, facts, e)
@@ -370,10 +397,12 @@ def _extract(vlog: VerifiedBootLog) -> BootFacts:
         et = e.event_type
         group = by_pcr.get(pcr)
         if group is None:
-            group = by_pcr[pcr] = in_pcr[pcr] = []  # one list: PCR0–7 in both maps
-        digest = e.digests.get(bank)
-        if digest in seps and et == _SEPARATOR:  # a separator digest under another type fails
-            facts.separators.setdefault(pcr, []).append(len(group))
+            group = by_pcr[pcr] = []
+        if et == _SEPARATOR:  # a separator digest under another type fails (``suspicious``)
+            if digest in seps:
+                facts.separators.setdefault(pcr, []).append(len(group))
+            else:
+                facts.odd_separators.append(e)
         group.append(e)
         covered = _covered(vlog, e, digest)
         if covered is False or (et != _SEPARATOR and digest in seps):
@@ -401,26 +430,7 @@ def _extract(vlog: VerifiedBootLog) -> BootFacts:
         elif pcr == 1:
             if et in _TOUCHED_IN_PCR1:
                 _note_workaround(vlog, facts, e)
-            _variable_fact(vlog, facts, e, covered)
-    _digest_sets(facts, bank)
+            data = e.data
+            if len(data) > 35 and data[16] in _VALUE_NAME_LENGTHS:  # a cheap peek first
+                _variable_fact(vlog, facts, e, covered)
     return facts
-
-
-def _digest_sets(facts: BootFacts, bank: HashAlg) -> None:
-    """The distinct digests of each PCR: the closed-world check starts from set differences."""
-    lacking: set[int] = set()
-    for pcr, evs in facts.in_pcr.items():
-        found: dict[bytes, list[Event]] = {}
-        for e in evs:
-            d = e.digests.get(bank)
-            if d is None:
-                lacking.add(pcr)
-            else:
-                got = found.get(d)
-                if got is None:
-                    found[d] = [e]
-                else:
-                    got.append(e)
-        facts.with_digest[pcr] = found
-        facts.digests_in[pcr] = frozenset(found)
-    facts.digestless = frozenset(lacking)

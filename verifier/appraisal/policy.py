@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from assay.algorithms import HashAlg
@@ -207,19 +207,48 @@ class CompiledPolicy:
     _by_bank: dict[HashAlg, dict[int, frozenset[bytes]]] = field(
         default_factory=dict, compare=False, repr=False
     )
+    _apps_by_bank: dict[HashAlg, frozenset[bytes]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    _moks_by_bank: dict[HashAlg, dict[bytes, tuple[tuple[str, Refs], ...]]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @property
     def empty(self) -> bool:
         return not self.in_force
 
-    def approved_digests(self, bank: HashAlg) -> dict[int, frozenset[bytes]]:
-        """``approved`` as PCR → digests in ``bank`` (built once per bank; the policy is immutable)."""
+    def moklist_names(self, bank: HashAlg) -> dict[bytes, tuple[tuple[str, Refs], ...]]:
+        """Digest in ``bank`` → the MokList names approving it, with their sets (built once)."""
+        got = self._moks_by_bank.get(bank)
+        if got is None:
+            found: dict[bytes, tuple[tuple[str, Refs], ...]] = {}
+            for name, table in sorted(self.moklist.items()):
+                for (alg, digest), refs in table.items():
+                    if alg is bank:
+                        found[digest] = (*found.get(digest, ()), (name, refs))
+            got = self._moks_by_bank[bank] = found
+        return got
+
+    def app_digests(self, bank: HashAlg) -> frozenset[bytes]:
+        """Digests in ``bank`` of every boot application a set knows, in force or not."""
+        got = self._apps_by_bank.get(bank)
+        if got is None:
+            got = frozenset(d for alg, d in (*self.boot_apps, *self.inactive_apps) if alg is bank)
+            self._apps_by_bank[bank] = got
+        return got
+
+    def accepted_digests(
+        self, bank: HashAlg, fixed: Callable[[HashAlg, int], frozenset[bytes]]
+    ) -> dict[int, frozenset[bytes]]:
+        """PCR0–23 → the digests in ``bank`` that ``approved`` or ``fixed`` (the spec's) account
+        for, built once per bank (the policy is immutable)."""
         got = self._by_bank.get(bank)
         if got is None:
-            found: dict[int, set[bytes]] = {}
+            found: dict[int, set[bytes]] = {p: set(fixed(bank, p)) for p in range(24)}
             for pcr, alg, digest in self.approved:
-                if alg is bank:
-                    found.setdefault(pcr, set()).add(digest)
+                if alg is bank and pcr in found:
+                    found[pcr].add(digest)
             got = self._by_bank[bank] = {p: frozenset(d) for p, d in found.items()}
         return got
 
