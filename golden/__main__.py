@@ -83,23 +83,30 @@ def _cmd_add_efi(args: argparse.Namespace) -> int:
 
 
 def _cmd_from_deb(args: argparse.Namespace) -> int:
-    from .debs import boot_apps_from_deb_file
-    from .model import BootApp
+    from types import MappingProxyType
+
+    from .debs import scan_deb_file
+    from .model import BootApp, Measured
 
     apps: list[BootApp] = []
+    files: list[Measured] = []
     labels = []
     for path in args.packages:
-        info, found = boot_apps_from_deb_file(path)
-        if not found:
+        got = scan_deb_file(path)
+        if not got.apps:
             raise MalformedEvidence("no EFI binaries or kernel image in the package", where=path)
-        apps.extend(found)
-        labels.append(f"{info.package} {info.version}")
+        apps.extend(got.apps)
+        files.extend(got.loaded_files)
+        labels.append(f"{got.info.package} {got.info.version}")
     g = GoldenSet(
         name=args.name,
         version=args.version,
         description="from " + ", ".join(labels),
         boot_apps=tuple(apps),
         boot_order=("shim", "loader", "kernel"),
+        # GRUB measures the kernel file it loads into PCR9 (plain digest), beside PCR4's
+        # Authenticode digest of the same image: both come from the package.
+        measurements=MappingProxyType({9: tuple(files)} if files else {}),
     )
     _save(g, args.output)
     return EXIT_OK

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from assay.errors import MalformedEvidence
 
 from .authenticode import authenticode_digests
-from .model import BootApp, Role, digests
+from .model import BootApp, Digests, Measured, Role, digests
 
 MAX_DEB_BYTES = 512 * 1024 * 1024
 MAX_MEMBER_BYTES = 256 * 1024 * 1024
@@ -93,8 +93,25 @@ def _role(path: str) -> Role | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class DebContents:
+    """What a package contributes to a golden set: its boot applications (Authenticode digests,
+    PCR4) and the kernel images as files (plain digests: what GRUB measures into PCR9 when it loads
+    one)."""
+
+    info: DebInfo
+    apps: tuple[BootApp, ...]
+    loaded_files: tuple[Measured, ...]
+
+
 def boot_apps_from_deb(data: bytes, where: str = "package") -> tuple[DebInfo, tuple[BootApp, ...]]:
     """The package's name/version and a labelled BootApp for each EFI binary or kernel it ships."""
+    got = scan_deb(data, where)
+    return got.info, got.apps
+
+
+def scan_deb(data: bytes, where: str = "package") -> DebContents:
+    """Boot applications and GRUB-loaded kernel files of a .deb (see :class:`DebContents`)."""
     members = dict(_ar_members(data, where))
     control_name = next((n for n in members if n.startswith("control.tar")), None)
     data_name = next((n for n in members if n.startswith("data.tar")), None)
@@ -102,13 +119,21 @@ def boot_apps_from_deb(data: bytes, where: str = "package") -> tuple[DebInfo, tu
         raise MalformedEvidence("missing control.tar or data.tar member", where=where)
     try:
         info = _control(members[control_name], control_name, where)
-        apps = tuple(_scan_data(members[data_name], data_name, info, where))
+        found = tuple(_scan_data(members[data_name], data_name, info, where))
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise MalformedEvidence(f"corrupt package archive: {exc}", where=where) from None
-    return info, apps
+    apps = tuple(app for app, _ in found)
+    files = tuple(
+        Measured(f"{app.label} (the file as GRUB loads it)", loaded)
+        for app, loaded in found
+        if loaded is not None
+    )
+    return DebContents(info, apps, files)
 
 
-def _scan_data(blob: bytes, name: str, info: DebInfo, where: str) -> Iterator[BootApp]:
+def _scan_data(
+    blob: bytes, name: str, info: DebInfo, where: str
+) -> Iterator[tuple[BootApp, Digests | None]]:
     kernel_pkg = info.package.startswith("linux-image-")
     found_kernel = False
     with _open_tar(blob, name, where) as tar:
@@ -130,12 +155,18 @@ def _scan_data(blob: bytes, name: str, info: DebInfo, where: str) -> Iterator[Bo
             found_kernel = found_kernel or role == "kernel"
             label = f"{info.package} {info.version}: {posixpath.basename(path)}"
             got = authenticode_digests(image, where=f"{where}:{path}")
-            yield BootApp(label=label, role=role, digests=digests(got))
+            flat = digests((alg, alg.hash(image)) for alg in got) if role == "kernel" else None
+            yield BootApp(label=label, role=role, digests=digests(got)), flat
 
 
 def boot_apps_from_deb_file(path: str) -> tuple[DebInfo, tuple[BootApp, ...]]:
+    got = scan_deb_file(path)
+    return got.info, got.apps
+
+
+def scan_deb_file(path: str) -> DebContents:
     with open(path, "rb") as fh:
         data = fh.read(MAX_DEB_BYTES + 1)
     if len(data) > MAX_DEB_BYTES:
         raise MalformedEvidence(f"larger than {MAX_DEB_BYTES} bytes", where=path)
-    return boot_apps_from_deb(data, path)
+    return scan_deb(data, path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -302,3 +303,21 @@ def test_cli_add_efi_prints_digests_and_errors_are_one_line(
     junk.write_bytes(b"not a pe")
     assert golden_main(["add-efi", str(junk), "--label", "junk"]) == 2
     assert "not a PE/COFF image" in capsys.readouterr().err
+
+
+def test_from_deb_kernel_file_digest_is_what_grub_measures_into_pcr9(debs: dict[str, Path]) -> None:
+    """The kernel image's plain digest (GRUB's PCR9 measurement of the file it loads) comes from
+    the package too, beside its Authenticode digest; shim and GRUB contribute no PCR9 file."""
+    from golden.debs import scan_deb_file
+
+    for package, path in debs.items():
+        got = scan_deb_file(str(path))
+        extracted = _extract(path)
+        if package.startswith("linux-image-"):
+            (kernel,) = got.loaded_files
+            name = kernel.label.split(": ", 1)[1].split(" ", 1)[0]
+            image = extracted[name].read_bytes()
+            assert kernel.digests[HashAlg.SHA256] == hashlib.sha256(image).digest()
+            assert kernel.digests[HashAlg.SHA384] == hashlib.sha384(image).digest()
+        else:
+            assert got.loaded_files == ()

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shutil
 import subprocess
 import sys
@@ -92,6 +93,10 @@ class Verifier:
     def node(self, name: str) -> dict[str, Any]:
         return self._call("GET", f"/nodes/{name}")
 
+    def attestation(self, attestation_id: str) -> dict[str, Any]:
+        """The reviewer's view of one attestation: the whole verdict."""
+        return self._call("GET", f"/attestations/{attestation_id}")
+
 
 @contextlib.contextmanager
 def running_verifier(workdir: Path, ek_ca_dir: Path) -> Iterator[Verifier]:
@@ -121,6 +126,7 @@ class VmAgent:
         self, node: VmNode, verifier: Verifier, name: str, labels: Mapping[str, str], state: Path
     ) -> None:
         self.node = node
+        self.verifier = verifier
         self.config = AgentConfig(
             tcti="swtpm-handoff",
             state_dir=state,
@@ -136,8 +142,15 @@ class VmAgent:
         return enroll(self.config, self.client, open_tpm=self.node.tpm)
 
     def attest(self) -> AttestationResult:
-        """Challenge, quote over the verifier's selection, evidence bundle, verdict."""
-        return attest(self.config, self.client, open_tpm=self.node.tpm)
+        """Challenge, quote over the verifier's selection, evidence bundle, verdict — as the
+        reviewer reads it (the node itself is told only the codes, issue 10 §5)."""
+        told = attest(self.config, self.client, open_tpm=self.node.tpm)
+        full = self.verifier.attestation(told.attestation_id)
+        verdict = full["verdict"]
+        assert (verdict["status"], full["reason"].split(":")[0]) == (told.status, told.reason)
+        return dataclasses.replace(
+            told, reason=str(full["reason"]), checks=tuple(verdict["checks"])
+        )
 
     def close(self) -> None:
         self.client.close()

@@ -40,7 +40,7 @@ def _boot_apps(fleet: Fleet, name: str, bank: HashAlg = HashAlg.SHA256) -> list[
 
 def _secure_boot(fleet: Fleet, name: str) -> bytes | None:
     log = parse_event_log(fleet.result(name).event_log)
-    var = extract(assume_quoted_for_review(log, HashAlg.SHA256)).variables.get("SecureBoot")
+    var = extract(assume_quoted_for_review(log, HashAlg.SHA256)).variable("SecureBoot")
     return None if var is None else var.value
 
 

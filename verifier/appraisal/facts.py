@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from assay.algorithms import HashAlg
 from assay.errors import MalformedEvidence
 from assay.eventlog import AppliedWorkaround, Event, VerifiedBootLog
-from assay.eventlog._workarounds import COVERAGE_WORKAROUNDS
+from assay.eventlog._workarounds import COVERAGE_WORKAROUNDS, Workaround
 from assay.events import EventType as T
 from assay.uefi.signatures import parse_signature_data, parse_signature_lists
 from assay.uefi.structures import parse_variable_data
@@ -84,17 +84,8 @@ _CMDLINE_PREFIXES = (b"kernel_cmdline: ", b"grub_kernel_cmdline ")
 _COVERAGE_TOUCHES = frozenset(
     (pcr, t) for w in COVERAGE_WORKAROUNDS for pcr in w.pcrs for t in w.event_types
 )
-# Extraction visits every PCR0–7 event, so it meets every use of a coverage workaround; the
-# table's coverage entries touch PCR1 and PCR7 only.
-assert {pcr for pcr, _ in _COVERAGE_TOUCHES} <= {1, 7}
-_TOUCHED_IN_PCR1 = frozenset(t for pcr, t in _COVERAGE_TOUCHES if pcr == 1)
-_TOUCHED_IN_PCR7 = frozenset(t for pcr, t in _COVERAGE_TOUCHES if pcr == 7)
-
-
-def _note_workaround(vlog: VerifiedBootLog, facts: BootFacts, e: Event) -> None:
-    applied = vlog.coverage_workaround(e)
-    if applied is not None:
-        facts.workarounds.append(applied)
+# Extraction visits every PCR0–7 event, so it meets every use of a coverage workaround.
+assert {pcr for pcr, _ in _COVERAGE_TOUCHES} <= set(range(8))
 
 
 _PCR_AND_TYPE = operator.itemgetter(1, 2)
@@ -140,7 +131,7 @@ class BootFacts:
     pcr14: list[Event] = field(default_factory=list)
     workarounds: list[AppliedWorkaround] = field(default_factory=list)  # coverage ones, PCR0-7
     first_with: dict[int, dict[bytes, Event]] = field(default_factory=dict)  # PCR → digest → 1st
-    repeated: set[int] = field(default_factory=set)  # PCRs where some digest occurs twice
+    more_with: dict[tuple[int, bytes], list[Event]] = field(default_factory=dict)  # 2nd, 3rd, …
     digestless: set[int] = field(default_factory=set)  # PCRs with an event lacking the digest
 
     def with_digest(self, pcr: int, bank: HashAlg, digest: bytes) -> list[Event]:
@@ -148,9 +139,8 @@ class BootFacts:
         first = self.first_with.get(pcr, {}).get(digest)
         if first is None:
             return []
-        if pcr not in self.repeated:
-            return [first]
-        return [e for e in self.events if e.pcr == pcr and e.digests.get(bank) == digest]
+        more = self.more_with.get((pcr, digest))
+        return [first] if more is None else [first, *more]
 
     def without_digest(self, pcr: int, bank: HashAlg) -> list[Event]:
         """The events of ``pcr`` that carry no digest in ``bank``."""
@@ -265,19 +255,27 @@ def text_digests(bank: HashAlg, text: bytes) -> frozenset[bytes]:
 # covered by its digest (``VerifiedBootLog.data_covered``, a pure function of the event's type,
 # digest and data), kept by content across logs.
 _VARIABLES: ContentCache[tuple[str, bytes]] = ContentCache(16 * 1024 * 1024)
-_COVERED: ContentCache[tuple[bool | None]] = ContentCache(16 * 1024 * 1024)
+_COVERED: ContentCache[tuple[bool | None, Workaround | None, str]] = ContentCache(16 * 1024 * 1024)
 
 
-def _covered(vlog: VerifiedBootLog, e: Event, digest: bytes | None) -> bool | None:
-    """``vlog.data_covered(e)``, answered from an earlier log with these exact bytes if any."""
+def _covered(
+    vlog: VerifiedBootLog, e: Event, digest: bytes | None
+) -> tuple[bool | None, Workaround | None, str]:
+    """(``vlog.data_covered(e)``, the coverage workaround it needed, its detail), answered from an
+    earlier log with these exact bytes if any."""
     if digest is None:
-        return vlog.data_covered(e)
+        return vlog.data_covered(e), None, ""
     key = (vlog.bank, e.event_type, digest)
     hit = _COVERED.get(key, e.data)
     if hit is None:
-        hit = (vlog.data_covered(e),)
+        covered = vlog.data_covered(e)
+        applied = vlog.coverage_workaround(e)
+        if applied is None:
+            hit = (covered, None, "")
+        else:
+            hit = (covered, applied.workaround, applied.detail)
         _COVERED.put(key, e.data, hit)
-    return hit[0]
+    return hit
 
 
 def _variable(vlog: VerifiedBootLog, event: Event) -> tuple[str, bytes] | None:
@@ -295,12 +293,13 @@ def _variable(vlog: VerifiedBootLog, event: Event) -> tuple[str, bytes] | None:
 
 
 def _pcr7(
-    vlog: VerifiedBootLog, facts: BootFacts, e: Event, covered: bool | None, special: bytes | None
+    vlog: VerifiedBootLog, facts: BootFacts, e: Event, full: bool, special: bytes | None
 ) -> None:
     if special in _PLATFORM_STATES:  # the digest says what happened, whatever the data claims
         facts.platform_states.append((e, special))
         return
-    _variable_fact(vlog, facts, e, covered)
+    if full:
+        _variable_fact(vlog, facts, e)
 
 
 def _names_a_value(data: bytes) -> bool:
@@ -311,11 +310,12 @@ def _names_a_value(data: bytes) -> bool:
     return n in _VALUE_NAME_LENGTHS and data[32 : 32 + 2 * n] in _VALUE_NAMES
 
 
-def _variable_fact(vlog: VerifiedBootLog, facts: BootFacts, e: Event, covered: bool | None) -> None:
-    """Record a covered variable by its covered name: Secure Boot databases, SbatLevel, and the
-    ``db`` entry an image was verified with (EV_EFI_VARIABLE_AUTHORITY: one EFI_SIGNATURE_DATA, the
-    type choosing between that and the ``db`` database — either reading of the wrong one fails)."""
-    if covered is not True or not _names_a_value(e.data) or vlog.coverage_workaround(e) is not None:
+def _variable_fact(vlog: VerifiedBootLog, facts: BootFacts, e: Event) -> None:
+    """Record a fully covered variable by its covered name: Secure Boot databases, SbatLevel, and
+    the ``db`` entry an image was verified with (EV_EFI_VARIABLE_AUTHORITY: one EFI_SIGNATURE_DATA,
+    the type choosing between that and the ``db`` database — either reading of the wrong one
+    fails)."""
+    if not _names_a_value(e.data):
         return
     got = _variable(vlog, e)
     if got is None:
@@ -386,7 +386,7 @@ def _extract(vlog: VerifiedBootLog) -> BootFacts:
         if digest is None:
             facts.digestless.add(pcr)
         elif digest in firsts:
-            facts.repeated.add(pcr)
+            facts.more_with.setdefault((pcr, digest), []).append(e)
         else:
             firsts[digest] = e
         if pcr >= 8:
@@ -404,16 +404,16 @@ def _extract(vlog: VerifiedBootLog) -> BootFacts:
             else:
                 facts.odd_separators.append(e)
         group.append(e)
-        covered = _covered(vlog, e, digest)
+        covered, workaround, detail = _covered(vlog, e, digest)
         if covered is False or (et != _SEPARATOR and digest in seps):
             facts.suspicious.append(e)
+        full = covered is True and workaround is None
+        if workaround is not None:  # the table's coverage entries touch PCR1/PCR7 events only
+            facts.workarounds.append(AppliedWorkaround(workaround, pcr, e.index, detail))
         if pcr == 7:
-            if et in _TOUCHED_IN_PCR7:
-                _note_workaround(vlog, facts, e)
-            _pcr7(vlog, facts, e, covered, special.get(digest) if digest is not None else None)
+            _pcr7(vlog, facts, e, full, special.get(digest) if digest is not None else None)
         elif pcr == 0:
             if et == _S_CRTM_VERSION:
-                full = covered is True and vlog.coverage_workaround(e) is None
                 facts.scrtm_versions.append((e, scrtm_text(e.data) if full else None))
             elif et in _FIRMWARE_CODE:
                 facts.firmware_code.append(e)
@@ -428,9 +428,7 @@ def _extract(vlog: VerifiedBootLog) -> BootFacts:
             if action in _EBS_ACTIONS:
                 facts.ebs_events.append((e, action))
         elif pcr == 1:
-            if et in _TOUCHED_IN_PCR1:
-                _note_workaround(vlog, facts, e)
             data = e.data
-            if len(data) > 35 and data[16] in _VALUE_NAME_LENGTHS:  # a cheap peek first
-                _variable_fact(vlog, facts, e, covered)
+            if full and len(data) > 35 and data[16] in _VALUE_NAME_LENGTHS:  # a cheap peek first
+                _variable_fact(vlog, facts, e)
     return facts
