@@ -22,6 +22,7 @@ from golden.capture import capture
 from golden.model import GoldenSet
 from verifier.appraisal import Check, Verdict, appraise, compile_golden
 
+from . import forge
 from .forge import SB_LOG, insert_before, record, remove, replace, variable
 
 NOW = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
@@ -211,3 +212,36 @@ def test_a_boot_order_stage_never_measured_is_a_failure() -> None:
     assert _verdict(SB_LOG, golden).status == "trusted"
     fails = _fails(_verdict(_without(43, 44), golden))
     assert fails["boot_stage_missing"][0].expected == "shim → loader → kernel"
+
+
+def test_a_pcr_value_seen_without_events_never_vouches_for_another_logs_events() -> None:
+    """The closed world keeps, per verified PCR value, which digests were extended (the value
+    names them). A quoted PCR8 whose value came from extends outside the log names nothing: a
+    later log whose own events replay to that same value is still checked event by event."""
+    from dataclasses import dataclass as _dataclass
+
+    from assay.eventlog import replay, verify_log
+
+    evil = insert_before(
+        SB_LOG, INITRD_CMD, record(8, T.EV_IPL, b"grub_cmd: insmod evil", measured=b"insmod evil")
+    )
+    log = parse_event_log(evil)
+    pcrs = dict(replay(log, (HashAlg.SHA256,)).pcrs[HashAlg.SHA256])
+
+    @_dataclass(frozen=True)
+    class Quoted:
+        pcrs: dict[HashAlg, dict[int, bytes]]
+
+    no_pcr8 = b"".join(
+        forge.raw_event(SB_LOG, e.index) if e.index else b""
+        for e in parse_event_log(SB_LOG).events
+        if e.pcr != 8
+    )
+    header = SB_LOG[: parse_event_log(SB_LOG).events[1].offset]
+    without = header + no_pcr8
+    first = verify_log(parse_event_log(without), Quoted({HashAlg.SHA256: pcrs}), HashAlg.SHA256)
+    assert 8 in first.pcrs and not first.events_in(8)  # PCR8's value, but no PCR8 events
+    appraise(first, compile_golden([GOLDEN], now=NOW))
+    second = verify_log(log, Quoted({HashAlg.SHA256: pcrs}), HashAlg.SHA256)
+    fails = _fails(appraise(second, compile_golden([GOLDEN], now=NOW)))
+    assert [(c.pcr, c.event) for c in fails["event_not_accounted"]] == [(8, INITRD_CMD)]

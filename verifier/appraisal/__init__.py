@@ -67,7 +67,7 @@ def appraise(vlog: VerifiedBootLog, policy: CompiledPolicy) -> Verdict:
             )
         )
     facts = extract(vlog)
-    ledger = Ledger()
+    ledger = Ledger(vlog.bank)
     checks += _judged(vlog, facts, policy, ledger)
     checks += check_closed_world(vlog, facts, policy, ledger)  # 10.
     return Verdict.of(checks)
@@ -93,7 +93,7 @@ def unaccounted_events(
     vlog: VerifiedBootLog, policy: CompiledPolicy, pcrs: frozenset[int]
 ) -> list[Event]:
     """The events of ``pcrs`` that ``policy`` does not account for (``golden.capture`` adds them)."""
-    ledger = Ledger()
+    ledger = Ledger(vlog.bank)
     facts = extract(vlog)
     _judged(vlog, facts, policy, ledger)
     return unaccounted(vlog, facts, policy, ledger, pcrs)

@@ -61,15 +61,66 @@ _CMDLINE_PREFIXES = (b"kernel_cmdline: ", b"grub_kernel_cmdline ", b"grub_cmd: "
 
 
 class Ledger:
-    """Which events the checks of one appraisal judged (by index). Local to one appraisal."""
+    """Which events the checks of one appraisal judged: their indices, and how many events of
+    each (PCR, digest) pair. Local to one appraisal."""
 
-    __slots__ = ("taken",)
+    __slots__ = ("bank", "pairs", "taken")
 
-    def __init__(self) -> None:
+    def __init__(self, bank: HashAlg) -> None:
+        self.bank = bank
         self.taken: set[int] = set()
+        self.pairs: dict[tuple[int, bytes | None], int] = {}
 
     def take(self, event: Event) -> None:
-        self.taken.add(event.index)
+        taken = self.taken
+        index = event.index
+        if index not in taken:
+            taken.add(index)
+            key = (event.pcr, event.digests.get(self.bank))
+            pairs = self.pairs
+            pairs[key] = pairs.get(key, 0) + 1
+
+
+# (bank, PCR, its verified value) → how often each digest was extended into it, for PCRs the log
+# has events in. verify_log makes those events replay to the value, a hash chain over exactly the
+# digests extended in order (from the PCR's start value), so the value names that multiset: logs
+# (and boots) whose PCR holds the same value extended the same digests, and their events need not
+# be walked again to know which. (A PCR without events is never cached: its value may come from
+# extends outside the log.) Bounded; emptied when full.
+_EXTENDED: dict[tuple[HashAlg, int, bytes], dict[bytes | None, int]] = {}
+_EXTENDED_MAX = 65536
+
+
+def _extended(
+    vlog: VerifiedBootLog, facts: BootFacts, pcrs: frozenset[int]
+) -> dict[int, dict[bytes | None, int]]:
+    """For each of ``pcrs`` with events: digest → count (one pass over the log for the misses).
+    None counts events without a digest in the bank (verify_log keeps no quoted PCR with one)."""
+    bank = vlog.bank
+    out: dict[int, dict[bytes | None, int]] = {}
+    missing: set[int] = set()
+    for pcr in pcrs & facts.pcrs_with_events:
+        value = vlog.pcrs.get(pcr)
+        hit = _EXTENDED.get((bank, pcr, value)) if value is not None else None
+        if hit is None:
+            missing.add(pcr)
+        else:
+            out[pcr] = hit
+    if missing:
+        fresh: dict[int, dict[bytes | None, int]] = {p: {} for p in missing}
+        for e in vlog.events:
+            counts = fresh.get(e.pcr)
+            if counts is not None:
+                d = e.digests.get(bank)
+                counts[d] = counts.get(d, 0) + 1
+        if len(_EXTENDED) + len(fresh) > _EXTENDED_MAX:
+            _EXTENDED.clear()
+        for pcr, counts in fresh.items():
+            value = vlog.pcrs.get(pcr)
+            if value is not None and None not in counts:
+                _EXTENDED[(bank, pcr, value)] = counts
+            out[pcr] = counts
+    return out
 
 
 def fixed_digests(bank: HashAlg, pcr: int) -> frozenset[bytes]:
@@ -152,27 +203,22 @@ def _open_events(
 ) -> Iterator[Event]:
     """Events of ``pcrs`` that nothing accounts for (steps 1–4 of the module docstring).
 
-    2. and 3. for each PCR's distinct digests at once, by a set difference; only the digests left
-    are looked at event by event (1. judged by a check, 4. covered data approved)."""
+    2. and 3. for each PCR's distinct digests at once, by a set difference; 1. a digest is
+    settled when the checks judged every event carrying it; only what is left is looked at event
+    by event (4.). An event without a digest in the bank (None) is never accounted for."""
     bank = vlog.bank
-    accepted = policy.accepted_digests(bank, fixed_digests)
-    taken = ledger.taken
-    first_with = facts.first_with
-    more_with = facts.more_with
-    for pcr in sorted(pcrs):
-        if pcr in facts.digestless:
-            yield from (e for e in facts.without_digest(pcr, bank) if e.index not in taken)
-        firsts = first_with.get(pcr)
-        if not firsts:
-            continue
-        ok = accepted.get(pcr)  # PCR0–23; anything else is accounted for by nothing
-        for digest in firsts.keys() - ok if ok is not None else firsts:
-            first = firsts[digest]
-            more = more_with.get((pcr, digest))
-            if more is None and first.index in taken:  # the usual leftover: a check judged it
+    judged = ledger.pairs
+    values = vlog.pcrs
+    for pcr, counts in sorted(_extended(vlog, facts, pcrs).items()):
+        for digest in policy.unaccepted(bank, pcr, values.get(pcr), counts, fixed_digests):
+            if judged.get((pcr, digest), 0) == counts[digest]:
                 continue
-            for e in (first,) if more is None else (first, *more):
-                if e.index not in taken and not _content_approved(vlog, e, policy):
+            for e in facts.in_pcr(pcr):
+                if (
+                    e.digests.get(bank) == digest
+                    and e.index not in ledger.taken
+                    and (digest is None or not _content_approved(vlog, e, policy))
+                ):
                     yield e
 
 

@@ -130,27 +130,19 @@ class BootFacts:
     initrds: list[Event] = field(default_factory=list)
     pcr14: list[Event] = field(default_factory=list)
     workarounds: list[AppliedWorkaround] = field(default_factory=list)  # coverage ones, PCR0-7
-    first_with: dict[int, dict[bytes, Event]] = field(default_factory=dict)  # PCR → digest → 1st
-    more_with: dict[tuple[int, bytes], list[Event]] = field(default_factory=dict)  # 2nd, 3rd, …
-    digestless: set[int] = field(default_factory=set)  # PCRs with an event lacking the digest
 
-    def with_digest(self, pcr: int, bank: HashAlg, digest: bytes) -> list[Event]:
-        """The events of ``pcr`` whose digest in ``bank`` is ``digest``, in log order."""
-        first = self.first_with.get(pcr, {}).get(digest)
-        if first is None:
-            return []
-        more = self.more_with.get((pcr, digest))
-        return [first] if more is None else [first, *more]
-
-    def without_digest(self, pcr: int, bank: HashAlg) -> list[Event]:
-        """The events of ``pcr`` that carry no digest in ``bank``."""
-        return [e for e in self.events if e.pcr == pcr and e.digests.get(bank) is None]
+    def in_pcr(self, pcr: int) -> list[Event]:
+        """Every event of ``pcr``, in log order."""
+        if pcr <= 7:
+            return self.by_pcr.get(pcr, [])
+        return [e for e in self.events if e.pcr == pcr]
 
     suspicious: list[Event] = field(default_factory=list)
     odd_separators: list[Event] = field(
         default_factory=list
     )  # EV_SEPARATOR, not a separator digest
     type_pairs: frozenset[tuple[int, int]] = frozenset()
+    pcrs_with_events: frozenset[int] = frozenset()
 
     def variable(self, name: str) -> Variable | None:
         """The one measurement of ``name`` (None when absent; several are reported by the checks)."""
@@ -371,30 +363,23 @@ def _extract(vlog: VerifiedBootLog) -> BootFacts:
     separators) here, and the kernel command line where it is read. GRUB's other commands (most of
     a log) are looked at only by the closed-world check, by digest first."""
     events = vlog.events
-    facts = BootFacts(events=events, type_pairs=frozenset(map(_PCR_AND_TYPE, events)))
+    pairs = frozenset(map(_PCR_AND_TYPE, events))
+    facts = BootFacts(
+        events=events, type_pairs=pairs, pcrs_with_events=frozenset(p for p, _ in pairs)
+    )
     bank = vlog.bank
     seps = separator_digests(bank)
     special = special_digests(bank)
     by_pcr = facts.by_pcr
-    first_with = facts.first_with
     for e in events:
         pcr = e.pcr
-        digest = e.digests.get(bank)
-        firsts = first_with.get(pcr)
-        if firsts is None:
-            firsts = first_with[pcr] = {}
-        if digest is None:
-            facts.digestless.add(pcr)
-        elif digest in firsts:
-            facts.more_with.setdefault((pcr, digest), []).append(e)
-        else:
-            firsts[digest] = e
         if pcr >= 8:
             if pcr == 8 and e.data.startswith(b"grub_cmd"):  # neither command line nor initrd
                 continue
             _os_pcrs(vlog, facts, e)
             continue
         et = e.event_type
+        digest = e.digests.get(bank)
         group = by_pcr.get(pcr)
         if group is None:
             group = by_pcr[pcr] = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from assay.algorithms import HashAlg
@@ -210,6 +210,9 @@ class CompiledPolicy:
     _apps_by_bank: dict[HashAlg, frozenset[bytes]] = field(
         default_factory=dict, compare=False, repr=False
     )
+    _unaccepted: dict[tuple[HashAlg, int, bytes], frozenset[bytes | None]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
     _moks_by_bank: dict[HashAlg, dict[bytes, tuple[tuple[str, Refs], ...]]] = field(
         default_factory=dict, compare=False, repr=False
     )
@@ -228,6 +231,28 @@ class CompiledPolicy:
                     if alg is bank:
                         found[digest] = (*found.get(digest, ()), (name, refs))
             got = self._moks_by_bank[bank] = found
+        return got
+
+    def unaccepted(
+        self,
+        bank: HashAlg,
+        pcr: int,
+        value: bytes | None,
+        digests: Iterable[bytes | None],
+        fixed: Callable[[HashAlg, int], frozenset[bytes]],
+    ) -> frozenset[bytes | None]:
+        """Of ``digests`` (those the log's events extended into ``pcr``, whose verified value is
+        ``value``), the ones neither approved nor spec-fixed; kept per PCR value, which names the
+        digests (verify_log makes the events replay to it)."""
+        got = self._unaccepted.get((bank, pcr, value)) if value is not None else None
+        if got is None:
+            ok = self.accepted_digests(bank, fixed).get(pcr, frozenset())
+            seen = tuple(digests)
+            got = frozenset(d for d in seen if d not in ok)
+            if value is not None and seen:  # a value without events may come from outside the log
+                if len(self._unaccepted) >= 4096:
+                    self._unaccepted.clear()
+                self._unaccepted[(bank, pcr, value)] = got
         return got
 
     def app_digests(self, bank: HashAlg) -> frozenset[bytes]:
