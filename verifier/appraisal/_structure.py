@@ -8,17 +8,12 @@ import operator
 from assay.algorithms import HashAlg
 from assay.eventlog import Event, VerifiedBootLog
 from assay.events import EventType as T
-from assay.events import event_type_name
 
-from .facts import EBS_INVOCATION, BootFacts, separator_digests
+from .facts import EBS_INVOCATION, BootFacts, separator_digests, where
 from .policy import CompiledPolicy
 from .verdict import Check
 
 _INDEX = operator.itemgetter(0)  # Event.index
-
-
-def _where(e: Event) -> str:
-    return f"PCR{e.pcr} event {e.index} ({event_type_name(e.event_type)})"
 
 
 def check_types(vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy) -> list[Check]:
@@ -32,7 +27,7 @@ def check_types(vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy)
                 "events.type_allowed",
                 "fail",
                 "event_type_not_allowed",
-                f"{_where(e)}: event type not allowed in PCR{e.pcr}",
+                f"{where(e)}: event type not allowed in PCR{e.pcr}",
                 e.pcr,
                 e.index,
                 got=e.type_name,
@@ -46,7 +41,7 @@ def check_types(vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy)
                     "events.separator_retyped",
                     "fail",
                     "separator_digest_retyped",
-                    f"{_where(e)}: carries a separator digest under another type",
+                    f"{where(e)}: carries a separator digest under another type",
                     e.pcr,
                     e.index,
                     got=e.type_name,
@@ -59,7 +54,7 @@ def check_types(vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy)
                     "events.data_covered",
                     "fail",
                     "event_data_not_covered",
-                    f"{_where(e)}: the event data does not hash to its digest",
+                    f"{where(e)}: the event data does not hash to its digest",
                     e.pcr,
                     e.index,
                     got=e.digests.get(vlog.bank, b"").hex(),
@@ -105,7 +100,7 @@ def _separator_pcr(
             cid,
             "fail",
             "separator_value",
-            f"{_where(e)}: an EV_SEPARATOR whose digest is not a separator value's",
+            f"{where(e)}: an EV_SEPARATOR whose digest is not a separator value's",
             pcr,
             e.index,
             got=e.data.hex()[:64],
@@ -119,7 +114,7 @@ def _separator_pcr(
             cid,
             "fail",
             "event_after_separator",
-            f"{_where(e)}: not allowed after the separator",
+            f"{where(e)}: not allowed after the separator",
             pcr,
             e.index,
             got=e.type_name,
@@ -221,7 +216,7 @@ def check_required(vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPoli
                     "boot.exit_boot_services",
                     "fail",
                     "event_after_exit_boot_services",
-                    f"{_where(e)}: measured after ExitBootServices",
+                    f"{where(e)}: measured after ExitBootServices",
                     e.pcr,
                     e.index,
                     got=e.type_name,

@@ -7,16 +7,11 @@ import functools
 from assay.errors import MalformedEvidence
 from assay.eventlog import Event, VerifiedBootLog
 from assay.events import EventType as T
-from assay.events import event_type_name
 
 from ._ledger import Ledger
-from .facts import DEBUG_MODE, BootFacts, authority_id, signature_ids
+from .facts import DEBUG_MODE, BootFacts, authority_id, signature_ids, where
 from .policy import Approval, CompiledPolicy, Key, Refs
 from .verdict import Check
-
-
-def _where(e: Event) -> str:
-    return f"PCR{e.pcr} event {e.index} ({event_type_name(e.event_type)})"
 
 
 @functools.lru_cache(maxsize=4096)
@@ -32,12 +27,12 @@ def _text_check(
     refs = table.get(text) if text is not None else None
     if refs:
         return Check(
-            cid, "pass", "ok", f"{_where(e)}: {what} {text!r}", pcr, e.index, got=text,
+            cid, "pass", "ok", f"{where(e)}: {what} {text!r}", pcr, e.index, got=text,
             golden=_refs(refs),
         )  # fmt: skip
     reason = cid.split(".", 1)[1] + "_not_approved"
     return Check(
-        cid, "fail", reason, f"{_where(e)}: {what} {text!r} is not approved", pcr, e.index,
+        cid, "fail", reason, f"{where(e)}: {what} {text!r} is not approved", pcr, e.index,
         got=text, expected=" | ".join(sorted(table))[:200],
     )  # fmt: skip
 
@@ -45,7 +40,7 @@ def _text_check(
 def _digest_missing(vlog: VerifiedBootLog, e: Event, cid: str) -> Check:
     """An event without a digest in the appraised bank: nothing about it can be approved."""
     return Check(
-        cid, "fail", "digest_missing", f"{_where(e)}: no {vlog.bank.bank} digest", e.pcr, e.index
+        cid, "fail", "digest_missing", f"{where(e)}: no {vlog.bank.bank} digest", e.pcr, e.index
     )
 
 
@@ -71,7 +66,7 @@ def _digest_check(
             cid,
             "pass",
             "ok",
-            f"{_where(e)}: approved {what}",
+            f"{where(e)}: approved {what}",
             e.pcr,
             e.index,
             got=digest.hex(),
@@ -81,7 +76,7 @@ def _digest_check(
         cid,
         "fail",
         reason,
-        f"{_where(e)}: {what} digest {digest.hex()[:16]}… is not approved",
+        f"{where(e)}: {what} digest {digest.hex()[:16]}… is not approved",
         e.pcr,
         e.index,
         got=digest.hex(),
@@ -363,12 +358,12 @@ def check_secure_boot(
         )
         out.append(
             Check(
-                cid, "pass", "allowed", f"{_where(e)}: {marker.decode()} (allowed)", 7, e.index,
+                cid, "pass", "allowed", f"{where(e)}: {marker.decode()} (allowed)", 7, e.index,
                 golden=_refs(ok),
             )
             if ok
             else Check(
-                cid, "fail", reason, f"{_where(e)}: {marker.decode()}", 7, e.index,
+                cid, "fail", reason, f"{where(e)}: {marker.decode()}", 7, e.index,
                 got=marker.decode(), expected="absent",
             )
         )  # fmt: skip
@@ -388,7 +383,7 @@ def _app_check(
             cid,
             "pass",
             "ok",
-            f"{_where(e)}: {a.label}",
+            f"{where(e)}: {a.label}",
             e.pcr,
             e.index,
             got=digest.hex(),
@@ -408,7 +403,7 @@ def _app_check(
             cid,
             "fail",
             f"boot_app_{a.status}",
-            f"{_where(e)}: {a.label} is approved only by sets no longer in force: {approvers}",
+            f"{where(e)}: {a.label} is approved only by sets no longer in force: {approvers}",
             e.pcr,
             e.index,
             got=digest.hex(),
@@ -420,7 +415,7 @@ def _app_check(
         cid,
         "fail",
         "boot_app_not_approved",
-        f"{_where(e)}: digest {digest.hex()[:16]}… matches no approved boot application "
+        f"{where(e)}: digest {digest.hex()[:16]}… matches no approved boot application "
         f"in {in_force}",
         e.pcr,
         e.index,
@@ -541,7 +536,7 @@ def _moklists(
                     f"shim.{names[0][0].lower()}",
                     "pass",
                     "ok",
-                    f"{_where(e)}: approved {' / '.join(n for n, _ in names)}",
+                    f"{where(e)}: approved {' / '.join(n for n, _ in names)}",
                     14,
                     e.index,
                     got=digest.hex() if digest else None,
@@ -622,7 +617,7 @@ def _cmdline(e: Event, text: str | None, policy: CompiledPolicy) -> Check:
             "kernel.cmdline",
             "fail",
             "cmdline_not_covered",
-            f"{_where(e)}: command line not covered by its digest",
+            f"{where(e)}: command line not covered by its digest",
             e.pcr,
             e.index,
         )
@@ -632,7 +627,7 @@ def _cmdline(e: Event, text: str | None, policy: CompiledPolicy) -> Check:
             "kernel.cmdline",
             "pass",
             "ok",
-            f"{_where(e)}: exact match",
+            f"{where(e)}: exact match",
             e.pcr,
             e.index,
             got=text,
@@ -644,7 +639,7 @@ def _cmdline(e: Event, text: str | None, policy: CompiledPolicy) -> Check:
                 "kernel.cmdline",
                 "pass",
                 "ok",
-                f"{_where(e)}: matches {source}",
+                f"{where(e)}: matches {source}",
                 e.pcr,
                 e.index,
                 got=text,
@@ -656,7 +651,7 @@ def _cmdline(e: Event, text: str | None, policy: CompiledPolicy) -> Check:
         "kernel.cmdline",
         "fail",
         "cmdline_not_approved",
-        f"{_where(e)}: kernel command line is not approved",
+        f"{where(e)}: kernel command line is not approved",
         e.pcr,
         e.index,
         got=text,

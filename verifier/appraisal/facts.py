@@ -27,6 +27,7 @@ from assay.errors import MalformedEvidence
 from assay.eventlog import AppliedWorkaround, Event, VerifiedBootLog
 from assay.eventlog._workarounds import COVERAGE_WORKAROUNDS, Workaround
 from assay.events import EventType as T
+from assay.events import event_type_name
 from assay.uefi.signatures import parse_signature_data, parse_signature_lists
 from assay.uefi.structures import parse_variable_data
 
@@ -158,6 +159,16 @@ class BootFacts:
         rank = {pcr: i for i, pcr in enumerate(dict.fromkeys(e.pcr for e in self.events))}
         found = [e for e in self.events if (e.pcr, e.event_type) in bad]
         return sorted(found, key=lambda e: rank[e.pcr])
+
+
+def where(e: Event) -> str:
+    """``PCR4 event 23 (EV_EFI_BOOT_SERVICES_APPLICATION)``: how every check names an event."""
+    return _where(e.pcr, e.index, e.event_type)
+
+
+@functools.lru_cache(maxsize=8192)
+def _where(pcr: int, index: int, event_type: int) -> str:
+    return f"PCR{pcr} event {index} ({event_type_name(event_type)})"
 
 
 def scrtm_text(data: bytes) -> str:
