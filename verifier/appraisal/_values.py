@@ -21,6 +21,19 @@ def _refs(refs: Refs) -> str:
 
 
 def _text_check(
+    e: Event,
+    text: str | None,
+    table: dict[str, Refs],
+    cid: str,
+    what: str,
+    pcr: int,
+    policy: CompiledPolicy,
+) -> Check:
+    key = ("text", cid, e.pcr, e.index, e.event_type, text)
+    return policy.remember(key, lambda: _judge_text(e, text, table, cid, what, pcr))
+
+
+def _judge_text(
     e: Event, text: str | None, table: dict[str, Refs], cid: str, what: str, pcr: int
 ) -> Check:
     """A value the log states as text (covered by its digest, else None) against approved texts."""
@@ -45,6 +58,19 @@ def _digest_missing(vlog: VerifiedBootLog, e: Event, cid: str) -> Check:
 
 
 def _digest_check(
+    vlog: VerifiedBootLog,
+    e: Event,
+    table: dict[Key, Refs],
+    cid: str,
+    what: str,
+    reason: str,
+    policy: CompiledPolicy,
+) -> Check:
+    key = ("digest", cid, vlog.bank, e.pcr, e.index, e.event_type, e.digests.get(vlog.bank))
+    return policy.remember(key, lambda: _judge_digest(vlog, e, table, cid, what, reason, policy))
+
+
+def _judge_digest(
     vlog: VerifiedBootLog,
     e: Event,
     table: dict[Key, Refs],
@@ -92,7 +118,9 @@ def check_firmware(
         for e, text in facts.scrtm_versions:
             ledger.take(e)
             out.append(
-                _text_check(e, text, policy.scrtm, "firmware.scrtm_version", "S-CRTM version", 0)
+                _text_check(
+                    e, text, policy.scrtm, "firmware.scrtm_version", "S-CRTM version", 0, policy
+                )
             )
         if not any(t in policy.scrtm for _, t in facts.scrtm_versions if t is not None):
             out.append(
@@ -264,13 +292,24 @@ def _take_variable(facts: BootFacts, name: str, ledger: Ledger) -> None:
         ledger.take(v.event)
 
 
-def _key_check(facts: BootFacts, name: str, table: dict[str, Refs], ledger: Ledger) -> Check:
+def _key_check(
+    facts: BootFacts, name: str, table: dict[str, Refs], ledger: Ledger, policy: CompiledPolicy
+) -> Check:
     _take_variable(facts, name, ledger)
     ids, problem = _db_ids(facts, name)
     cid = f"secure_boot.{name.lower()}"
     if ids is None:
         return Check(cid, "fail", "secure_boot_variable_unverifiable", f"{name}: {problem}", 7)
-    if not facts.variables.get(name) and table:
+    present = bool(facts.variables.get(name))
+    return policy.remember(
+        ("key", name, ids, present), lambda: _judge_key(cid, name, ids, present, table)
+    )
+
+
+def _judge_key(
+    cid: str, name: str, ids: frozenset[str], present: bool, table: dict[str, Refs]
+) -> Check:
+    if not present and table:
         return Check(
             cid,
             "fail",
@@ -296,13 +335,25 @@ def _key_check(facts: BootFacts, name: str, table: dict[str, Refs], ledger: Ledg
 
 
 def _contains(
-    facts: BootFacts, name: str, required: tuple[tuple[str, frozenset[str]], ...], ledger: Ledger
+    facts: BootFacts,
+    name: str,
+    required: tuple[tuple[str, frozenset[str]], ...],
+    ledger: Ledger,
+    policy: CompiledPolicy,
 ) -> Check:
     _take_variable(facts, name, ledger)
     ids, problem = _db_ids(facts, name, every=True)
     cid = f"secure_boot.{name}_contains"
     if ids is None:
         return Check(cid, "fail", "secure_boot_variable_unverifiable", f"{name}: {problem}", 7)
+    return policy.remember(
+        ("contains", name, ids), lambda: _judge_contains(cid, name, ids, required)
+    )
+
+
+def _judge_contains(
+    cid: str, name: str, ids: frozenset[str], required: tuple[tuple[str, frozenset[str]], ...]
+) -> Check:
     best: list[str] = []
     for ref, need in required:
         missing = need - ids
@@ -341,13 +392,13 @@ def check_secure_boot(
 ) -> list[Check]:
     out = [_secure_boot_state(facts, policy, ledger)]
     if policy.pk is not None:
-        out.append(_key_check(facts, "PK", policy.pk, ledger))
+        out.append(_key_check(facts, "PK", policy.pk, ledger, policy))
     if policy.kek is not None:
-        out.append(_key_check(facts, "KEK", policy.kek, ledger))
+        out.append(_key_check(facts, "KEK", policy.kek, ledger, policy))
     if policy.db_required:
-        out.append(_contains(facts, "db", policy.db_required, ledger))
+        out.append(_contains(facts, "db", policy.db_required, ledger, policy))
     if policy.dbx_required:
-        out.append(_contains(facts, "dbx", policy.dbx_required, ledger))
+        out.append(_contains(facts, "dbx", policy.dbx_required, ledger, policy))
     _authorities(facts, ledger)
     for e, marker in facts.platform_states:
         ledger.take(e)
@@ -371,6 +422,16 @@ def check_secure_boot(
 
 
 def _app_check(
+    vlog: VerifiedBootLog, e: Event, policy: CompiledPolicy, cid: str
+) -> tuple[Check, Approval | None]:
+    """The check of one boot application or driver (and its approval): a pure function of the
+    policy and (bank, PCR, index, type, digest), so the policy keeps it for the next log."""
+    digest = e.digests.get(vlog.bank)
+    key = ("app", cid, vlog.bank, e.pcr, e.index, e.event_type, digest)
+    return policy.remember(key, lambda: _judge_app(vlog, e, policy, cid))
+
+
+def _judge_app(
     vlog: VerifiedBootLog, e: Event, policy: CompiledPolicy, cid: str
 ) -> tuple[Check, Approval | None]:
     digest = e.digests.get(vlog.bank)
@@ -596,7 +657,9 @@ def check_os(
     if policy.sbat_levels:
         for e, text in facts.sbat_levels:
             ledger.take(e)
-            out.append(_text_check(e, text, policy.sbat_levels, "shim.sbat_level", "SbatLevel", 7))
+            out.append(
+                _text_check(e, text, policy.sbat_levels, "shim.sbat_level", "SbatLevel", 7, policy)
+            )
         if not facts.sbat_levels:
             out.append(
                 Check(
@@ -612,6 +675,11 @@ def check_os(
 
 
 def _cmdline(e: Event, text: str | None, policy: CompiledPolicy) -> Check:
+    key = ("cmdline", e.pcr, e.index, e.event_type, text)
+    return policy.remember(key, lambda: _judge_cmdline(e, text, policy))
+
+
+def _judge_cmdline(e: Event, text: str | None, policy: CompiledPolicy) -> Check:
     if text is None:
         return Check(
             "kernel.cmdline",

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from assay.algorithms import HashAlg
 from assay.events import EventType as T
 from golden.model import GoldenSet, Role
 
 Key = tuple[HashAlg, bytes]
+V = TypeVar("V")
+_MISSING = object()
 Refs = tuple[str, ...]
 
 # Event types allowed in each PCR (PC Client PFP §10.4.1 and what real firmware in the corpus
@@ -213,6 +216,7 @@ class CompiledPolicy:
     _unaccepted: dict[tuple[HashAlg, int, bytes], frozenset[bytes | None]] = field(
         default_factory=dict, compare=False, repr=False
     )
+    _remembered: dict[Hashable, object] = field(default_factory=dict, compare=False, repr=False)
     _moks_by_bank: dict[HashAlg, dict[bytes, tuple[tuple[str, Refs], ...]]] = field(
         default_factory=dict, compare=False, repr=False
     )
@@ -254,6 +258,17 @@ class CompiledPolicy:
                     self._unaccepted.clear()
                 self._unaccepted[(bank, pcr, value)] = got
         return got
+
+    def remember(self, key: Hashable, make: Callable[[], V]) -> V:
+        """A value this policy computed before for ``key`` (a verdict check, say: immutable and a
+        pure function of the policy and the key), else ``make()``. Bounded; emptied when full."""
+        got = self._remembered.get(key, _MISSING)
+        if got is _MISSING:
+            got = make()
+            if len(self._remembered) >= 16384:
+                self._remembered.clear()
+            self._remembered[key] = got
+        return got  # type: ignore[return-value]
 
     def app_digests(self, bank: HashAlg) -> frozenset[bytes]:
         """Digests in ``bank`` of every boot application a set knows, in force or not."""
