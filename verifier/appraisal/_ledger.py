@@ -26,36 +26,17 @@ from collections.abc import Iterator
 
 from assay.algorithms import HashAlg
 from assay.eventlog import Event, VerifiedBootLog
-from assay.eventlog._workarounds import EBS_FAILURE, EBS_INVOCATION, EBS_SUCCESS
 from assay.events import event_type_name
 
-from .facts import BootFacts, scrtm_text, separator_digests, text_digests
+from .facts import BootFacts, scrtm_text
 from .policy import CompiledPolicy
 from .verdict import Check
 
-# EFI/legacy action strings whose digests the PC Client PFP fixes (§10.4.4), per PCR, as real
-# firmware in the corpus measures them ("Calling EFI Application…" also appears in PCR5 there).
-FIXED_ACTIONS: dict[int, tuple[bytes, ...]] = {
-    4: (
-        b"Calling EFI Application from Boot Option",
-        b"Returning from EFI Application from Boot Option",
-        b"Calling INT 19h",
-        b"Returned INT 19h",
-        b"Return via INT 18h",
-    ),
-    5: (
-        EBS_INVOCATION,
-        EBS_SUCCESS,
-        EBS_FAILURE,
-        b"Calling EFI Application from Boot Option",
-    ),
-}
 # Parameterised legacy-BIOS actions: accounted only when the digest covers the text that matches.
 _ACTION_PATTERNS: dict[int, re.Pattern[bytes]] = {
     4: re.compile(rb"Booting (?:BCV|BEV) Device [ -~]{1,64}"),
     6: re.compile(rb"Wake Event [0-9]{1,3}"),
 }
-_FIXED: dict[tuple[HashAlg, int], frozenset[bytes]] = {}
 _INDEX = operator.itemgetter(0)  # Event.index
 _CMDLINE_PREFIXES = (b"kernel_cmdline: ", b"grub_kernel_cmdline ", b"grub_cmd: ", b"grub_cmd ")
 
@@ -121,18 +102,6 @@ def _extended(
                 _EXTENDED[(bank, pcr, value)] = counts
             out[pcr] = counts
     return out
-
-
-def fixed_digests(bank: HashAlg, pcr: int) -> frozenset[bytes]:
-    """Spec-fixed digests for ``pcr``: separators in PCR0–7 and the fixed action strings."""
-    key = (bank, pcr)
-    got = _FIXED.get(key)
-    if got is None:
-        found: set[bytes] = set(separator_digests(bank)) if pcr <= 7 else set()
-        for action in FIXED_ACTIONS.get(pcr, ()):
-            found |= text_digests(bank, action)
-        got = _FIXED[key] = frozenset(found)
-    return got
 
 
 def _covered_text(vlog: VerifiedBootLog, e: Event) -> str | None:
@@ -210,7 +179,7 @@ def _open_events(
     judged = ledger.pairs
     values = vlog.pcrs
     for pcr, counts in sorted(_extended(vlog, facts, pcrs).items()):
-        for digest in policy.unaccepted(bank, pcr, values.get(pcr), counts, fixed_digests):
+        for digest in policy.unaccepted(bank, pcr, values.get(pcr), counts):
             if judged.get((pcr, digest), 0) == counts[digest]:
                 continue
             for e in facts.in_pcr(pcr):

@@ -252,6 +252,10 @@ def _secure_boot_state(facts: BootFacts, policy: CompiledPolicy, ledger: Ledger)
         if on
         else ("inconsistent" if found and any(v.value == b"\x01" for v in found) else "off")
     )
+    return policy.remember(("sb", got, event), lambda: _judge_state(policy, on, got, event))
+
+
+def _judge_state(policy: CompiledPolicy, on: bool, got: str, event: int | None) -> Check:
     if on:
         return Check(
             "secure_boot.enabled",
@@ -588,22 +592,14 @@ def _moklists(
     names_of = policy.moklist_names(bank)
     for e in facts.pcr14:
         digest = e.digests.get(bank)
-        names = names_of.get(digest) if digest is not None else None
+        if digest is None:
+            continue  # left to the closed-world check
+        names = names_of.get(digest)
         if names:  # one value may be approved under two names (both lists empty, say)
             ledger.take(e)
             seen.update(n for n, _ in names)
-            out.append(
-                Check(
-                    f"shim.{names[0][0].lower()}",
-                    "pass",
-                    "ok",
-                    f"{where(e)}: approved {' / '.join(n for n, _ in names)}",
-                    14,
-                    e.index,
-                    got=digest.hex() if digest else None,
-                    golden=_refs(tuple(r for _, refs in names for r in refs)),
-                )
-            )
+            key = ("mok", e.pcr, e.index, e.event_type, digest)
+            out.append(policy.remember(key, functools.partial(_approved_mok, e, names, digest)))
     for name in sorted(set(policy.moklist) - seen):
         out.append(
             Check(
@@ -615,6 +611,19 @@ def _moklists(
             )
         )
     return out
+
+
+def _approved_mok(e: Event, names: tuple[tuple[str, Refs], ...], digest: bytes) -> Check:
+    return Check(
+        f"shim.{names[0][0].lower()}",
+        "pass",
+        "ok",
+        f"{where(e)}: approved {' / '.join(n for n, _ in names)}",
+        14,
+        e.index,
+        got=digest.hex(),
+        golden=_refs(tuple(r for _, refs in names for r in refs)),
+    )
 
 
 def check_os(

@@ -245,6 +245,33 @@ def special_digests(bank: HashAlg) -> dict[bytes, bytes]:
     return got
 
 
+# EFI/legacy action strings whose digests the PC Client PFP fixes (§10.4.4), per PCR, as real
+# firmware in the corpus measures them ("Calling EFI Application…" also appears in PCR5 there).
+FIXED_ACTIONS: dict[int, tuple[bytes, ...]] = {
+    4: (
+        b"Calling EFI Application from Boot Option",
+        b"Returning from EFI Application from Boot Option",
+        b"Calling INT 19h",
+        b"Returned INT 19h",
+        b"Return via INT 18h",
+    ),
+    5: (*_EBS_ACTIONS, b"Calling EFI Application from Boot Option"),
+}
+_FIXED: dict[tuple[HashAlg, int], frozenset[bytes]] = {}
+
+
+def fixed_digests(bank: HashAlg, pcr: int) -> frozenset[bytes]:
+    """Spec-fixed digests for ``pcr``: separators in PCR0–7 and the fixed action strings."""
+    key = (bank, pcr)
+    got = _FIXED.get(key)
+    if got is None:
+        found: set[bytes] = set(separator_digests(bank)) if pcr <= 7 else set()
+        for action in FIXED_ACTIONS.get(pcr, ()):
+            found |= text_digests(bank, action)
+        got = _FIXED[key] = frozenset(found)
+    return got
+
+
 def text_digests(bank: HashAlg, text: bytes) -> frozenset[bytes]:
     """The digests a firmware string is measured as in ``bank``: without and with its NUL."""
     key = (bank, text)

@@ -18,6 +18,8 @@ from assay.algorithms import HashAlg
 from assay.events import EventType as T
 from golden.model import GoldenSet, Role
 
+from .facts import fixed_digests
+
 Key = tuple[HashAlg, bytes]
 V = TypeVar("V")
 _MISSING = object()
@@ -243,14 +245,13 @@ class CompiledPolicy:
         pcr: int,
         value: bytes | None,
         digests: Iterable[bytes | None],
-        fixed: Callable[[HashAlg, int], frozenset[bytes]],
     ) -> frozenset[bytes | None]:
         """Of ``digests`` (those the log's events extended into ``pcr``, whose verified value is
         ``value``), the ones neither approved nor spec-fixed; kept per PCR value, which names the
         digests (verify_log makes the events replay to it)."""
         got = self._unaccepted.get((bank, pcr, value)) if value is not None else None
         if got is None:
-            ok = self.accepted_digests(bank, fixed).get(pcr, frozenset())
+            ok = self.accepted_digests(bank).get(pcr, frozenset())
             seen = tuple(digests)
             got = frozenset(d for d in seen if d not in ok)
             if value is not None and seen:  # a value without events may come from outside the log
@@ -278,14 +279,12 @@ class CompiledPolicy:
             self._apps_by_bank[bank] = got
         return got
 
-    def accepted_digests(
-        self, bank: HashAlg, fixed: Callable[[HashAlg, int], frozenset[bytes]]
-    ) -> dict[int, frozenset[bytes]]:
+    def accepted_digests(self, bank: HashAlg) -> dict[int, frozenset[bytes]]:
         """PCR0–23 → the digests in ``bank`` that ``approved`` or ``fixed`` (the spec's) account
         for, built once per bank (the policy is immutable)."""
         got = self._by_bank.get(bank)
         if got is None:
-            found: dict[int, set[bytes]] = {p: set(fixed(bank, p)) for p in range(24)}
+            found: dict[int, set[bytes]] = {p: set(fixed_digests(bank, p)) for p in range(24)}
             for pcr, alg, digest in self.approved:
                 if alg is bank and pcr in found:
                     found[pcr].add(digest)
@@ -447,7 +446,7 @@ def compile_golden(sets: Sequence[GoldenSet], *, now: dt.datetime | None = None)
             if pcr in after:
                 after[pcr] = after[pcr] | frozenset(types)
     apps, inactive_apps = _compile_apps(sets, when)
-    return CompiledPolicy(
+    policy = CompiledPolicy(
         now=when,
         in_force=tuple(g.ref for g in live),
         not_in_force=dead,
@@ -471,3 +470,9 @@ def compile_golden(sets: Sequence[GoldenSet], *, now: dt.datetime | None = None)
         **_secure_boot_tables(live),  # type: ignore[arg-type]
         **_value_tables(live),  # type: ignore[arg-type]
     )
+    # The per-bank lookup tables, built now rather than by the first appraisal that needs them.
+    for bank in {alg for _, alg, _ in policy.approved} | {HashAlg.SHA256}:
+        policy.accepted_digests(bank)
+        policy.app_digests(bank)
+        policy.moklist_names(bank)
+    return policy
