@@ -6,7 +6,6 @@ import functools
 
 from assay.errors import MalformedEvidence
 from assay.eventlog import Event, VerifiedBootLog
-from assay.events import EventType as T
 
 from ._ledger import Ledger
 from .facts import DEBUG_MODE, BootFacts, authority_id, signature_ids, where
@@ -498,16 +497,6 @@ def _order_ok(roles: list[str], order: tuple[str, ...]) -> bool:
                 return False
             last = rank[role]
     return True
-
-
-_APP_TYPES = frozenset(
-    int(t)
-    for t in (
-        T.EV_EFI_BOOT_SERVICES_APPLICATION,
-        T.EV_EFI_BOOT_SERVICES_DRIVER,
-        T.EV_EFI_RUNTIME_SERVICES_DRIVER,
-    )
-)
 
 
 def _app_events(
