@@ -55,14 +55,14 @@ def _node(s: Store, name: str = "n1") -> int:
 
 
 def test_migrations_create_exactly_the_models_schema(store: Store) -> None:
-    assert current_revision(store) == head_revision() == "0002"
+    assert current_revision(store) == head_revision() == "0003"
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
 
 
 def test_upgrade_twice_is_a_no_op(store: Store) -> None:
-    assert upgrade(store) == "0002"
+    assert upgrade(store) == "0003"
 
 
 def test_times_round_trip_as_aware_utc(store: Store) -> None:
@@ -122,20 +122,49 @@ def test_concurrent_consumers_win_exactly_once(store: Store) -> None:
     assert sorted(results, key=str) == [None] + ["nonce_reused"] * 7
 
 
-def test_outstanding_nonces_per_node_are_bounded(store: Store) -> None:
+def test_challenges_store_nothing_and_every_nonce_stays_good(store: Store) -> None:
+    """Stateless nonces: issuing stores nothing, so no number of challenges uses one up (the
+    challenge is unauthenticated); only a used nonce is kept, until it expires."""
     node_id = _node(store)
-    # Bounded by refusing more, never by evicting one (the challenge is unauthenticated).
     with store.write() as db:
         issued = [
-            repo.issue_nonce(db, node_id, lifetime=dt.timedelta(seconds=60), now=NOW, keep=4)
-            for _ in range(10)
+            repo.issue_nonce(db, node_id, lifetime=dt.timedelta(seconds=60), now=NOW)
+            for _ in range(50)
         ]
-    nonces = [n.nonce for n in issued if isinstance(n, Nonce)]
-    assert len(nonces) == 4
-    assert issued[4:] == [NOW + dt.timedelta(seconds=60)] * 6
+    assert len({n.nonce for n in issued}) == 50
+    assert {n.expires_at for n in issued} == {NOW + dt.timedelta(seconds=60)}
+    with store.read() as db:
+        assert db.scalar(select(func.count()).select_from(Nonce)) == 0
     with store.write() as db:
-        assert repo.consume_nonce(db, node_id, nonces[0], NOW) is None
-        assert repo.consume_nonce(db, node_id, nonces[-1], NOW) is None
+        assert repo.consume_nonce(db, node_id, issued[0].nonce, NOW) is None
+        assert repo.consume_nonce(db, node_id, issued[-1].nonce, NOW) is None
+    with store.read() as db:
+        assert db.scalar(select(func.count()).select_from(Nonce)) == 2
+    with store.write() as db:  # an expired used nonce is forgotten by the next consume
+        later = NOW + dt.timedelta(seconds=61)
+        fresh = repo.issue_nonce(db, node_id, lifetime=dt.timedelta(seconds=60), now=later)
+        assert repo.consume_nonce(db, node_id, fresh.nonce, later) is None
+    with store.read() as db:
+        assert db.scalar(select(func.count()).select_from(Nonce)) == 1
+
+
+def test_a_forged_or_altered_nonce_is_unknown(store: Store) -> None:
+    node_id = _node(store)
+    with store.write() as db:
+        nonce = repo.issue_nonce(db, node_id, lifetime=dt.timedelta(seconds=60), now=NOW).nonce
+    with store.write() as db:
+        for i in range(32):  # any bit of block or tag
+            altered = nonce[:i] + bytes([nonce[i] ^ 0x80]) + nonce[i + 1 :]
+            assert repo.consume_nonce(db, node_id, altered, NOW) == "nonce_unknown"
+        assert repo.consume_nonce(db, node_id, nonce[:31], NOW) == "nonce_unknown"
+        assert repo.consume_nonce(db, node_id, nonce, NOW) is None
+
+
+def test_every_instance_shares_one_nonce_key(store: Store) -> None:
+    with store.write() as db:
+        first = repo.nonce_key(db, NOW)
+    with store.write() as db:
+        assert repo.nonce_key(db, NOW) == first and len(first) == 32
 
 
 def test_event_log_is_stored_once_per_digest(store: Store) -> None:
@@ -216,7 +245,7 @@ def test_upgrade_from_0001_keeps_tokens_and_gives_them_no_labels(tmp_path: Path)
                 ),
                 {"h": repo.token_hash("s1"), "at": NOW.replace(tzinfo=None)},
             )
-        assert upgrade(s) == "0002"
+        assert upgrade(s) == "0003"
         with s.read() as db:
             token = repo.find_token(db, "s1")
             assert token is not None and token.labels == {}

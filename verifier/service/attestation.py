@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import math
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -114,29 +113,27 @@ AUDIT_WINDOW = dt.timedelta(minutes=10)
 def challenge(svc: Services, node_name: str, event_log_sha256: str | None = None) -> Challenge:
     """A nonce for ``node_name``; the answer looks the same whether or not the node exists.
 
-    Unauthenticated, so it reveals nothing the caller does not already know: an unknown node gets
-    a well-formed nonce that is never stored (the evidence step says ``node_not_enrolled``), and
+    Unauthenticated, so it reveals nothing the caller does not already know, and writes nothing:
+    the nonce is stateless (``repo.issue_nonce``: node and expiry encrypted, then authenticated),
+    so no flood of challenges can use up or evict the agent's. An unknown node gets 32 random
+    bytes, which look like any nonce (the evidence step says ``node_not_enrolled``), and
     ``known_event_log_sha256`` is only the digest the caller itself sent, echoed when the verifier
-    holds that log as the node's current boot log. Outstanding nonces are never evicted; past
-    ``MAX_OUTSTANDING_NONCES`` the answer is 429 until the oldest expires.
+    holds that log as the node's current boot log.
     """
     now = svc.now()
     lifetime = dt.timedelta(seconds=svc.config.nonce_lifetime)
     selection = {svc.config.bank: list(svc.config.pcrs)}
-    with svc.store.write() as db:
+    key = svc.nonce_key()
+    with svc.store.read() as db:  # nothing is written for a challenge
         node = repo.get_node(db, node_name)
         if node is None:
-            return Challenge(secrets.token_bytes(32), now + lifetime, selection, None)
-        row = repo.issue_nonce(db, node.id, lifetime=lifetime, now=now)
+            expires = dt.datetime.fromtimestamp(int((now + lifetime).timestamp()), dt.UTC)
+            return Challenge(secrets.token_bytes(32), expires, selection, None)
+        issued = repo.issue_nonce(db, node.id, lifetime=lifetime, now=now, key=key)
         known = node.boot_log_sha256
         if known is None or known != event_log_sha256 or not repo.has_event_log(db, known):
             known = None
-    if isinstance(row, dt.datetime):
-        wait = max(1, math.ceil((row - now).total_seconds()))
-        raise ApiError(
-            429, "too_many_challenges", f"too many outstanding challenges; retry in {wait} s"
-        )
-    return Challenge(row.nonce, row.expires_at, selection, known)
+    return Challenge(issued.nonce, issued.expires_at, selection, known)
 
 
 def submit(svc: Services, node_name: str, body: bytes) -> AttestationResult:
@@ -152,7 +149,7 @@ def submit(svc: Services, node_name: str, body: bytes) -> AttestationResult:
     with svc.store.write() as db:
         node = _enrolled(db, node_name)
         node_id, ak_public = node.id, node.ak_public
-        refused = repo.consume_nonce(db, node.id, ev.nonce, now)
+        refused = repo.consume_nonce(db, node.id, ev.nonce, now, svc.nonce_key())
     if refused is not None:
         raise ApiError(422, refused, f"nonce refused: {refused.removeprefix('nonce_')}")
     # 3. Quote, with the enrolled AK only.

@@ -17,7 +17,7 @@ from typing import Generic, TypeVar
 
 from flask import current_app
 
-from verifier.store import Store
+from verifier.store import Store, repo
 
 from .config import ServiceConfig
 
@@ -97,6 +97,7 @@ class Services:
     logs: LruCache[tuple[str, int], object] = field(init=False)
     policies: LruCache[Hashable, tuple[float, dt.datetime | None, object]] = field(init=False)
     unauthenticated: RateLimiter = field(init=False)
+    _nonce_key: bytes | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.logs = LruCache(self.config.log_cache_size)
@@ -105,6 +106,14 @@ class Services:
 
     def now(self) -> dt.datetime:
         return self.clock()
+
+    def nonce_key(self) -> bytes:
+        """The shared nonce key, read (or created) once per process: it never changes."""
+        key = self._nonce_key
+        if key is None:
+            with self.store.write() as db:
+                key = self._nonce_key = repo.nonce_key(db, self.now())
+        return key
 
     @staticmethod
     def monotonic() -> float:

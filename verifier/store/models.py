@@ -103,7 +103,9 @@ class Enrollment(Base):
 
 
 class Nonce(Base):
-    """A verifier-chosen quote nonce; consumed once by a conditional UPDATE (any instance)."""
+    """A used quote nonce, kept until it expires so that it is used once (the unique ``nonce`` is
+    what makes it so, on any instance). Outstanding nonces are not stored: they carry their own
+    node, expiry and tag (``repo.issue_nonce``)."""
 
     __tablename__ = "nonces"
 
@@ -113,6 +115,17 @@ class Nonce(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     expires_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     used_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+
+
+class ServiceKey(Base):
+    """A secret the verifier instances share (created once, by whichever instance needs it first):
+    ``nonce`` keys the stateless challenge nonces."""
+
+    __tablename__ = "service_keys"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
 
 
 class EventLogBlob(Base):

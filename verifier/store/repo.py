@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 import secrets
+import struct
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from sqlalchemy import CursorResult, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from .models import (
@@ -25,6 +30,7 @@ from .models import (
     GoldenSetRow,
     Node,
     Nonce,
+    ServiceKey,
     Token,
 )
 
@@ -221,7 +227,51 @@ def latest_evidence(s: Session, node_id: int) -> Attestation | None:
 # --- nonces ---------------------------------------------------------------------------------
 
 
-MAX_OUTSTANDING_NONCES = 16
+_NONCE_KEY = "nonce"
+_NONCE_MAC = b"assay nonce mac"
+_NONCE_ENC = b"assay nonce enc"
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedNonce:
+    nonce: bytes
+    expires_at: dt.datetime
+
+
+def service_key(s: Session, name: str, now: dt.datetime) -> bytes:
+    """The shared secret ``name``, created by the first instance that asks (a concurrent creator
+    loses the insert and reads the winner's)."""
+    row = s.get(ServiceKey, name)
+    if row is not None:
+        return row.value
+    try:
+        with s.begin_nested():
+            s.add(ServiceKey(name=name, value=secrets.token_bytes(32), created_at=now))
+    except IntegrityError:
+        pass
+    row = s.get(ServiceKey, name)
+    assert row is not None
+    return row.value
+
+
+def nonce_key(s: Session, now: dt.datetime) -> bytes:
+    """The shared key of the challenge nonces (never changes once created)."""
+    return service_key(s, _NONCE_KEY, now)
+
+
+def _nonce_keys(secret: bytes) -> tuple[bytes, bytes]:
+    return (
+        hmac.new(secret, _NONCE_ENC, hashlib.sha256).digest()[:16],
+        hmac.new(secret, _NONCE_MAC, hashlib.sha256).digest(),
+    )
+
+
+def _nonce_block(enc: bytes, block: bytes, *, decrypt: bool) -> bytes:
+    # One AES block (a keyed permutation) hides the node and expiry: a nonce for a node that is
+    # not enrolled (32 random bytes) looks like any other.
+    cipher = Cipher(algorithms.AES(enc), modes.ECB())  # noqa: S305 - one block, never repeated
+    op = cipher.decryptor() if decrypt else cipher.encryptor()
+    return op.update(block) + op.finalize()
 
 
 def issue_nonce(
@@ -230,66 +280,53 @@ def issue_nonce(
     *,
     lifetime: dt.timedelta,
     now: dt.datetime,
-    keep: int = MAX_OUTSTANDING_NONCES,
-) -> Nonce | dt.datetime:
-    """A fresh 32-byte nonce, or — when ``keep`` unexpired ones are outstanding — the time the
-    oldest expires. An outstanding nonce is never evicted: the challenge endpoint is
-    unauthenticated, and eviction would let anyone cancel the agent's challenge. Used nonces are
-    kept (for ``nonce_reused``) up to ``keep`` per node, so rows per node stay under 2 × keep."""
-    s.execute(delete(Nonce).where(Nonce.node_id == node_id, Nonce.expires_at <= now))
-    used = s.scalars(
-        select(Nonce.id)
-        .where(Nonce.node_id == node_id, Nonce.used_at.is_not(None))
-        .order_by(Nonce.id.desc())
-        .offset(keep)
+    key: bytes | None = None,
+) -> IssuedNonce:
+    """A 32-byte nonce for ``node_id`` that nothing stores: AES(expiry, node, 4 random bytes) and
+    an HMAC over that block, under the shared ``nonce`` key. Any instance can check it, and an
+    unauthenticated flood of challenges uses up nothing (nor can it evict the agent's). ``key``:
+    the shared ``nonce`` key when the caller holds it (read from the store otherwise)."""
+    enc, mac = _nonce_keys(key if key is not None else nonce_key(s, now))
+    expires = int((now + lifetime).timestamp())
+    block = _nonce_block(
+        enc, struct.pack(">QI", expires, node_id) + secrets.token_bytes(4), decrypt=False
     )
-    # A used nonce forgotten early is refused as unknown instead of reused: still refused.
-    s.execute(delete(Nonce).where(Nonce.id.in_(list(used))))
-    outstanding = list(
-        s.scalars(
-            select(Nonce.expires_at)
-            .where(Nonce.node_id == node_id, Nonce.used_at.is_(None))
-            .order_by(Nonce.expires_at)
-        )
-    )
-    if len(outstanding) >= keep:
-        return outstanding[0]
-    row = Nonce(
-        node_id=node_id, nonce=secrets.token_bytes(32), created_at=now, expires_at=now + lifetime
-    )
-    s.add(row)
-    s.flush()
-    return row
+    tag = hmac.new(mac, block, hashlib.sha256).digest()[:16]
+    return IssuedNonce(block + tag, dt.datetime.fromtimestamp(expires, dt.UTC))
 
 
-def consume_nonce(s: Session, node_id: int, nonce: bytes, now: dt.datetime) -> str | None:
-    """Consume ``nonce`` for ``node_id`` exactly once, atomically across instances.
+def consume_nonce(
+    s: Session, node_id: int, nonce: bytes, now: dt.datetime, key: bytes | None = None
+) -> str | None:
+    """Consume ``nonce`` for ``node_id`` exactly once, atomically across instances: its tag and
+    expiry are checked, then it is recorded as used (the unique column refuses a second use).
 
     Returns None on success, else a stable reason code: ``nonce_unknown``, ``nonce_wrong_node``,
     ``nonce_reused``, ``nonce_expired``.
     """
-    result = s.execute(
-        update(Nonce)
-        .where(
-            Nonce.nonce == nonce,
-            Nonce.node_id == node_id,
-            Nonce.used_at.is_(None),
-            Nonce.expires_at > now,
-        )
-        .values(used_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    assert isinstance(result, CursorResult)
-    if result.rowcount == 1:
-        return None
-    row = s.scalars(select(Nonce).where(Nonce.nonce == nonce)).first()
-    if row is None:
+    if len(nonce) != 32:
         return "nonce_unknown"
-    if row.node_id != node_id:
+    enc, mac = _nonce_keys(key if key is not None else nonce_key(s, now))
+    block, tag = nonce[:16], nonce[16:]
+    if not hmac.compare_digest(hmac.new(mac, block, hashlib.sha256).digest()[:16], tag):
+        return "nonce_unknown"
+    expires, owner = struct.unpack_from(">QI", _nonce_block(enc, block, decrypt=True))
+    if owner != node_id:
         return "nonce_wrong_node"
-    if row.used_at is not None:
+    expires_at = dt.datetime.fromtimestamp(expires, dt.UTC)
+    if expires_at <= now:
+        return "nonce_expired"
+    s.execute(delete(Nonce).where(Nonce.node_id == node_id, Nonce.expires_at <= now))
+    try:
+        with s.begin_nested():
+            s.add(
+                Nonce(
+                    node_id=node_id, nonce=nonce, created_at=now, expires_at=expires_at, used_at=now
+                )
+            )
+    except IntegrityError:
         return "nonce_reused"
-    return "nonce_expired"
+    return None
 
 
 # --- event logs -----------------------------------------------------------------------------
