@@ -122,3 +122,21 @@ def test_one_address_is_rate_limited_on_unauthenticated_endpoints(tmp_path: Path
         assert env.client.get("/v1/nodes", headers=env.h("admin")).status_code == 200
     finally:
         env.store.close()
+
+
+def test_evidence_on_an_instance_that_never_issued_a_challenge(env: Env, tmp_path: Path) -> None:
+    """Another instance (or gunicorn worker) on the same database takes the evidence: it reads the
+    shared nonce key for the first time then, before its write transaction (a nested write on
+    SQLite would wait for its own lock and answer 503)."""
+    mine = bytes.fromhex(env.client.post("/v1/nodes/n1/challenge").json["nonce"])
+    url = str(tmp_path / "v.db")
+    other = create_app(
+        ServiceConfig(database=url, nonce_lifetime=30), store=env.store, clock=lambda: env.clock[0]
+    )
+    resp = other.test_client().post("/v1/nodes/n1/evidence", data=_bundle(nonce=mine), headers=CBOR)
+    # The nonce is accepted (it is the garbage quote that fails), and promptly: not a 503.
+    assert (resp.status_code, resp.json["error"]["code"]) == (400, "malformed_evidence")
+    with env.store.write() as db:
+        node = repo.get_node(db, "n1")
+        assert isinstance(node, Node)
+        assert repo.consume_nonce(db, node.id, mine, T0) == "nonce_reused"

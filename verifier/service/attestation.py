@@ -145,11 +145,12 @@ def submit(svc: Services, node_name: str, body: bytes) -> AttestationResult:
     if ev.node != node_name:
         raise bad_request("node_mismatch", f"the evidence is for {ev.node!r}, not {node_name!r}")
     now = svc.now()
-    # 2. Node and nonce.
+    # 2. Node and nonce (the shared key first: it may need its own write, never a nested one).
+    key = svc.nonce_key()
     with svc.store.write() as db:
         node = _enrolled(db, node_name)
         node_id, ak_public = node.id, node.ak_public
-        refused = repo.consume_nonce(db, node.id, ev.nonce, now, svc.nonce_key())
+        refused = repo.consume_nonce(db, node.id, ev.nonce, now, key)
     if refused is not None:
         raise ApiError(422, refused, f"nonce refused: {refused.removeprefix('nonce_')}")
     # 3. Quote, with the enrolled AK only.
