@@ -93,6 +93,16 @@ def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
         if request.param == "sqlite"
         else request.getfixturevalue("postgres_url")
     )
+    e = make_env(url)
+    try:
+        yield e
+    finally:
+        e.store.close()
+
+
+def make_env(url: str, **config: Any) -> Env:
+    """A migrated store at ``url`` with one token per role, node ``n1``, a settable clock at T0,
+    and the app (attest interval 60 s, nonce lifetime 30 s unless ``config`` says otherwise)."""
     store = Store(url)
     upgrade(store)
     tokens = {}
@@ -100,14 +110,10 @@ def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
         for role in ROLES:
             tokens[role], _ = repo.create_token(db, role, expires_at=None, now=T0)
     clock = [T0]
-    config = ServiceConfig(database=url, attest_interval=60, nonce_lifetime=30)
-    app = create_app(config, store=store, clock=lambda: clock[0])
-    e = Env(app.test_client(), store, tokens, clock)
+    cfg = ServiceConfig(database=url, **{"attest_interval": 60, "nonce_lifetime": 30, **config})
+    app = create_app(cfg, store=store, clock=lambda: clock[0])
     add_node(store, "n1")
-    try:
-        yield e
-    finally:
-        store.close()
+    return Env(app.test_client(), store, tokens, clock)
 
 
 # --- who may call what ----------------------------------------------------------------------
@@ -264,6 +270,11 @@ def test_malformed_enrollment_is_a_4xx_and_stores_nothing(
 
 
 def _bundle(**over: Any) -> bytes:
+    return cbor2.dumps({k: v for k, v in bundle_doc(**over).items() if v is not None})
+
+
+def bundle_doc(**over: Any) -> dict[str, Any]:
+    """A well-formed evidence bundle (as a dict) for node ``n1`` with a garbage quote."""
     doc: dict[str, Any] = {
         "v": 1,
         "node": "n1",
@@ -276,7 +287,7 @@ def _bundle(**over: Any) -> bytes:
         "event_log": b"log",
     }
     doc.update(over)
-    return cbor2.dumps({k: v for k, v in doc.items() if v is not None})
+    return doc
 
 
 EVIDENCE_BAD: list[tuple[str, bytes, int, str]] = [

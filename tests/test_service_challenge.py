@@ -11,27 +11,16 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from tests.test_service_api import ROLES, T0, Env, _bundle, add_node
+from tests.test_service_api import T0, Env, _bundle, make_env
 from verifier.service import ServiceConfig, create_app
-from verifier.store import Store, repo, upgrade
+from verifier.store import repo
 from verifier.store.models import AuditEntry, Node, Nonce
 
 CBOR = {"Content-Type": "application/cbor"}
 
 
 def _env(tmp_path: Path, **config: float) -> Env:
-    url = str(tmp_path / "v.db")
-    store = Store(url)
-    upgrade(store)
-    tokens = {}
-    with store.write() as db:
-        for role in ROLES:
-            tokens[role], _ = repo.create_token(db, role, expires_at=None, now=T0)
-    clock = [T0]
-    cfg = ServiceConfig(database=url, nonce_lifetime=30, **config)  # type: ignore[arg-type]
-    app = create_app(cfg, store=store, clock=lambda: clock[0])
-    add_node(store, "n1")
-    return Env(app.test_client(), store, tokens, clock)
+    return make_env(str(tmp_path / "v.db"), **config)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ Each case here was a 500, a 30 s stall or a leak before the hardening of issue 1
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,29 +16,19 @@ from typing import Any
 import cbor2
 import pytest
 
-from tests.test_service_api import GOOD_B64, ROLES, T0, Env, add_node
-from verifier.service import ServiceConfig, create_app
+from tests.test_service_api import GOOD_B64, T0, Env, bundle_doc, make_env
+from verifier.service import ServiceConfig
 from verifier.service._cbor import CborError, loads_strict
-from verifier.store import Store, repo, upgrade
+from verifier.store import repo
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Env]:
-    url = str(tmp_path / "v.db")
-    store = Store(url)
-    upgrade(store)
-    tokens = {}
-    with store.write() as db:
-        for role in ROLES:
-            tokens[role], _ = repo.create_token(db, role, expires_at=None, now=T0)
-    clock = [T0]
-    config = ServiceConfig(database=url, attest_interval=60, nonce_lifetime=30)
-    app = create_app(config, store=store, clock=lambda: clock[0])
-    add_node(store, "n1")
+    e = make_env(str(tmp_path / "v.db"))
     try:
-        yield Env(app.test_client(), store, tokens, clock)
+        yield e
     finally:
-        store.close()
+        e.store.close()
 
 
 def _code(resp: Any) -> tuple[int, str]:
@@ -49,44 +38,28 @@ def _code(resp: Any) -> tuple[int, str]:
 # --- CBOR: strict profile ---------------------------------------------------------------------
 
 
-def _bundle(**over: Any) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "v": 1,
-        "node": "n1",
-        "agent_version": "t",
-        "nonce": bytes(32),
-        "attest": b"\xff\x54",
-        "signature": b"\x00\x18",
-        "pcrs": {"sha256": {0: bytes(32)}},
-        "event_log_sha256": hashlib.sha256(b"log").digest(),
-        "event_log": b"log",
-    }
-    doc.update(over)
-    return doc
-
-
 BIGNUM = cbor2.CBORTag(2, b"\xff" * 200_000)  # a 480,000-digit integer
 CBOR_HOSTILE: list[tuple[str, bytes]] = [
-    ("bignum version", cbor2.dumps(_bundle(v=BIGNUM))),
-    ("bignum pcr index", cbor2.dumps(_bundle(pcrs={"sha256": {BIGNUM: bytes(32)}}))),
-    ("negative bignum", cbor2.dumps(_bundle(v=cbor2.CBORTag(3, b"\xff" * 1000)))),
-    ("regex tag 35", cbor2.dumps(_bundle(node=cbor2.CBORTag(35, "(a+)+$")))),
-    ("mime tag 36", cbor2.dumps(_bundle(node=cbor2.CBORTag(36, "A: b\n\n" + "x" * 100_000)))),
-    ("date tag 1", cbor2.dumps(_bundle(v=cbor2.CBORTag(1, 10**30)))),
-    ("self-describe tag", b"\xd9\xd9\xf7" + cbor2.dumps(_bundle())),
-    ("trailing bytes", cbor2.dumps(_bundle()) + b"\x00"),
-    ("two items", cbor2.dumps(_bundle()) + cbor2.dumps(_bundle())),
-    ("float version", cbor2.dumps(_bundle(v=1.0))),
-    ("NaN pcr index", cbor2.dumps(_bundle(pcrs={"sha256": {float("nan"): bytes(32)}}))),
+    ("bignum version", cbor2.dumps(bundle_doc(v=BIGNUM))),
+    ("bignum pcr index", cbor2.dumps(bundle_doc(pcrs={"sha256": {BIGNUM: bytes(32)}}))),
+    ("negative bignum", cbor2.dumps(bundle_doc(v=cbor2.CBORTag(3, b"\xff" * 1000)))),
+    ("regex tag 35", cbor2.dumps(bundle_doc(node=cbor2.CBORTag(35, "(a+)+$")))),
+    ("mime tag 36", cbor2.dumps(bundle_doc(node=cbor2.CBORTag(36, "A: b\n\n" + "x" * 100_000)))),
+    ("date tag 1", cbor2.dumps(bundle_doc(v=cbor2.CBORTag(1, 10**30)))),
+    ("self-describe tag", b"\xd9\xd9\xf7" + cbor2.dumps(bundle_doc())),
+    ("trailing bytes", cbor2.dumps(bundle_doc()) + b"\x00"),
+    ("two items", cbor2.dumps(bundle_doc()) + cbor2.dumps(bundle_doc())),
+    ("float version", cbor2.dumps(bundle_doc(v=1.0))),
+    ("NaN pcr index", cbor2.dumps(bundle_doc(pcrs={"sha256": {float("nan"): bytes(32)}}))),
     ("huge array length", b"\xa1\x61v\x9b" + b"\xff" * 8),
     ("huge bytes length", b"\xa1\x61v\x5b" + b"\x7f" * 8),
     ("indefinite map", b"\xbf\x61v\x01\xff"),
     ("duplicate key", b"\xa2\x61v\x01\x61v\x01"),
     ("bytes map key", b"\xa1\x41v\x01"),
-    ("undefined", cbor2.dumps(_bundle(v=cbor2.undefined))),
+    ("undefined", cbor2.dumps(bundle_doc(v=cbor2.undefined))),
     ("deep arrays", b"\x81" * 50 + b"\x00"),
     ("bad utf-8 text", b"\xa1\x62\xff\xfe\x01"),
-    ("text version", cbor2.dumps(_bundle(v="1" * 5000))),
+    ("text version", cbor2.dumps(bundle_doc(v="1" * 5000))),
 ]
 
 
@@ -106,7 +79,7 @@ def test_hostile_cbor_is_a_quick_400_with_a_short_message(env: Env, case: str, b
 
 
 def test_strict_cbor_decodes_the_bundle_profile_exactly_like_cbor2() -> None:
-    doc = _bundle(ima_log=None, extra=[True, False, None, -5, 2**63, 1.5, -(2**64)])
+    doc = bundle_doc(ima_log=None, extra=[True, False, None, -5, 2**63, 1.5, -(2**64)])
     assert loads_strict(cbor2.dumps(doc)) == cbor2.loads(cbor2.dumps(doc))
 
 

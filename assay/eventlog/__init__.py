@@ -5,6 +5,7 @@
 that golden policy accepts.
 """
 
+from ._coverage import GRUB_PREFIXES
 from ._parse import (
     MAX_LOG_SIZE,
     TRAILER_PCR,
@@ -29,6 +30,7 @@ from ._replay import (
 from ._workarounds import WORKAROUNDS, AppliedWorkaround, Workaround
 
 __all__ = [
+    "GRUB_PREFIXES",
     "MAX_LOG_SIZE",
     "TRAILER_PCR",
     "WORKAROUNDS",

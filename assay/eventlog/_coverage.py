@@ -42,7 +42,8 @@ _WHOLE_DATA = frozenset(
 )
 _CHECKED = _WHOLE_DATA | {_VARIABLE_DRIVER_CONFIG, _VARIABLE_BOOT, _VARIABLE_AUTHORITY, _IPL}
 # GRUB measures the command without its prefix (and, upstream, without the NUL).
-_IPL_PREFIXES = (b"grub_cmd: ", b"kernel_cmdline: ", b"grub_kernel_cmdline ", b"grub_cmd ")
+# The prefixes GRUB writes before the string it measures (not covered by the digest).
+GRUB_PREFIXES = (b"grub_cmd: ", b"kernel_cmdline: ", b"grub_kernel_cmdline ", b"grub_cmd ")
 
 # Bounded by the bytes it holds (untrusted logs choose their event sizes); emptied when full.
 _CACHE_MAX_BYTES = 16 * 1024 * 1024
@@ -108,7 +109,7 @@ def _ipl_covered(data: bytes, digest: bytes, bank: HashAlg) -> bool | None:
     """GRUB commands must be covered; other EV_IPL strings (file names, UKI sections) usually are not."""
     h = bank.hash
     if data.startswith(b"grub") or data.startswith(b"kernel_cmdline"):
-        for prefix in _IPL_PREFIXES:
+        for prefix in GRUB_PREFIXES:
             if data.startswith(prefix):
                 # Upstream GRUB hashes the string without its NUL (the common case: tried first).
                 rest = data[len(prefix) :]

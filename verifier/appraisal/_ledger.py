@@ -25,10 +25,10 @@ import re
 from collections.abc import Iterator
 
 from assay.algorithms import HashAlg
-from assay.eventlog import Event, VerifiedBootLog
+from assay.eventlog import GRUB_PREFIXES, Event, VerifiedBootLog
 from assay.events import event_type_name
 
-from .facts import BootFacts, scrtm_text
+from .facts import BootFacts, grub_text, scrtm_text
 from .policy import CompiledPolicy
 from .verdict import Check
 
@@ -38,7 +38,6 @@ _ACTION_PATTERNS: dict[int, re.Pattern[bytes]] = {
     6: re.compile(rb"Wake Event [0-9]{1,3}"),
 }
 _INDEX = operator.itemgetter(0)  # Event.index
-_CMDLINE_PREFIXES = (b"kernel_cmdline: ", b"grub_kernel_cmdline ", b"grub_cmd: ", b"grub_cmd ")
 
 
 class Ledger:
@@ -109,19 +108,10 @@ def _covered_text(vlog: VerifiedBootLog, e: Event) -> str | None:
     if vlog.data_covered(e) is not True:
         return None
     data = e.data
-    for prefix in _CMDLINE_PREFIXES:
+    for prefix in GRUB_PREFIXES:
         if data.startswith(prefix):
-            data = data[len(prefix) :]
-            break
-    if len(data) >= 2 and data[1:2] == b"\x00" and len(data) % 2 == 0:
-        try:
-            return data.decode("utf-16-le").rstrip("\x00")
-        except UnicodeDecodeError:
-            return None
-    try:
-        return data.rstrip(b"\x00").decode("utf-8")
-    except UnicodeDecodeError:
-        return None
+            return grub_text(data[len(prefix) :])
+    return grub_text(data)
 
 
 def _content_approved(vlog: VerifiedBootLog, e: Event, policy: CompiledPolicy) -> bool:

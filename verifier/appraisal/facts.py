@@ -183,8 +183,9 @@ def scrtm_text(data: bytes) -> str:
     return "hex:" + data.hex()
 
 
-def _text(raw: bytes) -> str | None:
-    """A GRUB / systemd-boot string: ASCII/UTF-8, or UTF-16LE when it looks like it."""
+def grub_text(raw: bytes) -> str | None:
+    """A GRUB / systemd-boot string (without its prefix): ASCII/UTF-8, or UTF-16LE when it looks
+    like it."""
     if len(raw) >= 2 and raw[1:2] == b"\x00" and len(raw) % 2 == 0:
         try:
             return raw.decode("utf-16-le").rstrip("\x00")
@@ -371,10 +372,10 @@ def _os_pcrs(vlog: VerifiedBootLog, facts: BootFacts, e: Event) -> None:
         for prefix in _CMDLINE_PREFIXES:
             if data.startswith(prefix):
                 covered = vlog.data_covered(e) is True
-                facts.cmdlines.append((e, _text(data[len(prefix) :]) if covered else None))
+                facts.cmdlines.append((e, grub_text(data[len(prefix) :]) if covered else None))
                 return
         if pcr in (8, 12) and data[1:2] == b"\x00":  # systemd-boot: UTF-16LE command line
-            facts.cmdlines.append((e, _text(data) if vlog.data_covered(e) is True else None))
+            facts.cmdlines.append((e, grub_text(data) if vlog.data_covered(e) is True else None))
         elif pcr == 9 and b"initrd" in data:
             facts.initrds.append(e)
     elif e.event_type == _EVENT_TAG and pcr == 9 and len(e.data) >= 8:
