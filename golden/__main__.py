@@ -176,8 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
         "capture",
         help="build a set from a known-good event log",
         description="Build a golden set from a known-good node's event log: firmware, Secure Boot "
-        "keys and databases, boot applications, command lines, initrds, MokLists, SbatLevel. "
-        "Review it before use.",
+        "keys and databases, boot applications, command lines, initrds, MokLists, SbatLevel, and "
+        "every other event of PCRs 0-9 and 14 by digest (measurements), so the set accounts for "
+        "exactly what the log measured. Review it before use.",
     )
     c.add_argument("--from-log", required=True, metavar="FILE", help="binary event log")
     c.add_argument(
@@ -204,7 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--set", metavar="SET.yaml", help="add the binary to this set (in place)")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=_cmd_add_efi)
-    c = sub.add_parser("from-deb", help="a set from shim/GRUB/kernel Debian packages")
+    c = sub.add_parser(
+        "from-deb",
+        help="a set from shim/GRUB/kernel Debian packages",
+        description="Boot applications by Authenticode digest (PCR4) and each kernel image's plain "
+        "digest, which GRUB measures into PCR9 when it loads it, from the packages alone.",
+    )
     c.add_argument("packages", nargs="+", metavar="PACKAGE.deb")
     c.add_argument("-o", "--output", required=True, metavar="SET.yaml")
     c.add_argument("--name", default="debian")
