@@ -27,12 +27,14 @@ from ._structure import check_required, check_separators, check_types
 from ._values import check_boot_apps, check_firmware, check_os, check_secure_boot
 from .facts import BootFacts, extract
 from .policy import CompiledPolicy, compile_golden
-from .verdict import Check, Verdict
+from .verdict import FAIL, PASS, UNKNOWN, Check, CheckStatus, Verdict, VerdictStatus
 
 __all__ = [
     "Check",
+    "CheckStatus",
     "CompiledPolicy",
     "Verdict",
+    "VerdictStatus",
     "appraise",
     "compile_golden",
     "unaccounted_events",
@@ -51,7 +53,7 @@ def appraise(vlog: VerifiedBootLog, policy: CompiledPolicy) -> Verdict:
         checks.append(
             Check(
                 "policy.golden_sets",
-                "unknown",
+                UNKNOWN,
                 "no_golden_set_in_force",
                 "no golden set is in force" + (f": {dead}" if dead else ""),
             )
@@ -60,7 +62,7 @@ def appraise(vlog: VerifiedBootLog, policy: CompiledPolicy) -> Verdict:
         checks.append(
             Check(
                 "policy.golden_sets",
-                "pass",
+                PASS,
                 "ok",
                 f"{len(policy.in_force)} golden set(s) in force",
                 golden=", ".join(policy.in_force),
@@ -111,14 +113,14 @@ def _workaround_checks(used: tuple[AppliedWorkaround, ...], policy: CompiledPoli
         denied = policy.denied_workarounds.get(name)
         out.append(
             Check(
-                f"workaround.{name}", "fail", "workaround_denied",
+                f"workaround.{name}", FAIL, "workaround_denied",
                 f"{where}: needs workaround {name} ({w.workaround.summary}), which "
                 f"{', '.join(denied)} den{'y' if len(denied) > 1 else 'ies'}: {w.detail}",
                 w.pcr, w.event, golden=", ".join(denied),
             )
             if denied
             else Check(
-                f"workaround.{name}", "pass", "workaround_applied",
+                f"workaround.{name}", PASS, "workaround_applied",
                 f"{where}: {w.detail} ({w.workaround.reference})", w.pcr, w.event,
             )
         )  # fmt: skip

@@ -30,7 +30,7 @@ from assay.events import event_type_name
 
 from .facts import BootFacts, grub_text, scrtm_text
 from .policy import CompiledPolicy
-from .verdict import Check
+from .verdict import FAIL, PASS, UNKNOWN, Check
 
 # Parameterised legacy-BIOS actions: accounted only when the digest covers the text that matches.
 _ACTION_PATTERNS: dict[int, re.Pattern[bytes]] = {
@@ -141,7 +141,7 @@ def _unaccounted(e: Event, digest: bytes, policy: CompiledPolicy) -> Check:
     in_force = ", ".join(policy.in_force) or "no golden set in force"
     return Check(
         cid,
-        "fail",
+        FAIL,
         reason,
         f"PCR{e.pcr} event {e.index} ({event_type_name(e.event_type)}): digest "
         f"{digest.hex()[:16]}… is neither approved for PCR{e.pcr} by {in_force} nor a "
@@ -204,7 +204,7 @@ def check_closed_world(
         out.extend(
             Check(
                 f"pcr{pcr}.quoted",
-                "unknown",
+                UNKNOWN,
                 "pcr_not_quoted",
                 f"PCR{pcr} is relied on by the golden sets but not quoted",
                 pcr,
@@ -218,7 +218,7 @@ def check_closed_world(
             out.append(
                 Check(
                     "events.accounted",
-                    "fail",
+                    FAIL,
                     "digest_missing",
                     f"PCR{e.pcr} event {e.index} ({event_type_name(e.event_type)}): no "
                     f"{bank.bank} digest",
@@ -228,7 +228,7 @@ def check_closed_world(
             )
         else:
             out.append(_unaccounted(e, digest, policy))
-    if not any(c.status == "fail" for c in out):
+    if not any(c.status == FAIL for c in out):
         out.append(_all_accounted(relied))
     return out
 
@@ -238,7 +238,7 @@ def _all_accounted(relied: frozenset[int]) -> Check:
     pcrs = ", ".join(map(str, sorted(relied)))
     return Check(
         "events.accounted",
-        "pass",
+        PASS,
         "ok",
         f"every event in the relied-on PCRs ({pcrs}) is accounted for",
     )

@@ -11,7 +11,7 @@ from assay.events import EventType as T
 
 from .facts import EBS_INVOCATION, BootFacts, separator_digests, where
 from .policy import CompiledPolicy
-from .verdict import Check
+from .verdict import FAIL, PASS, UNKNOWN, Check
 
 _INDEX = operator.itemgetter(0)  # Event.index
 
@@ -25,7 +25,7 @@ def check_types(vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy)
         out.append(
             Check(
                 "events.type_allowed",
-                "fail",
+                FAIL,
                 "event_type_not_allowed",
                 f"{where(e)}: event type not allowed in PCR{e.pcr}",
                 e.pcr,
@@ -39,7 +39,7 @@ def check_types(vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy)
             out.append(
                 Check(
                     "events.separator_retyped",
-                    "fail",
+                    FAIL,
                     "separator_digest_retyped",
                     f"{where(e)}: carries a separator digest under another type",
                     e.pcr,
@@ -52,7 +52,7 @@ def check_types(vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy)
             out.append(
                 Check(
                     "events.data_covered",
-                    "fail",
+                    FAIL,
                     "event_data_not_covered",
                     f"{where(e)}: the event data does not hash to its digest",
                     e.pcr,
@@ -64,7 +64,7 @@ def check_types(vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy)
         out.append(
             Check(
                 "events.structure",
-                "pass",
+                PASS,
                 "ok",
                 f"{len(vlog.events)} events: types allowed, data covered",
             )
@@ -78,12 +78,12 @@ def _separator_pcr(
     seps = [events[i] for i in positions]
     cid = f"pcr{pcr}.separator"
     if not seps:
-        return [Check(cid, "fail", "separator_missing", f"PCR{pcr}: no EV_SEPARATOR", pcr)]
+        return [Check(cid, FAIL, "separator_missing", f"PCR{pcr}: no EV_SEPARATOR", pcr)]
     if len(seps) > 1:
         return [
             Check(
                 cid,
-                "fail",
+                FAIL,
                 "separator_duplicate",
                 f"PCR{pcr}: {len(seps)} separators (events {', '.join(str(e.index) for e in seps)})",
                 pcr,
@@ -98,7 +98,7 @@ def _separator_pcr(
     out = [
         Check(
             cid,
-            "fail",
+            FAIL,
             "separator_value",
             f"{where(e)}: an EV_SEPARATOR whose digest is not a separator value's",
             pcr,
@@ -112,7 +112,7 @@ def _separator_pcr(
     out += [
         Check(
             cid,
-            "fail",
+            FAIL,
             "event_after_separator",
             f"{where(e)}: not allowed after the separator",
             pcr,
@@ -128,7 +128,7 @@ def _separator_pcr(
 @functools.lru_cache(maxsize=1024)
 def _one_separator(pcr: int, index: int) -> Check:
     """The pass check (immutable, so one object serves every log with the separator there)."""
-    return Check(f"pcr{pcr}.separator", "pass", "ok", f"PCR{pcr}: one separator", pcr, index)
+    return Check(f"pcr{pcr}.separator", PASS, "ok", f"PCR{pcr}: one separator", pcr, index)
 
 
 def check_separators(
@@ -142,7 +142,7 @@ def check_separators(
             out.append(
                 Check(
                     f"pcr{pcr}.separator",
-                    "unknown",
+                    UNKNOWN,
                     "pcr_not_quoted",
                     f"PCR{pcr} is not quoted",
                     pcr,
@@ -162,7 +162,7 @@ def check_separators(
             out.append(
                 Check(
                     f"pcr{pcr}.outside_log",
-                    "fail",
+                    FAIL,
                     "pcr_extended_outside_log",
                     f"PCR{pcr} was extended by something that did not log it",
                     pcr,
@@ -180,7 +180,7 @@ def check_required(vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPoli
         out.append(
             Check(
                 "firmware.events",
-                "fail",
+                FAIL,
                 "firmware_events_missing",
                 "PCR0 has no S-CRTM or platform firmware events",
                 0,
@@ -192,7 +192,7 @@ def check_required(vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPoli
             out.append(
                 Check(
                     "boot.exit_boot_services",
-                    "fail",
+                    FAIL,
                     "exit_boot_services_missing",
                     "no 'Exit Boot Services Invocation' event in PCR5",
                     5,
@@ -214,7 +214,7 @@ def check_required(vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPoli
             out.extend(
                 Check(
                     "boot.exit_boot_services",
-                    "fail",
+                    FAIL,
                     "event_after_exit_boot_services",
                     f"{where(e)}: measured after ExitBootServices",
                     e.pcr,
@@ -228,7 +228,7 @@ def check_required(vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPoli
             out.append(
                 Check(
                     f"pcr{pcr}.quoted",
-                    "unknown",
+                    UNKNOWN,
                     "pcr_not_quoted",
                     f"PCR{pcr} is required by the golden sets but not quoted",
                     pcr,
@@ -238,7 +238,7 @@ def check_required(vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPoli
         out.append(
             Check(
                 "evidence.bank",
-                "fail",
+                FAIL,
                 "sha1_not_allowed",
                 "the log was verified in the SHA-1 bank, which no golden set allows",
                 got="sha1",

@@ -10,7 +10,7 @@ from assay.eventlog import Event, VerifiedBootLog
 from ._ledger import Ledger
 from .facts import DEBUG_MODE, BootFacts, authority_id, signature_ids, where
 from .policy import Approval, CompiledPolicy, Key, Refs
-from .verdict import Check
+from .verdict import FAIL, PASS, UNKNOWN, Check
 
 
 @functools.lru_cache(maxsize=4096)
@@ -39,12 +39,12 @@ def _judge_text(
     refs = table.get(text) if text is not None else None
     if refs:
         return Check(
-            cid, "pass", "ok", f"{where(e)}: {what} {text!r}", pcr, e.index, got=text,
+            cid, PASS, "ok", f"{where(e)}: {what} {text!r}", pcr, e.index, got=text,
             golden=_refs(refs),
         )  # fmt: skip
     reason = cid.split(".", 1)[1] + "_not_approved"
     return Check(
-        cid, "fail", reason, f"{where(e)}: {what} {text!r} is not approved", pcr, e.index,
+        cid, FAIL, reason, f"{where(e)}: {what} {text!r} is not approved", pcr, e.index,
         got=text, expected=" | ".join(sorted(table))[:200],
     )  # fmt: skip
 
@@ -52,7 +52,7 @@ def _judge_text(
 def _digest_missing(vlog: VerifiedBootLog, e: Event, cid: str) -> Check:
     """An event without a digest in the appraised bank: nothing about it can be approved."""
     return Check(
-        cid, "fail", "digest_missing", f"{where(e)}: no {vlog.bank.bank} digest", e.pcr, e.index
+        cid, FAIL, "digest_missing", f"{where(e)}: no {vlog.bank.bank} digest", e.pcr, e.index
     )
 
 
@@ -89,7 +89,7 @@ def _judge_digest(
     if refs:
         return Check(
             cid,
-            "pass",
+            PASS,
             "ok",
             f"{where(e)}: approved {what}",
             e.pcr,
@@ -99,7 +99,7 @@ def _judge_digest(
         )
     return Check(
         cid,
-        "fail",
+        FAIL,
         reason,
         f"{where(e)}: {what} digest {digest.hex()[:16]}… is not approved",
         e.pcr,
@@ -125,7 +125,7 @@ def check_firmware(
             out.append(
                 Check(
                     "firmware.scrtm_version",
-                    "fail",
+                    FAIL,
                     "scrtm_version_missing",
                     "no approved S-CRTM version is measured (covered by its digest) in PCR0",
                     0,
@@ -154,14 +154,14 @@ def check_firmware(
         if value is None or not expected:
             why = "pcr_not_quoted" if value is None else "no_reference_in_bank"
             out.append(
-                Check(cid, "unknown", why, f"PCR{pcr}: cannot compare with the pinned value", pcr)
+                Check(cid, UNKNOWN, why, f"PCR{pcr}: cannot compare with the pinned value", pcr)
             )
             continue
         refs = pins.get((vlog.bank, value))
         out.append(
             Check(
                 cid,
-                "pass",
+                PASS,
                 "ok",
                 f"PCR{pcr} equals the pinned value",
                 pcr,
@@ -171,7 +171,7 @@ def check_firmware(
             if refs
             else Check(
                 cid,
-                "fail",
+                FAIL,
                 "pcr_value_mismatch",
                 f"PCR{pcr} differs from the pinned value",
                 pcr,
@@ -199,7 +199,7 @@ def _blobs_present(vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPoli
         return [
             Check(
                 "firmware.blobs_present",
-                "unknown",
+                UNKNOWN,
                 "no_reference_in_bank",
                 f"no golden set pins firmware blobs in the {vlog.bank.bank} bank",
                 0,
@@ -208,7 +208,7 @@ def _blobs_present(vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPoli
     return [
         Check(
             "firmware.blobs_present",
-            "fail",
+            FAIL,
             "firmware_blob_missing",
             f"{best[1]} firmware blob(s) pinned by {best[0]} are not measured in PCR0",
             0,
@@ -258,7 +258,7 @@ def _judge_state(policy: CompiledPolicy, on: bool, got: str, event: int | None) 
     if on:
         return Check(
             "secure_boot.enabled",
-            "pass",
+            PASS,
             "ok",
             "Secure Boot is on",
             7,
@@ -269,7 +269,7 @@ def _judge_state(policy: CompiledPolicy, on: bool, got: str, event: int | None) 
     if policy.sb_off_ok:
         return Check(
             "secure_boot.enabled",
-            "pass",
+            PASS,
             "secure_boot_off_allowed",
             f"Secure Boot is {got}, which a golden set allows",
             7,
@@ -279,7 +279,7 @@ def _judge_state(policy: CompiledPolicy, on: bool, got: str, event: int | None) 
         )
     return Check(
         "secure_boot.enabled",
-        "fail",
+        FAIL,
         "secure_boot_disabled",
         f"Secure Boot is {got} but the golden sets require it",
         7,
@@ -302,7 +302,7 @@ def _key_check(
     ids, problem = _db_ids(facts, name)
     cid = f"secure_boot.{name.lower()}"
     if ids is None:
-        return Check(cid, "fail", "secure_boot_variable_unverifiable", f"{name}: {problem}", 7)
+        return Check(cid, FAIL, "secure_boot_variable_unverifiable", f"{name}: {problem}", 7)
     present = bool(facts.variables.get(name))
     return policy.remember(
         ("key", name, ids, present), lambda: _judge_key(cid, name, ids, present, table)
@@ -315,7 +315,7 @@ def _judge_key(
     if not present and table:
         return Check(
             cid,
-            "fail",
+            FAIL,
             "secure_boot_variable_missing",
             f"{name} is pinned by the golden sets but no measurement of it is covered by its "
             "digest in PCR7",
@@ -326,7 +326,7 @@ def _judge_key(
     if bad:
         return Check(
             cid,
-            "fail",
+            FAIL,
             f"{name.lower()}_not_approved",
             f"{name} holds {len(bad)} entr{'y' if len(bad) == 1 else 'ies'} no golden set allows",
             7,
@@ -334,7 +334,7 @@ def _judge_key(
             expected=" | ".join(sorted(table)) or "(none)",
         )
     refs = tuple(r for i in ids for r in table[i])
-    return Check(cid, "pass", "ok", f"{name}: {len(ids)} approved entries", 7, golden=_refs(refs))
+    return Check(cid, PASS, "ok", f"{name}: {len(ids)} approved entries", 7, golden=_refs(refs))
 
 
 def _contains(
@@ -348,7 +348,7 @@ def _contains(
     ids, problem = _db_ids(facts, name, every=True)
     cid = f"secure_boot.{name}_contains"
     if ids is None:
-        return Check(cid, "fail", "secure_boot_variable_unverifiable", f"{name}: {problem}", 7)
+        return Check(cid, FAIL, "secure_boot_variable_unverifiable", f"{name}: {problem}", 7)
     return policy.remember(
         ("contains", name, ids), lambda: _judge_contains(cid, name, ids, required)
     )
@@ -362,13 +362,13 @@ def _judge_contains(
         missing = need - ids
         if not missing:
             return Check(
-                cid, "pass", "ok", f"{name} holds the {len(need)} required entries", 7, golden=ref
+                cid, PASS, "ok", f"{name} holds the {len(need)} required entries", 7, golden=ref
             )
         if not best or len(missing) < len(best):
             best = sorted(missing)
     return Check(
         cid,
-        "fail",
+        FAIL,
         f"{name}_missing_entries",
         f"{name} lacks {len(best)} required entries",
         7,
@@ -412,12 +412,12 @@ def check_secure_boot(
         )
         out.append(
             Check(
-                cid, "pass", "allowed", f"{where(e)}: {marker.decode()} (allowed)", 7, e.index,
+                cid, PASS, "allowed", f"{where(e)}: {marker.decode()} (allowed)", 7, e.index,
                 golden=_refs(ok),
             )
             if ok
             else Check(
-                cid, "fail", reason, f"{where(e)}: {marker.decode()}", 7, e.index,
+                cid, FAIL, reason, f"{where(e)}: {marker.decode()}", 7, e.index,
                 got=marker.decode(), expected="absent",
             )
         )  # fmt: skip
@@ -445,7 +445,7 @@ def _judge_app(
         a = found[0]
         return Check(
             cid,
-            "pass",
+            PASS,
             "ok",
             f"{where(e)}: {a.label}",
             e.pcr,
@@ -465,7 +465,7 @@ def _judge_app(
         )
         return Check(
             cid,
-            "fail",
+            FAIL,
             f"boot_app_{a.status}",
             f"{where(e)}: {a.label} is approved only by sets no longer in force: {approvers}",
             e.pcr,
@@ -477,7 +477,7 @@ def _judge_app(
     in_force = ", ".join(policy.in_force) or "no golden set in force"
     return Check(
         cid,
-        "fail",
+        FAIL,
         "boot_app_not_approved",
         f"{where(e)}: digest {digest.hex()[:16]}… matches no approved boot application "
         f"in {in_force}",
@@ -532,7 +532,7 @@ def check_boot_apps(
         out.append(
             Check(
                 "boot.app",
-                "fail",
+                FAIL,
                 "boot_app_missing",
                 "no approved boot application is measured in PCR4",
                 4,
@@ -553,19 +553,19 @@ def _order_check(roles: list[str], policy: CompiledPolicy) -> Check:
     ]
     if ok:
         return Check(
-            "boot.order", "pass", "ok", "boot chain order as approved", 4,
+            "boot.order", PASS, "ok", "boot chain order as approved", 4,
             got=" → ".join(roles), golden=_refs(tuple(ok)),
         )  # fmt: skip
     ref, order = policy.boot_orders[0]
     missing = [r for r in order if r not in roles]
     if missing:
         return Check(
-            "boot.order", "fail", "boot_stage_missing",
+            "boot.order", FAIL, "boot_stage_missing",
             f"boot stage(s) {', '.join(missing)} pinned by {ref} were never measured in PCR4", 4,
             got=" → ".join(roles) or "(none)", expected=" → ".join(order), golden=ref,
         )  # fmt: skip
     return Check(
-        "boot.order", "fail", "boot_order_wrong", "boot applications ran out of order", 4,
+        "boot.order", FAIL, "boot_order_wrong", "boot applications ran out of order", 4,
         got=" → ".join(roles), expected=" → ".join(order),
     )  # fmt: skip
 
@@ -593,7 +593,7 @@ def _moklists(
         out.append(
             Check(
                 f"shim.{name.lower()}",
-                "fail",
+                FAIL,
                 f"{name.lower()}_missing",
                 f"{name} is pinned by the golden sets but no approved value is measured in PCR14",
                 14,
@@ -605,7 +605,7 @@ def _moklists(
 def _approved_mok(e: Event, names: tuple[tuple[str, Refs], ...], digest: bytes) -> Check:
     return Check(
         f"shim.{names[0][0].lower()}",
-        "pass",
+        PASS,
         "ok",
         f"{where(e)}: approved {' / '.join(n for n, _ in names)}",
         14,
@@ -624,7 +624,7 @@ def check_os(
             out.append(
                 Check(
                     "kernel.cmdline",
-                    "fail",
+                    FAIL,
                     "cmdline_not_measured",
                     "no kernel command line was measured",
                     8,
@@ -636,7 +636,7 @@ def check_os(
     if policy.initrds:
         if not facts.initrds:
             out.append(
-                Check("kernel.initrd", "fail", "initrd_not_measured", "no initrd was measured", 9)
+                Check("kernel.initrd", FAIL, "initrd_not_measured", "no initrd was measured", 9)
             )
         for e in facts.initrds:
             ledger.take(e)
@@ -662,7 +662,7 @@ def check_os(
             out.append(
                 Check(
                     "shim.sbat_level",
-                    "fail",
+                    FAIL,
                     "sbat_level_missing",
                     "SbatLevel is pinned by the golden sets but not measured (covered) in PCR7",
                     7,
@@ -681,7 +681,7 @@ def _judge_cmdline(e: Event, text: str | None, policy: CompiledPolicy) -> Check:
     if text is None:
         return Check(
             "kernel.cmdline",
-            "fail",
+            FAIL,
             "cmdline_not_covered",
             f"{where(e)}: command line not covered by its digest",
             e.pcr,
@@ -691,7 +691,7 @@ def _judge_cmdline(e: Event, text: str | None, policy: CompiledPolicy) -> Check:
     if refs:
         return Check(
             "kernel.cmdline",
-            "pass",
+            PASS,
             "ok",
             f"{where(e)}: exact match",
             e.pcr,
@@ -703,7 +703,7 @@ def _judge_cmdline(e: Event, text: str | None, policy: CompiledPolicy) -> Check:
         if pattern.fullmatch(text):
             return Check(
                 "kernel.cmdline",
-                "pass",
+                PASS,
                 "ok",
                 f"{where(e)}: matches {source}",
                 e.pcr,
@@ -715,7 +715,7 @@ def _judge_cmdline(e: Event, text: str | None, policy: CompiledPolicy) -> Check:
     expected = [*policy.cmdline_exact, *(src for _, src, _ in policy.cmdline_regex)]
     return Check(
         "kernel.cmdline",
-        "fail",
+        FAIL,
         "cmdline_not_approved",
         f"{where(e)}: kernel command line is not approved",
         e.pcr,

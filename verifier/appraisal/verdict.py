@@ -3,10 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from enum import StrEnum
+from typing import Any, NamedTuple
 
-CheckStatus = Literal["pass", "fail", "unknown"]
-VerdictStatus = Literal["trusted", "untrusted", "unknown"]
+
+class CheckStatus(StrEnum):
+    """One check's outcome. A StrEnum: stored and sent as its value ("pass", "fail", "unknown")."""
+
+    PASS = "pass"  # noqa: S105 (a check outcome, not a password)
+    FAIL = "fail"
+    UNKNOWN = "unknown"
+
+
+class VerdictStatus(StrEnum):
+    """What the checks add up to; the node's inventory state follows it."""
+
+    TRUSTED = "trusted"
+    UNTRUSTED = "untrusted"
+    UNKNOWN = "unknown"
+
+
+PASS, FAIL, UNKNOWN = CheckStatus.PASS, CheckStatus.FAIL, CheckStatus.UNKNOWN
 
 
 class Check(NamedTuple):
@@ -51,24 +68,24 @@ class Verdict:
 
     @classmethod
     def of(cls, checks: list[Check]) -> Verdict:
-        if any(c.status == "fail" for c in checks):
-            status: VerdictStatus = "untrusted"
-        elif not checks or any(c.status == "unknown" for c in checks):
-            status = "unknown"
+        if any(c.status is FAIL for c in checks):
+            status = VerdictStatus.UNTRUSTED
+        elif not checks or any(c.status is UNKNOWN for c in checks):
+            status = VerdictStatus.UNKNOWN
         else:
-            status = "trusted"
+            status = VerdictStatus.TRUSTED
         return cls(status, tuple(checks))
 
     @property
     def failures(self) -> tuple[Check, ...]:
-        return tuple(c for c in self.checks if c.status != "pass")
+        return tuple(c for c in self.checks if c.status is not PASS)
 
     @property
     def reason(self) -> str:
         """One line: the first failing (else unknown) check's message, or "all N checks passed"."""
-        for wanted in ("fail", "unknown"):
+        for wanted in (FAIL, UNKNOWN):
             for c in self.checks:
-                if c.status == wanted:
+                if c.status is wanted:
                     return f"{c.reason}: {c.message}"
         return f"all {len(self.checks)} checks passed"
 
