@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from assay.algorithms import HashAlg
-from assay.eventlog import VerifiedBootLog, assume_quoted_for_review, parse_event_log
+from assay.eventlog import BootLog, assume_quoted_for_review, parse_event_log
 from assay.events import EventType
 from golden.capture import capture
 from golden.model import BootApp, GoldenSet, digests
@@ -56,7 +56,7 @@ def _logs() -> list[Path]:
     )
 
 
-def _vlog(data: bytes) -> VerifiedBootLog:
+def _vlog(data: bytes) -> BootLog:
     log = parse_event_log(data)
     bank = HashAlg.SHA256 if HashAlg.SHA256 in log.banks else log.banks[0]
     return assume_quoted_for_review(log, bank)

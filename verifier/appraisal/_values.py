@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import functools
 
+from assay.bootfacts import BootFacts, authority_id, signature_ids, where
 from assay.errors import MalformedEvidence
-from assay.eventlog import Event, VerifiedBootLog
+from assay.eventlog import BootLog, Event
+from assay.pcclient import DEBUG_MODE
 
 from ._ledger import Ledger
-from .facts import DEBUG_MODE, BootFacts, authority_id, signature_ids, where
 from .policy import Approval, CompiledPolicy, Key, Refs
 from .verdict import FAIL, PASS, UNKNOWN, Check
 
@@ -49,7 +50,7 @@ def _judge_text(
     )  # fmt: skip
 
 
-def _digest_missing(vlog: VerifiedBootLog, e: Event, cid: str) -> Check:
+def _digest_missing(vlog: BootLog, e: Event, cid: str) -> Check:
     """An event without a digest in the appraised bank: nothing about it can be approved."""
     return Check(
         cid, FAIL, "digest_missing", f"{where(e)}: no {vlog.bank.bank} digest", e.pcr, e.index
@@ -57,7 +58,7 @@ def _digest_missing(vlog: VerifiedBootLog, e: Event, cid: str) -> Check:
 
 
 def _digest_check(
-    vlog: VerifiedBootLog,
+    vlog: BootLog,
     e: Event,
     table: dict[Key, Refs],
     cid: str,
@@ -70,7 +71,7 @@ def _digest_check(
 
 
 def _judge_digest(
-    vlog: VerifiedBootLog,
+    vlog: BootLog,
     e: Event,
     table: dict[Key, Refs],
     cid: str,
@@ -110,7 +111,7 @@ def _judge_digest(
 
 
 def check_firmware(
-    vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy, ledger: Ledger
+    vlog: BootLog, facts: BootFacts, policy: CompiledPolicy, ledger: Ledger
 ) -> list[Check]:
     out: list[Check] = []
     if policy.scrtm:
@@ -182,7 +183,7 @@ def check_firmware(
     return out
 
 
-def _blobs_present(vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy) -> list[Check]:
+def _blobs_present(vlog: BootLog, facts: BootFacts, policy: CompiledPolicy) -> list[Check]:
     """A set's firmware blobs are all measured in PCR0 (by digest) for at least one set."""
     measured = {
         (vlog.bank, d) for e in vlog.events if e.pcr == 0 for d in (e.digests.get(vlog.bank),)
@@ -391,7 +392,7 @@ def _authorities(facts: BootFacts, ledger: Ledger) -> None:
 
 
 def check_secure_boot(
-    vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy, ledger: Ledger
+    vlog: BootLog, facts: BootFacts, policy: CompiledPolicy, ledger: Ledger
 ) -> list[Check]:
     out = [_secure_boot_state(facts, policy, ledger)]
     if policy.pk is not None:
@@ -425,7 +426,7 @@ def check_secure_boot(
 
 
 def _app_check(
-    vlog: VerifiedBootLog, e: Event, policy: CompiledPolicy, cid: str
+    vlog: BootLog, e: Event, policy: CompiledPolicy, cid: str
 ) -> tuple[Check, Approval | None]:
     """The check of one boot application or driver (and its approval): a pure function of the
     policy and (bank, PCR, index, type, digest), so the policy keeps it for the next log."""
@@ -435,7 +436,7 @@ def _app_check(
 
 
 def _judge_app(
-    vlog: VerifiedBootLog, e: Event, policy: CompiledPolicy, cid: str
+    vlog: BootLog, e: Event, policy: CompiledPolicy, cid: str
 ) -> tuple[Check, Approval | None]:
     digest = e.digests.get(vlog.bank)
     if digest is None:
@@ -499,9 +500,7 @@ def _order_ok(roles: list[str], order: tuple[str, ...]) -> bool:
     return True
 
 
-def _app_events(
-    vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy, pcr: int
-) -> list[Event]:
+def _app_events(vlog: BootLog, facts: BootFacts, policy: CompiledPolicy, pcr: int) -> list[Event]:
     """PCR2/PCR4 events judged as boot applications: every one whose digest an (active or inactive)
     set knows as one, whatever its type, and every one whose type claims to be one."""
     hinted = {e.index for e in (facts.boot_apps if pcr == 4 else facts.drivers)}
@@ -513,7 +512,7 @@ def _app_events(
 
 
 def check_boot_apps(
-    vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy, ledger: Ledger
+    vlog: BootLog, facts: BootFacts, policy: CompiledPolicy, ledger: Ledger
 ) -> list[Check]:
     if not policy.apps_enabled:
         return []
@@ -571,7 +570,7 @@ def _order_check(roles: list[str], policy: CompiledPolicy) -> Check:
 
 
 def _moklists(
-    vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy, ledger: Ledger
+    vlog: BootLog, facts: BootFacts, policy: CompiledPolicy, ledger: Ledger
 ) -> list[Check]:
     """PCR14 by digest: each event an approved MokList value is accounted for; every pinned name
     must be among them (its "MokList" description is not covered and decides nothing)."""
@@ -616,7 +615,7 @@ def _approved_mok(e: Event, names: tuple[tuple[str, Refs], ...], digest: bytes) 
 
 
 def check_os(
-    vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy, ledger: Ledger
+    vlog: BootLog, facts: BootFacts, policy: CompiledPolicy, ledger: Ledger
 ) -> list[Check]:
     out: list[Check] = []
     if policy.cmdline_exact or policy.cmdline_regex:
