@@ -35,6 +35,7 @@ from .uefi.signatures import parse_signature_data, parse_signature_lists
 from .uefi.structures import parse_variable_data
 
 LINUX_INITRD_TAG = 0x8F3B22EC
+LINUX_LOAD_OPTIONS_TAG = 0x8F3B22ED
 SB_VARIABLES = ("SecureBoot", "PK", "KEK", "db", "dbx")
 # The UTF-16LE names the appraisal reads a value for, by length: a peek at a UEFI_VARIABLE_DATA's
 # name (offset 32) rules out most variables (Boot####, BootOrder, …) before anything is hashed.
@@ -118,6 +119,7 @@ class BootFacts:
     ebs_events: list[tuple[Event, bytes]] = field(default_factory=list)  # by digest
     cmdlines: list[tuple[Event, str | None]] = field(default_factory=list)
     initrds: list[Event] = field(default_factory=list)
+    load_options: list[Event] = field(default_factory=list)  # PCR9, the Linux EFI stub's
     pcr14: list[Event] = field(default_factory=list)
     workarounds: list[AppliedWorkaround] = field(default_factory=list)  # coverage ones, PCR0-7
 
@@ -148,6 +150,24 @@ class BootFacts:
         rank = {pcr: i for i, pcr in enumerate(dict.fromkeys(e.pcr for e in self.events))}
         found = [e for e in self.events if (e.pcr, e.event_type) in bad]
         return sorted(found, key=lambda e: rank[e.pcr])
+
+
+def load_options_forms(cmdline: str) -> tuple[bytes, ...]:
+    """The LoadOptions that carry ``cmdline`` to the Linux EFI stub, as each loader passes them (the
+    stub measures them into PCR9 as they are), established from real logs in the corpus:
+
+    - GRUB 2.12 (``kernel_cmdline: <text>`` logged in PCR8): UTF-16LE ``BOOT_IMAGE=<text>``, no NUL
+      (go-tpm-tools ubuntu-2404-amd-sevsnp);
+    - systemd-stub (a UKI's ``.cmdline``) and OVMF direct boot without an initrd: UTF-16LE text and
+      NUL (qemu-ovmf-debian12 uki-systemd-stub);
+    - OVMF direct boot (``qemu -kernel -initrd -append``): UTF-16LE text, `` initrd=initrd`` and NUL
+      (qemu-ovmf-debian12 direct-kernel-boot).
+    """
+    return (
+        ("BOOT_IMAGE=" + cmdline).encode("utf-16-le"),
+        (cmdline + "\x00").encode("utf-16-le"),
+        (cmdline + " initrd=initrd\x00").encode("utf-16-le"),
+    )
 
 
 def where(e: Event) -> str:
@@ -299,8 +319,10 @@ def _os_pcrs(vlog: BootLog, facts: BootFacts, e: Event) -> None:
         tag = int.from_bytes(e.data[:4], "little")
         if tag == LINUX_INITRD_TAG:
             facts.initrds.append(e)
-        # LINUX_LOAD_OPTIONS_TAG: the data is only a description; the digest is of the load
-        # options, which the log does not carry, so there is no command-line text to check.
+        elif tag == LINUX_LOAD_OPTIONS_TAG:
+            # The data is only a description; the digest is of the LoadOptions, which the log
+            # does not carry: the command line is known by digest (load_options_forms).
+            facts.load_options.append(e)
 
 
 def extract(vlog: BootLog) -> BootFacts:

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from types import MappingProxyType
 
 from assay.algorithms import HashAlg
-from assay.bootfacts import BootFacts, authority_id, extract, signature_ids
+from assay.bootfacts import BootFacts, authority_id, extract, load_options_forms, signature_ids
 from assay.errors import MalformedEvidence
 from assay.eventlog import BootLog, Event
 from assay.pcclient import ALLOWED_TYPES, EBS_INVOCATION, fixed_action_text, fixed_digests
@@ -153,6 +153,21 @@ def _approved_digests(gs: GoldenSet, bank: HashAlg) -> dict[int, set[bytes]]:
     return out
 
 
+def _cmdlines(vlog: BootLog, facts: BootFacts, allow_sha1: bool) -> tuple[CmdlineRule, ...]:
+    """Each command line logged as text, and each LoadOptions digest (PCR9) that none of those
+    texts explains: under direct kernel boot or a UKI that digest is the only evidence of the
+    command line, and recording it keeps any other command line from passing."""
+    texts = tuple(dict.fromkeys(t for _, t in facts.cmdlines if t is not None))
+    explained = {vlog.bank.hash(f) for t in texts for f in load_options_forms(t)}
+    rules = [CmdlineRule(exact=t) for t in texts]
+    for e in facts.load_options:
+        digest = e.digests.get(vlog.bank)
+        if digest is not None and digest not in explained:
+            explained.add(digest)
+            rules.append(CmdlineRule(load_options=_digests(e, allow_sha1)))
+    return tuple(rules)
+
+
 def _db_entries(facts: BootFacts) -> frozenset[str]:
     """Every entry of the measured db (none when one measurement is malformed)."""
     try:
@@ -184,6 +199,7 @@ def _judged(facts: BootFacts, gs: GoldenSet) -> set[int]:
     out.update(e.index for e, _ in facts.platform_states)
     if gs.cmdlines:
         out.update(e.index for e, _ in facts.cmdlines)
+        out.update(e.index for e in facts.load_options)
     if gs.shim.sbat_levels:
         out.update(e.index for e, _ in facts.sbat_levels)
     return out
@@ -211,10 +227,7 @@ def capture(vlog: BootLog, *, name: str, version: str, description: str = "") ->
         ),
         secure_boot=_secure_boot(facts),
         boot_apps=_apps(facts, allow_sha1),
-        cmdlines=tuple(
-            CmdlineRule(exact=t)
-            for t in dict.fromkeys(t for _, t in facts.cmdlines if t is not None)
-        ),
+        cmdlines=_cmdlines(vlog, facts, allow_sha1),
         initrds=_unique(
             Measured(f"PCR{e.pcr} event {e.index}", _digests(e, allow_sha1)) for e in facts.initrds
         ),

@@ -3,7 +3,7 @@
 Layout: an unsigned CoRIM (tag 501) whose one CoMID (tag 506) holds one reference-value triple for
 the environment ``{vendor: "assay", model: <set name>}``. Each reference value is a measurement map
 whose ``mkey`` says what it is (``boot_app/shim``, ``firmware_blob``, ``initrd``, ``moklist``,
-``scrtm_version``, ``cmdline/exact``, ``measurement/<pcr>`` for another approved digest in that
+``scrtm_version``, ``cmdline/exact`` (``/regex``, ``/load_options``), ``measurement/<pcr>`` for another approved digest in that
 PCR …, or the PCR number for a pinned PCR), whose ``name`` (11) is
 the label or text, and whose ``digests`` (2) are ``[alg, value]`` pairs. Digest algorithms use the
 IANA Named Information registry: sha-256 = 1, sha-384 = 7, sha-512 = 8. SHA-1 is not in that
@@ -63,6 +63,13 @@ def _mm(
     return {0: key, 1: mval}
 
 
+def _cmdline_mm(rule: dict[str, Any]) -> dict[int, Any]:
+    kind, value = next(iter(rule.items()))
+    if kind == "load_options":  # digests of the measured LoadOptions, no text
+        return _mm("cmdline/load_options", None, value)
+    return _mm(f"cmdline/{kind}", value)
+
+
 def _measurements(plain: dict[str, Any]) -> list[dict[int, Any]]:
     fw, shim = plain.pop("firmware"), plain.pop("shim")
     out = [_mm(f"boot_app/{a['role']}", a["label"], a) for a in plain.pop("boot_apps")]
@@ -72,7 +79,7 @@ def _measurements(plain: dict[str, Any]) -> list[dict[int, Any]]:
     out += [_mm("initrd", m["label"], m) for m in plain.pop("initrds")]
     out += [_mm(kind, m["label"], m) for kind in ("moklist", "moklistx") for m in shim[kind]]
     out += [_mm("sbat_level", v) for v in shim["sbat_levels"]]
-    out += [_mm(f"cmdline/{next(iter(c))}", next(iter(c.values()))) for c in plain.pop("cmdlines")]
+    out += [_cmdline_mm(c) for c in plain.pop("cmdlines")]
     out += [
         _mm(f"measurement/{pcr}", m["label"], m)
         for pcr, items in plain.pop("measurements").items()
@@ -156,6 +163,8 @@ def _apply(plain: dict[str, Any], mm: Any, source: str, i: int) -> None:
         shim["sbat_levels"].append(name)
     elif key in ("cmdline/exact", "cmdline/regex"):
         plain["cmdlines"].append({key.split("/", 1)[1]: name})
+    elif key == "cmdline/load_options":
+        plain["cmdlines"].append({"load_options": digests})
     elif isinstance(key, str) and key.startswith("measurement/") and key[12:].isdigit():
         plain["measurements"].setdefault(int(key[12:]), []).append({"label": name, **digests})
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 
-from assay.bootfacts import BootFacts, authority_id, signature_ids, where
+from assay.bootfacts import BootFacts, authority_id, load_options_forms, signature_ids, where
 from assay.errors import MalformedEvidence
 from assay.eventlog import BootLog, Event
 from assay.pcclient import DEBUG_MODE
@@ -618,20 +618,8 @@ def check_os(
     vlog: BootLog, facts: BootFacts, policy: CompiledPolicy, ledger: Ledger
 ) -> list[Check]:
     out: list[Check] = []
-    if policy.cmdline_exact or policy.cmdline_regex:
-        if not facts.cmdlines:
-            out.append(
-                Check(
-                    "kernel.cmdline",
-                    FAIL,
-                    "cmdline_not_measured",
-                    "no kernel command line was measured",
-                    8,
-                )
-            )
-        for e, text in facts.cmdlines:
-            ledger.take(e)
-            out.append(_cmdline(e, text, policy))
+    if policy.cmdline_exact or policy.cmdline_regex or policy.cmdline_load_options:
+        out += _cmdlines(vlog, facts, policy, ledger)
     if policy.initrds:
         if not facts.initrds:
             out.append(
@@ -669,6 +657,61 @@ def check_os(
                 )
             )
     return out
+
+
+def _cmdlines(
+    vlog: BootLog, facts: BootFacts, policy: CompiledPolicy, ledger: Ledger
+) -> list[Check]:
+    """Every command line measured: the text GRUB or systemd-boot logs in PCR8/PCR12, and the
+    LoadOptions the Linux EFI stub measures into PCR9 (by digest only: see ``_load_options``)."""
+    if not facts.cmdlines and not facts.load_options:
+        return [
+            Check(
+                "kernel.cmdline", FAIL, "cmdline_not_measured",
+                "no kernel command line was measured", 8,
+            )
+        ]  # fmt: skip
+    out: list[Check] = []
+    passed: list[str] = []
+    for e, text in facts.cmdlines:
+        ledger.take(e)
+        check = _cmdline(e, text, policy)
+        out.append(check)
+        if check.status is PASS and text is not None:
+            passed.append(text)
+    for e in facts.load_options:
+        ledger.take(e)
+        out.append(_load_options(vlog, e, policy, passed))
+    return out
+
+
+def _load_options(vlog: BootLog, e: Event, policy: CompiledPolicy, passed: list[str]) -> Check:
+    """PCR9 LoadOptions: its digest must be an approved command line in one of the forms loaders
+    pass it (``load_options_forms``), or a command line of this log that passed (GRUB logs the
+    text it hands over, so a regex rule can vouch for it), or digests a set approves as such."""
+    digest = e.digests.get(vlog.bank)
+    if digest is None:
+        return _digest_missing(vlog, e, "kernel.cmdline")
+    known = policy.load_options(vlog.bank).get(digest)
+    if known is None:
+        for text in passed:
+            if digest in {vlog.bank.hash(f) for f in load_options_forms(text)}:
+                known = (repr(text), ())
+                break
+    if known is not None:
+        what, refs = known
+        return Check(
+            "kernel.cmdline", PASS, "ok", f"{where(e)}: LoadOptions carry {what}", e.pcr, e.index,
+            got=digest.hex(), golden=_refs(refs) or None,
+        )  # fmt: skip
+    return Check(
+        "kernel.cmdline", FAIL, "cmdline_not_approved",
+        f"{where(e)}: the LoadOptions digest {digest.hex()[:16]}… is no approved command line "
+        "(in the forms GRUB 2.12, systemd-stub and OVMF direct boot pass it)", e.pcr, e.index,
+        got=digest.hex(),
+        expected=" | ".join([*policy.cmdline_exact, *(s for _, s, _ in policy.cmdline_regex)])[:500]
+        or "approved LoadOptions digests",
+    )  # fmt: skip
 
 
 def _cmdline(e: Event, text: str | None, policy: CompiledPolicy) -> Check:

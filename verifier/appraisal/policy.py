@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from assay.algorithms import HashAlg
+from assay.bootfacts import load_options_forms
 from assay.pcclient import AFTER_SEPARATOR, ALLOWED_TYPES, fixed_digests
 from golden.model import GoldenSet, Role
 
@@ -63,6 +64,7 @@ class CompiledPolicy:
     dma_ok: Refs
     cmdline_exact: dict[str, Refs]
     cmdline_regex: tuple[tuple[re.Pattern[str], str, str], ...]  # (compiled, source, ref)
+    cmdline_load_options: dict[Key, Refs]  # LoadOptions digests a set approves as such
     initrds: dict[Key, Refs]
     moklist: dict[str, dict[Key, Refs]]
     sbat_levels: dict[str, Refs]
@@ -132,6 +134,22 @@ class CompiledPolicy:
                 self._remembered.clear()
             self._remembered[key] = got
         return got  # type: ignore[return-value]
+
+    def load_options(self, bank: HashAlg) -> dict[bytes, tuple[str, Refs]]:
+        """LoadOptions digest in ``bank`` → (the command line it carries, the sets approving it):
+        every exact command line in each loader's form (``load_options_forms``), and the
+        digests sets approve as such (no text: "approved LoadOptions")."""
+        return self.remember(("load_options", bank), lambda: self._load_options(bank))
+
+    def _load_options(self, bank: HashAlg) -> dict[bytes, tuple[str, Refs]]:
+        out: dict[bytes, tuple[str, Refs]] = {}
+        for text, refs in self.cmdline_exact.items():
+            for form in load_options_forms(text):
+                out.setdefault(bank.hash(form), (repr(text), refs))
+        for (alg, digest), refs in self.cmdline_load_options.items():
+            if alg is bank:
+                out.setdefault(digest, ("approved LoadOptions", refs))
+        return out
 
     def app_digests(self, bank: HashAlg) -> frozenset[bytes]:
         """Digests in ``bank`` of every boot application a set knows, in force or not."""
@@ -219,6 +237,7 @@ def _value_tables(live: Sequence[GoldenSet]) -> dict[str, object]:
     pins: dict[int, dict[Key, Refs]] = {}
     exact: dict[str, Refs] = {}
     regex: list[tuple[re.Pattern[str], str, str]] = []
+    load_options: dict[Key, Refs] = {}
     initrds: dict[Key, Refs] = {}
     mok: dict[str, dict[Key, Refs]] = {}
     sbat: dict[str, Refs] = {}
@@ -234,6 +253,8 @@ def _value_tables(live: Sequence[GoldenSet]) -> dict[str, object]:
                 _add_text(exact, g.ref, rule.exact)
             elif rule.regex is not None:
                 regex.append((re.compile(rule.regex), rule.regex, g.ref))
+            else:
+                _add(load_options, g.ref, rule.load_options)
         for m in g.initrds:
             _add(initrds, g.ref, m.digests)
         for name, items in (("MokList", g.shim.moklist), ("MokListX", g.shim.moklistx)):
@@ -247,6 +268,7 @@ def _value_tables(live: Sequence[GoldenSet]) -> dict[str, object]:
         "pcr_pins": pins,
         "cmdline_exact": exact,
         "cmdline_regex": tuple(regex),
+        "cmdline_load_options": load_options,
         "initrds": initrds,
         "moklist": mok,
         "sbat_levels": sbat,
@@ -274,6 +296,8 @@ def _approved(
             add((0,), g.ref, m.label, m.digests)
         for m in g.initrds:
             add((9,), g.ref, f"initrd {m.label}", m.digests)
+        for rule in g.cmdlines:
+            add((9,), g.ref, "kernel LoadOptions", rule.load_options)
         for name, items in (("MokList", g.shim.moklist), ("MokListX", g.shim.moklistx)):
             for m in items:
                 add((14,), g.ref, f"{name} {m.label}", m.digests)
