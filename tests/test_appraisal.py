@@ -181,7 +181,7 @@ def test_revoking_the_set_that_approved_the_kernel_gives_the_reason() -> None:
     revoked = old.with_status("revoked", "CVE-2026-4242: kernel privilege escalation")
     verdict = _appraise(data, [base, revoked])
     assert verdict.status == "untrusted"
-    failed = _failed(verdict)["boot_app_revoked"]
+    failed = _failed(verdict)["golden_revoked"]
     assert len(failed) == 2  # the kernel is measured twice
     assert all(
         "CVE-2026-4242" in str(c["message"]) and c["golden"] == "kernel@6.1.0-56" for c in failed

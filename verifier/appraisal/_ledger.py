@@ -82,7 +82,10 @@ def _content_approved(vlog: BootLog, e: Event, policy: CompiledPolicy) -> bool:
     return fixed_action_text(vlog, e)
 
 
-def _unaccounted(e: Event, digest: bytes, policy: CompiledPolicy) -> Check:
+def _unaccounted(e: Event, bank: HashAlg, digest: bytes, policy: CompiledPolicy) -> Check:
+    revoked = policy.revoked.get((e.pcr, bank, digest))
+    if revoked:
+        return _revoked(e, digest, revoked, policy)
     cid, reason = ("events.accounted", "event_not_accounted")
     if e.pcr == 14 and policy.moklist:
         cid, reason = ("shim.moklist", "moklist_not_approved")
@@ -98,6 +101,29 @@ def _unaccounted(e: Event, digest: bytes, policy: CompiledPolicy) -> Check:
         e.index,
         got=digest.hex(),
         expected=f"a digest approved for PCR{e.pcr} or fixed by the PC Client profile",
+    )
+
+
+def _revoked(
+    e: Event, digest: bytes, by: tuple[tuple[str, str], ...], policy: CompiledPolicy
+) -> Check:
+    """A digest only revoked sets approve: the node booted a component of a revoked version."""
+    why = {ref: reason for ref, _, reason in policy.not_in_force}
+    sets = "; ".join(
+        dict.fromkeys(
+            f"{ref} ({label}), revoked: {why.get(ref) or 'no reason given'}" for ref, label in by
+        )
+    )
+    return Check(
+        "events.accounted",
+        FAIL,
+        "golden_revoked",
+        f"PCR{e.pcr} event {e.index} ({event_type_name(e.event_type)}): digest "
+        f"{digest.hex()[:16]}… is approved only by {sets}",
+        e.pcr,
+        e.index,
+        got=digest.hex(),
+        golden=", ".join(dict.fromkeys(ref for ref, _ in by)),
     )
 
 
@@ -176,7 +202,7 @@ def check_closed_world(
                 )
             )
         else:
-            out.append(_unaccounted(e, digest, policy))
+            out.append(_unaccounted(e, bank, digest, policy))
     if not any(c.status == FAIL for c in out):
         out.append(_all_accounted(relied))
     return out

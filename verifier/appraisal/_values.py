@@ -467,7 +467,7 @@ def _judge_app(
         return Check(
             cid,
             FAIL,
-            f"boot_app_{a.status}",
+            "golden_revoked" if a.status == "revoked" else f"boot_app_{a.status}",
             f"{where(e)}: {a.label} is approved only by sets no longer in force: {approvers}",
             e.pcr,
             e.index,

@@ -71,6 +71,7 @@ class CompiledPolicy:
     require_ebs_by: Refs
     relied_pcrs: frozenset[int]
     approved: dict[tuple[int, HashAlg, bytes], tuple[tuple[str, str], ...]]  # → ((ref, label), …)
+    revoked: dict[tuple[int, HashAlg, bytes], tuple[tuple[str, str], ...]]  # same, revoked sets
     blob_sets: tuple[tuple[str, tuple[Key, ...]], ...]  # (ref, its blobs' digests)
     denied_workarounds: dict[str, Refs]
     _by_bank: dict[HashAlg, dict[int, frozenset[bytes]]] = field(
@@ -347,6 +348,7 @@ def compile_golden(sets: Sequence[GoldenSet], *, now: dt.datetime | None = None)
         require_ebs_by=tuple(g.ref for g in live if g.require_exit_boot_services),
         relied_pcrs=frozenset(p for g in live for p in g.relied_pcrs()),
         approved=_approved(live),
+        revoked=_approved([g for g in sets if g.status == "revoked"]),
         blob_sets=tuple(
             (g.ref, tuple((alg, v) for m in g.firmware.blobs for alg, v in m.digests.items()))
             for g in live
