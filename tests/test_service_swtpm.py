@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 
 from agent import swtpm
 from agent.bootsim import simulate_boot
-from agent.evidence import Evidence as AgentEvidence
+from agent.evidence import encode_bundle, evidence_from_quote
 from agent.tpm import AkBlobs, Tpm
 from assay.algorithms import HashAlg
 from assay.tpm2 import ObjectAttributes, marshal_public, public_from_key
@@ -200,8 +200,9 @@ def attest(
     known = ch.json["known_event_log_sha256"]
     with Tpm((quote_node or node).tcti) as tpm:
         q = tpm.quote(ak, nonce, {HashAlg.SHA256: PCRS})
-    body = AgentEvidence(name, q, log).to_cbor(
-        known_event_log_sha256=bytes.fromhex(known) if known else None
+    body = encode_bundle(
+        evidence_from_quote(name, q, log),
+        known_event_log_sha256=bytes.fromhex(known) if known else None,
     )
     return s.client.post(
         f"/v1/nodes/{name}/evidence", data=body, headers={"Content-Type": "application/cbor"}

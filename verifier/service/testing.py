@@ -25,7 +25,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import cbor2
 import requests
 import yaml
 from cryptography.hazmat.primitives import hashes
@@ -34,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from assay.algorithms import HashAlg
 from assay.eventlog import parse_event_log, replay
+from assay.evidence import encode_evidence, evidence_with_log
 from assay.tpm2 import (
     Alg,
     ClockInfo,
@@ -174,19 +174,16 @@ class FakeAgentForLoad:
         sig = Signature(
             Alg.ECDSA, HashAlg.SHA256, b"", r.to_bytes(32, "big"), s.to_bytes(32, "big")
         )
-        bundle: dict[str, Any] = {
-            "v": 1,
-            "node": self.name,
-            "agent_version": "fake-load/0",
-            "nonce": nonce,
-            "attest": attest,
-            "signature": marshal_signature(sig),
-            "pcrs": {self.bank.bank: values},
-            "event_log_sha256": self.log_sha256,
-        }
-        if send_log:
-            bundle["event_log"] = self.log
-        return bytes(cbor2.dumps(bundle))
+        ev = evidence_with_log(
+            node=self.name,
+            agent_version="fake-load/0",
+            nonce=nonce,
+            attest=attest,
+            signature=marshal_signature(sig),
+            pcrs={self.bank: values},
+            event_log=self.log,
+        )
+        return encode_evidence(ev if send_log else ev.without_known_log(self.log_sha256))
 
     def attest(self, session: requests.Session, url: str) -> dict[str, Any]:
         """One challenge → evidence round trip over HTTP; returns the verdict JSON."""
