@@ -24,6 +24,7 @@ import cbor2
 import yaml
 
 from assay.algorithms import HashAlg
+from assay.cbor import loads_strict
 
 from .model import GoldenSet, utc
 from .yamlfmt import GoldenFormatError, load_yaml, to_plain
@@ -172,7 +173,9 @@ def _apply(plain: dict[str, Any], mm: Any, source: str, i: int) -> None:
 
 
 def _thaw(value: Any) -> Any:
-    """Plain dicts and lists (cbor2 may hand back frozendicts) for the YAML schema to check."""
+    """Plain dicts and lists for the YAML schema to check; a tag left in them is refused."""
+    if isinstance(value, cbor2.CBORTag):  # strict CBOR hands tags back uninterpreted
+        raise ValueError(f"unexpected tag {value.tag}")
     if isinstance(value, Mapping):
         return {k: _thaw(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -180,12 +183,17 @@ def _thaw(value: Any) -> Any:
     return value
 
 
+def _loads(data: bytes) -> Any:
+    """Strict CBOR (assay.cbor): tags returned uninterpreted, never a bignum, date or regex."""
+    return loads_strict(data, max_items=1 << 20, max_depth=16, tags=True)
+
+
 def import_corim(data: bytes, source: str = "<corim>") -> GoldenSet:
     """Read a CoRIM written by :func:`export_corim`; anything malformed is a GoldenFormatError."""
     if len(data) > MAX_CORIM_BYTES:
         raise _fail(source, f"larger than {MAX_CORIM_BYTES} bytes")
     try:
-        top = cbor2.loads(data)
+        top = _loads(data)
         tag = _expect(top, cbor2.CBORTag, "top level", source)
         if tag.tag != TAG_CORIM:
             raise _fail(source, f"expected tag {TAG_CORIM} (unsigned CoRIM), got tag {tag.tag}")
@@ -200,7 +208,7 @@ def import_corim(data: bytes, source: str = "<corim>") -> GoldenSet:
             if inner.tag != TAG_COMID:
                 raise _fail(source, f"expected CoMID tag {TAG_COMID}, got {inner.tag}")
             comid = _expect(
-                cbor2.loads(_expect(inner.value, bytes, "CoMID", source)), Mapping, "CoMID", source
+                _loads(_expect(inner.value, bytes, "CoMID", source)), Mapping, "CoMID", source
             )
             triples = _expect(
                 _expect(comid.get(4), Mapping, "triples", source).get(0),
@@ -213,6 +221,7 @@ def import_corim(data: bytes, source: str = "<corim>") -> GoldenSet:
                     raise _fail(source, "a reference triple must be [environment, measurements]")
                 for i, mm in enumerate(_expect(triple[1], (list, tuple), "measurements", source)):
                     _apply(plain, mm, source, i)
+        plain = _thaw(plain)  # values taken from the CoMID too
     except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError) as exc:
         raise _fail(source, f"not valid CBOR: {exc}") from None
     return load_yaml(yaml.safe_dump(plain, sort_keys=False), source)
