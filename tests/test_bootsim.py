@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from agent import swtpm
-from agent.bootsim import main as bootsim_main
-from agent.bootsim import simulate_boot
 from agent.tpm import AkBlobs, Tpm
 from assay.algorithms import HashAlg
 from assay.errors import ConfigurationError, VerificationFailed
 from assay.eventlog import VerifiedBootLog, parse_event_log, replay, verify_log
 from assay.tpm2 import VerifiedQuote, parse_public, verify_quote
+from testkit import swtpm
+from testkit.bootsim import main as bootsim_main
+from testkit.bootsim import simulate_boot
 
 pytestmark = pytest.mark.swtpm
 
@@ -175,7 +175,7 @@ def test_boot_sim_cli_writes_the_log_and_reports_the_banks(
 
 
 def test_boot_sim_rejects_bad_tamper_options() -> None:
-    from agent.bootsim import parse_extra_extend, parse_replacement
+    from testkit.bootsim import parse_extra_extend, parse_replacement
 
     with pytest.raises(ConfigurationError, match="PCR 17"):
         parse_extra_extend("17:00")

@@ -19,8 +19,6 @@ from pathlib import Path
 import pytest
 import requests
 
-from agent import swtpm
-from agent.bootsim import simulate_boot
 from agent.client import VerifierClient
 from agent.config import AgentConfig
 from agent.errors import VerifierRefused
@@ -31,8 +29,10 @@ from assay.algorithms import HashAlg
 from assay.eventlog import assume_quoted_for_review, parse_event_log
 from golden.capture import capture
 from golden.yamlfmt import dump_yaml
+from testkit import swtpm
+from testkit.bootsim import simulate_boot
+from testkit.service import run_server
 from verifier.service import ServiceConfig
-from verifier.service.testing import run_server
 from verifier.store import Store, upgrade
 
 from .conftest import CORPUS

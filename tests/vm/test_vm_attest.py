@@ -28,9 +28,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from agent import swtpm as agent_swtpm
 from agent.errors import VerifierRefused
 from assay.eventlog import parse_event_log
+from testkit import swtpm as agent_swtpm
 
 from .attest import Verifier, VmAgent, failing_reasons, failures, golden_cli, running_verifier
 from .fleet import Fleet

@@ -1,4 +1,4 @@
-"""Helpers for tests, benchmarks and the demo: a real server on a free port, a load generator.
+"""Scaffolding for tests, benchmarks and the demo: a real server on a free port, a load generator.
 
 ``run_server(config)`` starts ``python -m verifier serve`` (gunicorn) on a free port, waits until
 it answers, yields its URL and stops it (by its own pid) afterwards.
@@ -44,10 +44,9 @@ from assay.tpm2 import (
     marshal_signature,
     public_from_key,
 )
+from verifier.service.config import ServiceConfig
 from verifier.store import Store, repo
 from verifier.store.models import Node
-
-from .config import ServiceConfig
 
 AK_ATTRIBUTES = (
     ObjectAttributes.FIXED_TPM
@@ -82,7 +81,7 @@ def run_server(config: ServiceConfig, *, timeout: float = 30.0) -> Iterator[str]
         cfg = config_file(config, Path(tmp) / "verifier.yaml")
         proc = subprocess.Popen(
             [sys.executable, "-m", "verifier", "serve", "--config", str(cfg)],
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
         )
         url = f"{scheme}://127.0.0.1:{port}"
         try:
@@ -222,9 +221,8 @@ def bench_service(
     from assay.eventlog import assume_quoted_for_review
     from golden.capture import capture
     from golden.yamlfmt import dump_yaml
-
-    from . import golden_ops
-    from .context import Services
+    from verifier.service import golden_ops
+    from verifier.service.context import Services
 
     config = ServiceConfig(database=database, workers=workers)
     store = Store(database)
