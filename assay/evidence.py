@@ -131,7 +131,7 @@ def encode_evidence(ev: Evidence, *, canonical: bool = False) -> bytes:
 # --- decoding ---------------------------------------------------------------------------------
 
 
-def show(value: Any) -> str:
+def _show(value: Any) -> str:
     """A short, safe description of an untrusted value for a message (never a huge repr)."""
     if type(value) is int and -(2**64) <= value < 2**64:
         return str(value)
@@ -174,7 +174,7 @@ def _bank(bank: Any, seen: Mapping[HashAlg, object]) -> HashAlg:
     except ValueError:
         alg = None
     if alg is None or alg in seen:
-        raise _fail(f"'pcrs': unknown or repeated bank {show(bank)}")
+        raise _fail(f"'pcrs': unknown or repeated bank {_show(bank)}")
     return alg
 
 
@@ -189,7 +189,7 @@ def _pcrs(value: Any) -> dict[HashAlg, dict[int, bytes]]:
         bank_values: dict[int, bytes] = {}
         for pcr, digest in values.items():
             if type(pcr) is not int or not 0 <= pcr <= MAX_PCR:
-                raise _fail(f"'pcrs'.{alg.bank}: bad PCR index {show(pcr)}")
+                raise _fail(f"'pcrs'.{alg.bank}: bad PCR index {_show(pcr)}")
             if not isinstance(digest, bytes) or len(digest) != alg.digest_size:
                 raise _fail(f"'pcrs'.{alg.bank}[{pcr}] must be {alg.digest_size} bytes")
             bank_values[pcr] = digest
@@ -208,7 +208,7 @@ def decode_evidence(data: bytes, caps: EvidenceCaps = DEFAULT_CAPS) -> Evidence:
     if not isinstance(doc, dict):
         raise _fail("not a CBOR map")
     if type(doc.get("v")) is not int or doc["v"] != VERSION:  # True == 1 in Python
-        raise _fail(f"unsupported version {show(doc.get('v'))} (want {VERSION})")
+        raise _fail(f"unsupported version {_show(doc.get('v'))} (want {VERSION})")
     digest = _bytes(doc, "event_log_sha256", 32)
     if len(digest) != 32:
         raise _fail("'event_log_sha256' must be 32 bytes")
