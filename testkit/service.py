@@ -27,35 +27,16 @@ from typing import Any
 
 import requests
 import yaml
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from assay.algorithms import HashAlg
 from assay.eventlog import parse_event_log, replay
 from assay.evidence import encode_evidence, evidence_with_log
-from assay.tpm2 import (
-    Alg,
-    ClockInfo,
-    ObjectAttributes,
-    Scheme,
-    Signature,
-    marshal_quote_attest,
-    marshal_signature,
-    public_from_key,
-)
+from assay.tpm2 import ClockInfo
 from verifier.service.config import ServiceConfig
 from verifier.store import Store, repo
 from verifier.store.models import Node
 
-AK_ATTRIBUTES = (
-    ObjectAttributes.FIXED_TPM
-    | ObjectAttributes.FIXED_PARENT
-    | ObjectAttributes.SENSITIVE_DATA_ORIGIN
-    | ObjectAttributes.USER_WITH_AUTH
-    | ObjectAttributes.RESTRICTED
-    | ObjectAttributes.SIGN_ENCRYPT
-)
+from .quotes import SoftwareAk
 
 
 def free_port() -> int:
@@ -131,12 +112,8 @@ class FakeAgentForLoad:
         self.bank = bank
         self.labels = dict(labels or {})
         self.reset_count = reset_count
-        self._key = ec.generate_private_key(ec.SECP256R1())
-        self.ak = public_from_key(
-            self._key.public_key(),
-            attributes=AK_ATTRIBUTES,
-            scheme=Scheme(Alg.ECDSA, HashAlg.SHA256),
-        )
+        self._ak = SoftwareAk()
+        self.ak = self._ak.public
         replayed = replay(parse_event_log(log)).pcrs[bank]
         zero = bytes(bank.digest_size)
         self.pcr_values = {p: replayed.get(p, zero) for p in pcrs}
@@ -164,21 +141,15 @@ class FakeAgentForLoad:
         if self.extra_extend is not None:
             pcr = max(values)
             values[pcr] = self.bank.hash(values[pcr] + self.extra_extend)
-        selection = {self.bank: sorted(values)}
-        digest = HashAlg.SHA256.hash(b"".join(values[p] for p in sorted(values)))
-        attest = marshal_quote_attest(
-            selection, digest, nonce, clock_info=ClockInfo(1000, self.reset_count, 0, True)
-        )
-        r, s = decode_dss_signature(self._key.sign(attest, ec.ECDSA(hashes.SHA256())))
-        sig = Signature(
-            Alg.ECDSA, HashAlg.SHA256, b"", r.to_bytes(32, "big"), s.to_bytes(32, "big")
+        attest, sig = self._ak.quote(
+            {self.bank: values}, nonce, clock_info=ClockInfo(1000, self.reset_count, 0, True)
         )
         ev = evidence_with_log(
             node=self.name,
             agent_version="fake-load/0",
             nonce=nonce,
             attest=attest,
-            signature=marshal_signature(sig),
+            signature=sig,
             pcrs={self.bank: values},
             event_log=self.log,
         )

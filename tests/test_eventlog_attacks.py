@@ -10,6 +10,7 @@ from assay.algorithms import HashAlg
 from assay.errors import MalformedEvidence, VerificationFailed
 from assay.eventlog import MAX_LOG_SIZE, parse_event_log, replay, verify_log
 from assay.tpm2 import VerifiedQuote
+from testkit.quotes import quote_of
 
 from .logbuilder import (
     EV_EFI_ACTION,
@@ -19,7 +20,6 @@ from .logbuilder import (
     simple_log,
     spec_id,
 )
-from .quoting import quote_of
 
 GOOD = simple_log()
 

@@ -16,9 +16,9 @@ from assay.eventlog import (
     replay,
     verify_log,
 )
+from testkit.quotes import quote_of
 
 from .conftest import CORPUS, load_manifest
-from .quoting import quote_of
 
 MANIFEST = load_manifest()
 LOG_ROWS = [r for r in MANIFEST if r["category"] in ("real", "edge", "crafted-snippet")]

@@ -20,9 +20,9 @@ from assay.eventlog import assume_quoted_for_review, parse_event_log
 from assay.events import EventType as T
 from golden.capture import capture
 from golden.model import GoldenSet
+from testkit.quotes import quote_of
 from verifier.appraisal import Check, Verdict, appraise, compile_golden
 
-from ..quoting import quote_of
 from . import forge
 from .forge import SB_LOG, insert_before, record, remove, replace, variable
 

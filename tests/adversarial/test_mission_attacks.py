@@ -16,9 +16,9 @@ from assay.errors import MalformedEvidence
 from assay.eventlog import assume_quoted_for_review, parse_event_log, replay, verify_log
 from assay.events import EventType as T
 from golden.capture import capture
+from testkit.quotes import quote_of
 from verifier.appraisal import appraise, compile_golden
 
-from ..quoting import quote_of
 from .forge import SB_LOG, record, replace, variable
 
 NOW = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)

@@ -26,10 +26,10 @@ from golden.capture import capture
 from golden.corim import export_corim, import_corim
 from golden.model import GoldenSet
 from golden.yamlfmt import GoldenFormatError, dump_yaml, load_yaml
+from testkit.quotes import quote_of
 from verifier.appraisal import Verdict, appraise, compile_golden
 
 from ..conftest import CORPUS
-from ..quoting import quote_of
 from .forge import SB_LOG, remove
 
 NOW = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
