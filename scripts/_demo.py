@@ -173,7 +173,7 @@ class Demo:
             self.boots.close()
         for d in self.swtpm_dirs:
             subprocess.run(
-                [PY, "-m", "agent.swtpm", "stop", "--dir", str(d)],
+                [PY, "-m", "testkit.swtpm", "stop", "--dir", str(d)],
                 cwd=ROOT,
                 capture_output=True,
                 timeout=30,
@@ -215,7 +215,7 @@ def build_images(demo: Demo) -> None:
 
 
 def start_boots(demo: Demo) -> None:
-    from agent import swtpm
+    from testkit import swtpm
 
     swtpm.init_ca(demo.work / "ca")
     nodes = {
@@ -231,23 +231,23 @@ def start_boots(demo: Demo) -> None:
 
 
 def boot_recorded(demo: Demo) -> None:
-    from agent import swtpm
+    from testkit import swtpm
 
     for node in RECORDED:
         directory = demo.work / node.dir
         demo.run(
-            "agent.swtpm", "provision", "--dir", str(directory),
+            "testkit.swtpm", "provision", "--dir", str(directory),
             "--ca-dir", str(demo.work / "ca"), capture=True,
         )  # fmt: skip
         port = swtpm.free_port_pair()
         demo.run(
-            "agent.swtpm", "start", "--dir", str(directory), "--port", str(port), "--no-startup",
+            "testkit.swtpm", "start", "--dir", str(directory), "--port", str(port), "--no-startup",
             capture=True,
         )  # fmt: skip
         demo.swtpm_dirs.append(directory)
         demo.tcti[node.name] = f"swtpm:host=127.0.0.1,port={port}"
         demo.run(
-            "agent.bootsim", str(node.log), "--tcti", demo.tcti[node.name],
+            "testkit.bootsim", str(node.log), "--tcti", demo.tcti[node.name],
             "--out", str(directory / "binary_bios_measurements"), capture=True,
         )  # fmt: skip
         demo.record("node_booted", node=node.name, log=node.log.name)
@@ -255,7 +255,7 @@ def boot_recorded(demo: Demo) -> None:
 
 
 def start_verifier(demo: Demo) -> None:
-    from agent import swtpm
+    from testkit import swtpm
 
     vendor = demo.work / "ek-vendor-ca"
     swtpm.export_ca(demo.work / "ca", vendor)  # the CA exists once the first TPM is made

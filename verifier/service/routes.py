@@ -15,6 +15,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
+from assay.evidence import Evidence, encode_evidence
 from verifier.store import repo
 from verifier.store.models import Attestation, Node
 
@@ -34,7 +35,6 @@ from ._http import (
 from .auth import ADMIN, ENROLL, READ_INVENTORY, REVIEW, actor, current_caller, require
 from .context import services
 from .errors import ApiError, bad_request, not_found
-from .evidence import Evidence, encode_evidence
 
 enrollment_bp = Blueprint("enrollment", __name__, url_prefix="/v1")
 attestation_bp = Blueprint("attestation", __name__, url_prefix="/v1")
@@ -209,7 +209,7 @@ def attestation_evidence(att_id: str) -> Response:
             event_log=log,
             ima_log=None,
         )
-    return Response(encode_evidence(ev), mimetype="application/cbor")
+    return Response(encode_evidence(ev, canonical=True), mimetype="application/cbor")
 
 
 def _attestation(db: Any, att_id: str) -> tuple[Attestation, Node]:

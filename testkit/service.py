@@ -1,4 +1,4 @@
-"""Helpers for tests, benchmarks and the demo: a real server on a free port, a load generator.
+"""Scaffolding for tests, benchmarks and the demo: a real server on a free port, a load generator.
 
 ``run_server(config)`` starts ``python -m verifier serve`` (gunicorn) on a free port, waits until
 it answers, yields its URL and stops it (by its own pid) afterwards.
@@ -25,7 +25,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import cbor2
 import requests
 import yaml
 from cryptography.hazmat.primitives import hashes
@@ -34,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from assay.algorithms import HashAlg
 from assay.eventlog import parse_event_log, replay
+from assay.evidence import encode_evidence, evidence_with_log
 from assay.tpm2 import (
     Alg,
     ClockInfo,
@@ -44,10 +44,9 @@ from assay.tpm2 import (
     marshal_signature,
     public_from_key,
 )
+from verifier.service.config import ServiceConfig
 from verifier.store import Store, repo
 from verifier.store.models import Node
-
-from .config import ServiceConfig
 
 AK_ATTRIBUTES = (
     ObjectAttributes.FIXED_TPM
@@ -82,7 +81,7 @@ def run_server(config: ServiceConfig, *, timeout: float = 30.0) -> Iterator[str]
         cfg = config_file(config, Path(tmp) / "verifier.yaml")
         proc = subprocess.Popen(
             [sys.executable, "-m", "verifier", "serve", "--config", str(cfg)],
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
         )
         url = f"{scheme}://127.0.0.1:{port}"
         try:
@@ -174,19 +173,16 @@ class FakeAgentForLoad:
         sig = Signature(
             Alg.ECDSA, HashAlg.SHA256, b"", r.to_bytes(32, "big"), s.to_bytes(32, "big")
         )
-        bundle: dict[str, Any] = {
-            "v": 1,
-            "node": self.name,
-            "agent_version": "fake-load/0",
-            "nonce": nonce,
-            "attest": attest,
-            "signature": marshal_signature(sig),
-            "pcrs": {self.bank.bank: values},
-            "event_log_sha256": self.log_sha256,
-        }
-        if send_log:
-            bundle["event_log"] = self.log
-        return bytes(cbor2.dumps(bundle))
+        ev = evidence_with_log(
+            node=self.name,
+            agent_version="fake-load/0",
+            nonce=nonce,
+            attest=attest,
+            signature=marshal_signature(sig),
+            pcrs={self.bank: values},
+            event_log=self.log,
+        )
+        return encode_evidence(ev if send_log else ev.without_known_log(self.log_sha256))
 
     def attest(self, session: requests.Session, url: str) -> dict[str, Any]:
         """One challenge → evidence round trip over HTTP; returns the verdict JSON."""
@@ -225,9 +221,8 @@ def bench_service(
     from assay.eventlog import assume_quoted_for_review
     from golden.capture import capture
     from golden.yamlfmt import dump_yaml
-
-    from . import golden_ops
-    from .context import Services
+    from verifier.service import golden_ops
+    from verifier.service.context import Services
 
     config = ServiceConfig(database=database, workers=workers)
     store = Store(database)
