@@ -79,9 +79,9 @@ SCENARIO: tuple[Checkpoint, ...] = (
         "the golden kernel version revoked (no node attested again)",
         {
             # flagged at once by re-appraisal of its stored evidence: its kernel is revoked
-            "debian-sb-1": Expect("untrusted", "boot_app_revoked"),
+            "debian-sb-1": Expect("untrusted", "golden_revoked"),
             # the same kernel: the revocation is now the first failing check
-            "debian-sb-tampered": Expect("untrusted", "boot_app_revoked"),
+            "debian-sb-tampered": Expect("untrusted", "golden_revoked"),
             "gce-ubuntu-1": TRUSTED,
             "thinkpad-1": TRUSTED,
         },

@@ -37,8 +37,8 @@ def _as_told(step: str) -> list[dict[str, Any]]:
         "all_checks_passed": "all 29 checks passed",
         "cmdline_not_approved": "cmdline_not_approved: PCR8 event 45 (EV_IPL): kernel command "
         "line is not approved",
-        "boot_app_revoked": "boot_app_revoked: PCR4 event 43 (EV_EFI_BOOT_SERVICES_APPLICATION): "
-        "linux-image-6.1.0-99-amd64 …: approved only by sets no longer in force",
+        "golden_revoked": "golden_revoked: PCR4 event 43 (EV_EFI_BOOT_SERVICES_APPLICATION): "
+        "linux-image-6.1.0-99-amd64 …: approved only by debian-kernel@6.1.0-99-amd64, revoked: …",
     }
     cp = story.checkpoint(step)
     return [_node(n, e.state, reasons[e.reason]) for n, e in cp.nodes.items()]
@@ -75,7 +75,7 @@ def test_the_right_state_with_another_reason_fails() -> None:
     (wrong,) = story.compare(story.checkpoint("revoked"), inventory)
     assert wrong.node == "debian-sb-1"
     assert (wrong.expected.reason, wrong.got.reason) == (
-        "boot_app_revoked",
+        "golden_revoked",
         "boot_app_not_approved",
     )
 
@@ -163,7 +163,7 @@ def test_demo_exits_1_naming_each_node_that_differs(
     assert doc["ok"] is False
     assert {n["name"]: n["expected"] for n in doc["nodes"]}["debian-sb-1"] == {
         "state": "untrusted",  # the final checkpoint's expectation (after the revocation)
-        "reason": "boot_app_revoked",
+        "reason": "golden_revoked",
     }
     assert {"name", "state", "reason", "golden", "expected"} <= set(doc["nodes"][0])
     assert "events" in doc
