@@ -1,9 +1,18 @@
-"""The demo behind scripts/demo: a verifier, several swtpm nodes booted from real logs, golden sets
-from Debian's packages and by capture, enrollment and attestation with the real agent, a tampered
-node, and a revocation that moves a node to untrusted without new evidence.
+"""The demo behind scripts/demo: the main job on real boots, and a check that it told its story.
 
-Every step runs the project's own command lines, as an operator would. Everything started here is
-stopped at the end (also on error or Ctrl-C), and the work directory is removed unless --keep.
+Two Debian nodes boot real UEFI virtual machines (QEMU/OVMF with Secure Boot, a swtpm each) built
+from the packages Debian ships today (the VM suite's machinery, tests/vm); their golden sets come
+from those very .deb files, so golden values and boots always share versions, whatever the archive
+holds on the day. Two more nodes replay recorded logs of real machines into swtpm. The agent
+enrolls and attests every node against a real verifier; then the golden kernel version is revoked,
+which must flag the node that booted it at once, without new evidence.
+
+The story (``_demo_story.SCENARIO``) says beforehand what state and reason code each node must
+show after each step; when reality differs the demo says so per node and exits 1. A step that
+fails exits 2 naming the step. Every step runs the project's own command lines, as an operator
+would (the VM nodes' agent is the agent's own enrollment/attestation code over the TPM the guest
+measured into). Everything started here is stopped at the end, also on error or Ctrl-C, and the
+work directory is removed unless --keep.
 """
 
 from __future__ import annotations
@@ -17,28 +26,84 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import requests
 
+from assay.errors import AssayError
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the VM machinery: tests/vm
+
+import _demo_story as story
+
+from tests.vm import builder
+from tests.vm.attest import Verifier, VmAgent
+from tests.vm.fleet import BackgroundBoots
+from tests.vm.runner import BootResult, VmNode
+
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT.parent / "shared" / "eventlogs"
 PY = sys.executable
-DEB_CACHE = Path(os.environ.get("ASSAY_DEB_CACHE", Path.home() / ".cache" / "assay" / "debs"))
+EXIT_MISMATCH, EXIT_STEP_FAILED, EXIT_INTERRUPTED = 1, 2, 130
+REVOCATION = "CVE-2026-12345: kernel must not run cluster workloads"
+DEBIAN = {"fleet": "debian"}
 
 
-@dataclass
-class Node:
+class DemoError(Exception):
+    """A command or a check inside a step failed (the step's name is added by ``main``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedNode:
+    """A node whose boot is a recorded log of a real machine, extended into its own swtpm."""
+
     name: str
     log: Path
     labels: dict[str, str]
-    replace_event: str | None = None
-    port: int = 0
-    dir: Path = Path()
-    eventlog: Path = Path()
+    golden: str  # the set captured from the same machine's log
+
+    @property
+    def dir(self) -> Path:
+        return Path("nodes") / self.name
+
+
+@dataclass(frozen=True, slots=True)
+class VmSpec:
+    """A real VM boot: ``variant`` of tests/vm/builder.py; enrolled unless ``labels`` is None."""
+
+    name: str
+    variant: str
+    labels: dict[str, str] | None
+    role: str
+
+
+RECORDED = (
+    RecordedNode(
+        "gce-ubuntu-1",
+        CORPUS / "go-tpm-tools/ubuntu-2104-no-secure-boot.bin",
+        {"fleet": "gce"},
+        "gce-ubuntu-2104",
+    ),
+    RecordedNode(
+        "thinkpad-1", CORPUS / "keylime/binary_bios_measurements", {"fleet": "laptops"},
+        "thinkpad-fedora41",
+    ),
+)  # fmt: skip
+VMS = (
+    VmSpec("debian-sb-1", "sb", DEBIAN, "shim → GRUB → kernel, Secure Boot on"),
+    VmSpec(
+        "debian-sb-tampered", "sb-cmdline", DEBIAN,
+        "the same chain, but its grub.cfg adds nokaslr to the kernel command line",
+    ),
+    # Another machine of the same platform, reviewed once; only its platform measurements are
+    # captured (firmware, Secure Boot keys, shim's MokList/SbatLevel, the fleet's command line
+    # and initrd). It boots the cloud kernel flavour, so nothing of its boot chain or kernel is
+    # approved by it: those come from the packages alone.
+    VmSpec("debian-reference", "sb-cloud", None, "reference machine for the platform capture"),
+)  # fmt: skip
 
 
 @dataclass
@@ -47,7 +112,14 @@ class Demo:
     quiet: bool
     events: list[dict[str, Any]] = field(default_factory=list)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    node_dirs: list[Path] = field(default_factory=list)
+    swtpm_dirs: list[Path] = field(default_factory=list)
+    tcti: dict[str, str] = field(default_factory=dict)  # recorded node -> its swtpm TCTI
+    images: dict[str, builder.NodeImage] = field(default_factory=dict)
+    boots: BackgroundBoots | None = None
+    booted: dict[str, BootResult] = field(default_factory=dict)
+    mismatches: list[story.Mismatch] = field(default_factory=list)
+    checked: list[dict[str, Any]] = field(default_factory=list)
+    seen: dict[str, story.Expect] = field(default_factory=dict)  # at the last story check
     url: str = ""
     admin: str = ""
 
@@ -55,40 +127,57 @@ class Demo:
         if not self.quiet:
             print(f"\n== {text}", flush=True)
 
+    def show(self, text: str) -> None:
+        if not self.quiet:
+            print(text, flush=True)
+
     def record(self, what: str, **detail: Any) -> None:
         self.events.append({"t": round(time.time(), 3), "event": what, **detail})
 
-    def run(self, *args: str, capture: bool = False, check: bool = True) -> str:
-        """Run one of the project's commands; show its output unless --json."""
-        cmd = [PY, "-m", *args] if not args[0].startswith("/") else list(args)
+    def run(self, *args: str, capture: bool = False) -> str:
+        """Run one of the project's commands (``python -m ARGS``); show its output unless
+        --json; a non-zero exit is a DemoError with its stderr."""
+        cmd = [PY, "-m", *args]
         env = {**os.environ, "COLUMNS": "160"}  # tables are read in a log, not a narrow pipe
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
-        if not self.quiet and not capture and proc.stdout.strip():
-            print(proc.stdout.rstrip())
-        if check and proc.returncode != 0:
-            raise SystemExit(
-                f"demo: `{' '.join(cmd[2:] if cmd[0] == PY else cmd)}` failed "
-                f"(exit {proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}"
+        try:
+            proc = subprocess.run(
+                cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env, check=False
+            )
+        except subprocess.TimeoutExpired:
+            raise DemoError(f"`{' '.join(args)}` did not finish within 300 s") from None
+        if not capture and proc.stdout.strip():
+            self.show(proc.stdout.rstrip())
+        if proc.returncode != 0:
+            raise DemoError(
+                f"`{' '.join(args)}` failed (exit {proc.returncode}): "
+                f"{proc.stderr.strip() or proc.stdout.strip()}"
             )
         return proc.stdout
 
-    def verifier(self, *args: str, capture: bool = False, check: bool = True) -> str:
-        return self.run(
-            "verifier",
-            *args,
-            "--config",
-            str(self.work / "verifier.yaml"),
-            capture=capture,
-            check=check,
+    def verifier(self, *args: str, capture: bool = False) -> str:
+        config = str(self.work / "verifier.yaml")
+        return self.run("verifier", *args, "--config", config, capture=capture)
+
+    def api(self, path: str) -> Any:
+        r = requests.get(
+            f"{self.url}/v1{path}", headers={"Authorization": f"Bearer {self.admin}"}, timeout=30
         )
+        if r.status_code != 200:
+            raise DemoError(f"GET /v1{path}: {r.status_code} {r.text[:200]}")
+        return r.json()
 
     def stop_all(self) -> None:
-        for d in self.node_dirs:
+        """Stop every VM, swtpm and server started here, by the pids started (errors ignored:
+        the rest must still be stopped)."""
+        if self.boots is not None:
+            self.boots.close()
+        for d in self.swtpm_dirs:
             subprocess.run(
                 [PY, "-m", "testkit.swtpm", "stop", "--dir", str(d)],
                 cwd=ROOT,
                 capture_output=True,
                 timeout=30,
+                check=False,
             )
         for proc in self.procs:
             if proc.poll() is None:
@@ -100,64 +189,83 @@ class Demo:
                     proc.wait()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# -- steps ---------------------------------------------------------------------------------------
 
 
-def _download_debs() -> dict[str, Path]:
-    """Debian's signed shim, GRUB and the current amd64 kernel (cached between runs)."""
-    DEB_CACHE.mkdir(parents=True, exist_ok=True)
-    depends = subprocess.run(
-        ["apt-cache", "depends", "linux-image-amd64"], capture_output=True, text=True, check=True
-    ).stdout
-    kernel = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in depends.splitlines()
-            if "Depends:" in line and "linux-image-" in line
-        ),
-        None,
-    )
-    if kernel is None:
-        raise SystemExit("demo: cannot resolve the kernel package behind linux-image-amd64")
-    wanted = {"shim": "shim-signed", "grub": "grub-efi-amd64-signed", "kernel": kernel}
-    found: dict[str, Path] = {}
-    for key, package in wanted.items():
-        have = sorted(DEB_CACHE.glob(f"{package}_*.deb"))
-        if not have:
-            subprocess.run(
-                ["apt-get", "download", "-q", package],
-                cwd=DEB_CACHE,
-                check=True,
-                capture_output=True,
-            )
-            have = sorted(DEB_CACHE.glob(f"{package}_*.deb"))
-        if not have:
-            raise SystemExit(f"demo: apt-get download {package} gave no .deb")
-        found[key] = have[-1]
-    return found
+def _deb(deb: Path) -> str:
+    fields = builder.run(["dpkg-deb", "-f", str(deb), "Package", "Version"], f"reading {deb.name}")
+    info = dict(line.split(": ", 1) for line in fields.splitlines() if ": " in line)
+    return f"{info.get('Package', deb.name)} {info.get('Version', '?')}"
+
+
+def build_images(demo: Demo) -> None:
+    """Resolve today's versions through apt, fetch what the cache lacks, build what changed."""
+    builder.ensure_host()
+    cache = builder.cache_dir()
+    demo.show(f"cache: {cache}")
+    for vm in VMS:
+        started = time.monotonic()
+        image = builder.build(builder.VARIANTS[vm.variant], cache)
+        demo.images[vm.name] = image
+        demo.show(f"{vm.name}: image {vm.variant} ready in {time.monotonic() - started:.1f} s")
+    packages = {p: _deb(p) for image in demo.images.values() for p in image.packages}
+    for what in sorted(packages.values()):
+        demo.show(f"  {what}")
+    demo.record("images_built", packages=sorted(packages.values()))
+
+
+def start_boots(demo: Demo) -> None:
+    from testkit import swtpm
+
+    swtpm.init_ca(demo.work / "ca")
+    nodes = {
+        vm.name: VmNode(demo.images[vm.name], demo.work / "vm" / vm.name, demo.work / "ca")
+        for vm in VMS
+    }
+    # Every QEMU keeps a core busy under TCG; all of them at once finishes first on two cores.
+    demo.boots = BackgroundBoots(nodes, parallel=len(nodes))
+    demo.boots.start()
+    for vm in VMS:
+        demo.show(f"booting {vm.name} ({vm.variant}: {vm.role})…")
+    demo.record("vm_boots_started", nodes=[vm.name for vm in VMS])
+
+
+def boot_recorded(demo: Demo) -> None:
+    from testkit import swtpm
+
+    for node in RECORDED:
+        directory = demo.work / node.dir
+        demo.run(
+            "testkit.swtpm", "provision", "--dir", str(directory),
+            "--ca-dir", str(demo.work / "ca"), capture=True,
+        )  # fmt: skip
+        port = swtpm.free_port_pair()
+        demo.run(
+            "testkit.swtpm", "start", "--dir", str(directory), "--port", str(port), "--no-startup",
+            capture=True,
+        )  # fmt: skip
+        demo.swtpm_dirs.append(directory)
+        demo.tcti[node.name] = f"swtpm:host=127.0.0.1,port={port}"
+        demo.run(
+            "testkit.bootsim", str(node.log), "--tcti", demo.tcti[node.name],
+            "--out", str(directory / "binary_bios_measurements"), capture=True,
+        )  # fmt: skip
+        demo.record("node_booted", node=node.name, log=node.log.name)
+        demo.show(f"{node.name}: booted {node.log.parent.name}/{node.log.name}")
 
 
 def start_verifier(demo: Demo) -> None:
-    demo.say(
-        "Verifier: SQLite store, EK vendor CA = the swtpm manufacturer CA, plain HTTP on 127.0.0.1"
-    )
-    vendor = demo.work / "ek-vendor-ca"
     from testkit import swtpm
 
-    # The manufacturer CA exists once the first TPM was provisioned (boot_nodes).
-    swtpm.export_ca(demo.work / "ca", vendor)
+    vendor = demo.work / "ek-vendor-ca"
+    swtpm.export_ca(demo.work / "ca", vendor)  # the CA exists once the first TPM is made
     port = _free_port()
     (demo.work / "verifier.yaml").write_text(
         f"database: {demo.work / 'verifier.db'}\n"
         f"ek_ca_dir: {vendor}\n"
         f"bind: 127.0.0.1:{port}\n"
         "workers: 2\n"
-        "attest_interval: 30\n"
+        "attest_interval: 60\n"
     )
     demo.verifier("db", "upgrade")
     log = open(demo.work / "verifier.log", "wb")  # noqa: SIM115 - lives as long as the server
@@ -170,286 +278,285 @@ def start_verifier(demo: Demo) -> None:
     )
     demo.procs.append(proc)
     demo.url = f"http://127.0.0.1:{port}"
-    for _ in range(150):
+    deadline = time.monotonic() + 60
+    while True:
         if proc.poll() is not None:
-            raise SystemExit(f"demo: verifier exited early; see {demo.work / 'verifier.log'}")
+            raise DemoError(f"the verifier exited early; see {demo.work / 'verifier.log'}")
         try:
             requests.get(demo.url + "/v1/nodes", timeout=1)
             break
         except requests.ConnectionError:
+            if time.monotonic() > deadline:
+                raise DemoError("the verifier did not start listening within 60 s") from None
             time.sleep(0.2)
-    else:
-        raise SystemExit("demo: the verifier did not start listening")
     demo.admin = json.loads(
         demo.verifier("token", "create", "--role", "admin", "--json", capture=True)
     )["token"]
     demo.record("verifier_started", url=demo.url)
-    if not demo.quiet:
-        print(f"verifier at {demo.url}")
+    demo.show(f"verifier at {demo.url}")
 
 
-def build_golden(demo: Demo) -> None:
-    demo.say(
-        "Golden sets: boot chain and kernel from Debian's packages, firmware and keys by capture"
-    )
-    debs = _download_debs()
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _add_golden(demo: Demo, path: Path, selector: dict[str, str], source: str) -> str:
+    out = json.loads(demo.verifier("golden", "add", str(path), "--json", capture=True))
+    name = str(out["name"])
+    labels = [x for k, v in selector.items() for x in ("--selector", f"{k}={v}")]
+    demo.verifier("golden", "assign", name, *labels, capture=True)
+    demo.record("golden_added", set=name, selector=selector)
+    where = ",".join(f"{k}={v}" for k, v in selector.items())
+    demo.show(f"{out['id']} ({source}) → nodes labelled {where}")
+    return name
+
+
+def _codename() -> str:
+    for line in Path("/etc/os-release").read_text().splitlines():
+        if line.startswith("VERSION_CODENAME="):
+            return line.split("=", 1)[1].strip('"') or "1"
+    return "1"
+
+
+def golden_from_packages(demo: Demo) -> None:
+    """The boot chain and the kernel from the .debs the good node's image was built from (the
+    tampered node's image holds the same binaries); the recorded machines by capture."""
     g = demo.work / "golden"
     g.mkdir()
+    image = demo.images["debian-sb-1"]
+    if demo.images["debian-sb-tampered"].packages != image.packages:
+        raise DemoError("the two Debian nodes' images were built from different packages")
+    shim, grub, kernel = image.packages
     demo.run(
-        "golden",
-        "from-deb",
-        str(debs["shim"]),
-        str(debs["grub"]),
-        "-o",
-        str(g / "bootchain.yaml"),
-        "--name",
-        "debian-bootchain",
-        "--version",
-        "bookworm",
-    )
-    kver = debs["kernel"].name.split("_")[0].removeprefix("linux-image-")
+        "golden", "from-deb", str(shim), str(grub), "-o", str(g / "bootchain.yaml"),
+        "--name", "debian-bootchain", "--version", _codename(),
+    )  # fmt: skip
+    kver = _deb(kernel).split()[0].removeprefix("linux-image-")
     demo.run(
-        "golden",
-        "from-deb",
-        str(debs["kernel"]),
-        "-o",
-        str(g / "kernel.yaml"),
-        "--name",
-        "debian-kernel",
-        "--version",
-        kver,
-    )
-    sb_log = CORPUS / "qemu-ovmf-debian12/secureboot-shim-grub-kernel.bin"
-    demo.run(
-        "golden",
-        "capture",
-        "--from-log",
-        str(sb_log),
-        "-o",
-        str(g / "qemu-firmware.yaml"),
-        "--name",
-        "qemu-ovmf-firmware",
-        "--version",
-        "2022.11",
-        "--without",
-        "boot-apps",
-    )
-    demo.run(
-        "golden",
-        "capture",
-        "--from-log",
-        str(CORPUS / "go-tpm-tools/ubuntu-2104-no-secure-boot.bin"),
-        "-o",
-        str(g / "gce.yaml"),
-        "--name",
-        "gce-ubuntu-2104",
-        "--version",
-        "1",
-    )
-    demo.run(
-        "golden",
-        "capture",
-        "--from-log",
-        str(CORPUS / "keylime/binary_bios_measurements"),
-        "-o",
-        str(g / "lenovo.yaml"),
-        "--name",
-        "thinkpad-fedora41",
-        "--version",
-        "1",
-    )
-    for name, selector in (
-        ("bootchain", "fleet=debian"),
-        ("kernel", "fleet=debian"),
-        ("qemu-firmware", "fleet=debian"),
-        ("gce", "fleet=gce"),
-        ("lenovo", "fleet=laptops"),
-    ):
-        out = demo.verifier("golden", "add", str(g / f"{name}.yaml"), "--json", capture=True)
-        set_name = json.loads(out)["name"]
-        demo.verifier("golden", "assign", set_name, "--selector", selector, capture=True)
-        demo.record("golden_added", set=set_name, selector=selector)
-    demo.verifier("golden", "list")
+        "golden", "from-deb", str(kernel), "-o", str(g / "kernel.yaml"),
+        "--name", "debian-kernel", "--version", kver,
+    )  # fmt: skip
+    _add_golden(demo, g / "bootchain.yaml", DEBIAN, f"from-deb {shim.name} {grub.name}")
+    _add_golden(demo, g / "kernel.yaml", DEBIAN, f"from-deb {kernel.name}")
+    for node in RECORDED:
+        out = g / f"{node.golden}.yaml"
+        demo.run(
+            "golden", "capture", "--from-log", str(node.log), "-o", str(out),
+            "--name", node.golden, "--version", "1",
+        )  # fmt: skip
+        _add_golden(demo, out, node.labels, f"capture of {node.log.name}")
     demo.record("golden_built", kernel=kver)
 
 
-NODES = [
-    Node(
-        "debian-sb-1",
-        CORPUS / "qemu-ovmf-debian12/secureboot-shim-grub-kernel.bin",
-        {"fleet": "debian"},
-    ),
-    Node("gce-ubuntu-1", CORPUS / "go-tpm-tools/ubuntu-2104-no-secure-boot.bin", {"fleet": "gce"}),
-    Node("thinkpad-1", CORPUS / "keylime/binary_bios_measurements", {"fleet": "laptops"}),
-    # The same Debian boot, but GRUB (PCR4 event 29) replaced by an unknown EFI application.
-    Node(
-        "debian-sb-tampered",
-        CORPUS / "qemu-ovmf-debian12/secureboot-shim-grub-kernel.bin",
-        {"fleet": "debian"},
-        replace_event="29:" + "e7" * 32,
-    ),
-]
+def wait_boots(demo: Demo) -> None:
+    assert demo.boots is not None
 
-
-def boot_nodes(demo: Demo) -> None:
-    demo.say("Nodes: swtpm TPMs with EK certificates from a manufacturer CA, booted from real logs")
-    from testkit import swtpm
-
-    swtpm.init_ca(demo.work / "ca")
-    for node in NODES:
-        node.dir = demo.work / "nodes" / node.name
-        node.port = swtpm.free_port_pair()
-        node.eventlog = node.dir / "binary_bios_measurements"
-        demo.run(
-            "testkit.swtpm",
-            "provision",
-            "--dir",
-            str(node.dir),
-            "--ca-dir",
-            str(demo.work / "ca"),
-            capture=True,
+    def done(name: str, result: BootResult) -> None:
+        demo.show(
+            f"{name}: powered off after {result.seconds:.0f} s, event log {len(result.event_log)}"
+            f" bytes; the kernel saw: {result.guest_cmdline}"
         )
-        demo.run(
-            "testkit.swtpm",
-            "start",
-            "--dir",
-            str(node.dir),
-            "--port",
-            str(node.port),
-            "--no-startup",
-            capture=True,
-        )
-        demo.node_dirs.append(node.dir)
-        sim = ["testkit.bootsim", str(node.log), "--tcti", _tcti(node), "--out", str(node.eventlog)]
-        if node.replace_event:
-            sim += ["--replace-event", node.replace_event]
-        demo.run(*sim, capture=True)
-        demo.record(
-            "node_booted", node=node.name, log=node.log.name, tampered=bool(node.replace_event)
-        )
-        if not demo.quiet:
-            extra = " (GRUB replaced by an unknown EFI application)" if node.replace_event else ""
-            print(f"{node.name}: booted {node.log.parent.name}/{node.log.name}{extra}")
+        demo.record("vm_booted", node=name, seconds=round(result.seconds, 1))
+
+    def tick(pending: Sequence[str], seconds: float) -> None:
+        demo.show(f"… still booting after {seconds:.0f} s: {', '.join(pending)}")
+
+    demo.booted = demo.boots.wait(done, on_tick=tick)
 
 
-def _tcti(node: Node) -> str:
-    return f"swtpm:host=127.0.0.1,port={node.port}"
+def golden_platform(demo: Demo) -> None:
+    assert demo.boots is not None
+    ref = demo.boots.nodes["debian-reference"].eventlog_path
+    out = demo.work / "golden" / "platform.yaml"
+    ovmf = builder.run(["dpkg-query", "-W", "-f", "${Version}", "ovmf"], "dpkg-query ovmf")
+    demo.run(
+        "golden", "capture", "--from-log", str(ref), "--without", "boot-apps",
+        "-o", str(out), "--name", "qemu-ovmf-platform", "--version", ovmf.strip(),
+    )  # fmt: skip
+    _add_golden(demo, out, DEBIAN, "capture --without boot-apps of debian-reference's boot")
+    demo.verifier("golden", "list")
 
 
-def _agent(demo: Demo, node: Node, command: str, *extra: str) -> dict[str, Any]:
+def _enroll_token(demo: Demo, labels: dict[str, str]) -> str:
+    # The operator labels the node through its enrollment token; the node sends none.
+    flags = [x for k, v in labels.items() for x in ("--label", f"{k}={v}")]
+    out = demo.verifier(
+        "token", "create", "--role", "enroll", "--single-use", *flags, "--json", capture=True
+    )
+    return str(json.loads(out)["token"])
+
+
+def _agent_cli(demo: Demo, node: RecordedNode, command: str, *extra: str) -> dict[str, Any]:
+    directory = demo.work / node.dir
     args = [
-        "agent",
-        command,
-        "--tcti",
-        _tcti(node),
-        "--state-dir",
-        str(node.dir / "agent"),
-        "--eventlog",
-        str(node.eventlog),
-        "--node",
-        node.name,
-        "--verifier",
-        demo.url,
-        "--json",
-        *extra,
-    ]
-    out = demo.run(*args, capture=True, check=command == "enroll")
+        "agent", command, "--tcti", demo.tcti[node.name], "--state-dir", str(directory / "agent"),
+        "--eventlog", str(directory / "binary_bios_measurements"), "--node", node.name,
+        "--verifier", demo.url, "--json", *extra,
+    ]  # fmt: skip
+    cmd = [PY, "-m", *args]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     try:
-        doc: dict[str, Any] = json.loads(out)
+        doc: dict[str, Any] = json.loads(proc.stdout)
     except json.JSONDecodeError:
-        doc = {"raw": out}
+        raise DemoError(
+            f"`agent {command}` for {node.name} (exit {proc.returncode}): "
+            f"{proc.stderr.strip() or proc.stdout.strip()}"
+        ) from None
+    if command == "enroll" and proc.returncode != 0:
+        raise DemoError(f"`agent enroll` for {node.name} failed: {proc.stderr.strip()}")
     return doc
 
 
 def enroll_and_attest(demo: Demo) -> None:
-    demo.say(
-        "Enrollment (EK certificate chain, credential activation) and attestation with the agent"
-    )
-    for node in NODES:
-        # The operator labels the node through its enrollment token; the node sends none.
-        labels = [x for k, v in node.labels.items() for x in ("--label", f"{k}={v}")]
-        token = json.loads(
-            demo.verifier(
-                "token", "create", "--role", "enroll", "--single-use", *labels, "--json",
-                capture=True,
-            )
-        )["token"]  # fmt: skip
-        _agent(demo, node, "enroll", "--token", token)
+    assert demo.boots is not None
+    v = Verifier(demo.url, demo.admin, enroll_token="")
+    for vm in VMS:
+        if vm.labels is None:
+            continue  # the reference machine only lent its log to the platform capture
+        agent = VmAgent(
+            demo.boots.nodes[vm.name], v, vm.name, vm.labels, demo.work / "vm" / f"{vm.name}-agent",
+            enroll_token=_enroll_token(demo, vm.labels),
+        )  # fmt: skip
+        try:
+            agent.enroll()
+            demo.record("node_enrolled", node=vm.name)
+            result = agent.attest()
+        finally:
+            agent.close()
+        demo.record("node_attested", node=vm.name, status=result.status)
+        demo.show(f"{vm.name}: {result.status} — {result.reason}")
+    for node in RECORDED:
+        _agent_cli(demo, node, "enroll", "--token", _enroll_token(demo, node.labels))
         demo.record("node_enrolled", node=node.name)
-        result = _agent(demo, node, "attest")
-        demo.record("node_attested", node=node.name, status=result.get("status"))
-        if not demo.quiet:
-            print(f"{node.name}: {result.get('status')} — {result.get('reason', '')}")
+        doc = _agent_cli(demo, node, "attest")
+        demo.record("node_attested", node=node.name, status=doc.get("status"))
+        demo.show(f"{node.name}: {doc.get('status')} — {doc.get('reason', '')}")
 
 
 def inventory(demo: Demo) -> list[dict[str, Any]]:
-    r = requests.get(
-        demo.url + "/v1/nodes", headers={"Authorization": f"Bearer {demo.admin}"}, timeout=10
-    )
-    r.raise_for_status()
-    nodes: list[dict[str, Any]] = r.json()["nodes"]
+    nodes: list[dict[str, Any]] = demo.api("/nodes")["nodes"]
     return nodes
 
 
-def show_inventory(demo: Demo, title: str) -> None:
-    demo.say(title)
-    if not demo.quiet:
-        demo.verifier("nodes", "list")
+def check_story(demo: Demo, step: str) -> None:
+    """Compare the inventory with the scenario's checkpoint; keep every difference."""
+    cp = story.checkpoint(step)
+    inv = inventory(demo)
+    wrong = story.compare(cp, inv)
+    demo.mismatches += wrong
+    got = story.observed(inv)
+    demo.checked.append({"step": step, "ok": not wrong, "mismatches": [m.line() for m in wrong]})
+    demo.show(f"story check — {cp.title}:")
+    bad = {m.node for m in wrong}
+    absent = story.Expect(story.ABSENT, story.NO_REASON)
+    for name in sorted(set(cp.nodes) | set(got)):
+        expected, seen = cp.nodes.get(name, absent), got.get(name, absent)
+        mark = "DIFFERS" if name in bad else "as expected"
+        before = demo.seen.get(name)
+        change = f" (was {before})" if before is not None and before != seen else ""
+        demo.show(f"  {name:20} expected {expected!s:34} got {seen!s:34} {mark}{change}")
+    demo.seen = got
+
+
+def show_inventory(demo: Demo) -> None:
+    demo.verifier("nodes", "list")
+    check_story(demo, "attested")
 
 
 def explain_tampered(demo: Demo) -> None:
-    demo.say("Why debian-sb-tampered is not trusted (the failing checks, got vs expected)")
-    headers = {"Authorization": f"Bearer {demo.admin}"}
-    node = requests.get(
-        demo.url + "/v1/nodes/debian-sb-tampered", headers=headers, timeout=10
-    ).json()
-    att_id = node.get("last_attestation_id") or node.get("last_attestation", {}).get("id")
-    verdict = requests.get(
-        f"{demo.url}/v1/attestations/{att_id}", headers=headers, timeout=10
-    ).json()
-    failed = [
-        c
-        for c in verdict.get("checks", verdict.get("verdict", {}).get("checks", []))
-        if c["status"] == "fail"
-    ]
-    for c in failed:
+    node = demo.api("/nodes/debian-sb-tampered")
+    verdict = demo.api(f"/attestations/{node['last_attestation_id']}")["verdict"]
+    for c in verdict["checks"]:
+        if c["status"] != "fail":
+            continue
         demo.record("failed_check", node="debian-sb-tampered", check=c)
-        if not demo.quiet:
-            print(
-                f"- {c['id']} ({c['reason']}) PCR{c.get('pcr')} event {c.get('event')}:\n"
-                f"    got      {c.get('got')}\n    expected {c.get('expected')}"
-            )
+        demo.show(
+            f"- {c['id']} ({c['reason']}) PCR{c.get('pcr')} event {c.get('event')}:\n"
+            f"    got      {c.get('got')}\n    expected {c.get('expected')}"
+        )
 
 
 def revoke_kernel(demo: Demo) -> None:
-    demo.say("Revoking the golden kernel version (re-appraises stored evidence, no reboot needed)")
     sets = json.loads(demo.verifier("golden", "list", "--json", capture=True))
     kernel = next(s for s in sets["golden"] if s["name"] == "debian-kernel")
-    demo.verifier(
-        "golden",
-        "revoke",
-        "debian-kernel",
-        kernel["version"],
-        "--reason",
-        "CVE-2026-12345: kernel must not run cluster workloads",
-    )
+    demo.verifier("golden", "revoke", "debian-kernel", kernel["version"], "--reason", REVOCATION)
     demo.record("golden_revoked", set=f"debian-kernel@{kernel['version']}")
+    check_story(demo, "revoked")  # at once: no node has attested since
 
 
-def final_json(demo: Demo) -> dict[str, Any]:
-    nodes = [
-        {
-            "name": n["name"],
-            "state": n["state"],
-            "reason": n.get("reason"),
-            "golden": n.get("golden", []),
-        }
-        for n in inventory(demo)
-    ]
-    return {"nodes": nodes, "events": demo.events}
+def show_final(demo: Demo) -> None:
+    demo.verifier("nodes", "list")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+Step = tuple[str, Callable[[Demo], None]]  # (title, what it does)
+
+STEPS: tuple[Step, ...] = (
+    ("Node images from the packages Debian ships today (apt resolves the versions)", build_images),
+    ("TPMs with EK certificates from a manufacturer CA; the VMs boot in the background "
+     "(QEMU/OVMF, Secure Boot on, no KVM)", start_boots),
+    ("Recorded nodes: real machines' event logs extended into swtpm", boot_recorded),
+    ("Verifier: SQLite store, EK vendor CA = the swtpm manufacturer CA, HTTP on 127.0.0.1",
+     start_verifier),
+    ("Golden sets: boot chain and kernel from the very .debs the VM images hold; the recorded "
+     "machines by capture", golden_from_packages),
+    ("Waiting for the VM boots", wait_boots),
+    ("Golden platform set: the reference machine's boot, captured without its boot applications",
+     golden_platform),
+    ("Enrollment (EK certificate chain, credential activation) and attestation with the agent",
+     enroll_and_attest),
+    ("Inventory: what a scheduler sees", show_inventory),
+    ("Why debian-sb-tampered is not trusted (the failing checks, got vs expected)",
+     explain_tampered),
+    ("Revoking the golden kernel version (re-appraises stored evidence, no reboot needed)",
+     revoke_kernel),
+    ("Inventory after the revocation", show_final),
+)  # fmt: skip
+
+
+class StepFailed(Exception):
+    def __init__(self, number: int, total: int, title: str, cause: BaseException) -> None:
+        # our own errors say what failed; anything else also says what kind of error it was
+        ours = isinstance(cause, DemoError | AssayError)
+        detail = str(cause) if ours else f"{type(cause).__name__}: {cause}"
+        super().__init__(f'demo: step {number}/{total} "{title}" failed: {detail}')
+
+
+def run_steps(demo: Demo, steps: Sequence[Step]) -> None:
+    for number, (title, fn) in enumerate(steps, 1):
+        demo.say(f"{number}. {title}")
+        started = time.monotonic()
+        try:
+            fn(demo)
+        except Exception as exc:  # any failure ends the demo, naming the step
+            raise StepFailed(number, len(steps), title, exc) from exc
+        demo.record("step_done", step=number, seconds=round(time.monotonic() - started, 1))
+
+
+def final_json(demo: Demo, nodes: list[dict[str, Any]]) -> dict[str, Any]:
+    expected = story.final().nodes
+    absent = story.Expect(story.ABSENT, story.NO_REASON)
+    return {
+        "nodes": [
+            {
+                "name": n["name"],
+                "state": n["state"],
+                "reason": n.get("reason"),
+                "golden": n.get("golden", []),
+                "expected": expected.get(n["name"], absent).to_json(),
+            }
+            for n in nodes
+        ],
+        "events": demo.events,
+        "story": demo.checked,
+        "ok": not demo.mismatches,
+    }
+
+
+def main(argv: Sequence[str] | None = None, steps: Sequence[Step] = STEPS) -> int:
     parser = argparse.ArgumentParser(prog="scripts/demo", description=__doc__)
     parser.add_argument(
         "--json", action="store_true", help="print the final inventory as one JSON object"
@@ -458,28 +565,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="assay-demo-"))
     demo = Demo(work=work, quiet=args.json)
+    started = time.monotonic()
+    result: dict[str, Any] | None = None
+    code = 0
     try:
-        boot_nodes(demo)
-        start_verifier(demo)
-        build_golden(demo)
-        enroll_and_attest(demo)
-        show_inventory(demo, "Inventory: what a scheduler sees")
-        explain_tampered(demo)
-        revoke_kernel(demo)
-        show_inventory(demo, "Inventory after the revocation")
-        result = final_json(demo)
+        run_steps(demo, steps)
+        result = final_json(demo, inventory(demo))
+    except StepFailed as exc:
+        print(exc, file=sys.stderr)
+        code = EXIT_STEP_FAILED
+    except KeyboardInterrupt:
+        print("demo: interrupted", file=sys.stderr)
+        code = EXIT_INTERRUPTED
     finally:
         demo.stop_all()
         if args.keep:
             print(f"work directory kept: {work}", file=sys.stderr)
         else:
             shutil.rmtree(work, ignore_errors=True)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print("\nDemo finished: everything it started is stopped.")
-    return 0
+    if result is not None:
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            print(f"\nDemo finished in {time.monotonic() - started:.0f} s: everything it started "
+                  "is stopped.")  # fmt: skip
+    for m in demo.mismatches:
+        print(m.line(), file=sys.stderr)
+    if code == 0 and demo.mismatches:
+        code = EXIT_MISMATCH
+    if code == 0 and not args.json:
+        print("The story held: every node ended in the state and reason the scenario expects.")
+    return code
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C: everything started is stopped
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in background
     sys.exit(main())

@@ -123,17 +123,28 @@ class VmAgent:
     """The agent for one booted VM node, against one verifier (its own state directory)."""
 
     def __init__(
-        self, node: VmNode, verifier: Verifier, name: str, labels: Mapping[str, str], state: Path
+        self,
+        node: VmNode,
+        verifier: Verifier,
+        name: str,
+        labels: Mapping[str, str],
+        state: Path,
+        *,
+        enroll_token: str | None = None,
     ) -> None:
+        """``enroll_token``: one the operator made (e.g. with ``verifier token create``); by
+        default one is made here carrying ``labels`` (or the verifier's shared one)."""
         self.node = node
         self.verifier = verifier
+        if enroll_token is None:
+            enroll_token = verifier.enroll_token_for(labels) if labels else verifier.enroll_token
         self.config = AgentConfig(
             tcti="swtpm-handoff",
             state_dir=state,
             eventlog=node.eventlog_path,
             verifier=verifier.url,
             node=name,
-            enroll_token=verifier.enroll_token_for(labels) if labels else verifier.enroll_token,
+            enroll_token=enroll_token,
         )
         self.client = VerifierClient(verifier.url, timeout=60)
 

@@ -130,22 +130,48 @@ def _deb_field(deb: Path, name: str) -> str:
     return run(["dpkg-deb", "-f", str(deb), name], f"reading {name} of {deb.name}").strip()
 
 
+def candidate(package: str) -> str | None:
+    """The version apt would install today (``apt-cache policy``'s Candidate), or None."""
+    out = run(["apt-cache", "policy", package], f"apt-cache policy {package}")
+    match = re.search(r"^\s*Candidate:\s*(\S+)", out, re.MULTILINE)
+    return None if match is None or match.group(1) == "(none)" else match.group(1)
+
+
+def _cached(package: str, version: str, debs: Path) -> Path | None:
+    # apt-get download names the file PACKAGE_VERSION_ARCH.deb with the epoch's ":" as "%3a"
+    found = sorted(debs.glob(f"{package}_{version.replace(':', '%3a')}_*.deb"))
+    return found[0] if found else None
+
+
+def _fetch(package: str, version: str, debs: Path) -> bool:
+    try:
+        run(["apt-get", "download", f"{package}={version}"], "apt-get download", cwd=debs)
+    except VmBuildError:
+        return False
+    return True
+
+
 def download(package: str, cache: Path) -> Path:
-    """The cached .deb of ``package`` (the candidate version apt knows), fetched if missing."""
+    """The .deb of the version of ``package`` that apt offers today (its candidate), from the
+    cache or fetched into it. A cached file of another version is never used instead: when the
+    archive moves on (a new kernel ABI), the next build takes the new package."""
     debs = cache / "debs"
     debs.mkdir(parents=True, exist_ok=True)
-    found = sorted(debs.glob(f"{package}_*.deb"))
-    if found:
-        return found[-1]
-    try:
-        run(["apt-get", "download", package], f"apt-get download {package}", cwd=debs)
-    except VmBuildError:
+    version = candidate(package)
+    if version is not None and (hit := _cached(package, version, debs)) is not None:
+        return hit
+    if version is None or not _fetch(package, version, debs):
+        # no package lists yet, or lists older than the archive (that version is gone from it)
         run(["apt-get", "update"], "apt-get update")
-        run(["apt-get", "download", package], f"apt-get download {package}", cwd=debs)
-    found = sorted(debs.glob(f"{package}_*.deb"))
-    if not found:
-        raise VmBuildError(f"apt-get download {package} left no .deb in {debs}")
-    return found[-1]
+        version = candidate(package)
+        if version is None:
+            raise VmBuildError(f"apt knows no candidate version of {package}")
+        run(["apt-get", "download", f"{package}={version}"], f"apt-get download {package}",
+            cwd=debs)  # fmt: skip
+    hit = _cached(package, version, debs)
+    if hit is None:
+        raise VmBuildError(f"apt-get download {package}={version} left no .deb in {debs}")
+    return hit
 
 
 def kernel_dependency(meta_deb: Path) -> str:

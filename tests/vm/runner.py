@@ -76,6 +76,7 @@ class VmNode:
         self.eventlog_path = self.dir / "binary_bios_measurements"
         self._swtpm: subprocess.Popen[bytes] | None = None
         self._qemu: subprocess.Popen[bytes] | None = None
+        self._closed = False  # close() may come from another thread while boot() runs
         self.result: BootResult | None = None
 
     # -- processes -----------------------------------------------------------------------------
@@ -120,11 +121,13 @@ class VmNode:
 
     def boot(self, timeout: float = BOOT_TIMEOUT) -> BootResult:
         """Boot until the guest powers off; keep swtpm (and its PCRs) running afterwards."""
+        if self._closed:
+            raise VmBootError(f"{self.image.variant.name}: node closed before its boot")
         if self._swtpm is None:
             self.start_tpm()
         qmp = self.dir / "qmp.sock"
         started = time.monotonic()
-        self._qemu = subprocess.Popen(
+        qemu = self._qemu = subprocess.Popen(
             self._qemu_cmd(qmp),
             stdin=subprocess.DEVNULL,
             stdout=(self.dir / "qemu.out").open("wb"),
@@ -132,7 +135,9 @@ class VmNode:
             start_new_session=True,
         )
         try:
-            self._wait_shutdown(qmp, started + timeout)
+            if self._closed:
+                raise VmBootError(f"{self.image.variant.name}: node closed during its boot")
+            self._wait_shutdown(qemu, qmp, started + timeout)
         finally:
             self._kill_qemu()
         seconds = time.monotonic() - started
@@ -148,10 +153,9 @@ class VmNode:
         self.result = BootResult(self.image.variant.name, log, cmdline, console, seconds)
         return self.result
 
-    def _wait_shutdown(self, qmp: Path, deadline: float) -> None:
-        assert self._qemu is not None
+    def _wait_shutdown(self, qemu: subprocess.Popen[bytes], qmp: Path, deadline: float) -> None:
         while not qmp.exists():
-            if self._qemu.poll() is not None or time.monotonic() > deadline:
+            if qemu.poll() is not None or time.monotonic() > deadline:
                 out = (self.dir / "qemu.out").read_text(errors="replace")[-400:]
                 raise VmBootError(f"QEMU exited or never opened its QMP socket: {out}")
             time.sleep(0.05)
@@ -177,12 +181,12 @@ class VmNode:
 
     def _kill_qemu(self) -> None:
         """SIGKILL: a clean QEMU exit sends CMD_SHUTDOWN, which would end swtpm with our PCRs."""
-        if self._qemu is None:
+        qemu, self._qemu = self._qemu, None  # one owner, also when two threads get here
+        if qemu is None:
             return
         with contextlib.suppress(ProcessLookupError):
-            os.kill(self._qemu.pid, signal.SIGKILL)
-        self._qemu.wait(timeout=10)
-        self._qemu = None
+            os.kill(qemu.pid, signal.SIGKILL)
+        qemu.wait(timeout=10)
 
     def tpm(self) -> HandoffTpm:
         """The agent's Tpm over the TPM the guest measured into (only after ``boot``)."""
@@ -191,16 +195,18 @@ class VmNode:
         return HandoffTpm(self.ctrl_path)
 
     def close(self) -> None:
+        """Stop QEMU and swtpm (by the pids started here); safe to call again, from any thread."""
+        self._closed = True
         self._kill_qemu()
-        if self._swtpm is not None:
+        swtpm, self._swtpm = self._swtpm, None
+        if swtpm is not None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self._swtpm.pid, signal.SIGTERM)
+                os.kill(swtpm.pid, signal.SIGTERM)
             try:
-                self._swtpm.wait(timeout=5)
+                swtpm.wait(timeout=5)
             except subprocess.TimeoutExpired:
-                os.kill(self._swtpm.pid, signal.SIGKILL)
-                self._swtpm.wait(timeout=5)
-            self._swtpm = None
+                os.kill(swtpm.pid, signal.SIGKILL)
+                swtpm.wait(timeout=5)
 
     def __enter__(self) -> VmNode:
         return self

@@ -1,0 +1,131 @@
+"""The demo's story, stated before it runs, and the check that reality told the same story.
+
+Expectations are states and reason codes, never digests or package versions: they must hold
+whatever kernel Debian ships on the day. The scenario is closed-world: a node the inventory shows
+that the story does not name is a failure too, like a node the story names that is missing.
+
+Pure (standard library only), so ``tests/test_demo_story.py`` checks the checker without a VM.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+# The verifier's one-line reason is "<code>: <message>" for a failed or unknown verdict and
+# "all N checks passed" for a trusted one; the story names the latter ALL_PASSED.
+ALL_PASSED = "all_checks_passed"
+NO_REASON = "-"
+ABSENT = "absent"
+_CODE = re.compile(r"([a-z][a-z0-9_]*):")
+_ALL = re.compile(r"all \d+ checks passed")
+
+
+@dataclass(frozen=True, slots=True)
+class Expect:
+    state: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.state}/{self.reason}"
+
+    def to_json(self) -> dict[str, str]:
+        return {"state": self.state, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """What the inventory must say, node by node, once the demo reached ``step``."""
+
+    step: str
+    title: str
+    nodes: Mapping[str, Expect]
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    step: str
+    node: str
+    expected: Expect
+    got: Expect
+
+    def line(self) -> str:
+        return (
+            f"demo: FAILED: node {self.node}: expected {self.expected}, got {self.got} "
+            f"(after step {self.step!r})"
+        )
+
+
+TRUSTED = Expect("trusted", ALL_PASSED)
+
+# The story. debian-sb-1 and debian-sb-tampered are real VM boots of Debian's current packages;
+# gce-ubuntu-1 and thinkpad-1 are recorded logs of real machines replayed into swtpm.
+SCENARIO: tuple[Checkpoint, ...] = (
+    Checkpoint(
+        "attested",
+        "every node enrolled and attested once",
+        {
+            "debian-sb-1": TRUSTED,
+            # its grub.cfg adds "nokaslr" to the kernel command line
+            "debian-sb-tampered": Expect("untrusted", "cmdline_not_approved"),
+            "gce-ubuntu-1": TRUSTED,
+            "thinkpad-1": TRUSTED,
+        },
+    ),
+    Checkpoint(
+        "revoked",
+        "the golden kernel version revoked (no node attested again)",
+        {
+            # flagged at once by re-appraisal of its stored evidence: its kernel is revoked
+            "debian-sb-1": Expect("untrusted", "golden_revoked"),
+            # the same kernel: the revocation is now the first failing check
+            "debian-sb-tampered": Expect("untrusted", "golden_revoked"),
+            "gce-ubuntu-1": TRUSTED,
+            "thinkpad-1": TRUSTED,
+        },
+    ),
+)
+
+
+def reason_code(reason: str | None) -> str:
+    """The stable code at the head of the verifier's one-line reason (the whole text otherwise,
+    so that an unexpected shape never equals an expected code)."""
+    if not reason:
+        return NO_REASON
+    if _ALL.fullmatch(reason):
+        return ALL_PASSED
+    match = _CODE.match(reason)
+    return match.group(1) if match else reason
+
+
+def observed(inventory: Iterable[Mapping[str, Any]]) -> dict[str, Expect]:
+    """name -> state/reason code, from the verifier's node list (``GET /v1/nodes``)."""
+    return {
+        str(n["name"]): Expect(str(n["state"]), reason_code(n.get("reason"))) for n in inventory
+    }
+
+
+def compare(checkpoint: Checkpoint, inventory: Iterable[Mapping[str, Any]]) -> list[Mismatch]:
+    """Every node whose state or reason code differs from the checkpoint, including nodes the
+    story names that the inventory lacks and nodes the inventory has that the story does not."""
+    got = observed(inventory)
+    absent = Expect(ABSENT, NO_REASON)
+    return [
+        Mismatch(checkpoint.step, name, checkpoint.nodes.get(name, absent), got.get(name, absent))
+        for name in sorted(set(got) | set(checkpoint.nodes))
+        if checkpoint.nodes.get(name, absent) != got.get(name, absent)
+    ]
+
+
+def checkpoint(step: str, scenario: Sequence[Checkpoint] = SCENARIO) -> Checkpoint:
+    for c in scenario:
+        if c.step == step:
+            return c
+    raise KeyError(f"the scenario has no step {step!r}")
+
+
+def final(scenario: Sequence[Checkpoint] = SCENARIO) -> Checkpoint:
+    """The last checkpoint: the final state and reason each node is expected to end in."""
+    return scenario[-1]
