@@ -33,7 +33,7 @@ from verifier.store.models import Attestation, Node
 from .context import Services
 from .errors import ApiError, bad_request, not_found
 from .evidence import Evidence, parse_evidence
-from .policy import Assessment, assess, failed, policy_for
+from .golden_policy import Assessment, assess, failed, policy_for
 
 NODE_NOT_ENROLLED = "node_not_enrolled"
 

@@ -1,7 +1,7 @@
 """API errors: every failure is ``{"error": {"code", "message"}}`` with a 4xx (5xx only for bugs).
 
 Domain errors map by type: MalformedEvidence → 400, VerificationFailed → 422 (with its code),
-PolicyViolation → 403, ConfigurationError → 500, StoreUnavailable → 503 (``database_busy`` or
+ConfigurationError → 500, StoreUnavailable → 503 (``database_busy`` or
 ``database_unavailable``, with Retry-After). Werkzeug's own errors (404 route, 405 method,
 413 too large) become the same JSON shape.
 """
@@ -17,7 +17,6 @@ from assay.errors import (
     AssayError,
     ConfigurationError,
     MalformedEvidence,
-    PolicyViolation,
     VerificationFailed,
 )
 from verifier.store import StoreUnavailable
@@ -63,10 +62,6 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(VerificationFailed)
     def _failed(exc: VerificationFailed) -> tuple[Response, int]:
         return error_response(422, exc.code, str(exc))
-
-    @app.errorhandler(PolicyViolation)
-    def _policy(exc: PolicyViolation) -> tuple[Response, int]:
-        return error_response(403, "policy_violation", str(exc))
 
     @app.errorhandler(ConfigurationError)
     def _config(exc: ConfigurationError) -> tuple[Response, int]:

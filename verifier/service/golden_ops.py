@@ -16,8 +16,8 @@ from verifier.store.models import GoldenSetRow
 
 from .context import Services
 from .errors import bad_request, conflict, not_found
+from .golden_policy import GOLDEN_FORMATS, parse_golden
 from .inventory import _iso, reappraise_nodes
-from .policy import GOLDEN_FORMATS, parse_golden
 
 MAX_GOLDEN = 4 * 1024 * 1024
 

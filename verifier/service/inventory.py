@@ -22,7 +22,7 @@ from verifier.store.models import Attestation, Node
 from .attestation import apply_assessment, appraise_evidence, pcrs_from_json
 from .context import Services
 from .errors import conflict, not_found
-from .policy import Assessment, failed
+from .golden_policy import Assessment, failed
 
 STATES = ("enrolled", "trusted", "untrusted", "unknown", "stale", "quarantined")
 

@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-from sqlalchemy.orm import Session
 
 from assay.errors import ConfigurationError, MalformedEvidence
 from assay.eventlog import VerifiedBootLog
 from golden.model import GoldenSet, Status
 from verifier.appraisal import CompiledPolicy, appraise, compile_golden
-from verifier.store import repo
 from verifier.store.models import GoldenSetRow
 
 from .context import Services
@@ -75,10 +72,6 @@ def golden_from_row(row: GoldenSetRow) -> GoldenSet:
     if row.status in ("retired", "revoked"):
         status = "retired" if row.status == "retired" else "revoked"
     return dataclasses.replace(gs, status=status, status_reason=row.reason or None)
-
-
-def rows_for_labels(db: Session, labels: Mapping[str, str]) -> list[GoldenSetRow]:
-    return repo.golden_rows_for(db, labels)
 
 
 def policy_for(svc: Services, rows: Sequence[GoldenSetRow]) -> CompiledPolicy:
