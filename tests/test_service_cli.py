@@ -155,3 +155,14 @@ def test_tokens_list_revoke_and_nodes_move_label_from_the_cli(
     assert code == 0 and json.loads(out)["labels"] == {"pool": "gpu"}
     code, out, _ = run(capsys, "token", "list", *db)  # the rich table
     assert code == 0 and "enroll" in out
+
+
+def test_nodes_list_refuses_a_state_that_does_not_exist(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = ["--database", str(tmp_path / "v.db")]
+    assert run(capsys, "db", "upgrade", *db)[0] == 0
+    code, _, err = run(capsys, "nodes", "list", "--state", "happy", *db)
+    assert code == 1 and "state must be one of enrolled, trusted," in err
+    code, out, _ = run(capsys, "nodes", "list", "--state", "stale", *db, "--json")
+    assert code == 0 and json.loads(out) == {"nodes": []}

@@ -245,7 +245,8 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 def _nodes_list(args: argparse.Namespace) -> int:
     from verifier.service import inventory
 
-    nodes = inventory.list_nodes(_services(args), state=args.state, labels=_labels(args.label))
+    state = None if args.state is None else inventory.parse_state(args.state)
+    nodes = inventory.list_nodes(_services(args), state=state, labels=_labels(args.label))
     rows = [
         (n["name"], n["state"], n["state_since"], ", ".join(n["golden"]), n["reason"])
         for n in nodes

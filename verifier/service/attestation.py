@@ -27,8 +27,9 @@ from assay.algorithms import HashAlg
 from assay.errors import MalformedEvidence, VerificationFailed
 from assay.eventlog import VerifiedBootLog, parse_event_log, verify_log
 from assay.tpm2 import VerifiedQuote, parse_public, verify_quote
+from verifier.appraisal import CheckStatus, VerdictStatus
 from verifier.store import repo
-from verifier.store.models import Attestation, Node
+from verifier.store.models import Attestation, AttestationSource, Node, NodeState
 
 from .context import Services
 from .errors import ApiError, bad_request, not_found
@@ -49,9 +50,9 @@ class Challenge:
 @dataclass(frozen=True, slots=True)
 class AttestationResult:
     attestation_id: int
-    status: str
+    status: VerdictStatus
     reason: str
-    node_state: str
+    node_state: NodeState
     checks: list[dict[str, Any]]
     reboot: bool
 
@@ -91,7 +92,7 @@ quote and log, so the poster may read it."""
 
 def poster_reason(reason: str, checks: list[dict[str, Any]]) -> str:
     """The verdict's reason without golden values: the deciding check's code, or "all … passed"."""
-    for wanted in ("fail", "unknown"):
+    for wanted in (CheckStatus.FAIL, CheckStatus.UNKNOWN):
         for c in checks:
             if c.get("status") == wanted:
                 code = str(c.get("reason", ""))
@@ -191,15 +192,17 @@ def appraise_evidence(
     missing = sorted((set(svc.config.pcrs) | policy.required_pcrs) - quoted)
     if missing:
         return failed(
-            "unknown", "pcr_not_quoted", f"the quote does not cover {bank.bank} PCRs {missing}"
+            VerdictStatus.UNKNOWN,
+            "pcr_not_quoted",
+            f"the quote does not cover {bank.bank} PCRs {missing}",
         )
     # 6. Verified log.
     try:
         vlog = verified_log(svc, quote, bank, log_hex, log_bytes)
     except VerificationFailed as exc:
-        return failed("untrusted", exc.code, str(exc))
+        return failed(VerdictStatus.UNTRUSTED, exc.code, str(exc))
     except MalformedEvidence as exc:
-        return failed("untrusted", "event_log_malformed", str(exc))
+        return failed(VerdictStatus.UNTRUSTED, "event_log_malformed", str(exc))
     # 7. Appraisal.
     return assess(vlog, policy)
 
@@ -243,7 +246,7 @@ def _record(
         row = Attestation(
             node_id=node.id,
             created_at=now,
-            source="evidence",
+            source=AttestationSource.EVIDENCE,
             status=a.status,
             reason=a.reason,
             verdict=a.verdict,
@@ -281,13 +284,14 @@ def apply_assessment(
     """
     node.last_attestation_id = row.id
     node.golden_versions = a.golden
-    if a.status == "trusted" and (node.last_success_at or quoted_at) <= quoted_at:
+    if a.status == VerdictStatus.TRUSTED and (node.last_success_at or quoted_at) <= quoted_at:
         node.last_success_at = quoted_at
-    if node.state == "quarantined":
+    if node.state == NodeState.QUARANTINED:
         return
-    if node.state != a.status:
+    state = NodeState.after(a.status)
+    if node.state != state:
         node.state_since = now
-    node.state = a.status
+    node.state = state
     node.reason = a.reason
 
 

@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 from assay.errors import VerificationFailed
 from assay.tpm2 import ObjectAttributes, TpmPublic, make_credential, parse_public
 from verifier.store import repo
-from verifier.store.models import Enrollment, Node
+from verifier.store.models import Enrollment, EnrollmentStep, Node, NodeState
 
 from .auth import Caller
 from .context import Services
@@ -166,7 +166,7 @@ def start(svc: Services, req: EnrollmentRequest, caller: Caller) -> EnrollmentCh
                 ak_name=ak.name,
                 secret_sha256=hashlib.sha256(secret).digest(),
                 activation_key_sha256=_key_hash(activation_key),
-                step="challenged",
+                step=EnrollmentStep.CHALLENGED,
                 attempts=0,
                 token_id=caller.token_id,
                 created_at=now,
@@ -220,10 +220,10 @@ def activate(svc: Services, enrollment_id: str, secret: bytes, activation_key: s
                 403, "activation_key_invalid", "this is not the client that started the enrollment"
             )
         # 2. State machine.
-        if row.step != "challenged":
+        if row.step != EnrollmentStep.CHALLENGED:
             raise conflict("enrollment_step", f"enrollment is {row.step}, not awaiting activation")
         if row.expires_at <= now:
-            row.step = "expired"
+            row.step = EnrollmentStep.EXPIRED
             return_error = ApiError(410, "enrollment_expired", "the enrollment challenge expired")
         else:
             return_error = None
@@ -233,14 +233,14 @@ def activate(svc: Services, enrollment_id: str, secret: bytes, activation_key: s
         ):
             row.attempts += 1
             if row.attempts >= MAX_ACTIVATION_ATTEMPTS:
-                row.step = "failed"
+                row.step = EnrollmentStep.FAILED
             repo.audit(db, "agent", "activation_failed", row.node_name, "wrong secret", now=now)
             return_error = ApiError(422, "activation_failed", "the activated secret is wrong")
         if return_error is None:
             # 4-5. Identity, then pin and bind.
             _check_identity(db, row.node_name, row.ek_fingerprint, row.ak_name)
             node = _bind(db, row, now)
-            row.step = "activated"
+            row.step = EnrollmentStep.ACTIVATED
             repo.audit(
                 db,
                 "agent",
@@ -260,15 +260,16 @@ def _bind(db: Session, row: Enrollment, now: dt.datetime) -> Node:
     if node is None:
         node = Node(name=row.node_name, golden_versions=[], labels=dict(row.labels))
         db.add(node)
-        _set_state(node, "enrolled", "enrolled; awaiting the first attestation", now)
+        _set_state(node, NodeState.ENROLLED, "enrolled; awaiting the first attestation", now)
         node.enrolled_at = now
     elif node.ek_fingerprint != row.ek_fingerprint:  # an admin-approved replacement
         node.last_reset_count = node.last_restart_count = None
         node.boot_log_sha256 = None
         node.last_success_at = None
         node.last_attestation_id = None  # a release must not restore the old TPM's verdict
-        if node.state != "quarantined":
-            _set_state(node, "enrolled", "new TPM enrolled; awaiting the first attestation", now)
+        if node.state != NodeState.QUARANTINED:
+            msg = "new TPM enrolled; awaiting the first attestation"
+            _set_state(node, NodeState.ENROLLED, msg, now)
         node.enrolled_at = now
     node.ek_public = row.ek_public
     node.ek_fingerprint = row.ek_fingerprint
@@ -283,5 +284,5 @@ def _bind(db: Session, row: Enrollment, now: dt.datetime) -> Node:
     return node
 
 
-def _set_state(node: Node, state: str, reason: str, now: dt.datetime) -> None:
+def _set_state(node: Node, state: NodeState, reason: str, now: dt.datetime) -> None:
     node.state, node.reason, node.state_since = state, reason, now

@@ -1,4 +1,5 @@
-"""Golden sets for a node, compiled once per set of versions, and the appraisal of a verified log.
+"""A node's golden policy: its golden sets parsed from the store, compiled once per set of
+versions (``policy_for``), and the service's record of an appraisal (``Assessment``).
 
 The store's status (active / retired / revoked + reason) overrides what the uploaded document
 said, so a revocation recorded in the database takes effect without re-uploading anything.
@@ -15,7 +16,7 @@ from typing import Any
 from assay.errors import ConfigurationError, MalformedEvidence
 from assay.eventlog import VerifiedBootLog
 from golden.model import GoldenSet, Status
-from verifier.appraisal import CompiledPolicy, appraise, compile_golden
+from verifier.appraisal import CheckStatus, CompiledPolicy, VerdictStatus, appraise, compile_golden
 from verifier.store.models import GoldenSetRow
 
 from .context import Services
@@ -27,7 +28,7 @@ GOLDEN_FORMATS = ("yaml", "corim")
 class Assessment:
     """What the service keeps of a verdict: status, one-line reason, checks, golden versions."""
 
-    status: str
+    status: VerdictStatus
     reason: str
     checks: list[dict[str, Any]]
     golden: list[str]
@@ -110,11 +111,11 @@ def assess(log: VerifiedBootLog, policy: CompiledPolicy) -> Assessment:
     return Assessment(verdict.status, verdict.reason, checks, list(policy.in_force), data)
 
 
-def failed(status: str, code: str, message: str) -> Assessment:
+def failed(status: VerdictStatus, code: str, message: str) -> Assessment:
     """An assessment for evidence that never reached the policy (replay mismatch, bad log…)."""
     check = {
         "id": code,
-        "status": "fail" if status == "untrusted" else "unknown",
+        "status": CheckStatus.FAIL if status == VerdictStatus.UNTRUSTED else CheckStatus.UNKNOWN,
         "reason": code,
         "message": message,
     }

@@ -16,27 +16,34 @@ from sqlalchemy.orm import Session
 
 from assay.errors import MalformedEvidence, VerificationFailed
 from assay.tpm2 import parse_public, verify_quote
+from verifier.appraisal import VerdictStatus
 from verifier.store import repo
-from verifier.store.models import Attestation, Node
+from verifier.store.models import Attestation, AttestationSource, Node, NodeState
 
 from .attestation import apply_assessment, appraise_evidence, pcrs_from_json
 from .context import Services
-from .errors import conflict, not_found
+from .errors import bad_request, conflict, not_found
 from .golden_policy import Assessment, failed
-
-STATES = ("enrolled", "trusted", "untrusted", "unknown", "stale", "quarantined")
 
 
 def _iso(value: dt.datetime | None) -> str | None:
     return None if value is None else value.isoformat().replace("+00:00", "Z")
 
 
-def effective_state(node: Node, now: dt.datetime, window: float) -> tuple[str, str]:
+def parse_state(text: str) -> NodeState:
+    """A state named by a caller (a query, a flag); ``bad_query`` if there is none."""
+    try:
+        return NodeState(text)
+    except ValueError:
+        raise bad_request("bad_query", f"state must be one of {', '.join(NodeState)}") from None
+
+
+def effective_state(node: Node, now: dt.datetime, window: float) -> tuple[NodeState, str]:
     """(state, reason) as of ``now``: a trusted node past its freshness window reads as stale."""
-    if node.state == "trusted":
+    if node.state == NodeState.TRUSTED:
         last = node.last_success_at or node.enrolled_at
         if (now - last).total_seconds() > window:
-            return "stale", f"no successful attestation since {_iso(last)}"
+            return NodeState.STALE, f"no successful attestation since {_iso(last)}"
     return node.state, node.reason
 
 
@@ -86,14 +93,15 @@ def attestation_json(row: Attestation, node_name: str, *, full: bool) -> dict[st
 
 
 def list_nodes(
-    svc: Services, *, state: str | None, labels: Mapping[str, str]
+    svc: Services, *, state: NodeState | None, labels: Mapping[str, str]
 ) -> list[dict[str, Any]]:
     now, window = svc.now(), svc.config.freshness_window
     with svc.store.read() as db:
         # "stale" is also derived from "trusted" rows: filter on the computed state.
         stored = None
         if state is not None:
-            stored = ["trusted", "stale"] if state in ("trusted", "stale") else [state]
+            derived = (NodeState.TRUSTED, NodeState.STALE)
+            stored = list(derived) if state in derived else [state]
         nodes = repo.list_nodes(db, states=stored, labels=labels)
         views = [node_json(n, now, window) for n in nodes]
     return [v for v in views if state is None or v["state"] == state]
@@ -116,9 +124,9 @@ def sweep_stale(svc: Services, actor: str = "sweep") -> list[str]:
     now, window = svc.now(), svc.config.freshness_window
     changed: list[str] = []
     with svc.store.write() as db:
-        for node in repo.list_nodes(db, states=["trusted"]):
+        for node in repo.list_nodes(db, states=[NodeState.TRUSTED]):
             state, reason = effective_state(node, now, window)
-            if state == "stale":
+            if state == NodeState.STALE:
                 node.state, node.reason, node.state_since = state, reason, now
                 repo.audit(db, actor, "stale", node.name, reason, now=now)
                 changed.append(node.name)
@@ -129,9 +137,10 @@ def quarantine(svc: Services, name: str, reason: str, actor: str) -> dict[str, A
     now = svc.now()
     with svc.store.write() as db:
         node = get_node(db, name)
-        if node.state == "quarantined":
+        if node.state == NodeState.QUARANTINED:
             raise conflict("already_quarantined", f"node {name!r} is already quarantined")
-        node.state, node.reason, node.state_since = "quarantined", f"quarantined: {reason}", now
+        node.state, node.state_since = NodeState.QUARANTINED, now
+        node.reason = f"quarantined: {reason}"
         repo.audit(db, actor, "quarantine", name, reason, now=now)
         return node_json(node, now, svc.config.freshness_window)
 
@@ -141,10 +150,10 @@ def release(svc: Services, name: str, reason: str, actor: str) -> dict[str, Any]
     now = svc.now()
     with svc.store.write() as db:
         node = get_node(db, name)
-        if node.state != "quarantined":
+        if node.state != NodeState.QUARANTINED:
             raise conflict("not_quarantined", f"node {name!r} is not quarantined")
         last = db.get(Attestation, node.last_attestation_id) if node.last_attestation_id else None
-        node.state = last.status if last else "enrolled"
+        node.state = NodeState.after(last.status) if last else NodeState.ENROLLED
         node.reason = last.reason if last else "enrolled; awaiting the first attestation"
         node.state_since = now
         repo.audit(db, actor, "release", name, reason, now=now)
@@ -220,7 +229,7 @@ def reappraise_nodes(
             row = Attestation(
                 node_id=node.id,
                 created_at=now,
-                source="reappraisal",
+                source=AttestationSource.REAPPRAISAL,
                 status=a.status,
                 reason=a.reason,
                 verdict=a.verdict,
@@ -269,8 +278,8 @@ def _reassess(svc: Services, db: Session, node: Node, last: Attestation) -> Asse
             pcrs_from_json(last.pcrs),
         )
     except (VerificationFailed, MalformedEvidence) as exc:
-        return failed("unknown", "stored_evidence_invalid", str(exc))
+        return failed(VerdictStatus.UNKNOWN, "stored_evidence_invalid", str(exc))
     if last.event_log_sha256 is None:
-        return failed("unknown", "event_log_missing", "no event log stored")
+        return failed(VerdictStatus.UNKNOWN, "event_log_missing", "no event log stored")
     rows = repo.golden_rows_for(db, node.labels)
     return appraise_evidence(svc, quote, last.event_log_sha256, None, rows)

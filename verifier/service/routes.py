@@ -157,10 +157,9 @@ def evidence(node: str) -> Response:
 @require(*READ_INVENTORY)
 def list_nodes() -> Response:
     state = request.args.get("state")
-    if state is not None and state not in inventory.STATES:
-        raise bad_request("bad_query", f"state must be one of {', '.join(inventory.STATES)}")
+    wanted = None if state is None else inventory.parse_state(state)
     labels = label_query(request.args.getlist("label"))
-    return jsonify({"nodes": inventory.list_nodes(services(), state=state, labels=labels)})
+    return jsonify({"nodes": inventory.list_nodes(services(), state=wanted, labels=labels)})
 
 
 @inventory_bp.get("/nodes/<node>")

@@ -45,7 +45,7 @@ from assay.tpm2 import (
     public_from_key,
 )
 from verifier.store import Store, repo
-from verifier.store.models import Node
+from verifier.store.models import Node, NodeState
 
 from .config import ServiceConfig
 
@@ -156,7 +156,7 @@ class FakeAgentForLoad:
             node.ak_public = self.ak.raw
             node.ak_name = self.ak.name
             node.labels = self.labels
-            node.state, node.state_since, node.reason = "enrolled", now, "load test"
+            node.state, node.state_since, node.reason = NodeState.ENROLLED, now, "load test"
             node.enrolled_at = now
             node.replace_allowed = False
 

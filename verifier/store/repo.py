@@ -25,10 +25,12 @@ from sqlalchemy.orm import Session
 from .models import (
     Assignment,
     Attestation,
+    AttestationSource,
     AuditEntry,
     EventLogBlob,
     GoldenSetRow,
     Node,
+    NodeState,
     Nonce,
     ServiceKey,
     Token,
@@ -192,7 +194,10 @@ def node_by_ak(s: Session, ak_name: bytes) -> Node | None:
 
 
 def list_nodes(
-    s: Session, *, states: Sequence[str] | None = None, labels: Mapping[str, str] | None = None
+    s: Session,
+    *,
+    states: Sequence[NodeState] | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> list[Node]:
     q = select(Node).order_by(Node.name)
     if states:
@@ -217,7 +222,7 @@ def latest_evidence(s: Session, node_id: int) -> Attestation | None:
     """The newest attestation that came from the node itself (not a re-appraisal copy)."""
     q = (
         select(Attestation)
-        .where(Attestation.node_id == node_id, Attestation.source == "evidence")
+        .where(Attestation.node_id == node_id, Attestation.source == AttestationSource.EVIDENCE)
         .order_by(Attestation.id.desc())
         .limit(1)
     )
