@@ -1,8 +1,10 @@
 """Node states and verdict statuses are enums end to end: the store writes only their values (the
 same strings as before the enums, so existing databases read unchanged), refuses anything else,
-and reads members back."""
+and reads members back; one ``record`` moves a node's state for new evidence and re-appraisal."""
 
 from __future__ import annotations
+
+import datetime as dt
 
 import pytest
 from sqlalchemy import text
@@ -11,8 +13,11 @@ from sqlalchemy.exc import StatementError
 from tests import test_service_api as api
 from tests.postgres import postgres_server, postgres_url  # noqa: F401
 from tests.test_service_api import T0, Env, add_node
-from verifier.store import NodeState, repo
-from verifier.store.models import Attestation
+from verifier.appraisal import VerdictStatus
+from verifier.service.attestation import QuotedEvidence, record
+from verifier.service.golden_policy import Assessment, failed
+from verifier.store import AttestationSource, NodeState, repo
+from verifier.store.models import Attestation, Node
 
 env = api.env  # the fixture: the real app on SQLite and PostgreSQL
 
@@ -81,3 +86,44 @@ def test_the_node_state_filter_names_the_enum_values(env: Env) -> None:
             "quarantined",
         },
     )
+
+
+EV = QuotedEvidence(b"n" * 32, b"quote", b"sig", {"sha256": {}}, None, "agent/1", 4, 0)
+TRUSTED = Assessment(VerdictStatus.TRUSTED, "all 3 checks passed", [], ["fleet@1"], {})
+
+
+def _record(e: Env, name: str, a: Assessment, *, at: dt.datetime, quoted_at: dt.datetime) -> Node:
+    with e.store.write() as db:
+        node = repo.get_node(db, name)
+        assert node is not None
+        record(db, node, EV, a, source=AttestationSource.EVIDENCE, now=at, quoted_at=quoted_at)
+        return node
+
+
+def test_record_moves_the_state_and_freshness_comes_only_from_the_quote(env: Env) -> None:
+    later = T0 + dt.timedelta(hours=1)
+    node = _record(env, "n1", TRUSTED, at=later, quoted_at=T0)
+    assert (node.state, node.state_since, node.reason) == (
+        NodeState.TRUSTED,
+        later,
+        "all 3 checks passed",
+    )
+    assert node.last_success_at == T0  # the quote's time, not the time of recording
+    assert node.golden_versions == ["fleet@1"]
+    with env.store.read() as db:
+        [row] = repo.node_attestations(db, node.id)
+    assert node.last_attestation_id == row.id
+    assert (row.status, row.source, row.nonce, row.reset_count) == (
+        VerdictStatus.TRUSTED,
+        AttestationSource.EVIDENCE,
+        b"n" * 32,
+        4,
+    )
+
+
+def test_record_keeps_a_quarantined_node_quarantined(env: Env) -> None:
+    add_node(env.store, "q1", state="quarantined")
+    bad = failed(VerdictStatus.UNTRUSTED, "pcr_replay_mismatch", "PCR4 differs")
+    node = _record(env, "q1", bad, at=T0, quoted_at=T0)
+    assert (node.state, node.reason) == (NodeState.QUARANTINED, "test")
+    assert node.last_attestation_id is not None and node.last_success_at is None

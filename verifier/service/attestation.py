@@ -9,7 +9,8 @@
  6. the log replays to the quoted PCRs — or, within one boot with an unchanged log, the cached
     verified log whose quoted values are identical (no re-parse);
  7. appraise against the node's golden sets (compiled once per set of versions);
- 8. one transaction: the log (once per digest), the attestation, the node's new state.
+ 8. one transaction: the log (once per digest), the attestation and the node's new state
+    (``record``, which re-appraisal uses too), the boot counters.
 Failures in 1–3 refuse the evidence (4xx); failures from 5 on are stored verdicts.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +35,7 @@ from verifier.store.models import Attestation, AttestationSource, Node, NodeStat
 
 from .context import Services
 from .errors import ApiError, bad_request, not_found
-from .evidence import Evidence, parse_evidence
+from .evidence import parse_evidence
 from .golden_policy import Assessment, assess, failed, policy_for
 
 NODE_NOT_ENROLLED = "node_not_enrolled"
@@ -178,7 +180,17 @@ def submit(svc: Services, node_name: str, body: bytes) -> AttestationResult:
         rows = repo.golden_rows_for(db, node.labels)
     assessment = appraise_evidence(svc, quote, log_hex, log_bytes, rows)
     # 8. Store.
-    return _record(svc, node_id, ev, quote, log_hex, log_bytes, assessment, now)
+    quoted = QuotedEvidence(
+        nonce=ev.nonce,
+        quote=ev.attest,
+        signature=ev.signature,
+        pcrs=pcrs_json(ev.pcrs),
+        event_log_sha256=log_hex,
+        agent_version=ev.agent_version,
+        reset_count=quote.reset_count,
+        restart_count=quote.restart_count,
+    )
+    return _record_new(svc, node_id, quoted, log_bytes, assessment, now)
 
 
 def appraise_evidence(
@@ -226,73 +238,119 @@ def verified_log(
     return vlog
 
 
-def _record(
+@dataclass(frozen=True, slots=True)
+class QuotedEvidence:
+    """What an attestation keeps of the evidence it appraised: the quote as signed, the PCR
+    values, the log by digest — enough to verify and appraise it again (re-appraisal)."""
+
+    nonce: bytes
+    quote: bytes
+    signature: bytes
+    pcrs: Mapping[str, Mapping[str, str]]
+    event_log_sha256: str | None
+    agent_version: str
+    reset_count: int | None
+    restart_count: int | None
+
+    @classmethod
+    def of(cls, row: Attestation) -> QuotedEvidence:
+        return cls(
+            row.nonce,
+            row.quote,
+            row.signature,
+            row.pcrs,
+            row.event_log_sha256,
+            row.agent_version,
+            row.reset_count,
+            row.restart_count,
+        )
+
+
+def _record_new(
     svc: Services,
     node_id: int,
-    ev: Evidence,
-    quote: VerifiedQuote,
-    log_hex: str,
+    ev: QuotedEvidence,
     log_bytes: bytes | None,
     a: Assessment,
     now: dt.datetime,
 ) -> AttestationResult:
+    """Step 8 for new evidence: the log, the attestation and new state, the boot counters."""
     with svc.store.write() as db:
         node = db.get(Node, node_id)
         if node is None:  # deleted while we verified
             raise not_found(NODE_NOT_ENROLLED, "the node was deleted; enroll again")
-        if log_bytes is not None and hashlib.sha256(log_bytes).hexdigest() == log_hex:
+        log_hex = ev.event_log_sha256
+        if log_hex and log_bytes is not None and hashlib.sha256(log_bytes).hexdigest() == log_hex:
             repo.put_event_log(db, log_hex, log_bytes, now)
-        reboot = node.last_reset_count is not None and quote.reset_count != node.last_reset_count
-        row = Attestation(
-            node_id=node.id,
-            created_at=now,
+        reboot = node.last_reset_count is not None and ev.reset_count != node.last_reset_count
+        row = record(
+            db,
+            node,
+            ev,
+            a,
             source=AttestationSource.EVIDENCE,
-            status=a.status,
-            reason=a.reason,
-            verdict=a.verdict,
-            nonce=ev.nonce,
-            quote=ev.attest,
-            signature=ev.signature,
-            pcrs=pcrs_json(ev.pcrs),
-            event_log_sha256=log_hex,
-            agent_version=ev.agent_version,
-            reset_count=quote.reset_count,
-            restart_count=quote.restart_count,
+            now=now,
+            quoted_at=now,
             reboot=reboot,
-            golden_versions=a.golden,
         )
-        db.add(row)
-        db.flush()
         if reboot:
             node.last_reboot_at = now
-        node.last_reset_count = quote.reset_count
-        node.last_restart_count = quote.restart_count
+        node.last_reset_count = ev.reset_count
+        node.last_restart_count = ev.restart_count
         node.boot_log_sha256 = log_hex
         node.last_attested_at = now
-        apply_assessment(node, row, a, now, now)
         return AttestationResult(row.id, a.status, a.reason, node.state, a.checks, reboot)
 
 
-def apply_assessment(
-    node: Node, row: Attestation, a: Assessment, now: dt.datetime, quoted_at: dt.datetime
-) -> None:
-    """Move the node to its new state (a quarantined node stays quarantined).
+def record(
+    db: Session,
+    node: Node,
+    ev: QuotedEvidence,
+    a: Assessment,
+    *,
+    source: AttestationSource,
+    now: dt.datetime,
+    quoted_at: dt.datetime,
+    reboot: bool = False,
+) -> Attestation:
+    """Record an attestation of ``node`` and move the node to its new state, in ``db``'s
+    transaction: the one place both new evidence and a re-appraisal are written.
 
-    Freshness comes only from the quote: ``quoted_at`` is when the appraised quote was verified
-    (``now`` for new evidence, the stored evidence's time for a re-appraisal), so re-appraising
-    old evidence never makes a node fresher than its last real attestation.
+    A quarantined node stays quarantined. Freshness comes only from the quote: ``quoted_at`` is
+    when the appraised quote was verified (``now`` for new evidence, the stored evidence's time
+    for a re-appraisal), so re-appraising old evidence never makes a node fresher than its last
+    real attestation.
     """
+    row = Attestation(
+        node_id=node.id,
+        created_at=now,
+        source=source,
+        status=a.status,
+        reason=a.reason,
+        verdict=a.verdict,
+        nonce=ev.nonce,
+        quote=ev.quote,
+        signature=ev.signature,
+        pcrs=dict(ev.pcrs),
+        event_log_sha256=ev.event_log_sha256,
+        agent_version=ev.agent_version,
+        reset_count=ev.reset_count,
+        restart_count=ev.restart_count,
+        reboot=reboot,
+        golden_versions=a.golden,
+    )
+    db.add(row)
+    db.flush()
     node.last_attestation_id = row.id
     node.golden_versions = a.golden
     if a.status == VerdictStatus.TRUSTED and (node.last_success_at or quoted_at) <= quoted_at:
         node.last_success_at = quoted_at
-    if node.state == NodeState.QUARANTINED:
-        return
-    state = NodeState.after(a.status)
-    if node.state != state:
-        node.state_since = now
-    node.state = state
-    node.reason = a.reason
+    if node.state != NodeState.QUARANTINED:
+        state = NodeState.after(a.status)
+        if node.state != state:
+            node.state_since = now
+        node.state, node.reason = state, a.reason
+    return row
 
 
 def pcrs_json(pcrs: Any) -> dict[str, dict[str, str]]:

@@ -20,7 +20,7 @@ from verifier.appraisal import VerdictStatus
 from verifier.store import repo
 from verifier.store.models import Attestation, AttestationSource, Node, NodeState
 
-from .attestation import apply_assessment, appraise_evidence, pcrs_from_json
+from .attestation import QuotedEvidence, appraise_evidence, pcrs_from_json, record
 from .context import Services
 from .errors import bad_request, conflict, not_found
 from .golden_policy import Assessment, failed
@@ -213,9 +213,10 @@ def reappraise_nodes(
     """Re-appraise the latest stored evidence of each node (all when ``names`` is None).
 
     The stored quote is verified again with the node's AK and nonce, the log replayed against it
-    (cached when unchanged), and the verdict recorded as a ``reappraisal`` attestation that moves
-    the node's state — all nodes in one transaction, so the inventory flips at once. It never
-    refreshes a node: freshness stays that of the stored evidence (``apply_assessment``).
+    (cached when unchanged), and the verdict recorded (``attestation.record``) as a
+    ``reappraisal`` attestation that moves the node's state — all nodes in one transaction, so the
+    inventory flips at once. It never refreshes a node: freshness stays that of the stored
+    evidence.
     """
     now = svc.now()
     results: list[dict[str, Any]] = []
@@ -226,36 +227,17 @@ def reappraise_nodes(
             if last is None:
                 continue
             a = _reassess(svc, db, node, last)
-            row = Attestation(
-                node_id=node.id,
-                created_at=now,
-                source=AttestationSource.REAPPRAISAL,
-                status=a.status,
-                reason=a.reason,
-                verdict=a.verdict,
-                nonce=last.nonce,
-                quote=last.quote,
-                signature=last.signature,
-                pcrs=last.pcrs,
-                event_log_sha256=last.event_log_sha256,
-                agent_version=last.agent_version,
-                reset_count=last.reset_count,
-                restart_count=last.restart_count,
-                reboot=False,
-                golden_versions=a.golden,
-            )
-            db.add(row)
-            db.flush()
-            apply_assessment(node, row, a, now, last.created_at)
-            repo.audit(
+            row = record(
                 db,
-                actor,
-                "reappraise",
-                node.name,
-                reason,
-                {"status": a.status, "attestation_id": row.id},
+                node,
+                QuotedEvidence.of(last),
+                a,
+                source=AttestationSource.REAPPRAISAL,
                 now=now,
+                quoted_at=last.created_at,
             )
+            details = {"status": a.status, "attestation_id": row.id}
+            repo.audit(db, actor, "reappraise", node.name, reason, details, now=now)
             results.append(
                 {
                     "node": node.name,
