@@ -31,11 +31,11 @@ from assay.eventlog import VerifiedBootLog, parse_event_log, verify_log
 from assay.tpm2 import VerifiedQuote, parse_public, verify_quote
 from verifier.appraisal import CheckStatus, VerdictStatus
 from verifier.store import repo
-from verifier.store.models import Attestation, AttestationSource, Node, NodeState
+from verifier.store.models import Attestation, AttestationSource, Node, NodeState, iso
 
 from .context import Services
-from .errors import ApiError, bad_request, not_found
-from .evidence import parse_evidence
+from .errors import BadRequest, NotFound
+from .evidence import Evidence, parse_evidence
 from .golden_policy import Assessment, assess, failed, policy_for
 
 NODE_NOT_ENROLLED = "node_not_enrolled"
@@ -47,6 +47,14 @@ class Challenge:
     expires_at: dt.datetime
     pcr_selection: dict[str, list[int]]
     known_event_log_sha256: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "nonce": self.nonce.hex(),
+            "expires_at": iso(self.expires_at),
+            "pcr_selection": self.pcr_selection,
+            "known_event_log_sha256": self.known_event_log_sha256,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +114,7 @@ def poster_reason(reason: str, checks: list[dict[str, Any]]) -> str:
 def _enrolled(db: Session, name: str) -> Node:
     node = repo.get_node(db, name)
     if node is None:
-        raise not_found(NODE_NOT_ENROLLED, f"node {name!r} is not enrolled; enroll again")
+        raise NotFound(NODE_NOT_ENROLLED, f"node {name!r} is not enrolled; enroll again")
     return node
 
 
@@ -146,7 +154,7 @@ def submit(svc: Services, node_name: str, body: bytes) -> AttestationResult:
         body, max_bundle=cfg.max_bundle, max_event_log=cfg.max_event_log, max_ima=cfg.max_ima_log
     )
     if ev.node != node_name:
-        raise bad_request("node_mismatch", f"the evidence is for {ev.node!r}, not {node_name!r}")
+        raise BadRequest("node_mismatch", f"the evidence is for {ev.node!r}, not {node_name!r}")
     now = svc.now()
     # 2. Node and nonce (the shared key first: it may need its own write, never a nested one).
     key = svc.nonce_key()
@@ -155,7 +163,7 @@ def submit(svc: Services, node_name: str, body: bytes) -> AttestationResult:
         node_id, ak_public = node.id, node.ak_public
         refused = repo.consume_nonce(db, node.id, ev.nonce, now, key)
     if refused is not None:
-        raise ApiError(422, refused, f"nonce refused: {refused.removeprefix('nonce_')}")
+        raise VerificationFailed(f"nonce refused: {refused.removeprefix('nonce_')}", code=refused)
     # 3. Quote, with the enrolled AK only.
     try:
         quote = verify_quote(ev.attest, ev.signature, parse_public(ak_public), ev.nonce, ev.pcrs)
@@ -172,8 +180,8 @@ def submit(svc: Services, node_name: str, body: bytes) -> AttestationResult:
         with svc.store.read() as db:
             log_bytes = repo.get_event_log(db, log_hex)
         if log_bytes is None:
-            raise ApiError(
-                422, "event_log_missing", "the verifier does not hold that event log; send it"
+            raise VerificationFailed(
+                "the verifier does not hold that event log; send it", code="event_log_missing"
             )
     # 5-7. Verify the log and appraise.
     with svc.store.read() as db:
@@ -278,7 +286,7 @@ def _record_new(
     with svc.store.write() as db:
         node = db.get(Node, node_id)
         if node is None:  # deleted while we verified
-            raise not_found(NODE_NOT_ENROLLED, "the node was deleted; enroll again")
+            raise NotFound(NODE_NOT_ENROLLED, "the node was deleted; enroll again")
         log_hex = ev.event_log_sha256
         if log_hex and log_bytes is not None and hashlib.sha256(log_bytes).hexdigest() == log_hex:
             repo.put_event_log(db, log_hex, log_bytes, now)
@@ -364,3 +372,34 @@ def pcrs_from_json(data: dict[str, dict[str, str]]) -> dict[HashAlg, dict[int, b
         HashAlg.from_bank(bank): {int(p): bytes.fromhex(v) for p, v in vals.items()}
         for bank, vals in data.items()
     }
+
+
+def find_attestation(db: Session, attestation_id: str) -> tuple[Attestation, Node]:
+    """The attestation with API id ``attestation_id`` (decimal text) and its node, or NotFound."""
+    unknown = NotFound("attestation_unknown", f"no attestation {attestation_id!r}")
+    if not attestation_id.isdigit() or len(attestation_id) > 18:
+        raise unknown
+    row = db.get(Attestation, int(attestation_id))
+    node = db.get(Node, row.node_id) if row is not None else None
+    if row is None or node is None:
+        raise unknown
+    return row, node
+
+
+def stored_evidence(svc: Services, attestation_id: str) -> Evidence:
+    """The evidence of an attestation reassembled from what is stored (quote, signature, PCR
+    values, nonce, the log by digest): its signature verifies again as it did."""
+    with svc.store.read() as db:
+        row, node = find_attestation(db, attestation_id)
+        log = repo.get_event_log(db, row.event_log_sha256) if row.event_log_sha256 else None
+        return Evidence(
+            node=node.name,
+            agent_version=row.agent_version,
+            nonce=row.nonce,
+            attest=row.quote,
+            signature=row.signature,
+            pcrs=pcrs_from_json(row.pcrs),
+            event_log_sha256=bytes.fromhex(row.event_log_sha256 or "00" * 32),
+            event_log=log,
+            ima_log=None,
+        )

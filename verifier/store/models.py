@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from enum import StrEnum
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 from sqlalchemy import (
     JSON,
@@ -63,6 +63,15 @@ class EnrollmentStep(StrEnum):
     ACTIVATED = "activated"
     FAILED = "failed"
     EXPIRED = "expired"
+
+
+@overload
+def iso(value: dt.datetime) -> str: ...
+@overload
+def iso(value: None) -> None: ...
+def iso(value: dt.datetime | None) -> str | None:
+    """The one text form of a time the verifier shows: ISO 8601 in UTC with ``Z``."""
+    return None if value is None else value.isoformat().replace("+00:00", "Z")
 
 
 class UtcDateTime(TypeDecorator[dt.datetime]):
