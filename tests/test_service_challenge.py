@@ -91,6 +91,7 @@ def test_bogus_evidence_posts_add_one_audit_row_not_one_each(env: Env) -> None:
     with env.store.read() as db:
         rows = list(db.scalars(select(AuditEntry).where(AuditEntry.action == "evidence_refused")))
     assert len(rows) == 1 and rows[0].details["count"] == 30
+    assert rows[0].details["last_at"] == "2026-11-28T12:00:00Z"  # the API's one time format
     assert _rows(env, Nonce) <= 30  # one per used nonce, forgotten when it expires
     # A new window gets a new row: growth is bounded by time, not by requests.
     env.clock[0] = T0.replace(minute=T0.minute + 11)

@@ -107,6 +107,8 @@ def create(
     limit = svc.config.max_token_lifetime
     if role not in repo.ROLES:
         raise BadRequest("bad_field", f"role must be one of {', '.join(repo.ROLES)}")
+    if ttl is not None and ttl <= 0:
+        raise BadRequest("bad_field", "ttl must be a positive number of seconds")
     if ttl is not None and ttl > limit:
         raise BadRequest("ttl_too_long", f"ttl may be at most {limit:g} s (max_token_lifetime)")
     if labels and role != "enroll":

@@ -34,6 +34,7 @@ from .models import (
     Nonce,
     ServiceKey,
     Token,
+    iso,
 )
 
 ROLES = ("admin", "reviewer", "scheduler", "enroll")
@@ -105,7 +106,7 @@ def audit_coalesced(
         return audit(s, actor, action, target, reason, {"count": 1}, now=now)
     details = dict(entry.details or {})
     details["count"] = int(details.get("count", 1)) + 1
-    details["last_at"] = now.isoformat()
+    details["last_at"] = iso(now)
     details["last_reason"] = reason[:300]
     entry.details = details
     return entry
