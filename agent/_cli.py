@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from assay.errors import AssayError, ConfigurationError, MalformedEvidence
+from assay.evidence import DEFAULT_CAPS
 
 from . import __version__
 from .client import AttestationResult, VerifierClient
@@ -28,7 +29,7 @@ from .errors import (
     EXIT_USAGE,
     AgentError,
 )
-from .evidence import MAX_EVENT_LOG, read_log
+from .evidence import read_log
 from .node import attest, enroll, ensure_ak, run
 from .state import AkContextFile
 from .tpm import EK_TEMPLATES, QuoteResult, Tpm
@@ -198,7 +199,7 @@ def cmd_quote(args: argparse.Namespace, config: AgentConfig) -> int:
 def cmd_eventlog_show(args: argparse.Namespace, config: AgentConfig) -> int:
     from assay.eventlog import parse_event_log, replay
 
-    data = read_log(config.eventlog, MAX_EVENT_LOG)
+    data = read_log(config.eventlog, DEFAULT_CAPS.event_log)
     log = parse_event_log(data)
     rep = replay(log)
     doc = {

@@ -56,11 +56,6 @@ def _pcr_indices(spec: str, text: str) -> set[int]:
     return pcrs
 
 
-def format_pcr_selection(selection: PcrSelection) -> str:
-    """The inverse of parse_pcr_selection, listing every PCR (``sha256:0,1,2``)."""
-    return "+".join(f"{alg.bank}:{','.join(map(str, pcrs))}" for alg, pcrs in selection.items())
-
-
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
     """Everything the agent needs; built by load_config, never mutated."""

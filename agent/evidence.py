@@ -1,26 +1,19 @@
-"""The evidence bundle the agent sends: one CBOR map, schema in docs/evidence.md.
+"""The agent's side of the evidence bundle: read the logs, wrap a quote, encode (assay.evidence).
 
 The agent reads the logs and ships them as bytes: it never parses them (the verifier does, with
-the project's bounded parsers), so nothing on the node can be confused by a hostile log.
+the project's bounded parsers), so nothing on the node can be confused by a hostile log. The wire
+format and its size caps are defined once, in ``assay.evidence`` (docs/evidence.md).
 """
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import cbor2
+from assay.evidence import DEFAULT_CAPS, Evidence, encode_evidence, evidence_with_log
 
 from . import __version__
 from .errors import EventLogUnreadable
 from .tpm import QuoteResult
-
-BUNDLE_VERSION = 1
-MAX_EVENT_LOG = 1 << 20
-MAX_IMA_LOG = 16 << 20
-MAX_BUNDLE = 20 << 20
 
 
 def read_log(path: Path, cap: int, what: str = "event log") -> bytes:
@@ -37,38 +30,27 @@ def read_log(path: Path, cap: int, what: str = "event log") -> bytes:
     return data
 
 
-@dataclass(frozen=True, slots=True)
-class Evidence:
-    node: str
-    quote: QuoteResult
-    event_log: bytes
-    ima_log: bytes | None = None
+def evidence_from_quote(
+    node: str, quote: QuoteResult, event_log: bytes, ima_log: bytes | None = None
+) -> Evidence:
+    """The bundle for one quote, carrying the log (``encode_bundle`` leaves it out if known)."""
+    return evidence_with_log(
+        node=node,
+        agent_version=__version__,
+        nonce=quote.nonce,
+        attest=quote.attest,
+        signature=quote.signature,
+        pcrs=quote.pcrs,
+        event_log=event_log,
+        ima_log=ima_log,
+    )
 
-    @property
-    def event_log_sha256(self) -> bytes:
-        return hashlib.sha256(self.event_log).digest()
 
-    def to_cbor(self, *, known_event_log_sha256: bytes | None = None) -> bytes:
-        """Encode the bundle; the log bytes are left out when the verifier holds that digest."""
-        digest = self.event_log_sha256
-        bundle: dict[str, Any] = {
-            "v": BUNDLE_VERSION,
-            "node": self.node,
-            "agent_version": __version__,
-            "nonce": self.quote.nonce,
-            "attest": self.quote.attest,
-            "signature": self.quote.signature,
-            "pcrs": {
-                alg.bank: {int(i): bytes(v) for i, v in sorted(values.items())}
-                for alg, values in self.quote.pcrs.items()
-            },
-            "event_log_sha256": digest,
-        }
-        if known_event_log_sha256 != digest:
-            bundle["event_log"] = self.event_log
-        if self.ima_log is not None:
-            bundle["ima_log"] = self.ima_log
-        data: bytes = cbor2.dumps(bundle)
-        if len(data) > MAX_BUNDLE:
-            raise EventLogUnreadable(f"evidence bundle of {len(data)} bytes exceeds {MAX_BUNDLE}")
-        return data
+def encode_bundle(ev: Evidence, *, known_event_log_sha256: bytes | None = None) -> bytes:
+    """The bytes to send; the log is left out when the verifier holds a log of that digest."""
+    data = encode_evidence(ev.without_known_log(known_event_log_sha256))
+    if len(data) > DEFAULT_CAPS.bundle:
+        raise EventLogUnreadable(
+            f"evidence bundle of {len(data)} bytes exceeds {DEFAULT_CAPS.bundle}"
+        )
+    return data

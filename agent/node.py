@@ -17,11 +17,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from assay.algorithms import HashAlg
+from assay.evidence import DEFAULT_CAPS, Evidence
 
 from .client import AttestationResult, CredentialChallenge, VerifierClient
 from .config import AgentConfig
 from .errors import AgentError, VerifierRefused
-from .evidence import MAX_EVENT_LOG, MAX_IMA_LOG, Evidence, read_log
+from .evidence import encode_bundle, evidence_from_quote, read_log
 from .state import AkContextFile, Enrollment, load_ak, save_ak, save_enrollment
 from .tpm import AkBlobs, EndorsementKey, Tpm
 
@@ -118,24 +119,24 @@ def collect_evidence(
     selection: Mapping[HashAlg, tuple[int, ...]] | None = None,
 ) -> Evidence:
     """Read the logs first (a missing log fails before the TPM is used), then quote."""
-    event_log = read_log(config.eventlog, MAX_EVENT_LOG)
-    ima = read_log(config.ima_log, MAX_IMA_LOG, "IMA log") if config.ima_log else None
+    event_log = read_log(config.eventlog, DEFAULT_CAPS.event_log)
+    ima = read_log(config.ima_log, DEFAULT_CAPS.ima_log, "IMA log") if config.ima_log else None
     quote = tpm.quote(
         ak, nonce, selection or config.pcr_selection, saved=AkContextFile(config.state_dir)
     )
-    return Evidence(config.node, quote, event_log, ima)
+    return evidence_from_quote(config.node, quote, event_log, ima)
 
 
 def attest(
     config: AgentConfig, client: VerifierClient, *, open_tpm: TpmOpener | None = None
 ) -> AttestationResult:
     """One attestation: challenge, quote over the verifier's selection, send, return the verdict."""
-    log_sha256 = hashlib.sha256(read_log(config.eventlog, MAX_EVENT_LOG)).digest()
+    log_sha256 = hashlib.sha256(read_log(config.eventlog, DEFAULT_CAPS.event_log)).digest()
     challenge = client.challenge(config.node, log_sha256)
     with _opener(config, open_tpm)() as tpm:
         ak, _ = ensure_ak(config, tpm)
         evidence = collect_evidence(config, tpm, ak, challenge.nonce, challenge.pcr_selection)
-    bundle = evidence.to_cbor(known_event_log_sha256=challenge.known_event_log_sha256)
+    bundle = encode_bundle(evidence, known_event_log_sha256=challenge.known_event_log_sha256)
     return client.submit(config.node, bundle)
 
 

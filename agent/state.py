@@ -110,15 +110,3 @@ class AkContextFile:
 
 def save_enrollment(state_dir: Path, enrollment: Enrollment) -> None:
     _write_private(state_dir / ENROLLMENT_FILE, asdict(enrollment))
-
-
-def load_enrollment(state_dir: Path) -> Enrollment | None:
-    data = _read(state_dir / ENROLLMENT_FILE)
-    if data is None:
-        return None
-    try:
-        return Enrollment(
-            **{k: str(data[k]) for k in ("node", "verifier", "enrollment_id", "ak_name")}
-        )
-    except KeyError as exc:
-        raise ConfigurationError(f"enrollment state is missing {exc}") from None

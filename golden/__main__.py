@@ -10,14 +10,17 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from assay.errors import AssayError, ConfigurationError, MalformedEvidence
+from assay.errors import AssayError, ConfigurationError
 
 from .model import ROLES, GoldenSet, Status
 
 EXIT_OK, EXIT_DIFF, EXIT_MALFORMED, EXIT_CONFIG = 0, 1, 2, 4
+DEB_CACHE = Path.home() / ".cache" / "assay" / "debs"
 
 
 def _load(path: str) -> GoldenSet:
@@ -83,33 +86,41 @@ def _cmd_add_efi(args: argparse.Namespace) -> int:
 
 
 def _cmd_from_deb(args: argparse.Namespace) -> int:
-    from types import MappingProxyType
+    from .debs import set_from_debs
 
-    from .debs import scan_deb_file
-    from .model import BootApp, Measured
-
-    apps: list[BootApp] = []
-    files: list[Measured] = []
-    labels = []
-    for path in args.packages:
-        got = scan_deb_file(path)
-        if not got.apps:
-            raise MalformedEvidence("no EFI binaries or kernel image in the package", where=path)
-        apps.extend(got.apps)
-        files.extend(got.loaded_files)
-        labels.append(f"{got.info.package} {got.info.version}")
-    g = GoldenSet(
-        name=args.name,
-        version=args.version,
-        description="from " + ", ".join(labels),
-        boot_apps=tuple(apps),
-        boot_order=("shim", "loader", "kernel"),
-        # GRUB measures the kernel file it loads into PCR9 (plain digest), beside PCR4's
-        # Authenticode digest of the same image: both come from the package.
-        measurements=MappingProxyType({9: tuple(files)} if files else {}),
-    )
-    _save(g, args.output)
+    _save(set_from_debs(args.packages, name=args.name, version=args.version), args.output)
     return EXIT_OK
+
+
+def _cache(args: argparse.Namespace) -> Path:
+    return Path(args.cache).expanduser() if args.cache else DEB_CACHE
+
+
+def _cmd_from_apt(args: argparse.Namespace) -> int:
+    from .apt import from_apt
+
+    g = from_apt(args.packages, _cache(args), name=args.name, version=args.version)
+    _save(g, args.output)
+    print(f"{args.output}: {g.ref} {g.description}")
+    return EXIT_OK
+
+
+def _cmd_watch_apt(args: argparse.Namespace) -> int:
+    from .apt import draft_next, update
+
+    current = _load(args.against)
+    while True:
+        if args.update:
+            update()
+        draft = draft_next(current, args.packages, _cache(args))
+        if draft is not None:
+            _save(draft, args.output)
+            print(f"{args.output}: draft {draft.ref} ({draft.description}); {current.ref} differs")
+            return EXIT_DIFF
+        print(f"{current.ref}: the archive offers nothing new for {', '.join(args.packages)}")
+        if not args.every:
+            return EXIT_OK
+        time.sleep(args.every)
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
@@ -216,6 +227,39 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--name", default="debian")
     c.add_argument("--version", default="1")
     c.set_defaults(func=_cmd_from_deb)
+    c = sub.add_parser(
+        "from-apt",
+        help="a set from packages resolved and downloaded through apt",
+        description="Like from-deb, but each PACKAGE[=VERSION] is resolved through apt (the "
+        "machine's configured archive; without =VERSION, apt's candidate) and downloaded with "
+        "apt-get download into the cache. A metapackage such as linux-image-amd64 is followed to "
+        "the versioned kernel package its Depends: pins.",
+    )
+    c.add_argument("packages", nargs="+", metavar="PACKAGE[=VERSION]")
+    c.add_argument("-o", "--output", required=True, metavar="SET.yaml")
+    c.add_argument("--name", default="debian")
+    c.add_argument("--version", help="the set's version (default: the kernel package's version)")
+    c.add_argument("--cache", metavar="DIR", help=f"where .debs are kept (default {DEB_CACHE})")
+    c.set_defaults(func=_cmd_from_apt)
+    c = sub.add_parser(
+        "watch-apt",
+        help="draft the next version of a set when the archive offers new binaries",
+        description="Build the set PACKAGE… make today (as from-apt) and compare the binaries it "
+        "approves with --against. Exit 0 when nothing changed, 1 when a draft was written to "
+        "-o (review it, then add it to the verifier beside the current version: a rollout).",
+    )
+    c.add_argument("packages", nargs="+", metavar="PACKAGE[=VERSION]")
+    c.add_argument("--against", required=True, metavar="SET.yaml", help="the current version")
+    c.add_argument("-o", "--output", required=True, metavar="NEXT.yaml")
+    c.add_argument("--cache", metavar="DIR", help=f"where .debs are kept (default {DEB_CACHE})")
+    c.add_argument("--update", action="store_true", help="run apt-get update first (root)")
+    c.add_argument(
+        "--every",
+        type=float,
+        metavar="SECONDS",
+        help="keep checking at this interval until a draft",
+    )
+    c.set_defaults(func=_cmd_watch_apt)
     c = sub.add_parser("diff", help="differences between two sets (exit 1 if any)")
     c.add_argument("old")
     c.add_argument("new")

@@ -3,7 +3,7 @@
 Layout: an unsigned CoRIM (tag 501) whose one CoMID (tag 506) holds one reference-value triple for
 the environment ``{vendor: "assay", model: <set name>}``. Each reference value is a measurement map
 whose ``mkey`` says what it is (``boot_app/shim``, ``firmware_blob``, ``initrd``, ``moklist``,
-``scrtm_version``, ``cmdline/exact``, ``measurement/<pcr>`` for another approved digest in that
+``scrtm_version``, ``cmdline/exact`` (``/regex``, ``/load_options``), ``measurement/<pcr>`` for another approved digest in that
 PCR …, or the PCR number for a pinned PCR), whose ``name`` (11) is
 the label or text, and whose ``digests`` (2) are ``[alg, value]`` pairs. Digest algorithms use the
 IANA Named Information registry: sha-256 = 1, sha-384 = 7, sha-512 = 8. SHA-1 is not in that
@@ -24,6 +24,7 @@ import cbor2
 import yaml
 
 from assay.algorithms import HashAlg
+from assay.cbor import loads_strict
 
 from .model import GoldenSet, utc
 from .yamlfmt import GoldenFormatError, load_yaml, to_plain
@@ -63,6 +64,13 @@ def _mm(
     return {0: key, 1: mval}
 
 
+def _cmdline_mm(rule: dict[str, Any]) -> dict[int, Any]:
+    kind, value = next(iter(rule.items()))
+    if kind == "load_options":  # digests of the measured LoadOptions, no text
+        return _mm("cmdline/load_options", None, value)
+    return _mm(f"cmdline/{kind}", value)
+
+
 def _measurements(plain: dict[str, Any]) -> list[dict[int, Any]]:
     fw, shim = plain.pop("firmware"), plain.pop("shim")
     out = [_mm(f"boot_app/{a['role']}", a["label"], a) for a in plain.pop("boot_apps")]
@@ -72,7 +80,7 @@ def _measurements(plain: dict[str, Any]) -> list[dict[int, Any]]:
     out += [_mm("initrd", m["label"], m) for m in plain.pop("initrds")]
     out += [_mm(kind, m["label"], m) for kind in ("moklist", "moklistx") for m in shim[kind]]
     out += [_mm("sbat_level", v) for v in shim["sbat_levels"]]
-    out += [_mm(f"cmdline/{next(iter(c))}", next(iter(c.values()))) for c in plain.pop("cmdlines")]
+    out += [_cmdline_mm(c) for c in plain.pop("cmdlines")]
     out += [
         _mm(f"measurement/{pcr}", m["label"], m)
         for pcr, items in plain.pop("measurements").items()
@@ -156,6 +164,8 @@ def _apply(plain: dict[str, Any], mm: Any, source: str, i: int) -> None:
         shim["sbat_levels"].append(name)
     elif key in ("cmdline/exact", "cmdline/regex"):
         plain["cmdlines"].append({key.split("/", 1)[1]: name})
+    elif key == "cmdline/load_options":
+        plain["cmdlines"].append({"load_options": digests})
     elif isinstance(key, str) and key.startswith("measurement/") and key[12:].isdigit():
         plain["measurements"].setdefault(int(key[12:]), []).append({"label": name, **digests})
     else:
@@ -163,7 +173,9 @@ def _apply(plain: dict[str, Any], mm: Any, source: str, i: int) -> None:
 
 
 def _thaw(value: Any) -> Any:
-    """Plain dicts and lists (cbor2 may hand back frozendicts) for the YAML schema to check."""
+    """Plain dicts and lists for the YAML schema to check; a tag left in them is refused."""
+    if isinstance(value, cbor2.CBORTag):  # strict CBOR hands tags back uninterpreted
+        raise ValueError(f"unexpected tag {value.tag}")
     if isinstance(value, Mapping):
         return {k: _thaw(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -171,12 +183,17 @@ def _thaw(value: Any) -> Any:
     return value
 
 
+def _loads(data: bytes) -> Any:
+    """Strict CBOR (assay.cbor): tags returned uninterpreted, never a bignum, date or regex."""
+    return loads_strict(data, max_items=1 << 20, max_depth=16, tags=True)
+
+
 def import_corim(data: bytes, source: str = "<corim>") -> GoldenSet:
     """Read a CoRIM written by :func:`export_corim`; anything malformed is a GoldenFormatError."""
     if len(data) > MAX_CORIM_BYTES:
         raise _fail(source, f"larger than {MAX_CORIM_BYTES} bytes")
     try:
-        top = cbor2.loads(data)
+        top = _loads(data)
         tag = _expect(top, cbor2.CBORTag, "top level", source)
         if tag.tag != TAG_CORIM:
             raise _fail(source, f"expected tag {TAG_CORIM} (unsigned CoRIM), got tag {tag.tag}")
@@ -191,7 +208,7 @@ def import_corim(data: bytes, source: str = "<corim>") -> GoldenSet:
             if inner.tag != TAG_COMID:
                 raise _fail(source, f"expected CoMID tag {TAG_COMID}, got {inner.tag}")
             comid = _expect(
-                cbor2.loads(_expect(inner.value, bytes, "CoMID", source)), Mapping, "CoMID", source
+                _loads(_expect(inner.value, bytes, "CoMID", source)), Mapping, "CoMID", source
             )
             triples = _expect(
                 _expect(comid.get(4), Mapping, "triples", source).get(0),
@@ -204,6 +221,7 @@ def import_corim(data: bytes, source: str = "<corim>") -> GoldenSet:
                     raise _fail(source, "a reference triple must be [environment, measurements]")
                 for i, mm in enumerate(_expect(triple[1], (list, tuple), "measurements", source)):
                     _apply(plain, mm, source, i)
+        plain = _thaw(plain)  # values taken from the CoMID too
     except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError) as exc:
         raise _fail(source, f"not valid CBOR: {exc}") from None
     return load_yaml(yaml.safe_dump(plain, sort_keys=False), source)

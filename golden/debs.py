@@ -14,11 +14,12 @@ import posixpath
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from assay.errors import MalformedEvidence
 
 from .authenticode import authenticode_digests
-from .model import BootApp, Digests, Measured, Role, digests
+from .model import BootApp, Digests, GoldenSet, Measured, Role, digests
 
 MAX_DEB_BYTES = 512 * 1024 * 1024
 MAX_MEMBER_BYTES = 256 * 1024 * 1024
@@ -36,6 +37,7 @@ _EFI_FILES: tuple[tuple[str, Role], ...] = (
 class DebInfo:
     package: str
     version: str
+    depends: str = ""
 
 
 def _ar_members(data: bytes, where: str) -> Iterator[tuple[str, bytes]]:
@@ -83,7 +85,7 @@ def _control(blob: bytes, name: str, where: str) -> DebInfo:
                 break
     if "Package" not in fields or "Version" not in fields:
         raise MalformedEvidence("control file lacks Package or Version", where=where)
-    return DebInfo(fields["Package"], fields["Version"])
+    return DebInfo(fields["Package"], fields["Version"], fields.get("Depends", ""))
 
 
 def _role(path: str) -> Role | None:
@@ -170,3 +172,27 @@ def scan_deb_file(path: str) -> DebContents:
     if len(data) > MAX_DEB_BYTES:
         raise MalformedEvidence(f"larger than {MAX_DEB_BYTES} bytes", where=path)
     return scan_deb(data, path)
+
+
+def set_from_debs(paths: list[str], *, name: str, version: str) -> GoldenSet:
+    """A golden set from the packages alone: each boot application by Authenticode digest (PCR4),
+    boot order shim → loader → kernel, and each kernel image's plain digest, which GRUB measures
+    into PCR9 when it loads it. Raises MalformedEvidence for a package with nothing to boot."""
+    apps: list[BootApp] = []
+    files: list[Measured] = []
+    labels = []
+    for path in paths:
+        got = scan_deb_file(path)
+        if not got.apps:
+            raise MalformedEvidence("no EFI binaries or kernel image in the package", where=path)
+        apps.extend(got.apps)
+        files.extend(got.loaded_files)
+        labels.append(f"{got.info.package} {got.info.version}")
+    return GoldenSet(
+        name=name,
+        version=version,
+        description="from " + ", ".join(labels),
+        boot_apps=tuple(apps),
+        boot_order=("shim", "loader", "kernel"),
+        measurements=MappingProxyType({9: tuple(files)} if files else {}),
+    )

@@ -59,14 +59,20 @@ class BootApp:
 
 @dataclass(frozen=True, slots=True)
 class CmdlineRule:
-    """A kernel command line: an exact string, or a regular expression that must match it whole."""
+    """A kernel command line: an exact string, a regular expression that must match it whole, or
+    ``load_options``: the digests of the LoadOptions a Linux EFI stub measured into PCR9 (the only
+    evidence of the command line under direct kernel boot or a UKI, which log no text)."""
 
     exact: str | None = None
     regex: str | None = None
+    load_options: Digests = field(default_factory=_empty)
 
     def __post_init__(self) -> None:
-        if (self.exact is None) == (self.regex is None):
-            raise ValueError("a command-line rule needs exactly one of exact or regex")
+        given = (self.exact is not None) + (self.regex is not None) + bool(self.load_options)
+        if given != 1:
+            raise ValueError(
+                "a command-line rule needs exactly one of exact, regex or load_options"
+            )
         if self.regex is not None:
             re.compile(self.regex)
 
@@ -169,6 +175,8 @@ class GoldenSet:
             out.add(7)
         if self.cmdlines:
             out.add(8)
+        if self.initrds or any(c.load_options for c in self.cmdlines):
+            out.add(9)
         if self.initrds:
             out.add(9)
         if self.shim.moklist or self.shim.moklistx:

@@ -188,11 +188,20 @@ def _choice(doc: _Doc, node: yaml.Node | None, path: str, choices: tuple[T, ...]
     return cast(T, value)
 
 
-def _cmdline(doc: _Doc) -> Callable[[yaml.Node, str], CmdlineRule]:
+def _cmdline(doc: _Doc, allow_sha1: bool) -> Callable[[yaml.Node, str], CmdlineRule]:
     def parse(node: yaml.Node, path: str) -> CmdlineRule:
-        m = doc.mapping(node, path, ("exact", "regex"))
+        m = doc.mapping(node, path, ("exact", "regex", "load_options"))
         if len(m) != 1:
-            doc.fail(node, path, "a command-line rule needs exactly one of exact or regex")
+            doc.fail(
+                node, path, "a command-line rule needs exactly one of exact, regex or load_options"
+            )
+        if "load_options" in m:
+            where = path + ".load_options"
+            opts = doc.mapping(m["load_options"], where, _BANKS)
+            got = _digests(doc, opts, where + ".", allow_sha1)
+            if not got:
+                doc.fail(m["load_options"], where, "needs at least one digest (sha256, sha384, …)")
+            return CmdlineRule(load_options=got)
         try:
             if "exact" in m:
                 return CmdlineRule(exact=doc.text(m["exact"], path + ".exact"))
@@ -420,7 +429,7 @@ def _golden(doc: _Doc, root: yaml.Node) -> GoldenSet:
         secure_boot=_secure_boot(doc, m.get("secure_boot")),
         boot_apps=doc.items(m, "boot_apps", "", _boot_app(doc, allow_sha1)),
         boot_order=order,
-        cmdlines=doc.items(m, "cmdlines", "", _cmdline(doc)),
+        cmdlines=doc.items(m, "cmdlines", "", _cmdline(doc, allow_sha1)),
         initrds=doc.items(m, "initrds", "", _measured(doc, allow_sha1)),
         shim=_shim(doc, m.get("shim"), allow_sha1),
         require_exit_boot_services=_bool(doc, m, "require_exit_boot_services", "", True),
@@ -462,6 +471,14 @@ def load_yaml_file(path: str) -> GoldenSet:
 
 def _dump_digests(d: Digests) -> dict[str, str]:
     return {alg.bank: value.hex() for alg, value in d.items()}
+
+
+def _dump_cmdline(c: CmdlineRule) -> dict[str, Any]:
+    if c.exact is not None:
+        return {"exact": c.exact}
+    if c.regex is not None:
+        return {"regex": c.regex}
+    return {"load_options": _dump_digests(c.load_options)}
 
 
 def _dump_measured(items: tuple[Measured, ...]) -> list[dict[str, str]]:
@@ -508,9 +525,7 @@ def to_plain(g: GoldenSet) -> dict[str, Any]:
         {"label": a.label, "role": a.role, **_dump_digests(a.digests)} for a in g.boot_apps
     ]
     out["boot_order"] = list(g.boot_order)
-    out["cmdlines"] = [
-        {"exact": c.exact} if c.exact is not None else {"regex": c.regex} for c in g.cmdlines
-    ]
+    out["cmdlines"] = [_dump_cmdline(c) for c in g.cmdlines]
     out["initrds"] = _dump_measured(g.initrds)
     out["shim"] = {
         "moklist": _dump_measured(g.shim.moklist),

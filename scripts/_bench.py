@@ -65,7 +65,7 @@ def bench_service_dbs(which: str) -> dict[str, Any]:
     """attestations/s and latency, first of a boot vs re-attestation, on SQLite and/or PostgreSQL."""
     import tempfile
 
-    from verifier.service.testing import bench_service
+    from testkit.service import bench_service
     from verifier.store import Store, upgrade
 
     sys.path.insert(0, str(ROOT))

@@ -85,7 +85,7 @@ class Demo:
     def stop_all(self) -> None:
         for d in self.node_dirs:
             subprocess.run(
-                [PY, "-m", "agent.swtpm", "stop", "--dir", str(d)],
+                [PY, "-m", "testkit.swtpm", "stop", "--dir", str(d)],
                 cwd=ROOT,
                 capture_output=True,
                 timeout=30,
@@ -147,7 +147,7 @@ def start_verifier(demo: Demo) -> None:
         "Verifier: SQLite store, EK vendor CA = the swtpm manufacturer CA, plain HTTP on 127.0.0.1"
     )
     vendor = demo.work / "ek-vendor-ca"
-    from agent import swtpm
+    from testkit import swtpm
 
     # The manufacturer CA exists once the first TPM was provisioned (boot_nodes).
     swtpm.export_ca(demo.work / "ca", vendor)
@@ -293,7 +293,7 @@ NODES = [
 
 def boot_nodes(demo: Demo) -> None:
     demo.say("Nodes: swtpm TPMs with EK certificates from a manufacturer CA, booted from real logs")
-    from agent import swtpm
+    from testkit import swtpm
 
     swtpm.init_ca(demo.work / "ca")
     for node in NODES:
@@ -301,7 +301,7 @@ def boot_nodes(demo: Demo) -> None:
         node.port = swtpm.free_port_pair()
         node.eventlog = node.dir / "binary_bios_measurements"
         demo.run(
-            "agent.swtpm",
+            "testkit.swtpm",
             "provision",
             "--dir",
             str(node.dir),
@@ -310,7 +310,7 @@ def boot_nodes(demo: Demo) -> None:
             capture=True,
         )
         demo.run(
-            "agent.swtpm",
+            "testkit.swtpm",
             "start",
             "--dir",
             str(node.dir),
@@ -320,7 +320,7 @@ def boot_nodes(demo: Demo) -> None:
             capture=True,
         )
         demo.node_dirs.append(node.dir)
-        sim = ["agent.bootsim", str(node.log), "--tcti", _tcti(node), "--out", str(node.eventlog)]
+        sim = ["testkit.bootsim", str(node.log), "--tcti", _tcti(node), "--out", str(node.eventlog)]
         if node.replace_event:
             sim += ["--replace-event", node.replace_event]
         demo.run(*sim, capture=True)

@@ -1,5 +1,8 @@
 """Long-run fuzz harness: run each parser on many generated and mutated inputs, count and report.
 
+Targets: the event log, event data, TPM structures, UEFI structures and the evidence bundle
+(assay.evidence, seeded with tests/vectors/evidence).
+
 Any exception other than the project's MalformedEvidence is a bug: it is printed with the input
 (hex) and the run exits 1.
 """
@@ -40,10 +43,19 @@ def _eventdata_target(data: bytes) -> None:
     decode_event_data(etype, data[4:]).describe()
 
 
+def _evidence_target(data: bytes) -> None:
+    from assay.evidence import decode_evidence, encode_evidence
+
+    ev = decode_evidence(data)
+    if decode_evidence(encode_evidence(ev)) != ev:
+        raise AssertionError("a decoded bundle does not round-trip")
+
+
 def _targets() -> dict[str, Callable[[bytes], object]]:
     targets: dict[str, Callable[[bytes], object]] = {
         "eventlog": _eventlog_target,
         "eventdata": _eventdata_target,
+        "evidence": _evidence_target,
     }
     try:
         from assay import tpm2
@@ -101,6 +113,7 @@ def _event_data() -> list[bytes]:
 
 
 EVENT_DATA = _event_data()
+EVIDENCE_SEEDS = [p.read_bytes() for p in sorted((ROOT / "tests/vectors/evidence").glob("*.cbor"))]
 
 
 def _mutate(rng: random.Random, seed: bytes) -> bytes:
@@ -141,6 +154,8 @@ def main() -> int:
                     seed = rng.choice(TPM_SEEDS)
                 elif name == "eventdata":
                     seed = rng.randbytes(4) + rng.choice(EVENT_DATA)
+                elif name == "evidence":
+                    seed = rng.choice(EVIDENCE_SEEDS)
                 elif not name.startswith("eventlog"):
                     off = rng.randrange(len(seed))
                     seed = seed[off : off + rng.randint(1, 2048)]

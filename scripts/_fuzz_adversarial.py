@@ -16,10 +16,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent import swtpm  # noqa: E402
 from assay.algorithms import HashAlg  # noqa: E402
 from assay.eventlog import assume_quoted_for_review, parse_event_log  # noqa: E402
 from golden.capture import capture  # noqa: E402
+from testkit import swtpm  # noqa: E402
 from tests.adversarial.generate import quote_truth, run, truths  # noqa: E402
 from verifier.appraisal import compile_golden  # noqa: E402
 

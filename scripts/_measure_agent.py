@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _demo as d
 
-from agent import swtpm
+from testkit import swtpm
 
 
 def _steady_rss(cmd: list[str], cwd: str) -> tuple[float, float]:

@@ -74,6 +74,11 @@ ensure_venv() {
         ensure_tpm2_pytss "$ROOT/.venv" || return 1
         "$ROOT/.venv/bin/pip" install -q -c "$ROOT/constraints.txt" -e "$ROOT[agent,postgres,dev]" \
             || { log "pip install failed"; return 1; }
+        # testkit/ (test and demo scaffolding) and tests/ are never installed: this venv finds them
+        # at the repository root (a .pth file), for pytest, scripts/* and `python -m testkit.swtpm`.
+        "$ROOT/.venv/bin/python" -c 'import sys, sysconfig
+open(sysconfig.get_paths()["purelib"] + "/assay-repo-root.pth", "w").write(sys.argv[1] + "\n")' "$ROOT" \
+            || { log "writing the repository-root .pth failed"; return 1; }
         echo "$want" > "$stamp"
     fi
     # shellcheck disable=SC1091

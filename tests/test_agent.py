@@ -30,9 +30,8 @@ from flask import Flask, Response, jsonify, request
 from tpm2_pytss import TPM2_CAP, TPM2_HR, PyTCTI, TCTILdr, TSS2_Exception
 from werkzeug.serving import make_server
 
-from agent import __version__, swtpm
+from agent import __version__
 from agent._cli import main as cli
-from agent.bootsim import simulate_boot
 from agent.client import VerifierClient
 from agent.config import AgentConfig, load_config, parse_pcr_selection
 from agent.errors import (
@@ -52,6 +51,8 @@ from agent.tpm import TctiSpec, Tpm, _rc_error
 from assay.algorithms import HashAlg
 from assay.errors import ConfigurationError
 from assay.tpm2 import TpmPublic, make_credential, parse_public, verify_quote
+from testkit import swtpm
+from testkit.bootsim import simulate_boot
 
 pytestmark = pytest.mark.swtpm
 

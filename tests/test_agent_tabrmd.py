@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from agent import swtpm
 from agent.errors import EXIT_OK, EXIT_TPM_BUSY, NoTpmDevice
 from agent.tpm import Tpm
 from assay.algorithms import HashAlg
 from assay.tpm2 import parse_public, verify_quote
+from testkit import swtpm
 
 pytestmark = pytest.mark.swtpm
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from assay.algorithms import HashAlg
-from assay.eventlog import VerifiedBootLog, assume_quoted_for_review, parse_event_log
+from assay.eventlog import BootLog, assume_quoted_for_review, parse_event_log
 from assay.events import EventType
 from golden.capture import capture
 from golden.model import BootApp, GoldenSet, digests
@@ -56,7 +56,7 @@ def _logs() -> list[Path]:
     )
 
 
-def _vlog(data: bytes) -> VerifiedBootLog:
+def _vlog(data: bytes) -> BootLog:
     log = parse_event_log(data)
     bank = HashAlg.SHA256 if HashAlg.SHA256 in log.banks else log.banks[0]
     return assume_quoted_for_review(log, bank)
@@ -181,7 +181,7 @@ def test_revoking_the_set_that_approved_the_kernel_gives_the_reason() -> None:
     revoked = old.with_status("revoked", "CVE-2026-4242: kernel privilege escalation")
     verdict = _appraise(data, [base, revoked])
     assert verdict.status == "untrusted"
-    failed = _failed(verdict)["boot_app_revoked"]
+    failed = _failed(verdict)["golden_revoked"]
     assert len(failed) == 2  # the kernel is measured twice
     assert all(
         "CVE-2026-4242" in str(c["message"]) and c["golden"] == "kernel@6.1.0-56" for c in failed

@@ -13,10 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from assay import bootfacts
 from assay.algorithms import HashAlg
+from assay.bootfacts import extract
 from assay.eventlog import (
+    BootLog,
     Event,
-    VerifiedBootLog,
+    LogCaches,
+    ReviewedBootLog,
     _coverage,
     assume_quoted_for_review,
     parse_event_log,
@@ -24,8 +28,6 @@ from assay.eventlog import (
 from assay.events import EventType
 from golden.capture import capture
 from verifier.appraisal import appraise, compile_golden
-from verifier.appraisal import facts as facts_module
-from verifier.appraisal.facts import extract
 
 from .conftest import CORPUS
 from .logbuilder import event2, simple_log
@@ -41,6 +43,9 @@ BENCH_LOGS = (
 )
 
 
+CACHES = LogCaches()  # what a verifier process shares between the logs it appraises
+
+
 def _variable(name: str, value: bytes) -> bytes:
     utf16 = name.encode("utf-16-le")
     return EFI_GLOBAL + struct.pack("<QQ", len(name), len(value)) + utf16 + value
@@ -50,8 +55,8 @@ def _event(index: int, pcr: int, etype: int, data: bytes, digest: bytes) -> Even
     return Event(index, pcr, etype, {SHA256: digest}, data, 0)
 
 
-def _vlog(*events: Event) -> VerifiedBootLog:
-    return VerifiedBootLog(
+def _vlog(*events: Event) -> ReviewedBootLog:
+    return ReviewedBootLog(
         bank=SHA256,
         pcrs={},
         events=events,
@@ -62,7 +67,7 @@ def _vlog(*events: Event) -> VerifiedBootLog:
         warnings=(),
         log_sha256=b"",
         start_locality=0,
-        reviewed_only=True,
+        caches=CACHES,
     )
 
 
@@ -70,19 +75,22 @@ def test_coverage_cache_hit_needs_the_same_bytes_not_just_the_same_digest() -> N
     digest = SHA256.hash(bytes(4))
     honest = _event(1, 7, EventType.EV_SEPARATOR, bytes(4), digest)
     forged = _event(2, 7, EventType.EV_SEPARATOR, b"\x01\x00\x00\x00", digest)
-    assert _coverage.data_covered(honest, SHA256) == (True, None)
-    assert _coverage.data_covered(forged, SHA256) == (False, None)
-    assert _coverage.data_covered(honest, SHA256) == (True, None)  # not poisoned by the forgery
+    assert _coverage.data_covered(honest, SHA256, CACHES.coverage) == (True, None)
+    assert _coverage.data_covered(forged, SHA256, CACHES.coverage) == (False, None)
+    assert _coverage.data_covered(honest, SHA256, CACHES.coverage) == (
+        True,
+        None,
+    )  # not poisoned by the forgery
 
 
 def test_cached_coverage_workaround_names_each_events_own_position() -> None:
     data = _variable("SbatLevel", b"sbat,1,2021030218\n")
     short = SHA256.hash(data[:-1])  # old shim's one-byte-short digest
     first = _coverage.data_covered(
-        _event(10, 7, EventType.EV_EFI_VARIABLE_AUTHORITY, data, short), SHA256
+        _event(10, 7, EventType.EV_EFI_VARIABLE_AUTHORITY, data, short), SHA256, CACHES.coverage
     )
     second = _coverage.data_covered(
-        _event(42, 7, EventType.EV_EFI_VARIABLE_AUTHORITY, data, short), SHA256
+        _event(42, 7, EventType.EV_EFI_VARIABLE_AUTHORITY, data, short), SHA256, CACHES.coverage
     )
     assert first[0] is True and second[0] is True
     assert first[1] is not None and second[1] is not None
@@ -143,11 +151,8 @@ def test_separator_checks_use_positions_found_during_extraction() -> None:
 
 
 def _clear_caches() -> None:
-    _coverage._cache.clear()
-    _coverage._cache_bytes = 0
-    facts_module._VARIABLES._entries.clear()
-    facts_module._COVERED._entries.clear()
-    facts_module.signature_ids.cache_clear()
+    CACHES.clear()
+    bootfacts.signature_ids.cache_clear()
 
 
 @pytest.mark.parametrize("name", BENCH_LOGS)
@@ -160,15 +165,15 @@ def test_warm_caches_give_the_same_verdict_as_cold_ones(name: str) -> None:
     other = compile_golden([capture(_other_vlog(name), name="other", version="1")], now=NOW)
     for pol in (policy, other):
         _clear_caches()
-        cold = appraise(assume_quoted_for_review(log, bank), pol)
-        warm = appraise(assume_quoted_for_review(log, bank), pol)
+        cold = appraise(assume_quoted_for_review(log, bank, caches=CACHES), pol)
+        warm = appraise(assume_quoted_for_review(log, bank, caches=CACHES), pol)
         assert warm == cold
     _clear_caches()
     assert appraise(assume_quoted_for_review(log, bank), policy).status == "trusted"
     assert appraise(assume_quoted_for_review(log, bank), other).status == "untrusted"
 
 
-def _other_vlog(name: str) -> VerifiedBootLog:
+def _other_vlog(name: str) -> BootLog:
     other = BENCH_LOGS[(BENCH_LOGS.index(name) + 1) % len(BENCH_LOGS)]
     log = parse_event_log(Path(CORPUS / other).read_bytes())
     return assume_quoted_for_review(log, SHA256 if SHA256 in log.banks else log.banks[0])

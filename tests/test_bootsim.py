@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from agent import swtpm
-from agent.bootsim import main as bootsim_main
-from agent.bootsim import simulate_boot
 from agent.tpm import AkBlobs, Tpm
 from assay.algorithms import HashAlg
 from assay.errors import ConfigurationError, VerificationFailed
-from assay.eventlog import parse_event_log, replay, verify_log
+from assay.eventlog import VerifiedBootLog, parse_event_log, replay, verify_log
 from assay.tpm2 import VerifiedQuote, parse_public, verify_quote
+from testkit import swtpm
+from testkit.bootsim import main as bootsim_main
+from testkit.bootsim import simulate_boot
 
 pytestmark = pytest.mark.swtpm
 
@@ -76,7 +76,7 @@ def test_simulated_boot_quotes_the_pcrs_that_the_log_replays_to(
     untouched = set(range(24)) - set(want) - set(range(17, 23))
     assert all(quoted.pcrs[HashAlg.SHA256][p] == bytes(32) for p in untouched)
     verified = verify_log(log, quoted, HashAlg.SHA256)
-    assert verified.bank is HashAlg.SHA256 and not verified.reviewed_only
+    assert verified.bank is HashAlg.SHA256 and isinstance(verified, VerifiedBootLog)
     assert dict(verified.pcrs) == dict(quoted.pcrs[HashAlg.SHA256])
     assert verified.pcrs_outside_log == frozenset() and verified.unquoted_pcrs == frozenset()
     assert len(verified.events) == sum(1 for e in log.events if e.is_measured and e.pcr < 24)
@@ -175,7 +175,7 @@ def test_boot_sim_cli_writes_the_log_and_reports_the_banks(
 
 
 def test_boot_sim_rejects_bad_tamper_options() -> None:
-    from agent.bootsim import parse_extra_extend, parse_replacement
+    from testkit.bootsim import parse_extra_extend, parse_replacement
 
     with pytest.raises(ConfigurationError, match="PCR 17"):
         parse_extra_extend("17:00")

@@ -19,19 +19,20 @@ from pathlib import Path
 import pytest
 import requests
 
-from agent import swtpm
-from agent.bootsim import simulate_boot
 from agent.client import VerifierClient
 from agent.config import AgentConfig
 from agent.errors import VerifierRefused
+from agent.evidence import encode_bundle
 from agent.node import attest, collect_evidence, enroll, ensure_ak
 from agent.tpm import Tpm
 from assay.algorithms import HashAlg
 from assay.eventlog import assume_quoted_for_review, parse_event_log
 from golden.capture import capture
 from golden.yamlfmt import dump_yaml
+from testkit import swtpm
+from testkit.bootsim import simulate_boot
+from testkit.service import run_server
 from verifier.service import ServiceConfig
-from verifier.service.testing import run_server
 from verifier.store import Store, upgrade
 
 from .conftest import CORPUS
@@ -218,7 +219,7 @@ def _evidence(node: Node, nonce: bytes) -> bytes:
         ak, _ = ensure_ak(node.config, tpm)
         challenge_pcrs = {HashAlg.SHA256: (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 14)}
         evidence = collect_evidence(node.config, tpm, ak, nonce, challenge_pcrs)
-    return evidence.to_cbor()
+    return encode_bundle(evidence)
 
 
 def test_wrong_nonce_is_refused(env: Env, make_node: object) -> None:

@@ -9,6 +9,8 @@ import pytest
 from assay.algorithms import HashAlg
 from assay.errors import MalformedEvidence, VerificationFailed
 from assay.eventlog import MAX_LOG_SIZE, parse_event_log, replay, verify_log
+from assay.tpm2 import VerifiedQuote
+from testkit.quotes import quote_of
 
 from .logbuilder import (
     EV_EFI_ACTION,
@@ -22,14 +24,9 @@ from .logbuilder import (
 GOOD = simple_log()
 
 
-class Quote:
-    def __init__(self, pcrs: dict[HashAlg, dict[int, bytes]]):
-        self.pcrs = pcrs
-
-
-def _quote_of(log_bytes: bytes, bank: HashAlg, pcrs: range | list[int] = range(8)) -> Quote:
+def _quote_of(log_bytes: bytes, bank: HashAlg, pcrs: range | list[int] = range(8)) -> VerifiedQuote:
     values = replay(parse_event_log(log_bytes)).pcrs[bank]
-    return Quote({bank: {p: values[p] for p in pcrs}})
+    return quote_of({bank: {p: values[p] for p in pcrs}})
 
 
 NEGATIVE_VECTORS = {
@@ -146,23 +143,25 @@ def test_events_in_unquoted_pcrs_are_left_out() -> None:
 
 
 def test_extra_extend_not_in_log_is_a_mismatch() -> None:
-    quote = _quote_of(GOOD, HashAlg.SHA256)
     h = HashAlg.SHA256
-    quote.pcrs[h][4] = h.hash(quote.pcrs[h][4] + h.hash(b"rootkit"))
+    values = dict(_quote_of(GOOD, h).pcrs[h])
+    values[4] = h.hash(values[4] + h.hash(b"rootkit"))  # the TPM holds one more extend
+    quote = quote_of({h: values})
     with pytest.raises(VerificationFailed, match="PCR4"):
         verify_log(parse_event_log(GOOD), quote, h)
 
 
 def test_quoted_pcr_without_events_is_reported_outside_log() -> None:
-    quote = _quote_of(GOOD, HashAlg.SHA256)
-    quote.pcrs[HashAlg.SHA256][10] = HashAlg.SHA256.hash(b"ima")
+    values = dict(_quote_of(GOOD, HashAlg.SHA256).pcrs[HashAlg.SHA256])
+    values[10] = HashAlg.SHA256.hash(b"ima")
+    quote = quote_of({HashAlg.SHA256: values})
     verified = verify_log(parse_event_log(GOOD), quote, HashAlg.SHA256)
     assert verified.pcrs_outside_log == frozenset({10})
 
 
 def test_bank_missing_from_log_is_refused() -> None:
     log_bytes = simple_log((HashAlg.SHA256,))
-    quote = Quote({HashAlg.SHA384: {0: bytes(48)}})
+    quote = quote_of({HashAlg.SHA384: {0: bytes(48)}})
     with pytest.raises(VerificationFailed) as info:
         verify_log(parse_event_log(log_bytes), quote, HashAlg.SHA384)
     assert info.value.code == "bank_not_quoted" or info.value.code == "bank_not_in_log"
@@ -183,7 +182,7 @@ def test_event_missing_a_bank_digest_makes_that_pcr_unverifiable() -> None:
     result = replay(log)
     assert 4 in result.incomplete[HashAlg.SHA256]
     values = replay(parse_event_log(simple_log())).pcrs[HashAlg.SHA256]
-    quote = Quote({HashAlg.SHA256: dict(values)})
+    quote = quote_of({HashAlg.SHA256: dict(values)})
     with pytest.raises(VerificationFailed) as info:
         verify_log(log, quote, HashAlg.SHA256)
     assert info.value.code == "pcr_replay_incomplete"

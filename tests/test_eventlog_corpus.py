@@ -16,6 +16,7 @@ from assay.eventlog import (
     replay,
     verify_log,
 )
+from testkit.quotes import quote_of
 
 from .conftest import CORPUS, load_manifest
 
@@ -37,11 +38,6 @@ def _log_for(expected: Path) -> Path:
 
 
 EXPECTED = sorted(CORPUS.glob("*/*.expected_pcrs.json"))
-
-
-class _Quoted:
-    def __init__(self, pcrs: dict[HashAlg, dict[int, bytes]]):
-        self.pcrs = pcrs
 
 
 @pytest.mark.parametrize("row", LOG_ROWS, ids=[r["file"] for r in LOG_ROWS])
@@ -79,7 +75,7 @@ def test_replay_equals_expected_pcrs(expected: Path) -> None:
                     f"{alg.bank} PCR{pcr}"
                 )
         # The quote-style check: replay must equal every expected value the log has events for.
-        verified = verify_log(log, _Quoted({alg: quoted}), alg)
+        verified = verify_log(log, quote_of({alg: quoted}), alg)
         compared += len(quoted)
         for pcr, value in quoted.items():
             if not verified.workarounds:
@@ -93,7 +89,7 @@ def test_ebs_missing_log_needs_the_named_workaround() -> None:
     want = json.loads(path.with_name(path.name + ".expected_pcrs.json").read_text())["pcrs"]
     pcr5 = bytes.fromhex(want["sha1"]["5"])
     assert replay(log).pcrs[HashAlg.SHA1][5] != pcr5
-    verified = verify_log(log, _Quoted({HashAlg.SHA1: {5: pcr5}}), HashAlg.SHA1)
+    verified = verify_log(log, quote_of({HashAlg.SHA1: {5: pcr5}}), HashAlg.SHA1)
     assert [w.workaround.name for w in verified.workarounds] == [
         "exit-boot-services-events-missing"
     ]

@@ -14,10 +14,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from testkit.service import run_server
 from tests.test_service_api import golden_yaml
 from verifier._cli import main
 from verifier.service import ServiceConfig
-from verifier.service.testing import run_server
 from verifier.store import Store, repo
 
 

@@ -16,9 +16,9 @@ from typing import Any
 import cbor2
 import pytest
 
+from assay.cbor import CborError, loads_strict
 from tests.test_service_api import GOOD_B64, T0, Env, bundle_doc, make_env
 from verifier.service import ServiceConfig
-from verifier.service._cbor import CborError, loads_strict
 from verifier.store import repo
 
 

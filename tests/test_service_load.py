@@ -21,10 +21,10 @@ from assay.algorithms import HashAlg
 from assay.eventlog import assume_quoted_for_review, parse_event_log
 from golden.capture import capture
 from golden.yamlfmt import dump_yaml
+from testkit.service import FakeAgentForLoad, run_server
 from tests.conftest import CORPUS
 from verifier.service import ServiceConfig, golden_ops
 from verifier.service.context import Services
-from verifier.service.testing import FakeAgentForLoad, run_server
 from verifier.store import Store, repo, upgrade
 from verifier.store.models import Attestation, EventLogBlob
 

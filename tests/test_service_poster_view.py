@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from flask.testing import FlaskClient
 
+from testkit.service import FakeAgentForLoad
 from tests.test_service_api import SB_LOG, T0, golden_yaml
 from verifier.service import ServiceConfig, create_app
-from verifier.service.testing import FakeAgentForLoad
 from verifier.store import Store, repo, upgrade
 
 OTHER_LOG = SB_LOG.parent / "uki-systemd-stub.bin"

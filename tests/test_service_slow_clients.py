@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from testkit.service import run_server
 from verifier.service import ServiceConfig
 from verifier.service.server import KEEPALIVE
-from verifier.service.testing import run_server
 from verifier.store import Store, upgrade
 
 SLOW_SOCKETS = 300

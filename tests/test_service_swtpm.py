@@ -1,6 +1,6 @@
 """Enrollment and attestation against the service with real swtpm TPMs (never a mock).
 
-Two swtpm nodes are manufactured with the project-local CA (agent.swtpm) and booted from the real
+Two swtpm nodes are manufactured with the project-local CA (testkit.swtpm) and booted from the real
 Secure Boot log with the boot simulator. The service runs in-process (Flask test client, SQLite);
 the TPM side uses the agent's TPM module directly, so each step can be driven and checked.
 """
@@ -21,14 +21,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
-from agent import swtpm
-from agent.bootsim import simulate_boot
-from agent.evidence import Evidence as AgentEvidence
+from agent.evidence import encode_bundle, evidence_from_quote
 from agent.tpm import AkBlobs, Tpm
 from assay.algorithms import HashAlg
 from assay.tpm2 import ObjectAttributes, marshal_public, public_from_key
 from golden.model import digests
 from golden.yamlfmt import dump_yaml, load_yaml
+from testkit import swtpm
+from testkit.bootsim import simulate_boot
 from tests.conftest import CORPUS
 from tests.test_service_api import golden_yaml
 from verifier.service import ServiceConfig, create_app
@@ -200,8 +200,9 @@ def attest(
     known = ch.json["known_event_log_sha256"]
     with Tpm((quote_node or node).tcti) as tpm:
         q = tpm.quote(ak, nonce, {HashAlg.SHA256: PCRS})
-    body = AgentEvidence(name, q, log).to_cbor(
-        known_event_log_sha256=bytes.fromhex(known) if known else None
+    body = encode_bundle(
+        evidence_from_quote(name, q, log),
+        known_event_log_sha256=bytes.fromhex(known) if known else None,
     )
     return s.client.post(
         f"/v1/nodes/{name}/evidence", data=body, headers={"Content-Type": "application/cbor"}

@@ -18,13 +18,13 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
-from agent import swtpm
 from agent._cli import main as cli
 from agent.errors import EXIT_OK, TpmFailure
 from agent.tpm import AkBlobs, Tpm
 from assay.algorithms import HashAlg
 from assay.errors import VerificationFailed
 from assay.tpm2 import make_credential, parse_public, verify_quote
+from testkit import swtpm
 
 pytestmark = pytest.mark.swtpm
 

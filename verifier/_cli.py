@@ -11,8 +11,6 @@ Exit codes: 0 success / trusted / valid, 1 invalid or untrusted, 2 malformed inp
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -28,21 +26,11 @@ EXIT_CONFIG = 4
 Registrar = Callable[[Any], None]
 
 
-def optional_module(name: str) -> Any:
-    """A command module that may not be present in this build (None then); import errors inside it surface."""
-    if importlib.util.find_spec(name) is None:
-        return None
-    return importlib.import_module(name)
-
-
 def _registrars() -> list[Registrar]:
-    """The command groups, each in its own module."""
-    regs: list[Registrar] = []
-    for name in ("_cmd_eventlog", "_cmd_quote", "_cmd_service"):
-        module = optional_module(f"verifier.{name}")
-        if module is not None:
-            regs.append(module.register)
-    return regs
+    """The command groups, each in its own module (imported here: they use this module's helpers)."""
+    from . import _cmd_eventlog, _cmd_quote, _cmd_service
+
+    return [_cmd_eventlog.register, _cmd_quote.register, _cmd_service.register]
 
 
 def build_parser() -> argparse.ArgumentParser:

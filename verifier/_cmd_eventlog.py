@@ -17,7 +17,8 @@ from assay.eventlog import (
     replay,
 )
 
-from ._cli import EXIT_OK, optional_module, read_input
+from . import _cmd_check
+from ._cli import EXIT_OK, read_input
 
 
 def register(sub: Any) -> None:
@@ -49,9 +50,7 @@ def register(sub: Any) -> None:
     rep.add_argument("--json", action="store_true", help="print JSON: banks, workarounds, warnings")
     rep.set_defaults(func=_replay)
 
-    check = optional_module("verifier._cmd_check")
-    if check is not None:
-        check.register_check(commands)
+    _cmd_check.register_check(commands)
 
 
 def load_log(path: str) -> EventLog:

@@ -1,10 +1,12 @@
 """TCG PC Client event logs: parse (unverified), replay, and verify against a quote.
 
 ``parse_event_log`` turns untrusted bytes into an EventLog; ``replay`` computes PCR values from it;
-``verify_log`` checks those against a verified quote and yields a VerifiedBootLog, the only type
-that golden policy accepts.
+``verify_log`` checks those against a ``VerifiedQuote`` and yields a VerifiedBootLog, what golden
+policy judges a node by. ``assume_quoted_for_review`` yields a ReviewedBootLog instead: a file's own
+replay taken as quoted, for offline review, proving nothing about a node.
 """
 
+from ._caches import ContentCache, LogCaches
 from ._coverage import GRUB_PREFIXES
 from ._parse import (
     MAX_LOG_SIZE,
@@ -17,8 +19,9 @@ from ._parse import (
     parse_event_log,
 )
 from ._replay import (
-    QuotedPcrs,
+    BootLog,
     Replay,
+    ReviewedBootLog,
     VerifiedBootLog,
     assume_quoted_for_review,
     initial_value,
@@ -35,10 +38,13 @@ __all__ = [
     "TRAILER_PCR",
     "WORKAROUNDS",
     "AppliedWorkaround",
+    "BootLog",
+    "ContentCache",
     "Event",
     "EventLog",
-    "QuotedPcrs",
+    "LogCaches",
     "Replay",
+    "ReviewedBootLog",
     "SpecId",
     "SpecIdAlgorithm",
     "Undecodable",

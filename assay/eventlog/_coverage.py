@@ -5,22 +5,21 @@ variables, GPT, S-CRTM version, GRUB's command strings); for others (boot applic
 blobs, files loaded by GRUB) the digest is of something else and the data is only a description.
 
 The answer is a pure function of (bank, event type, digest, data), so it is kept by content across
-logs: nodes with the same firmware log byte-identical Secure Boot databases, separators and actions,
-and hashing a 30 KB dbx once per fleet instead of once per boot is most of an appraisal's cost. A hit
-requires the exact same data (compared byte for byte), so the cache can only save work, never change
-an answer.
+logs in the verifier's :class:`LogCaches`: nodes with the same firmware log byte-identical Secure
+Boot databases, separators and actions, and hashing a 30 KB dbx once per fleet instead of once per
+boot is most of an appraisal's cost.
 """
 
 from __future__ import annotations
 
 from ..algorithms import HashAlg
 from ..events import EventType
+from ._caches import ContentCache
+from ._caches import Coverage as _Result
 from ._parse import Event
-from ._workarounds import COVERAGE_WORKAROUNDS, AppliedWorkaround, Workaround, variable_payload
+from ._workarounds import COVERAGE_WORKAROUNDS, AppliedWorkaround, variable_payload
 
 Coverage = tuple[bool | None, AppliedWorkaround | None]
-# (covered, workaround needed, its detail): what the cache keeps, independent of event position.
-_Result = tuple[bool | None, Workaround | None, str]
 
 # Plain ints: an enum attribute lookup per event costs more than the comparison it feeds.
 _VARIABLE_DRIVER_CONFIG = int(EventType.EV_EFI_VARIABLE_DRIVER_CONFIG)
@@ -45,15 +44,9 @@ _CHECKED = _WHOLE_DATA | {_VARIABLE_DRIVER_CONFIG, _VARIABLE_BOOT, _VARIABLE_AUT
 # The prefixes GRUB writes before the string it measures (not covered by the digest).
 GRUB_PREFIXES = (b"grub_cmd: ", b"kernel_cmdline: ", b"grub_kernel_cmdline ", b"grub_cmd ")
 
-# Bounded by the bytes it holds (untrusted logs choose their event sizes); emptied when full.
-_CACHE_MAX_BYTES = 16 * 1024 * 1024
-_cache: dict[tuple[HashAlg, int, bytes], tuple[bytes, _Result]] = {}
-_cache_bytes = 0
 
-
-def data_covered(event: Event, bank: HashAlg) -> Coverage:
+def data_covered(event: Event, bank: HashAlg, cache: ContentCache[_Result]) -> Coverage:
     """(covered, workaround used): True/False where the spec defines the digest over the data, else None."""
-    global _cache_bytes
     digest = event.digests.get(bank)
     if digest is None:
         return False, None
@@ -62,16 +55,10 @@ def data_covered(event: Event, bank: HashAlg) -> Coverage:
         return None, None
     data = event.data
     key = (bank, etype, digest)
-    hit = _cache.get(key)
-    if hit is not None and hit[0] == data:
-        result = hit[1]
-    else:
+    result = cache.get(key, data)
+    if result is None:
         result = _covered(etype, data, digest, bank)
-        if _cache_bytes + len(data) > _CACHE_MAX_BYTES:
-            _cache.clear()
-            _cache_bytes = 0
-        _cache[key] = (data, result)
-        _cache_bytes += len(data)
+        cache.put(key, data, result)
     covered, workaround, detail = result
     if workaround is None:
         return covered, None

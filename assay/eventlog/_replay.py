@@ -1,20 +1,24 @@
 """Replay an event log into PCR values, and verify it against a verified quote.
 
 ``replay(log)`` computes what the PCRs would hold if every measured event was extended as logged.
-``verify_log(log, quote, bank)`` compares that with the PCR values a *verified* quote vouches for and
-only then returns a VerifiedBootLog: the one type that golden policy accepts. Events in PCRs the
-quote does not cover are left out of it (a value the TPM did not sign proves nothing).
+``verify_log(log, quote, bank)`` compares that with the PCR values a ``VerifiedQuote`` vouches for
+and only then returns a VerifiedBootLog: what golden policy judges a node by. Events in PCRs the
+quote does not cover are left out of it (a value the TPM did not sign proves nothing). Offline
+review of a file (no quote) gets a different type, ReviewedBootLog, from
+``assume_quoted_for_review``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Self, TypeVar
 
 from ..algorithms import HashAlg
 from ..errors import VerificationFailed
 from ..events import EventType
+from ..tpm2.quote import VerifiedQuote
+from ._caches import LogCaches
 from ._coverage import data_covered
 from ._parse import TRAILER_PCR, Event, EventLog
 from ._workarounds import (
@@ -24,7 +28,8 @@ from ._workarounds import (
     AppliedWorkaround,
 )
 
-T = TypeVar("T")
+R = TypeVar("R")
+L = TypeVar("L", "VerifiedBootLog", "ReviewedBootLog")
 
 _EV_NO_ACTION = int(EventType.EV_NO_ACTION)
 _EV_EFI_ACTION = int(EventType.EV_EFI_ACTION)
@@ -32,13 +37,6 @@ _EV_EFI_ACTION = int(EventType.EV_EFI_ACTION)
 _COVERAGE_TOUCHES = frozenset(
     (pcr, t) for w in COVERAGE_WORKAROUNDS for pcr in w.pcrs for t in w.event_types
 )
-
-
-class QuotedPcrs(Protocol):
-    """What verify_log needs of a verified quote: the PCR values the TPM signed, per bank."""
-
-    @property
-    def pcrs(self) -> Mapping[HashAlg, Mapping[int, bytes]]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,15 +134,16 @@ def _replay_bank(
 
 
 @dataclass(frozen=True, slots=True)
-class VerifiedBootLog:
-    """Events whose PCRs a verified quote vouches for, in one bank. The only input golden policy takes.
+class _BootLog:
+    """Events of one bank with the PCR values they are taken to replay to. What that proves depends
+    on the subclass: :class:`VerifiedBootLog` (a verified quote vouches for the values) or
+    :class:`ReviewedBootLog` (nothing does; offline review only).
 
-    ``events`` are the measured events in quoted PCRs (log order); ``pcrs`` the quoted values;
+    ``events`` are the measured events in those PCRs (log order); ``pcrs`` the values;
     ``pcrs_outside_log`` quoted PCRs that the log has no events for but are not at their reset value
     (extended by something that does not log here, such as IMA); ``unquoted_pcrs`` PCRs the log has
-    events for that the quote does not cover (their events are not in ``events``). ``reviewed_only`` is
-    True when no quote was involved (``assume_quoted_for_review``): such a log proves nothing about a
-    node and the service never builds one.
+    events for that the quote does not cover (their events are not in ``events``). ``caches`` are
+    the verifier's content caches (shared across logs); ``_memo`` what was computed from this log.
     """
 
     bank: HashAlg
@@ -157,8 +156,8 @@ class VerifiedBootLog:
     warnings: tuple[str, ...]
     log_sha256: bytes
     start_locality: int
-    reviewed_only: bool = False
-    _cache: dict[tuple[str, int], Any] = field(default_factory=dict, compare=False, repr=False)
+    caches: LogCaches = field(compare=False, repr=False)
+    _memo: dict[tuple[str, int], Any] = field(default_factory=dict, compare=False, repr=False)
 
     def data_covered(self, event: Event) -> bool | None:
         """Whether the event's digest is the hash of its data (None: the spec does not say it is).
@@ -167,15 +166,15 @@ class VerifiedBootLog:
         path, for instance, is just text the firmware wrote next to the digest.
         """
         key = ("covered", event.index)
-        result = self._cache.get(key)
+        result = self._memo.get(key)
         if result is None:
-            result = self._cache[key] = data_covered(event, self.bank)
+            result = self._memo[key] = data_covered(event, self.bank, self.caches.coverage)
         return result[0]
 
     def coverage_workaround(self, event: Event) -> AppliedWorkaround | None:
         """The coverage workaround this event needed, if any (its data is then only partly covered)."""
         self.data_covered(event)
-        applied: AppliedWorkaround | None = self._cache[("covered", event.index)][1]
+        applied: AppliedWorkaround | None = self._memo[("covered", event.index)][1]
         return applied
 
     def fully_covered(self, event: Event) -> bool:
@@ -189,32 +188,61 @@ class VerifiedBootLog:
         return self.memo("workarounds", _all_workarounds)
 
     def decoded(self, event: Event) -> Any:
-        """The event's decoded data, decoded once per verified log (the log is cached per boot)."""
+        """The event's decoded data, decoded once per log (the service keeps verified logs per boot)."""
         key = ("decoded", event.index)
         try:
-            return self._cache[key]
+            return self._memo[key]
         except KeyError:
-            value = self._cache[key] = event.decode()
+            value = self._memo[key] = event.decode()
             return value
 
     def events_in(self, pcr: int) -> tuple[Event, ...]:
         return tuple(e for e in self.events if e.pcr == pcr)
 
-    def memo(self, key: str, factory: Callable[[VerifiedBootLog], T]) -> T:
-        """Compute something from this verified log once (e.g. appraisal facts) and keep it with it.
+    def unvouched(self, pcrs: frozenset[int]) -> frozenset[int]:
+        """Which of ``pcrs`` have no value here that the evidence vouches for."""
+        raise NotImplementedError
+
+    def memo(self, key: str, factory: Callable[[Self], R]) -> R:
+        """Compute something from this log once (e.g. appraisal facts) and keep it with it.
 
         The service caches verified logs per boot, so whatever is memoised here is computed once per
         boot, not once per attestation.
         """
         slot = ("memo:" + key, -1)
         try:
-            return self._cache[slot]  # type: ignore[no-any-return]
+            return self._memo[slot]  # type: ignore[no-any-return]
         except KeyError:
-            value = self._cache[slot] = factory(self)
+            value = self._memo[slot] = factory(self)
             return value
 
 
-def _all_workarounds(vlog: VerifiedBootLog) -> tuple[AppliedWorkaround, ...]:
+@dataclass(frozen=True, slots=True)
+class VerifiedBootLog(_BootLog):
+    """Events whose PCRs a verified quote vouches for, in one bank: what golden policy judges a
+    node by. Only :func:`verify_log`, given a :class:`~assay.tpm2.VerifiedQuote`, makes one."""
+
+    def unvouched(self, pcrs: frozenset[int]) -> frozenset[int]:
+        """The PCRs of ``pcrs`` the quote does not cover."""
+        return pcrs - self.pcrs.keys()
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewedBootLog(_BootLog):
+    """A log whose own replay is *taken* as the quoted state, for offline review: it proves nothing
+    about a node (anyone can write a log that replays to itself). Only
+    :func:`assume_quoted_for_review` makes one; the service never does."""
+
+    def unvouched(self, pcrs: frozenset[int]) -> frozenset[int]:
+        """Nothing: a review takes every PCR the log extends as quoted, and no other as relevant."""
+        return frozenset()
+
+
+BootLog = VerifiedBootLog | ReviewedBootLog
+"""What an appraisal can judge: a verified log (a node's evidence) or a reviewed one (a file)."""
+
+
+def _all_workarounds(vlog: _BootLog) -> tuple[AppliedWorkaround, ...]:
     found = [
         w
         for e in vlog.events
@@ -224,15 +252,44 @@ def _all_workarounds(vlog: VerifiedBootLog) -> tuple[AppliedWorkaround, ...]:
     return (*vlog.workarounds, *found)
 
 
-def verify_log(log: EventLog, quote: QuotedPcrs, bank: HashAlg) -> VerifiedBootLog:
+def verify_log(
+    log: EventLog, quote: VerifiedQuote, bank: HashAlg, *, caches: LogCaches | None = None
+) -> VerifiedBootLog:
     """Replay ``log`` and check it against the PCR values of a verified quote in ``bank``.
 
     Steps: 1. the bank must be quoted and carried by the log; 2. replay that bank; 3. every quoted PCR
     that the log has events for must equal the replay (trying the named workarounds, each reported);
     4. keep only events in quoted PCRs. Raises VerificationFailed naming the PCR, got and expected.
+    ``caches`` are the caller's content caches (a fresh private set when None).
     """
+    return _check_against(VerifiedBootLog, log, quote.pcrs.get(bank), bank, caches)
+
+
+def assume_quoted_for_review(
+    log: EventLog, bank: HashAlg, *, caches: LogCaches | None = None
+) -> ReviewedBootLog:
+    """Treat the log's own replay as if a quote had vouched for it — for offline review only.
+
+    This proves nothing about a node (anyone can write a log that replays to itself); it exists so an
+    operator can appraise a captured log against golden sets (``eventlog check``, ``golden capture``).
+    """
+    if bank not in log.banks:
+        raise VerificationFailed(
+            f"the event log has no {bank.bank} digests", code="bank_not_in_log"
+        )
+    result = replay(log, (bank,))
+    return _check_against(ReviewedBootLog, log, result.pcrs[bank], bank, caches)
+
+
+def _check_against(
+    kind: type[L],
+    log: EventLog,
+    quoted: Mapping[int, bytes] | None,
+    bank: HashAlg,
+    caches: LogCaches | None,
+) -> L:
+    """verify_log's steps 1–4 against ``quoted`` (the values of ``bank``), as a ``kind`` of log."""
     # 1. Bank.
-    quoted = quote.pcrs.get(bank)
     if quoted is None:
         raise VerificationFailed(
             f"the quote does not cover the {bank.bank} bank", code="bank_not_quoted"
@@ -273,7 +330,7 @@ def verify_log(log: EventLog, quote: QuotedPcrs, bank: HashAlg) -> VerifiedBootL
     # 4. Keep what the quote covers (with the events a workaround showed were extended unlogged).
     events = tuple(e for e in measured_events(log) if e.pcr in quoted) + tuple(unlogged)
     unquoted = frozenset(e.pcr for e in measured_events(log) if e.pcr not in quoted)
-    return VerifiedBootLog(
+    return kind(
         bank=bank,
         pcrs=dict(quoted),
         events=events,
@@ -284,27 +341,8 @@ def verify_log(log: EventLog, quote: QuotedPcrs, bank: HashAlg) -> VerifiedBootL
         warnings=result.warnings,
         log_sha256=log.sha256,
         start_locality=result.start_locality,
+        caches=LogCaches() if caches is None else caches,
     )
-
-
-def assume_quoted_for_review(log: EventLog, bank: HashAlg) -> VerifiedBootLog:
-    """Treat the log's own replay as if a quote had vouched for it — for offline review only.
-
-    This proves nothing about a node (anyone can write a log that replays to itself); it exists so an
-    operator can appraise a captured log against golden sets (``eventlog check``).
-    """
-    if bank not in log.banks:
-        raise VerificationFailed(
-            f"the event log has no {bank.bank} digests", code="bank_not_in_log"
-        )
-    result = replay(log, (bank,))
-    verified = verify_log(log, _ReviewQuote({bank: result.pcrs[bank]}), bank)
-    return replace(verified, reviewed_only=True, _cache={})
-
-
-@dataclass(frozen=True, slots=True)
-class _ReviewQuote:
-    pcrs: Mapping[HashAlg, Mapping[int, bytes]]
 
 
 def _try_replay_workarounds(

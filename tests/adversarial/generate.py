@@ -15,14 +15,14 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from agent import swtpm
-from agent.bootsim import simulate_boot
 from agent.tpm import Tpm
 from assay.algorithms import HashAlg
 from assay.errors import MalformedEvidence, VerificationFailed
 from assay.eventlog import Event, parse_event_log, verify_log
 from assay.events import EventType
 from assay.tpm2 import VerifiedQuote, parse_public, verify_quote
+from testkit import swtpm
+from testkit.bootsim import simulate_boot
 from verifier.appraisal import CompiledPolicy, appraise
 
 from .forge import events, insert_before, raw_event, remove, replace

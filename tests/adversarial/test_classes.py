@@ -20,6 +20,7 @@ from assay.eventlog import assume_quoted_for_review, parse_event_log
 from assay.events import EventType as T
 from golden.capture import capture
 from golden.model import GoldenSet
+from testkit.quotes import quote_of
 from verifier.appraisal import Check, Verdict, appraise, compile_golden
 
 from . import forge
@@ -218,7 +219,6 @@ def test_a_pcr_value_seen_without_events_never_vouches_for_another_logs_events()
     """The closed world keeps, per verified PCR value, which digests were extended (the value
     names them). A quoted PCR8 whose value came from extends outside the log names nothing: a
     later log whose own events replay to that same value is still checked event by event."""
-    from dataclasses import dataclass as _dataclass
 
     from assay.eventlog import replay, verify_log
 
@@ -228,10 +228,6 @@ def test_a_pcr_value_seen_without_events_never_vouches_for_another_logs_events()
     log = parse_event_log(evil)
     pcrs = dict(replay(log, (HashAlg.SHA256,)).pcrs[HashAlg.SHA256])
 
-    @_dataclass(frozen=True)
-    class Quoted:
-        pcrs: dict[HashAlg, dict[int, bytes]]
-
     no_pcr8 = b"".join(
         forge.raw_event(SB_LOG, e.index) if e.index else b""
         for e in parse_event_log(SB_LOG).events
@@ -239,9 +235,9 @@ def test_a_pcr_value_seen_without_events_never_vouches_for_another_logs_events()
     )
     header = SB_LOG[: parse_event_log(SB_LOG).events[1].offset]
     without = header + no_pcr8
-    first = verify_log(parse_event_log(without), Quoted({HashAlg.SHA256: pcrs}), HashAlg.SHA256)
+    first = verify_log(parse_event_log(without), quote_of({HashAlg.SHA256: pcrs}), HashAlg.SHA256)
     assert 8 in first.pcrs and not first.events_in(8)  # PCR8's value, but no PCR8 events
     appraise(first, compile_golden([GOLDEN], now=NOW))
-    second = verify_log(log, Quoted({HashAlg.SHA256: pcrs}), HashAlg.SHA256)
+    second = verify_log(log, quote_of({HashAlg.SHA256: pcrs}), HashAlg.SHA256)
     fails = _fails(appraise(second, compile_golden([GOLDEN], now=NOW)))
     assert [(c.pcr, c.event) for c in fails["event_not_accounted"]] == [(8, INITRD_CMD)]

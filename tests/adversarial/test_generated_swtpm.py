@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from agent import swtpm
 from assay.algorithms import HashAlg
 from assay.eventlog import assume_quoted_for_review, parse_event_log
 from golden.capture import capture
+from testkit import swtpm
 from verifier.appraisal import compile_golden
 
 from .forge import SB_LOG

@@ -8,8 +8,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import struct
-from collections.abc import Mapping
-from dataclasses import dataclass
 
 import pytest
 
@@ -18,6 +16,7 @@ from assay.errors import MalformedEvidence
 from assay.eventlog import assume_quoted_for_review, parse_event_log, replay, verify_log
 from assay.events import EventType as T
 from golden.capture import capture
+from testkit.quotes import quote_of
 from verifier.appraisal import appraise, compile_golden
 
 from .forge import SB_LOG, record, replace, variable
@@ -28,11 +27,6 @@ GOLDEN = capture(
 )
 
 
-@dataclass(frozen=True)
-class _Quoted:
-    pcrs: Mapping[HashAlg, Mapping[int, bytes]]
-
-
 def _reasons(verdict: object) -> set[str]:
     return {c.reason for c in verdict.checks if c.status != "pass"}  # type: ignore[attr-defined]
 
@@ -41,7 +35,7 @@ def test_attack_1_7_a_relied_on_pcr_the_quote_leaves_out_is_unknown_never_truste
     """The quote covers PCR0–7 only: PCR8/9/14 events are dropped, and the policy relies on them."""
     log = parse_event_log(SB_LOG)
     values = replay(log, (HashAlg.SHA256,)).pcrs[HashAlg.SHA256]
-    quote = _Quoted({HashAlg.SHA256: {p: v for p, v in values.items() if p <= 7}})
+    quote = quote_of({HashAlg.SHA256: {p: v for p, v in values.items() if p <= 7}})
     vlog = verify_log(log, quote, HashAlg.SHA256)
     assert {e.pcr for e in vlog.events} <= set(range(8))
     golden = dataclasses.replace(GOLDEN, required_pcrs=tuple(range(8)))

@@ -8,25 +8,25 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
 
 import pytest
 
 from assay.algorithms import HashAlg
 from assay.eventlog import (
     WORKAROUNDS,
+    BootLog,
     EventLog,
-    VerifiedBootLog,
     assume_quoted_for_review,
     parse_event_log,
     replay,
     verify_log,
 )
+from assay.tpm2 import VerifiedQuote
 from golden.capture import capture
 from golden.corim import export_corim, import_corim
 from golden.model import GoldenSet
 from golden.yamlfmt import GoldenFormatError, dump_yaml, load_yaml
+from testkit.quotes import quote_of
 from verifier.appraisal import Verdict, appraise, compile_golden
 
 from ..conftest import CORPUS
@@ -49,14 +49,7 @@ REAL = [
 ]
 
 
-@dataclass(frozen=True)
-class _Quoted:
-    """PCR values as a verified quote states them (here: the values the source recorded)."""
-
-    pcrs: Mapping[HashAlg, Mapping[int, bytes]]
-
-
-def _appraise(vlog: VerifiedBootLog, golden: GoldenSet) -> Verdict:
+def _appraise(vlog: BootLog, golden: GoldenSet) -> Verdict:
     return appraise(vlog, compile_golden([golden], now=NOW))
 
 
@@ -97,13 +90,13 @@ def test_a_real_log_that_needs_a_workaround_reports_each_use(
     assert all("self@1" in c.message for c in denied.checks if c.status == "fail")
 
 
-def _ebs_missing() -> tuple[EventLog, _Quoted]:
+def _ebs_missing() -> tuple[EventLog, VerifiedQuote]:
     path = CORPUS / "go-attestation" / "ebs_event_missing_eventlog"
     expected = json.loads(path.with_name(path.name + ".expected_pcrs.json").read_text())
     log = parse_event_log(path.read_bytes())
     pcrs = dict(replay(log, (HashAlg.SHA1,)).pcrs[HashAlg.SHA1])
     pcrs[5] = bytes.fromhex(expected["pcrs"]["sha1"]["5"])
-    return log, _Quoted({HashAlg.SHA1: pcrs})
+    return log, quote_of({HashAlg.SHA1: pcrs})
 
 
 def test_unlogged_exit_boot_services_events_are_added_and_reported() -> None:
@@ -153,7 +146,7 @@ def test_the_two_further_exit_boot_services_variants(name: str, actions: tuple[b
     h = HashAlg.SHA256
     for action in actions:
         pcrs[5] = h.hasher(pcrs[5] + h.hash(action)).digest()
-    vlog = verify_log(log, _Quoted({h: pcrs}), h)
+    vlog = verify_log(log, quote_of({h: pcrs}), h)
     assert [w.workaround.name for w in vlog.workarounds] == [name]
     golden = capture(assume_quoted_for_review(parse_event_log(SB_LOG), h), name="sb", version="1")
     verdict = _appraise(vlog, golden)
@@ -163,7 +156,7 @@ def test_the_two_further_exit_boot_services_variants(name: str, actions: tuple[b
 
 def test_a_workaround_that_does_not_explain_the_quote_is_not_applied() -> None:
     log, quote = _ebs_missing()
-    wrong = _Quoted({HashAlg.SHA1: {**quote.pcrs[HashAlg.SHA1], 5: bytes(20)}})
+    wrong = quote_of({HashAlg.SHA1: {**quote.pcrs[HashAlg.SHA1], 5: bytes(20)}})
     with pytest.raises(Exception, match="PCR5"):
         verify_log(log, wrong, HashAlg.SHA1)
 

@@ -24,8 +24,8 @@ from agent.client import AttestationResult, VerifierClient
 from agent.config import AgentConfig
 from agent.node import attest, enroll
 from agent.state import Enrollment
+from testkit.service import run_server
 from verifier.service import ServiceConfig
-from verifier.service.testing import run_server
 from verifier.store import Store, repo, upgrade
 
 from .runner import VmNode

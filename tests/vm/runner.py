@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from agent import swtpm as agent_swtpm
+from testkit import swtpm as agent_swtpm
 
 from .builder import HANDOFF_BEGIN, HANDOFF_END, OVMF_CODE, NodeImage, VmBuildError
 from .swtpm_handoff import HandoffTpm

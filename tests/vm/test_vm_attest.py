@@ -28,9 +28,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from agent import swtpm as agent_swtpm
 from agent.errors import VerifierRefused
 from assay.eventlog import parse_event_log
+from testkit import swtpm as agent_swtpm
 
 from .attest import Verifier, VmAgent, failing_reasons, failures, golden_cli, running_verifier
 from .fleet import Fleet
@@ -226,7 +226,7 @@ def test_staged_rollout_revoking_kernel_a_flags_its_node_at_once(
         assert states == {"node-sb": "untrusted", "node-sb-cloud": "trusted"}
         node_a, node_b = v.node("node-sb"), v.node("node-sb-cloud")
     assert node_a["state"] == "untrusted"
-    assert node_a["reason"].startswith("boot_app_revoked")
+    assert node_a["reason"].startswith("golden_revoked")
     assert "kernel-a@1" in node_a["reason"] and REVOCATION in node_a["reason"]
     assert node_b["state"] == "trusted"
 

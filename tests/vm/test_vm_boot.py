@@ -13,12 +13,12 @@ import pytest
 
 from agent.tpm import AkBlobs
 from assay.algorithms import HashAlg
+from assay.bootfacts import extract
 from assay.errors import VerificationFailed
 from assay.eventlog import assume_quoted_for_review, parse_event_log, replay, verify_log
 from assay.events import EventType
 from assay.tpm2 import parse_public, verify_quote
 from golden.authenticode import authenticode_file
-from verifier.appraisal.facts import extract
 
 from .builder import DEFAULT_CMDLINE, VARIANTS
 from .fleet import Fleet

@@ -20,12 +20,12 @@ every other event of a relied-on PCR answer to an approved or spec-fixed digest.
 
 from __future__ import annotations
 
-from assay.eventlog import AppliedWorkaround, Event, VerifiedBootLog
+from assay.bootfacts import BootFacts, extract
+from assay.eventlog import AppliedWorkaround, BootLog, Event
 
 from ._ledger import Ledger, check_closed_world, unaccounted
 from ._structure import check_required, check_separators, check_types
 from ._values import check_boot_apps, check_firmware, check_os, check_secure_boot
-from .facts import BootFacts, extract
 from .policy import CompiledPolicy, compile_golden
 from .verdict import FAIL, PASS, UNKNOWN, Check, CheckStatus, Verdict, VerdictStatus
 
@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 
-def appraise(vlog: VerifiedBootLog, policy: CompiledPolicy) -> Verdict:
+def appraise(vlog: BootLog, policy: CompiledPolicy) -> Verdict:
     """Every check in order; trusted only if all pass (see the module docstring for the steps)."""
     checks: list[Check] = []
     # 1. Policy in force.
@@ -75,9 +75,7 @@ def appraise(vlog: VerifiedBootLog, policy: CompiledPolicy) -> Verdict:
     return Verdict.of(checks)
 
 
-def _judged(
-    vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy, ledger: Ledger
-) -> list[Check]:
+def _judged(vlog: BootLog, facts: BootFacts, policy: CompiledPolicy, ledger: Ledger) -> list[Check]:
     """Steps 2–9; every event a value check judges is marked in ``ledger``."""
     checks: list[Check] = []
     checks += check_types(vlog, facts, policy)  # 2.
@@ -91,9 +89,7 @@ def _judged(
     return checks
 
 
-def unaccounted_events(
-    vlog: VerifiedBootLog, policy: CompiledPolicy, pcrs: frozenset[int]
-) -> list[Event]:
+def unaccounted_events(vlog: BootLog, policy: CompiledPolicy, pcrs: frozenset[int]) -> list[Event]:
     """The events of ``pcrs`` that ``policy`` does not account for (``golden.capture`` adds them)."""
     ledger = Ledger(vlog.bank)
     facts = extract(vlog)

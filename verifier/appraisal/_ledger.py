@@ -21,22 +21,17 @@ from __future__ import annotations
 
 import functools
 import operator
-import re
 from collections.abc import Iterator
 
 from assay.algorithms import HashAlg
-from assay.eventlog import GRUB_PREFIXES, Event, VerifiedBootLog
+from assay.bootfacts import BootFacts, extended_digests, grub_text, scrtm_text
+from assay.eventlog import GRUB_PREFIXES, BootLog, Event
 from assay.events import event_type_name
+from assay.pcclient import fixed_action_text
 
-from .facts import BootFacts, grub_text, scrtm_text
 from .policy import CompiledPolicy
 from .verdict import FAIL, PASS, UNKNOWN, Check
 
-# Parameterised legacy-BIOS actions: accounted only when the digest covers the text that matches.
-_ACTION_PATTERNS: dict[int, re.Pattern[bytes]] = {
-    4: re.compile(rb"Booting (?:BCV|BEV) Device [ -~]{1,64}"),
-    6: re.compile(rb"Wake Event [0-9]{1,3}"),
-}
 _INDEX = operator.itemgetter(0)  # Event.index
 
 
@@ -61,49 +56,7 @@ class Ledger:
             pairs[key] = pairs.get(key, 0) + 1
 
 
-# (bank, PCR, its verified value) → how often each digest was extended into it, for PCRs the log
-# has events in. verify_log makes those events replay to the value, a hash chain over exactly the
-# digests extended in order (from the PCR's start value), so the value names that multiset: logs
-# (and boots) whose PCR holds the same value extended the same digests, and their events need not
-# be walked again to know which. (A PCR without events is never cached: its value may come from
-# extends outside the log.) Bounded; emptied when full.
-_EXTENDED: dict[tuple[HashAlg, int, bytes], dict[bytes | None, int]] = {}
-_EXTENDED_MAX = 65536
-
-
-def _extended(
-    vlog: VerifiedBootLog, facts: BootFacts, pcrs: frozenset[int]
-) -> dict[int, dict[bytes | None, int]]:
-    """For each of ``pcrs`` with events: digest → count (one pass over the log for the misses).
-    None counts events without a digest in the bank (verify_log keeps no quoted PCR with one)."""
-    bank = vlog.bank
-    out: dict[int, dict[bytes | None, int]] = {}
-    missing: set[int] = set()
-    for pcr in pcrs & facts.pcrs_with_events:
-        value = vlog.pcrs.get(pcr)
-        hit = _EXTENDED.get((bank, pcr, value)) if value is not None else None
-        if hit is None:
-            missing.add(pcr)
-        else:
-            out[pcr] = hit
-    if missing:
-        fresh: dict[int, dict[bytes | None, int]] = {p: {} for p in missing}
-        for e in vlog.events:
-            counts = fresh.get(e.pcr)
-            if counts is not None:
-                d = e.digests.get(bank)
-                counts[d] = counts.get(d, 0) + 1
-        if len(_EXTENDED) + len(fresh) > _EXTENDED_MAX:
-            _EXTENDED.clear()
-        for pcr, counts in fresh.items():
-            value = vlog.pcrs.get(pcr)
-            if value is not None and None not in counts:
-                _EXTENDED[(bank, pcr, value)] = counts
-            out[pcr] = counts
-    return out
-
-
-def _covered_text(vlog: VerifiedBootLog, e: Event) -> str | None:
+def _covered_text(vlog: BootLog, e: Event) -> str | None:
     """The text a PCR8/PCR12 string event's digest covers (its uncovered prefix removed)."""
     if vlog.data_covered(e) is not True:
         return None
@@ -114,7 +67,7 @@ def _covered_text(vlog: VerifiedBootLog, e: Event) -> str | None:
     return grub_text(data)
 
 
-def _content_approved(vlog: VerifiedBootLog, e: Event, policy: CompiledPolicy) -> bool:
+def _content_approved(vlog: BootLog, e: Event, policy: CompiledPolicy) -> bool:
     """4. covered data that an approved value matches (see the module docstring)."""
     pcr = e.pcr
     if pcr == 0:
@@ -126,15 +79,13 @@ def _content_approved(vlog: VerifiedBootLog, e: Event, policy: CompiledPolicy) -
         if text in policy.cmdline_exact:
             return True
         return any(p.fullmatch(text) for p, _, _ in policy.cmdline_regex)
-    pattern = _ACTION_PATTERNS.get(pcr)
-    return (
-        pattern is not None
-        and vlog.fully_covered(e)
-        and pattern.fullmatch(e.data.rstrip(b"\x00")) is not None
-    )
+    return fixed_action_text(vlog, e)
 
 
-def _unaccounted(e: Event, digest: bytes, policy: CompiledPolicy) -> Check:
+def _unaccounted(e: Event, bank: HashAlg, digest: bytes, policy: CompiledPolicy) -> Check:
+    revoked = policy.revoked.get((e.pcr, bank, digest))
+    if revoked:
+        return _revoked(e, digest, revoked, policy)
     cid, reason = ("events.accounted", "event_not_accounted")
     if e.pcr == 14 and policy.moklist:
         cid, reason = ("shim.moklist", "moklist_not_approved")
@@ -153,8 +104,31 @@ def _unaccounted(e: Event, digest: bytes, policy: CompiledPolicy) -> Check:
     )
 
 
+def _revoked(
+    e: Event, digest: bytes, by: tuple[tuple[str, str], ...], policy: CompiledPolicy
+) -> Check:
+    """A digest only revoked sets approve: the node booted a component of a revoked version."""
+    why = {ref: reason for ref, _, reason in policy.not_in_force}
+    sets = "; ".join(
+        dict.fromkeys(
+            f"{ref} ({label}), revoked: {why.get(ref) or 'no reason given'}" for ref, label in by
+        )
+    )
+    return Check(
+        "events.accounted",
+        FAIL,
+        "golden_revoked",
+        f"PCR{e.pcr} event {e.index} ({event_type_name(e.event_type)}): digest "
+        f"{digest.hex()[:16]}… is approved only by {sets}",
+        e.pcr,
+        e.index,
+        got=digest.hex(),
+        golden=", ".join(dict.fromkeys(ref for ref, _ in by)),
+    )
+
+
 def _open_events(
-    vlog: VerifiedBootLog,
+    vlog: BootLog,
     facts: BootFacts,
     policy: CompiledPolicy,
     ledger: Ledger,
@@ -168,7 +142,7 @@ def _open_events(
     bank = vlog.bank
     judged = ledger.pairs
     values = vlog.pcrs
-    for pcr, counts in sorted(_extended(vlog, facts, pcrs).items()):
+    for pcr, counts in sorted(extended_digests(vlog, facts, pcrs).items()):
         for digest in policy.unaccepted(bank, pcr, values.get(pcr), counts):
             if judged.get((pcr, digest), 0) == counts[digest]:
                 continue
@@ -182,7 +156,7 @@ def _open_events(
 
 
 def unaccounted(
-    vlog: VerifiedBootLog,
+    vlog: BootLog,
     facts: BootFacts,
     policy: CompiledPolicy,
     ledger: Ledger,
@@ -193,14 +167,15 @@ def unaccounted(
 
 
 def check_closed_world(
-    vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy, ledger: Ledger
+    vlog: BootLog, facts: BootFacts, policy: CompiledPolicy, ledger: Ledger
 ) -> list[Check]:
     """Every event of every relied-on PCR accounted for (steps 1–4 of the module docstring)."""
     relied = policy.relied_pcrs
     if not relied:
         return []
     out: list[Check] = []
-    if not vlog.reviewed_only and not relied <= vlog.pcrs.keys():
+    unvouched = vlog.unvouched(relied)
+    if unvouched:
         out.extend(
             Check(
                 f"pcr{pcr}.quoted",
@@ -209,7 +184,7 @@ def check_closed_world(
                 f"PCR{pcr} is relied on by the golden sets but not quoted",
                 pcr,
             )
-            for pcr in sorted(relied - vlog.pcrs.keys() - policy.required_pcrs)
+            for pcr in sorted(unvouched - policy.required_pcrs)
         )
     bank = vlog.bank
     for e in unaccounted(vlog, facts, policy, ledger, relied):
@@ -227,7 +202,7 @@ def check_closed_world(
                 )
             )
         else:
-            out.append(_unaccounted(e, digest, policy))
+            out.append(_unaccounted(e, bank, digest, policy))
     if not any(c.status == FAIL for c in out):
         out.append(_all_accounted(relied))
     return out

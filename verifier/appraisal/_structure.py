@@ -6,17 +6,18 @@ import functools
 import operator
 
 from assay.algorithms import HashAlg
-from assay.eventlog import Event, VerifiedBootLog
-from assay.events import EventType as T
+from assay.bootfacts import BootFacts, where
+from assay.eventlog import BootLog, Event
+from assay.events import EventType as ET
+from assay.pcclient import EBS_INVOCATION, separator_digests
 
-from .facts import EBS_INVOCATION, BootFacts, separator_digests, where
 from .policy import CompiledPolicy
 from .verdict import FAIL, PASS, UNKNOWN, Check
 
 _INDEX = operator.itemgetter(0)  # Event.index
 
 
-def check_types(vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy) -> list[Check]:
+def check_types(vlog: BootLog, facts: BootFacts, policy: CompiledPolicy) -> list[Check]:
     """1. every event's type is allowed in its PCR; 2. no separator digest under another type;
     3. the digest covers the data wherever the spec says it must."""
     out: list[Check] = []
@@ -35,7 +36,7 @@ def check_types(vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy)
         )
     sep = separator_digests(vlog.bank)
     for e in facts.suspicious:
-        if e.pcr <= 7 and e.event_type != T.EV_SEPARATOR and e.digests.get(vlog.bank) in sep:
+        if e.pcr <= 7 and e.event_type != ET.EV_SEPARATOR and e.digests.get(vlog.bank) in sep:
             out.append(
                 Check(
                     "events.separator_retyped",
@@ -131,14 +132,16 @@ def _one_separator(pcr: int, index: int) -> Check:
     return Check(f"pcr{pcr}.separator", PASS, "ok", f"PCR{pcr}: one separator", pcr, index)
 
 
-def check_separators(
-    vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy
-) -> list[Check]:
+_PCR0_7 = frozenset(range(8))
+
+
+def check_separators(vlog: BootLog, facts: BootFacts, policy: CompiledPolicy) -> list[Check]:
     """4. exactly one separator (its type and its digest say so) in each of PCR0–7, nothing
     wrong after it."""
     out: list[Check] = []
+    unvouched = vlog.unvouched(_PCR0_7)
     for pcr in range(8):
-        if pcr not in vlog.pcrs and not vlog.reviewed_only:
+        if pcr in unvouched:
             out.append(
                 Check(
                     f"pcr{pcr}.separator",
@@ -172,7 +175,7 @@ def check_separators(
     return out
 
 
-def check_required(vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy) -> list[Check]:
+def check_required(vlog: BootLog, facts: BootFacts, policy: CompiledPolicy) -> list[Check]:
     """5. firmware events in PCR0; ExitBootServices where a set requires it; nothing measured into
     PCR0–7 after it; every PCR the sets require is quoted."""
     out: list[Check] = []

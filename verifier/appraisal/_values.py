@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import functools
 
+from assay.bootfacts import BootFacts, authority_id, load_options_forms, signature_ids, where
 from assay.errors import MalformedEvidence
-from assay.eventlog import Event, VerifiedBootLog
+from assay.eventlog import BootLog, Event
+from assay.pcclient import DEBUG_MODE
 
 from ._ledger import Ledger
-from .facts import DEBUG_MODE, BootFacts, authority_id, signature_ids, where
 from .policy import Approval, CompiledPolicy, Key, Refs
 from .verdict import FAIL, PASS, UNKNOWN, Check
 
@@ -49,7 +50,7 @@ def _judge_text(
     )  # fmt: skip
 
 
-def _digest_missing(vlog: VerifiedBootLog, e: Event, cid: str) -> Check:
+def _digest_missing(vlog: BootLog, e: Event, cid: str) -> Check:
     """An event without a digest in the appraised bank: nothing about it can be approved."""
     return Check(
         cid, FAIL, "digest_missing", f"{where(e)}: no {vlog.bank.bank} digest", e.pcr, e.index
@@ -57,7 +58,7 @@ def _digest_missing(vlog: VerifiedBootLog, e: Event, cid: str) -> Check:
 
 
 def _digest_check(
-    vlog: VerifiedBootLog,
+    vlog: BootLog,
     e: Event,
     table: dict[Key, Refs],
     cid: str,
@@ -70,7 +71,7 @@ def _digest_check(
 
 
 def _judge_digest(
-    vlog: VerifiedBootLog,
+    vlog: BootLog,
     e: Event,
     table: dict[Key, Refs],
     cid: str,
@@ -110,7 +111,7 @@ def _judge_digest(
 
 
 def check_firmware(
-    vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy, ledger: Ledger
+    vlog: BootLog, facts: BootFacts, policy: CompiledPolicy, ledger: Ledger
 ) -> list[Check]:
     out: list[Check] = []
     if policy.scrtm:
@@ -182,7 +183,7 @@ def check_firmware(
     return out
 
 
-def _blobs_present(vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy) -> list[Check]:
+def _blobs_present(vlog: BootLog, facts: BootFacts, policy: CompiledPolicy) -> list[Check]:
     """A set's firmware blobs are all measured in PCR0 (by digest) for at least one set."""
     measured = {
         (vlog.bank, d) for e in vlog.events if e.pcr == 0 for d in (e.digests.get(vlog.bank),)
@@ -391,7 +392,7 @@ def _authorities(facts: BootFacts, ledger: Ledger) -> None:
 
 
 def check_secure_boot(
-    vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy, ledger: Ledger
+    vlog: BootLog, facts: BootFacts, policy: CompiledPolicy, ledger: Ledger
 ) -> list[Check]:
     out = [_secure_boot_state(facts, policy, ledger)]
     if policy.pk is not None:
@@ -425,7 +426,7 @@ def check_secure_boot(
 
 
 def _app_check(
-    vlog: VerifiedBootLog, e: Event, policy: CompiledPolicy, cid: str
+    vlog: BootLog, e: Event, policy: CompiledPolicy, cid: str
 ) -> tuple[Check, Approval | None]:
     """The check of one boot application or driver (and its approval): a pure function of the
     policy and (bank, PCR, index, type, digest), so the policy keeps it for the next log."""
@@ -435,7 +436,7 @@ def _app_check(
 
 
 def _judge_app(
-    vlog: VerifiedBootLog, e: Event, policy: CompiledPolicy, cid: str
+    vlog: BootLog, e: Event, policy: CompiledPolicy, cid: str
 ) -> tuple[Check, Approval | None]:
     digest = e.digests.get(vlog.bank)
     if digest is None:
@@ -466,7 +467,7 @@ def _judge_app(
         return Check(
             cid,
             FAIL,
-            f"boot_app_{a.status}",
+            "golden_revoked" if a.status == "revoked" else f"boot_app_{a.status}",
             f"{where(e)}: {a.label} is approved only by sets no longer in force: {approvers}",
             e.pcr,
             e.index,
@@ -499,9 +500,7 @@ def _order_ok(roles: list[str], order: tuple[str, ...]) -> bool:
     return True
 
 
-def _app_events(
-    vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy, pcr: int
-) -> list[Event]:
+def _app_events(vlog: BootLog, facts: BootFacts, policy: CompiledPolicy, pcr: int) -> list[Event]:
     """PCR2/PCR4 events judged as boot applications: every one whose digest an (active or inactive)
     set knows as one, whatever its type, and every one whose type claims to be one."""
     hinted = {e.index for e in (facts.boot_apps if pcr == 4 else facts.drivers)}
@@ -513,7 +512,7 @@ def _app_events(
 
 
 def check_boot_apps(
-    vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy, ledger: Ledger
+    vlog: BootLog, facts: BootFacts, policy: CompiledPolicy, ledger: Ledger
 ) -> list[Check]:
     if not policy.apps_enabled:
         return []
@@ -571,7 +570,7 @@ def _order_check(roles: list[str], policy: CompiledPolicy) -> Check:
 
 
 def _moklists(
-    vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy, ledger: Ledger
+    vlog: BootLog, facts: BootFacts, policy: CompiledPolicy, ledger: Ledger
 ) -> list[Check]:
     """PCR14 by digest: each event an approved MokList value is accounted for; every pinned name
     must be among them (its "MokList" description is not covered and decides nothing)."""
@@ -616,23 +615,11 @@ def _approved_mok(e: Event, names: tuple[tuple[str, Refs], ...], digest: bytes) 
 
 
 def check_os(
-    vlog: VerifiedBootLog, facts: BootFacts, policy: CompiledPolicy, ledger: Ledger
+    vlog: BootLog, facts: BootFacts, policy: CompiledPolicy, ledger: Ledger
 ) -> list[Check]:
     out: list[Check] = []
-    if policy.cmdline_exact or policy.cmdline_regex:
-        if not facts.cmdlines:
-            out.append(
-                Check(
-                    "kernel.cmdline",
-                    FAIL,
-                    "cmdline_not_measured",
-                    "no kernel command line was measured",
-                    8,
-                )
-            )
-        for e, text in facts.cmdlines:
-            ledger.take(e)
-            out.append(_cmdline(e, text, policy))
+    if policy.cmdline_exact or policy.cmdline_regex or policy.cmdline_load_options:
+        out += _cmdlines(vlog, facts, policy, ledger)
     if policy.initrds:
         if not facts.initrds:
             out.append(
@@ -670,6 +657,61 @@ def check_os(
                 )
             )
     return out
+
+
+def _cmdlines(
+    vlog: BootLog, facts: BootFacts, policy: CompiledPolicy, ledger: Ledger
+) -> list[Check]:
+    """Every command line measured: the text GRUB or systemd-boot logs in PCR8/PCR12, and the
+    LoadOptions the Linux EFI stub measures into PCR9 (by digest only: see ``_load_options``)."""
+    if not facts.cmdlines and not facts.load_options:
+        return [
+            Check(
+                "kernel.cmdline", FAIL, "cmdline_not_measured",
+                "no kernel command line was measured", 8,
+            )
+        ]  # fmt: skip
+    out: list[Check] = []
+    passed: list[str] = []
+    for e, text in facts.cmdlines:
+        ledger.take(e)
+        check = _cmdline(e, text, policy)
+        out.append(check)
+        if check.status is PASS and text is not None:
+            passed.append(text)
+    for e in facts.load_options:
+        ledger.take(e)
+        out.append(_load_options(vlog, e, policy, passed))
+    return out
+
+
+def _load_options(vlog: BootLog, e: Event, policy: CompiledPolicy, passed: list[str]) -> Check:
+    """PCR9 LoadOptions: its digest must be an approved command line in one of the forms loaders
+    pass it (``load_options_forms``), or a command line of this log that passed (GRUB logs the
+    text it hands over, so a regex rule can vouch for it), or digests a set approves as such."""
+    digest = e.digests.get(vlog.bank)
+    if digest is None:
+        return _digest_missing(vlog, e, "kernel.cmdline")
+    known = policy.load_options(vlog.bank).get(digest)
+    if known is None:
+        for text in passed:
+            if digest in {vlog.bank.hash(f) for f in load_options_forms(text)}:
+                known = (repr(text), ())
+                break
+    if known is not None:
+        what, refs = known
+        return Check(
+            "kernel.cmdline", PASS, "ok", f"{where(e)}: LoadOptions carry {what}", e.pcr, e.index,
+            got=digest.hex(), golden=_refs(refs) or None,
+        )  # fmt: skip
+    return Check(
+        "kernel.cmdline", FAIL, "cmdline_not_approved",
+        f"{where(e)}: the LoadOptions digest {digest.hex()[:16]}… is no approved command line "
+        "(in the forms GRUB 2.12, systemd-stub and OVMF direct boot pass it)", e.pcr, e.index,
+        got=digest.hex(),
+        expected=" | ".join([*policy.cmdline_exact, *(s for _, s, _ in policy.cmdline_regex)])[:500]
+        or "approved LoadOptions digests",
+    )  # fmt: skip
 
 
 def _cmdline(e: Event, text: str | None, policy: CompiledPolicy) -> Check:

@@ -15,151 +15,14 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from assay.algorithms import HashAlg
-from assay.events import EventType as T
+from assay.bootfacts import load_options_forms
+from assay.pcclient import AFTER_SEPARATOR, ALLOWED_TYPES, fixed_digests
 from golden.model import GoldenSet, Role
-
-from .facts import fixed_digests
 
 Key = tuple[HashAlg, bytes]
 V = TypeVar("V")
 _MISSING = object()
 Refs = tuple[str, ...]
-
-# Event types allowed in each PCR (PC Client PFP §10.4.1 and what real firmware in the corpus
-# does). A set may add vendor types per PCR with extra_event_types.
-_FW_PCR0 = {
-    T.EV_S_CRTM_VERSION,
-    T.EV_S_CRTM_CONTENTS,
-    T.EV_POST_CODE,
-    T.EV_POST_CODE2,
-    T.EV_EFI_PLATFORM_FIRMWARE_BLOB,
-    T.EV_EFI_PLATFORM_FIRMWARE_BLOB2,
-    T.EV_NONHOST_CODE,
-    T.EV_NONHOST_CONFIG,
-    T.EV_NONHOST_INFO,
-    T.EV_EFI_HANDOFF_TABLES,
-    T.EV_EFI_HANDOFF_TABLES2,
-    T.EV_CPU_MICROCODE,
-    T.EV_EFI_HCRTM_EVENT,
-    T.EV_EFI_SPDM_FIRMWARE_BLOB,
-    T.EV_EFI_SPDM_FIRMWARE_CONFIG,
-    T.EV_SEPARATOR,
-}
-_OS = {T.EV_IPL, T.EV_EVENT_TAG, T.EV_COMPACT_HASH, T.EV_SEPARATOR, T.EV_EFI_ACTION, T.EV_ACTION}
-ALLOWED_TYPES: dict[int, frozenset[int]] = {
-    0: frozenset(_FW_PCR0),
-    1: frozenset(
-        {
-            T.EV_EFI_VARIABLE_DRIVER_CONFIG,
-            T.EV_EFI_VARIABLE_BOOT,
-            T.EV_EFI_VARIABLE_BOOT2,
-            T.EV_EFI_HANDOFF_TABLES,
-            T.EV_EFI_HANDOFF_TABLES2,
-            T.EV_PLATFORM_CONFIG_FLAGS,
-            T.EV_TABLE_OF_DEVICES,
-            T.EV_CPU_MICROCODE,
-            T.EV_NONHOST_CONFIG,
-            T.EV_EVENT_TAG,
-            T.EV_EFI_SPDM_FIRMWARE_CONFIG,
-            T.EV_EFI_ACTION,
-            T.EV_SEPARATOR,
-        }
-    ),
-    2: frozenset(
-        {
-            T.EV_EFI_BOOT_SERVICES_DRIVER,
-            T.EV_EFI_RUNTIME_SERVICES_DRIVER,
-            T.EV_EFI_BOOT_SERVICES_APPLICATION,
-            T.EV_EFI_PLATFORM_FIRMWARE_BLOB,
-            T.EV_EFI_PLATFORM_FIRMWARE_BLOB2,
-            T.EV_EFI_SPDM_FIRMWARE_BLOB,
-            T.EV_EFI_GPT_EVENT,
-            T.EV_NONHOST_CODE,
-            T.EV_NONHOST_INFO,
-            T.EV_EVENT_TAG,
-            T.EV_POST_CODE,
-            T.EV_SEPARATOR,
-        }
-    ),
-    3: frozenset(
-        {
-            T.EV_EFI_VARIABLE_DRIVER_CONFIG,
-            T.EV_EFI_SPDM_FIRMWARE_CONFIG,
-            T.EV_NONHOST_CONFIG,
-            T.EV_SEPARATOR,
-        }
-    ),
-    4: frozenset(
-        {
-            T.EV_EFI_BOOT_SERVICES_APPLICATION,
-            T.EV_EFI_BOOT_SERVICES_DRIVER,
-            T.EV_EFI_ACTION,
-            T.EV_ACTION,
-            T.EV_IPL,
-            T.EV_SEPARATOR,
-        }
-    ),
-    5: frozenset(
-        {
-            T.EV_EFI_VARIABLE_BOOT,
-            T.EV_EFI_VARIABLE_BOOT2,
-            T.EV_EFI_GPT_EVENT,
-            T.EV_EFI_GPT_EVENT2,
-            T.EV_EFI_ACTION,
-            T.EV_ACTION,
-            T.EV_IPL_PARTITION_DATA,
-            T.EV_SEPARATOR,
-        }
-    ),
-    6: frozenset({T.EV_ACTION, T.EV_EFI_ACTION, T.EV_COMPACT_HASH, T.EV_SEPARATOR}),
-    7: frozenset(
-        {
-            T.EV_EFI_VARIABLE_DRIVER_CONFIG,
-            T.EV_EFI_VARIABLE_AUTHORITY,
-            T.EV_EFI_ACTION,
-            T.EV_EFI_SPDM_DEVICE_POLICY,
-            T.EV_EFI_SPDM_DEVICE_AUTHORITY,
-            T.EV_SEPARATOR,
-        }
-    ),
-}
-ALLOWED_TYPES.update({pcr: frozenset(_OS) for pcr in range(8, 24)})
-# What may follow the separator in PCR0–7 (firmware measures the rest before it).
-AFTER_SEPARATOR: dict[int, frozenset[int]] = {
-    0: frozenset(),
-    1: frozenset(
-        {
-            T.EV_EFI_VARIABLE_BOOT,
-            T.EV_EFI_VARIABLE_BOOT2,
-            T.EV_EFI_HANDOFF_TABLES,
-            T.EV_EFI_HANDOFF_TABLES2,
-            T.EV_PLATFORM_CONFIG_FLAGS,
-        }
-    ),
-    2: frozenset(
-        {
-            T.EV_EFI_BOOT_SERVICES_DRIVER,
-            T.EV_EFI_RUNTIME_SERVICES_DRIVER,
-            T.EV_EFI_BOOT_SERVICES_APPLICATION,
-            T.EV_EFI_GPT_EVENT,
-        }
-    ),
-    3: frozenset(),
-    4: frozenset(
-        {
-            T.EV_EFI_BOOT_SERVICES_APPLICATION,
-            T.EV_EFI_BOOT_SERVICES_DRIVER,
-            T.EV_EFI_ACTION,
-            T.EV_ACTION,
-            T.EV_IPL,
-        }
-    ),
-    5: frozenset(
-        {T.EV_EFI_GPT_EVENT, T.EV_EFI_GPT_EVENT2, T.EV_EFI_ACTION, T.EV_IPL_PARTITION_DATA}
-    ),
-    6: frozenset(),
-    7: frozenset({T.EV_EFI_VARIABLE_AUTHORITY, T.EV_EFI_SPDM_DEVICE_AUTHORITY}),
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,12 +64,14 @@ class CompiledPolicy:
     dma_ok: Refs
     cmdline_exact: dict[str, Refs]
     cmdline_regex: tuple[tuple[re.Pattern[str], str, str], ...]  # (compiled, source, ref)
+    cmdline_load_options: dict[Key, Refs]  # LoadOptions digests a set approves as such
     initrds: dict[Key, Refs]
     moklist: dict[str, dict[Key, Refs]]
     sbat_levels: dict[str, Refs]
     require_ebs_by: Refs
     relied_pcrs: frozenset[int]
     approved: dict[tuple[int, HashAlg, bytes], tuple[tuple[str, str], ...]]  # → ((ref, label), …)
+    revoked: dict[tuple[int, HashAlg, bytes], tuple[tuple[str, str], ...]]  # same, revoked sets
     blob_sets: tuple[tuple[str, tuple[Key, ...]], ...]  # (ref, its blobs' digests)
     denied_workarounds: dict[str, Refs]
     _by_bank: dict[HashAlg, dict[int, frozenset[bytes]]] = field(
@@ -270,6 +135,22 @@ class CompiledPolicy:
                 self._remembered.clear()
             self._remembered[key] = got
         return got  # type: ignore[return-value]
+
+    def load_options(self, bank: HashAlg) -> dict[bytes, tuple[str, Refs]]:
+        """LoadOptions digest in ``bank`` → (the command line it carries, the sets approving it):
+        every exact command line in each loader's form (``load_options_forms``), and the
+        digests sets approve as such (no text: "approved LoadOptions")."""
+        return self.remember(("load_options", bank), lambda: self._load_options(bank))
+
+    def _load_options(self, bank: HashAlg) -> dict[bytes, tuple[str, Refs]]:
+        out: dict[bytes, tuple[str, Refs]] = {}
+        for text, refs in self.cmdline_exact.items():
+            for form in load_options_forms(text):
+                out.setdefault(bank.hash(form), (repr(text), refs))
+        for (alg, digest), refs in self.cmdline_load_options.items():
+            if alg is bank:
+                out.setdefault(digest, ("approved LoadOptions", refs))
+        return out
 
     def app_digests(self, bank: HashAlg) -> frozenset[bytes]:
         """Digests in ``bank`` of every boot application a set knows, in force or not."""
@@ -357,6 +238,7 @@ def _value_tables(live: Sequence[GoldenSet]) -> dict[str, object]:
     pins: dict[int, dict[Key, Refs]] = {}
     exact: dict[str, Refs] = {}
     regex: list[tuple[re.Pattern[str], str, str]] = []
+    load_options: dict[Key, Refs] = {}
     initrds: dict[Key, Refs] = {}
     mok: dict[str, dict[Key, Refs]] = {}
     sbat: dict[str, Refs] = {}
@@ -372,6 +254,8 @@ def _value_tables(live: Sequence[GoldenSet]) -> dict[str, object]:
                 _add_text(exact, g.ref, rule.exact)
             elif rule.regex is not None:
                 regex.append((re.compile(rule.regex), rule.regex, g.ref))
+            else:
+                _add(load_options, g.ref, rule.load_options)
         for m in g.initrds:
             _add(initrds, g.ref, m.digests)
         for name, items in (("MokList", g.shim.moklist), ("MokListX", g.shim.moklistx)):
@@ -385,6 +269,7 @@ def _value_tables(live: Sequence[GoldenSet]) -> dict[str, object]:
         "pcr_pins": pins,
         "cmdline_exact": exact,
         "cmdline_regex": tuple(regex),
+        "cmdline_load_options": load_options,
         "initrds": initrds,
         "moklist": mok,
         "sbat_levels": sbat,
@@ -412,6 +297,8 @@ def _approved(
             add((0,), g.ref, m.label, m.digests)
         for m in g.initrds:
             add((9,), g.ref, f"initrd {m.label}", m.digests)
+        for rule in g.cmdlines:
+            add((9,), g.ref, "kernel LoadOptions", rule.load_options)
         for name, items in (("MokList", g.shim.moklist), ("MokListX", g.shim.moklistx)):
             for m in items:
                 add((14,), g.ref, f"{name} {m.label}", m.digests)
@@ -461,6 +348,7 @@ def compile_golden(sets: Sequence[GoldenSet], *, now: dt.datetime | None = None)
         require_ebs_by=tuple(g.ref for g in live if g.require_exit_boot_services),
         relied_pcrs=frozenset(p for g in live for p in g.relied_pcrs()),
         approved=_approved(live),
+        revoked=_approved([g for g in sets if g.status == "revoked"]),
         blob_sets=tuple(
             (g.ref, tuple((alg, v) for m in g.firmware.blobs for alg, v in m.digests.items()))
             for g in live

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from assay.algorithms import HashAlg
 from assay.errors import MalformedEvidence, VerificationFailed
 from assay.eventlog import VerifiedBootLog, parse_event_log, verify_log
+from assay.evidence import Evidence, EvidenceCaps, decode_evidence
 from assay.tpm2 import VerifiedQuote, parse_public, verify_quote
 from verifier.appraisal import CheckStatus, VerdictStatus
 from verifier.store import repo
@@ -35,7 +36,6 @@ from verifier.store.models import Attestation, AttestationSource, Node, NodeStat
 
 from .context import Services
 from .errors import BadRequest, NotFound
-from .evidence import Evidence, parse_evidence
 from .golden_policy import Assessment, assess, failed, policy_for
 
 NODE_NOT_ENROLLED = "node_not_enrolled"
@@ -150,9 +150,7 @@ def challenge(svc: Services, node_name: str, event_log_sha256: str | None = None
 def submit(svc: Services, node_name: str, body: bytes) -> AttestationResult:
     cfg = svc.config
     # 1. Decode.
-    ev = parse_evidence(
-        body, max_bundle=cfg.max_bundle, max_event_log=cfg.max_event_log, max_ima=cfg.max_ima_log
-    )
+    ev = decode_evidence(body, EvidenceCaps(cfg.max_bundle, cfg.max_event_log, cfg.max_ima_log))
     if ev.node != node_name:
         raise BadRequest("node_mismatch", f"the evidence is for {ev.node!r}, not {node_name!r}")
     now = svc.now()

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
+from assay.evidence import Evidence, encode_evidence
+
 from . import attestation, audit, enrollment, golden_ops, inventory, tokens
 from ._http import (
     b64_field,
@@ -29,7 +31,6 @@ from ._http import (
 from .api_errors import HttpError
 from .auth import ADMIN, ENROLL, READ_INVENTORY, REVIEW, actor, current_caller, require
 from .errors import BadRequest, NotFound
-from .evidence import Evidence, encode_evidence
 
 enrollment_bp = Blueprint("enrollment", __name__, url_prefix="/v1")
 attestation_bp = Blueprint("attestation", __name__, url_prefix="/v1")

@@ -24,11 +24,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.tpm import Tpm
 from assay.algorithms import HashAlg
 from assay.errors import AssayError, ConfigurationError
 from assay.eventlog import Event, EventLog, measured_events, parse_event_log, start_locality
-
-from .tpm import Tpm
 
 _AGILE_HEADER = struct.Struct("<III")
 _SHA1_HEADER = struct.Struct("<II20sI")

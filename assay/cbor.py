@@ -1,19 +1,25 @@
-"""A strict CBOR decoder for the evidence bundle's profile (RFC 8949 subset), for untrusted bytes.
+"""A strict CBOR decoder (RFC 8949 subset) for untrusted bytes: the evidence bundle and CoRIM.
 
-The bundle (docs/evidence.md) is made of maps, arrays, byte and text strings, integers and the
-simple values false/true/null. Everything else is refused rather than interpreted: semantic tags
+The evidence bundle (docs/evidence.md) is made of maps, arrays, byte and text strings, integers and
+the simple values false/true/null. Everything else is refused rather than interpreted: semantic tags
 (bignums, regular expressions, MIME messages, dates: each a way to make a decoder spend CPU or
-raise something unexpected), undefined and other simple values, indefinite lengths,
-duplicate map keys, map keys other than integers and text (floats decode to ``float`` and no field accepts one), nesting deeper than ``max_depth``,
-more than ``max_items`` items, and bytes after the top-level item. A length is checked against
-the bytes left before anything is sliced, so nothing is allocated from an unchecked length.
-Every problem is one ``CborError`` naming the offset.
+raise something unexpected), undefined and other simple values, indefinite lengths, duplicate map
+keys, map keys other than integers and text (floats decode to ``float`` and no field accepts one),
+nesting deeper than ``max_depth``, more than ``max_items`` items, and bytes after the top-level
+item. A length is checked against the bytes left before anything is sliced, so nothing is allocated
+from an unchecked length. Every problem is one ``CborError`` naming the offset.
+
+CoRIM (golden/corim.py) is built from tags, so ``tags=True`` returns each tag as an *uninterpreted*
+``cbor2.CBORTag(number, content)``: no number gets a meaning here (a bignum stays a tag around its
+bytes); the caller checks the numbers it expects. A tag counts as one level of nesting.
 """
 
 from __future__ import annotations
 
 import struct
 from typing import Any
+
+from cbor2 import CBORTag
 
 MAX_DEPTH = 8
 MAX_ITEMS = 4096
@@ -25,11 +31,13 @@ class CborError(ValueError):
 
 
 class _Reader:
-    def __init__(self, data: bytes, max_items: int) -> None:
+    def __init__(self, data: bytes, max_items: int, max_depth: int, tags: bool) -> None:
         self.data = data
         self.pos = 0
         self.max_items = max_items
         self.items_left = max_items
+        self.max_depth = max_depth
+        self.tags = tags
 
     def take(self, n: int) -> bytes:
         if n > len(self.data) - self.pos:
@@ -50,7 +58,7 @@ class _Reader:
             raise CborError(f"offset {at}: more than {self.max_items} items")
         (initial,) = self.take(1)
         major, info = initial >> 5, initial & 0x1F
-        if major == 6:
+        if major == 6 and not self.tags:
             raise CborError(f"offset {at}: semantic tags are not accepted")
         if info < 24:
             return major, info, at
@@ -95,10 +103,12 @@ def _check_length(r: _Reader, arg: int, at: int) -> None:
 
 def _item(r: _Reader, depth: int) -> Any:
     major, arg, at = r.head()
-    if major not in (4, 5):
+    if major not in (4, 5, 6):
         return _scalar(r, major, arg, at)
-    if depth >= MAX_DEPTH:
-        raise CborError(f"offset {at}: nested deeper than {MAX_DEPTH}")
+    if depth >= r.max_depth:
+        raise CborError(f"offset {at}: nested deeper than {r.max_depth}")
+    if major == 6:  # only with tags=True (head() refuses it otherwise): never interpreted
+        return CBORTag(arg, _item(r, depth + 1))
     _check_length(r, arg, at)
     if major == 4:
         return [_item(r, depth + 1) for _ in range(arg)]
@@ -114,9 +124,11 @@ def _item(r: _Reader, depth: int) -> Any:
     return out
 
 
-def loads_strict(data: bytes, *, max_items: int = MAX_ITEMS) -> Any:
+def loads_strict(
+    data: bytes, *, max_items: int = MAX_ITEMS, max_depth: int = MAX_DEPTH, tags: bool = False
+) -> Any:
     """Decode exactly one item that uses all of ``data``; CborError otherwise."""
-    r = _Reader(bytes(data), max_items)
+    r = _Reader(bytes(data), max_items, max_depth, tags)
     if not r.data:
         raise CborError("empty input")
     value = _item(r, 0)

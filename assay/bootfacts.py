@@ -22,25 +22,20 @@ import hashlib
 import operator
 from dataclasses import dataclass, field
 
-from assay.algorithms import HashAlg
-from assay.errors import MalformedEvidence
-from assay.eventlog import AppliedWorkaround, Event, VerifiedBootLog
-from assay.eventlog._workarounds import COVERAGE_WORKAROUNDS, Workaround
-from assay.events import EventType as T
-from assay.events import event_type_name
-from assay.uefi.signatures import parse_signature_data, parse_signature_lists
-from assay.uefi.structures import parse_variable_data
+from .algorithms import HashAlg
+from .errors import MalformedEvidence
+from .eventlog import AppliedWorkaround, BootLog, Event
+from .eventlog._caches import DigestCounts
+from .eventlog._coverage import data_covered
+from .eventlog._workarounds import COVERAGE_WORKAROUNDS, Workaround
+from .events import EventType as ET
+from .events import event_type_name
+from .pcclient import EBS_ACTIONS, PLATFORM_STATES, separator_digests, special_digests
+from .uefi.signatures import parse_signature_data, parse_signature_lists
+from .uefi.structures import parse_variable_data
 
-from ._cache import ContentCache
-
-EBS_INVOCATION = b"Exit Boot Services Invocation"
-EBS_RETURNS = (
-    b"Exit Boot Services Returned with Success",
-    b"Exit Boot Services Returned with Failure",
-)
-DEBUG_MODE = b"UEFI Debug Mode"
-DMA_DISABLED = b"DMA Protection Disabled"
 LINUX_INITRD_TAG = 0x8F3B22EC
+LINUX_LOAD_OPTIONS_TAG = 0x8F3B22ED
 SB_VARIABLES = ("SecureBoot", "PK", "KEK", "db", "dbx")
 # The UTF-16LE names the appraisal reads a value for, by length: a peek at a UEFI_VARIABLE_DATA's
 # name (offset 32) rules out most variables (Boot####, BootOrder, …) before anything is hashed.
@@ -48,39 +43,34 @@ _VALUE_NAMES = frozenset(n.encode("utf-16-le") for n in (*SB_VARIABLES, "SbatLev
 _VALUE_NAME_LENGTHS = frozenset(len(n) // 2 for n in _VALUE_NAMES)
 # Event types as plain ints: the extraction loop compares every event's type, and an enum
 # attribute lookup costs several times the comparison.
-_S_CRTM_VERSION = int(T.EV_S_CRTM_VERSION)
-_SEPARATOR = int(T.EV_SEPARATOR)
-_IPL = int(T.EV_IPL)
-_EVENT_TAG = int(T.EV_EVENT_TAG)
-_EFI_ACTION = int(T.EV_EFI_ACTION)
-_VARIABLE_DRIVER_CONFIG = int(T.EV_EFI_VARIABLE_DRIVER_CONFIG)
-_VARIABLE_AUTHORITY = int(T.EV_EFI_VARIABLE_AUTHORITY)
-_BOOT_SERVICES_APPLICATION = int(T.EV_EFI_BOOT_SERVICES_APPLICATION)
+_S_CRTM_VERSION = int(ET.EV_S_CRTM_VERSION)
+_SEPARATOR = int(ET.EV_SEPARATOR)
+_IPL = int(ET.EV_IPL)
+_EVENT_TAG = int(ET.EV_EVENT_TAG)
+_EFI_ACTION = int(ET.EV_EFI_ACTION)
+_VARIABLE_DRIVER_CONFIG = int(ET.EV_EFI_VARIABLE_DRIVER_CONFIG)
+_VARIABLE_AUTHORITY = int(ET.EV_EFI_VARIABLE_AUTHORITY)
+_BOOT_SERVICES_APPLICATION = int(ET.EV_EFI_BOOT_SERVICES_APPLICATION)
 _DRIVERS = frozenset(
     int(t)
     for t in (
-        T.EV_EFI_BOOT_SERVICES_DRIVER,
-        T.EV_EFI_RUNTIME_SERVICES_DRIVER,
-        T.EV_EFI_BOOT_SERVICES_APPLICATION,
+        ET.EV_EFI_BOOT_SERVICES_DRIVER,
+        ET.EV_EFI_RUNTIME_SERVICES_DRIVER,
+        ET.EV_EFI_BOOT_SERVICES_APPLICATION,
     )
 )
 _FIRMWARE_CODE = frozenset(
     int(t)
     for t in (
-        T.EV_S_CRTM_CONTENTS,
-        T.EV_EFI_PLATFORM_FIRMWARE_BLOB,
-        T.EV_EFI_PLATFORM_FIRMWARE_BLOB2,
-        T.EV_POST_CODE,
-        T.EV_POST_CODE2,
-        T.EV_CPU_MICROCODE,
-        T.EV_EFI_HCRTM_EVENT,
+        ET.EV_S_CRTM_CONTENTS,
+        ET.EV_EFI_PLATFORM_FIRMWARE_BLOB,
+        ET.EV_EFI_PLATFORM_FIRMWARE_BLOB2,
+        ET.EV_POST_CODE,
+        ET.EV_POST_CODE2,
+        ET.EV_CPU_MICROCODE,
+        ET.EV_EFI_HCRTM_EVENT,
     )
 )
-_EBS_ACTIONS = (EBS_INVOCATION, *EBS_RETURNS)
-_PLATFORM_STATES = (DEBUG_MODE, DMA_DISABLED)
-_SEPARATOR_VALUES = (b"\x00\x00\x00\x00", b"\xff\xff\xff\xff")
-_SEPARATOR_DIGESTS: dict[HashAlg, frozenset[bytes]] = {}
-_TEXT_DIGESTS: dict[tuple[HashAlg, bytes], frozenset[bytes]] = {}
 _CMDLINE_PREFIXES = (b"kernel_cmdline: ", b"grub_kernel_cmdline ")
 _COVERAGE_TOUCHES = frozenset(
     (pcr, t) for w in COVERAGE_WORKAROUNDS for pcr in w.pcrs for t in w.event_types
@@ -129,6 +119,7 @@ class BootFacts:
     ebs_events: list[tuple[Event, bytes]] = field(default_factory=list)  # by digest
     cmdlines: list[tuple[Event, str | None]] = field(default_factory=list)
     initrds: list[Event] = field(default_factory=list)
+    load_options: list[Event] = field(default_factory=list)  # PCR9, the Linux EFI stub's
     pcr14: list[Event] = field(default_factory=list)
     workarounds: list[AppliedWorkaround] = field(default_factory=list)  # coverage ones, PCR0-7
 
@@ -159,6 +150,24 @@ class BootFacts:
         rank = {pcr: i for i, pcr in enumerate(dict.fromkeys(e.pcr for e in self.events))}
         found = [e for e in self.events if (e.pcr, e.event_type) in bad]
         return sorted(found, key=lambda e: rank[e.pcr])
+
+
+def load_options_forms(cmdline: str) -> tuple[bytes, ...]:
+    """The LoadOptions that carry ``cmdline`` to the Linux EFI stub, as each loader passes them (the
+    stub measures them into PCR9 as they are), established from real logs in the corpus:
+
+    - GRUB 2.12 (``kernel_cmdline: <text>`` logged in PCR8): UTF-16LE ``BOOT_IMAGE=<text>``, no NUL
+      (go-tpm-tools ubuntu-2404-amd-sevsnp);
+    - systemd-stub (a UKI's ``.cmdline``) and OVMF direct boot without an initrd: UTF-16LE text and
+      NUL (qemu-ovmf-debian12 uki-systemd-stub);
+    - OVMF direct boot (``qemu -kernel -initrd -append``): UTF-16LE text, `` initrd=initrd`` and NUL
+      (qemu-ovmf-debian12 direct-kernel-boot).
+    """
+    return (
+        ("BOOT_IMAGE=" + cmdline).encode("utf-16-le"),
+        (cmdline + "\x00").encode("utf-16-le"),
+        (cmdline + " initrd=initrd\x00").encode("utf-16-le"),
+    )
 
 
 def where(e: Event) -> str:
@@ -224,109 +233,37 @@ def authority_id(data: bytes) -> str | None:
     return hashlib.sha256(entry.data).hexdigest() if entry.kind == "x509" else entry.data.hex()
 
 
-def separator_digests(bank: HashAlg) -> frozenset[bytes]:
-    """The digests of the two separator values in ``bank``."""
-    got = _SEPARATOR_DIGESTS.get(bank)
-    if got is None:
-        got = _SEPARATOR_DIGESTS[bank] = frozenset(bank.hash(v) for v in _SEPARATOR_VALUES)
-    return got
-
-
-_SPECIAL: dict[HashAlg, dict[bytes, bytes]] = {}
-
-
-def special_digests(bank: HashAlg) -> dict[bytes, bytes]:
-    """Digest → string for the strings known by their digest: ExitBootServices and the unsafe
-    platform states, with and without their NUL."""
-    got = _SPECIAL.get(bank)
-    if got is None:
-        got = _SPECIAL[bank] = {
-            d: text for text in (*_EBS_ACTIONS, *_PLATFORM_STATES) for d in text_digests(bank, text)
-        }
-    return got
-
-
-# EFI/legacy action strings whose digests the PC Client PFP fixes (§10.4.4), per PCR, as real
-# firmware in the corpus measures them ("Calling EFI Application…" also appears in PCR5 there).
-FIXED_ACTIONS: dict[int, tuple[bytes, ...]] = {
-    4: (
-        b"Calling EFI Application from Boot Option",
-        b"Returning from EFI Application from Boot Option",
-        b"Calling INT 19h",
-        b"Returned INT 19h",
-        b"Return via INT 18h",
-    ),
-    5: (*_EBS_ACTIONS, b"Calling EFI Application from Boot Option"),
-}
-_FIXED: dict[tuple[HashAlg, int], frozenset[bytes]] = {}
-
-
-def fixed_digests(bank: HashAlg, pcr: int) -> frozenset[bytes]:
-    """Spec-fixed digests for ``pcr``: separators in PCR0–7 and the fixed action strings."""
-    key = (bank, pcr)
-    got = _FIXED.get(key)
-    if got is None:
-        found: set[bytes] = set(separator_digests(bank)) if pcr <= 7 else set()
-        for action in FIXED_ACTIONS.get(pcr, ()):
-            found |= text_digests(bank, action)
-        got = _FIXED[key] = frozenset(found)
-    return got
-
-
-def text_digests(bank: HashAlg, text: bytes) -> frozenset[bytes]:
-    """The digests a firmware string is measured as in ``bank``: without and with its NUL."""
-    key = (bank, text)
-    got = _TEXT_DIGESTS.get(key)
-    if got is None:
-        got = _TEXT_DIGESTS[key] = frozenset((bank.hash(text), bank.hash(text + b"\x00")))
-    return got
-
-
-# Decoded UEFI_VARIABLE_DATA (name, value) of well-formed events, and whether an event's data is
-# covered by its digest (``VerifiedBootLog.data_covered``, a pure function of the event's type,
-# digest and data), kept by content across logs.
-_VARIABLES: ContentCache[tuple[str, bytes]] = ContentCache(16 * 1024 * 1024)
-_COVERED: ContentCache[tuple[bool | None, Workaround | None, str]] = ContentCache(16 * 1024 * 1024)
-
-
 def _covered(
-    vlog: VerifiedBootLog, e: Event, digest: bytes | None
+    vlog: BootLog, e: Event, digest: bytes | None
 ) -> tuple[bool | None, Workaround | None, str]:
-    """(``vlog.data_covered(e)``, the coverage workaround it needed, its detail), answered from an
-    earlier log with these exact bytes if any."""
+    """(whether ``e``'s data is covered, the coverage workaround it needed, its detail), straight
+    from the verifier's coverage cache: extraction asks once per event, so the log's own memo
+    would only add a second lookup."""
     if digest is None:
-        return vlog.data_covered(e), None, ""
-    key = (vlog.bank, e.event_type, digest)
-    hit = _COVERED.get(key, e.data)
-    if hit is None:
-        covered = vlog.data_covered(e)
-        applied = vlog.coverage_workaround(e)
-        if applied is None:
-            hit = (covered, None, "")
-        else:
-            hit = (covered, applied.workaround, applied.detail)
-        _COVERED.put(key, e.data, hit)
-    return hit
+        return False, None, ""
+    covered, applied = data_covered(e, vlog.bank, vlog.caches.coverage)
+    if applied is None:
+        return covered, None, ""
+    return covered, applied.workaround, applied.detail
 
 
-def _variable(vlog: VerifiedBootLog, event: Event) -> tuple[str, bytes] | None:
+def _variable(vlog: BootLog, event: Event) -> tuple[str, bytes] | None:
     """(name, value) of a fully covered, well-formed UEFI_VARIABLE_DATA, else None."""
     key = (vlog.bank, event.event_type, event.digests.get(vlog.bank, b""))
-    var = _VARIABLES.get(key, event.data)
+    cache = vlog.caches.variables
+    var = cache.get(key, event.data)
     if var is None:
         try:
             parsed = parse_variable_data(event.data, where=f"event {event.index}")
         except MalformedEvidence:
             return None
         var = (parsed.name, parsed.data)
-        _VARIABLES.put(key, event.data, var)
+        cache.put(key, event.data, var)
     return var
 
 
-def _pcr7(
-    vlog: VerifiedBootLog, facts: BootFacts, e: Event, full: bool, special: bytes | None
-) -> None:
-    if special in _PLATFORM_STATES:  # the digest says what happened, whatever the data claims
+def _pcr7(vlog: BootLog, facts: BootFacts, e: Event, full: bool, special: bytes | None) -> None:
+    if special in PLATFORM_STATES:  # the digest says what happened, whatever the data claims
         facts.platform_states.append((e, special))
         return
     if full:
@@ -341,7 +278,7 @@ def _names_a_value(data: bytes) -> bool:
     return n in _VALUE_NAME_LENGTHS and data[32 : 32 + 2 * n] in _VALUE_NAMES
 
 
-def _variable_fact(vlog: VerifiedBootLog, facts: BootFacts, e: Event) -> None:
+def _variable_fact(vlog: BootLog, facts: BootFacts, e: Event) -> None:
     """Record a fully covered variable by its covered name: Secure Boot databases, SbatLevel, and
     the ``db`` entry an image was verified with (EV_EFI_VARIABLE_AUTHORITY: one EFI_SIGNATURE_DATA,
     the type choosing between that and the ``db`` database — either reading of the wrong one
@@ -360,7 +297,7 @@ def _variable_fact(vlog: VerifiedBootLog, facts: BootFacts, e: Event) -> None:
         facts.variables.setdefault(name, []).append(Variable(e, value))
 
 
-def _os_pcrs(vlog: VerifiedBootLog, facts: BootFacts, e: Event) -> None:
+def _os_pcrs(vlog: BootLog, facts: BootFacts, e: Event) -> None:
     """PCR8/9/12/14, by hint: which events to show as command lines and initrds. Only the text a
     digest covers is read; MokLists are every PCR14 event, known by digest (the "MokList" name in
     the data is not covered)."""
@@ -382,20 +319,22 @@ def _os_pcrs(vlog: VerifiedBootLog, facts: BootFacts, e: Event) -> None:
         tag = int.from_bytes(e.data[:4], "little")
         if tag == LINUX_INITRD_TAG:
             facts.initrds.append(e)
-        # LINUX_LOAD_OPTIONS_TAG: the data is only a description; the digest is of the load
-        # options, which the log does not carry, so there is no command-line text to check.
+        elif tag == LINUX_LOAD_OPTIONS_TAG:
+            # The data is only a description; the digest is of the LoadOptions, which the log
+            # does not carry: the command line is known by digest (load_options_forms).
+            facts.load_options.append(e)
 
 
-def extract(vlog: VerifiedBootLog) -> BootFacts:
+def extract(vlog: BootLog) -> BootFacts:
     """The log's facts, computed once per verified log (a node re-attesting within one boot keeps
-    its VerifiedBootLog, so re-appraisal against a changed policy does not re-decode anything).
+    its BootLog, so re-appraisal against a changed policy does not re-decode anything).
 
     The facts are a pure function of the log and its bank, and BootFacts is never mutated.
     """
     return vlog.memo("appraisal.facts", _extract)
 
 
-def _extract(vlog: VerifiedBootLog) -> BootFacts:
+def _extract(vlog: BootLog) -> BootFacts:
     """One pass over the verified events (log order) collecting every fact the checks use.
 
     Coverage is checked where the appraisal reads event data: PCR0–7 (S-CRTM version, variables,
@@ -449,10 +388,47 @@ def _extract(vlog: VerifiedBootLog) -> BootFacts:
                 facts.drivers.append(e)
         elif pcr == 5:
             action = special.get(digest) if digest is not None else None
-            if action in _EBS_ACTIONS:
+            if action in EBS_ACTIONS:
                 facts.ebs_events.append((e, action))
         elif pcr == 1:
             data = e.data
             if full and len(data) > 35 and data[16] in _VALUE_NAME_LENGTHS:  # a cheap peek first
                 _variable_fact(vlog, facts, e)
     return facts
+
+
+def extended_digests(
+    vlog: BootLog, facts: BootFacts, pcrs: frozenset[int]
+) -> dict[int, DigestCounts]:
+    """For each of ``pcrs`` that has events: digest → how often it was extended there. None counts
+    events without a digest in the bank (verify_log keeps no quoted PCR with one).
+
+    Answered from the verifier's caches for PCR values seen before (the value names the multiset of
+    digests extended into it, see :class:`~assay.eventlog.LogCaches`); one pass over the log for
+    the rest."""
+    bank = vlog.bank
+    known = vlog.caches.extended
+    out: dict[int, DigestCounts] = {}
+    missing: set[int] = set()
+    for pcr in pcrs & facts.pcrs_with_events:
+        value = vlog.pcrs.get(pcr)
+        hit = known.get((bank, pcr, value)) if value is not None else None
+        if hit is None:
+            missing.add(pcr)
+        else:
+            out[pcr] = hit
+    if missing:
+        fresh: dict[int, DigestCounts] = {p: {} for p in missing}
+        for e in vlog.events:
+            counts = fresh.get(e.pcr)
+            if counts is not None:
+                d = e.digests.get(bank)
+                counts[d] = counts.get(d, 0) + 1
+        keep: dict[tuple[HashAlg, int, bytes], DigestCounts] = {}
+        for pcr, counts in fresh.items():
+            value = vlog.pcrs.get(pcr)
+            if value is not None and None not in counts:
+                keep[(bank, pcr, value)] = counts
+            out[pcr] = counts
+        vlog.caches.keep_extended(keep)
+    return out

@@ -1,4 +1,4 @@
-"""Helpers for tests, benchmarks and the demo: a real server on a free port, a load generator.
+"""Scaffolding for tests, benchmarks and the demo: a real server on a free port, a load generator.
 
 ``run_server(config)`` starts ``python -m verifier serve`` (gunicorn) on a free port, waits until
 it answers, yields its URL and stops it (by its own pid) afterwards.
@@ -25,38 +25,18 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import cbor2
 import requests
 import yaml
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from assay.algorithms import HashAlg
 from assay.eventlog import parse_event_log, replay
-from assay.tpm2 import (
-    Alg,
-    ClockInfo,
-    ObjectAttributes,
-    Scheme,
-    Signature,
-    marshal_quote_attest,
-    marshal_signature,
-    public_from_key,
-)
+from assay.evidence import encode_evidence, evidence_with_log
+from assay.tpm2 import ClockInfo
+from verifier.service.config import ServiceConfig
 from verifier.store import Store, repo
 from verifier.store.models import Node, NodeState
 
-from .config import ServiceConfig
-
-AK_ATTRIBUTES = (
-    ObjectAttributes.FIXED_TPM
-    | ObjectAttributes.FIXED_PARENT
-    | ObjectAttributes.SENSITIVE_DATA_ORIGIN
-    | ObjectAttributes.USER_WITH_AUTH
-    | ObjectAttributes.RESTRICTED
-    | ObjectAttributes.SIGN_ENCRYPT
-)
+from .quotes import SoftwareAk
 
 
 def free_port() -> int:
@@ -82,7 +62,7 @@ def run_server(config: ServiceConfig, *, timeout: float = 30.0) -> Iterator[str]
         cfg = config_file(config, Path(tmp) / "verifier.yaml")
         proc = subprocess.Popen(
             [sys.executable, "-m", "verifier", "serve", "--config", str(cfg)],
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
         )
         url = f"{scheme}://127.0.0.1:{port}"
         try:
@@ -132,12 +112,8 @@ class FakeAgentForLoad:
         self.bank = bank
         self.labels = dict(labels or {})
         self.reset_count = reset_count
-        self._key = ec.generate_private_key(ec.SECP256R1())
-        self.ak = public_from_key(
-            self._key.public_key(),
-            attributes=AK_ATTRIBUTES,
-            scheme=Scheme(Alg.ECDSA, HashAlg.SHA256),
-        )
+        self._ak = SoftwareAk()
+        self.ak = self._ak.public
         replayed = replay(parse_event_log(log)).pcrs[bank]
         zero = bytes(bank.digest_size)
         self.pcr_values = {p: replayed.get(p, zero) for p in pcrs}
@@ -165,28 +141,19 @@ class FakeAgentForLoad:
         if self.extra_extend is not None:
             pcr = max(values)
             values[pcr] = self.bank.hash(values[pcr] + self.extra_extend)
-        selection = {self.bank: sorted(values)}
-        digest = HashAlg.SHA256.hash(b"".join(values[p] for p in sorted(values)))
-        attest = marshal_quote_attest(
-            selection, digest, nonce, clock_info=ClockInfo(1000, self.reset_count, 0, True)
+        attest, sig = self._ak.quote(
+            {self.bank: values}, nonce, clock_info=ClockInfo(1000, self.reset_count, 0, True)
         )
-        r, s = decode_dss_signature(self._key.sign(attest, ec.ECDSA(hashes.SHA256())))
-        sig = Signature(
-            Alg.ECDSA, HashAlg.SHA256, b"", r.to_bytes(32, "big"), s.to_bytes(32, "big")
+        ev = evidence_with_log(
+            node=self.name,
+            agent_version="fake-load/0",
+            nonce=nonce,
+            attest=attest,
+            signature=sig,
+            pcrs={self.bank: values},
+            event_log=self.log,
         )
-        bundle: dict[str, Any] = {
-            "v": 1,
-            "node": self.name,
-            "agent_version": "fake-load/0",
-            "nonce": nonce,
-            "attest": attest,
-            "signature": marshal_signature(sig),
-            "pcrs": {self.bank.bank: values},
-            "event_log_sha256": self.log_sha256,
-        }
-        if send_log:
-            bundle["event_log"] = self.log
-        return bytes(cbor2.dumps(bundle))
+        return encode_evidence(ev if send_log else ev.without_known_log(self.log_sha256))
 
     def attest(self, session: requests.Session, url: str) -> dict[str, Any]:
         """One challenge → evidence round trip over HTTP; returns the verdict JSON."""
@@ -225,9 +192,8 @@ def bench_service(
     from assay.eventlog import assume_quoted_for_review
     from golden.capture import capture
     from golden.yamlfmt import dump_yaml
-
-    from . import golden_ops
-    from .context import Services
+    from verifier.service import golden_ops
+    from verifier.service.context import Services
 
     config = ServiceConfig(database=database, workers=workers)
     store = Store(database)
