@@ -91,13 +91,23 @@ def test_bogus_evidence_posts_add_one_audit_row_not_one_each(env: Env) -> None:
     with env.store.read() as db:
         rows = list(db.scalars(select(AuditEntry).where(AuditEntry.action == "evidence_refused")))
     assert len(rows) == 1 and rows[0].details["count"] == 30
-    assert rows[0].details["last_at"] == "2026-11-28T12:00:00Z"  # the API's one time format
     assert _rows(env, Nonce) <= 30  # one per used nonce, forgotten when it expires
     # A new window gets a new row: growth is bounded by time, not by requests.
     env.clock[0] = T0.replace(minute=T0.minute + 11)
     nonce = bytes.fromhex(env.client.post("/v1/nodes/n1/challenge").json["nonce"])
     env.client.post("/v1/nodes/n1/evidence", data=_bundle(nonce=nonce), headers=CBOR)
     assert _rows(env, AuditEntry) == 2
+
+
+def test_the_coalesced_audit_entry_shows_its_last_time_in_the_apis_format(env: Env) -> None:
+    for minute in (0, 1):
+        env.clock[0] = T0.replace(minute=minute)
+        nonce = bytes.fromhex(env.client.post("/v1/nodes/n1/challenge").json["nonce"])
+        env.client.post("/v1/nodes/n1/evidence", data=_bundle(nonce=nonce), headers=CBOR)
+    audit = env.client.get("/v1/audit?target=n1", headers=env.h("reviewer")).json["audit"]
+    [entry] = [a for a in audit if a["action"] == "evidence_refused"]
+    assert (entry["at"], entry["details"]["count"]) == ("2026-11-28T12:00:00Z", 2)
+    assert entry["details"]["last_at"] == "2026-11-28T12:01:00Z"  # was "…12:01:00+00:00"
 
 
 def test_one_address_is_rate_limited_on_unauthenticated_endpoints(tmp_path: Path) -> None:
