@@ -39,9 +39,5 @@ class VerificationFailed(AssayError):
         super().__init__(message)
 
 
-class PolicyViolation(AssayError):
-    """Verified evidence that the policy does not accept."""
-
-
 class ConfigurationError(AssayError):
     """The operator's configuration (files, flags, golden sets) is unusable."""

@@ -34,7 +34,7 @@ from assay.evidence import encode_evidence, evidence_with_log
 from assay.tpm2 import ClockInfo
 from verifier.service.config import ServiceConfig
 from verifier.store import Store, repo
-from verifier.store.models import Node
+from verifier.store.models import Node, NodeState
 
 from .quotes import SoftwareAk
 
@@ -132,7 +132,7 @@ class FakeAgentForLoad:
             node.ak_public = self.ak.raw
             node.ak_name = self.ak.name
             node.labels = self.labels
-            node.state, node.state_since, node.reason = "enrolled", now, "load test"
+            node.state, node.state_since, node.reason = NodeState.ENROLLED, now, "load test"
             node.enrolled_at = now
             node.replace_allowed = False
 

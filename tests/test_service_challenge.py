@@ -99,6 +99,17 @@ def test_bogus_evidence_posts_add_one_audit_row_not_one_each(env: Env) -> None:
     assert _rows(env, AuditEntry) == 2
 
 
+def test_the_coalesced_audit_entry_shows_its_last_time_in_the_apis_format(env: Env) -> None:
+    for minute in (0, 1):
+        env.clock[0] = T0.replace(minute=minute)
+        nonce = bytes.fromhex(env.client.post("/v1/nodes/n1/challenge").json["nonce"])
+        env.client.post("/v1/nodes/n1/evidence", data=_bundle(nonce=nonce), headers=CBOR)
+    audit = env.client.get("/v1/audit?target=n1", headers=env.h("reviewer")).json["audit"]
+    [entry] = [a for a in audit if a["action"] == "evidence_refused"]
+    assert (entry["at"], entry["details"]["count"]) == ("2026-11-28T12:00:00Z", 2)
+    assert entry["details"]["last_at"] == "2026-11-28T12:01:00Z"  # was "…12:01:00+00:00"
+
+
 def test_one_address_is_rate_limited_on_unauthenticated_endpoints(tmp_path: Path) -> None:
     env = _env(tmp_path, client_rate=0.001, client_burst=5)
     try:

@@ -155,3 +155,35 @@ def test_tokens_list_revoke_and_nodes_move_label_from_the_cli(
     assert code == 0 and json.loads(out)["labels"] == {"pool": "gpu"}
     code, out, _ = run(capsys, "token", "list", *db)  # the rich table
     assert code == 0 and "enroll" in out
+
+
+def test_nodes_list_refuses_a_state_that_does_not_exist(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = ["--database", str(tmp_path / "v.db")]
+    assert run(capsys, "db", "upgrade", *db)[0] == 0
+    code, _, err = run(capsys, "nodes", "list", "--state", "happy", *db)
+    assert code == 1 and "state must be one of enrolled, trusted," in err
+    code, out, _ = run(capsys, "nodes", "list", "--state", "stale", *db, "--json")
+    assert code == 0 and json.loads(out) == {"nodes": []}
+
+
+def test_nodes_show_prints_the_node_and_its_history_as_the_api_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.test_service_api import add_node
+
+    db = ["--database", str(tmp_path / "v.db")]
+    assert run(capsys, "db", "upgrade", *db)[0] == 0
+    store = Store(str(tmp_path / "v.db"))
+    add_node(store, "web-1", state="untrusted")
+    store.close()
+    code, out, _ = run(capsys, "nodes", "show", "web-1", *db, "--json")
+    node = json.loads(out)
+    assert code == 0 and (node["name"], node["state"], node["attestations"]) == (
+        "web-1",
+        "untrusted",
+        [],
+    )
+    code, out, _ = run(capsys, "nodes", "show", "web-1", *db)  # the rich tables
+    assert code == 0 and "untrusted" in out and "attestations" in out

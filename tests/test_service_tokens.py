@@ -4,12 +4,16 @@ role, listed without secrets, revoked, and never living longer than ``max_token_
 from __future__ import annotations
 
 import datetime as dt
+import json
+import re
+from pathlib import Path
 
 import pytest
 
 from tests import test_service_api as api
 from tests.postgres import postgres_server, postgres_url  # noqa: F401
 from tests.test_service_api import T0, Env
+from verifier._cli import main
 from verifier.store import repo
 
 env = api.env  # the fixture: the real app on SQLite and PostgreSQL, one token per role
@@ -118,3 +122,34 @@ def test_a_stored_token_without_expiry_stops_at_the_maximum_lifetime(env: Env) -
 def test_only_enroll_tokens_carry_labels(env: Env) -> None:
     status, body = _create(env, role="scheduler", labels={"pool": "web"})
     assert (status, body["error"]["code"]) == (400, "bad_field")  # type: ignore[index]
+
+
+ISO_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z")
+
+
+def test_the_api_and_the_cli_show_token_times_in_one_format(
+    env: Env, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One creation path (``tokens.create``) and one time format (ISO 8601 UTC, ``Z``)."""
+    _, made = _create(env, role="reviewer", ttl=600)
+    db = ["--database", str(tmp_path / "cli.db")]
+    assert main(["db", "upgrade", *db]) == 0
+    capsys.readouterr()
+    assert main(["token", "create", "--role", "reviewer", "--ttl", "600", *db, "--json"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    assert set(cli) == set(made)
+    for out in (made, cli):
+        assert ISO_Z.fullmatch(str(out["created_at"])) and ISO_Z.fullmatch(str(out["expires_at"]))
+        created = dt.datetime.fromisoformat(str(out["created_at"]))
+        expires = dt.datetime.fromisoformat(str(out["expires_at"]))
+        assert expires - created == dt.timedelta(seconds=600)
+
+
+def test_a_lifetime_that_is_not_positive_is_refused_by_the_cli_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = ["--database", str(tmp_path / "cli.db")]
+    assert main(["db", "upgrade", *db]) == 0
+    capsys.readouterr()
+    assert main(["token", "create", "--role", "admin", "--ttl", "-5", *db]) == 1
+    assert "ttl must be a positive number of seconds" in capsys.readouterr().err

@@ -1,7 +1,8 @@
 """``serve``, ``db upgrade``, ``nodes``, ``golden``, ``token``: the verifier service's commands.
 
 They call the same domain functions as the HTTP API, directly on the configured database, and
-print readable tables (rich) or ``--json``. Changes are audited with the actor ``cli:<user>``.
+print readable tables (rich) or ``--json`` (the API's JSON for the same result). Changes are
+audited with the actor ``cli:<user>``; a domain error is one line on stderr (``_cli.main``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from typing import Any
 from assay.errors import ConfigurationError
 
 from ._cli import EXIT_OK, read_input
-
-GOLDEN_LIMIT = 4 * 1024 * 1024
 
 
 def _common(p: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
@@ -149,18 +148,25 @@ def _config(args: argparse.Namespace, **flags: Any) -> Any:
     return load_config(args.config, overrides={"database": args.database, **flags})
 
 
-def _services(args: argparse.Namespace) -> Any:
-    from verifier.service.context import Services
+def _upgraded_store(database: str) -> Any:
+    """The configured store, refused unless it is at the newest schema."""
     from verifier.store import Store
     from verifier.store.migrate import current_revision, head_revision
 
-    config = _config(args)
-    store = Store(config.database)
+    store = Store(database)
     if current_revision(store) != head_revision():
+        store.close()
         raise ConfigurationError(
             f"database {store.url} is not at the newest schema: run `python -m verifier db upgrade`"
         )
-    return Services(config=config, store=store)
+    return store
+
+
+def _services(args: argparse.Namespace) -> Any:
+    from verifier.service.context import Services
+
+    config = _config(args)
+    return Services(config=config, store=_upgraded_store(config.database))
 
 
 def _actor() -> str:
@@ -207,8 +213,6 @@ def _labels(items: Sequence[str]) -> dict[str, str]:
 
 def _serve(args: argparse.Namespace) -> int:
     from verifier.service.server import serve
-    from verifier.store import Store
-    from verifier.store.migrate import current_revision, head_revision
 
     config = _config(
         args,
@@ -218,14 +222,7 @@ def _serve(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         ek_ca_dir=args.ek_ca_dir,
     )
-    store = Store(config.database)
-    try:
-        if current_revision(store) != head_revision():
-            raise ConfigurationError(
-                "the database is not at the newest schema: run `python -m verifier db upgrade`"
-            )
-    finally:
-        store.close()
+    _upgraded_store(config.database).close()
     serve(config)
     return EXIT_OK
 
@@ -245,38 +242,28 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 def _nodes_list(args: argparse.Namespace) -> int:
     from verifier.service import inventory
 
-    nodes = inventory.list_nodes(_services(args), state=args.state, labels=_labels(args.label))
+    state = None if args.state is None else inventory.parse_state(args.state)
+    nodes = inventory.list_nodes(_services(args), state=state, labels=_labels(args.label))
+    data = [n.to_json() for n in nodes]
     rows = [
-        (n["name"], n["state"], n["state_since"], ", ".join(n["golden"]), n["reason"])
-        for n in nodes
+        (n["name"], n["state"], n["state_since"], ", ".join(n["golden"]), n["reason"]) for n in data
     ]
     return _print(
         args,
-        {"nodes": nodes},
+        {"nodes": data},
         _table("nodes", ("node", "state", "since", "golden", "reason"), rows),
     )
 
 
 def _nodes_show(args: argparse.Namespace) -> int:
     from verifier.service import inventory
-    from verifier.store import repo
 
     svc = _services(args)
-    node = inventory.show_node(svc, args.name)
-    with svc.store.read() as db:
-        row = inventory.get_node(db, args.name)
-        atts = [
-            inventory.attestation_json(a, row.name, full=False)
-            for a in repo.node_attestations(db, row.id, limit=20)
-        ]
-    node["attestations"] = atts
+    node = inventory.show_node(svc, args.name).to_json()
+    atts = [a.to_json() for a in inventory.node_history(svc, args.name, limit=20)]
     if args.json:
-        return _print(args, node, None)
-    info = _table(
-        f"node {node['name']}",
-        ("field", "value"),
-        [(k, v) for k, v in node.items() if k != "attestations"],
-    )
+        return _print(args, {**node, "attestations": atts}, None)
+    info = _table(f"node {node['name']}", ("field", "value"), list(node.items()))
     hist = _table(
         "attestations",
         ("id", "time", "status", "reboot", "reason"),
@@ -297,7 +284,7 @@ def _nodes_move(args: argparse.Namespace) -> int:
     from verifier.service import inventory
 
     out = inventory.move_node(_services(args), args.name, args.new_name, args.reason, _actor())
-    return _print(args, out, _table("moved", ("from", "to"), [(args.name, out["name"])]))
+    return _print(args, out.to_json(), _table("moved", ("from", "to"), [(args.name, out.name)]))
 
 
 def _nodes_label(args: argparse.Namespace) -> int:
@@ -305,26 +292,30 @@ def _nodes_label(args: argparse.Namespace) -> int:
 
     labels = _labels(args.label)
     out = inventory.set_labels(_services(args), args.name, labels, args.reason, _actor())
-    sel = ",".join(f"{k}={v}" for k, v in out["labels"].items())
+    sel = ",".join(f"{k}={v}" for k, v in out.labels.items())
     return _print(
         args,
-        out,
-        _table("labelled", ("node", "labels", "state"), [(out["name"], sel, out["state"])]),
+        out.to_json(),
+        _table("labelled", ("node", "labels", "state"), [(out.name, sel, out.state)]),
     )
 
 
 def _golden_add(args: argparse.Namespace) -> int:
     from verifier.service import golden_ops
 
-    data = read_input(args.file, "golden set", limit=GOLDEN_LIMIT)
+    data = read_input(args.file, "golden set", limit=golden_ops.MAX_GOLDEN)
     out = golden_ops.upload(_services(args), "corim" if args.corim else "yaml", data, _actor())
-    return _print(args, out, _table("added", ("golden", "status"), [(out["id"], out["status"])]))
+    data_json = out.to_json()
+    return _print(
+        args, data_json, _table("added", ("golden", "status"), [(data_json["id"], out.status)])
+    )
 
 
 def _golden_list(args: argparse.Namespace) -> int:
     from verifier.service import golden_ops
 
-    data = golden_ops.list_sets(_services(args))
+    listing = golden_ops.list_sets(_services(args))
+    data = listing.to_json()
     rows = [(g["id"], g["status"], g["reason"], g["changed_at"]) for g in data["golden"]]
     return _print(
         args, data, _table("golden sets", ("golden", "status", "reason", "changed"), rows)
@@ -335,8 +326,10 @@ def _golden_assign(args: argparse.Namespace) -> int:
     from verifier.service import golden_ops
 
     out = golden_ops.assign(_services(args), args.name, _labels(args.selector), _actor())
-    sel = ",".join(f"{k}={v}" for k, v in out["selector"].items()) or "*"
-    return _print(args, out, _table("assigned", ("golden", "selector"), [(out["golden"], sel)]))
+    sel = ",".join(f"{k}={v}" for k, v in out.assignment.selector.items()) or "*"
+    return _print(
+        args, out.to_json(), _table("assigned", ("golden", "selector"), [(args.name, sel)])
+    )
 
 
 def _golden_status(args: argparse.Namespace) -> int:
@@ -345,22 +338,15 @@ def _golden_status(args: argparse.Namespace) -> int:
     out = golden_ops.set_status(
         _services(args), args.name, args.version, args.status, args.reason, _actor()
     )
-    rows = [(r["node"], r["status"], r["state"], r["reason"]) for r in out["reappraised"]]
-    return _print(
-        args,
-        out,
-        _table(
-            f"{out['id']} {out['status']}: nodes re-appraised",
-            ("node", "verdict", "state", "reason"),
-            rows,
-        ),
-    )
+    rows = [(r.node, r.status, r.state, r.reason) for r in out.reappraised]
+    title = f"{out.golden.name}@{out.golden.version} {out.golden.status}: nodes re-appraised"
+    return _print(args, out.to_json(), _table(title, ("node", "verdict", "state", "reason"), rows))
 
 
 def _token_create(args: argparse.Namespace) -> int:
     from verifier.service import tokens
 
-    data = tokens.create(
+    made = tokens.create(
         _services(args),
         args.role,
         ttl=args.ttl,
@@ -370,15 +356,15 @@ def _token_create(args: argparse.Namespace) -> int:
         actor=_actor(),
     )
     if args.json:
-        return _print(args, data, None)
-    print(data["token"])
+        return _print(args, made.to_json(), None)
+    print(made.secret)
     return EXIT_OK
 
 
 def _token_list(args: argparse.Namespace) -> int:
     from verifier.service import tokens
 
-    rows = tokens.list_all(_services(args))
+    data = [t.to_json() for t in tokens.list_all(_services(args))]
     table = _table(
         "tokens",
         ("id", "role", "labels", "expires", "used", "revoked", "description"),
@@ -392,14 +378,14 @@ def _token_list(args: argparse.Namespace) -> int:
                 t["revoked_at"],
                 t["description"],
             )
-            for t in rows
+            for t in data
         ],
     )
-    return _print(args, {"tokens": rows}, table)
+    return _print(args, {"tokens": data}, table)
 
 
 def _token_revoke(args: argparse.Namespace) -> int:
     from verifier.service import tokens
 
     out = tokens.revoke(_services(args), args.id, args.reason, _actor())
-    return _print(args, out, _table("revoked", ("id", "role"), [(out["id"], out["role"])]))
+    return _print(args, out.to_json(), _table("revoked", ("id", "role"), [(out.id, out.role)]))

@@ -1,4 +1,5 @@
-"""Decoding request bodies (JSON, base64, labels, reasons): every failure a 400 with a code.
+"""The HTTP layer's request side: the app's ``Services``, and decoding request bodies (JSON,
+base64, labels, reasons) into typed values, every failure a 400 with a code.
 
 JSON is decoded strictly: no NaN/Infinity, no number that overflows a float, integers of at most
 20 digits, at most ``MAX_JSON_DEPTH`` levels of nesting. Every text that is stored or shown
@@ -16,14 +17,22 @@ import re
 import time
 from typing import Any, NoReturn
 
-from flask import request
+from flask import current_app, request
 
-from .context import services
-from .errors import ApiError, bad_request
+from .api_errors import HttpError
+from .context import Services
+from .errors import BadRequest, NotFound
 
 MAX_JSON_DEPTH = 16
 NODE_NAME = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,251}[a-z0-9])?")
 NODE_RULE = "lower-case ASCII letters, digits, '.', '-' and '_' (1..253, alphanumeric at both ends)"
+
+
+def services() -> Services:
+    """The running app's services (``create_app`` puts them in ``app.extensions``)."""
+    svc = current_app.extensions["assay"]
+    assert isinstance(svc, Services)
+    return svc
 
 
 def _no_constant(name: str) -> NoReturn:
@@ -56,31 +65,31 @@ def _depth_ok(value: Any) -> bool:
 
 
 def parse_json(raw: bytes) -> Any:
-    """Strict JSON (see the module docstring); ApiError 400 ``malformed_json`` otherwise."""
+    """Strict JSON (see the module docstring); BadRequest ``malformed_json`` otherwise."""
     try:
         body = json.loads(
             raw, parse_constant=_no_constant, parse_float=_finite, parse_int=_bounded_int
         )
     except RecursionError:
-        raise bad_request("malformed_json", "body is nested too deeply") from None
+        raise BadRequest("malformed_json", "body is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise bad_request("malformed_json", f"body is not JSON: {str(exc)[:200]}") from None
+        raise BadRequest("malformed_json", f"body is not JSON: {str(exc)[:200]}") from None
     if not _depth_ok(body):
-        raise bad_request("malformed_json", f"body is nested deeper than {MAX_JSON_DEPTH}")
+        raise BadRequest("malformed_json", f"body is nested deeper than {MAX_JSON_DEPTH}")
     return body
 
 
 def printable(value: str, what: str) -> str:
-    """``value`` unless it holds a control/format character or a lone surrogate (ApiError 400)."""
+    """``value`` unless it holds a control/format character or a lone surrogate (BadRequest)."""
     if not value.isprintable():
-        raise bad_request("bad_field", f"{what} contains control characters or invalid Unicode")
+        raise BadRequest("bad_field", f"{what} contains control characters or invalid Unicode")
     return value
 
 
 def node_name(value: str) -> str:
     """A node name by the one rule (docs/api.md); anything else, e.g. a look-alike, is a 400."""
     if not NODE_NAME.fullmatch(value):
-        raise bad_request("bad_field", f"node names are {NODE_RULE}")
+        raise BadRequest("bad_field", f"node names are {NODE_RULE}")
     return value
 
 
@@ -104,9 +113,9 @@ def read_body(limit: int) -> bytes:
             parts.append(chunk)
             size += len(chunk)
             if time.monotonic() > deadline:
-                raise ApiError(408, "body_timeout", "the request body arrived too slowly")
+                raise HttpError(408, "body_timeout", "the request body arrived too slowly")
     except OSError:  # socket timeout or reset while reading
-        raise ApiError(408, "body_timeout", "the request body arrived too slowly") from None
+        raise HttpError(408, "body_timeout", "the request body arrived too slowly") from None
     return b"".join(parts)
 
 
@@ -114,19 +123,19 @@ def json_body(*, required: bool = True) -> dict[str, Any]:
     """The request body as a JSON object (size capped, content type checked)."""
     limit = services().config.max_json
     if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, "too_large", f"JSON body larger than {limit} bytes")
+        raise HttpError(413, "too_large", f"JSON body larger than {limit} bytes")
     raw = read_body(limit + 1)
     if len(raw) > limit:
-        raise ApiError(413, "too_large", f"JSON body larger than {limit} bytes")
+        raise HttpError(413, "too_large", f"JSON body larger than {limit} bytes")
     if not raw.strip():
         if required:
-            raise bad_request("malformed_json", "a JSON object body is required")
+            raise BadRequest("malformed_json", "a JSON object body is required")
         return {}
     if not request.mimetype.endswith("json"):
-        raise ApiError(415, "unsupported_media_type", "send Content-Type: application/json")
+        raise HttpError(415, "unsupported_media_type", "send Content-Type: application/json")
     body = parse_json(raw)
     if not isinstance(body, dict):
-        raise bad_request("malformed_json", "body must be a JSON object")
+        raise BadRequest("malformed_json", "body must be a JSON object")
     return body
 
 
@@ -137,9 +146,9 @@ def text_field(
     if value is None and not required:
         return ""
     if not isinstance(value, str) or not value:
-        raise bad_request("bad_field", f"field {name!r} must be a non-empty string")
+        raise BadRequest("bad_field", f"field {name!r} must be a non-empty string")
     if len(value) > max_len:
-        raise bad_request("bad_field", f"field {name!r} is longer than {max_len} characters")
+        raise BadRequest("bad_field", f"field {name!r} is longer than {max_len} characters")
     return printable(value, f"field {name!r}")
 
 
@@ -149,25 +158,25 @@ def b64_field(
     value = body.get(name)
     if value is None:
         if required:
-            raise bad_request("bad_field", f"field {name!r} is required")
+            raise BadRequest("bad_field", f"field {name!r} is required")
         return None
     if not isinstance(value, str):
-        raise bad_request("bad_field", f"field {name!r} must be a base64 string")
+        raise BadRequest("bad_field", f"field {name!r} must be a base64 string")
     if len(value) > (max_len * 4) // 3 + 4:
-        raise bad_request("bad_field", f"field {name!r} is larger than {max_len} bytes")
+        raise BadRequest("bad_field", f"field {name!r} is larger than {max_len} bytes")
     try:
         data = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise bad_request("bad_base64", f"field {name!r} is not valid base64") from None
+        raise BadRequest("bad_base64", f"field {name!r} is not valid base64") from None
     if not data:
-        raise bad_request("bad_field", f"field {name!r} is empty")
+        raise BadRequest("bad_field", f"field {name!r} is empty")
     return data
 
 
 def node_field(body: dict[str, Any], name: str = "node") -> str:
     value = body.get(name)
     if not isinstance(value, str) or not value:
-        raise bad_request("bad_field", f"field {name!r} must be a non-empty string")
+        raise BadRequest("bad_field", f"field {name!r} must be a non-empty string")
     return node_name(value)
 
 
@@ -176,11 +185,11 @@ def labels_field(body: dict[str, Any], name: str = "labels") -> dict[str, str]:
     if value is None:
         return {}
     if not isinstance(value, dict) or len(value) > 64:
-        raise bad_request("bad_field", f"field {name!r} must be an object of at most 64 labels")
+        raise BadRequest("bad_field", f"field {name!r} must be an object of at most 64 labels")
     out: dict[str, str] = {}
     for k, v in value.items():
         if not isinstance(v, str) or not k or len(k) > 63 or len(v) > 253 or "=" in k or "," in k:
-            raise bad_request("bad_field", f"label {k[:63]!r} must map a short name to a string")
+            raise BadRequest("bad_field", f"label {k[:63]!r} must map a short name to a string")
         out[printable(k, f"{name} key")] = printable(v, f"{name} {k!r}")
     return out
 
@@ -190,7 +199,7 @@ def reason_field(body: dict[str, Any], *, required: bool = True) -> str:
     if value is None and not required:
         return ""
     if not isinstance(value, str) or not value.strip() or len(value) > 1000:
-        raise bad_request("reason_required", "a 'reason' (1..1000 characters) is required")
+        raise BadRequest("reason_required", "a 'reason' (1..1000 characters) is required")
     return printable(value.strip(), "'reason'")
 
 
@@ -200,13 +209,13 @@ def label_query(values: list[str]) -> dict[str, str]:
     for item in values:
         k, sep, v = item.partition("=")
         if not sep or not k or not item.isprintable() or len(item) > 320:
-            raise bad_request("bad_query", f"label filter {item[:80]!r} must be key=value")
+            raise BadRequest("bad_query", f"label filter {item[:80]!r} must be key=value")
         out[k] = v
     return out
 
 
 def path_text(value: str, what: str, max_len: int = 253) -> str:
-    """A name taken from the URL path or query, checked before it reaches a query (ApiError 404)."""
+    """A name taken from the URL path or query, checked before it reaches a query (NotFound)."""
     if not value or len(value) > max_len or not value.isprintable():
-        raise ApiError(404, "not_found", f"no such {what}")
+        raise NotFound("not_found", f"no such {what}")
     return value

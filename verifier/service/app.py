@@ -9,9 +9,9 @@ from flask import Flask, Response, jsonify
 
 from verifier.store import Store
 
+from .api_errors import register_error_handlers
 from .config import ServiceConfig
 from .context import Services
-from .errors import register_error_handlers
 from .routes import BLUEPRINTS
 
 

@@ -9,7 +9,8 @@
  6. the log replays to the quoted PCRs — or, within one boot with an unchanged log, the cached
     verified log whose quoted values are identical (no re-parse);
  7. appraise against the node's golden sets (compiled once per set of versions);
- 8. one transaction: the log (once per digest), the attestation, the node's new state.
+ 8. one transaction: the log (once per digest), the attestation and the node's new state
+    (``record``, which re-appraisal uses too), the boot counters.
 Failures in 1–3 refuse the evidence (4xx); failures from 5 on are stored verdicts.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,12 +30,13 @@ from assay.errors import MalformedEvidence, VerificationFailed
 from assay.eventlog import VerifiedBootLog, parse_event_log, verify_log
 from assay.evidence import Evidence, EvidenceCaps, decode_evidence
 from assay.tpm2 import VerifiedQuote, parse_public, verify_quote
+from verifier.appraisal import CheckStatus, VerdictStatus
 from verifier.store import repo
-from verifier.store.models import Attestation, Node
+from verifier.store.models import Attestation, AttestationSource, Node, NodeState, iso
 
 from .context import Services
-from .errors import ApiError, bad_request, not_found
-from .policy import Assessment, assess, failed, policy_for
+from .errors import BadRequest, NotFound
+from .golden_policy import Assessment, assess, failed, policy_for
 
 NODE_NOT_ENROLLED = "node_not_enrolled"
 
@@ -45,13 +48,21 @@ class Challenge:
     pcr_selection: dict[str, list[int]]
     known_event_log_sha256: str | None
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "nonce": self.nonce.hex(),
+            "expires_at": iso(self.expires_at),
+            "pcr_selection": self.pcr_selection,
+            "known_event_log_sha256": self.known_event_log_sha256,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class AttestationResult:
     attestation_id: int
-    status: str
+    status: VerdictStatus
     reason: str
-    node_state: str
+    node_state: NodeState
     checks: list[dict[str, Any]]
     reboot: bool
 
@@ -91,7 +102,7 @@ quote and log, so the poster may read it."""
 
 def poster_reason(reason: str, checks: list[dict[str, Any]]) -> str:
     """The verdict's reason without golden values: the deciding check's code, or "all … passed"."""
-    for wanted in ("fail", "unknown"):
+    for wanted in (CheckStatus.FAIL, CheckStatus.UNKNOWN):
         for c in checks:
             if c.get("status") == wanted:
                 code = str(c.get("reason", ""))
@@ -103,7 +114,7 @@ def poster_reason(reason: str, checks: list[dict[str, Any]]) -> str:
 def _enrolled(db: Session, name: str) -> Node:
     node = repo.get_node(db, name)
     if node is None:
-        raise not_found(NODE_NOT_ENROLLED, f"node {name!r} is not enrolled; enroll again")
+        raise NotFound(NODE_NOT_ENROLLED, f"node {name!r} is not enrolled; enroll again")
     return node
 
 
@@ -141,7 +152,7 @@ def submit(svc: Services, node_name: str, body: bytes) -> AttestationResult:
     # 1. Decode.
     ev = decode_evidence(body, EvidenceCaps(cfg.max_bundle, cfg.max_event_log, cfg.max_ima_log))
     if ev.node != node_name:
-        raise bad_request("node_mismatch", f"the evidence is for {ev.node!r}, not {node_name!r}")
+        raise BadRequest("node_mismatch", f"the evidence is for {ev.node!r}, not {node_name!r}")
     now = svc.now()
     # 2. Node and nonce (the shared key first: it may need its own write, never a nested one).
     key = svc.nonce_key()
@@ -150,7 +161,7 @@ def submit(svc: Services, node_name: str, body: bytes) -> AttestationResult:
         node_id, ak_public = node.id, node.ak_public
         refused = repo.consume_nonce(db, node.id, ev.nonce, now, key)
     if refused is not None:
-        raise ApiError(422, refused, f"nonce refused: {refused.removeprefix('nonce_')}")
+        raise VerificationFailed(f"nonce refused: {refused.removeprefix('nonce_')}", code=refused)
     # 3. Quote, with the enrolled AK only.
     try:
         quote = verify_quote(ev.attest, ev.signature, parse_public(ak_public), ev.nonce, ev.pcrs)
@@ -167,15 +178,25 @@ def submit(svc: Services, node_name: str, body: bytes) -> AttestationResult:
         with svc.store.read() as db:
             log_bytes = repo.get_event_log(db, log_hex)
         if log_bytes is None:
-            raise ApiError(
-                422, "event_log_missing", "the verifier does not hold that event log; send it"
+            raise VerificationFailed(
+                "the verifier does not hold that event log; send it", code="event_log_missing"
             )
     # 5-7. Verify the log and appraise.
     with svc.store.read() as db:
         rows = repo.golden_rows_for(db, node.labels)
     assessment = appraise_evidence(svc, quote, log_hex, log_bytes, rows)
     # 8. Store.
-    return _record(svc, node_id, ev, quote, log_hex, log_bytes, assessment, now)
+    quoted = QuotedEvidence(
+        nonce=ev.nonce,
+        quote=ev.attest,
+        signature=ev.signature,
+        pcrs=pcrs_json(ev.pcrs),
+        event_log_sha256=log_hex,
+        agent_version=ev.agent_version,
+        reset_count=quote.reset_count,
+        restart_count=quote.restart_count,
+    )
+    return _record_new(svc, node_id, quoted, log_bytes, assessment, now)
 
 
 def appraise_evidence(
@@ -189,15 +210,17 @@ def appraise_evidence(
     missing = sorted((set(svc.config.pcrs) | policy.required_pcrs) - quoted)
     if missing:
         return failed(
-            "unknown", "pcr_not_quoted", f"the quote does not cover {bank.bank} PCRs {missing}"
+            VerdictStatus.UNKNOWN,
+            "pcr_not_quoted",
+            f"the quote does not cover {bank.bank} PCRs {missing}",
         )
     # 6. Verified log.
     try:
         vlog = verified_log(svc, quote, bank, log_hex, log_bytes)
     except VerificationFailed as exc:
-        return failed("untrusted", exc.code, str(exc))
+        return failed(VerdictStatus.UNTRUSTED, exc.code, str(exc))
     except MalformedEvidence as exc:
-        return failed("untrusted", "event_log_malformed", str(exc))
+        return failed(VerdictStatus.UNTRUSTED, "event_log_malformed", str(exc))
     # 7. Appraisal.
     return assess(vlog, policy)
 
@@ -221,72 +244,119 @@ def verified_log(
     return vlog
 
 
-def _record(
+@dataclass(frozen=True, slots=True)
+class QuotedEvidence:
+    """What an attestation keeps of the evidence it appraised: the quote as signed, the PCR
+    values, the log by digest — enough to verify and appraise it again (re-appraisal)."""
+
+    nonce: bytes
+    quote: bytes
+    signature: bytes
+    pcrs: Mapping[str, Mapping[str, str]]
+    event_log_sha256: str | None
+    agent_version: str
+    reset_count: int | None
+    restart_count: int | None
+
+    @classmethod
+    def of(cls, row: Attestation) -> QuotedEvidence:
+        return cls(
+            row.nonce,
+            row.quote,
+            row.signature,
+            row.pcrs,
+            row.event_log_sha256,
+            row.agent_version,
+            row.reset_count,
+            row.restart_count,
+        )
+
+
+def _record_new(
     svc: Services,
     node_id: int,
-    ev: Evidence,
-    quote: VerifiedQuote,
-    log_hex: str,
+    ev: QuotedEvidence,
     log_bytes: bytes | None,
     a: Assessment,
     now: dt.datetime,
 ) -> AttestationResult:
+    """Step 8 for new evidence: the log, the attestation and new state, the boot counters."""
     with svc.store.write() as db:
         node = db.get(Node, node_id)
         if node is None:  # deleted while we verified
-            raise not_found(NODE_NOT_ENROLLED, "the node was deleted; enroll again")
-        if log_bytes is not None and hashlib.sha256(log_bytes).hexdigest() == log_hex:
+            raise NotFound(NODE_NOT_ENROLLED, "the node was deleted; enroll again")
+        log_hex = ev.event_log_sha256
+        if log_hex and log_bytes is not None and hashlib.sha256(log_bytes).hexdigest() == log_hex:
             repo.put_event_log(db, log_hex, log_bytes, now)
-        reboot = node.last_reset_count is not None and quote.reset_count != node.last_reset_count
-        row = Attestation(
-            node_id=node.id,
-            created_at=now,
-            source="evidence",
-            status=a.status,
-            reason=a.reason,
-            verdict=a.verdict,
-            nonce=ev.nonce,
-            quote=ev.attest,
-            signature=ev.signature,
-            pcrs=pcrs_json(ev.pcrs),
-            event_log_sha256=log_hex,
-            agent_version=ev.agent_version,
-            reset_count=quote.reset_count,
-            restart_count=quote.restart_count,
+        reboot = node.last_reset_count is not None and ev.reset_count != node.last_reset_count
+        row = record(
+            db,
+            node,
+            ev,
+            a,
+            source=AttestationSource.EVIDENCE,
+            now=now,
+            quoted_at=now,
             reboot=reboot,
-            golden_versions=a.golden,
         )
-        db.add(row)
-        db.flush()
         if reboot:
             node.last_reboot_at = now
-        node.last_reset_count = quote.reset_count
-        node.last_restart_count = quote.restart_count
+        node.last_reset_count = ev.reset_count
+        node.last_restart_count = ev.restart_count
         node.boot_log_sha256 = log_hex
         node.last_attested_at = now
-        apply_assessment(node, row, a, now, now)
         return AttestationResult(row.id, a.status, a.reason, node.state, a.checks, reboot)
 
 
-def apply_assessment(
-    node: Node, row: Attestation, a: Assessment, now: dt.datetime, quoted_at: dt.datetime
-) -> None:
-    """Move the node to its new state (a quarantined node stays quarantined).
+def record(
+    db: Session,
+    node: Node,
+    ev: QuotedEvidence,
+    a: Assessment,
+    *,
+    source: AttestationSource,
+    now: dt.datetime,
+    quoted_at: dt.datetime,
+    reboot: bool = False,
+) -> Attestation:
+    """Record an attestation of ``node`` and move the node to its new state, in ``db``'s
+    transaction: the one place both new evidence and a re-appraisal are written.
 
-    Freshness comes only from the quote: ``quoted_at`` is when the appraised quote was verified
-    (``now`` for new evidence, the stored evidence's time for a re-appraisal), so re-appraising
-    old evidence never makes a node fresher than its last real attestation.
+    A quarantined node stays quarantined. Freshness comes only from the quote: ``quoted_at`` is
+    when the appraised quote was verified (``now`` for new evidence, the stored evidence's time
+    for a re-appraisal), so re-appraising old evidence never makes a node fresher than its last
+    real attestation.
     """
+    row = Attestation(
+        node_id=node.id,
+        created_at=now,
+        source=source,
+        status=a.status,
+        reason=a.reason,
+        verdict=a.verdict,
+        nonce=ev.nonce,
+        quote=ev.quote,
+        signature=ev.signature,
+        pcrs=dict(ev.pcrs),
+        event_log_sha256=ev.event_log_sha256,
+        agent_version=ev.agent_version,
+        reset_count=ev.reset_count,
+        restart_count=ev.restart_count,
+        reboot=reboot,
+        golden_versions=a.golden,
+    )
+    db.add(row)
+    db.flush()
     node.last_attestation_id = row.id
     node.golden_versions = a.golden
-    if a.status == "trusted" and (node.last_success_at or quoted_at) <= quoted_at:
+    if a.status == VerdictStatus.TRUSTED and (node.last_success_at or quoted_at) <= quoted_at:
         node.last_success_at = quoted_at
-    if node.state == "quarantined":
-        return
-    if node.state != a.status:
-        node.state_since = now
-    node.state = a.status
-    node.reason = a.reason
+    if node.state != NodeState.QUARANTINED:
+        state = NodeState.after(a.status)
+        if node.state != state:
+            node.state_since = now
+        node.state, node.reason = state, a.reason
+    return row
 
 
 def pcrs_json(pcrs: Any) -> dict[str, dict[str, str]]:
@@ -300,3 +370,34 @@ def pcrs_from_json(data: dict[str, dict[str, str]]) -> dict[HashAlg, dict[int, b
         HashAlg.from_bank(bank): {int(p): bytes.fromhex(v) for p, v in vals.items()}
         for bank, vals in data.items()
     }
+
+
+def find_attestation(db: Session, attestation_id: str) -> tuple[Attestation, Node]:
+    """The attestation with API id ``attestation_id`` (decimal text) and its node, or NotFound."""
+    unknown = NotFound("attestation_unknown", f"no attestation {attestation_id!r}")
+    if not attestation_id.isdigit() or len(attestation_id) > 18:
+        raise unknown
+    row = db.get(Attestation, int(attestation_id))
+    node = db.get(Node, row.node_id) if row is not None else None
+    if row is None or node is None:
+        raise unknown
+    return row, node
+
+
+def stored_evidence(svc: Services, attestation_id: str) -> Evidence:
+    """The evidence of an attestation reassembled from what is stored (quote, signature, PCR
+    values, nonce, the log by digest): its signature verifies again as it did."""
+    with svc.store.read() as db:
+        row, node = find_attestation(db, attestation_id)
+        log = repo.get_event_log(db, row.event_log_sha256) if row.event_log_sha256 else None
+        return Evidence(
+            node=node.name,
+            agent_version=row.agent_version,
+            nonce=row.nonce,
+            attest=row.quote,
+            signature=row.signature,
+            pcrs=pcrs_from_json(row.pcrs),
+            event_log_sha256=bytes.fromhex(row.event_log_sha256 or "00" * 32),
+            event_log=log,
+            ima_log=None,
+        )

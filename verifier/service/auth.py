@@ -1,4 +1,4 @@
-"""Bearer tokens and roles.
+"""Bearer tokens and roles at the HTTP boundary (the token checks themselves are ``tokens``).
 
 Roles: ``admin`` (everything), ``reviewer`` (read inventory, attestations, evidence, golden sets,
 audit), ``scheduler`` (read-only inventory: node list and node state), ``enroll`` (start an
@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
 from flask import g, request
 
-from verifier.store import repo
-
 from . import tokens
-from .context import services
-from .errors import ApiError
+from ._http import services
+from .errors import Forbidden, Unauthenticated
+from .tokens import Caller
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -34,40 +32,16 @@ ADMIN = ("admin",)
 ENROLL = ("admin", "enroll")
 
 
-@dataclass(frozen=True, slots=True)
-class Caller:
-    token_id: str
-    role: str
-    single_use: bool
-
-    @property
-    def actor(self) -> str:
-        return f"token:{self.token_id} ({self.role})"
-
-
 def authenticate(header: str | None) -> Caller:
-    """The caller named by an ``Authorization: Bearer …`` header, or ApiError 401."""
+    """The caller named by an ``Authorization: Bearer …`` header, or Unauthenticated."""
     if not header:
-        raise ApiError(401, "unauthenticated", "an Authorization: Bearer token is required")
+        raise Unauthenticated("unauthenticated", "an Authorization: Bearer token is required")
     scheme, _, secret = header.partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
-        raise ApiError(401, "unauthenticated", "the Authorization header must be 'Bearer <token>'")
-    svc = services()
-    now = svc.now()
-    with svc.store.read() as db:
-        token = repo.find_token(db, secret.strip())
-        if token is None:
-            raise ApiError(401, "invalid_token", "unknown token")
-        tokens.check_usable(token, svc.config.max_token_lifetime, now)
-        return Caller(token_id=token.id, role=token.role, single_use=token.single_use)
-
-
-def use_up(caller: Caller) -> None:
-    """Use up a single-use token for this request; 401 if another request already did."""
-    svc = services()
-    with svc.store.write() as db:
-        if not repo.use_single_use_token(db, caller.token_id, svc.now()):
-            raise ApiError(401, "token_used", "the single-use token was already used")
+        raise Unauthenticated(
+            "unauthenticated", "the Authorization header must be 'Bearer <token>'"
+        )
+    return tokens.authenticate(services(), secret.strip())
 
 
 def require(
@@ -84,9 +58,9 @@ def require(
         def inner(*args: P.args, **kwargs: P.kwargs) -> R:
             caller = authenticate(request.headers.get("Authorization"))
             if caller.role not in roles:
-                raise ApiError(403, "forbidden", f"role {caller.role!r} may not call this endpoint")
+                raise Forbidden("forbidden", f"role {caller.role!r} may not call this endpoint")
             if caller.single_use and not domain_uses_token:
-                use_up(caller)
+                tokens.use_up(services(), caller)
             g.caller = caller
             return handler(*args, **kwargs)
 

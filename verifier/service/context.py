@@ -1,6 +1,7 @@
 """What one running app holds: configuration, store, clock and in-process caches.
 
-Created by ``create_app`` and kept in ``app.extensions["assay"]``; nothing lives in module globals.
+Created by ``create_app`` (kept in ``app.extensions["assay"]``) or by the CLI, and passed to every
+domain function; nothing lives in module globals, and nothing here knows Flask.
 Caches are per process (per gunicorn worker) and only ever hold verified or derived data; the
 database stays the source of truth, so any worker or instance can serve any request.
 """
@@ -14,8 +15,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
-
-from flask import current_app
 
 from verifier.store import Store, repo
 
@@ -118,9 +117,3 @@ class Services:
     @staticmethod
     def monotonic() -> float:
         return time.monotonic()
-
-
-def services() -> Services:
-    svc = current_app.extensions["assay"]
-    assert isinstance(svc, Services)
-    return svc

@@ -22,11 +22,13 @@ is refused without touching it); 2. it is ``challenged`` and unexpired; 3. the s
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy.exc import IntegrityError
@@ -35,12 +37,12 @@ from sqlalchemy.orm import Session
 from assay.errors import VerificationFailed
 from assay.tpm2 import ObjectAttributes, TpmPublic, make_credential, parse_public
 from verifier.store import repo
-from verifier.store.models import Enrollment, Node
+from verifier.store.models import Enrollment, EnrollmentStep, Node, NodeState, iso
 
-from .auth import Caller
 from .context import Services
 from .ekcert import CaPool, cert_fingerprint, load_ek_certificate, verify_ek_chain
-from .errors import ApiError, conflict
+from .errors import Conflict, Expired, Forbidden, NotFound, Unauthenticated
+from .tokens import Caller
 
 MAX_ACTIVATION_ATTEMPTS = 3
 AK_REQUIRED = (
@@ -64,11 +66,33 @@ class EnrollmentRequest:
 
 @dataclass(frozen=True, slots=True)
 class EnrollmentChallenge:
+    """The credential challenge, for the enrolling client only (the activation key is its own)."""
+
     enrollment_id: str
     activation_key: str
     credential_blob: bytes
     encrypted_secret: bytes
     expires_at: dt.datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "enrollment_id": self.enrollment_id,
+            "activation_key": self.activation_key,
+            "credential_blob": base64.b64encode(self.credential_blob).decode(),
+            "encrypted_secret": base64.b64encode(self.encrypted_secret).decode(),
+            "expires_at": iso(self.expires_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Activation:
+    """An enrolled node: its name and the state it is in (a re-enrollment keeps the state)."""
+
+    node: str
+    state: NodeState
+
+    def to_json(self) -> dict[str, Any]:
+        return {"node": self.node, "state": self.state}
 
 
 def key_fingerprint(pub: TpmPublic) -> str:
@@ -114,7 +138,7 @@ def _check_identity(db: Session, name: str, ek_fp: str, ak_name: bytes) -> None:
     """Step 5: one TPM is one node, and a name keeps its TPM unless an admin allowed a new one."""
     node = repo.get_node(db, name)
     if node is not None and node.ek_fingerprint != ek_fp and not node.replace_allowed:
-        raise conflict(
+        raise Conflict(
             "ek_mismatch",
             f"node {name!r} is enrolled with a different EK; an admin must replace it first",
         )
@@ -123,7 +147,7 @@ def _check_identity(db: Session, name: str, ek_fp: str, ak_name: bytes) -> None:
         (repo.node_by_ak(db, ak_name), "AK", "ak_in_use"),
     ):
         if other is not None and other.name != name:
-            raise conflict(
+            raise Conflict(
                 code,
                 f"this TPM's {what} is enrolled as node {other.name!r}; "
                 "an admin must move that node to a new name",
@@ -151,7 +175,7 @@ def start(svc: Services, req: EnrollmentRequest, caller: Caller) -> EnrollmentCh
         _check_identity(db, req.node, ek_fp, ak.name)  # again, inside the transaction
         # 6. Single-use token.
         if caller.single_use and not repo.use_single_use_token(db, caller.token_id, now):
-            raise ApiError(401, "token_used", "the single-use token was already used")
+            raise Unauthenticated("token_used", "the single-use token was already used")
         # 7. Remember the challenge; the labels are the token's, never the node's.
         token = repo.get_token(db, caller.token_id)
         db.add(
@@ -166,7 +190,7 @@ def start(svc: Services, req: EnrollmentRequest, caller: Caller) -> EnrollmentCh
                 ak_name=ak.name,
                 secret_sha256=hashlib.sha256(secret).digest(),
                 activation_key_sha256=_key_hash(activation_key),
-                step="challenged",
+                step=EnrollmentStep.CHALLENGED,
                 attempts=0,
                 token_id=caller.token_id,
                 created_at=now,
@@ -191,7 +215,7 @@ def _refuse_audited(
         try:
             _check_identity(db, name, ek_fp, ak_name)
             return
-        except ApiError as exc:
+        except Conflict as exc:
             refusal = exc
     with svc.store.write() as db:
         repo.audit(
@@ -206,52 +230,55 @@ def _refuse_audited(
     raise refusal
 
 
-def activate(svc: Services, enrollment_id: str, secret: bytes, activation_key: str) -> Node:
+def activate(svc: Services, enrollment_id: str, secret: bytes, activation_key: str) -> Activation:
     now = svc.now()
     with svc.store.write() as db:
-        # 1. The enrollment, and only for the client that started it.
-        row = db.get(Enrollment, enrollment_id)
-        if row is None:
-            raise ApiError(404, "enrollment_unknown", "no such enrollment")
-        if row.activation_key_sha256 is None or not hmac.compare_digest(
-            _key_hash(activation_key), row.activation_key_sha256
-        ):
-            raise ApiError(
-                403, "activation_key_invalid", "this is not the client that started the enrollment"
-            )
-        # 2. State machine.
-        if row.step != "challenged":
-            raise conflict("enrollment_step", f"enrollment is {row.step}, not awaiting activation")
-        if row.expires_at <= now:
-            row.step = "expired"
-            return_error = ApiError(410, "enrollment_expired", "the enrollment challenge expired")
-        else:
-            return_error = None
-        # 3. Secret, constant time.
-        if return_error is None and not hmac.compare_digest(
-            hashlib.sha256(secret).digest(), row.secret_sha256
-        ):
-            row.attempts += 1
-            if row.attempts >= MAX_ACTIVATION_ATTEMPTS:
-                row.step = "failed"
-            repo.audit(db, "agent", "activation_failed", row.node_name, "wrong secret", now=now)
-            return_error = ApiError(422, "activation_failed", "the activated secret is wrong")
-        if return_error is None:
+        row = _enrollment_of_client(db, enrollment_id, activation_key)  # 1.
+        refusal = _refusal(db, row, secret, now)  # 2-3.
+        if refusal is None:
             # 4-5. Identity, then pin and bind.
             _check_identity(db, row.node_name, row.ek_fingerprint, row.ak_name)
             node = _bind(db, row, now)
-            row.step = "activated"
-            repo.audit(
-                db,
-                "agent",
-                "enrolled",
-                row.node_name,
-                "",
-                {"ek_fingerprint": row.ek_fingerprint, "ak_name": row.ak_name.hex()},
-                now=now,
-            )
-            return node
-    raise return_error
+            row.step = EnrollmentStep.ACTIVATED
+            details = {"ek_fingerprint": row.ek_fingerprint, "ak_name": row.ak_name.hex()}
+            repo.audit(db, "agent", "enrolled", row.node_name, "", details, now=now)
+            return Activation(node.name, node.state)
+    raise refusal  # after the commit: the expiry or the failed attempt is kept
+
+
+def _enrollment_of_client(db: Session, enrollment_id: str, activation_key: str) -> Enrollment:
+    """Step 1: the enrollment, and only for the client that started it (anyone else changes
+    nothing)."""
+    row = db.get(Enrollment, enrollment_id)
+    if row is None:
+        raise NotFound("enrollment_unknown", "no such enrollment")
+    if row.activation_key_sha256 is None or not hmac.compare_digest(
+        _key_hash(activation_key), row.activation_key_sha256
+    ):
+        raise Forbidden(
+            "activation_key_invalid", "this is not the client that started the enrollment"
+        )
+    return row
+
+
+def _refusal(
+    db: Session, row: Enrollment, secret: bytes, now: dt.datetime
+) -> Expired | VerificationFailed | None:
+    """Steps 2-3: the state machine and the secret (constant time). A refusal changes the row
+    (expired; one more attempt, failed after the last) and is returned, to be raised once that
+    change is committed."""
+    if row.step != EnrollmentStep.CHALLENGED:
+        raise Conflict("enrollment_step", f"enrollment is {row.step}, not awaiting activation")
+    if row.expires_at <= now:
+        row.step = EnrollmentStep.EXPIRED
+        return Expired("enrollment_expired", "the enrollment challenge expired")
+    if not hmac.compare_digest(hashlib.sha256(secret).digest(), row.secret_sha256):
+        row.attempts += 1
+        if row.attempts >= MAX_ACTIVATION_ATTEMPTS:
+            row.step = EnrollmentStep.FAILED
+        repo.audit(db, "agent", "activation_failed", row.node_name, "wrong secret", now=now)
+        return VerificationFailed("the activated secret is wrong", code="activation_failed")
+    return None
 
 
 def _bind(db: Session, row: Enrollment, now: dt.datetime) -> Node:
@@ -260,15 +287,16 @@ def _bind(db: Session, row: Enrollment, now: dt.datetime) -> Node:
     if node is None:
         node = Node(name=row.node_name, golden_versions=[], labels=dict(row.labels))
         db.add(node)
-        _set_state(node, "enrolled", "enrolled; awaiting the first attestation", now)
+        _set_state(node, NodeState.ENROLLED, "enrolled; awaiting the first attestation", now)
         node.enrolled_at = now
     elif node.ek_fingerprint != row.ek_fingerprint:  # an admin-approved replacement
         node.last_reset_count = node.last_restart_count = None
         node.boot_log_sha256 = None
         node.last_success_at = None
         node.last_attestation_id = None  # a release must not restore the old TPM's verdict
-        if node.state != "quarantined":
-            _set_state(node, "enrolled", "new TPM enrolled; awaiting the first attestation", now)
+        if node.state != NodeState.QUARANTINED:
+            msg = "new TPM enrolled; awaiting the first attestation"
+            _set_state(node, NodeState.ENROLLED, msg, now)
         node.enrolled_at = now
     node.ek_public = row.ek_public
     node.ek_fingerprint = row.ek_fingerprint
@@ -279,9 +307,9 @@ def _bind(db: Session, row: Enrollment, now: dt.datetime) -> Node:
     try:
         db.flush()
     except IntegrityError:  # another instance bound this EK to another name just now
-        raise conflict("ek_in_use", "this TPM's EK was just enrolled as another node") from None
+        raise Conflict("ek_in_use", "this TPM's EK was just enrolled as another node") from None
     return node
 
 
-def _set_state(node: Node, state: str, reason: str, now: dt.datetime) -> None:
+def _set_state(node: Node, state: NodeState, reason: str, now: dt.datetime) -> None:
     node.state, node.reason, node.state_since = state, reason, now

@@ -1,93 +1,45 @@
-"""API errors: every failure is ``{"error": {"code", "message"}}`` with a 4xx (5xx only for bugs).
+"""The service's domain errors, split by who is at fault; nothing here knows HTTP.
 
-Domain errors map by type: MalformedEvidence → 400, VerificationFailed → 422 (with its code),
-PolicyViolation → 403, ConfigurationError → 500, StoreUnavailable → 503 (``database_busy`` or
-``database_unavailable``, with Retry-After). Werkzeug's own errors (404 route, 405 method,
-413 too large) become the same JSON shape.
+Each carries a stable ``code`` and a one-line message. The front ends map them by type: the API
+to a status code and ``{"error": {"code", "message"}}`` (``api_errors``), the CLI to one line on
+stderr and an exit code (``verifier._cli``). Errors about evidence are ``assay.errors``:
+``MalformedEvidence`` (the sender's bytes do not parse) and ``VerificationFailed`` (well-formed
+but refused — a bad signature, a refused nonce, a wrong activation secret — with its own code).
 """
 
 from __future__ import annotations
 
-import logging
-
-from flask import Flask, Response, jsonify
-from werkzeug.exceptions import HTTPException
-
-from assay.errors import (
-    AssayError,
-    ConfigurationError,
-    MalformedEvidence,
-    PolicyViolation,
-    VerificationFailed,
-)
-from verifier.store import StoreUnavailable
-
-log = logging.getLogger("assay.verifier")
+from assay.errors import AssayError
 
 
-class ApiError(AssayError):
-    """An error the API reports as-is: HTTP status, stable code, one-line message."""
+class ServiceError(AssayError):
+    """A request the service refuses: ``code`` is stable, ``message`` says what and where."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
-        self.status = status
         self.code = code
         self.message = message
 
 
-def bad_request(code: str, message: str) -> ApiError:
-    return ApiError(400, code, message)
+class BadRequest(ServiceError):
+    """The caller sent an invalid value (a field, a query parameter, a role, a lifetime)."""
 
 
-def not_found(code: str, message: str) -> ApiError:
-    return ApiError(404, code, message)
+class Unauthenticated(ServiceError):
+    """No usable credential: no token, or one that is unknown, revoked, expired or used up."""
 
 
-def conflict(code: str, message: str) -> ApiError:
-    return ApiError(409, code, message)
+class Forbidden(ServiceError):
+    """The caller is known but may not do this (its role; not the client that enrolls)."""
 
 
-def error_response(status: int, code: str, message: str) -> tuple[Response, int]:
-    return jsonify({"error": {"code": code, "message": message}}), status
+class NotFound(ServiceError):
+    """What the request names does not exist (a node, an attestation, a golden set, a token)."""
 
 
-def register_error_handlers(app: Flask) -> None:
-    @app.errorhandler(ApiError)
-    def _api(exc: ApiError) -> tuple[Response, int]:
-        return error_response(exc.status, exc.code, exc.message)
+class Conflict(ServiceError):
+    """The request contradicts the current state (already revoked, a name taken, a wrong step)."""
 
-    @app.errorhandler(MalformedEvidence)
-    def _malformed(exc: MalformedEvidence) -> tuple[Response, int]:
-        return error_response(400, "malformed_evidence", str(exc))
 
-    @app.errorhandler(VerificationFailed)
-    def _failed(exc: VerificationFailed) -> tuple[Response, int]:
-        return error_response(422, exc.code, str(exc))
-
-    @app.errorhandler(PolicyViolation)
-    def _policy(exc: PolicyViolation) -> tuple[Response, int]:
-        return error_response(403, "policy_violation", str(exc))
-
-    @app.errorhandler(ConfigurationError)
-    def _config(exc: ConfigurationError) -> tuple[Response, int]:
-        log.error("configuration error: %s", exc)
-        return error_response(500, "configuration_error", str(exc))
-
-    @app.errorhandler(StoreUnavailable)
-    def _store(exc: StoreUnavailable) -> tuple[Response, int]:
-        log.warning("%s", exc)
-        code = "database_busy" if exc.busy else "database_unavailable"
-        resp, status = error_response(503, code, str(exc))
-        resp.headers["Retry-After"] = "1"
-        return resp, status
-
-    @app.errorhandler(HTTPException)
-    def _http(exc: HTTPException) -> tuple[Response, int]:
-        status = exc.code or 500
-        code = (exc.name or "error").lower().replace(" ", "_")
-        return error_response(status, code, exc.description or exc.name or "error")
-
-    @app.errorhandler(Exception)
-    def _bug(exc: Exception) -> tuple[Response, int]:
-        log.exception("internal error")
-        return error_response(500, "internal_error", "internal error; see the verifier log")
+class Expired(ServiceError):
+    """What the request names existed but has expired (an enrollment challenge)."""

@@ -6,50 +6,135 @@ revoked kernel is flagged without waiting for the nodes to reboot or re-attest.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from assay.errors import MalformedEvidence
 from golden.model import GoldenSet
 from verifier.store import repo
-from verifier.store.models import GoldenSetRow
+from verifier.store.models import Assignment, GoldenSetRow, iso
 
 from .context import Services
-from .errors import bad_request, conflict, not_found
-from .inventory import _iso, reappraise_nodes
-from .policy import GOLDEN_FORMATS, parse_golden
+from .errors import BadRequest, Conflict, NotFound
+from .golden_policy import GOLDEN_FORMATS, parse_golden
+from .inventory import Reappraisal, reappraise_nodes
 
 MAX_GOLDEN = 4 * 1024 * 1024
+Retirement = Literal["retired", "revoked"]
 
 
-def golden_json(row: GoldenSetRow, *, source: bool = False) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "name": row.name,
-        "version": row.version,
-        "id": f"{row.name}@{row.version}",
-        "status": row.status,
-        "reason": row.reason,
-        "format": row.format,
-        "selector": row.selector,
-        "created_at": _iso(row.created_at),
-        "changed_at": _iso(row.changed_at),
-    }
-    if source:
-        out["source"] = row.source.decode("utf-8", "replace") if row.format == "yaml" else None
-    return out
+@dataclass(frozen=True, slots=True)
+class GoldenView:
+    """One stored version of a golden set, with the store's status (which overrides the document's)."""
+
+    name: str
+    version: str
+    status: str
+    reason: str
+    format: str
+    selector: Mapping[str, str]
+    created_at: dt.datetime
+    changed_at: dt.datetime
+
+    @classmethod
+    def of(cls, row: GoldenSetRow) -> GoldenView:
+        return cls(
+            row.name,
+            row.version,
+            row.status,
+            row.reason,
+            row.format,
+            dict(row.selector),
+            row.created_at,
+            row.changed_at,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "id": f"{self.name}@{self.version}",
+            "status": self.status,
+            "reason": self.reason,
+            "format": self.format,
+            "selector": dict(self.selector),
+            "created_at": iso(self.created_at),
+            "changed_at": iso(self.changed_at),
+        }
 
 
-def upload(svc: Services, fmt: str, data: bytes, actor: str) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class GoldenDetail:
+    """One version with its source document (YAML as text; None for a CoRIM)."""
+
+    golden: GoldenView
+    source: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.golden.to_json(), "source": self.source}
+
+
+@dataclass(frozen=True, slots=True)
+class AssignmentView:
+    """Every version of ``golden`` applies to nodes whose labels match ``selector``."""
+
+    golden: str
+    selector: Mapping[str, str]
+
+    @classmethod
+    def of(cls, row: Assignment) -> AssignmentView:
+        return cls(row.golden_name, dict(row.selector))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"golden": self.golden, "selector": dict(self.selector)}
+
+
+@dataclass(frozen=True, slots=True)
+class GoldenListing:
+    golden: list[GoldenView]
+    assignments: list[AssignmentView]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "golden": [g.to_json() for g in self.golden],
+            "assignments": [a.to_json() for a in self.assignments],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Assigned:
+    assignment: AssignmentView
+    added: bool
+    """False when the same selector was already assigned."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.assignment.to_json(), "added": self.added}
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    """A retired or revoked version and the re-appraisals it caused."""
+
+    golden: GoldenView
+    reappraised: list[Reappraisal]
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.golden.to_json(), "reappraised": [r.to_json() for r in self.reappraised]}
+
+
+def upload(svc: Services, fmt: str, data: bytes, actor: str) -> GoldenView:
     if fmt not in GOLDEN_FORMATS:
-        raise bad_request("bad_format", f"golden format must be one of {GOLDEN_FORMATS}")
+        raise BadRequest("bad_format", f"golden format must be one of {GOLDEN_FORMATS}")
     if len(data) > MAX_GOLDEN:
-        raise bad_request("too_large", f"golden set larger than {MAX_GOLDEN} bytes")
+        raise BadRequest("too_large", f"golden set larger than {MAX_GOLDEN} bytes")
     gs = parse_golden(fmt, data)
     _check_printable(gs)
     now = svc.now()
     with svc.store.write() as db:
         if repo.get_golden(db, gs.name, gs.version) is not None:
-            raise conflict("golden_exists", f"{gs.name}@{gs.version} already exists")
+            raise Conflict("golden_exists", f"{gs.name}@{gs.version} already exists")
         row = GoldenSetRow(
             name=gs.name,
             version=gs.version,
@@ -66,7 +151,7 @@ def upload(svc: Services, fmt: str, data: bytes, actor: str) -> dict[str, Any]:
             repo.assign(db, gs.name, gs.selector, now)
         repo.audit(db, actor, "golden_add", f"{gs.name}@{gs.version}", "", now=now)
         db.flush()
-        return golden_json(row)
+        return GoldenView.of(row)
 
 
 def _check_printable(gs: GoldenSet) -> None:
@@ -79,45 +164,44 @@ def _check_printable(gs: GoldenSet) -> None:
         )
 
 
-def list_sets(svc: Services) -> dict[str, Any]:
+def list_sets(svc: Services) -> GoldenListing:
     with svc.store.read() as db:
-        return {
-            "golden": [golden_json(r) for r in repo.list_golden(db)],
-            "assignments": [
-                {"golden": a.golden_name, "selector": a.selector} for a in repo.list_assignments(db)
-            ],
-        }
+        return GoldenListing(
+            [GoldenView.of(r) for r in repo.list_golden(db)],
+            [AssignmentView.of(a) for a in repo.list_assignments(db)],
+        )
 
 
-def show(svc: Services, name: str, version: str) -> dict[str, Any]:
+def show(svc: Services, name: str, version: str) -> GoldenDetail:
     with svc.store.read() as db:
         row = repo.get_golden(db, name, version)
         if row is None:
-            raise not_found("golden_unknown", f"no golden set {name}@{version}")
-        return golden_json(row, source=True)
+            raise NotFound("golden_unknown", f"no golden set {name}@{version}")
+        source = row.source.decode("utf-8", "replace") if row.format == "yaml" else None
+        return GoldenDetail(GoldenView.of(row), source)
 
 
-def assign(svc: Services, name: str, selector: Mapping[str, str], actor: str) -> dict[str, Any]:
+def assign(svc: Services, name: str, selector: Mapping[str, str], actor: str) -> Assigned:
     now = svc.now()
     with svc.store.write() as db:
         if not repo.list_golden(db, name=name):
-            raise not_found("golden_unknown", f"no golden set named {name!r}")
+            raise NotFound("golden_unknown", f"no golden set named {name!r}")
         added = repo.assign(db, name, selector, now)
         repo.audit(db, actor, "golden_assign", name, "", {"selector": dict(selector)}, now=now)
-    return {"golden": name, "selector": dict(selector), "added": added}
+    return Assigned(AssignmentView(name, dict(selector)), added)
 
 
 def set_status(
-    svc: Services, name: str, version: str, status: str, reason: str, actor: str
-) -> dict[str, Any]:
+    svc: Services, name: str, version: str, status: Retirement, reason: str, actor: str
+) -> StatusChange:
     """Retire or revoke one version; a revocation re-appraises every affected node at once."""
     now = svc.now()
     with svc.store.write() as db:
         row = repo.get_golden(db, name, version)
         if row is None:
-            raise not_found("golden_unknown", f"no golden set {name}@{version}")
+            raise NotFound("golden_unknown", f"no golden set {name}@{version}")
         if row.status == "revoked":
-            raise conflict("golden_revoked", f"{name}@{version} is already revoked")
+            raise Conflict("golden_revoked", f"{name}@{version} is already revoked")
         row.status, row.reason, row.changed_at = status, reason, now
         repo.audit(
             db, actor, f"golden_{status.removesuffix('d')}", f"{name}@{version}", reason, now=now
@@ -128,10 +212,6 @@ def set_status(
             for n in repo.list_nodes(db)
             if name in repo.golden_names_for(n.labels, assignments)
         ]
-    out = golden_json(row)
-    out["reappraised"] = (
-        reappraise_nodes(svc, affected, f"{name}@{version} {status}: {reason}", actor)
-        if affected
-        else []
-    )
-    return out
+        view = GoldenView.of(row)
+    why = f"{name}@{version} {status}: {reason}"
+    return StatusChange(view, reappraise_nodes(svc, affected, why, actor) if affected else [])

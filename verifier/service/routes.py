@@ -1,4 +1,5 @@
-"""HTTP handlers, one blueprint per area. Each handler: decode → domain call → encode.
+"""HTTP handlers, one blueprint per area. Each handler: decode → domain call → encode; none
+touches the store, and every refusal is a domain error that ``api_errors`` maps to a status.
 
 Who may call what (``auth.require``): enrollment start — enroll, admin; activation, challenge,
 evidence — the agent (no token: possession of the activated secret / the AK signature over the
@@ -9,17 +10,11 @@ token list — admin.
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
-from typing import Any
-
 from flask import Blueprint, Response, jsonify, request
 
 from assay.evidence import Evidence, encode_evidence
-from verifier.store import repo
-from verifier.store.models import Attestation, Node
 
-from . import attestation, enrollment, golden_ops, inventory, tokens
+from . import attestation, audit, enrollment, golden_ops, inventory, tokens
 from ._http import (
     b64_field,
     json_body,
@@ -30,11 +25,12 @@ from ._http import (
     printable,
     read_body,
     reason_field,
+    services,
     text_field,
 )
+from .api_errors import HttpError
 from .auth import ADMIN, ENROLL, READ_INVENTORY, REVIEW, actor, current_caller, require
-from .context import services
-from .errors import ApiError, bad_request, not_found
+from .errors import BadRequest, NotFound
 
 enrollment_bp = Blueprint("enrollment", __name__, url_prefix="/v1")
 attestation_bp = Blueprint("attestation", __name__, url_prefix="/v1")
@@ -48,14 +44,6 @@ MAX_CERT = 8192
 MAX_TTL = 10 * 366 * 86400
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def _iso(value: dt.datetime) -> str:
-    return value.isoformat().replace("+00:00", "Z")
-
-
 # --- enrollment ---------------------------------------------------------------------------
 
 
@@ -64,7 +52,7 @@ def _iso(value: dt.datetime) -> str:
 def start_enrollment() -> tuple[Response, int]:
     body = json_body()
     if labels_field(body):
-        raise bad_request(
+        raise BadRequest(
             "labels_not_accepted",
             "a node may not choose its labels: they come from the enrollment token or an admin",
         )
@@ -75,15 +63,7 @@ def start_enrollment() -> tuple[Response, int]:
         ak_public=_req(b64_field(body, "ak_public", max_len=MAX_KEY)),
     )
     ch = enrollment.start(services(), req, current_caller())
-    return jsonify(
-        {
-            "enrollment_id": ch.enrollment_id,
-            "activation_key": ch.activation_key,
-            "credential_blob": _b64(ch.credential_blob),
-            "encrypted_secret": _b64(ch.encrypted_secret),
-            "expires_at": _iso(ch.expires_at),
-        }
-    ), 201
+    return jsonify(ch.to_json()), 201
 
 
 @enrollment_bp.post("/enrollments/<enrollment_id>/activation")
@@ -93,15 +73,14 @@ def activate(enrollment_id: str) -> Response:
     body = json_body()
     secret = _req(b64_field(body, "secret", max_len=64))
     key = text_field(body, "activation_key", required=False, max_len=64)
-    node = enrollment.activate(services(), enrollment_id, secret, key)
-    return jsonify({"node": node.name, "state": node.state})
+    return jsonify(enrollment.activate(services(), enrollment_id, secret, key).to_json())
 
 
 def _rate_limit() -> None:
     """Unauthenticated endpoints: a token bucket per client address (429 ``rate_limited``)."""
     svc = services()
     if not svc.unauthenticated.allow(request.remote_addr or "?", svc.monotonic()):
-        raise ApiError(429, "rate_limited", "too many requests from this address; slow down")
+        raise HttpError(429, "rate_limited", "too many requests from this address; slow down")
 
 
 def _is_hex(text: str, size: int) -> bool:
@@ -123,16 +102,9 @@ def challenge(node: str) -> tuple[Response, int]:
     body = json_body(required=False)
     digest = body.get("event_log_sha256")
     if digest is not None and (not isinstance(digest, str) or not _is_hex(digest, 32)):
-        raise bad_request("bad_field", "event_log_sha256 must be 64 hex digits")
+        raise BadRequest("bad_field", "event_log_sha256 must be 64 hex digits")
     ch = attestation.challenge(services(), node, digest.lower() if digest else None)
-    return jsonify(
-        {
-            "nonce": ch.nonce.hex(),
-            "expires_at": _iso(ch.expires_at),
-            "pcr_selection": ch.pcr_selection,
-            "known_event_log_sha256": ch.known_event_log_sha256,
-        }
-    ), 201
+    return jsonify(ch.to_json()), 201
 
 
 @attestation_bp.post("/nodes/<node>/evidence")
@@ -141,10 +113,10 @@ def evidence(node: str) -> Response:
     _rate_limit()
     svc = services()
     if request.mimetype != "application/cbor":
-        raise ApiError(415, "unsupported_media_type", "send Content-Type: application/cbor")
+        raise HttpError(415, "unsupported_media_type", "send Content-Type: application/cbor")
     length = request.content_length
     if length is not None and length > svc.config.max_bundle:
-        raise ApiError(413, "too_large", f"evidence larger than {svc.config.max_bundle} bytes")
+        raise HttpError(413, "too_large", f"evidence larger than {svc.config.max_bundle} bytes")
     body = read_body(svc.config.max_bundle + 1)
     result = attestation.submit(svc, node, body)
     return jsonify(result.to_json())
@@ -157,17 +129,17 @@ def evidence(node: str) -> Response:
 @require(*READ_INVENTORY)
 def list_nodes() -> Response:
     state = request.args.get("state")
-    if state is not None and state not in inventory.STATES:
-        raise bad_request("bad_query", f"state must be one of {', '.join(inventory.STATES)}")
+    wanted = None if state is None else inventory.parse_state(state)
     labels = label_query(request.args.getlist("label"))
-    return jsonify({"nodes": inventory.list_nodes(services(), state=state, labels=labels)})
+    nodes = inventory.list_nodes(services(), state=wanted, labels=labels)
+    return jsonify({"nodes": [n.to_json() for n in nodes]})
 
 
 @inventory_bp.get("/nodes/<node>")
 @require(*READ_INVENTORY)
 def show_node(node: str) -> Response:
     path_text(node, "node")
-    return jsonify(inventory.show_node(services(), node))
+    return jsonify(inventory.show_node(services(), node).to_json())
 
 
 @inventory_bp.get("/nodes/<node>/attestations")
@@ -175,51 +147,22 @@ def show_node(node: str) -> Response:
 def node_attestations(node: str) -> Response:
     path_text(node, "node")
     limit = _int_arg("limit", 50, 1, 1000)
-    with services().store.read() as db:
-        n = inventory.get_node(db, node)
-        rows = repo.node_attestations(db, n.id, limit=limit)
-        return jsonify(
-            {"attestations": [inventory.attestation_json(r, n.name, full=False) for r in rows]}
-        )
+    rows = inventory.node_history(services(), node, limit=limit)
+    return jsonify({"attestations": [r.to_json() for r in rows]})
 
 
 @inventory_bp.get("/attestations/<att_id>")
 @require(*REVIEW)
 def show_attestation(att_id: str) -> Response:
-    with services().store.read() as db:
-        row, node = _attestation(db, att_id)
-        return jsonify(inventory.attestation_json(row, node.name, full=True))
+    return jsonify(inventory.attestation(services(), att_id).to_json())
 
 
 @inventory_bp.get("/attestations/<att_id>/evidence")
 @require(*REVIEW)
 def attestation_evidence(att_id: str) -> Response:
     """The evidence reassembled from what is stored (quote, signature, PCRs, the log by digest)."""
-    with services().store.read() as db:
-        row, node = _attestation(db, att_id)
-        log = repo.get_event_log(db, row.event_log_sha256) if row.event_log_sha256 else None
-        ev = Evidence(
-            node=node.name,
-            agent_version=row.agent_version,
-            nonce=row.nonce,
-            attest=row.quote,
-            signature=row.signature,
-            pcrs=attestation.pcrs_from_json(row.pcrs),
-            event_log_sha256=bytes.fromhex(row.event_log_sha256 or "00" * 32),
-            event_log=log,
-            ima_log=None,
-        )
-    return Response(encode_evidence(ev, canonical=True), mimetype="application/cbor")
-
-
-def _attestation(db: Any, att_id: str) -> tuple[Attestation, Node]:
-    if not att_id.isdigit() or len(att_id) > 18:
-        raise not_found("attestation_unknown", f"no attestation {att_id!r}")
-    row = db.get(Attestation, int(att_id))
-    node = db.get(Node, row.node_id) if row is not None else None
-    if row is None or node is None:
-        raise not_found("attestation_unknown", f"no attestation {att_id!r}")
-    return row, node
+    ev: Evidence = attestation.stored_evidence(services(), att_id)
+    return Response(encode_evidence(ev), mimetype="application/cbor")
 
 
 def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
@@ -227,7 +170,7 @@ def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
     if value is None:
         return default
     if not value.isdigit() or not lo <= int(value) <= hi:
-        raise bad_request("bad_query", f"{name} must be an integer {lo}..{hi}")
+        raise BadRequest("bad_query", f"{name} must be an integer {lo}..{hi}")
     return int(value)
 
 
@@ -237,14 +180,14 @@ def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
 @golden_bp.get("/golden")
 @require(*REVIEW)
 def list_golden() -> Response:
-    return jsonify(golden_ops.list_sets(services()))
+    return jsonify(golden_ops.list_sets(services()).to_json())
 
 
 @golden_bp.get("/golden/<name>/<version>")
 @require(*REVIEW)
 def show_golden(name: str, version: str) -> Response:
     path_text(name, "golden set", 200), path_text(version, "golden version", 64)
-    return jsonify(golden_ops.show(services(), name, version))
+    return jsonify(golden_ops.show(services(), name, version).to_json())
 
 
 @golden_bp.post("/golden")
@@ -255,8 +198,8 @@ def add_golden() -> tuple[Response, int]:
     )
     data = read_body(golden_ops.MAX_GOLDEN + 1)
     if not data:
-        raise bad_request("bad_field", "send the golden set (YAML, or CoRIM as application/cbor)")
-    return jsonify(golden_ops.upload(services(), fmt, data, actor())), 201
+        raise BadRequest("bad_field", "send the golden set (YAML, or CoRIM as application/cbor)")
+    return jsonify(golden_ops.upload(services(), fmt, data, actor()).to_json()), 201
 
 
 @golden_bp.post("/golden/assignments")
@@ -264,18 +207,24 @@ def add_golden() -> tuple[Response, int]:
 def assign_golden() -> Response:
     body = json_body()
     name = text_field(body, "golden", max_len=200)
-    return jsonify(golden_ops.assign(services(), name, labels_field(body, "selector"), actor()))
+    out = golden_ops.assign(services(), name, labels_field(body, "selector"), actor())
+    return jsonify(out.to_json())
 
 
 @golden_bp.post("/golden/<name>/<version>/<action>")
 @require(*ADMIN)
 def golden_status(name: str, version: str, action: str) -> Response:
     path_text(name, "golden set", 200), path_text(version, "golden version", 64)
-    status = {"retire": "retired", "revoke": "revoked"}.get(action)
-    if status is None:
-        raise not_found("not_found", f"unknown golden action {action!r}")
+    status: golden_ops.Retirement
+    if action == "retire":
+        status = "retired"
+    elif action == "revoke":
+        status = "revoked"
+    else:
+        raise NotFound("not_found", f"unknown golden action {action!r}")
     reason = reason_field(json_body())
-    return jsonify(golden_ops.set_status(services(), name, version, status, reason, actor()))
+    out = golden_ops.set_status(services(), name, version, status, reason, actor())
+    return jsonify(out.to_json())
 
 
 # --- admin --------------------------------------------------------------------------------
@@ -290,19 +239,24 @@ def node_action(node: str, action: str) -> Response:
     reason = reason_field(body)
     if action == "move":
         new_name = node_field(body, "to")
-        return jsonify(inventory.move_node(svc, node, new_name, reason, actor()))
+        return jsonify(inventory.move_node(svc, node, new_name, reason, actor()).to_json())
     if action == "labels":
-        return jsonify(inventory.set_labels(svc, node, labels_field(body), reason, actor()))
+        view = inventory.set_labels(svc, node, labels_field(body), reason, actor())
+        return jsonify(view.to_json())
     if action == "quarantine":
-        return jsonify(inventory.quarantine(svc, node, reason, actor()))
+        return jsonify(inventory.quarantine(svc, node, reason, actor()).to_json())
     if action == "release":
-        return jsonify(inventory.release(svc, node, reason, actor()))
+        return jsonify(inventory.release(svc, node, reason, actor()).to_json())
     if action == "replace":
         inventory.allow_replace(svc, node, reason, actor())
         return jsonify({"node": node, "replace_allowed": True})
     if action == "reappraise":
-        return jsonify({"reappraised": inventory.reappraise_nodes(svc, [node], reason, actor())})
-    raise not_found("not_found", f"unknown node action {action!r}")
+        return _reappraised(inventory.reappraise_nodes(svc, [node], reason, actor()))
+    raise NotFound("not_found", f"unknown node action {action!r}")
+
+
+def _reappraised(results: list[inventory.Reappraisal]) -> Response:
+    return jsonify({"reappraised": [r.to_json() for r in results]})
 
 
 @admin_bp.delete("/nodes/<node>")
@@ -319,7 +273,7 @@ def delete_node(node: str) -> Response:
 @require(*ADMIN)
 def reappraise_all() -> Response:
     reason = reason_field(json_body())
-    return jsonify({"reappraised": inventory.reappraise_nodes(services(), None, reason, actor())})
+    return _reappraised(inventory.reappraise_nodes(services(), None, reason, actor()))
 
 
 @admin_bp.post("/admin/sweep")
@@ -336,14 +290,14 @@ def create_token() -> tuple[Response, int]:
     if ttl is not None and (
         not isinstance(ttl, int | float) or isinstance(ttl, bool) or not 0 < ttl <= MAX_TTL
     ):
-        raise bad_request("bad_field", f"ttl must be a number of seconds in 1..{MAX_TTL}")
+        raise BadRequest("bad_field", f"ttl must be a number of seconds in 1..{MAX_TTL}")
     single_use = body.get("single_use", False)
     if not isinstance(single_use, bool):
-        raise bad_request("bad_field", "single_use must be a boolean")
+        raise BadRequest("bad_field", "single_use must be a boolean")
     desc = body.get("description", "")
     if not isinstance(desc, str):
-        raise bad_request("bad_field", "description must be a string")
-    out = tokens.create(
+        raise BadRequest("bad_field", "description must be a string")
+    made = tokens.create(
         services(),
         text_field(body, "role", max_len=16),
         ttl=ttl,
@@ -352,20 +306,20 @@ def create_token() -> tuple[Response, int]:
         labels=labels_field(body),
         actor=actor(),
     )
-    return jsonify(out), 201
+    return jsonify(made.to_json()), 201
 
 
 @admin_bp.get("/tokens")
 @require(*ADMIN)
 def list_tokens() -> Response:
-    return jsonify({"tokens": tokens.list_all(services())})
+    return jsonify({"tokens": [t.to_json() for t in tokens.list_all(services())]})
 
 
 @admin_bp.post("/tokens/<token_id>/revoke")
 @require(*ADMIN)
 def revoke_token(token_id: str) -> Response:
     reason = reason_field(json_body())
-    return jsonify(tokens.revoke(services(), token_id, reason, actor()))
+    return jsonify(tokens.revoke(services(), token_id, reason, actor()).to_json())
 
 
 @admin_bp.get("/audit")
@@ -374,22 +328,6 @@ def audit_log() -> Response:
     limit = _int_arg("limit", 100, 1, 1000)
     target = request.args.get("target")
     if target is not None and (len(target) > 300 or not target.isprintable()):
-        raise bad_request("bad_query", "target must be printable text of at most 300 characters")
-    with services().store.read() as db:
-        entries = repo.list_audit(db, target=target, limit=limit)
-        return jsonify(
-            {
-                "audit": [
-                    {
-                        "id": e.id,
-                        "at": _iso(e.at),
-                        "actor": e.actor,
-                        "action": e.action,
-                        "target": e.target,
-                        "reason": e.reason,
-                        "details": e.details,
-                    }
-                    for e in entries
-                ]
-            }
-        )
+        raise BadRequest("bad_query", "target must be printable text of at most 300 characters")
+    entries = audit.entries(services(), target=target, limit=limit)
+    return jsonify({"audit": [e.to_json() for e in entries]})

@@ -1,46 +1,96 @@
-"""Bearer tokens: create (with a bounded lifetime), list, revoke — one set of domain functions for
-the API and the CLI, every change audited.
+"""Bearer tokens: create (with a bounded lifetime), list, revoke, authenticate — one set of domain
+functions for the API and the CLI, every change audited.
 
 Every token expires: a lifetime longer than ``max_token_lifetime`` is refused, none given means
-the maximum, and ``auth.authenticate`` also bounds tokens stored without an expiry (or before the
-limit existed) by ``created_at`` + the maximum. The secret is returned once and never listed.
+the maximum, and ``authenticate`` also bounds tokens stored without an expiry (or before the limit
+existed) by ``created_at`` + the maximum. The secret is returned once and never listed. Times are
+shown in one format (``models.iso``: ISO 8601 UTC with ``Z``), by the API and the CLI alike.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from verifier.store import repo
-from verifier.store.models import Token
+from verifier.store.models import Token, iso
 
 from .context import Services
-from .errors import ApiError, bad_request, conflict, not_found
+from .errors import BadRequest, Conflict, NotFound, Unauthenticated
 
 
-def _iso(value: dt.datetime | None) -> str | None:
-    return None if value is None else value.isoformat().replace("+00:00", "Z")
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who presented a usable token: what the audit log names and the roles are checked against."""
+
+    token_id: str
+    role: str
+    single_use: bool
+
+    @property
+    def actor(self) -> str:
+        return f"token:{self.token_id} ({self.role})"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenView:
+    """A token as listed: never its secret or the secret's hash."""
+
+    id: str
+    role: str
+    description: str
+    single_use: bool
+    labels: Mapping[str, str]
+    created_at: dt.datetime
+    expires_at: dt.datetime
+    used_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+
+    @classmethod
+    def of(cls, token: Token, max_lifetime: float) -> TokenView:
+        return cls(
+            token.id,
+            token.role,
+            token.description,
+            token.single_use,
+            dict(token.labels),
+            token.created_at,
+            expiry(token, max_lifetime),
+            token.used_at,
+            token.revoked_at,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "role": self.role,
+            "description": self.description,
+            "single_use": self.single_use,
+            "labels": dict(self.labels),
+            "created_at": iso(self.created_at),
+            "expires_at": iso(self.expires_at),
+            "used_at": iso(self.used_at),
+            "revoked_at": iso(self.revoked_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class NewToken:
+    """A token just created, with its secret: the only time the secret is shown."""
+
+    secret: str
+    token: TokenView
+
+    def to_json(self) -> dict[str, Any]:
+        return {"token": self.secret, **self.token.to_json()}
 
 
 def expiry(token: Token, max_lifetime: float) -> dt.datetime:
     """When ``token`` stops working: its own expiry, never later than the maximum lifetime."""
     bound = token.created_at + dt.timedelta(seconds=max_lifetime)
     return bound if token.expires_at is None else min(token.expires_at, bound)
-
-
-def token_json(token: Token, max_lifetime: float) -> dict[str, Any]:
-    return {
-        "id": token.id,
-        "role": token.role,
-        "description": token.description,
-        "single_use": token.single_use,
-        "labels": token.labels,
-        "created_at": _iso(token.created_at),
-        "expires_at": _iso(expiry(token, max_lifetime)),
-        "used_at": _iso(token.used_at),
-        "revoked_at": _iso(token.revoked_at),
-    }
 
 
 def create(
@@ -52,15 +102,17 @@ def create(
     description: str,
     labels: Mapping[str, str],
     actor: str,
-) -> dict[str, Any]:
-    """A new token; the only time its secret is shown."""
+) -> NewToken:
+    """A new token that expires after ``ttl`` seconds (the maximum when None)."""
     limit = svc.config.max_token_lifetime
     if role not in repo.ROLES:
-        raise bad_request("bad_field", f"role must be one of {', '.join(repo.ROLES)}")
+        raise BadRequest("bad_field", f"role must be one of {', '.join(repo.ROLES)}")
+    if ttl is not None and ttl <= 0:
+        raise BadRequest("bad_field", "ttl must be a positive number of seconds")
     if ttl is not None and ttl > limit:
-        raise bad_request("ttl_too_long", f"ttl may be at most {limit:g} s (max_token_lifetime)")
+        raise BadRequest("ttl_too_long", f"ttl may be at most {limit:g} s (max_token_lifetime)")
     if labels and role != "enroll":
-        raise bad_request("bad_field", "only enroll tokens carry labels for the nodes they enroll")
+        raise BadRequest("bad_field", "only enroll tokens carry labels for the nodes they enroll")
     now = svc.now()
     expires = now + dt.timedelta(seconds=limit if ttl is None else ttl)
     desc = description[:200]
@@ -76,34 +128,51 @@ def create(
         )
         details = {"role": role, **({"labels": dict(labels)} if labels else {})}
         repo.audit(db, actor, "token_create", f"token:{row.id}", desc, details, now=now)
-        return {"token": secret, **token_json(row, limit)}
+        return NewToken(secret, TokenView.of(row, limit))
 
 
-def list_all(svc: Services) -> list[dict[str, Any]]:
+def list_all(svc: Services) -> list[TokenView]:
     with svc.store.read() as db:
-        return [token_json(t, svc.config.max_token_lifetime) for t in repo.list_tokens(db)]
+        return [TokenView.of(t, svc.config.max_token_lifetime) for t in repo.list_tokens(db)]
 
 
-def revoke(svc: Services, token_id: str, reason: str, actor: str) -> dict[str, Any]:
+def revoke(svc: Services, token_id: str, reason: str, actor: str) -> TokenView:
     now = svc.now()
     with svc.store.write() as db:
         row = repo.get_token(db, token_id)
         if row is None:
-            raise not_found("token_unknown", f"no token {token_id!r}")
+            raise NotFound("token_unknown", f"no token {token_id!r}")
         if row.revoked_at is not None:
-            raise conflict("token_revoked", f"token {token_id!r} is already revoked")
+            raise Conflict("token_revoked", f"token {token_id!r} is already revoked")
         row.revoked_at = now
         repo.audit(
             db, actor, "token_revoke", f"token:{row.id}", reason, {"role": row.role}, now=now
         )
-        return token_json(row, svc.config.max_token_lifetime)
+        return TokenView.of(row, svc.config.max_token_lifetime)
+
+
+def authenticate(svc: Services, secret: str) -> Caller:
+    """The caller holding ``secret``, if that token is usable now (else Unauthenticated)."""
+    with svc.store.read() as db:
+        token = repo.find_token(db, secret)
+        if token is None:
+            raise Unauthenticated("invalid_token", "unknown token")
+        check_usable(token, svc.config.max_token_lifetime, svc.now())
+        return Caller(token_id=token.id, role=token.role, single_use=token.single_use)
+
+
+def use_up(svc: Services, caller: Caller) -> None:
+    """Use up a single-use token, atomically on any instance; refused if already used."""
+    with svc.store.write() as db:
+        if not repo.use_single_use_token(db, caller.token_id, svc.now()):
+            raise Unauthenticated("token_used", "the single-use token was already used")
 
 
 def check_usable(token: Token, max_lifetime: float, now: dt.datetime) -> None:
-    """Raise the 401 that says why ``token`` cannot be used now (revoked, expired, used)."""
+    """Raise the Unauthenticated that says why ``token`` cannot be used now."""
     if token.revoked_at is not None:
-        raise ApiError(401, "invalid_token", "the token was revoked")
+        raise Unauthenticated("invalid_token", "the token was revoked")
     if expiry(token, max_lifetime) <= now:
-        raise ApiError(401, "token_expired", "the token has expired")
+        raise Unauthenticated("token_expired", "the token has expired")
     if token.single_use and token.used_at is not None:
-        raise ApiError(401, "token_used", "the single-use token was already used")
+        raise Unauthenticated("token_used", "the single-use token was already used")

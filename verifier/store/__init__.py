@@ -4,5 +4,15 @@ from __future__ import annotations
 
 from .engine import Store, StoreUnavailable, database_url, make_engine
 from .migrate import upgrade
+from .models import AttestationSource, EnrollmentStep, NodeState
 
-__all__ = ["Store", "StoreUnavailable", "database_url", "make_engine", "upgrade"]
+__all__ = [
+    "AttestationSource",
+    "EnrollmentStep",
+    "NodeState",
+    "Store",
+    "StoreUnavailable",
+    "database_url",
+    "make_engine",
+    "upgrade",
+]

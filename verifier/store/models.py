@@ -2,13 +2,16 @@
 
 The schema is created and changed only by the Alembic migrations in ``migrations/``; these models
 must match them (``tests/test_store.py`` compares the two). Times are stored as naive UTC and read
-back as aware UTC (``UtcDateTime``), so SQLite and PostgreSQL behave the same.
+back as aware UTC (``UtcDateTime``), so SQLite and PostgreSQL behave the same. States and statuses
+are StrEnums stored as their values (``EnumText``): the same strings as ever, and a value outside
+the enum is refused on the way in and on the way out.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from enum import StrEnum
+from typing import Any, Generic, TypeVar, overload
 
 from sqlalchemy import (
     JSON,
@@ -25,6 +28,50 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from verifier.appraisal.verdict import VerdictStatus
+
+
+class NodeState(StrEnum):
+    """A node's inventory state. ``trusted``/``untrusted``/``unknown`` follow its last verdict;
+    ``stale`` is a trusted node past its freshness window; ``quarantined`` only an admin lifts."""
+
+    ENROLLED = "enrolled"
+    TRUSTED = "trusted"
+    UNTRUSTED = "untrusted"
+    UNKNOWN = "unknown"
+    STALE = "stale"
+    QUARANTINED = "quarantined"
+
+    @classmethod
+    def after(cls, verdict: VerdictStatus) -> NodeState:
+        """The state a verdict puts a node in (unless it is quarantined)."""
+        return cls(verdict.value)
+
+
+class AttestationSource(StrEnum):
+    """Where an attestation's verdict came from: new evidence, or stored evidence appraised again."""
+
+    EVIDENCE = "evidence"
+    REAPPRAISAL = "reappraisal"
+
+
+class EnrollmentStep(StrEnum):
+    """The enrollment state machine: ``challenged`` → ``activated`` | ``failed`` | ``expired``."""
+
+    CHALLENGED = "challenged"
+    ACTIVATED = "activated"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+
+@overload
+def iso(value: dt.datetime) -> str: ...
+@overload
+def iso(value: None) -> None: ...
+def iso(value: dt.datetime | None) -> str | None:
+    """The one text form of a time the verifier shows: ISO 8601 in UTC with ``Z``."""
+    return None if value is None else value.isoformat().replace("+00:00", "Z")
 
 
 class UtcDateTime(TypeDecorator[dt.datetime]):
@@ -47,6 +94,29 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
         return value.replace(tzinfo=dt.UTC)
 
 
+E = TypeVar("E", bound=StrEnum)
+
+
+class EnumText(TypeDecorator[E], Generic[E]):
+    """A StrEnum stored as its value in a VARCHAR (no database enum type, so no migration).
+
+    Writing anything that is not one of the enum's values raises (``StatementError`` at flush);
+    reading returns the member, or raises on a value that is not one (a row nothing wrote)."""
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, enum: type[E], length: int = 16) -> None:
+        super().__init__(length)
+        self.enum = enum
+
+    def process_bind_param(self, value: E | str | None, dialect: Dialect) -> str | None:
+        return None if value is None else self.enum(value).value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> E | None:
+        return None if value is None else self.enum(value)
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -64,7 +134,7 @@ class Node(Base):
     ak_name: Mapped[bytes] = mapped_column(LargeBinary)
     labels: Mapped[dict[str, str]] = mapped_column(JSON)
     """Chosen by the operator (the enrollment token's labels, or an admin): they select golden sets."""
-    state: Mapped[str] = mapped_column(String(16), index=True)
+    state: Mapped[NodeState] = mapped_column(EnumText(NodeState), index=True)
     state_since: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     reason: Mapped[str] = mapped_column(Text, default="")
     replace_allowed: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -95,7 +165,7 @@ class Enrollment(Base):
     secret_sha256: Mapped[bytes] = mapped_column(LargeBinary)
     activation_key_sha256: Mapped[bytes | None] = mapped_column(LargeBinary)
     """Hash of the key returned only to the enrolling client; an activation must present it."""
-    step: Mapped[str] = mapped_column(String(16))
+    step: Mapped[EnrollmentStep] = mapped_column(EnumText(EnrollmentStep))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     token_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
@@ -146,8 +216,8 @@ class Attestation(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"))
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
-    source: Mapped[str] = mapped_column(String(16))
-    status: Mapped[str] = mapped_column(String(16))
+    source: Mapped[AttestationSource] = mapped_column(EnumText(AttestationSource))
+    status: Mapped[VerdictStatus] = mapped_column(EnumText(VerdictStatus))
     reason: Mapped[str] = mapped_column(Text)
     verdict: Mapped[dict[str, Any]] = mapped_column(JSON)
     nonce: Mapped[bytes] = mapped_column(LargeBinary)

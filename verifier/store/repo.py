@@ -25,13 +25,16 @@ from sqlalchemy.orm import Session
 from .models import (
     Assignment,
     Attestation,
+    AttestationSource,
     AuditEntry,
     EventLogBlob,
     GoldenSetRow,
     Node,
+    NodeState,
     Nonce,
     ServiceKey,
     Token,
+    iso,
 )
 
 ROLES = ("admin", "reviewer", "scheduler", "enroll")
@@ -103,7 +106,7 @@ def audit_coalesced(
         return audit(s, actor, action, target, reason, {"count": 1}, now=now)
     details = dict(entry.details or {})
     details["count"] = int(details.get("count", 1)) + 1
-    details["last_at"] = now.isoformat()
+    details["last_at"] = iso(now)
     details["last_reason"] = reason[:300]
     entry.details = details
     return entry
@@ -192,7 +195,10 @@ def node_by_ak(s: Session, ak_name: bytes) -> Node | None:
 
 
 def list_nodes(
-    s: Session, *, states: Sequence[str] | None = None, labels: Mapping[str, str] | None = None
+    s: Session,
+    *,
+    states: Sequence[NodeState] | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> list[Node]:
     q = select(Node).order_by(Node.name)
     if states:
@@ -217,7 +223,7 @@ def latest_evidence(s: Session, node_id: int) -> Attestation | None:
     """The newest attestation that came from the node itself (not a re-appraisal copy)."""
     q = (
         select(Attestation)
-        .where(Attestation.node_id == node_id, Attestation.source == "evidence")
+        .where(Attestation.node_id == node_id, Attestation.source == AttestationSource.EVIDENCE)
         .order_by(Attestation.id.desc())
         .limit(1)
     )

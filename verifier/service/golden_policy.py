@@ -1,4 +1,5 @@
-"""Golden sets for a node, compiled once per set of versions, and the appraisal of a verified log.
+"""A node's golden policy: its golden sets parsed from the store, compiled once per set of
+versions (``policy_for``), and the service's record of an appraisal (``Assessment``).
 
 The store's status (active / retired / revoked + reason) overrides what the uploaded document
 said, so a revocation recorded in the database takes effect without re-uploading anything.
@@ -8,17 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-from sqlalchemy.orm import Session
 
 from assay.errors import ConfigurationError, MalformedEvidence
 from assay.eventlog import VerifiedBootLog
 from golden.model import GoldenSet, Status
-from verifier.appraisal import CompiledPolicy, appraise, compile_golden
-from verifier.store import repo
+from verifier.appraisal import CheckStatus, CompiledPolicy, VerdictStatus, appraise, compile_golden
 from verifier.store.models import GoldenSetRow
 
 from .context import Services
@@ -30,7 +28,7 @@ GOLDEN_FORMATS = ("yaml", "corim")
 class Assessment:
     """What the service keeps of a verdict: status, one-line reason, checks, golden versions."""
 
-    status: str
+    status: VerdictStatus
     reason: str
     checks: list[dict[str, Any]]
     golden: list[str]
@@ -77,10 +75,6 @@ def golden_from_row(row: GoldenSetRow) -> GoldenSet:
     return dataclasses.replace(gs, status=status, status_reason=row.reason or None)
 
 
-def rows_for_labels(db: Session, labels: Mapping[str, str]) -> list[GoldenSetRow]:
-    return repo.golden_rows_for(db, labels)
-
-
 def policy_for(svc: Services, rows: Sequence[GoldenSetRow]) -> CompiledPolicy:
     """Compile ``rows`` once per combination of versions and statuses; reuse it for a while.
 
@@ -117,11 +111,11 @@ def assess(log: VerifiedBootLog, policy: CompiledPolicy) -> Assessment:
     return Assessment(verdict.status, verdict.reason, checks, list(policy.in_force), data)
 
 
-def failed(status: str, code: str, message: str) -> Assessment:
+def failed(status: VerdictStatus, code: str, message: str) -> Assessment:
     """An assessment for evidence that never reached the policy (replay mismatch, bad log…)."""
     check = {
         "id": code,
-        "status": "fail" if status == "untrusted" else "unknown",
+        "status": CheckStatus.FAIL if status == VerdictStatus.UNTRUSTED else CheckStatus.UNKNOWN,
         "reason": code,
         "message": message,
     }
