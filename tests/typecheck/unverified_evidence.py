@@ -19,6 +19,8 @@ from assay.eventlog import (
     verify_log,
 )
 from assay.tpm2 import verify_quote_without_pcrs
+from verifier.appraisal import CompiledPolicy
+from verifier.service.golden_policy import assess  # the service's appraisal of a node
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,9 @@ class EvidenceAsSent:
     pcrs: Mapping[HashAlg, Mapping[int, bytes]]
 
 
-def forged(log_bytes: bytes, claimed: EvidenceAsSent, attest: bytes, sig: bytes) -> None:
+def forged(
+    log_bytes: bytes, claimed: EvidenceAsSent, attest: bytes, sig: bytes, policy: CompiledPolicy
+) -> None:
     log = parse_event_log(log_bytes)
     bank = HashAlg.SHA256
     verify_log(log, claimed, bank)  # rejected
@@ -38,4 +42,5 @@ def forged(log_bytes: bytes, claimed: EvidenceAsSent, attest: bytes, sig: bytes)
     node_view: VerifiedBootLog = assume_quoted_for_review(log, bank)  # rejected
     reviewed: ReviewedBootLog = assume_quoted_for_review(log, bank)
     admitted: VerifiedBootLog = reviewed  # rejected
+    assess(reviewed, policy)  # rejected
     del node_view, admitted

@@ -239,7 +239,7 @@ def verified_log(
             log_bytes = repo.get_event_log(db, log_hex)
         if log_bytes is None:
             raise VerificationFailed("the event log is no longer stored", code="event_log_missing")
-    vlog = verify_log(parse_event_log(log_bytes), quote, bank)
+    vlog = verify_log(parse_event_log(log_bytes), quote, bank, caches=svc.log_caches)
     svc.logs.put(key, vlog)
     return vlog
 

@@ -17,6 +17,7 @@ import yaml
 
 from assay.algorithms import HashAlg
 from assay.errors import ConfigurationError
+from assay.evidence import DEFAULT_CAPS
 
 DEFAULT_PCRS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 14)
 
@@ -34,9 +35,9 @@ class ServiceConfig:
     enrollment_lifetime: float = 300.0
     attest_interval: float = 60.0
     freshness_factor: float = 3.0
-    max_bundle: int = 20 * 1024 * 1024
-    max_event_log: int = 1024 * 1024
-    max_ima_log: int = 16 * 1024 * 1024
+    max_bundle: int = DEFAULT_CAPS.bundle
+    max_event_log: int = DEFAULT_CAPS.event_log
+    max_ima_log: int = DEFAULT_CAPS.ima_log
     max_json: int = 256 * 1024
     log_cache_size: int = 512
     client_rate: float = 50.0

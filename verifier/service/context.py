@@ -16,6 +16,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from assay.eventlog import LogCaches
 from verifier.store import Store, repo
 
 from .config import ServiceConfig
@@ -96,12 +97,15 @@ class Services:
     logs: LruCache[tuple[str, int], object] = field(init=False)
     policies: LruCache[Hashable, tuple[float, dt.datetime | None, object]] = field(init=False)
     unauthenticated: RateLimiter = field(init=False)
+    log_caches: LogCaches = field(init=False)
     _nonce_key: bytes | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.logs = LruCache(self.config.log_cache_size)
         self.policies = LruCache(64)
         self.unauthenticated = RateLimiter(self.config.client_rate, self.config.client_burst)
+        # Values derived from event bytes, shared by every node's log this process verifies.
+        self.log_caches = LogCaches()
 
     def now(self) -> dt.datetime:
         return self.clock()
