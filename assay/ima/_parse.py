@@ -161,14 +161,15 @@ def parse_ima_log(
         entries = _parse_ascii(data, alg, start_index, start_offset)
         fmt: Format = "ascii"
     else:
-        alg = template_hash_alg or _binary_alg(data, start_index, start_offset)
+        alg = template_hash_alg or _binary_alg(data)
         entries = _parse_binary(data, alg, start_index, start_offset)
         fmt = "binary"
     return ImaLog(fmt, alg, tuple(entries), start_index, start_offset, start_offset + len(data))
 
 
-def _binary_alg(data: bytes, index: int, base: int) -> HashAlg:
-    """The template-hash size whose header layout reads a known template name in the first entry."""
+def _binary_alg(data: bytes) -> HashAlg:
+    """The template-hash size whose header layout reads a known template name in the first entry;
+    SHA-1 (the standard file) when none does, so the parser names what is wrong and where."""
     for size, alg in _BY_SIZE.items():
         at = 4 + size
         if len(data) < at + 4:
@@ -178,12 +179,7 @@ def _binary_alg(data: bytes, index: int, base: int) -> HashAlg:
             name = data[at + 4 : at + 4 + nlen]
             if name.isascii() and template_fields(name.decode()) is not None:
                 return alg
-    raise _fail(
-        index,
-        base,
-        "not an IMA measurement list: no known template name after a "
-        "20-, 32-, 48- or 64-byte template hash",
-    )
+    return HashAlg.SHA1
 
 
 def _ascii_alg(data: bytes, index: int, base: int) -> HashAlg:
