@@ -399,9 +399,21 @@ def _entry(
             raise _fail(index, offset, "d-modsig and modsig must be both present or both empty")
         modsig = ModSig(f.mdigest[0], f.mdigest[1], f.modsig)
     return ImaEntry(
-        index, offset, size, pcr, th, t.name, tdata, violation, f.digest_alg, f.digest, f.name,
-        f.sig, f.buf, modsig,
-    )  # fmt: skip
+        index,
+        offset,
+        size,
+        pcr,
+        th,
+        t.name,
+        tdata,
+        violation,
+        f.digest_alg,
+        f.digest,
+        f.name,
+        f.sig,
+        f.buf,
+        modsig,
+    )
 
 
 def _decode_field(

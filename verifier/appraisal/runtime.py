@@ -319,9 +319,14 @@ def _judge_digest(
             golden=ref,
         )
     reason = "ima_file_not_approved" if what == "file" else mismatch
-    return _fail(e, reason, f"{_where(e)}: {what} {e.display_name} {_digest_text(e)} is not "
-                 f"approved by any policy in force ({refs}) and not excluded",
-                 got=_digest_text(e), golden=refs)  # fmt: skip
+    return _fail(
+        e,
+        reason,
+        f"{_where(e)}: {what} {e.display_name} {_digest_text(e)} is not "
+        f"approved by any policy in force ({refs}) and not excluded",
+        got=_digest_text(e),
+        golden=refs,
+    )
 
 
 def _judge_selinux(e: ImaEntry, c: CompiledRuntime) -> Check | None:
@@ -330,19 +335,31 @@ def _judge_selinux(e: ImaEntry, c: CompiledRuntime) -> Check | None:
         if not c.selinux_hash_refs or e.buf in c.selinux_hashes:
             return None
         approved = ", ".join(h.hex() for h in c.selinux_hashes)
-        return _fail(e, "selinux_policy_not_approved", f"{_where(e)}: the loaded SELinux policy "
-                     f"hashes to {e.buf.hex()}, not an approved policy ({approved}; "
-                     f"{', '.join(c.selinux_hash_refs)})", got=e.buf.hex(), expected=approved,
-                     golden=", ".join(c.selinux_hash_refs))  # fmt: skip
+        return _fail(
+            e,
+            "selinux_policy_not_approved",
+            f"{_where(e)}: the loaded SELinux policy "
+            f"hashes to {e.buf.hex()}, not an approved policy ({approved}; "
+            f"{', '.join(c.selinux_hash_refs)})",
+            got=e.buf.hex(),
+            expected=approved,
+            golden=", ".join(c.selinux_hash_refs),
+        )
     try:
         state = parse_selinux_state(e.buf, where=f"IMA entry {e.index}", offset=e.offset)
     except MalformedEvidence as exc:
         return _fail(e, "selinux_state_unreadable", f"{_where(e)}: {exc}")
     if c.selinux_enforcing and state.initialized and not state.enforcing:
-        return _fail(e, "selinux_not_enforcing", f"{_where(e)}: SELinux was permissive "
-                     f"(selinux-state enforcing=0 after the policy loaded); required by "
-                     f"{', '.join(c.selinux_enforcing)}", got="enforcing=0", expected="enforcing=1",
-                     golden=", ".join(c.selinux_enforcing))  # fmt: skip
+        return _fail(
+            e,
+            "selinux_not_enforcing",
+            f"{_where(e)}: SELinux was permissive "
+            f"(selinux-state enforcing=0 after the policy loaded); required by "
+            f"{', '.join(c.selinux_enforcing)}",
+            got="enforcing=0",
+            expected="enforcing=1",
+            golden=", ".join(c.selinux_enforcing),
+        )
     return None
 
 
@@ -350,13 +367,25 @@ def _selinux_presence(entries: tuple[ImaEntry, ...], c: CompiledRuntime) -> Iter
     """On a list from entry 0: what the policy relies on must have been logged at all."""
     names = {e.name for e in entries if e.buf is not None}
     if c.selinux_enforcing and SELINUX_STATE not in names:
-        yield Check("ima.selinux.state", FAIL, "selinux_state_missing", "no selinux-state "
-                    "critical data in the IMA list: SELinux is disabled, or IMA does not measure "
-                    "it (ima_policy=critical_data)", golden=", ".join(c.selinux_enforcing))  # fmt: skip
+        yield Check(
+            "ima.selinux.state",
+            FAIL,
+            "selinux_state_missing",
+            "no selinux-state "
+            "critical data in the IMA list: SELinux is disabled, or IMA does not measure "
+            "it (ima_policy=critical_data)",
+            golden=", ".join(c.selinux_enforcing),
+        )
     if c.selinux_hash_refs and SELINUX_POLICY_HASH not in names:
-        yield Check("ima.selinux.policy", FAIL, "selinux_policy_hash_missing", "no "
-                    "selinux-policy-hash critical data in the IMA list: no SELinux policy loaded, "
-                    "or IMA does not measure it", golden=", ".join(c.selinux_hash_refs))  # fmt: skip
+        yield Check(
+            "ima.selinux.policy",
+            FAIL,
+            "selinux_policy_hash_missing",
+            "no "
+            "selinux-policy-hash critical data in the IMA list: no SELinux policy loaded, "
+            "or IMA does not measure it",
+            golden=", ".join(c.selinux_hash_refs),
+        )
 
 
 def _check_boot_aggregate(entries: tuple[ImaEntry, ...], pcrs: Pcrs, c: CompiledRuntime) -> Check:
@@ -364,25 +393,62 @@ def _check_boot_aggregate(entries: tuple[ImaEntry, ...], pcrs: Pcrs, c: Compiled
     first = entries[0] if entries else None
     if first is None or first.index != 0 or first.name != BOOT_AGGREGATE or first.violation:
         got = first.display_name if first is not None else "an empty list"
-        return Check("ima.boot_aggregate", FAIL, "ima_boot_aggregate_missing",
-                     f"the IMA list does not start with boot_aggregate (got {got}): it cannot be "
-                     f"tied to this boot", event=0, got=got, golden=refs)  # fmt: skip
+        return Check(
+            "ima.boot_aggregate",
+            FAIL,
+            "ima_boot_aggregate_missing",
+            f"the IMA list does not start with boot_aggregate (got {got}): it cannot be "
+            f"tied to this boot",
+            event=0,
+            got=got,
+            golden=refs,
+        )
     result = boot_aggregate(first, pcrs)
     if result.bank is None:
-        return Check("ima.boot_aggregate", FAIL, "ima_boot_aggregate_mismatch",
-                     f"boot_aggregate uses {first.digest_alg}, which is no PCR bank",
-                     pcr=first.pcr, event=0, got=_digest_text(first), golden=refs)  # fmt: skip
+        return Check(
+            "ima.boot_aggregate",
+            FAIL,
+            "ima_boot_aggregate_mismatch",
+            f"boot_aggregate uses {first.digest_alg}, which is no PCR bank",
+            pcr=first.pcr,
+            event=0,
+            got=_digest_text(first),
+            golden=refs,
+        )
     span = f"PCR{result.pcrs[0]}–{result.pcrs[-1]} ({result.bank.bank})"
     if result.expected is None:
-        return Check("ima.boot_aggregate", UNKNOWN, "ima_boot_aggregate_unverified",
-                     f"boot_aggregate covers {span}, but the quote does not vouch for PCR"
-                     f"{', PCR'.join(map(str, result.missing))}", pcr=first.pcr, event=0,
-                     got=_digest_text(first), golden=refs)  # fmt: skip
+        return Check(
+            "ima.boot_aggregate",
+            UNKNOWN,
+            "ima_boot_aggregate_unverified",
+            f"boot_aggregate covers {span}, but the quote does not vouch for PCR"
+            f"{', PCR'.join(map(str, result.missing))}",
+            pcr=first.pcr,
+            event=0,
+            got=_digest_text(first),
+            golden=refs,
+        )
     if not result.matches:
-        return Check("ima.boot_aggregate", FAIL, "ima_boot_aggregate_mismatch",
-                     f"boot_aggregate {first.digest.hex()} is not the hash of the quoted {span} "
-                     f"({result.expected.hex()}): the IMA list is not this boot's", pcr=first.pcr,
-                     event=0, got=first.digest.hex(), expected=result.expected.hex(), golden=refs)  # fmt: skip
-    return Check("ima.boot_aggregate", PASS, "ima_boot_aggregate_ok",
-                 f"boot_aggregate matches the quoted {span}", pcr=first.pcr, event=0,
-                 got=first.digest.hex(), expected=result.expected.hex(), golden=refs)  # fmt: skip
+        return Check(
+            "ima.boot_aggregate",
+            FAIL,
+            "ima_boot_aggregate_mismatch",
+            f"boot_aggregate {first.digest.hex()} is not the hash of the quoted {span} "
+            f"({result.expected.hex()}): the IMA list is not this boot's",
+            pcr=first.pcr,
+            event=0,
+            got=first.digest.hex(),
+            expected=result.expected.hex(),
+            golden=refs,
+        )
+    return Check(
+        "ima.boot_aggregate",
+        PASS,
+        "ima_boot_aggregate_ok",
+        f"boot_aggregate matches the quoted {span}",
+        pcr=first.pcr,
+        event=0,
+        got=first.digest.hex(),
+        expected=result.expected.hex(),
+        golden=refs,
+    )
