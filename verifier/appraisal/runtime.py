@@ -366,14 +366,14 @@ def _judge_selinux(e: ImaEntry, c: CompiledRuntime) -> Check | None:
 def _selinux_presence(entries: tuple[ImaEntry, ...], c: CompiledRuntime) -> Iterator[Check]:
     """On a list from entry 0: what the policy relies on must have been logged at all."""
     names = {e.name for e in entries if e.buf is not None}
-    if c.selinux_enforcing and SELINUX_STATE not in names:
+    if c.selinux_enforcing and not any(_initialized(e) for e in entries):
         yield Check(
             "ima.selinux.state",
             FAIL,
             "selinux_state_missing",
-            "no selinux-state "
-            "critical data in the IMA list: SELinux is disabled, or IMA does not measure "
-            "it (ima_policy=critical_data)",
+            "no selinux-state critical data with a loaded policy (initialized=1) in the IMA "
+            "list: SELinux is disabled or never loaded a policy, or IMA does not measure it "
+            "(ima_policy=critical_data)",
             golden=", ".join(c.selinux_enforcing),
         )
     if c.selinux_hash_refs and SELINUX_POLICY_HASH not in names:
@@ -386,6 +386,15 @@ def _selinux_presence(entries: tuple[ImaEntry, ...], c: CompiledRuntime) -> Iter
             "or IMA does not measure it",
             golden=", ".join(c.selinux_hash_refs),
         )
+
+
+def _initialized(e: ImaEntry) -> bool:
+    if e.buf is None or e.name != SELINUX_STATE:
+        return False
+    try:
+        return parse_selinux_state(e.buf).initialized
+    except MalformedEvidence:
+        return False  # judged (and failed) by _judge_selinux
 
 
 def _check_boot_aggregate(entries: tuple[ImaEntry, ...], pcrs: Pcrs, c: CompiledRuntime) -> Check:
