@@ -56,6 +56,36 @@ def _kstrtoul(text: str) -> int | None:
         return None
 
 
+def _problems(
+    name: str, value: str | None, approved: set[str], require_selinux: bool
+) -> list[tuple[str, str]]:
+    """(reason, message) for each way one parameter weakens SELinux; [] for a harmless one."""
+    shown = name if value is None else f"{name}={value}"
+    if name in ("selinux", "enforcing"):
+        number = _kstrtoul(value) if value is not None else None
+        if number is None:
+            return [("cmdline_lsm_option_unclear", f"{shown!r} is not a number to the kernel")]
+        if number == 0 and name == "selinux":
+            return [("cmdline_selinux_disabled", f"{shown!r} disables SELinux")]
+        if number == 0:
+            return [("cmdline_selinux_permissive", f"{shown!r} boots SELinux permissive")]
+        return []
+    if name not in ("security", "lsm"):
+        return []
+    lsms = [x for x in (value or "").split(",") if x] if name == "lsm" else [value or ""]
+    out = [
+        ("cmdline_lsm_not_approved", f"{shown!r} selects LSM {lsm!r}; approved: "
+         f"{', '.join(sorted(approved))}")
+        for lsm in lsms
+        if lsm not in approved
+    ]  # fmt: skip
+    if require_selinux and "selinux" not in lsms:
+        out.append(
+            ("cmdline_selinux_disabled", f"{shown!r} leaves SELinux out of the LSMs started")
+        )
+    return out
+
+
 def check_lsm_cmdline(
     cmdline: str,
     *,
@@ -72,63 +102,15 @@ def check_lsm_cmdline(
     (a value the kernel would not parse as a number); one ``cmdline_lsm_ok`` pass otherwise.
     """
     approved = set(approved_lsms)
-    checks: list[Check] = []
-
-    def fail(reason: str, message: str, got: str) -> None:
-        checks.append(
-            Check("boot.cmdline.lsm", FAIL, reason, message, pcr=pcr, event=event, got=got)
-        )
-
-    for name, value in kernel_params(cmdline):
-        shown = name if value is None else f"{name}={value}"
-        if name in ("selinux", "enforcing"):
-            number = _kstrtoul(value) if value is not None else None
-            if number is None:
-                fail(
-                    "cmdline_lsm_option_unclear",
-                    f"kernel command line has {shown!r}, which the "
-                    "kernel would not read as a number",
-                    shown,
-                )
-            elif number == 0 and name == "selinux":
-                fail(
-                    "cmdline_selinux_disabled",
-                    f"kernel command line disables SELinux ({shown!r})",
-                    shown,
-                )
-            elif number == 0:
-                fail(
-                    "cmdline_selinux_permissive",
-                    f"kernel command line boots SELinux permissive ({shown!r})",
-                    shown,
-                )
-        elif name in ("security", "lsm"):
-            lsms = [x for x in (value or "").split(",") if x] if name == "lsm" else [value or ""]
-            for lsm in lsms:
-                if lsm not in approved:
-                    fail(
-                        "cmdline_lsm_not_approved",
-                        f"kernel command line selects LSM {lsm!r} "
-                        f"({shown!r}); approved: {', '.join(sorted(approved))}",
-                        shown,
-                    )
-            if require_selinux and "selinux" not in lsms:
-                fail(
-                    "cmdline_selinux_disabled",
-                    f"kernel command line {shown!r} leaves SELinux "
-                    "out of the LSMs the kernel starts",
-                    shown,
-                )
+    checks = [
+        Check("boot.cmdline.lsm", FAIL, reason, f"kernel command line: {message}", pcr=pcr,
+              event=event, got=name if value is None else f"{name}={value}")
+        for name, value in kernel_params(cmdline)
+        for reason, message in _problems(name, value, approved, require_selinux)
+    ]  # fmt: skip
     if not checks:
+        message = "the kernel command line keeps SELinux on and enforcing, approved LSMs only"
         checks.append(
-            Check(
-                "boot.cmdline.lsm",
-                PASS,
-                "cmdline_lsm_ok",
-                "the kernel command line keeps "
-                "SELinux on and enforcing and names only approved LSMs",
-                pcr=pcr,
-                event=event,
-            )
+            Check("boot.cmdline.lsm", PASS, "cmdline_lsm_ok", message, pcr=pcr, event=event)
         )
     return checks

@@ -48,7 +48,7 @@ from assay.ima import (
 from assay.ima._replay import Pcrs
 from golden.runtime import RuntimePolicy, glob_regex, name_bytes
 
-from .verdict import FAIL, PASS, UNKNOWN, Check
+from .verdict import FAIL, PASS, UNKNOWN, Check, CheckStatus
 
 MAX_FAILURES_PER_REASON = 50
 Key = tuple[HashAlg, bytes]
@@ -402,62 +402,46 @@ def _check_boot_aggregate(entries: tuple[ImaEntry, ...], pcrs: Pcrs, c: Compiled
     first = entries[0] if entries else None
     if first is None or first.index != 0 or first.name != BOOT_AGGREGATE or first.violation:
         got = first.display_name if first is not None else "an empty list"
+        message = f"the IMA list does not start with boot_aggregate (got {got}): it cannot be tied to this boot"
         return Check(
             "ima.boot_aggregate",
             FAIL,
             "ima_boot_aggregate_missing",
-            f"the IMA list does not start with boot_aggregate (got {got}): it cannot be "
-            f"tied to this boot",
+            message,
             event=0,
             got=got,
             golden=refs,
         )
+
+    def check(status: CheckStatus, reason: str, message: str, expected: str | None = None) -> Check:
+        got = _digest_text(first)
+        return Check(
+            "ima.boot_aggregate", status, reason, message, first.pcr, 0, got, expected, refs
+        )
+
     result = boot_aggregate(first, pcrs)
     if result.bank is None:
-        return Check(
-            "ima.boot_aggregate",
+        return check(
             FAIL,
             "ima_boot_aggregate_mismatch",
             f"boot_aggregate uses {first.digest_alg}, which is no PCR bank",
-            pcr=first.pcr,
-            event=0,
-            got=_digest_text(first),
-            golden=refs,
         )
     span = f"PCR{result.pcrs[0]}–{result.pcrs[-1]} ({result.bank.bank})"
     if result.expected is None:
-        return Check(
-            "ima.boot_aggregate",
+        missing = ", PCR".join(map(str, result.missing))
+        return check(
             UNKNOWN,
             "ima_boot_aggregate_unverified",
-            f"boot_aggregate covers {span}, but the quote does not vouch for PCR"
-            f"{', PCR'.join(map(str, result.missing))}",
-            pcr=first.pcr,
-            event=0,
-            got=_digest_text(first),
-            golden=refs,
+            f"boot_aggregate covers {span}, but the quote does not vouch for PCR{missing}",
         )
+    expected = f"{first.digest_alg}:{result.expected.hex()}"
     if not result.matches:
-        return Check(
-            "ima.boot_aggregate",
+        return check(
             FAIL,
             "ima_boot_aggregate_mismatch",
-            f"boot_aggregate {first.digest.hex()} is not the hash of the quoted {span} "
-            f"({result.expected.hex()}): the IMA list is not this boot's",
-            pcr=first.pcr,
-            event=0,
-            got=first.digest.hex(),
-            expected=result.expected.hex(),
-            golden=refs,
+            f"boot_aggregate {first.digest.hex()} is not the hash of the quoted {span} ({result.expected.hex()}): the IMA list is not this boot's",
+            expected,
         )
-    return Check(
-        "ima.boot_aggregate",
-        PASS,
-        "ima_boot_aggregate_ok",
-        f"boot_aggregate matches the quoted {span}",
-        pcr=first.pcr,
-        event=0,
-        got=first.digest.hex(),
-        expected=result.expected.hex(),
-        golden=refs,
+    return check(
+        PASS, "ima_boot_aggregate_ok", f"boot_aggregate matches the quoted {span}", expected
     )
