@@ -255,7 +255,11 @@ def test_selinux_policy_not_approved_fails() -> None:
     ("states", "policy_hash", "missing"),
     [
         ((), POLICY_IMAGE_HASH, "selinux_state_missing"),
-        ((b"initialized=0;enforcing=0;checkreqprot=0;",), POLICY_IMAGE_HASH, "selinux_state_missing"),
+        (
+            (b"initialized=0;enforcing=0;checkreqprot=0;",),
+            POLICY_IMAGE_HASH,
+            "selinux_state_missing",
+        ),
         ((ENFORCING,), None, "selinux_policy_hash_missing"),
     ],
 )
