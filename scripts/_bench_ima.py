@@ -33,8 +33,8 @@ from assay.algorithms import HashAlg  # noqa: E402
 from assay.ima import ImaReplay, parse_ima_log, replay_from, replay_ima, verify_ima  # noqa: E402
 from golden.model import digests  # noqa: E402
 from golden.runtime import RuntimePolicy, freeze  # noqa: E402
+from testkit.quotes import quote_of  # noqa: E402
 from tests import imalogbuilder as b  # noqa: E402
-from tests.quoting import quote_of  # noqa: E402
 from verifier.appraisal.runtime import appraise_runtime, compile_runtime  # noqa: E402
 
 BANKS = (HashAlg.SHA1, HashAlg.SHA256)

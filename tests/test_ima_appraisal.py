@@ -21,11 +21,11 @@ from assay.ima import (
 )
 from golden.model import Digests, digests
 from golden.runtime import RuntimePolicy, Selinux, SigningKey, freeze
+from testkit.quotes import quote_of
 from verifier.appraisal.runtime import appraise_runtime, compile_runtime
 from verifier.appraisal.verdict import FAIL, PASS, UNKNOWN, Check, Verdict, VerdictStatus
 
 from . import imalogbuilder as b
-from .quoting import quote_of
 from .test_ima_parse import _vector
 
 NOW = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)

@@ -18,9 +18,9 @@ from assay.ima import (
     replay_ima,
     verify_ima,
 )
+from testkit.quotes import quote_of
 
 from . import imalogbuilder as b
-from .quoting import quote_of
 from .test_ima_parse import _vector
 
 BANKS = {
