@@ -238,7 +238,9 @@ def test_staged_rollout_of_two_kernel_versions_on_real_boots(
     """One golden set, two versions built from the .debs before either boots: ``a`` the generic
     kernel, ``b`` the cloud kernel. Node 1 boots A, node 2 B; both trusted, node 1 outdated once
     B is active; revoking A flags node 1 at once (golden_revoked, with the reason), node 2 stays
-    trusted; node 1 rolls forward — the same VM and TPM rebooted into kernel B — and is trusted."""
+    trusted; node 1 rolls forward — the same VM and TPM rebooted into kernel B — and is trusted.
+    The sets come from the packages alone, before node 1 boots (node 2 is the session fleet's
+    sb-cloud boot, whose .debs are the same files)."""
     out = tmp_path / "sets"
     out.mkdir()
     sb, cloud = fleet.nodes["sb"].image, fleet.nodes["sb-cloud"].image
