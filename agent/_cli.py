@@ -111,7 +111,13 @@ def _client(config: AgentConfig) -> VerifierClient:
         raise ConfigurationError(
             "no verifier URL (--verifier, ASSAY_AGENT_VERIFIER or config file)"
         )
-    return VerifierClient(config.verifier, timeout=config.timeout, tls_ca=config.tls_ca)
+    return VerifierClient(
+        config.verifier,
+        timeout=config.timeout,
+        tls_ca=config.tls_ca,
+        tls_pin=config.tls_pin,
+        allow_insecure_http=config.allow_insecure_http,
+    )
 
 
 def cmd_tpm_info(args: argparse.Namespace, config: AgentConfig) -> int:

@@ -12,7 +12,6 @@ import http.client
 import json
 import ssl
 import urllib.error
-import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,9 +19,9 @@ from typing import Any
 from urllib.parse import quote as urlquote
 
 from assay.algorithms import HashAlg
-from assay.errors import ConfigurationError
 
 from . import __version__
+from ._transport import build_opener
 from .errors import BadVerifierResponse, VerifierRefused, VerifierUnreachable
 
 USER_AGENT = f"assay-agent/{__version__}"
@@ -111,13 +110,22 @@ class VerifierClient:
     every node, and this keeps it about 9 MB smaller than requests would.
     """
 
-    def __init__(self, base_url: str, *, timeout: float = 10.0, tls_ca: str | None = None) -> None:
-        if urllib.parse.urlsplit(base_url).scheme not in ("http", "https"):
-            raise ConfigurationError(f"verifier URL {base_url!r} is not an http:// or https:// URL")
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = 10.0,
+        tls_ca: str | None = None,
+        tls_pin: str | None = None,
+        allow_insecure_http: bool = False,
+    ) -> None:
+        # The verifier is authenticated (CA bundle or pinned certificate) before anything is sent;
+        # plain HTTP only to loopback unless allowed (agent/_transport.py).
+        self._opener = build_opener(
+            base_url, tls_ca=tls_ca, tls_pin=tls_pin, allow_insecure_http=allow_insecure_http
+        )
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
-        context = ssl.create_default_context(cafile=tls_ca) if tls_ca else None
-        self._opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context))
 
     def close(self) -> None:
         """Nothing to release: each request opens and closes its own connection."""
@@ -136,6 +144,11 @@ class VerifierClient:
                 return int(exc.code), exc.read(MAX_RESPONSE)
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", exc)
+            if isinstance(reason, ssl.SSLCertVerificationError):
+                raise VerifierUnreachable(
+                    f"verifier {self.base_url} refused: its TLS certificate is not trusted "
+                    f"({getattr(reason, 'verify_message', None) or reason})"
+                ) from None
             raise VerifierUnreachable(
                 f"verifier {self.base_url} unreachable: {type(reason).__name__}"
             ) from None

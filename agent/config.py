@@ -76,6 +76,8 @@ class AgentConfig:
     ek_type: str = "auto"
     ak_alg: str = "ecc"
     tls_ca: str | None = None
+    tls_pin: str | None = None
+    allow_insecure_http: bool = False
 
     @property
     def pcr_selection(self) -> dict[HashAlg, tuple[int, ...]]:
@@ -85,6 +87,8 @@ class AgentConfig:
 _FIELDS = {f.name: f for f in dataclasses.fields(AgentConfig)}
 _FLOATS = {"interval", "jitter", "max_backoff", "timeout"}
 _PATHS = {"state_dir", "eventlog", "ima_log"}
+_BOOLS = {"allow_insecure_http"}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
@@ -98,6 +102,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             return number
         if name in _PATHS:
             return Path(str(value))
+        if name in _BOOLS:
+            return _bool(value)
         if name == "labels":
             return _labels(value)
         if name == "ek_type" and value not in ("auto", "rsa", "ecc"):
@@ -107,6 +113,15 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         return str(value)
     except (TypeError, ValueError) as exc:
         raise ConfigurationError(f"{source}: bad value for {name}: {exc}") from None
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in _TRUE + _FALSE:
+        raise ValueError(f"{value!r} is not true or false")
+    return text in _TRUE
 
 
 def _labels(value: Any) -> dict[str, str]:

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,20 +53,37 @@ def config_file(config: ServiceConfig, path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def run_server(config: ServiceConfig, *, timeout: float = 30.0) -> Iterator[str]:
-    """Serve ``config`` with gunicorn on a free port (the database must be upgraded)."""
+def run_server(
+    config: ServiceConfig,
+    *,
+    timeout: float = 30.0,
+    tls_ca: Path | None = None,
+    log_path: Path | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+) -> Iterator[str]:
+    """Serve ``config`` with gunicorn on a free port (the database must be upgraded).
+
+    With ``config.tls_cert`` the URL is https; ``tls_ca`` is the CA that issued the certificate
+    (default: the certificate itself, for a self-signed one). ``log_path`` receives the server's
+    stderr (its log); ``preexec_fn`` runs in the child before ``exec`` (e.g. a prctl).
+    """
     port = free_port()
     config = dataclasses.replace(config, bind=f"127.0.0.1:{port}")
     scheme = "https" if config.tls_cert else "http"
-    with tempfile.TemporaryDirectory(prefix="assay-serve-") as tmp:
+    verify: bool | str = str(tls_ca or config.tls_cert) if config.tls_cert else True
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="assay-serve-"))
+        log = stack.enter_context(open(log_path, "ab")) if log_path else None
         cfg = config_file(config, Path(tmp) / "verifier.yaml")
         proc = subprocess.Popen(
             [sys.executable, "-m", "verifier", "serve", "--config", str(cfg)],
             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+            stderr=log,
+            preexec_fn=preexec_fn,
         )
         url = f"{scheme}://127.0.0.1:{port}"
         try:
-            _wait_healthy(proc, url, timeout, verify=config.tls_cert or True)
+            _wait_healthy(proc, url, timeout, verify=verify)
             yield url
         finally:
             proc.send_signal(signal.SIGTERM)
