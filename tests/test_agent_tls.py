@@ -71,10 +71,8 @@ def test_agent_refuses_the_system_cas_for_a_private_ca_certificate(verifier: Tls
 
 
 def test_agent_refuses_a_certificate_for_another_host_name(verifier: Tls) -> None:
-    client = VerifierClient(
-        f"https://localhost:{verifier.port}", tls_ca=str(verifier.ca.cert_path)
-    )
-    with pytest.raises(VerifierUnreachable, match="[Hh]ostname mismatch"):
+    client = VerifierClient(f"https://localhost:{verifier.port}", tls_ca=str(verifier.ca.cert_path))
+    with pytest.raises(VerifierUnreachable, match=r"[Hh]ostname mismatch"):
         _nonce(client)
 
 
@@ -116,9 +114,7 @@ def _tls_listener(cert: tls.ServerCert, received: list[bytes]) -> tuple[int, thr
 
 
 @pytest.mark.parametrize("right_pin", [True, False])
-def test_a_wrong_pin_is_refused_before_the_request_is_sent(
-    verifier: Tls, right_pin: bool
-) -> None:
+def test_a_wrong_pin_is_refused_before_the_request_is_sent(verifier: Tls, right_pin: bool) -> None:
     received: list[bytes] = []
     port, thread = _tls_listener(verifier.cert, received)
     pin = verifier.cert.sha256 if right_pin else "ab" * 32
