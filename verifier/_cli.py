@@ -17,6 +17,8 @@ from typing import Any
 
 from assay.errors import AssayError, ConfigurationError, MalformedEvidence
 
+from . import __version__
+
 EXIT_OK = 0
 EXIT_INVALID = 1
 EXIT_MALFORMED = 2
@@ -39,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Assay verifier: parse and replay TPM event logs, verify quotes, "
         "appraise boots against golden measurements, and run the attestation service.",
     )
+    parser.add_argument("--version", action="version", version=f"assay-verifier {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for register in _registrars():
         register(sub)

@@ -42,6 +42,13 @@ def register(sub: Any) -> None:
     up = db.add_parser("upgrade", help="apply the Alembic migrations up to the newest schema")
     _common(up)
     up.set_defaults(func=_db_upgrade)
+    init = db.add_parser(
+        "init",
+        help="upgrade, and on a database without tokens create the bootstrap admin token "
+        "(printed once)",
+    )
+    _common(init)
+    init.set_defaults(func=_db_init)
 
     nodes = sub.add_parser("nodes", help="the cluster inventory").add_subparsers(
         dest="nodes_command", metavar="SUBCOMMAND", required=True
@@ -260,6 +267,30 @@ def _db_upgrade(args: argparse.Namespace) -> int:
     if args.json:
         return _print(args, data, None)
     print(f"database {store.url} is at revision {revision}")
+    return EXIT_OK
+
+
+def _db_init(args: argparse.Namespace) -> int:
+    """``db upgrade``, then the bootstrap admin token if the database has no token yet."""
+    from verifier.service import tokens
+    from verifier.service.context import Services
+    from verifier.store import Store, upgrade
+
+    config = _config(args)
+    store = Store(config.database)
+    revision = upgrade(store)
+    made = tokens.bootstrap_admin(Services(config=config, store=store), _actor())
+    if args.json:
+        data = {"database": store.url, "revision": revision}
+        return _print(args, {**data, "bootstrap_token": made and made.to_json()}, None)
+    print(f"database {store.url} is at revision {revision}")
+    if made is None:
+        print("tokens exist already: no bootstrap token (create more with `token create`)")
+    else:
+        print(
+            f"bootstrap admin token, shown only now (expires {made.token.to_json()['expires_at']}):"
+        )
+        print(made.secret)
     return EXIT_OK
 
 

@@ -131,6 +131,34 @@ def create(
         return NewToken(secret, TokenView.of(row, limit))
 
 
+BOOTSTRAP_DESCRIPTION = "bootstrap admin token (db init)"
+
+
+def bootstrap_admin(svc: Services, actor: str) -> NewToken | None:
+    """The first admin token of a database that has none, else None: it is shown only here.
+
+    A database holding any token (even a revoked one) was bootstrapped already, so running this
+    again never prints a second secret; later admin tokens come from ``token create``.
+    """
+    now = svc.now()
+    limit = svc.config.max_token_lifetime
+    with svc.store.write() as db:
+        if repo.list_tokens(db):
+            return None
+        secret, row = repo.create_token(
+            db,
+            "admin",
+            expires_at=now + dt.timedelta(seconds=limit),
+            description=BOOTSTRAP_DESCRIPTION,
+            now=now,
+        )
+        repo.audit(
+            db, actor, "token_create", f"token:{row.id}", BOOTSTRAP_DESCRIPTION,
+            {"role": "admin", "bootstrap": True}, now=now,
+        )  # fmt: skip
+        return NewToken(secret, TokenView.of(row, limit))
+
+
 def list_all(svc: Services) -> list[TokenView]:
     with svc.store.read() as db:
         return [TokenView.of(t, svc.config.max_token_lifetime) for t in repo.list_tokens(db)]
