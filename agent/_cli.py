@@ -19,6 +19,7 @@ from assay.errors import AssayError, ConfigurationError, MalformedEvidence
 from assay.evidence import DEFAULT_CAPS
 
 from . import __version__
+from ._log import run_log
 from .client import AttestationResult, VerifierClient
 from .config import AgentConfig, load_config, parse_pcr_selection
 from .errors import (
@@ -275,8 +276,11 @@ def cmd_attest(args: argparse.Namespace, config: AgentConfig) -> int:
 def cmd_run(args: argparse.Namespace, config: AgentConfig) -> int:
     client = _client(config)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(EXIT_OK))
+    log = run_log(config.log_format, config.node)
+    # With JSON logs each verdict is one event line; otherwise printed as `attest` prints it.
+    report = log.attested if config.log_format == "json" else lambda r: _print_result(args, r)
     try:
-        run(config, client, iterations=args.count, report=lambda r: _print_result(args, r))
+        run(config, client, iterations=args.count, report=report, log=log)
     finally:
         client.close()
     return EXIT_OK

@@ -78,6 +78,7 @@ class AgentConfig:
     tls_ca: str | None = None
     tls_pin: str | None = None
     allow_insecure_http: bool = False
+    log_format: str = "text"
 
     @property
     def pcr_selection(self) -> dict[HashAlg, tuple[int, ...]]:
@@ -110,6 +111,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             raise ValueError("expected auto, rsa or ecc")
         if name == "ak_alg" and value not in ("ecc", "rsa"):
             raise ValueError("expected ecc or rsa")
+        if name == "log_format" and value not in ("text", "json"):
+            raise ValueError("expected text or json")
         return str(value)
     except (TypeError, ValueError) as exc:
         raise ConfigurationError(f"{source}: bad value for {name}: {exc}") from None

@@ -11,7 +11,6 @@ from __future__ import annotations
 import enum
 import hashlib
 import random
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from assay.algorithms import HashAlg
 from assay.evidence import DEFAULT_CAPS, Evidence
 
+from ._log import RunLog
 from .client import AttestationResult, CredentialChallenge, VerifierClient
 from .config import AgentConfig
 from .errors import AgentError, VerifierRefused
@@ -148,10 +148,6 @@ class RunStats:
     last: AttestationResult | None = None
 
 
-def _log(message: str) -> None:
-    print(f"assay-agent: {message}", file=sys.stderr, flush=True)
-
-
 def next_delay(config: AgentConfig, failures: int, rng: random.Random) -> float:
     """Interval ± jitter after a success; exponential backoff (capped) after failures."""
     if failures == 0:
@@ -171,6 +167,7 @@ def run(
     rng: random.Random | None = None,
     report: Callable[[AttestationResult], None] | None = None,
     open_tpm: TpmOpener | None = None,
+    log: RunLog | None = None,
 ) -> RunStats:
     """Attest every interval until ``iterations`` rounds have run (forever when None).
 
@@ -178,6 +175,7 @@ def run(
     re-enrolls only when the verifier says ``node_not_enrolled``.
     """
     rng = rng or random.Random()
+    log = log or RunLog(config.node)
     stats = RunStats()
     failures = 0
     rounds = 0
@@ -189,7 +187,7 @@ def run(
             except VerifierRefused as exc:
                 if exc.code != NOT_ENROLLED:
                     raise
-                _log("verifier does not know this node: enrolling")
+                log.enrolling()
                 enroll(config, client, open_tpm=open_tpm)
                 stats.enrollments += 1
                 result = attest(config, client, open_tpm=open_tpm)
@@ -201,7 +199,7 @@ def run(
         except AgentError as exc:
             failures += 1
             stats.failures += 1
-            _log(f"attestation failed ({type(exc).__name__}): {exc}")
+            log.failed(exc)
         if iterations is None or rounds < iterations:
             sleep(next_delay(config, failures, rng))
     return stats

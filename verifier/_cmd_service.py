@@ -34,6 +34,9 @@ def register(sub: Any) -> None:
     serve.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
     serve.add_argument("--tls-key", help="private key for --tls-cert (PEM)")
     serve.add_argument("--ek-ca-dir", help="directory of TPM-vendor CA certificates")
+    serve.add_argument(
+        "--log-format", choices=("text", "json"), help="one line per event (default text)"
+    )
     serve.set_defaults(func=_serve)
 
     db = sub.add_parser("db", help="database schema").add_subparsers(
@@ -252,6 +255,7 @@ def _serve(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         ek_ca_dir=args.ek_ca_dir,
+        log_format=args.log_format,
     )
     _upgraded_store(config.database).close()
     serve(config)

@@ -9,6 +9,7 @@ from flask import Flask, Response, jsonify
 
 from verifier.store import Store
 
+from . import _logging
 from .api_errors import register_error_handlers
 from .config import ServiceConfig
 from .context import Services
@@ -30,6 +31,7 @@ def create_app(
         svc.clock = clock
     app.extensions["assay"] = svc
     register_error_handlers(app)
+    _logging.init_app(app)
     for bp in BLUEPRINTS:
         app.register_blueprint(bp)
 

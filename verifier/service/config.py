@@ -20,6 +20,7 @@ from assay.errors import ConfigurationError
 from assay.evidence import DEFAULT_CAPS
 
 DEFAULT_PCRS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 14)
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +56,8 @@ class ServiceConfig:
     """Seconds a request body may take to arrive; a slower client gets 408 ``body_timeout``."""
     tls_cert: str | None = None
     tls_key: str | None = None
+    log_format: str = "text"
+    """``text`` or ``json``: one line per event on stderr (the journal under systemd)."""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -141,6 +144,8 @@ def load_config(
     config = ServiceConfig(**values)
     if config.max_token_lifetime <= 0:
         raise ConfigurationError("max_token_lifetime must be a positive number of seconds")
+    if config.log_format not in LOG_FORMATS:
+        raise ConfigurationError(f"log_format must be one of {', '.join(LOG_FORMATS)}")
     if bool(config.tls_cert) != bool(config.tls_key):
         raise ConfigurationError("tls_cert and tls_key must be given together")
     return config

@@ -11,6 +11,7 @@ from typing import Any
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
+from . import _logging
 from .app import create_app
 from .config import ServiceConfig
 
@@ -40,6 +41,7 @@ class VerifierServer(BaseApplication):  # type: ignore[misc]
             "errorlog": "-",
             "loglevel": "warning",
             "proc_name": "assay-verifier",
+            "logconfig_dict": _logging.gunicorn_logconfig(cfg.log_format),
         }
         if cfg.tls_cert and cfg.tls_key:
             settings["certfile"] = cfg.tls_cert
@@ -48,6 +50,7 @@ class VerifierServer(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
 
     def load(self) -> Flask:
+        _logging.configure(self.service_config.log_format)
         return create_app(self.service_config)
 
 
