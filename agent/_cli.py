@@ -33,7 +33,7 @@ from .errors import (
 from .evidence import read_log
 from .node import attest, enroll, ensure_ak, run
 from .state import AkContextFile
-from .tpm import EK_TEMPLATES, QuoteResult, Tpm
+from .tpm import EK_TEMPLATES, QuoteResult, Tpm, fapi_built
 
 _VERDICT_EXIT = {"trusted": EXIT_OK, "untrusted": EXIT_UNTRUSTED, "unknown": EXIT_UNKNOWN}
 
@@ -277,6 +277,11 @@ def cmd_run(args: argparse.Namespace, config: AgentConfig) -> int:
     client = _client(config)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(EXIT_OK))
     log = run_log(config.log_format, config.node)
+    if fapi_built():
+        log.notice(
+            "tpm2-pytss is built with FAPI, which maps some 30 libraries more into this agent: "
+            "python -m agent.lean_tss rebuilds it without (docs/agent.md)"
+        )
     # With JSON logs each verdict is one event line; otherwise printed as `attest` prints it.
     report = log.attested if config.log_format == "json" else lambda r: _print_result(args, r)
     try:

@@ -30,6 +30,9 @@ class RunLog:
                    f"{result.node_state or '?'}, attestation {result.attestation_id})",
                    _result_fields(result))  # fmt: skip
 
+    def notice(self, text: str) -> None:
+        self._emit("notice", text, {})
+
     def enrolling(self) -> None:
         self._emit("enrolling", "verifier does not know this node: enrolling", {})
 

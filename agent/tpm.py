@@ -18,6 +18,7 @@ from typing import Protocol
 
 os.environ.setdefault("TSS2_LOG", "all+NONE")  # libtss2 logs to stderr; errors are ours to report
 
+import tpm2_pytss
 from tpm2_pytss import (
     ESAPI,
     ESYS_TR,
@@ -67,6 +68,11 @@ _PT_FIRMWARE_VERSION_1 = 0x10B
 _PT_FIRMWARE_VERSION_2 = 0x10C
 _PT_NV_BUFFER_MAX = 0x12C
 _TPM_RC_BUSY = {0x922, 0x908, 0x90A}  # TPM_RC_RETRY, TPM_RC_YIELDED, TPM_RC_TESTING
+
+
+def fapi_built() -> bool:
+    """Whether this tpm2-pytss was built with FAPI (the agent never uses it; agent.lean_tss)."""
+    return hasattr(tpm2_pytss, "FAPI")
 
 
 class SavedContext(Protocol):

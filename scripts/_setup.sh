@@ -35,26 +35,17 @@ PYTHON=${ASSAY_PYTHON:-/usr/bin/python3}
 
 # The agent's tpm2-pytss is built from source against libtss2 with FAPI hidden from pkg-config. The
 # agent uses ESAPI only; a build with FAPI maps libcurl, GnuTLS, Kerberos, LDAP and some 25 other
-# libraries into every agent, 5.5 MB of its resident set (docs/agent.md). Usage: ensure_tpm2_pytss VENV
+# libraries into every agent, 5.5 MB of its resident set (docs/agent.md). One implementation,
+# agent/lean_tss.py (standard library only, run as a file before assay is installed), serves the
+# repository's venv, scripts/install-agent and operators (`python -m agent.lean_tss`).
+# Usage: ensure_tpm2_pytss VENV
 ensure_tpm2_pytss() {
-    local py="$1/bin/python" spec pc d f rc=0
-    without_fapi() { "$py" -c 'import sys, tpm2_pytss; sys.exit(hasattr(tpm2_pytss, "FAPI"))'; }
-    without_fapi 2>/dev/null && return 0
-    spec=$("$py" -c 'import sys, tomllib
+    local spec
+    spec=$("$1/bin/python" -c 'import sys, tomllib
 extras = tomllib.load(open(sys.argv[1], "rb"))["project"]["optional-dependencies"]["agent"]
 print(next(r for r in extras if r.startswith("tpm2-pytss")))' "$ROOT/pyproject.toml") || return 1
-    log "building $spec from source without FAPI"
-    "$py" -m pip uninstall -q -y tpm2-pytss >/dev/null 2>&1
-    pc=$(mktemp -d)
-    for d in $(pkg-config --variable pc_path pkg-config | tr ':' ' '); do
-        for f in "$d"/*.pc; do [ -e "$f" ] && ln -sf "$f" "$pc/"; done
-    done
-    rm -f "$pc/tss2-fapi.pc" "$pc/tss2-policy.pc"
-    PKG_CONFIG_LIBDIR="$pc" "$py" -m pip install -q --no-cache-dir --no-binary tpm2-pytss \
-        -c "$ROOT/constraints.txt" "$spec" || rc=1
-    rm -rf "$pc"
-    [ $rc -eq 0 ] || { log "building $spec failed"; return 1; }
-    without_fapi || { log "tpm2-pytss still has FAPI after the build"; return 1; }
+    "$1/bin/python" -P "$ROOT/agent/lean_tss.py" --spec "$spec" -c "$ROOT/constraints.txt" >&2 \
+        || { log "building $spec without FAPI failed"; return 1; }
 }
 
 ensure_venv() {
