@@ -13,9 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from golden.model import DEFAULT_LSMS
+
 from .verdict import FAIL, PASS, Check
 
-DEFAULT_LSMS = ("selinux", "lockdown", "capability", "landlock", "yama", "bpf", "integrity")
+__all__ = ["DEFAULT_LSMS", "check_lsm_cmdline", "kernel_params"]
 
 
 def kernel_params(cmdline: str) -> list[tuple[str, str | None]]:
