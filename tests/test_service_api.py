@@ -151,6 +151,7 @@ ENDPOINTS: list[tuple[str, str, tuple[str, ...] | None]] = [
     ("GET", "/v1/rollouts/fleet", ("admin", "reviewer")),
     ("PUT", "/v1/golden/fleet/1/canary", ("admin",)),
     ("DELETE", "/v1/golden/fleet/1/canary", ("admin",)),
+    ("GET", "/v1/openapi.json", ANY_TOKEN),
 ]
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, jsonify
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from assay.errors import ConfigurationError, MalformedEvidence, VerificationFailed
 from verifier.store import StoreUnavailable
@@ -94,7 +94,10 @@ def register_error_handlers(app: Flask) -> None:
     def _werkzeug(exc: HTTPException) -> tuple[Response, int]:
         status = exc.code or 500
         code = (exc.name or "error").lower().replace(" ", "_")
-        return error_response(status, code, exc.description or exc.name or "error")
+        resp, status = error_response(status, code, exc.description or exc.name or "error")
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            resp.headers["Allow"] = ", ".join(exc.valid_methods)  # RFC 9110: a 405 says what is
+        return resp, status
 
     @app.errorhandler(Exception)
     def _bug(exc: Exception) -> tuple[Response, int]:

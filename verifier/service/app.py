@@ -13,6 +13,7 @@ from . import _logging
 from .api_errors import register_error_handlers
 from .config import ServiceConfig
 from .context import Services
+from .openapi import openapi_bp
 from .routes import BLUEPRINTS
 
 
@@ -32,7 +33,7 @@ def create_app(
     app.extensions["assay"] = svc
     register_error_handlers(app)
     _logging.init_app(app)
-    for bp in BLUEPRINTS:
+    for bp in (*BLUEPRINTS, openapi_bp):
         app.register_blueprint(bp)
 
     @app.get("/healthz")

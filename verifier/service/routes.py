@@ -132,8 +132,8 @@ def list_nodes() -> Response:
     wanted = None if state is None else inventory.parse_state(state)
     labels = label_query(request.args.getlist("label"))
     booted = request.args.get("booted")
-    if booted is not None:
-        path_text(booted, "golden version", 265)
+    if booted is not None and (not booted or len(booted) > 265 or not booted.isprintable()):
+        raise BadRequest("bad_query", "booted must be NAME@VERSION (printable, 1..265 characters)")
     outdated = request.args.get("outdated", "false")
     if outdated not in ("true", "false"):
         raise BadRequest("bad_query", "outdated must be true or false")
@@ -219,7 +219,7 @@ def assign_golden() -> Response:
     return jsonify(out.to_json())
 
 
-@golden_bp.post("/golden/<name>/<version>/<action>")
+@golden_bp.post("/golden/<name>/<version>/<any(retire, revoke):action>")
 @require(*ADMIN)
 def golden_status(name: str, version: str, action: str) -> Response:
     path_text(name, "golden set", 200), path_text(version, "golden version", 64)
@@ -260,7 +260,7 @@ def clear_canary(name: str, version: str) -> Response:
 # --- admin --------------------------------------------------------------------------------
 
 
-@admin_bp.post("/nodes/<node>/<action>")
+@admin_bp.post("/nodes/<node>/<any(quarantine, release, replace, reappraise, labels, move):action>")
 @require(*ADMIN)
 def node_action(node: str, action: str) -> Response:
     path_text(node, "node")
