@@ -95,6 +95,7 @@ def test_wheel_holds_the_packages_and_migrations_but_no_test_scaffolding(built: 
     versions = [n for n in names if n.startswith("verifier/store/migrations/versions/")]
     assert len(versions) == len(list((ROOT / "verifier/store/migrations/versions").glob("*.py")))
     assert "verifier/store/migrations/env.py" in names
+    assert "verifier/service/openapi.yaml" in names  # served at GET /v1/openapi.json
 
 
 def test_sdist_holds_the_sources_and_pyproject(built: Built) -> None:
