@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from flask import Flask, Response, jsonify
 
+from verifier import web
 from verifier.store import Store
 
 from .api_errors import register_error_handlers
@@ -32,6 +33,7 @@ def create_app(
     register_error_handlers(app)
     for bp in BLUEPRINTS:
         app.register_blueprint(bp)
+    web.init_app(app)  # the review console at /ui/ (verifier.web)
 
     @app.get("/healthz")
     def healthz() -> Response:

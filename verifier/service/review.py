@@ -279,9 +279,7 @@ def _has_member(svc: Services, incident: IncidentView, name: str) -> bool:
 def _attestation_entries(history: Sequence[AttestationView]) -> Iterable[TimelineEntry]:
     ordered = list(reversed(history))  # oldest first
     for prev, a in zip([None, *ordered], ordered, strict=False):
-        yield TimelineEntry(
-            a.time, "attestation", f"{a.source}: {a.status}", a.reason, a.id, str(a.status)
-        )
+        yield TimelineEntry(a.time, "attestation", str(a.source), a.reason, a.id, str(a.status))
         if a.reboot:
             yield TimelineEntry(a.time, "boot", f"reboot (TPM reset counter {a.reset_count})")
         if prev is not None and prev.status != a.status:
