@@ -148,6 +148,16 @@ ENDPOINTS: list[tuple[str, str, tuple[str, ...] | None]] = [
     ("GET", "/v1/tokens", ("admin",)),
     ("POST", "/v1/tokens/abc/revoke", ("admin",)),
     ("GET", "/v1/audit", ("admin", "reviewer")),
+    ("GET", "/v1/incidents", ("admin", "reviewer")),
+    ("GET", "/v1/incidents/1", ("admin", "reviewer")),
+    ("POST", "/v1/incidents/1/triage", ("admin", "reviewer")),
+    ("POST", "/v1/incidents/1/notes", ("admin", "reviewer")),
+    ("GET", "/v1/attestations/1/promotable", ("admin", "reviewer")),
+    ("POST", "/v1/drafts", ("admin",)),
+    ("GET", "/v1/drafts", ("admin", "reviewer")),
+    ("GET", "/v1/drafts/1", ("admin", "reviewer")),
+    ("POST", "/v1/drafts/1/approve", ("admin", "reviewer")),
+    ("POST", "/v1/drafts/1/reject", ("admin", "reviewer")),
 ]
 
 

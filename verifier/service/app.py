@@ -13,6 +13,7 @@ from verifier.store import Store
 from .api_errors import register_error_handlers
 from .config import ServiceConfig
 from .context import Services
+from .review_routes import review_bp
 from .routes import BLUEPRINTS
 
 
@@ -33,6 +34,7 @@ def create_app(
     register_error_handlers(app)
     for bp in BLUEPRINTS:
         app.register_blueprint(bp)
+    app.register_blueprint(review_bp)  # incidents and four-eyes golden drafts (review_routes)
     web.init_app(app)  # the review console at /ui/ (verifier.web)
 
     @app.get("/healthz")

@@ -367,6 +367,18 @@ def _get(db: Session, draft_id: str | int) -> GoldenDraft:
     return row
 
 
+def parse_draft_state(text: str) -> DraftState:
+    try:
+        return DraftState(text)
+    except ValueError:
+        raise BadRequest("bad_query", f"state must be one of {', '.join(DraftState)}") from None
+
+
+def pending(svc: Services) -> list[DraftView]:
+    """Drafts awaiting a decision."""
+    return list_drafts(svc, state=DraftState.DRAFT)
+
+
 def list_drafts(svc: Services, *, state: DraftState | None = None) -> list[DraftView]:
     with svc.store.read() as db:
         return [DraftView.of(r) for r in store_console.list_drafts(db, state=state)]

@@ -79,7 +79,7 @@ def attestations_after(s: Session, after_id: int, limit: int) -> list[tuple[Atte
         .order_by(Attestation.id)
         .limit(limit)
     )
-    return [(a, name) for a, name in s.execute(q).tuples()]
+    return [(a, name) for a, name in s.execute(q).all()]
 
 
 def max_attestation_id(s: Session) -> int:
@@ -93,7 +93,7 @@ def failures_since(s: Session, since: dt.datetime) -> list[tuple[dt.datetime, st
         .where(Attestation.created_at >= since, Attestation.status != "trusted")
         .order_by(Attestation.created_at)
     )
-    return [(t, str(status)) for t, status in s.execute(q).tuples()]
+    return [(t, str(status)) for t, status in s.execute(q).all()]
 
 
 def last_trusted_before(s: Session, node_id: int, before_id: int) -> Attestation | None:
@@ -160,7 +160,7 @@ def incident_members(s: Session, incident_id: int) -> list[tuple[IncidentNode, s
         .where(IncidentNode.incident_id == incident_id)
         .order_by(Node.name)
     )
-    return [(m, name) for m, name in s.execute(q).tuples()]
+    return [(m, name) for m, name in s.execute(q).all()]
 
 
 def member_counts(s: Session, incident_ids: Sequence[int]) -> dict[int, int]:
@@ -171,7 +171,7 @@ def member_counts(s: Session, incident_ids: Sequence[int]) -> dict[int, int]:
         .where(IncidentNode.incident_id.in_(list(incident_ids)))
         .group_by(IncidentNode.incident_id)
     )
-    return {int(i): int(n) for i, n in s.execute(q).tuples()}
+    return {int(i): int(n) for i, n in s.execute(q).all()}
 
 
 def incident_notes(s: Session, incident_id: int) -> list[IncidentNote]:

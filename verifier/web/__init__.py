@@ -13,17 +13,18 @@ from __future__ import annotations
 
 from flask import Flask
 
+from . import _actions, _pages  # noqa: F401  (their routes attach to ``bp``)
 from ._blueprint import bp
 from ._errors import register_page_errors
 from ._headers import register_headers
 
 __all__ = ["init_app"]
 
+# The blueprint is set up once, at import, like the API's; each app only registers it.
+register_page_errors(bp)
+register_headers(bp)
+
 
 def init_app(app: Flask) -> None:
     """Register the console on ``app`` (at ``/ui/``)."""
-    from . import _actions, _pages  # noqa: F401  (their routes attach to ``bp``)
-
-    register_page_errors(bp)
-    register_headers(bp)
     app.register_blueprint(bp)

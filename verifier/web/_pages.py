@@ -20,7 +20,6 @@ from verifier.service import (
 )
 from verifier.service._http import path_text, services
 from verifier.service.errors import BadRequest, NotFound, Unauthenticated
-from verifier.store.models import DraftState
 
 from ._blueprint import bp
 from ._session import COOKIE, PRE_COOKIE, csrf_token, current, next_target, session, signed_in
@@ -143,7 +142,7 @@ def golden() -> str:
     att = request.args.get("attestation", "").strip()
     accept = review.would_accept(services(), att) if att else None
     listing = golden_ops.list_sets(services())
-    drafts = promotion.list_drafts(services(), state=DraftState.DRAFT)
+    drafts = promotion.pending(services())
     return render_template(
         "golden.html", entries=review.golden_overview(services()), listing=listing,
         accept=accept, att=att, drafts=drafts,
