@@ -85,7 +85,7 @@ class Overview:
 
 def overview(svc: Services) -> Overview:
     now = svc.now()
-    nodes = inventory.list_nodes(svc, state=None, labels={})
+    nodes = all_nodes(svc)
     counts = Counter(str(n.state) for n in nodes)
     listing = list_sets(svc)
     status = {f"{g.name}@{g.version}": g.status for g in listing.golden}
@@ -191,42 +191,69 @@ def _int(text: str | None, default: int, lo: int, hi: int, name: str) -> int:
     return int(text)
 
 
-def _matches(n: NodeView, q: NodeQuery) -> bool:
-    if q.label is not None and n.labels.get(q.label[0]) != q.label[1]:
+@dataclass(frozen=True, slots=True)
+class _Listed:
+    """A node row with its state as of now: what the list filters and sorts on."""
+
+    row: Any
+    state: NodeState
+    reason: str
+
+
+def _matches(n: _Listed, q: NodeQuery) -> bool:
+    row = n.row
+    if q.state is not None and n.state != q.state:
         return False
-    if q.golden and not any(g == q.golden or g.split("@")[0] == q.golden for g in n.golden):
+    if q.label is not None and row.labels.get(q.label[0]) != q.label[1]:
+        return False
+    if q.golden and not any(
+        g == q.golden or g.split("@")[0] == q.golden for g in row.golden_versions
+    ):
         return False
     if q.reason and reason_code(n.reason) != q.reason:
         return False
-    return not q.search or q.search.lower() in n.name
+    return not q.search or q.search.lower() in row.name
 
 
 def _sort_key(sort: str) -> Any:
     epoch = dt.datetime.min.replace(tzinfo=dt.UTC)
     if sort == "state":
-        return lambda n: (str(n.state), n.name)
+        return lambda n: (str(n.state), n.row.name)
     if sort == "state_since":
-        return lambda n: (n.state_since, n.name)
+        return lambda n: (n.row.state_since, n.row.name)
     if sort == "last_attested_at":
-        return lambda n: (n.last_attested_at or epoch, n.name)
+        return lambda n: (n.row.last_attested_at or epoch, n.row.name)
     if sort == "reason":
-        return lambda n: (n.reason, n.name)
-    return lambda n: n.name
+        return lambda n: (n.reason, n.row.name)
+    return lambda n: n.row.name
+
+
+def all_nodes(svc: Services) -> list[NodeView]:
+    """Every node's view as of now (light rows: the same views as ``inventory.list_nodes``)."""
+    now, window = svc.now(), svc.config.freshness_window
+    with svc.store.read() as db:
+        return [NodeView.of(row, now, window) for row in store_console.node_rows(db)]
 
 
 def node_list(svc: Services, q: NodeQuery) -> NodeListPage:
-    every = inventory.list_nodes(svc, state=q.state, labels={})
-    found = [n for n in every if _matches(n, q)]
-    found.sort(key=_sort_key(q.sort), reverse=q.descending)
-    pages = max(1, math.ceil(len(found) / q.per_page))
-    start = (min(q.page, pages) - 1) * q.per_page
-    labels = sorted({(k, v) for n in every for k, v in n.labels.items()})[:200]
-    golden = sorted({g for n in every for g in n.golden})
-    reasons = sorted({c for n in every if (c := reason_code(n.reason))})
-    return NodeListPage(
-        q, tuple(found[start : start + q.per_page]), len(found), pages,
-        tuple(labels), tuple(golden), tuple(reasons),
-    )  # fmt: skip
+    """One page of the filtered, sorted node list. Filters and sorting run over light rows (each
+    node's state computed as of now, as ``NodeView`` does); views are built for the page only."""
+    now, window = svc.now(), svc.config.freshness_window
+    with svc.store.read() as db:
+        rows = store_console.node_list_rows(db, q.sort)
+        listed = [_Listed(r, *inventory.effective_state(r, now, window)) for r in rows]
+        found = [n for n in listed if _matches(n, q)]
+        if q.sort != "name" or q.descending:
+            found.sort(key=_sort_key(q.sort), reverse=q.descending)
+        pages = max(1, math.ceil(len(found) / q.per_page))
+        start = (min(q.page, pages) - 1) * q.per_page
+        names = [n.row.name for n in found[start : start + q.per_page]]
+        full = {r.name: r for r in store_console.node_rows(db, names)}
+    shown = tuple(NodeView.of(full[n], now, window) for n in names if n in full)
+    labels = sorted({(k, v) for r in rows for k, v in r.labels.items()})[:200]
+    golden = sorted({g for r in rows for g in r.golden_versions})
+    reasons = sorted({c for n in listed if (c := reason_code(n.reason))})
+    return NodeListPage(q, shown, len(found), pages, tuple(labels), tuple(golden), tuple(reasons))
 
 
 # --- node page ------------------------------------------------------------------------------

@@ -41,6 +41,37 @@ def end_sessions_of(s: Session, token_id: str, now: dt.datetime) -> None:
     )
 
 
+NODE_FIELDS = (
+    Node.name, Node.state, Node.state_since, Node.reason, Node.labels, Node.golden_versions,
+    Node.last_attestation_id, Node.last_attested_at, Node.last_success_at, Node.last_reset_count,
+    Node.last_restart_count, Node.last_reboot_at, Node.enrolled_at, Node.ek_fingerprint,
+    Node.ak_name,
+)  # fmt: skip
+
+
+LIST_FIELDS = (
+    Node.name, Node.state, Node.reason, Node.labels, Node.golden_versions, Node.last_success_at,
+    Node.enrolled_at,
+)  # fmt: skip
+"""What the node list filters on (a node's state as of now needs the last three)."""
+SORT_FIELDS = {"state_since": Node.state_since, "last_attested_at": Node.last_attested_at}
+
+
+def node_rows(s: Session, names: Sequence[str] | None = None) -> list[Any]:
+    """Nodes as light rows of the columns a node view needs (no ORM objects), by name; only
+    ``names`` when given."""
+    q = select(*NODE_FIELDS).order_by(Node.name)
+    if names is not None:
+        q = q.where(Node.name.in_(list(names)))
+    return list(s.execute(q).all())
+
+
+def node_list_rows(s: Session, sort: str | None = None) -> list[Any]:
+    """Every node with only what the list filters on (and the ``sort`` column), by name."""
+    extra = (SORT_FIELDS[sort],) if sort in SORT_FIELDS else ()
+    return list(s.execute(select(*LIST_FIELDS, *extra).order_by(Node.name)).all())
+
+
 # --- markers --------------------------------------------------------------------------------
 
 
