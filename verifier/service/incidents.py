@@ -317,7 +317,16 @@ def add_note(svc: Services, incident_id: str | int, text: str, actor: str) -> No
         return NoteView(now, actor, text)
 
 
-def incident_ids_of_nodes(svc: Services, attestation_id: int) -> list[IncidentView]:
+def of_node(svc: Services, node_name: str) -> list[IncidentView]:
+    """The incidents node ``node_name`` is a member of, newest first."""
+    refresh(svc)
+    with svc.store.read() as db:
+        rows = store_console.incidents_of_node(db, node_name)
+        counts = store_console.member_counts(db, [r.id for r in rows])
+        return [IncidentView.of(r, counts.get(r.id, 0)) for r in rows]
+
+
+def of_attestation(svc: Services, attestation_id: int) -> list[IncidentView]:
     """The incidents an attestation is the latest member attestation of."""
     with svc.store.read() as db:
         rows = store_console.incidents_of_attestation(db, attestation_id)

@@ -284,7 +284,7 @@ def node_detail(svc: Services, name: str, *, limit: int = 100) -> NodeDetail:
     listing = list_sets(svc)
     assigned = {a.golden for a in listing.assignments if _selects(a.selector, node.labels)}
     golden = tuple(g for g in listing.golden if g.name in assigned)
-    mine = [i for i in incidents.list_incidents(svc) if _has_member(svc, i, name)]
+    mine = incidents.of_node(svc, name)
     with svc.store.read() as db:
         targets = [name, *(incidents.target(i.id) for i in mine)]
         audit = [AuditView.of(e) for e in store_console.audit_about(db, targets, limit)]
@@ -296,11 +296,6 @@ def node_detail(svc: Services, name: str, *, limit: int = 100) -> NodeDetail:
 
 def _selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
     return repo.selector_matches(selector, labels)
-
-
-def _has_member(svc: Services, incident: IncidentView, name: str) -> bool:
-    with svc.store.read() as db:
-        return any(n == name for _, n in store_console.incident_members(db, incident.id))
 
 
 def _attestation_entries(history: Sequence[AttestationView]) -> Iterable[TimelineEntry]:
@@ -402,7 +397,7 @@ def attestation_page(svc: Services, attestation_id: str) -> AttestationPage:
         log.verified is not None,
         diff,
         _quote_facts(row.quote),
-        tuple(incidents.incident_ids_of_nodes(svc, row.id)),
+        tuple(incidents.of_attestation(svc, row.id)),
     )
 
 

@@ -107,13 +107,14 @@ def _view(row: ConsoleSession, caller: Caller, idle: float) -> SessionView:
 
 
 def resume(svc: Services, secret: str | None) -> SessionView:
-    """The live session of cookie ``secret``; Unauthenticated says why there is none."""
+    """The live session of cookie ``secret``; Unauthenticated says why there is none.
+
+    A read; ``last_seen_at`` is written at most every ``TOUCH_EVERY`` per session."""
     if not secret or len(secret) > 128:
         raise Unauthenticated("signed_out", "sign in with a reviewer or admin token")
-    now = svc.now()
-    cfg = svc.config
-    with svc.store.write() as db:
-        row = store_console.get_session(db, session_hash(secret))
+    now, cfg, key = svc.now(), svc.config, session_hash(secret)
+    with svc.store.read() as db:
+        row = store_console.get_session(db, key)
         if row is None or row.ended_at is not None:
             raise Unauthenticated("signed_out", "you are signed out; sign in again")
         idle_until = row.last_seen_at + dt.timedelta(seconds=cfg.console_idle_timeout)
@@ -126,10 +127,15 @@ def resume(svc: Services, secret: str | None) -> SessionView:
             raise Unauthenticated("invalid_token", "the session's token was revoked")
         if tokens.expiry(token, cfg.max_token_lifetime) <= now:
             raise Unauthenticated("token_expired", "the session's token has expired")
-        if now - row.last_seen_at >= TOUCH_EVERY:
-            row.last_seen_at = now
         caller = Caller(token_id=token.id, role=token.role, single_use=False)
-        return _view(row, caller, cfg.console_idle_timeout)
+        touch = now - row.last_seen_at >= TOUCH_EVERY
+    if touch:
+        with svc.store.write() as db:
+            live = store_console.get_session(db, key)
+            if live is not None and live.last_seen_at < now:
+                live.last_seen_at = now
+                row = live
+    return _view(row, caller, cfg.console_idle_timeout)
 
 
 def _expired(absolute: bool) -> Unauthenticated:

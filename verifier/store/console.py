@@ -210,6 +210,17 @@ def incident_notes(s: Session, incident_id: int) -> list[IncidentNote]:
     return list(s.scalars(q.order_by(IncidentNote.id)))
 
 
+def incidents_of_node(s: Session, node_name: str) -> list[Incident]:
+    q = (
+        select(Incident)
+        .join(IncidentNode, IncidentNode.incident_id == Incident.id)
+        .join(Node, Node.id == IncidentNode.node_id)
+        .where(Node.name == node_name)
+        .order_by(Incident.last_seen.desc())
+    )
+    return list(s.scalars(q))
+
+
 def incidents_of_attestation(s: Session, attestation_id: int) -> list[Incident]:
     q = (
         select(Incident)
