@@ -222,6 +222,52 @@ def set_status(
     return StatusChange(view, reappraise_nodes(svc, affected, why, actor) if affected else [])
 
 
+@dataclass(frozen=True, slots=True)
+class CanaryChange:
+    golden: GoldenView
+    canary: Mapping[str, str] | None
+    reappraised: list[Reappraisal]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "golden": self.golden.to_json(),
+            "canary": None if self.canary is None else dict(self.canary),
+            "reappraised": [r.to_json() for r in self.reappraised],
+        }
+
+
+def set_canary(
+    svc: Services, name: str, version: str, selector: Mapping[str, str] | None, actor: str
+) -> CanaryChange:
+    """Limit ``name@version`` to the nodes of its set that match ``selector`` (a canary during a
+    rollout), or with None let it apply to every node of the set; the set's nodes are re-appraised
+    at once, since which versions apply to them changed."""
+    if selector is not None and not selector:
+        raise BadRequest("bad_selector", "a canary selector needs at least one label")
+    now = svc.now()
+    with svc.store.write() as db:
+        row = repo.get_golden(db, name, version)
+        if row is None:
+            raise NotFound("golden_unknown", f"no golden set {name}@{version}")
+        row.canary = None if selector is None else dict(selector)
+        row.changed_at = now
+        detail = {"canary": row.canary}
+        repo.audit(db, actor, "golden_canary", f"{name}@{version}", "", detail, now=now)
+        assignments = repo.list_assignments(db)
+        affected = [
+            n.name
+            for n in repo.list_nodes(db)
+            if name in repo.golden_names_for(n.labels, assignments)
+        ]
+        view, canary = GoldenView.of(row), row.canary
+    why = f"{name}@{version} canary: " + (
+        ",".join(f"{k}={v}" for k, v in (canary or {}).items()) or "every node"
+    )
+    return CanaryChange(
+        view, canary, reappraise_nodes(svc, affected, why, actor) if affected else []
+    )
+
+
 def nodes_using(db: Session, name: str) -> list[str]:
     """The nodes golden set ``name`` applies to (by the assignments' label selectors)."""
     assignments = repo.list_assignments(db)

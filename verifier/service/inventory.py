@@ -26,6 +26,7 @@ from .attestation import QuotedEvidence, appraise_evidence, find_attestation, pc
 from .context import Services
 from .errors import BadRequest, Conflict, NotFound
 from .golden_policy import Assessment, failed
+from .rollout import Outdated, Standing
 
 
 class NodeFields(Protocol):
@@ -47,6 +48,7 @@ class NodeFields(Protocol):
     enrolled_at: dt.datetime
     ek_fingerprint: str
     ak_name: bytes
+    booted_versions: list[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,10 +70,15 @@ class NodeView:
     enrolled_at: dt.datetime
     ek_fingerprint: str
     ak_name: bytes
+    booted: tuple[str, ...] = ()
+    outdated: tuple[Outdated, ...] = ()
 
     @classmethod
-    def of(cls, node: NodeFields, now: dt.datetime, window: float) -> NodeView:
+    def of(
+        cls, node: NodeFields, now: dt.datetime, window: float, standing: Standing | None = None
+    ) -> NodeView:
         state, reason = effective_state(node, now, window)
+        booted = tuple(node.booted_versions or ())
         return cls(
             node.name,
             state,
@@ -88,6 +95,8 @@ class NodeView:
             node.enrolled_at,
             node.ek_fingerprint,
             node.ak_name,
+            booted,
+            standing.outdated(booted, node.labels) if standing is not None else (),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -108,6 +117,8 @@ class NodeView:
             "enrolled_at": iso(self.enrolled_at),
             "ek_fingerprint": self.ek_fingerprint,
             "ak_name": self.ak_name.hex(),
+            "booted": list(self.booted),
+            "outdated": [o.to_json() for o in self.outdated],
         }
 
 
@@ -218,8 +229,16 @@ def effective_state(node: NodeFields, now: dt.datetime, window: float) -> tuple[
 
 
 def list_nodes(
-    svc: Services, *, state: NodeState | None, labels: Mapping[str, str]
+    svc: Services,
+    *,
+    state: NodeState | None,
+    labels: Mapping[str, str],
+    booted: str | None = None,
+    outdated: bool = False,
 ) -> list[NodeView]:
+    """Nodes in ``state`` with ``labels``; ``booted``: only those whose last appraisal matched
+    that version (``name@version``); ``outdated``: only those booting a revoked, retired or
+    superseded version."""
     now, window = svc.now(), svc.config.freshness_window
     with svc.store.read() as db:
         # "stale" is also derived from "trusted" rows: filter on the computed state.
@@ -227,10 +246,15 @@ def list_nodes(
         if state is not None:
             derived = (NodeState.TRUSTED, NodeState.STALE)
             stored = list(derived) if state in derived else [state]
+        standing = Standing(repo.list_golden(db))
         views = [
-            NodeView.of(n, now, window) for n in repo.list_nodes(db, states=stored, labels=labels)
+            NodeView.of(n, now, window, standing)
+            for n in repo.list_nodes(db, states=stored, labels=labels)
+            if booted is None or booted in (n.booted_versions or ())
         ]
-    return [v for v in views if state is None or v.state == state]
+    return [
+        v for v in views if (state is None or v.state == state) and (not outdated or v.outdated)
+    ]
 
 
 def get_node(db: Session, name: str) -> Node:
@@ -242,7 +266,8 @@ def get_node(db: Session, name: str) -> Node:
 
 def show_node(svc: Services, name: str) -> NodeView:
     with svc.store.read() as db:
-        return NodeView.of(get_node(db, name), svc.now(), svc.config.freshness_window)
+        standing = Standing(repo.list_golden(db))
+        return NodeView.of(get_node(db, name), svc.now(), svc.config.freshness_window, standing)
 
 
 def node_history(svc: Services, name: str, *, limit: int) -> list[AttestationView]:

@@ -34,6 +34,7 @@ from .golden_ops import GoldenView, list_sets
 from .golden_policy import golden_from_row
 from .incidents import IncidentView
 from .inventory import AttestationDetail, AttestationView, NodeView
+from .rollout import Standing
 
 SORTS = ("name", "state", "state_since", "last_attested_at", "reason")
 PER_PAGE = (25, 50, 100, 200)
@@ -126,8 +127,12 @@ def _buckets(since: dt.datetime, rows: Iterable[tuple[dt.datetime, str]]) -> tup
 
 
 def _inactive(nodes: Sequence[NodeView], status: Mapping[str, str]) -> Iterable[InactiveUse]:
+    """Nodes that booted a revoked or retired version (``NodeView.outdated``), or whose verdict
+    failed for one, or that still appraise against one."""
     for n in nodes:
-        dead = tuple(v for v in n.golden if status.get(v) in ("retired", "revoked"))
+        gone = [o.version for o in n.outdated if o.why in ("revoked", "retired")]
+        gone += [v for v in n.golden if status.get(v) in ("retired", "revoked")]
+        dead = tuple(dict.fromkeys(gone))
         if dead or reason_code(n.reason) in INACTIVE_REASONS:
             yield InactiveUse(n.name, n.state, dead, n.reason)
 
@@ -232,7 +237,8 @@ def all_nodes(svc: Services) -> list[NodeView]:
     """Every node's view as of now (light rows: the same views as ``inventory.list_nodes``)."""
     now, window = svc.now(), svc.config.freshness_window
     with svc.store.read() as db:
-        return [NodeView.of(row, now, window) for row in store_console.node_rows(db)]
+        standing = Standing(repo.list_golden(db))
+        return [NodeView.of(row, now, window, standing) for row in store_console.node_rows(db)]
 
 
 def node_list(svc: Services, q: NodeQuery) -> NodeListPage:
@@ -249,7 +255,8 @@ def node_list(svc: Services, q: NodeQuery) -> NodeListPage:
         start = (min(q.page, pages) - 1) * q.per_page
         names = [n.row.name for n in found[start : start + q.per_page]]
         full = {r.name: r for r in store_console.node_rows(db, names)}
-    shown = tuple(NodeView.of(full[n], now, window) for n in names if n in full)
+        standing = Standing(repo.list_golden(db))
+    shown = tuple(NodeView.of(full[n], now, window, standing) for n in names if n in full)
     labels = sorted({(k, v) for r in rows for k, v in r.labels.items()})[:200]
     golden = sorted({g for r in rows for g in r.golden_versions})
     reasons = sorted({c for n in listed if (c := reason_code(n.reason))})

@@ -45,7 +45,7 @@ NODE_FIELDS = (
     Node.name, Node.state, Node.state_since, Node.reason, Node.labels, Node.golden_versions,
     Node.last_attestation_id, Node.last_attested_at, Node.last_success_at, Node.last_reset_count,
     Node.last_restart_count, Node.last_reboot_at, Node.enrolled_at, Node.ek_fingerprint,
-    Node.ak_name,
+    Node.ak_name, Node.booted_versions,
 )  # fmt: skip
 
 

@@ -146,6 +146,8 @@ class Node(Base):
     last_reboot_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
     boot_log_sha256: Mapped[str | None] = mapped_column(String(64))
     golden_versions: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # The versions the last appraisal matched (name@version): what the node booted.
+    booted_versions: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
     enrolled_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
 
 
@@ -244,6 +246,8 @@ class GoldenSetRow(Base):
     format: Mapped[str] = mapped_column(String(16))
     source: Mapped[bytes] = mapped_column(LargeBinary)
     selector: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    # A canary version applies only to the nodes (of its set's assignment) matching this selector.
+    canary: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     changed_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
 
