@@ -116,6 +116,9 @@ class Demo:
     quiet: bool
     events: list[dict[str, Any]] = field(default_factory=list)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    verifier_proc: subprocess.Popen[bytes] | None = None
+    console: tuple[str, str] | None = None
+    """The review console's URL and a reviewer token to sign in with (``console_sign_in``)."""
     swtpm_dirs: list[Path] = field(default_factory=list)
     tcti: dict[str, str] = field(default_factory=dict)  # recorded node -> its swtpm TCTI
     images: dict[str, builder.NodeImage] = field(default_factory=dict)
@@ -171,9 +174,9 @@ class Demo:
             raise DemoError(f"GET /v1{path}: {r.status_code} {r.text[:200]}")
         return r.json()
 
-    def stop_all(self) -> None:
+    def stop_all(self, *, keep_verifier: bool = False) -> None:
         """Stop every VM, swtpm and server started here, by the pids started (errors ignored:
-        the rest must still be stopped)."""
+        the rest must still be stopped); with ``keep_verifier`` the verifier stays up."""
         if self.boots is not None:
             self.boots.close()
         for d in self.swtpm_dirs:
@@ -185,6 +188,8 @@ class Demo:
                 check=False,
             )
         for proc in self.procs:
+            if keep_verifier and proc is self.verifier_proc:
+                continue
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
                 try:
@@ -282,6 +287,7 @@ def start_verifier(demo: Demo) -> None:
         start_new_session=True,
     )
     demo.procs.append(proc)
+    demo.verifier_proc = proc
     demo.url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -544,6 +550,19 @@ def show_final(demo: Demo) -> None:
     demo.verifier("nodes", "list")
 
 
+def console_sign_in(demo: Demo) -> None:
+    """A reviewer token for the review console (docs/console.md), printed at the end."""
+    token = json.loads(
+        demo.verifier(
+            "token", "create", "--role", "reviewer", "--description", "demo reviewer", "--json",
+            capture=True,
+        )
+    )["token"]  # fmt: skip
+    demo.console = (f"{demo.url}/ui/", token)
+    demo.record("console", url=demo.console[0])
+    demo.show(f"review console at {demo.console[0]} (reviewer token created)")
+
+
 Step = tuple[str, Callable[[Demo], None]]  # (title, what it does)
 
 STEPS: tuple[Step, ...] = (
@@ -566,6 +585,7 @@ STEPS: tuple[Step, ...] = (
     ("Revoking kernel A (re-appraises stored evidence, no reboot needed)", revoke_kernel),
     ("Rolling debian-sb-1 forward: it reboots into kernel B", roll_forward),
     ("The final inventory", show_final),
+    ("The review console: a reviewer sign-in", console_sign_in),
 )  # fmt: skip
 
 
@@ -613,7 +633,11 @@ def main(argv: Sequence[str] | None = None, steps: Sequence[Step] = STEPS) -> in
     parser.add_argument(
         "--json", action="store_true", help="print the final inventory as one JSON object"
     )
-    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the work directory and the verifier running (the review console) until Ctrl-C",
+    )
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="assay-demo-"))
     demo = Demo(work=work, quiet=args.json)
@@ -630,7 +654,7 @@ def main(argv: Sequence[str] | None = None, steps: Sequence[Step] = STEPS) -> in
         print("demo: interrupted", file=sys.stderr)
         code = EXIT_INTERRUPTED
     finally:
-        demo.stop_all()
+        demo.stop_all(keep_verifier=args.keep and code == 0)
         if args.keep:
             print(f"work directory kept: {work}", file=sys.stderr)
         else:
@@ -647,7 +671,26 @@ def main(argv: Sequence[str] | None = None, steps: Sequence[Step] = STEPS) -> in
         code = EXIT_MISMATCH
     if code == 0 and not args.json:
         print("The story held: every node ended in the state and reason the scenario expects.")
+    if demo.console is not None:
+        url, token = demo.console
+        print(f"\nReview console: {url}\nSign in with this reviewer token: {token}")
+    if args.keep and demo.verifier_proc is not None and demo.verifier_proc.poll() is None:
+        _serve_until_interrupted(demo)
     return code
+
+
+def _serve_until_interrupted(demo: Demo) -> None:
+    """--keep: the verifier stays up for a person to open the console; Ctrl-C stops it."""
+    assert demo.verifier_proc is not None
+    print(
+        f"The verifier keeps running (pid {demo.verifier_proc.pid}); Ctrl-C stops it.", flush=True
+    )
+    try:
+        demo.verifier_proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        demo.stop_all()
 
 
 def _interrupt(signum: int, frame: object) -> None:

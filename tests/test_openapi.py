@@ -77,29 +77,38 @@ def _function(view: Callable[..., Any]) -> ast.FunctionDef:
     return node
 
 
-def _actions(view: Callable[..., Any]) -> list[str]:
-    """The literals a generic route's ``action`` is compared with (its concrete paths)."""
+def _literals(view: Callable[..., Any], name: str) -> list[str]:
+    """The literals a path variable ``name`` is compared with in the handler (its concrete paths:
+    ``…/<decision>`` handled as ``approve`` and ``reject``)."""
     found = []
     for node in ast.walk(_function(view)):
         if (
             isinstance(node, ast.Compare)
             and isinstance(node.left, ast.Name)
-            and node.left.id == "action"
+            and node.left.id == name
             and isinstance(node.comparators[0], ast.Constant)
         ):
             found.append(str(node.comparators[0].value))
-    assert found, f"{view.__name__}: no action literals"
     return found
 
 
+def _expand(template: str, view: Callable[..., Any]) -> list[str]:
+    paths = [template]
+    for name in re.findall(r"\{([a-z_]+)\}", template):
+        values = _literals(view, name)
+        if values:
+            paths = [p.replace("{" + name + "}", v) for p in paths for v in values]
+    return paths
+
+
 def _code_operations(app: Flask) -> Iterator[tuple[str, str, Callable[..., Any]]]:
+    """Every operation of the API: /v1/… and /healthz (the console's pages under /ui/ are HTML,
+    docs/console.md, not this API)."""
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
+        if not (rule.rule.startswith("/v1/") or rule.rule == "/healthz"):
             continue
         view = app.view_functions[rule.endpoint]
-        paths = [_template(rule.rule)]
-        if "{action}" in paths[0]:
-            paths = [paths[0].replace("{action}", a) for a in _actions(view)]
+        paths = _expand(_template(rule.rule), view)
         for method in sorted(m.lower() for m in rule.methods or () if m.lower() in METHODS):
             for path in paths:
                 yield method, path, view

@@ -152,6 +152,16 @@ ENDPOINTS: list[tuple[str, str, tuple[str, ...] | None]] = [
     ("PUT", "/v1/golden/fleet/1/canary", ("admin",)),
     ("DELETE", "/v1/golden/fleet/1/canary", ("admin",)),
     ("GET", "/v1/openapi.json", ANY_TOKEN),
+    ("GET", "/v1/incidents", ("admin", "reviewer")),
+    ("GET", "/v1/incidents/1", ("admin", "reviewer")),
+    ("POST", "/v1/incidents/1/triage", ("admin", "reviewer")),
+    ("POST", "/v1/incidents/1/notes", ("admin", "reviewer")),
+    ("GET", "/v1/attestations/1/promotable", ("admin", "reviewer")),
+    ("POST", "/v1/drafts", ("admin",)),
+    ("GET", "/v1/drafts", ("admin", "reviewer")),
+    ("GET", "/v1/drafts/1", ("admin", "reviewer")),
+    ("POST", "/v1/drafts/1/approve", ("admin", "reviewer")),
+    ("POST", "/v1/drafts/1/reject", ("admin", "reviewer")),
 ]
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from flask import Flask, Response, jsonify
 
+from verifier import web
 from verifier.store import Store
 
 from . import _logging
@@ -14,6 +15,7 @@ from .api_errors import register_error_handlers
 from .config import ServiceConfig
 from .context import Services
 from .openapi import openapi_bp
+from .review_routes import review_bp
 from .routes import BLUEPRINTS
 
 
@@ -35,6 +37,8 @@ def create_app(
     _logging.init_app(app)
     for bp in (*BLUEPRINTS, openapi_bp):
         app.register_blueprint(bp)
+    app.register_blueprint(review_bp)  # incidents and four-eyes golden drafts (review_routes)
+    web.init_app(app)  # the review console at /ui/ (verifier.web)
 
     @app.get("/healthz")
     def healthz() -> Response:

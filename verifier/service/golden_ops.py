@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from sqlalchemy.orm import Session
+
 from assay.errors import MalformedEvidence
 from golden.model import GoldenSet
 from verifier.store import repo
@@ -130,28 +132,36 @@ def upload(svc: Services, fmt: str, data: bytes, actor: str) -> GoldenView:
     if len(data) > MAX_GOLDEN:
         raise BadRequest("too_large", f"golden set larger than {MAX_GOLDEN} bytes")
     gs = parse_golden(fmt, data)
-    _check_printable(gs)
     now = svc.now()
     with svc.store.write() as db:
-        if repo.get_golden(db, gs.name, gs.version) is not None:
-            raise Conflict("golden_exists", f"{gs.name}@{gs.version} already exists")
-        row = GoldenSetRow(
-            name=gs.name,
-            version=gs.version,
-            status=gs.status,
-            reason=gs.status_reason or "",
-            format=fmt,
-            source=data,
-            selector=dict(gs.selector),
-            created_at=now,
-            changed_at=now,
-        )
-        db.add(row)
-        if gs.selector:
-            repo.assign(db, gs.name, gs.selector, now)
-        repo.audit(db, actor, "golden_add", f"{gs.name}@{gs.version}", "", now=now)
-        db.flush()
-        return GoldenView.of(row)
+        return GoldenView.of(insert_version(db, gs, fmt, data, actor, now))
+
+
+def insert_version(
+    db: Session, gs: GoldenSet, fmt: str, data: bytes, actor: str, now: dt.datetime
+) -> GoldenSetRow:
+    """Store a parsed version (``data`` its source) in ``db``'s transaction, audited; its selector
+    is assigned. Conflict if that version exists (upload, and an approved promotion draft)."""
+    _check_printable(gs)
+    if repo.get_golden(db, gs.name, gs.version) is not None:
+        raise Conflict("golden_exists", f"{gs.name}@{gs.version} already exists")
+    row = GoldenSetRow(
+        name=gs.name,
+        version=gs.version,
+        status=gs.status,
+        reason=gs.status_reason or "",
+        format=fmt,
+        source=data,
+        selector=dict(gs.selector),
+        created_at=now,
+        changed_at=now,
+    )
+    db.add(row)
+    if gs.selector:
+        repo.assign(db, gs.name, gs.selector, now)
+    repo.audit(db, actor, "golden_add", f"{gs.name}@{gs.version}", "", now=now)
+    db.flush()
+    return row
 
 
 def _check_printable(gs: GoldenSet) -> None:
@@ -206,12 +216,7 @@ def set_status(
         repo.audit(
             db, actor, f"golden_{status.removesuffix('d')}", f"{name}@{version}", reason, now=now
         )
-        assignments = repo.list_assignments(db)
-        affected = [
-            n.name
-            for n in repo.list_nodes(db)
-            if name in repo.golden_names_for(n.labels, assignments)
-        ]
+        affected = nodes_using(db, name)
         view = GoldenView.of(row)
     why = f"{name}@{version} {status}: {reason}"
     return StatusChange(view, reappraise_nodes(svc, affected, why, actor) if affected else [])
@@ -261,3 +266,11 @@ def set_canary(
     return CanaryChange(
         view, canary, reappraise_nodes(svc, affected, why, actor) if affected else []
     )
+
+
+def nodes_using(db: Session, name: str) -> list[str]:
+    """The nodes golden set ``name`` applies to (by the assignments' label selectors)."""
+    assignments = repo.list_assignments(db)
+    return [
+        n.name for n in repo.list_nodes(db) if name in repo.golden_names_for(n.labels, assignments)
+    ]
