@@ -376,7 +376,7 @@ def pcrs_from_json(data: dict[str, dict[str, str]]) -> dict[HashAlg, dict[int, b
 def find_attestation(db: Session, attestation_id: str) -> tuple[Attestation, Node]:
     """The attestation with API id ``attestation_id`` (decimal text) and its node, or NotFound."""
     unknown = NotFound("attestation_unknown", f"no attestation {attestation_id!r}")
-    if not attestation_id.isdigit() or len(attestation_id) > 18:
+    if not (attestation_id.isascii() and attestation_id.isdigit()) or len(attestation_id) > 18:
         raise unknown
     row = db.get(Attestation, int(attestation_id))
     node = db.get(Node, row.node_id) if row is not None else None

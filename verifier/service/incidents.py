@@ -265,7 +265,11 @@ def list_incidents(svc: Services, *, state: TriageState | None = None) -> list[I
 
 def _get(db: Session, incident_id: str | int) -> Incident:
     text = str(incident_id)
-    row = db.get(Incident, int(text)) if text.isdigit() and len(text) < 18 else None
+    row = (
+        db.get(Incident, int(text))
+        if text.isascii() and text.isdigit() and len(text) < 18
+        else None
+    )
     if row is None:
         raise NotFound("incident_unknown", f"no incident {text!r}")
     return row

@@ -272,8 +272,8 @@ def _new_version(db: Session, base: GoldenSet, wanted: str | None) -> str:
         if wanted in taken:
             raise Conflict("golden_exists", f"{base.name}@{wanted} exists or is drafted")
         return wanted
-    numbers = [int(v) for v in taken if v.isdigit() and len(v) < 12]
-    if base.version.isdigit() and len(base.version) < 12:
+    numbers = [int(v) for v in taken if v.isascii() and v.isdigit() and len(v) < 12]
+    if base.version.isascii() and base.version.isdigit() and len(base.version) < 12:
         return str(max(numbers, default=int(base.version)) + 1)
     n = 1
     while f"{base.version}.{n}" in taken:
@@ -361,7 +361,11 @@ def _role(gs: GoldenSet, vlog: VerifiedBootLog, e: Event) -> Role:
 
 def _get(db: Session, draft_id: str | int) -> GoldenDraft:
     text = str(draft_id)
-    row = db.get(GoldenDraft, int(text)) if text.isdigit() and len(text) < 18 else None
+    row = (
+        db.get(GoldenDraft, int(text))
+        if text.isascii() and text.isdigit() and len(text) < 18
+        else None
+    )
     if row is None:
         raise NotFound("draft_unknown", f"no golden draft {text!r}")
     return row

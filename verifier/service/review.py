@@ -191,7 +191,7 @@ def node_query(args: Mapping[str, str]) -> NodeQuery:
 def _int(text: str | None, default: int, lo: int, hi: int, name: str) -> int:
     if not text:
         return default
-    if not text.isdigit() or not lo <= int(text) <= hi:
+    if not (text.isascii() and text.isdigit()) or not lo <= int(text) <= hi:
         raise BadRequest("bad_query", f"{name} must be an integer {lo}..{hi}")
     return int(text)
 

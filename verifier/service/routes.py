@@ -177,7 +177,7 @@ def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
     value = request.args.get(name)
     if value is None:
         return default
-    if not value.isdigit() or not lo <= int(value) <= hi:
+    if not (value.isascii() and value.isdigit()) or not lo <= int(value) <= hi:
         raise BadRequest("bad_query", f"{name} must be an integer {lo}..{hi}")
     return int(value)
 
@@ -271,6 +271,8 @@ def node_action(node: str, action: str) -> Response:
         new_name = node_field(body, "to")
         return jsonify(inventory.move_node(svc, node, new_name, reason, actor()).to_json())
     if action == "labels":
+        if "labels" not in body:  # absent is not "clear them": that is an explicit {}
+            raise BadRequest("bad_field", "field 'labels' is required ({} clears them)")
         view = inventory.set_labels(svc, node, labels_field(body), reason, actor())
         return jsonify(view.to_json())
     if action == "quarantine":

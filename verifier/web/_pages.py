@@ -74,7 +74,7 @@ def node(name: str) -> str:
 def attestation_page(att_id: str) -> str:
     page = review.attestation_page(services(), att_id)
     pcr = request.args.get("pcr", "")
-    if pcr and (not pcr.isdigit() or int(pcr) > 23):
+    if pcr and (not (pcr.isascii() and pcr.isdigit()) or int(pcr) > 23):
         raise BadRequest("bad_query", "pcr must be 0..23")
     shown = [e for e in page.events if not pcr or e.pcr == int(pcr)]
     return render_template(

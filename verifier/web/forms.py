@@ -41,7 +41,7 @@ def events() -> list[int]:
     """The event indices ticked in a promotion form."""
     out = []
     for v in request.form.getlist("event"):
-        if not v.isdigit() or len(v) > 6:
+        if not (v.isascii() and v.isdigit()) or len(v) > 6:
             raise BadRequest("bad_field", "event indices are small integers")
         out.append(int(v))
     if not out:
