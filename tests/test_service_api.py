@@ -148,6 +148,9 @@ ENDPOINTS: list[tuple[str, str, tuple[str, ...] | None]] = [
     ("GET", "/v1/tokens", ("admin",)),
     ("POST", "/v1/tokens/abc/revoke", ("admin",)),
     ("GET", "/v1/audit", ("admin", "reviewer")),
+    ("GET", "/v1/nodes/n1/ear", ("admin", "reviewer", "scheduler")),
+    ("GET", "/v1/keys", ANY_TOKEN),
+    ("GET", "/v1/events", ("admin", "reviewer", "scheduler")),
 ]
 
 

@@ -9,9 +9,12 @@ from flask import Flask, Response, jsonify
 
 from verifier.store import Store
 
+from . import metrics
 from .api_errors import register_error_handlers
+from .cluster_routes import cluster_bp
 from .config import ServiceConfig
 from .context import Services
+from .extender_routes import extender_bp
 from .routes import BLUEPRINTS
 
 
@@ -32,6 +35,9 @@ def create_app(
     register_error_handlers(app)
     for bp in BLUEPRINTS:
         app.register_blueprint(bp)
+    app.register_blueprint(cluster_bp)  # EAR, JWKS, change feed
+    app.register_blueprint(extender_bp)  # kube-scheduler extender
+    metrics.init_app(app)  # /metrics and request counting
 
     @app.get("/healthz")
     def healthz() -> Response:

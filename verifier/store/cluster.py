@@ -1,0 +1,133 @@
+"""Tables and queries of the cluster integration (migration 0004): the change feed that is also
+the webhooks' outbox, the delivery cursors, and the EAR signing keys kept in the database.
+
+Kept apart from ``models``/``repo`` (the attestation path's) so the two evolve separately; the
+models share ``Base``, so ``tests/test_store.py`` compares them with the migrations too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import JSON, Integer, LargeBinary, String, Text, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from .models import Base, UtcDateTime
+
+
+class ClusterEvent(Base):
+    """A node state change or golden revocation, written in the transaction that made it."""
+
+    __tablename__ = "cluster_events"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(36), unique=True)
+    type: Mapped[str] = mapped_column(String(32))
+    node: Mapped[str | None] = mapped_column(String(253))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, index=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class WebhookCursor(Base):
+    """Per receiver: the last event delivered, the retry state, and who holds the delivery lease."""
+
+    __tablename__ = "webhook_cursors"
+
+    receiver: Mapped[str] = mapped_column(String(200), primary_key=True)
+    last_seq: Mapped[int] = mapped_column(Integer)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    locked_until: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    locked_by: Mapped[str | None] = mapped_column(String(64))
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    delivered: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class EarSigningKey(Base):
+    """An EAR signing key (PKCS#8 PEM); the newest unretired one signs."""
+
+    __tablename__ = "ear_signing_keys"
+
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    private_pem: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    retired_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+
+
+# --- the change feed ------------------------------------------------------------------------
+
+
+def add_event(s: Session, event: ClusterEvent) -> None:
+    s.add(event)
+
+
+def last_seq(s: Session) -> int:
+    return int(s.scalar(select(func.max(ClusterEvent.seq))) or 0)
+
+
+def events_after(s: Session, seq: int, *, limit: int) -> list[ClusterEvent]:
+    q = select(ClusterEvent).where(ClusterEvent.seq > seq).order_by(ClusterEvent.seq).limit(limit)
+    return list(s.scalars(q))
+
+
+def prune_events(s: Session, before: dt.datetime, keep_after: int) -> int:
+    """Delete events older than ``before`` that every receiver has (``seq <= keep_after``)."""
+    old = select(ClusterEvent).where(
+        ClusterEvent.created_at < before, ClusterEvent.seq <= keep_after
+    )
+    rows = list(s.scalars(old))
+    for row in rows:
+        s.delete(row)
+    return len(rows)
+
+
+# --- webhook cursors ------------------------------------------------------------------------
+
+
+def cursor(s: Session, receiver: str) -> WebhookCursor:
+    """The receiver's cursor, created at the current end of the feed the first time it is seen
+    (a new receiver gets the events from then on, not the history)."""
+    row = s.get(WebhookCursor, receiver)
+    if row is not None:
+        return row
+    try:
+        with s.begin_nested():
+            s.add(WebhookCursor(receiver=receiver, last_seq=last_seq(s), last_error=""))
+    except IntegrityError:
+        pass
+    row = s.get(WebhookCursor, receiver)
+    assert row is not None
+    return row
+
+
+def cursors(s: Session, receivers: Sequence[str]) -> list[WebhookCursor]:
+    return [cursor(s, r) for r in receivers]
+
+
+def all_cursors(s: Session) -> list[WebhookCursor]:
+    return list(s.scalars(select(WebhookCursor)))
+
+
+def claim_cursor(s: Session, receiver: str, holder: str, now: dt.datetime, lease: float) -> bool:
+    """Take the receiver's delivery lease if it is free (or expired): atomic on any database."""
+    stmt = (
+        update(WebhookCursor)
+        .where(WebhookCursor.receiver == receiver)
+        .where((WebhookCursor.locked_until.is_(None)) | (WebhookCursor.locked_until < now))
+        .values(locked_until=now + dt.timedelta(seconds=lease), locked_by=holder)
+    )
+    return bool(s.execute(stmt).rowcount)  # type: ignore[attr-defined]
+
+
+# --- EAR keys -------------------------------------------------------------------------------
+
+
+def ear_keys(s: Session) -> list[EarSigningKey]:
+    return list(s.scalars(select(EarSigningKey).order_by(EarSigningKey.created_at)))
+
+
+def add_ear_key(s: Session, key: EarSigningKey) -> None:
+    s.add(key)
