@@ -13,6 +13,7 @@ from gunicorn.app.base import BaseApplication
 
 from .app import create_app
 from .config import ServiceConfig
+from .context import Services
 
 KEEPALIVE = 5
 """Seconds an idle kept-alive connection stays open, and the most a request line and headers
@@ -40,6 +41,9 @@ class VerifierServer(BaseApplication):  # type: ignore[misc]
             "errorlog": "-",
             "loglevel": "warning",
             "proc_name": "assay-verifier",
+            "post_worker_init": _post_worker_init,
+            "child_exit": _child_exit,
+            "when_ready": _when_ready,
         }
         if cfg.tls_cert and cfg.tls_key:
             settings["certfile"] = cfg.tls_cert
@@ -49,6 +53,33 @@ class VerifierServer(BaseApplication):  # type: ignore[misc]
 
     def load(self) -> Flask:
         return create_app(self.service_config)
+
+
+def _post_worker_init(worker: Any) -> None:
+    """Each worker delivers webhooks (a lease per receiver keeps one delivering at a time)."""
+    from .webhooks import Dispatcher
+
+    svc = worker.wsgi.extensions["assay"]
+    if isinstance(svc, Services) and svc.config.webhooks:
+        Dispatcher(svc).start()
+
+
+def _child_exit(server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
+def _when_ready(server: Any) -> None:
+    """In the master: ``/metrics`` on its own address when ``metrics_bind`` is set."""
+    app: VerifierServer = server.app
+    cfg = app.service_config
+    if cfg.metrics_bind:
+        from verifier.store import Store
+
+        from .metrics import serve_separately
+
+        serve_separately(Services(config=cfg, store=Store(cfg.database)), cfg.metrics_bind)
 
 
 def serve(config: ServiceConfig) -> None:
