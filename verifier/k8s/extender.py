@@ -21,10 +21,9 @@ from assay.errors import MalformedEvidence
 
 MAX_PRIORITY = 10
 MAX_NODES = 50_000
-UNKNOWN = "unknown to Assay: never attested"
 
-Verdict = Callable[[str], tuple[bool, str]]
-"""name → (schedulable, why not)."""
+Judge = Callable[[Sequence[str]], tuple[list[int], dict[str, str]]]
+"""names → (indices of the schedulable ones, {name: why not} for every other)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,20 +69,9 @@ def parse_args(body: Any) -> ExtenderArgs:
     return ExtenderArgs(tuple(_node_name(i) for i in items), tuple(items), nodes)
 
 
-def _safe_name(name: str) -> bool:
-    return 0 < len(name) <= 253 and name.isprintable()
-
-
-def filter_nodes(args: ExtenderArgs, verdict: Verdict) -> dict[str, Any]:
-    """The ExtenderFilterResult: only nodes whose verdict passes; a name Assay cannot judge fails."""
-    passed: list[int] = []
-    failed: dict[str, str] = {}
-    for i, name in enumerate(args.names):
-        ok, why = verdict(name) if _safe_name(name) else (False, UNKNOWN)
-        if ok:
-            passed.append(i)
-        else:
-            failed[name] = why or UNKNOWN
+def filter_nodes(args: ExtenderArgs, judge: Judge) -> dict[str, Any]:
+    """The ExtenderFilterResult: only nodes the judge passes; any name it cannot judge fails."""
+    passed, failed = judge(args.names)
     result: dict[str, Any] = {
         "Nodes": None,
         "NodeNames": None,
@@ -99,11 +87,11 @@ def filter_nodes(args: ExtenderArgs, verdict: Verdict) -> dict[str, Any]:
     return result
 
 
-def prioritize(args: ExtenderArgs, verdict: Verdict) -> list[dict[str, Any]]:
+def prioritize(args: ExtenderArgs, judge: Judge) -> list[dict[str, Any]]:
     """HostPriorityList: ``MAX_PRIORITY`` for a node that passes, 0 for any other."""
+    passed = set(judge(args.names)[0])
     return [
-        {"Host": n, "Score": MAX_PRIORITY if _safe_name(n) and verdict(n)[0] else 0}
-        for n in args.names
+        {"Host": n, "Score": MAX_PRIORITY if i in passed else 0} for i, n in enumerate(args.names)
     ]
 
 

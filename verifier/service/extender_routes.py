@@ -52,16 +52,15 @@ def _args() -> extender.ExtenderArgs:
     return extender.parse_args(body)
 
 
-def _verdict() -> extender.Verdict:
+def _judge() -> extender.Judge:
     svc = services()
     known = standings(svc)
     now = svc.now().timestamp()
+    return lambda names: known.judge(names, now)
 
-    def verdict(name: str) -> tuple[bool, str]:
-        found = known.get(name)
-        return (False, extender.UNKNOWN) if found is None else found.verdict(now)
 
-    return verdict
+def _json(data: Any) -> Response:
+    return Response(json.dumps(data, separators=(",", ":")), mimetype="application/json")
 
 
 @extender_bp.post("/filter")
@@ -70,7 +69,7 @@ def filter_nodes() -> Response | tuple[Response, int]:
         args = _args()
     except MalformedEvidence as exc:
         return _refuse((), "malformed_json", str(exc))
-    return jsonify(extender.filter_nodes(args, _verdict()))
+    return _json(extender.filter_nodes(args, _judge()))
 
 
 @extender_bp.post("/prioritize")
@@ -79,4 +78,4 @@ def prioritize() -> Response | tuple[Response, int]:
         args = _args()
     except MalformedEvidence as exc:
         return _refuse((), "malformed_json", str(exc))
-    return jsonify(extender.prioritize(args, _verdict()))
+    return _json(extender.prioritize(args, _judge()))

@@ -13,8 +13,9 @@ database that cannot be read fails the request (the caller answers with an error
 
 from __future__ import annotations
 
-import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 
@@ -28,6 +29,10 @@ MAX_TOUCHED = 5000
 """More events than this since the last look: reload everything instead."""
 
 
+UNKNOWN = "unknown to Assay: never attested"
+STALE = "stale: no successful attestation within the freshness window"
+
+
 @dataclass(frozen=True, slots=True)
 class Standing:
     state: NodeState
@@ -35,32 +40,37 @@ class Standing:
     fresh_until: float
     """Epoch seconds when a trusted node turns stale (last success or enrolment + window)."""
 
-    def verdict(self, now: float) -> tuple[bool, str]:
-        """(schedulable, why not)."""
-        if self.state == NodeState.TRUSTED:
-            if now <= self.fresh_until:
-                return True, ""
-            return False, "stale: no successful attestation within the freshness window"
-        return False, f"{self.state}: {self.reason}"[:300]
+    def why_not(self) -> str:
+        return f"{self.state}: {self.reason}"[:300]
 
 
 _COLUMNS = (Node.name, Node.state, Node.reason, Node.last_success_at, Node.enrolled_at)
 
 
-def _standing(
-    row: tuple[str, NodeState, str, dt.datetime | None, dt.datetime], w: float
-) -> Standing:
+def _standing(row: Any, w: float) -> Standing:
     _, state, reason, success, enrolled = row
     return Standing(state, reason, (success or enrolled).timestamp() + w)
 
 
 class Standings:
-    """One process's map; ``refresh`` before reading."""
+    """One process's map; ``refresh`` before reading. ``fresh_until`` holds trusted nodes only,
+    ``why`` every other node's refusal, so judging a name is two dictionary look-ups."""
 
     def __init__(self) -> None:
-        self.by_name: dict[str, Standing] = {}
+        self.fresh_until: dict[str, float] = {}
+        self.why: dict[str, str] = {}
         self.seq = -1
         self.loaded_at = -1e18
+
+    def _put(self, name: str, st: Standing) -> None:
+        if st.state == NodeState.TRUSTED:
+            self.fresh_until[name] = st.fresh_until
+        else:
+            self.why[name] = st.why_not()
+
+    def _drop(self, name: str) -> None:
+        self.fresh_until.pop(name, None)
+        self.why.pop(name, None)
 
     def refresh(self, svc: Services) -> None:
         window = svc.config.freshness_window
@@ -74,22 +84,31 @@ class Standings:
                 events = cluster.events_after(db, self.seq, limit=MAX_TOUCHED + 1)
                 if len(events) <= MAX_TOUCHED:
                     touched = {e.node for e in events if e.node}
-            if touched is None:
-                rows = db.execute(select(*_COLUMNS)).all()
-                self.by_name = {r[0]: _standing(r.tuple(), window) for r in rows}
-                self.loaded_at = mono
-            else:
-                rows = db.execute(select(*_COLUMNS).where(Node.name.in_(touched))).all()
-                fresh = {r[0]: _standing(r.tuple(), window) for r in rows}
-                merged = dict(self.by_name)
-                for name in touched:
-                    merged.pop(name, None)
-                merged.update(fresh)
-                self.by_name = merged
-            self.seq = last
+            query = select(*_COLUMNS)
+            if touched is not None:
+                query = query.where(Node.name.in_(touched))
+            rows = db.execute(query).all()
+        if touched is None:
+            self.fresh_until, self.why = {}, {}
+            self.loaded_at = mono
+        for name in touched or ():
+            self._drop(name)
+        for row in rows:
+            self._put(row[0], _standing(row, window))
+        self.seq = last
 
-    def get(self, name: str) -> Standing | None:
-        return self.by_name.get(name)
+    def judge(self, names: Sequence[str], now: float) -> tuple[list[int], dict[str, str]]:
+        """(indices of the names that may be scheduled, {name: why not} for the others)."""
+        fresh, why = self.fresh_until, self.why
+        passed: list[int] = []
+        failed: dict[str, str] = {}
+        for i, name in enumerate(names):
+            until = fresh.get(name)
+            if until is not None and now <= until:
+                passed.append(i)
+            else:
+                failed[name] = STALE if until is not None else why.get(name, UNKNOWN)
+        return passed, failed
 
 
 def standings(svc: Services) -> Standings:
