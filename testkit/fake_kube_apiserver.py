@@ -28,7 +28,7 @@ import datetime as dt
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -114,6 +114,8 @@ class FakeKubeApiserver:
         self.invalid: list[str] = []
         self.requests: list[tuple[str, str, str]] = []
         self._failures: list[int] = []
+        self.before_next_patch: Callable[[], None] | None = None
+        """Run once, just before the next PATCH is applied (another writer racing the client)."""
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -202,6 +204,9 @@ class FakeKubeApiserver:
 
     def patch_node(self, name: str, ctype: str, patch: Any, status: bool) -> dict[str, Any]:
         with self.lock:
+            race, self.before_next_patch = self.before_next_patch, None
+            if race is not None:
+                race()
             current = self.get_node(name)
             if not isinstance(patch, dict):
                 raise ApiError(400, "BadRequest", "the patch must be a JSON object")

@@ -160,6 +160,7 @@ class Controller:
             st = self.applied.get(str((node.get("metadata") or {}).get("name")))
         if st is None:
             return True
+        st = replace(st, ear=None)  # a different EAR alone is no reason to reconcile
         now = _now_text()
         patch = desired.node_patch(node, st, self.cfg.policy, now)
         return patch is not None or desired.status_patch(node, st, now) is not None
@@ -213,6 +214,8 @@ class Controller:
         for _ in range(CONFLICT_RETRIES):
             node = self.kube.get_node(name)
             st2 = self._keep_fresh_annotation(node, st)
+            with self.lock:
+                self.applied[name] = st2  # before writing: the watch event of our own patch
             patch = desired.node_patch(node, st2, self.cfg.policy, _now_text())
             try:
                 if patch is not None:

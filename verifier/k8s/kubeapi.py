@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import urllib3
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
@@ -29,8 +30,8 @@ def _json(call: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
         resp = call(*args, _preload_content=False, _request_timeout=10, **kwargs)
     except ApiException as exc:
         raise KubeError(int(exc.status or 0), str(exc.reason)) from None
-    except OSError as exc:  # urllib3's connection errors are OSErrors
-        raise KubeError(0, str(exc)) from None
+    except (OSError, urllib3.exceptions.HTTPError) as exc:  # no answer at all
+        raise KubeError(0, str(exc)[:300]) from None
     status = int(getattr(resp, "status", 0))
     raw = resp.data
     if not 200 <= status < 300:
@@ -60,6 +61,8 @@ class KubeApi:
                 yield {"type": event["type"], "object": event["raw_object"]}
         except ApiException as exc:
             raise KubeError(int(exc.status or 0), str(exc.reason)) from None
+        except (OSError, urllib3.exceptions.HTTPError) as exc:
+            raise KubeError(0, str(exc)[:300]) from None
         finally:
             w.stop()  # type: ignore[no-untyped-call]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .controller import MAX_BACKOFF, Controller
@@ -108,10 +109,21 @@ def work(c: Controller) -> None:
         c.work_once(0.5)
 
 
+def _forever(loop: Callable[[Controller], None], c: Controller) -> None:
+    """Run a loop until the controller stops; a bug in one round is logged, never fatal."""
+    while not c.stop.is_set():
+        try:
+            loop(c)
+        except Exception:
+            c.errors.labels("internal").inc()
+            log.exception("%s", loop.__name__)
+            _sleep(c, 1.0)
+
+
 def start(c: Controller) -> list[threading.Thread]:
     loops = [lead, watch_nodes, follow_feed, resync] + [work] * c.cfg.workers
     threads = [
-        threading.Thread(target=f, args=(c,), name=f"assay-{f.__name__}", daemon=True)
+        threading.Thread(target=_forever, args=(f, c), name=f"assay-{f.__name__}", daemon=True)
         for f in loops
     ]
     for t in threads:
