@@ -17,6 +17,7 @@ evidence as such a request.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ _HEX = frozenset("0123456789abcdef")
 AK_REQUEST_CONTEXT = b"assay-ear-request\x00"
 
 
+@functools.cache
 def build_id() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
