@@ -58,7 +58,7 @@ def parse_args(body: Any) -> ExtenderArgs:
     if names is not None:
         if not isinstance(names, list) or len(names) > MAX_NODES:
             raise _bad(f"NodeNames must be a list of at most {MAX_NODES} names")
-        if not all(isinstance(n, str) for n in names):
+        if names and {type(n) for n in names} != {str}:
             raise _bad("NodeNames must hold strings")
         return ExtenderArgs(tuple(names), None, None)
     if not isinstance(nodes, dict):

@@ -16,6 +16,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from . import ear, ear_keys, events
 from ._http import path_text, services
+from .api_errors import HttpError
 from .auth import READ_INVENTORY, require
 from .errors import BadRequest, Unauthenticated
 
@@ -52,6 +53,9 @@ def node_ear(node: str) -> Response:
     path_text(node, "node")
     if "Authorization" in request.headers or "X-Assay-Quote" not in request.headers:
         return _ear_for_token(node)
+    svc = services()
+    if not svc.unauthenticated.allow(request.remote_addr or "?", svc.monotonic()):
+        raise HttpError(429, "rate_limited", "too many requests from this address; slow down")
     nonce_hex = request.headers.get("X-Assay-Nonce", "")
     try:
         nonce = bytes.fromhex(nonce_hex) if len(nonce_hex) == 64 else b""
@@ -67,7 +71,7 @@ def node_ear(node: str) -> Response:
 
 @cluster_bp.get("/v1/keys")
 def jwks() -> Response:
-    resp = jsonify(ear_keys.keyring(services(), fresh=True).jwks())
+    resp = jsonify(ear_keys.published_jwks(services()))
     resp.mimetype = "application/jwk-set+json"
     resp.headers["Cache-Control"] = "max-age=60"
     return resp
@@ -76,11 +80,12 @@ def jwks() -> Response:
 @cluster_bp.get("/.well-known/veraison/verification")
 def discovery() -> Response:
     """The EAR convention's discovery document: the current verification key and endpoints."""
-    ring = ear_keys.keyring(services(), fresh=True)
+    svc = services()
+    ring = ear_keys.keyring(svc, fresh=True)
     return jsonify(
         {
             "ear-verification-key": ring.signing.public_jwk(),
-            "ear-verification-keys": ring.jwks()["keys"],
+            "ear-verification-keys": ear_keys.published_jwks(svc)["keys"],
             "media-types": [EAR_MEDIA_TYPE],
             "version": ear.build_id(),
             "service-state": "READY",

@@ -66,6 +66,14 @@ def retention(svc: Services) -> dt.timedelta:
 
 
 def _db_keys(svc: Services, now: dt.datetime, *, rotate: bool) -> list[StoredKey]:
+    keep = now - retention(svc)
+    if not rotate:  # the usual case: a read, no write lock (the JWKS is public)
+        with svc.store.read() as db:
+            rows = cluster.ear_keys(db)
+            if any(r.retired_at is None for r in rows) and not any(
+                r.retired_at is not None and r.retired_at < keep for r in rows
+            ):
+                return [StoredKey(r.kid, r.private_pem, r.created_at, r.retired_at) for r in rows]
     with svc.store.write() as db:
         rows = cluster.ear_keys(db)
         if rotate or not [r for r in rows if r.retired_at is None]:
@@ -77,7 +85,6 @@ def _db_keys(svc: Services, now: dt.datetime, *, rotate: bool) -> list[StoredKey
             )
             cluster.add_ear_key(db, row)
             rows.append(row)
-        keep = now - retention(svc)
         kept = []
         for r in rows:
             if r.retired_at is not None and r.retired_at < keep:
@@ -176,12 +183,25 @@ class KeyRing:
     published: tuple[SigningKey, ...]
     loaded_at: float
 
-    def jwks(self) -> dict[str, Any]:
-        return {"keys": [k.public_jwk() for k in self.published]}
+    def jwks(self, keep_after: dt.datetime | None = None) -> dict[str, Any]:
+        """The public keys; with ``keep_after``, without keys retired before it."""
+        keys = [
+            k
+            for k in self.published
+            if keep_after is None or k.retired_at is None or k.retired_at >= keep_after
+        ]
+        return {"keys": [k.public_jwk() for k in keys]}
 
 
 RELOAD_AFTER = 30.0
 """Seconds a worker signs with the key it loaded before looking for a rotation."""
+FRESH_AFTER = 1.0
+"""A ``fresh`` read (the JWKS) is served from what this process read within this second."""
+
+
+def published_jwks(svc: Services) -> dict[str, Any]:
+    """The JWKS as of now: the signing key and retired keys whose tokens may still be valid."""
+    return keyring(svc, fresh=True).jwks(svc.now() - retention(svc))
 
 
 def keyring(svc: Services, *, fresh: bool = False) -> KeyRing:
@@ -192,9 +212,12 @@ def keyring(svc: Services, *, fresh: bool = False) -> KeyRing:
     """
     ring = svc.extensions.get("ear_keys")
     mono = svc.monotonic()
-    if fresh or not isinstance(ring, KeyRing) or mono - ring.loaded_at > RELOAD_AFTER:
-        keys = tuple(k.load() for k in stored_keys(svc))
-        live = [k for k in keys if k.retired_at is None]
-        ring = KeyRing(live[-1] if live else keys[-1], keys, mono)
-        svc.extensions["ear_keys"] = ring
+    if isinstance(ring, KeyRing):
+        age = mono - ring.loaded_at
+        if age < RELOAD_AFTER and not (fresh and age >= FRESH_AFTER):
+            return ring
+    keys = tuple(k.load() for k in stored_keys(svc))
+    live = [k for k in keys if k.retired_at is None]
+    ring = KeyRing(live[-1] if live else keys[-1], keys, mono)
+    svc.extensions["ear_keys"] = ring
     return ring

@@ -119,7 +119,14 @@ POLL = 0.2
 
 
 def feed(
-    store: Any, after: int, *, wait: float, limit: int, monotonic: Any, sleep: Any
+    store: Any,
+    after: int,
+    *,
+    wait: float,
+    limit: int,
+    monotonic: Any,
+    sleep: Any,
+    now: Any = _utcnow,
 ) -> FeedPage:
     """Events with ``seq > after`` (oldest first, at most ``limit``), waiting up to ``wait``
     seconds for the first one: a long poll, so followers learn of a change within ``POLL`` s
@@ -127,9 +134,9 @@ def feed(
     deadline = monotonic() + wait
     while True:
         with store.read() as db:
-            rows = cluster.events_after(db, after, limit=limit)
-            # With nothing new, the feed's end: below ``after`` only if the feed was reset.
-            last = rows[-1].seq if rows else cluster.last_seq(db)
+            rows = cluster.events_after(db, after, limit=limit, now=now())
+            # Nothing settled: ``after`` again — or the feed's end if that is lower (a reset).
+            last = rows[-1].seq if rows else min(after, cluster.last_seq(db))
             page = FeedPage(tuple({**r.payload, "seq": r.seq} for r in rows), last)
         if rows or monotonic() >= deadline:
             return page

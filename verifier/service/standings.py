@@ -61,6 +61,9 @@ class Standings:
         self.why: dict[str, str] = {}
         self.seq = -1
         self.loaded_at = -1e18
+        self._set: frozenset[str] | None = None
+        self._earliest = float("inf")
+        self._why_now: dict[str, str] = {}
 
     def _put(self, name: str, st: Standing) -> None:
         if st.state == NodeState.TRUSTED:
@@ -76,14 +79,15 @@ class Standings:
         window = svc.config.freshness_window
         mono = svc.monotonic()
         with svc.store.read() as db:
-            last = cluster.last_seq(db)
+            # Up to where every event is visible (writers may commit out of seq order).
+            last = cluster.settled_seq(db, svc.now())
             if last == self.seq and mono - self.loaded_at < FULL_RELOAD:
                 return
             touched: set[str] | None = None
             if self.seq >= 0 and last > self.seq and mono - self.loaded_at < FULL_RELOAD:
                 events = cluster.events_after(db, self.seq, limit=MAX_TOUCHED + 1)
                 if len(events) <= MAX_TOUCHED:
-                    touched = {e.node for e in events if e.node}
+                    touched = {e.node for e in events if e.node and e.seq <= last}
             query = select(*_COLUMNS)
             if touched is not None:
                 query = query.where(Node.name.in_(touched))
@@ -96,18 +100,26 @@ class Standings:
         for row in rows:
             self._put(row[0], _standing(row, window))
         self.seq = last
+        self._set = None  # the schedulable set is rebuilt on the next judgement
+
+    def _schedulable(self, now: float) -> frozenset[str]:
+        """The trusted names still fresh at ``now``: rebuilt only when one of them expires."""
+        if self._set is None or now > self._earliest:
+            alive = {n: t for n, t in self.fresh_until.items() if now <= t}
+            self._set = frozenset(alive)
+            self._earliest = min(alive.values(), default=float("inf"))
+            expired = {n: STALE for n in self.fresh_until if n not in alive}
+            self._why_now = {**self.why, **expired}
+        return self._set
 
     def judge(self, names: Sequence[str], now: float) -> tuple[list[int], dict[str, str]]:
         """(indices of the names that may be scheduled, {name: why not} for the others)."""
-        fresh, why = self.fresh_until, self.why
-        passed: list[int] = []
-        failed: dict[str, str] = {}
-        for i, name in enumerate(names):
-            until = fresh.get(name)
-            if until is not None and now <= until:
-                passed.append(i)
-            else:
-                failed[name] = STALE if until is not None else why.get(name, UNKNOWN)
+        ok = self._schedulable(now)
+        passed = [i for i, name in enumerate(names) if name in ok]
+        if len(passed) == len(names):
+            return passed, {}
+        why = self._why_now.get
+        failed = {name: why(name, UNKNOWN) for name in names if name not in ok}
         return passed, failed
 
 

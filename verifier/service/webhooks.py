@@ -99,6 +99,19 @@ class Dispatcher:
             return Outcome(True, "")
         return Outcome(False, f"HTTP {resp.status_code}")
 
+    def _has_work(self, name: str) -> bool:
+        """A read-only look first, so idle dispatchers never take the database's write lock."""
+        now = self.svc.now()
+        with self.svc.store.read() as db:
+            row = db.get(cluster.WebhookCursor, name)
+            if row is None:
+                return True  # the cursor is still to be made
+            if row.next_attempt_at is not None and row.next_attempt_at > now:
+                return False
+            if row.locked_until is not None and row.locked_until > now:
+                return False
+            return cluster.last_seq(db) > row.last_seq
+
     def _claim(self, name: str, now: dt.datetime) -> int | None:
         """Take the receiver's lease; its cursor, or None if another holds it or it must wait."""
         with self.svc.store.write() as db:
@@ -132,13 +145,14 @@ class Dispatcher:
         """Deliver what is pending for one receiver, in order, until a failure; how many went."""
         from .metrics import metrics_of
 
+        if not self._has_work(receiver.name):
+            return 0
         after = self._claim(receiver.name, self.svc.now())
         if after is None:
             return 0
         with self.svc.store.read() as db:
-            pending = [
-                {**e.payload, "seq": e.seq} for e in cluster.events_after(db, after, limit=BATCH)
-            ]
+            rows = cluster.events_after(db, after, limit=BATCH, now=self.svc.now())
+            pending = [{**e.payload, "seq": e.seq} for e in rows]
         sent = 0
         counter = metrics_of(self.svc).webhook_deliveries
         for event in pending:

@@ -22,8 +22,10 @@ class ClusterEvent(Base):
     """A node state change or golden revocation, written in the transaction that made it."""
 
     __tablename__ = "cluster_events"
+    # A seq is never reused, even after pruning.
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     event_id: Mapped[str] = mapped_column(String(36), unique=True)
     type: Mapped[str] = mapped_column(String(32))
     node: Mapped[str | None] = mapped_column(String(253))
@@ -68,13 +70,75 @@ def last_seq(s: Session) -> int:
     return int(s.scalar(select(func.max(ClusterEvent.seq))) or 0)
 
 
-def events_after(s: Session, seq: int, *, limit: int) -> list[ClusterEvent]:
+GAP_WAIT = 10.0
+"""Seconds a hole in ``seq`` is waited for before it is taken as a rolled-back transaction."""
+
+
+def settled(rows: Sequence[ClusterEvent], after: int, now: dt.datetime) -> list[ClusterEvent]:
+    """The rows a follower may consume: those before the first hole in ``seq``.
+
+    With several writers (PostgreSQL), sequence numbers are taken at insert and transactions
+    commit in any order, so ``seq`` 7 can be visible while 6 is still being committed; a follower
+    that moved past 7 would never see 6. A hole is therefore waited for — unless the row after
+    it is older than ``GAP_WAIT``, when the hole is a transaction that rolled back (a sequence
+    number is never given back). SQLite serialises writers, so it has no such holes.
+    """
+    out: list[ClusterEvent] = []
+    expected = after + 1
+    for row in rows:
+        if row.seq != expected and (now - row.created_at).total_seconds() < GAP_WAIT:
+            break
+        out.append(row)
+        expected = row.seq + 1
+    return out
+
+
+def events_after(
+    s: Session, seq: int, *, limit: int, now: dt.datetime | None = None
+) -> list[ClusterEvent]:
+    """Events after ``seq`` in order; with ``now``, only those ``settled`` at ``now``."""
     q = select(ClusterEvent).where(ClusterEvent.seq > seq).order_by(ClusterEvent.seq).limit(limit)
-    return list(s.scalars(q))
+    rows = list(s.scalars(q))
+    return rows if now is None else settled(rows, seq, now)
+
+
+def settled_seq(s: Session, now: dt.datetime, *, window: int = 256) -> int:
+    """The highest ``seq`` up to which every event is visible or given up on (see ``settled``).
+
+    One query for the newest ``window`` events (the usual case: at most a few are younger than
+    ``GAP_WAIT``); a burst of more young events than that takes a second, unbounded look."""
+    cutoff = now - dt.timedelta(seconds=GAP_WAIT)
+    newest = s.execute(
+        select(ClusterEvent.seq, ClusterEvent.created_at)
+        .order_by(ClusterEvent.seq.desc())
+        .limit(window)
+    ).all()
+    old = next((i for i, (_, at) in enumerate(newest) if at < cutoff), None)
+    if old is None and len(newest) == window:
+        base = int(
+            s.scalar(select(func.max(ClusterEvent.seq)).where(ClusterEvent.created_at < cutoff))
+            or 0
+        )
+        young = list(
+            s.scalars(
+                select(ClusterEvent.seq).where(ClusterEvent.seq > base).order_by(ClusterEvent.seq)
+            )
+        )
+    else:
+        base = int(newest[old][0]) if old is not None else 0
+        young = [int(seq) for seq, _ in reversed(newest[: old if old is not None else len(newest)])]
+    expected = base + 1
+    for seq in young:
+        if seq != expected:
+            break
+        expected = seq + 1
+    return expected - 1
 
 
 def prune_events(s: Session, before: dt.datetime, keep_after: int) -> int:
-    """Delete events older than ``before`` that every receiver has (``seq <= keep_after``)."""
+    """Delete events older than ``before`` that every receiver has (``seq <= keep_after``),
+    always keeping the newest, so the feed's end stays where it was."""
+    keep_after = min(keep_after, last_seq(s) - 1)
     old = select(ClusterEvent).where(
         ClusterEvent.created_at < before, ClusterEvent.seq <= keep_after
     )

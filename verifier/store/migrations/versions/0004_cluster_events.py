@@ -28,7 +28,7 @@ depends_on: str | None = None
 def upgrade() -> None:
     op.create_table(
         "cluster_events",
-        sa.Column("seq", sa.Integer(), nullable=False),
+        sa.Column("seq", sa.Integer(), autoincrement=True, nullable=False),
         sa.Column("event_id", sa.String(length=36), nullable=False),
         sa.Column("type", sa.String(length=32), nullable=False),
         sa.Column("node", sa.String(length=253), nullable=True),
@@ -36,6 +36,7 @@ def upgrade() -> None:
         sa.Column("payload", sa.JSON(), nullable=False),
         sa.PrimaryKeyConstraint("seq"),
         sa.UniqueConstraint("event_id"),
+        sqlite_autoincrement=True,  # a seq is never reused, even after pruning
     )
     op.create_index("ix_cluster_events_created_at", "cluster_events", ["created_at"])
     op.create_table(
