@@ -18,6 +18,7 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import ECKey, OctKey
 
+from assay.ak_proof import ear_request_digest
 from assay.errors import ConfigurationError, MalformedEvidence, VerificationFailed
 from testkit.quotes import SoftwareAk
 from tests.test_service_api import T0, Env, add_node, make_env
@@ -25,7 +26,6 @@ from verifier._cli import main
 from verifier.ear import EarStatus, verify_ear
 from verifier.ear.token import load_jwks
 from verifier.service import ear_keys
-from verifier.service.ear import ak_request_digest
 from verifier.store.models import Node
 
 WINDOW = 180  # attest interval 60 s × freshness factor 3
@@ -292,7 +292,7 @@ def enroll_with_ak(env: Env, name: str) -> SoftwareAk:
 
 def ak_headers(env: Env, node: str, ak: SoftwareAk, *, digest: bool = True) -> dict[str, str]:
     nonce = bytes.fromhex(env.client.post(f"/v1/nodes/{node}/challenge").json["nonce"])
-    qualifying = ak_request_digest(nonce) if digest else nonce
+    qualifying = ear_request_digest(nonce) if digest else nonce
     attest, sig = ak.quote({}, qualifying)
     return {
         "X-Assay-Nonce": nonce.hex(),

@@ -8,7 +8,7 @@ after issue, so relying parties re-ask.
 
 A node may fetch its own EAR without a token by proving it holds its enrolled AK: it asks
 ``/challenge`` for a nonce as for attestation and sends a TPM2_Quote whose qualifying data is
-``SHA-256("assay-ear-request\\0" || nonce)`` (``ak_request_digest``). The quote verifies with the
+``SHA-256("assay-ear-request\\0" || nonce)`` (``assay.ak_proof``). The quote verifies with the
 enrolled AK only, the nonce is single use and short-lived, and the domain-separated digest means
 such a quote can never be accepted as evidence (evidence must carry the nonce itself), nor
 evidence as such a request.
@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import hashlib
 import re
 from dataclasses import dataclass
 
+from assay.ak_proof import ear_request_digest
 from assay.errors import MalformedEvidence, VerificationFailed
 from assay.tpm2 import parse_public, verify_quote_without_pcrs
 from verifier.ear import EarClaims, appraisal_for, sign_ear
@@ -36,7 +36,6 @@ from .inventory import NodeView, get_node
 DEVELOPER = "the Assay project"
 _CODE = re.compile(r"([a-z][a-z0-9_]*):")
 _HEX = frozenset("0123456789abcdef")
-AK_REQUEST_CONTEXT = b"assay-ear-request\x00"
 
 
 @functools.cache
@@ -104,14 +103,10 @@ def issue(svc: Services, node_name: str, *, nonce: str | None = None) -> IssuedE
     return IssuedEar(sign_ear(claims, ring.signing.key, ring.signing.kid), claims)
 
 
-def ak_request_digest(nonce: bytes) -> bytes:
-    return hashlib.sha256(AK_REQUEST_CONTEXT + nonce).digest()
-
-
 def authenticate_node(
     svc: Services, node_name: str, nonce: bytes, attest: bytes, signature: bytes
 ) -> None:
-    """The caller holds ``node_name``'s enrolled AK: a quote over ``ak_request_digest(nonce)``
+    """The caller holds ``node_name``'s enrolled AK: a quote over ``ear_request_digest(nonce)``
     made by it, for a nonce issued to this node and not used before (Unauthenticated else)."""
     now = svc.now()
     key = svc.nonce_key()
@@ -125,7 +120,7 @@ def authenticate_node(
         raise Unauthenticated(refused, f"nonce refused: {refused.removeprefix('nonce_')}")
     try:
         verify_quote_without_pcrs(
-            attest, signature, parse_public(ak_public), ak_request_digest(nonce)
+            attest, signature, parse_public(ak_public), ear_request_digest(nonce)
         )
     except (VerificationFailed, MalformedEvidence) as exc:
         code = getattr(exc, "code", "malformed_evidence")
