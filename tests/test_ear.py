@@ -394,3 +394,20 @@ def test_ear_verify_reads_the_token_from_a_file(env: Env, tmp_path: Path) -> Non
     token = tmp_path / "t.jwt"
     token.write_text(ear_of(env, "good"))
     assert run_cli(f"@{token}", "--jwks", str(jwks))[0] == 0
+
+
+def test_serve_makes_the_signing_key_on_its_first_start(tmp_path: Path) -> None:
+    from testkit.service import run_server
+    from verifier.service.config import ServiceConfig
+    from verifier.store import Store, cluster, upgrade
+
+    db = str(tmp_path / "v.db")
+    store = Store(db)
+    upgrade(store)
+    with store.read() as s:
+        assert cluster.ear_keys(s) == []
+    with run_server(ServiceConfig(database=db, workers=1)):
+        with store.read() as s:
+            (key,) = cluster.ear_keys(s)
+        assert key.retired_at is None
+    store.close()

@@ -71,15 +71,20 @@ def _child_exit(server: Any, worker: Any) -> None:
 
 
 def _when_ready(server: Any) -> None:
-    """In the master: ``/metrics`` on its own address when ``metrics_bind`` is set."""
+    """In the master, once: the EAR signing key (made on the first start), and ``/metrics`` on
+    its own address when ``metrics_bind`` is set."""
+    from verifier.store import Store
+
+    from . import ear_keys
+
     app: VerifierServer = server.app
     cfg = app.service_config
+    svc = Services(config=cfg, store=Store(cfg.database))
+    ear_keys.stored_keys(svc)
     if cfg.metrics_bind:
-        from verifier.store import Store
-
         from .metrics import serve_separately
 
-        serve_separately(Services(config=cfg, store=Store(cfg.database)), cfg.metrics_bind)
+        serve_separately(svc, cfg.metrics_bind)
 
 
 def serve(config: ServiceConfig) -> None:
