@@ -113,6 +113,8 @@ class FakeKubeApiserver:
         self.history: list[tuple[int, str, dict[str, Any]]] = []
         self.invalid: list[str] = []
         self.requests: list[tuple[str, str, str]] = []
+        self.answers: list[tuple[str, str, int]] = []
+        """(method, path, status) of every answer, in order."""
         self._failures: list[int] = []
         self.before_next_patch: Callable[[], None] | None = None
         """Run once, just before the next PATCH is applied (another writer racing the client)."""
@@ -295,86 +297,91 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _handler(fake: FakeKubeApiserver) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+class _Handler(BaseHTTPRequestHandler):
+    """The HTTP side of the fake; ``fake`` is set on a subclass per server (``_handler``)."""
 
-        def log_message(self, format: str, *args: Any) -> None:
+    fake: FakeKubeApiserver
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _send(self, code: int, body: Any) -> None:
+        self.fake.answers.append((self.command, urlparse(self.path).path, code))
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _body(self) -> Any:
+        size = int(self.headers.get("Content-Length", "0"))
+        return json.loads(self.rfile.read(size)) if size else None
+
+    def _route(self, method: str) -> None:
+        url = urlparse(self.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        self.fake.requests.append((method, url.path, self.headers.get("Content-Type", "")))
+        try:
+            failed = self.fake.failure()
+            if failed is not None:
+                raise ApiError(failed, "InternalError", "injected failure")
+            body = self._body() if method in ("POST", "PUT", "PATCH") else None
+            if url.path == "/api/v1/nodes" and query.get("watch") in ("true", "1"):
+                return self._watch(query)
+            self._send(200 if method != "POST" else 201, self._dispatch(method, url.path, body))
+        except ApiError as exc:
+            self._send(exc.code, exc.status())
+
+    def _dispatch(self, method: str, path: str, body: Any) -> dict[str, Any]:
+        parts = path.strip("/").split("/")
+        if path == "/api/v1/nodes":
+            if method == "GET":
+                return self.fake.list_nodes()
+            if method == "POST":
+                return self.fake.create_node(body)
+        elif path.startswith("/api/v1/nodes/"):
+            name, status = parts[3], len(parts) == 5 and parts[4] == "status"
+            if method == "GET":
+                return self.fake.get_node(name)
+            if method == "PATCH":
+                ctype = self.headers.get("Content-Type", "").split(";")[0]
+                return self.fake.patch_node(name, ctype, body, status)
+        elif path.startswith(LEASES):
+            rest = path[len(LEASES) :].split("/")
+            if len(rest) >= 2 and rest[1] == "leases":
+                return self.fake.lease(method, rest[0], rest[2] if len(rest) > 2 else None, body)
+        raise ApiError(404, "NotFound", f"{method} {path} is not served by the fake")
+
+    def _watch(self, query: dict[str, str]) -> None:
+        since = int(query.get("resourceVersion") or self.fake.rv)
+        timeout = float(query.get("timeoutSeconds") or 30)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            for event in self.fake.watch_nodes(since, timeout):
+                line = json.dumps(event).encode() + b"\n"
+                self.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
             pass
 
-        def _send(self, code: int, body: Any) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def do_GET(self) -> None:
+        self._route("GET")
 
-        def _body(self) -> Any:
-            size = int(self.headers.get("Content-Length", "0"))
-            return json.loads(self.rfile.read(size)) if size else None
+    def do_POST(self) -> None:
+        self._route("POST")
 
-        def _route(self, method: str) -> None:
-            url = urlparse(self.path)
-            query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-            fake.requests.append((method, url.path, self.headers.get("Content-Type", "")))
-            try:
-                failed = fake.failure()
-                if failed is not None:
-                    raise ApiError(failed, "InternalError", "injected failure")
-                body = self._body() if method in ("POST", "PUT", "PATCH") else None
-                if url.path == "/api/v1/nodes" and query.get("watch") in ("true", "1"):
-                    return self._watch(query)
-                self._send(200 if method != "POST" else 201, self._dispatch(method, url.path, body))
-            except ApiError as exc:
-                self._send(exc.code, exc.status())
+    def do_PUT(self) -> None:
+        self._route("PUT")
 
-        def _dispatch(self, method: str, path: str, body: Any) -> dict[str, Any]:
-            parts = path.strip("/").split("/")
-            if path == "/api/v1/nodes":
-                if method == "GET":
-                    return fake.list_nodes()
-                if method == "POST":
-                    return fake.create_node(body)
-            elif path.startswith("/api/v1/nodes/"):
-                name, status = parts[3], len(parts) == 5 and parts[4] == "status"
-                if method == "GET":
-                    return fake.get_node(name)
-                if method == "PATCH":
-                    ctype = self.headers.get("Content-Type", "").split(";")[0]
-                    return fake.patch_node(name, ctype, body, status)
-            elif path.startswith(LEASES):
-                rest = path[len(LEASES) :].split("/")
-                if len(rest) >= 2 and rest[1] == "leases":
-                    return fake.lease(method, rest[0], rest[2] if len(rest) > 2 else None, body)
-            raise ApiError(404, "NotFound", f"{method} {path} is not served by the fake")
+    def do_PATCH(self) -> None:
+        self._route("PATCH")
 
-        def _watch(self, query: dict[str, str]) -> None:
-            since = int(query.get("resourceVersion") or fake.rv)
-            timeout = float(query.get("timeoutSeconds") or 30)
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            try:
-                for event in fake.watch_nodes(since, timeout):
-                    line = json.dumps(event).encode() + b"\n"
-                    self.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
-                    self.wfile.flush()
-                self.wfile.write(b"0\r\n\r\n")
-            except (BrokenPipeError, ConnectionResetError):
-                pass
 
-        def do_GET(self) -> None:
-            self._route("GET")
-
-        def do_POST(self) -> None:
-            self._route("POST")
-
-        def do_PUT(self) -> None:
-            self._route("PUT")
-
-        def do_PATCH(self) -> None:
-            self._route("PATCH")
-
-    return Handler
+def _handler(fake: FakeKubeApiserver) -> type[BaseHTTPRequestHandler]:
+    return type("Handler", (_Handler,), {"fake": fake})

@@ -229,7 +229,9 @@ def test_a_concurrent_writer_causes_a_conflict_that_is_retried_without_losing_it
     ctl = cluster.controller()
     eventually(lambda: "assay.io/untrusted" in taints(cluster.fake, "bad"))
     assert taints(cluster.fake, "bad")["example.com/maintenance"] == "NoSchedule"
-    assert ctl.errors.labels("conflict")._value.get() >= 1
+    patches = [code for method, path, code in cluster.fake.answers if method == "PATCH"]
+    assert 409 in patches, cluster.fake.answers
+    eventually(lambda: ctl.errors.labels("conflict")._value.get() >= 1)
 
 
 def test_api_errors_are_retried_with_backoff_and_counted(cluster: Cluster) -> None:
@@ -294,3 +296,48 @@ def test_the_node_name_can_come_from_a_label(cluster: Cluster) -> None:
     )
     cluster.controller(node_name_label="assay.io/node")
     eventually(lambda: labels(cluster.fake, "ip-10-0-0-7").get("assay.io/trusted") == "true")
+
+
+def test_the_command_runs_the_controller_from_a_kubeconfig(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "fake", "cluster": {"server": cluster.fake.url}}],
+                "users": [{"name": "ctl", "user": {}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "ctl"}}],
+                "current-context": "fake",
+            }
+        )
+    )
+    token = tmp_path / "token"
+    token.write_text(cluster.scheduler)
+    add_node(cluster.store, "bad", state="untrusted")
+    cluster.fake.add_node("bad")
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "verifier", "k8s-controller", "--verifier", cluster.url,
+            "--token-file", str(token), "--kubeconfig", str(kubeconfig), "--identity", "cli",
+        ],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        eventually(lambda: "assay.io/untrusted" in taints(cluster.fake, "bad"), 30)
+        lease = cluster.fake.leases[("assay-system", "assay-node-controller")]
+        assert lease["spec"]["holderIdentity"] == "cli"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 from typing import Any
 
@@ -81,5 +82,6 @@ def _run(args: argparse.Namespace) -> int:
     controller = Controller(cfg, KubeApi(_api_client(args)), verifier, registry=registry)
     if args.metrics_port:
         start_http_server(args.metrics_port, registry=registry)
+    signal.signal(signal.SIGTERM, lambda *_: controller.stop.set())  # stop between rounds
     run_until_stopped(controller)
     return EXIT_OK
