@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from verifier.store import cluster
+from verifier.store import Store, cluster
 from verifier.store.models import Attestation, Node, NodeState, iso
 
 NODE_STATE_CHANGED = "node.state_changed"
@@ -119,14 +120,14 @@ POLL = 0.2
 
 
 def feed(
-    store: Any,
+    store: Store,
     after: int,
     *,
     wait: float,
     limit: int,
-    monotonic: Any,
-    sleep: Any,
-    now: Any = _utcnow,
+    monotonic: Callable[[], float],
+    sleep: Callable[[float], None],
+    now: Callable[[], dt.datetime] = _utcnow,
 ) -> FeedPage:
     """Events with ``seq > after`` (oldest first, at most ``limit``), waiting up to ``wait``
     seconds for the first one: a long poll, so followers learn of a change within ``POLL`` s
