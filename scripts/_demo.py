@@ -286,7 +286,7 @@ def start_verifier(demo: Demo) -> None:
         try:
             requests.get(demo.url + "/v1/nodes", timeout=1)
             break
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or no worker answering yet
             if time.monotonic() > deadline:
                 raise DemoError("the verifier did not start listening within 60 s") from None
             time.sleep(0.2)

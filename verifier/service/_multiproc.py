@@ -8,7 +8,9 @@ files. Imports nothing from prometheus_client itself.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -25,4 +27,11 @@ def prepare() -> Path:
     else:
         directory = Path(tempfile.mkdtemp(prefix="assay-metrics-"))
         os.environ[ENV] = str(directory)
+        atexit.register(_remove, directory, os.getpid())
     return directory
+
+
+def _remove(directory: Path, owner: int) -> None:
+    """At exit, only in the process that made the directory (forked workers inherit atexit)."""
+    if os.getpid() == owner:
+        shutil.rmtree(directory, ignore_errors=True)

@@ -25,6 +25,8 @@ class VerifierServer(BaseApplication):  # type: ignore[misc]
 
     def __init__(self, config: ServiceConfig) -> None:
         self.service_config = config
+        self.master_services: Services | None = None
+        """The master's own services (the separate metrics bind), if any."""
         super().__init__()
 
     def load_config(self) -> None:
@@ -41,6 +43,7 @@ class VerifierServer(BaseApplication):  # type: ignore[misc]
             "errorlog": "-",
             "loglevel": "warning",
             "proc_name": "assay-verifier",
+            "post_fork": _post_fork,
             "post_worker_init": _post_worker_init,
             "child_exit": _child_exit,
             "when_ready": _when_ready,
@@ -71,21 +74,39 @@ def _child_exit(server: Any, worker: Any) -> None:
 
 
 def _when_ready(server: Any) -> None:
-    """In the master, once: the EAR signing key (made on the first start), and ``/metrics`` on
-    its own address when ``metrics_bind`` is set."""
+    """In the master: ``/metrics`` on its own address when ``metrics_bind`` is set."""
+    from verifier.store import Store
+
+    from .metrics import serve_separately
+
+    app: VerifierServer = server.app
+    cfg = app.service_config
+    if cfg.metrics_bind:
+        app.master_services = Services(config=cfg, store=Store(cfg.database))
+        serve_separately(app.master_services, cfg.metrics_bind)
+
+
+def _post_fork(server: Any, worker: Any) -> None:
+    """In a new worker: forget the master's database connections without closing them (they are
+    the master's; closing a SQLite file's descriptor here would drop this process's locks)."""
+    svc = getattr(server.app, "master_services", None)
+    if isinstance(svc, Services):
+        svc.store.engine.dispose(close=False)
+
+
+def make_signing_key(config: ServiceConfig) -> None:
+    """The EAR signing key, made on the first start (before the port opens, once)."""
     from verifier.store import Store
 
     from . import ear_keys
 
-    app: VerifierServer = server.app
-    cfg = app.service_config
-    svc = Services(config=cfg, store=Store(cfg.database))
-    ear_keys.stored_keys(svc)
-    if cfg.metrics_bind:
-        from .metrics import serve_separately
-
-        serve_separately(svc, cfg.metrics_bind)
+    svc = Services(config=config, store=Store(config.database))
+    try:
+        ear_keys.stored_keys(svc)
+    finally:
+        svc.store.close()
 
 
 def serve(config: ServiceConfig) -> None:
+    make_signing_key(config)
     VerifierServer(config).run()
