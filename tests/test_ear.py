@@ -411,3 +411,30 @@ def test_serve_makes_the_signing_key_on_its_first_start(tmp_path: Path) -> None:
             (key,) = cluster.ear_keys(s)
         assert key.retired_at is None
     store.close()
+
+
+def test_ear_verify_fetches_the_jwks_from_a_url(env: Env, tmp_path: Path) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    jwks = cli_env(env, tmp_path).read_bytes()
+
+    class Keys(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/v1/keys" else 404)
+            self.send_header("Content-Length", str(len(jwks)))
+            self.end_headers()
+            self.wfile.write(jwks)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Keys)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        assert run_cli(ear_of(env, "good"), "--jwks", f"{url}/v1/keys")[0] == 0
+        assert run_cli(ear_of(env, "good"), "--jwks", f"{url}/nope")[0] == 2
+    finally:
+        server.shutdown()
+        server.server_close()
