@@ -61,6 +61,16 @@ def test_filter_with_node_names_passes_only_trusted_fresh_nodes(env: Env) -> Non
     assert reasons["bad"].startswith("untrusted") and reasons["held"].startswith("quarantined")
 
 
+def test_a_refusal_names_the_reason_code_never_the_approved_values(env: Env) -> None:
+    from verifier.store.models import Node
+
+    with env.store.write() as db:
+        node = db.query(Node).filter_by(name="bad").one()
+        node.reason = "cmdline_not_approved: PCR8 event 45: got 'nokaslr', expected 'quiet'"
+    out = post(env, "filter", {"Pod": POD, "NodeNames": ["bad"]})
+    assert out["FailedAndUnresolvableNodes"] == {"bad": "untrusted: cmdline_not_approved"}
+
+
 def test_filter_with_full_nodes_returns_the_passing_node_objects(env: Env) -> None:
     nodes = {"apiVersion": "v1", "kind": "NodeList", "items": [v1_node(n) for n in NAMES]}
     out = post(env, "filter", {"Pod": POD, "Nodes": nodes, "NodeNames": None})
