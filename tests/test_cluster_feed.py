@@ -83,3 +83,41 @@ def test_pruning_keeps_the_newest_event_and_seq_is_never_reused(store: Store) ->
     with store.read() as db:
         assert cluster.last_seq(db) == last  # the end of the feed did not move back
     assert add(store, None, T0, "new") == last + 1
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["after=-1", "after=\u0661", "after=1e3", f"after={2**63}", "wait=31", "wait=0.5", "limit=0",
+     "limit=1001", "after=%00", "after= 1"],
+)  # fmt: skip
+def test_a_bad_feed_query_is_a_400_with_a_stable_code(tmp_path: Path, query: str) -> None:
+    from tests.test_service_api import make_env
+
+    env = make_env(str(tmp_path / "v.db"))
+    resp = env.client.get(f"/v1/events?{query}", headers=env.h("scheduler"))
+    assert resp.status_code == 400 and resp.json["error"]["code"] == "bad_query"
+    env.store.close()
+
+
+def test_a_long_poll_answers_as_soon_as_an_event_commits(tmp_path: Path) -> None:
+    import threading
+
+    from tests.test_service_api import make_env
+
+    env = make_env(str(tmp_path / "v.db"))
+    got: list[float] = []
+
+    def poll() -> None:
+        start = time.monotonic()
+        resp = env.client.get("/v1/events?after=0&wait=10", headers=env.h("scheduler"))
+        assert resp.status_code == 200 and resp.json["events"]
+        got.append(time.monotonic() - start)
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    time.sleep(0.5)
+    resp = env.client.post("/v1/nodes/n1/quarantine", headers=env.h("admin"), json={"reason": "t"})
+    assert resp.status_code == 200
+    thread.join(timeout=15)
+    assert got and 0.4 < got[0] < 2.0
+    env.store.close()

@@ -22,7 +22,7 @@ from .errors import BadRequest, Unauthenticated
 
 cluster_bp = Blueprint("cluster", __name__)
 EAR_MEDIA_TYPE = "application/eat+jwt"
-MAX_WAIT = 30.0
+MAX_WAIT = 30
 
 
 def _ear_response(node: str) -> Response:
@@ -94,24 +94,30 @@ def discovery() -> Response:
     )
 
 
-def _number_arg(name: str, default: float, hi: float) -> float:
+def _number_arg(name: str, default: int, hi: int, lo: int = 0) -> int:
     value = request.args.get(name)
     if value is None:
         return default
-    if not (value.isascii() and value.isdigit()) or int(value) > hi:
-        raise BadRequest("bad_query", f"{name} must be an integer 0..{int(hi)}")
-    return float(value)
+    if not (value.isascii() and value.isdigit()) or not lo <= int(value) <= hi:
+        raise BadRequest("bad_query", f"{name} must be an integer {lo}..{hi}")
+    return int(value)
 
 
 @cluster_bp.get("/v1/events")
 @require(*READ_INVENTORY)
 def event_feed() -> Response:
     """The change feed: ``?after=SEQ&wait=S&limit=N`` (a long poll of up to 30 s)."""
-    after = int(_number_arg("after", 0, 2**62))
+    after = _number_arg("after", 0, 2**62)
     wait = _number_arg("wait", 0, MAX_WAIT)
-    limit = int(_number_arg("limit", 500, 1000)) or 1
+    limit = _number_arg("limit", 500, 1000, lo=1)
     svc = services()
     page = events.feed(
-        svc.store, after, wait=wait, limit=limit, monotonic=svc.monotonic, sleep=time.sleep
+        svc.store,
+        after,
+        wait=wait,
+        limit=limit,
+        monotonic=svc.monotonic,
+        sleep=time.sleep,
+        now=svc.now,
     )
     return jsonify(page.to_json())
