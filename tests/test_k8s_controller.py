@@ -4,7 +4,9 @@ controller writes is validated by the fake against the Kubernetes 1.37 schema.""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -341,3 +343,27 @@ def test_the_command_runs_the_controller_from_a_kubeconfig(
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=10)
+
+
+def test_a_forged_ear_annotation_is_never_believed(cluster: Cluster) -> None:
+    """A kubelet may write its own Node's annotations: a self-made "EAR" with a far expiry must
+    not keep the node trusted through a verifier outage."""
+    trusted(cluster.store, "web-1")
+    cluster.fake.add_node("web-1")
+    ctl = cluster.controller()
+    eventually(lambda: labels(cluster.fake, "web-1").get("assay.io/trusted") == "true")
+    from joserfc import jwt
+    from joserfc.jwk import ECKey
+
+    real = cluster.fake.node("web-1")["metadata"]["annotations"]["assay.io/ear"]
+    kid = json.loads(base64.urlsafe_b64decode(real.split(".")[0] + "=="))["kid"]
+    claims = jwt.decode(real, ctl.verifier.jwks()).claims
+    forged = jwt.encode(
+        {"alg": "ES256", "kid": kid},
+        {**claims, "exp": int(time.time()) + 10**6},
+        ECKey.generate_key("P-256"),
+    )
+    cluster.fake.edit_node("web-1", {"metadata": {"annotations": {"assay.io/ear": forged}}})
+    cluster.stop_verifier()
+    eventually(lambda: labels(cluster.fake, "web-1").get("assay.io/trusted") == "false", 15)
+    assert taints(cluster.fake, "web-1")["assay.io/untrusted"] == "NoSchedule"

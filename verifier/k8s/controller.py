@@ -30,10 +30,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter
 
 from assay.errors import MalformedEvidence, VerificationFailed
-from verifier.ear import EarStatus, verify_ear
+from verifier.ear import EarClaims, EarStatus, verify_ear
 
 from . import desired
-from .desired import ABSENT, ANN_EAR, ANN_STATE, UNREACHABLE, Policy, Standing
+from .desired import ABSENT, ANN_EAR, UNREACHABLE, Policy, Standing
 from .kubeapi import KubeApi, KubeError
 from .leader import LeaderElector
 from .verifier_api import VerifierApi, VerifierUnavailable
@@ -187,9 +187,8 @@ class Controller:
             except VerificationFailed:  # maybe a key rotated since the JWKS was fetched
                 result = verify_ear(token, self.verifier.jwks(refresh=True), now=now, node=assay)
         except (VerifierUnavailable, VerificationFailed, MalformedEvidence) as exc:
-            annotated = ((node.get("metadata") or {}).get("annotations") or {}).get(ANN_EAR)
-            if unverified_exp(annotated) > now:
-                raise  # the last result still holds: retry with backoff, change nothing yet
+            if self.annotated_result(assay, node) is not None:
+                raise  # our last signed result still holds: retry with backoff, change nothing
             self.errors.labels("verifier").inc()
             return Standing(UNREACHABLE, type(exc).__name__)
         c = result.claims
@@ -201,13 +200,35 @@ class Controller:
         golden = c.submods["boot"].policy_ids if "boot" in c.submods else ()
         return Standing(state, c.reason, golden, token, c.exp)
 
+    def annotated_result(self, assay: str, node: dict[str, Any]) -> EarClaims | None:
+        """The Node's EAR annotation, if it verifies (signature, node, not expired) with the keys
+        already held. A kubelet can write its own Node's annotations, so an unverified one is
+        never believed — not even for how long to wait."""
+        token = ((node.get("metadata") or {}).get("annotations") or {}).get(ANN_EAR)
+        if not isinstance(token, str):
+            return None
+        try:
+            keys = self.verifier.jwks(cached_only=True)
+            return verify_ear(token, keys, now=int(self.clock()), node=assay).claims
+        except (VerifierUnavailable, VerificationFailed, MalformedEvidence):
+            return None
+
     def _keep_fresh_annotation(self, node: dict[str, Any], st: Standing) -> Standing:
-        """Keep the annotated EAR while it is about the same state and not close to expiry."""
-        ann = (node.get("metadata") or {}).get("annotations") or {}
-        old = ann.get(ANN_EAR)
-        same = ann.get(ANN_STATE) == st.state and st.ear is not None
-        if same and unverified_exp(old) >= self.clock() + self.cfg.refresh_margin:
-            return replace(st, ear=old, ear_exp=unverified_exp(old))
+        """Keep the annotated EAR while it verifies, is about the same state and is not close to
+        expiry (fewer writes); otherwise the new one is written."""
+        if st.ear is None:
+            return st
+        old = self.annotated_result(self.assay_name(node), node)
+        fresh = old is not None and old.exp >= self.clock() + self.cfg.refresh_margin
+        affirming = old is not None and old.status == EarStatus.AFFIRMING
+        if (
+            old is not None
+            and fresh
+            and old.state == st.state
+            and affirming == (st.state == "trusted")
+        ):
+            token = ((node.get("metadata") or {}).get("annotations") or {})[ANN_EAR]
+            return replace(st, ear=token, ear_exp=old.exp)
         return st
 
     def _apply(self, name: str, st: Standing) -> tuple[dict[str, Any], Standing]:

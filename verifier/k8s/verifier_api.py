@@ -47,8 +47,14 @@ class VerifierApi:
         resp = self._get(f"/v1/nodes/{node}/ear", 10)
         return None if resp.status_code == 404 else resp.text
 
-    def jwks(self, *, refresh: bool = False) -> KeySet:
+    def jwks(self, *, refresh: bool = False, cached_only: bool = False) -> KeySet:
+        """The verifier's keys, fetched at most every ``JWKS_TTL`` s; ``cached_only``: never
+        fetch (VerifierUnavailable if none were fetched yet)."""
         cached = self._jwks
+        if cached_only:
+            if cached is None:
+                raise VerifierUnavailable("no JWKS fetched yet")
+            return cached[1]
         if cached is None or refresh or time.monotonic() - cached[0] > JWKS_TTL:
             data = self._get("/v1/keys", 10).json()
             cached = self._jwks = (time.monotonic(), load_jwks(data))
