@@ -17,6 +17,7 @@ from typing import Any
 
 from assay.errors import AssayError, ConfigurationError
 
+from . import _cmd_runtime
 from .model import ROLES, GoldenSet, Status
 
 EXIT_OK, EXIT_DIFF, EXIT_MALFORMED, EXIT_CONFIG = 0, 1, 2, 4
@@ -288,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("file")
     c.add_argument("-o", "--output", required=True, metavar="SET.yaml")
     c.set_defaults(func=_cmd_import)
+    _cmd_runtime.register(sub)
     return p
 
 

@@ -15,6 +15,7 @@ import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import NamedTuple
 
 from assay.errors import MalformedEvidence
 
@@ -159,6 +160,76 @@ def _scan_data(
             got = authenticode_digests(image, where=f"{where}:{path}")
             flat = digests((alg, alg.hash(image)) for alg in got) if role == "kernel" else None
             yield BootApp(label=label, role=role, digests=digests(got)), flat
+
+
+class DataFile(NamedTuple):
+    """A file a package installs: its absolute path and content, or for a hard link the path of
+    the file whose content it shares (``hardlink_to``; ``content`` is then empty)."""
+
+    path: str
+    content: bytes
+    hardlink_to: str | None = None
+
+
+def _install_path(name: str) -> str | None:
+    """A data.tar member name (``./usr/bin/ls``) as the absolute path dpkg installs it at
+    (``/usr/bin/ls``); None for the root itself."""
+    rel = name[2:] if name.startswith("./") else name
+    path = posixpath.normpath("/" + rel)
+    return None if path in ("/", "//") else path
+
+
+def iter_data_files(data: bytes, where: str = "package") -> Iterator[DataFile]:
+    """Every regular file (and hard link) of a package's data.tar, streamed in archive order.
+    Symlinks and directories are skipped: IMA names a file by the path it resolves to. A member
+    larger than MAX_MEMBER_BYTES or a corrupt archive is MalformedEvidence."""
+    members = dict(_ar_members(data, where))
+    data_name = next((n for n in members if n.startswith("data.tar")), None)
+    if data_name is None:
+        raise MalformedEvidence("missing data.tar member", where=where)
+    try:
+        with _open_tar(members[data_name], data_name, where) as tar:
+            for member in tar:
+                path = _install_path(member.name)
+                if path is None:
+                    continue
+                if member.islnk():
+                    target = _install_path(member.linkname)
+                    if target is not None:
+                        yield DataFile(path, b"", target)
+                    continue
+                if not member.isfile():
+                    continue
+                if member.size > MAX_MEMBER_BYTES:
+                    raise MalformedEvidence(
+                        f"{path} is larger than {MAX_MEMBER_BYTES} bytes", where=where
+                    )
+                fh = tar.extractfile(member)
+                if fh is not None:
+                    yield DataFile(path, fh.read())
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise MalformedEvidence(f"corrupt package archive: {exc}", where=where) from None
+
+
+def deb_info(data: bytes, where: str = "package") -> DebInfo:
+    """A package's name, version and Depends from its control file."""
+    members = dict(_ar_members(data, where))
+    control_name = next((n for n in members if n.startswith("control.tar")), None)
+    if control_name is None:
+        raise MalformedEvidence("missing control.tar member", where=where)
+    try:
+        return _control(members[control_name], control_name, where)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise MalformedEvidence(f"corrupt package archive: {exc}", where=where) from None
+
+
+def read_deb_file(path: str) -> bytes:
+    """A .deb's bytes, refusing one over MAX_DEB_BYTES before reading it all."""
+    with open(path, "rb") as fh:
+        data = fh.read(MAX_DEB_BYTES + 1)
+    if len(data) > MAX_DEB_BYTES:
+        raise MalformedEvidence(f"larger than {MAX_DEB_BYTES} bytes", where=path)
+    return data
 
 
 def boot_apps_from_deb_file(path: str) -> tuple[DebInfo, tuple[BootApp, ...]]:

@@ -113,6 +113,27 @@ class Shim:
     sbat_levels: tuple[str, ...] = ()
 
 
+DEFAULT_LSMS: tuple[str, ...] = (
+    "selinux",
+    "lockdown",
+    "capability",
+    "landlock",
+    "yama",
+    "bpf",
+    "integrity",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class KernelLsm:
+    """The measured kernel command line must not switch the isolation off: SELinux on and enforcing
+    (no ``selinux=0``, ``enforcing=0``) when ``require_selinux``, and ``security=``/``lsm=`` naming
+    only ``approved`` LSMs."""
+
+    require_selinux: bool = True
+    approved: tuple[str, ...] = DEFAULT_LSMS
+
+
 @dataclass(frozen=True, slots=True)
 class GoldenSet:
     """One version of a golden reference set.
@@ -149,6 +170,7 @@ class GoldenSet:
         default_factory=lambda: MappingProxyType({})
     )
     deny_workarounds: tuple[str, ...] = ()
+    kernel_lsm: KernelLsm | None = None
 
     def relied_pcrs(self) -> frozenset[int]:
         """The PCRs whose every measured digest this set must account for (closed world).
@@ -173,7 +195,7 @@ class GoldenSet:
             or self.shim.sbat_levels
         ):
             out.add(7)
-        if self.cmdlines:
+        if self.cmdlines or self.kernel_lsm is not None:
             out.add(8)
         if self.initrds or any(c.load_options for c in self.cmdlines):
             out.add(9)

@@ -20,6 +20,7 @@ from assay.eventlog import WORKAROUNDS
 from assay.events import EventType, event_type_name
 
 from .model import (
+    DEFAULT_LSMS,
     ROLES,
     STATUSES,
     BootApp,
@@ -27,6 +28,7 @@ from .model import (
     Digests,
     Firmware,
     GoldenSet,
+    KernelLsm,
     Measured,
     Role,
     SecureBoot,
@@ -293,6 +295,16 @@ def _shim(doc: _Doc, node: yaml.Node | None, allow_sha1: bool) -> Shim:
     )
 
 
+def _kernel_lsm(doc: _Doc, node: yaml.Node | None) -> KernelLsm | None:
+    if node is None:
+        return None
+    m = doc.mapping(node, "kernel_lsm", ("require_selinux", "approved"))
+    approved: tuple[str, ...] = DEFAULT_LSMS
+    if "approved" in m:
+        approved = tuple(doc.items(m, "approved", "kernel_lsm.", doc.text))
+    return KernelLsm(_bool(doc, m, "require_selinux", "kernel_lsm.", True), approved)
+
+
 def _event_type(doc: _Doc, node: yaml.Node, path: str) -> int:
     value = doc.scalar(node, path)
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0xFFFFFFFF:
@@ -388,6 +400,7 @@ _TOP_KEYS = (
     "extra_event_types",
     "measurements",
     "deny_workarounds",
+    "kernel_lsm",
 )
 
 
@@ -438,6 +451,7 @@ def _golden(doc: _Doc, root: yaml.Node) -> GoldenSet:
         deny_workarounds=tuple(
             dict.fromkeys(doc.items(m, "deny_workarounds", "", _workaround_name(doc)))
         ),
+        kernel_lsm=_kernel_lsm(doc, m.get("kernel_lsm")),
     )
 
 
@@ -538,6 +552,9 @@ def to_plain(g: GoldenSet) -> dict[str, Any]:
     }
     out["measurements"] = {pcr: _dump_measured(items) for pcr, items in g.measurements.items()}
     out["deny_workarounds"] = list(g.deny_workarounds)
+    if g.kernel_lsm is not None:
+        lsm = g.kernel_lsm
+        out["kernel_lsm"] = {"require_selinux": lsm.require_selinux, "approved": list(lsm.approved)}
     return out
 
 

@@ -114,6 +114,12 @@ def main() -> int:
         help="also measure `agent run` (resident set, CPU per attestation) for the agent installed "
         "under this interpreter; `scripts/bench --agent` installs one with scripts/install-agent",
     )
+    parser.add_argument(
+        "--console",
+        action="store_true",
+        help="also measure the review console's server-side render times (10,000-node list, "
+        "1,000-event attestation page)",
+    )
     args = parser.parse_args()
     logs = [p.resolve() for p in args.logs] or corpus_logs()
     result: dict[str, Any] = {"eventlog": {}}
@@ -134,6 +140,10 @@ def main() -> int:
                 result["appraisal"][key] = {"error": str(exc)}
     if args.service:
         result["service"] = bench_service_dbs(args.service)
+    if args.console:
+        from _bench_console import bench_console
+
+        result["console"] = bench_console()
     if args.agent:
         from _measure_agent import measure_agent
 
@@ -145,7 +155,7 @@ def main() -> int:
     print(f"{'log':<60} {'events':>6} {'parse+replay µs':>16} {'parse µs':>9}")
     for key, row in result["eventlog"].items():
         print(f"{key:<60} {row['events']:>6} {row['parse_replay_us']:>16} {row['parse_us']:>9}")
-    for section in ("quote", "appraisal", "service", "agent"):
+    for section in ("quote", "appraisal", "service", "console", "agent"):
         if section in result:
             print(f"{section}: {json.dumps(result[section])}")
     return 0

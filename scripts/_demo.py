@@ -4,8 +4,9 @@ Two Debian nodes boot real UEFI virtual machines (QEMU/OVMF with Secure Boot, a 
 from the packages Debian ships today (the VM suite's machinery, tests/vm); their golden sets come
 from those very .deb files, so golden values and boots always share versions, whatever the archive
 holds on the day. Two more nodes replay recorded logs of real machines into swtpm. The agent
-enrolls and attests every node against a real verifier; then the golden kernel version is revoked,
-which must flag the node that booted it at once, without new evidence.
+enrolls and attests every node against a real verifier. The kernel set has two versions, A (the
+generic kernel) and B (the cloud kernel): a rollout. Revoking A must flag the nodes that booted it
+at once, without new evidence; one of them then reboots into B and is trusted again.
 
 The story (``_demo_story.SCENARIO``) says beforehand what state and reason code each node must
 show after each step; when reality differs the demo says so per node and exits 1. A step that
@@ -98,11 +99,14 @@ VMS = (
         "debian-sb-tampered", "sb-cmdline", DEBIAN,
         "the same chain, but its grub.cfg adds nokaslr to the kernel command line",
     ),
-    # Another machine of the same platform, reviewed once; only its platform measurements are
-    # captured (firmware, Secure Boot keys, shim's MokList/SbatLevel, the fleet's command line
-    # and initrd). It boots the cloud kernel flavour, so nothing of its boot chain or kernel is
-    # approved by it: those come from the packages alone.
-    VmSpec("debian-reference", "sb-cloud", None, "reference machine for the platform capture"),
+    # Another machine of the same platform, booting the cloud kernel flavour (kernel B of the
+    # rollout). It was reviewed once: its platform measurements are captured (firmware, Secure
+    # Boot keys, shim's MokList/SbatLevel, the fleet's command line and initrd), none of its boot
+    # chain or kernel — those come from the packages alone.
+    VmSpec(
+        "debian-cloud-1", "sb-cloud", DEBIAN,
+        "kernel B (cloud flavour); also the reference machine for the platform capture",
+    ),
 )  # fmt: skip
 
 
@@ -112,12 +116,16 @@ class Demo:
     quiet: bool
     events: list[dict[str, Any]] = field(default_factory=list)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    verifier_proc: subprocess.Popen[bytes] | None = None
+    console: tuple[str, str] | None = None
+    """The review console's URL and a reviewer token to sign in with (``console_sign_in``)."""
     swtpm_dirs: list[Path] = field(default_factory=list)
     tcti: dict[str, str] = field(default_factory=dict)  # recorded node -> its swtpm TCTI
     images: dict[str, builder.NodeImage] = field(default_factory=dict)
     boots: BackgroundBoots | None = None
     booted: dict[str, BootResult] = field(default_factory=dict)
     mismatches: list[story.Mismatch] = field(default_factory=list)
+    kernels: dict[str, str] = field(default_factory=dict)  # "a"/"b" -> the golden version
     checked: list[dict[str, Any]] = field(default_factory=list)
     seen: dict[str, story.Expect] = field(default_factory=dict)  # at the last story check
     url: str = ""
@@ -166,9 +174,9 @@ class Demo:
             raise DemoError(f"GET /v1{path}: {r.status_code} {r.text[:200]}")
         return r.json()
 
-    def stop_all(self) -> None:
+    def stop_all(self, *, keep_verifier: bool = False) -> None:
         """Stop every VM, swtpm and server started here, by the pids started (errors ignored:
-        the rest must still be stopped)."""
+        the rest must still be stopped); with ``keep_verifier`` the verifier stays up."""
         if self.boots is not None:
             self.boots.close()
         for d in self.swtpm_dirs:
@@ -180,6 +188,8 @@ class Demo:
                 check=False,
             )
         for proc in self.procs:
+            if keep_verifier and proc is self.verifier_proc:
+                continue
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
                 try:
@@ -278,6 +288,7 @@ def start_verifier(demo: Demo) -> None:
         start_new_session=True,
     )
     demo.procs.append(proc)
+    demo.verifier_proc = proc
     demo.url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -324,25 +335,30 @@ def _codename() -> str:
 
 
 def golden_from_packages(demo: Demo) -> None:
-    """The boot chain and the kernel from the .debs the good node's image was built from (the
-    tampered node's image holds the same binaries); the recorded machines by capture."""
+    """The boot chain and the two kernel versions of the rollout from the .debs the images were
+    built from — A the generic kernel (debian-sb-1 and the tampered node boot it), B the cloud
+    kernel (debian-cloud-1), B added last; the recorded machines by capture."""
     g = demo.work / "golden"
     g.mkdir()
-    image = demo.images["debian-sb-1"]
+    image, cloud = demo.images["debian-sb-1"], demo.images["debian-cloud-1"]
     if demo.images["debian-sb-tampered"].packages != image.packages:
         raise DemoError("the two Debian nodes' images were built from different packages")
     shim, grub, kernel = image.packages
+    if cloud.packages[:2] != (shim, grub):
+        raise DemoError("the cloud image was built from another shim or GRUB")
     demo.run(
         "golden", "from-deb", str(shim), str(grub), "-o", str(g / "bootchain.yaml"),
         "--name", "debian-bootchain", "--version", _codename(),
     )  # fmt: skip
-    kver = _deb(kernel).split()[0].removeprefix("linux-image-")
-    demo.run(
-        "golden", "from-deb", str(kernel), "-o", str(g / "kernel.yaml"),
-        "--name", "debian-kernel", "--version", kver,
-    )  # fmt: skip
     _add_golden(demo, g / "bootchain.yaml", DEBIAN, f"from-deb {shim.name} {grub.name}")
-    _add_golden(demo, g / "kernel.yaml", DEBIAN, f"from-deb {kernel.name}")
+    for label, deb in (("a", kernel), ("b", cloud.packages[2])):
+        kver = _deb(deb).split()[0].removeprefix("linux-image-")
+        demo.kernels[label] = kver
+        demo.run(
+            "golden", "from-deb", str(deb), "-o", str(g / f"kernel-{label}.yaml"),
+            "--name", "debian-kernel", "--version", kver,
+        )  # fmt: skip
+        _add_golden(demo, g / f"kernel-{label}.yaml", DEBIAN, f"kernel {label.upper()}: {deb.name}")
     for node in RECORDED:
         out = g / f"{node.golden}.yaml"
         demo.run(
@@ -350,7 +366,7 @@ def golden_from_packages(demo: Demo) -> None:
             "--name", node.golden, "--version", "1",
         )  # fmt: skip
         _add_golden(demo, out, node.labels, f"capture of {node.log.name}")
-    demo.record("golden_built", kernel=kver)
+    demo.record("golden_built", kernels=dict(demo.kernels))
 
 
 def wait_boots(demo: Demo) -> None:
@@ -371,14 +387,14 @@ def wait_boots(demo: Demo) -> None:
 
 def golden_platform(demo: Demo) -> None:
     assert demo.boots is not None
-    ref = demo.boots.nodes["debian-reference"].eventlog_path
+    ref = demo.boots.nodes["debian-cloud-1"].eventlog_path
     out = demo.work / "golden" / "platform.yaml"
     ovmf = builder.run(["dpkg-query", "-W", "-f", "${Version}", "ovmf"], "dpkg-query ovmf")
     demo.run(
         "golden", "capture", "--from-log", str(ref), "--without", "boot-apps",
         "-o", str(out), "--name", "qemu-ovmf-platform", "--version", ovmf.strip(),
     )  # fmt: skip
-    _add_golden(demo, out, DEBIAN, "capture --without boot-apps of debian-reference's boot")
+    _add_golden(demo, out, DEBIAN, "capture --without boot-apps of debian-cloud-1's boot")
     demo.verifier("golden", "list")
 
 
@@ -417,11 +433,8 @@ def enroll_and_attest(demo: Demo) -> None:
     v = Verifier(demo.url, demo.admin, enroll_token="")
     for vm in VMS:
         if vm.labels is None:
-            continue  # the reference machine only lent its log to the platform capture
-        agent = VmAgent(
-            demo.boots.nodes[vm.name], v, vm.name, vm.labels, demo.work / "vm" / f"{vm.name}-agent",
-            enroll_token=_enroll_token(demo, vm.labels),
-        )  # fmt: skip
+            continue
+        agent = _vm_agent(demo, v, vm, _enroll_token(demo, vm.labels))
         try:
             agent.enroll()
             demo.record("node_enrolled", node=vm.name)
@@ -436,6 +449,12 @@ def enroll_and_attest(demo: Demo) -> None:
         doc = _agent_cli(demo, node, "attest")
         demo.record("node_attested", node=node.name, status=doc.get("status"))
         demo.show(f"{node.name}: {doc.get('status')} — {doc.get('reason', '')}")
+
+
+def _vm_agent(demo: Demo, v: Verifier, vm: VmSpec, token: str) -> VmAgent:
+    assert demo.boots is not None and vm.labels is not None
+    state = demo.work / "vm" / f"{vm.name}-agent"
+    return VmAgent(demo.boots.nodes[vm.name], v, vm.name, vm.labels, state, enroll_token=token)
 
 
 def inventory(demo: Demo) -> list[dict[str, Any]]:
@@ -463,9 +482,27 @@ def check_story(demo: Demo, step: str) -> None:
     demo.seen = got
 
 
+def check_outdated(demo: Demo, step: str) -> None:
+    """`nodes list --outdated` must name exactly the nodes the story says at ``step``."""
+    listed = json.loads(demo.verifier("nodes", "list", "--outdated", "--json", capture=True))
+    names = [n["name"] for n in listed["nodes"]]
+    wrong = story.compare_outdated(step, names)
+    demo.mismatches += wrong
+    demo.checked.append(
+        {"step": f"{step}: outdated", "ok": not wrong, "mismatches": [m.line() for m in wrong]}
+    )
+    for n in listed["nodes"]:
+        why = ", ".join(f"{o['version']} {o['why']}" for o in n["outdated"])
+        demo.show(f"  outdated: {n['name']:20} {why}")
+    for m in wrong:
+        demo.show("  " + m.line())
+
+
 def show_inventory(demo: Demo) -> None:
     demo.verifier("nodes", "list")
     check_story(demo, "attested")
+    demo.verifier("golden", "rollout", "debian-kernel")
+    check_outdated(demo, "attested")
 
 
 def explain_tampered(demo: Demo) -> None:
@@ -542,15 +579,49 @@ def extender_filter(demo: Demo) -> None:
 
 
 def revoke_kernel(demo: Demo) -> None:
-    sets = json.loads(demo.verifier("golden", "list", "--json", capture=True))
-    kernel = next(s for s in sets["golden"] if s["name"] == "debian-kernel")
-    demo.verifier("golden", "revoke", "debian-kernel", kernel["version"], "--reason", REVOCATION)
-    demo.record("golden_revoked", set=f"debian-kernel@{kernel['version']}")
+    version = demo.kernels["a"]
+    demo.verifier("golden", "revoke", "debian-kernel", version, "--reason", REVOCATION)
+    demo.record("golden_revoked", set=f"debian-kernel@{version}")
     check_story(demo, "revoked")  # at once: no node has attested since
+    check_outdated(demo, "revoked")
+
+
+def roll_forward(demo: Demo) -> None:
+    """debian-sb-1's VM reboots into kernel B on the same TPM (its identity), and attests."""
+    assert demo.boots is not None
+    node = demo.boots.nodes["debian-sb-1"]
+    demo.show("debian-sb-1: rebooting into kernel B…")
+    result = node.reboot(demo.images["debian-cloud-1"])
+    demo.show(f"debian-sb-1: powered off after {result.seconds:.0f} s; the kernel saw: "
+              f"{result.guest_cmdline}")  # fmt: skip
+    vm = next(vm for vm in VMS if vm.name == "debian-sb-1")
+    agent = _vm_agent(demo, Verifier(demo.url, demo.admin, enroll_token=""), vm, "unused")
+    try:
+        attested = agent.attest()
+    finally:
+        agent.close()
+    demo.record("node_attested", node=vm.name, status=attested.status, after="roll forward")
+    demo.show(f"debian-sb-1: {attested.status} — {attested.reason}")
+    demo.verifier("golden", "rollout", "debian-kernel")
+    check_story(demo, "rolled-forward")
+    check_outdated(demo, "rolled-forward")
 
 
 def show_final(demo: Demo) -> None:
     demo.verifier("nodes", "list")
+
+
+def console_sign_in(demo: Demo) -> None:
+    """A reviewer token for the review console (docs/console.md), printed at the end."""
+    token = json.loads(
+        demo.verifier(
+            "token", "create", "--role", "reviewer", "--description", "demo reviewer", "--json",
+            capture=True,
+        )
+    )["token"]  # fmt: skip
+    demo.console = (f"{demo.url}/ui/", token)
+    demo.record("console", url=demo.console[0])
+    demo.show(f"review console at {demo.console[0]} (reviewer token created)")
 
 
 Step = tuple[str, Callable[[Demo], None]]  # (title, what it does)
@@ -575,9 +646,10 @@ STEPS: tuple[Step, ...] = (
     ("A relying party checks signed results (EAR) offline with `assay-verifier ear verify`",
      ear_offline),
     ("The Kubernetes scheduler extender: which nodes may run a pod", extender_filter),
-    ("Revoking the golden kernel version (re-appraises stored evidence, no reboot needed)",
-     revoke_kernel),
-    ("Inventory after the revocation", show_final),
+    ("Revoking kernel A (re-appraises stored evidence, no reboot needed)", revoke_kernel),
+    ("Rolling debian-sb-1 forward: it reboots into kernel B", roll_forward),
+    ("The final inventory", show_final),
+    ("The review console: a reviewer sign-in", console_sign_in),
 )  # fmt: skip
 
 
@@ -625,7 +697,11 @@ def main(argv: Sequence[str] | None = None, steps: Sequence[Step] = STEPS) -> in
     parser.add_argument(
         "--json", action="store_true", help="print the final inventory as one JSON object"
     )
-    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the work directory and the verifier running (the review console) until Ctrl-C",
+    )
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="assay-demo-"))
     demo = Demo(work=work, quiet=args.json)
@@ -642,7 +718,7 @@ def main(argv: Sequence[str] | None = None, steps: Sequence[Step] = STEPS) -> in
         print("demo: interrupted", file=sys.stderr)
         code = EXIT_INTERRUPTED
     finally:
-        demo.stop_all()
+        demo.stop_all(keep_verifier=args.keep and code == 0)
         if args.keep:
             print(f"work directory kept: {work}", file=sys.stderr)
         else:
@@ -659,7 +735,26 @@ def main(argv: Sequence[str] | None = None, steps: Sequence[Step] = STEPS) -> in
         code = EXIT_MISMATCH
     if code == 0 and not args.json:
         print("The story held: every node ended in the state and reason the scenario expects.")
+    if demo.console is not None:
+        url, token = demo.console
+        print(f"\nReview console: {url}\nSign in with this reviewer token: {token}")
+    if args.keep and demo.verifier_proc is not None and demo.verifier_proc.poll() is None:
+        _serve_until_interrupted(demo)
     return code
+
+
+def _serve_until_interrupted(demo: Demo) -> None:
+    """--keep: the verifier stays up for a person to open the console; Ctrl-C stops it."""
+    assert demo.verifier_proc is not None
+    print(
+        f"The verifier keeps running (pid {demo.verifier_proc.pid}); Ctrl-C stops it.", flush=True
+    )
+    try:
+        demo.verifier_proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        demo.stop_all()
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -60,33 +60,67 @@ class Mismatch:
 
 TRUSTED = Expect("trusted", ALL_PASSED)
 
-# The story. debian-sb-1 and debian-sb-tampered are real VM boots of Debian's current packages;
-# gce-ubuntu-1 and thinkpad-1 are recorded logs of real machines replayed into swtpm.
+# The story. debian-sb-1, debian-sb-tampered and debian-cloud-1 are real VM boots of Debian's
+# current packages; gce-ubuntu-1 and thinkpad-1 are recorded logs of real machines replayed into
+# swtpm. The kernel golden set has two versions built from the .debs before any VM boots: A (the
+# generic kernel: debian-sb-1 and debian-sb-tampered boot it) and B (the cloud kernel:
+# debian-cloud-1), B uploaded last — a rollout from A to B.
 SCENARIO: tuple[Checkpoint, ...] = (
     Checkpoint(
         "attested",
-        "every node enrolled and attested once",
+        "every node enrolled and attested once; kernels A and B both active",
         {
             "debian-sb-1": TRUSTED,
             # its grub.cfg adds "nokaslr" to the kernel command line
             "debian-sb-tampered": Expect("untrusted", "cmdline_not_approved"),
+            "debian-cloud-1": TRUSTED,
             "gce-ubuntu-1": TRUSTED,
             "thinkpad-1": TRUSTED,
         },
     ),
     Checkpoint(
         "revoked",
-        "the golden kernel version revoked (no node attested again)",
+        "kernel A revoked (no node attested again)",
         {
             # flagged at once by re-appraisal of its stored evidence: its kernel is revoked
             "debian-sb-1": Expect("untrusted", "golden_revoked"),
             # the same kernel: the revocation is now the first failing check
             "debian-sb-tampered": Expect("untrusted", "golden_revoked"),
+            "debian-cloud-1": TRUSTED,  # kernel B is still active
+            "gce-ubuntu-1": TRUSTED,
+            "thinkpad-1": TRUSTED,
+        },
+    ),
+    Checkpoint(
+        "rolled-forward",
+        "debian-sb-1 rebooted into kernel B (the A/B partitions' other kernel) and attested",
+        {
+            "debian-sb-1": TRUSTED,
+            "debian-sb-tampered": Expect("untrusted", "golden_revoked"),
+            "debian-cloud-1": TRUSTED,
             "gce-ubuntu-1": TRUSTED,
             "thinkpad-1": TRUSTED,
         },
     ),
 )
+
+# Which nodes `nodes list --outdated` must name at each checkpoint (a node booting a revoked,
+# retired or superseded version): read from the verified logs, never from labels.
+OUTDATED: Mapping[str, frozenset[str]] = {
+    "attested": frozenset({"debian-sb-1", "debian-sb-tampered"}),  # on A while B is active
+    "revoked": frozenset({"debian-sb-1", "debian-sb-tampered"}),  # on A, now revoked
+    "rolled-forward": frozenset({"debian-sb-tampered"}),
+}
+
+
+def compare_outdated(step: str, listed: Iterable[str]) -> list[Mismatch]:
+    """Every node whose presence in the outdated list differs from the story at ``step``."""
+    want, got = OUTDATED[step], set(listed)
+    yes, no = Expect("outdated", "listed"), Expect("up-to-date", "not listed")
+    return [
+        Mismatch(step, name, yes if name in want else no, yes if name in got else no)
+        for name in sorted(want ^ got)
+    ]
 
 
 def reason_code(reason: str | None) -> str:
@@ -149,7 +183,7 @@ EAR_CHECKS: tuple[EarExpect, ...] = (
     EarExpect("debian-sb-tampered", 1, "contraindicated"),
 )
 EXTENDER_FAILS = ("debian-sb-tampered",)
-EXTENDER_PASSES = ("debian-sb-1", "gce-ubuntu-1", "thinkpad-1")
+EXTENDER_PASSES = ("debian-sb-1", "debian-cloud-1", "gce-ubuntu-1", "thinkpad-1")
 
 
 def compare_ear(expect: EarExpect, exit_code: int, result: Mapping[str, Any]) -> list[Mismatch]:

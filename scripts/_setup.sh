@@ -96,6 +96,16 @@ ensure_apt_lists() {
     fi
 }
 
+# The review console's browser tests: Debian's Chromium (driven by Playwright for Python through
+# executable_path; Playwright never downloads a browser) and fonts so that pages render text.
+APT_BROWSER=(chromium fonts-dejavu-core fonts-liberation)
+CHROMIUM=/usr/bin/chromium
+export CHROMIUM
+
+ensure_browser() {
+    ensure_apt "${APT_BROWSER[@]}"
+}
+
 ensure_base() {
     ensure_apt_lists && ensure_apt "${APT_BASE[@]}" && ensure_venv
 }

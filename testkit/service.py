@@ -119,6 +119,15 @@ class FakeAgentForLoad:
         self.pcr_values = {p: replayed.get(p, zero) for p in pcrs}
         self.extra_extend: bytes | None = None
 
+    def reboot(self, log: bytes) -> None:
+        """A new boot (reset count + 1) measuring ``log``: e.g. rolled forward to another kernel."""
+        self.log = log
+        self.log_sha256 = hashlib.sha256(log).digest()
+        replayed = replay(parse_event_log(log)).pcrs[self.bank]
+        zero = bytes(self.bank.digest_size)
+        self.pcr_values = {p: replayed.get(p, zero) for p in self.pcr_values}
+        self.reset_count += 1
+
     def enroll_directly(self, store: Store) -> None:
         """Insert the node with this software AK (load generation only)."""
         now = dt.datetime.now(dt.UTC)

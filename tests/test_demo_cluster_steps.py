@@ -38,7 +38,7 @@ def _inventory(db: str, tampered_state: str) -> None:
     store = Store(db)
     upgrade(store)
     now = dt.datetime.now(dt.UTC)
-    for name in ("debian-sb-1", "gce-ubuntu-1", "thinkpad-1"):
+    for name in ("debian-sb-1", "debian-cloud-1", "gce-ubuntu-1", "thinkpad-1"):
         add_node(store, name, state="trusted", success=now)
     add_node(store, "debian-sb-tampered", state=tampered_state, success=now)
     with store.write() as s:

@@ -161,9 +161,13 @@ def test_demo_exits_1_naming_each_node_that_differs(
     assert err.count("demo: FAILED:") == 1
     doc = json.loads(out)
     assert doc["ok"] is False
-    assert {n["name"]: n["expected"] for n in doc["nodes"]}["debian-sb-1"] == {
-        "state": "untrusted",  # the final checkpoint's expectation (after the revocation)
+    assert {n["name"]: n["expected"] for n in doc["nodes"]}["debian-sb-tampered"] == {
+        "state": "untrusted",  # the final checkpoint's expectation (kernel A revoked)
         "reason": "golden_revoked",
+    }
+    assert {n["name"]: n["expected"] for n in doc["nodes"]}["debian-sb-1"] == {
+        "state": "trusted",  # rolled forward to kernel B
+        "reason": "all_checks_passed",
     }
     assert {"name", "state", "reason", "golden", "expected"} <= set(doc["nodes"][0])
     assert "events" in doc
@@ -206,6 +210,17 @@ def test_an_unexpected_error_in_a_step_also_names_its_kind(
 
     assert demo_main.main([], steps=[("Revoking", broken)]) == 2
     assert "step 1/1 \"Revoking\" failed: KeyError: 'debian-kernel'" in capsys.readouterr().err
+
+
+def test_the_outdated_list_is_compared_both_ways() -> None:
+    assert story.compare_outdated("rolled-forward", ["debian-sb-tampered"]) == []
+    wrong = story.compare_outdated("rolled-forward", ["debian-sb-1"])
+    assert [m.line() for m in wrong] == [
+        "demo: FAILED: node debian-sb-1: expected up-to-date/not listed, got outdated/listed "
+        "(after step 'rolled-forward')",
+        "demo: FAILED: node debian-sb-tampered: expected outdated/listed, got up-to-date/not "
+        "listed (after step 'rolled-forward')",
+    ]
 
 
 # --- the cluster checks: EAR verified offline, the extender's filter ------------------------

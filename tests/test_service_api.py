@@ -148,6 +148,19 @@ ENDPOINTS: list[tuple[str, str, tuple[str, ...] | None]] = [
     ("GET", "/v1/tokens", ("admin",)),
     ("POST", "/v1/tokens/abc/revoke", ("admin",)),
     ("GET", "/v1/audit", ("admin", "reviewer")),
+    ("GET", "/v1/rollouts/fleet", ("admin", "reviewer")),
+    ("PUT", "/v1/golden/fleet/1/canary", ("admin",)),
+    ("DELETE", "/v1/golden/fleet/1/canary", ("admin",)),
+    ("GET", "/v1/incidents", ("admin", "reviewer")),
+    ("GET", "/v1/incidents/1", ("admin", "reviewer")),
+    ("POST", "/v1/incidents/1/triage", ("admin", "reviewer")),
+    ("POST", "/v1/incidents/1/notes", ("admin", "reviewer")),
+    ("GET", "/v1/attestations/1/promotable", ("admin", "reviewer")),
+    ("POST", "/v1/drafts", ("admin",)),
+    ("GET", "/v1/drafts", ("admin", "reviewer")),
+    ("GET", "/v1/drafts/1", ("admin", "reviewer")),
+    ("POST", "/v1/drafts/1/approve", ("admin", "reviewer")),
+    ("POST", "/v1/drafts/1/reject", ("admin", "reviewer")),
     ("GET", "/v1/nodes/n1/ear", ("admin", "reviewer", "scheduler")),
     ("GET", "/v1/keys", ANY_TOKEN),
     ("GET", "/v1/events", ("admin", "reviewer", "scheduler")),
@@ -179,7 +192,7 @@ def test_every_route_is_in_the_authorization_table(env: Env) -> None:
         (r.endpoint, m)
         for r in app.url_map.iter_rules()
         for m in r.methods or ()
-        if m in ("GET", "POST", "DELETE") and r.rule.startswith("/v1")
+        if m in ("GET", "POST", "PUT", "DELETE") and r.rule.startswith("/v1")
     }
     adapter = app.url_map.bind("localhost")
     covered = {(adapter.match(path, method)[0], method) for method, path, _ in ENDPOINTS}

@@ -15,7 +15,9 @@ from verifier.service import api_errors, errors
 
 SERVICE = Path(service_pkg.__file__).parent
 DOMAIN = ("enrollment", "attestation", "inventory", "golden_ops", "tokens", "audit")
-HTTP = ("routes", "auth", "_http")
+DOMAIN += ("sessions", "incidents", "promotion", "review", "stored_log")
+HTTP = ("routes", "review_routes", "auth", "_http")
+WEB = tuple(sorted(p.stem for p in (SERVICE.parent / "web").glob("*.py")))
 
 
 def _imports(path: Path) -> set[str]:
@@ -58,6 +60,20 @@ def test_http_handlers_never_touch_the_store(module: str) -> None:
         n.lineno
         for n in ast.walk(ast.parse(path.read_text()))
         if isinstance(n, ast.Attribute) and n.attr == "store"  # svc.store.read() / .write()
+    ]
+    assert stores == [], f"{path.name} opens the store at lines {stores}"
+
+
+@pytest.mark.parametrize("module", WEB)
+def test_console_views_never_touch_the_store(module: str) -> None:
+    """The console (verifier/web) reads and acts only through the service's domain functions: no
+    models, no repository (only the store's StoreUnavailable error, to map it to a page)."""
+    path = SERVICE.parent / "web" / f"{module}.py"
+    assert not {m for m in _imports(path) if m.startswith("verifier.store.")}
+    stores = [
+        n.lineno
+        for n in ast.walk(ast.parse(path.read_text()))
+        if isinstance(n, ast.Attribute) and n.attr == "store"
     ]
     assert stores == [], f"{path.name} opens the store at lines {stores}"
 

@@ -50,6 +50,14 @@ def register(sub: Any) -> None:
     _common(ls)
     ls.add_argument("--state", help="only nodes in this state")
     ls.add_argument("--label", action="append", default=[], metavar="K=V", help="label filter")
+    ls.add_argument(
+        "--booted", metavar="NAME@VERSION", help="only nodes whose last appraisal matched it"
+    )
+    ls.add_argument(
+        "--outdated",
+        action="store_true",
+        help="only nodes booting a revoked, retired or superseded golden version",
+    )
     ls.set_defaults(func=_nodes_list)
     show = nodes.add_parser("show", help="one node and its recent attestations")
     _common(show)
@@ -130,6 +138,22 @@ def _register_golden(sub: Any) -> None:
         help="label the nodes must carry (repeat; none = every node)",
     )
     assign.set_defaults(func=_golden_assign)
+    roll = golden.add_parser(
+        "rollout", help="a set's versions and which nodes booted which (from their verified logs)"
+    )
+    _common(roll)
+    roll.add_argument("name")
+    roll.set_defaults(func=_golden_rollout)
+    canary = golden.add_parser(
+        "canary", help="limit one version to nodes with labels (--all: every node of the set)"
+    )
+    _common(canary)
+    canary.add_argument("name")
+    canary.add_argument("version")
+    which = canary.add_mutually_exclusive_group(required=True)
+    which.add_argument("--selector", action="append", metavar="K=V", help="label (repeat)")
+    which.add_argument("--all", action="store_true", help="roll the version out to every node")
+    canary.set_defaults(func=_golden_canary)
     for action in ("retire", "revoke"):
         p = golden.add_parser(action, help=f"{action} one version (re-appraises affected nodes)")
         _common(p)
@@ -246,15 +270,29 @@ def _nodes_list(args: argparse.Namespace) -> int:
     from verifier.service import inventory
 
     state = None if args.state is None else inventory.parse_state(args.state)
-    nodes = inventory.list_nodes(_services(args), state=state, labels=_labels(args.label))
+    nodes = inventory.list_nodes(
+        _services(args),
+        state=state,
+        labels=_labels(args.label),
+        booted=args.booted,
+        outdated=args.outdated,
+    )
     data = [n.to_json() for n in nodes]
     rows = [
-        (n["name"], n["state"], n["state_since"], ", ".join(n["golden"]), n["reason"]) for n in data
+        (
+            n["name"],
+            n["state"],
+            n["state_since"],
+            ", ".join(n["booted"]),
+            ", ".join(f"{o['version']} {o['why']}" for o in n["outdated"]),
+            n["reason"],
+        )
+        for n in data
     ]
     return _print(
         args,
         {"nodes": data},
-        _table("nodes", ("node", "state", "since", "golden", "reason"), rows),
+        _table("nodes", ("node", "state", "since", "booted", "outdated", "reason"), rows),
     )
 
 
@@ -333,6 +371,37 @@ def _golden_assign(args: argparse.Namespace) -> int:
     return _print(
         args, out.to_json(), _table("assigned", ("golden", "selector"), [(args.name, sel)])
     )
+
+
+def _golden_rollout(args: argparse.Namespace) -> int:
+    from verifier.service import rollout
+
+    data = rollout.rollout(_services(args), args.name).to_json()
+    rows = [
+        (
+            v["version"],
+            v["status"],
+            ",".join(f"{k}={x}" for k, x in (v["canary"] or {}).items()) or "*",
+            v["nodes"],
+            ", ".join(v["node_names"][:8]) + (" …" if v["nodes"] > 8 else ""),
+        )
+        for v in data["versions"]
+    ]
+    title = f"rollout of {args.name} (active: {', '.join(data['active']) or 'none'})"
+    return _print(
+        args, data, _table(title, ("version", "status", "canary", "nodes", "names"), rows)
+    )
+
+
+def _golden_canary(args: argparse.Namespace) -> int:
+    from verifier.service import golden_ops
+
+    selector = None if args.all else _labels(args.selector)
+    out = golden_ops.set_canary(_services(args), args.name, args.version, selector, _actor())
+    sel = ",".join(f"{k}={v}" for k, v in (out.canary or {}).items()) or "* (every node)"
+    rows = [(r.node, r.status, r.state, r.reason) for r in out.reappraised]
+    title = f"{args.name}@{args.version} applies to {sel}: nodes re-appraised"
+    return _print(args, out.to_json(), _table(title, ("node", "verdict", "state", "reason"), rows))
 
 
 def _golden_status(args: argparse.Namespace) -> int:

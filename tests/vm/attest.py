@@ -93,6 +93,11 @@ class Verifier:
     def node(self, name: str) -> dict[str, Any]:
         return self._call("GET", f"/nodes/{name}")
 
+    def outdated(self) -> dict[str, list[str]]:
+        """Node → its outdated booted versions (``name@version why``), as ``?outdated=true``."""
+        nodes = self._call("GET", "/nodes", params={"outdated": "true"})["nodes"]
+        return {n["name"]: [f"{o['version']} {o['why']}" for o in n["outdated"]] for n in nodes}
+
     def attestation(self, attestation_id: str) -> dict[str, Any]:
         """The reviewer's view of one attestation: the whole verdict."""
         return self._call("GET", f"/attestations/{attestation_id}")

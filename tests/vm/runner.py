@@ -153,6 +153,17 @@ class VmNode:
         self.result = BootResult(self.image.variant.name, log, cmdline, console, seconds)
         return self.result
 
+    def reboot(self, image: NodeImage | None = None, timeout: float = BOOT_TIMEOUT) -> BootResult:
+        """Boot again on the same TPM (QEMU's TPM emulator resets it at start-up: fresh PCRs, the
+        reset counter one up), from ``image`` if given — e.g. rolled forward to another kernel
+        that the A/B partitions hold. The node keeps its TPM, so its EK, AK and identity."""
+        if image is not None:
+            self.image = image
+        for stale in ("qmp.sock", "console.log", "handoff.log"):
+            (self.dir / stale).unlink(missing_ok=True)
+        self.result = None
+        return self.boot(timeout)
+
     def _wait_shutdown(self, qemu: subprocess.Popen[bytes], qmp: Path, deadline: float) -> None:
         while not qmp.exists():
             if qemu.poll() is not None or time.monotonic() > deadline:

@@ -34,6 +34,7 @@ from testkit import swtpm as agent_swtpm
 
 from .attest import Verifier, VmAgent, failing_reasons, failures, golden_cli, running_verifier
 from .fleet import Fleet
+from .runner import VmNode
 
 pytestmark = pytest.mark.vm
 
@@ -229,6 +230,54 @@ def test_staged_rollout_revoking_kernel_a_flags_its_node_at_once(
     assert node_a["reason"].startswith("golden_revoked")
     assert "kernel-a@1" in node_a["reason"] and REVOCATION in node_a["reason"]
     assert node_b["state"] == "trusted"
+
+
+def test_staged_rollout_of_two_kernel_versions_on_real_boots(
+    fleet: Fleet, golden: Golden, tmp_path: Path
+) -> None:
+    """One golden set, two versions built from the .debs before either boots: ``a`` the generic
+    kernel, ``b`` the cloud kernel. Node 1 boots A, node 2 B; both trusted, node 1 outdated once
+    B is active; revoking A flags node 1 at once (golden_revoked, with the reason), node 2 stays
+    trusted; node 1 rolls forward — the same VM and TPM rebooted into kernel B — and is trusted.
+    The sets come from the packages alone, before node 1 boots (node 2 is the session fleet's
+    sb-cloud boot, whose .debs are the same files)."""
+    out = tmp_path / "sets"
+    out.mkdir()
+    sb, cloud = fleet.nodes["sb"].image, fleet.nodes["sb-cloud"].image
+    a, b = out / "kernel-a.yaml", out / "kernel-b.yaml"
+    golden_cli("from-deb", sb.kernel.deb, "-o", a, "--name", "debian-kernel", "--version", "a")
+    golden_cli("from-deb", cloud.kernel.deb, "-o", b, "--name", "debian-kernel", "--version", "b")
+    one = VmNode(sb, tmp_path / "node-1", fleet.ca_dir)  # its own VM and TPM: it reboots below
+    try:
+        one.boot()
+        with running_verifier(tmp_path / "v", golden.vendor_ca) as v:
+            for path in (golden.platform, golden.boot, a, b):
+                v.add_golden(path, SB)
+            agent_1 = VmAgent(one, v, "node-1", SB, tmp_path / "agent-1")
+            agent_2 = _agent(fleet, v, "sb-cloud", SB, tmp_path)
+            for agent in (agent_1, agent_2):
+                agent.enroll()
+                result = agent.attest()
+                assert result.status == "trusted", result.reason
+            assert "debian-kernel@a" in v.node("node-1")["booted"]
+            assert "debian-kernel@b" in v.node("node-sb-cloud")["booted"]
+            assert v.outdated() == {"node-1": ["debian-kernel@a superseded"]}
+            v.revoke("debian-kernel", "a", REVOCATION)
+            node_1 = v.node("node-1")
+            assert node_1["state"] == "untrusted"
+            assert node_1["reason"].startswith("golden_revoked")
+            assert "debian-kernel@a" in node_1["reason"] and REVOCATION in node_1["reason"]
+            assert v.node("node-sb-cloud")["state"] == "trusted"
+            assert v.outdated() == {"node-1": ["debian-kernel@a revoked"]}
+            first_reset = node_1["reset_count"]
+            one.reboot(cloud)  # rolled forward: the A/B partitions' other kernel
+            assert agent_1.attest().status == "trusted"
+            node_1 = v.node("node-1")
+            assert node_1["state"] == "trusted" and node_1["reset_count"] > first_reset
+            assert "debian-kernel@b" in node_1["booted"]
+            assert v.outdated() == {}
+    finally:
+        one.close()
 
 
 def test_unknown_efi_application_before_shim_with_secure_boot_on_is_untrusted(

@@ -27,7 +27,16 @@ from ._ledger import Ledger, check_closed_world, unaccounted
 from ._structure import check_required, check_separators, check_types
 from ._values import check_boot_apps, check_firmware, check_os, check_secure_boot
 from .policy import CompiledPolicy, compile_golden
-from .verdict import FAIL, PASS, UNKNOWN, Check, CheckStatus, Verdict, VerdictStatus
+from .verdict import (
+    FAIL,
+    PASS,
+    UNKNOWN,
+    Check,
+    CheckStatus,
+    Verdict,
+    VerdictStatus,
+    booted_versions,
+)
 
 __all__ = [
     "Check",
@@ -36,6 +45,7 @@ __all__ = [
     "Verdict",
     "VerdictStatus",
     "appraise",
+    "booted_versions",
     "compile_golden",
     "unaccounted_events",
 ]

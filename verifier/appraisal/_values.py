@@ -10,6 +10,7 @@ from assay.eventlog import BootLog, Event
 from assay.pcclient import DEBUG_MODE
 
 from ._ledger import Ledger
+from .lsm import check_lsm_cmdline
 from .policy import Approval, CompiledPolicy, Key, Refs
 from .verdict import FAIL, PASS, UNKNOWN, Check
 
@@ -638,6 +639,8 @@ def check_os(
                     policy,
                 )
             )
+    if policy.kernel_lsm is not None:
+        out += _kernel_lsm(vlog, facts, policy)
     out.extend(_moklists(vlog, facts, policy, ledger))
     if policy.sbat_levels:
         for e, text in facts.sbat_levels:
@@ -694,12 +697,13 @@ def _load_options(vlog: BootLog, e: Event, policy: CompiledPolicy, passed: list[
         return _digest_missing(vlog, e, "kernel.cmdline")
     known = policy.load_options(vlog.bank).get(digest)
     if known is None:
-        for text in passed:
-            if digest in {vlog.bank.hash(f) for f in load_options_forms(text)}:
-                known = (repr(text), ())
+        for seen in passed:
+            if digest in {vlog.bank.hash(f) for f in load_options_forms(seen)}:
+                known = (seen, ())
                 break
     if known is not None:
-        what, refs = known
+        carried, refs = known
+        what = "approved LoadOptions" if carried is None else repr(carried)
         return Check(
             "kernel.cmdline", PASS, "ok", f"{where(e)}: LoadOptions carry {what}", e.pcr, e.index,
             got=digest.hex(), golden=_refs(refs) or None,
@@ -712,6 +716,36 @@ def _load_options(vlog: BootLog, e: Event, policy: CompiledPolicy, passed: list[
         expected=" | ".join([*policy.cmdline_exact, *(s for _, s, _ in policy.cmdline_regex)])[:500]
         or "approved LoadOptions digests",
     )  # fmt: skip
+
+
+def _kernel_lsm(vlog: BootLog, facts: BootFacts, policy: CompiledPolicy) -> list[Check]:
+    """Every command line whose text a digest covers (logged by GRUB or systemd-boot, or carried
+    by LoadOptions whose digest is an approved command line's) must keep SELinux on and name only
+    approved LSMs. Judging the LSM options says nothing of the rest of the line, so the events
+    stay for the command-line and closed-world checks to account for."""
+    assert policy.kernel_lsm is not None
+    require, approved, refs = policy.kernel_lsm
+    texts: list[tuple[Event, str]] = [(e, t) for e, t in facts.cmdlines if t is not None]
+    known = policy.load_options(vlog.bank)
+    for e in facts.load_options:
+        hit = known.get(e.digests.get(vlog.bank, b""))
+        if hit is not None and hit[0] is not None:
+            texts.append((e, hit[0]))
+    if not texts:
+        return [
+            Check(
+                "boot.cmdline.lsm", FAIL, "cmdline_lsm_unverifiable",
+                "no kernel command line whose text a digest covers was measured, so SELinux and "
+                "the LSMs cannot be checked", 8, golden=_refs(refs),
+            )
+        ]  # fmt: skip
+    out: list[Check] = []
+    for e, text in texts:
+        for c in check_lsm_cmdline(
+            text, approved_lsms=approved, require_selinux=require, event=e.index, pcr=e.pcr
+        ):
+            out.append(c._replace(golden=_refs(refs)))
+    return out
 
 
 def _cmdline(e: Event, text: str | None, policy: CompiledPolicy) -> Check:

@@ -65,6 +65,7 @@ class CompiledPolicy:
     cmdline_exact: dict[str, Refs]
     cmdline_regex: tuple[tuple[re.Pattern[str], str, str], ...]  # (compiled, source, ref)
     cmdline_load_options: dict[Key, Refs]  # LoadOptions digests a set approves as such
+    kernel_lsm: tuple[bool, frozenset[str], Refs] | None  # (require SELinux, approved LSMs, refs)
     initrds: dict[Key, Refs]
     moklist: dict[str, dict[Key, Refs]]
     sbat_levels: dict[str, Refs]
@@ -136,20 +137,20 @@ class CompiledPolicy:
             self._remembered[key] = got
         return got  # type: ignore[return-value]
 
-    def load_options(self, bank: HashAlg) -> dict[bytes, tuple[str, Refs]]:
+    def load_options(self, bank: HashAlg) -> dict[bytes, tuple[str | None, Refs]]:
         """LoadOptions digest in ``bank`` → (the command line it carries, the sets approving it):
         every exact command line in each loader's form (``load_options_forms``), and the
-        digests sets approve as such (no text: "approved LoadOptions")."""
+        digests sets approve as such (text None: known by digest only)."""
         return self.remember(("load_options", bank), lambda: self._load_options(bank))
 
-    def _load_options(self, bank: HashAlg) -> dict[bytes, tuple[str, Refs]]:
-        out: dict[bytes, tuple[str, Refs]] = {}
+    def _load_options(self, bank: HashAlg) -> dict[bytes, tuple[str | None, Refs]]:
+        out: dict[bytes, tuple[str | None, Refs]] = {}
         for text, refs in self.cmdline_exact.items():
             for form in load_options_forms(text):
-                out.setdefault(bank.hash(form), (repr(text), refs))
+                out.setdefault(bank.hash(form), (text, refs))
         for (alg, digest), refs in self.cmdline_load_options.items():
             if alg is bank:
-                out.setdefault(digest, ("approved LoadOptions", refs))
+                out.setdefault(digest, (None, refs))
         return out
 
     def app_digests(self, bank: HashAlg) -> frozenset[bytes]:
@@ -308,6 +309,19 @@ def _approved(
     return out
 
 
+def _kernel_lsm(live: Sequence[GoldenSet]) -> tuple[bool, frozenset[str], Refs] | None:
+    """Enabled when a set in force states it: SELinux required if any set requires it; an LSM
+    is approved when any of them approves it."""
+    rules = [(g.ref, g.kernel_lsm) for g in live if g.kernel_lsm is not None]
+    if not rules:
+        return None
+    return (
+        any(r.require_selinux for _, r in rules),
+        frozenset(x for _, r in rules for x in r.approved),
+        tuple(ref for ref, _ in rules),
+    )
+
+
 def _denied(live: Sequence[GoldenSet]) -> dict[str, Refs]:
     out: dict[str, Refs] = {}
     for g in live:
@@ -348,6 +362,7 @@ def compile_golden(sets: Sequence[GoldenSet], *, now: dt.datetime | None = None)
         require_ebs_by=tuple(g.ref for g in live if g.require_exit_boot_services),
         relied_pcrs=frozenset(p for g in live for p in g.relied_pcrs()),
         approved=_approved(live),
+        kernel_lsm=_kernel_lsm(live),
         revoked=_approved([g for g in sets if g.status == "revoked"]),
         blob_sets=tuple(
             (g.ref, tuple((alg, v) for m in g.firmware.blobs for alg, v in m.digests.items()))

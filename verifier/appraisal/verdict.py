@@ -95,3 +95,33 @@ class Verdict:
             "reason": self.reason,
             "checks": [c.to_json() for c in self.checks],
         }
+
+
+# Failures that still say which version the component belongs to: it matched a set no longer in force.
+_MATCHED_INACTIVE = frozenset(("golden_revoked", "boot_app_retired", "boot_app_expired"))
+# Checks whose ``golden`` names the sets in force or that require something, not what matched.
+_NOT_MATCHES = frozenset(("policy.golden_sets", "secure_boot.enabled"))
+
+
+def booted_versions(checks: tuple[Check, ...] | list[Check]) -> tuple[str, ...]:
+    """Which version of each golden set the appraised boot matched (``name@version``, sorted).
+
+    Read from the checks that matched a value — passing ones, and failures that matched a version
+    no longer in force (``golden_revoked``, …) — never from labels: for each set name, the versions
+    named by every such check that names the set. Two versions that approve the same shim both
+    match its check; only the one that approves the kernel too matches them all."""
+    by_name: dict[str, set[str]] = {}
+    for c in checks:
+        if c.golden is None or c.id in _NOT_MATCHES:
+            continue
+        if c.status is not PASS and c.reason not in _MATCHED_INACTIVE:
+            continue
+        named: dict[str, set[str]] = {}
+        for ref in c.golden.split(", "):
+            name, sep, version = ref.rpartition("@")
+            if sep:
+                named.setdefault(name, set()).add(version)
+        for name, versions in named.items():
+            known = by_name.get(name)
+            by_name[name] = versions if known is None else known & versions
+    return tuple(sorted(f"{n}@{v}" for n, vs in by_name.items() for v in vs))

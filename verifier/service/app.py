@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from flask import Flask, Response, jsonify
 
+from verifier import web
 from verifier.store import Store
 
 from . import metrics
@@ -15,6 +16,7 @@ from .cluster_routes import cluster_bp
 from .config import ServiceConfig
 from .context import Services
 from .extender_routes import extender_bp
+from .review_routes import review_bp
 from .routes import BLUEPRINTS
 
 
@@ -38,6 +40,8 @@ def create_app(
     app.register_blueprint(cluster_bp)  # EAR, JWKS, change feed
     app.register_blueprint(extender_bp)  # kube-scheduler extender
     metrics.init_app(app)  # /metrics and request counting
+    app.register_blueprint(review_bp)  # incidents and four-eyes golden drafts (review_routes)
+    web.init_app(app)  # the review console at /ui/ (verifier.web)
 
     @app.get("/healthz")
     def healthz() -> Response:

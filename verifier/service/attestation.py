@@ -351,6 +351,7 @@ def record(
     db.flush()
     node.last_attestation_id = row.id
     node.golden_versions = a.golden
+    node.booted_versions = a.booted
     if a.status == VerdictStatus.TRUSTED and (node.last_success_at or quoted_at) <= quoted_at:
         node.last_success_at = quoted_at
     if node.state != NodeState.QUARANTINED:

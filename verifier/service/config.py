@@ -73,6 +73,10 @@ class ServiceConfig:
     """Connections one (gevent) worker holds at most; more wait in the listen backlog."""
     body_timeout: float = 30.0
     """Seconds a request body may take to arrive; a slower client gets 408 ``body_timeout``."""
+    console_idle_timeout: float = 15 * 60.0
+    """Seconds a review-console session lives without a request (idle expiry)."""
+    console_session_lifetime: float = 8 * 3600.0
+    """Seconds a review-console session lives at most after sign-in (absolute expiry)."""
     tls_cert: str | None = None
     tls_key: str | None = None
     ear_key_file: str | None = None
@@ -206,6 +210,8 @@ def load_config(
     config = ServiceConfig(**values)
     if config.max_token_lifetime <= 0:
         raise ConfigurationError("max_token_lifetime must be a positive number of seconds")
+    if config.console_idle_timeout <= 0 or config.console_session_lifetime <= 0:
+        raise ConfigurationError("console session timeouts must be positive numbers of seconds")
     if bool(config.tls_cert) != bool(config.tls_key):
         raise ConfigurationError("tls_cert and tls_key must be given together")
     return config

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from sqlalchemy.orm import Session
+
 from assay.errors import MalformedEvidence
 from golden.model import GoldenSet
 from verifier.store import repo
@@ -131,28 +133,36 @@ def upload(svc: Services, fmt: str, data: bytes, actor: str) -> GoldenView:
     if len(data) > MAX_GOLDEN:
         raise BadRequest("too_large", f"golden set larger than {MAX_GOLDEN} bytes")
     gs = parse_golden(fmt, data)
-    _check_printable(gs)
     now = svc.now()
     with svc.store.write() as db:
-        if repo.get_golden(db, gs.name, gs.version) is not None:
-            raise Conflict("golden_exists", f"{gs.name}@{gs.version} already exists")
-        row = GoldenSetRow(
-            name=gs.name,
-            version=gs.version,
-            status=gs.status,
-            reason=gs.status_reason or "",
-            format=fmt,
-            source=data,
-            selector=dict(gs.selector),
-            created_at=now,
-            changed_at=now,
-        )
-        db.add(row)
-        if gs.selector:
-            repo.assign(db, gs.name, gs.selector, now)
-        repo.audit(db, actor, "golden_add", f"{gs.name}@{gs.version}", "", now=now)
-        db.flush()
-        return GoldenView.of(row)
+        return GoldenView.of(insert_version(db, gs, fmt, data, actor, now))
+
+
+def insert_version(
+    db: Session, gs: GoldenSet, fmt: str, data: bytes, actor: str, now: dt.datetime
+) -> GoldenSetRow:
+    """Store a parsed version (``data`` its source) in ``db``'s transaction, audited; its selector
+    is assigned. Conflict if that version exists (upload, and an approved promotion draft)."""
+    _check_printable(gs)
+    if repo.get_golden(db, gs.name, gs.version) is not None:
+        raise Conflict("golden_exists", f"{gs.name}@{gs.version} already exists")
+    row = GoldenSetRow(
+        name=gs.name,
+        version=gs.version,
+        status=gs.status,
+        reason=gs.status_reason or "",
+        format=fmt,
+        source=data,
+        selector=dict(gs.selector),
+        created_at=now,
+        changed_at=now,
+    )
+    db.add(row)
+    if gs.selector:
+        repo.assign(db, gs.name, gs.selector, now)
+    repo.audit(db, actor, "golden_add", f"{gs.name}@{gs.version}", "", now=now)
+    db.flush()
+    return row
 
 
 def _check_printable(gs: GoldenSet) -> None:
@@ -208,12 +218,61 @@ def set_status(
         repo.audit(
             db, actor, f"golden_{status.removesuffix('d')}", f"{name}@{version}", reason, now=now
         )
+        affected = nodes_using(db, name)
+        view = GoldenView.of(row)
+    why = f"{name}@{version} {status}: {reason}"
+    return StatusChange(view, reappraise_nodes(svc, affected, why, actor) if affected else [])
+
+
+@dataclass(frozen=True, slots=True)
+class CanaryChange:
+    golden: GoldenView
+    canary: Mapping[str, str] | None
+    reappraised: list[Reappraisal]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "golden": self.golden.to_json(),
+            "canary": None if self.canary is None else dict(self.canary),
+            "reappraised": [r.to_json() for r in self.reappraised],
+        }
+
+
+def set_canary(
+    svc: Services, name: str, version: str, selector: Mapping[str, str] | None, actor: str
+) -> CanaryChange:
+    """Limit ``name@version`` to the nodes of its set that match ``selector`` (a canary during a
+    rollout), or with None let it apply to every node of the set; the set's nodes are re-appraised
+    at once, since which versions apply to them changed."""
+    if selector is not None and not selector:
+        raise BadRequest("bad_selector", "a canary selector needs at least one label")
+    now = svc.now()
+    with svc.store.write() as db:
+        row = repo.get_golden(db, name, version)
+        if row is None:
+            raise NotFound("golden_unknown", f"no golden set {name}@{version}")
+        row.canary = None if selector is None else dict(selector)
+        row.changed_at = now
+        detail = {"canary": row.canary}
+        repo.audit(db, actor, "golden_canary", f"{name}@{version}", "", detail, now=now)
         assignments = repo.list_assignments(db)
         affected = [
             n.name
             for n in repo.list_nodes(db)
             if name in repo.golden_names_for(n.labels, assignments)
         ]
-        view = GoldenView.of(row)
-    why = f"{name}@{version} {status}: {reason}"
-    return StatusChange(view, reappraise_nodes(svc, affected, why, actor) if affected else [])
+        view, canary = GoldenView.of(row), row.canary
+    why = f"{name}@{version} canary: " + (
+        ",".join(f"{k}={v}" for k, v in (canary or {}).items()) or "every node"
+    )
+    return CanaryChange(
+        view, canary, reappraise_nodes(svc, affected, why, actor) if affected else []
+    )
+
+
+def nodes_using(db: Session, name: str) -> list[str]:
+    """The nodes golden set ``name`` applies to (by the assignments' label selectors)."""
+    assignments = repo.list_assignments(db)
+    return [
+        n.name for n in repo.list_nodes(db) if name in repo.golden_names_for(n.labels, assignments)
+    ]

@@ -16,7 +16,14 @@ from typing import Any
 from assay.errors import ConfigurationError, MalformedEvidence
 from assay.eventlog import VerifiedBootLog
 from golden.model import GoldenSet, Status
-from verifier.appraisal import CheckStatus, CompiledPolicy, VerdictStatus, appraise, compile_golden
+from verifier.appraisal import (
+    CheckStatus,
+    CompiledPolicy,
+    VerdictStatus,
+    appraise,
+    booted_versions,
+    compile_golden,
+)
 from verifier.store.models import GoldenSetRow
 
 from .context import Services
@@ -33,6 +40,7 @@ class Assessment:
     checks: list[dict[str, Any]]
     golden: list[str]
     verdict: dict[str, Any]
+    booted: list[str] = dataclasses.field(default_factory=list)  # versions the boot matched
 
 
 def parse_golden(fmt: str, data: bytes, source: str = "<upload>") -> GoldenSet:
@@ -108,7 +116,8 @@ def assess(log: VerifiedBootLog, policy: CompiledPolicy) -> Assessment:
     verdict = appraise(log, policy)
     data = verdict.to_json()
     checks = list(data["checks"])
-    return Assessment(verdict.status, verdict.reason, checks, list(policy.in_force), data)
+    booted = list(booted_versions(verdict.checks))
+    return Assessment(verdict.status, verdict.reason, checks, list(policy.in_force), data, booted)
 
 
 def failed(status: VerdictStatus, code: str, message: str) -> Assessment:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
@@ -27,6 +27,29 @@ from .attestation import QuotedEvidence, appraise_evidence, find_attestation, pc
 from .context import Services
 from .errors import BadRequest, Conflict, NotFound
 from .golden_policy import Assessment, failed
+from .rollout import Outdated, Standing
+
+
+class NodeFields(Protocol):
+    """What a node view is made of: a ``Node`` row, or a lighter row of the same columns
+    (the console's node list reads 10,000 of them without building ORM objects)."""
+
+    name: str
+    state: NodeState
+    state_since: dt.datetime
+    reason: str
+    labels: dict[str, str]
+    golden_versions: list[str]
+    last_attestation_id: int | None
+    last_attested_at: dt.datetime | None
+    last_success_at: dt.datetime | None
+    last_reset_count: int | None
+    last_restart_count: int | None
+    last_reboot_at: dt.datetime | None
+    enrolled_at: dt.datetime
+    ek_fingerprint: str
+    ak_name: bytes
+    booted_versions: list[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,10 +71,15 @@ class NodeView:
     enrolled_at: dt.datetime
     ek_fingerprint: str
     ak_name: bytes
+    booted: tuple[str, ...] = ()
+    outdated: tuple[Outdated, ...] = ()
 
     @classmethod
-    def of(cls, node: Node, now: dt.datetime, window: float) -> NodeView:
+    def of(
+        cls, node: NodeFields, now: dt.datetime, window: float, standing: Standing | None = None
+    ) -> NodeView:
         state, reason = effective_state(node, now, window)
+        booted = tuple(node.booted_versions or ())
         return cls(
             node.name,
             state,
@@ -68,6 +96,8 @@ class NodeView:
             node.enrolled_at,
             node.ek_fingerprint,
             node.ak_name,
+            booted,
+            standing.outdated(booted, node.labels) if standing is not None else (),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -88,6 +118,8 @@ class NodeView:
             "enrolled_at": iso(self.enrolled_at),
             "ek_fingerprint": self.ek_fingerprint,
             "ak_name": self.ak_name.hex(),
+            "booted": list(self.booted),
+            "outdated": [o.to_json() for o in self.outdated],
         }
 
 
@@ -188,7 +220,7 @@ def parse_state(text: str) -> NodeState:
         raise BadRequest("bad_query", f"state must be one of {', '.join(NodeState)}") from None
 
 
-def effective_state(node: Node, now: dt.datetime, window: float) -> tuple[NodeState, str]:
+def effective_state(node: NodeFields, now: dt.datetime, window: float) -> tuple[NodeState, str]:
     """(state, reason) as of ``now``: a trusted node past its freshness window reads as stale."""
     if node.state == NodeState.TRUSTED:
         last = node.last_success_at or node.enrolled_at
@@ -198,8 +230,16 @@ def effective_state(node: Node, now: dt.datetime, window: float) -> tuple[NodeSt
 
 
 def list_nodes(
-    svc: Services, *, state: NodeState | None, labels: Mapping[str, str]
+    svc: Services,
+    *,
+    state: NodeState | None,
+    labels: Mapping[str, str],
+    booted: str | None = None,
+    outdated: bool = False,
 ) -> list[NodeView]:
+    """Nodes in ``state`` with ``labels``; ``booted``: only those whose last appraisal matched
+    that version (``name@version``); ``outdated``: only those booting a revoked, retired or
+    superseded version."""
     now, window = svc.now(), svc.config.freshness_window
     with svc.store.read() as db:
         # "stale" is also derived from "trusted" rows: filter on the computed state.
@@ -207,10 +247,15 @@ def list_nodes(
         if state is not None:
             derived = (NodeState.TRUSTED, NodeState.STALE)
             stored = list(derived) if state in derived else [state]
+        standing = Standing(repo.list_golden(db))
         views = [
-            NodeView.of(n, now, window) for n in repo.list_nodes(db, states=stored, labels=labels)
+            NodeView.of(n, now, window, standing)
+            for n in repo.list_nodes(db, states=stored, labels=labels)
+            if booted is None or booted in (n.booted_versions or ())
         ]
-    return [v for v in views if state is None or v.state == state]
+    return [
+        v for v in views if (state is None or v.state == state) and (not outdated or v.outdated)
+    ]
 
 
 def get_node(db: Session, name: str) -> Node:
@@ -222,7 +267,8 @@ def get_node(db: Session, name: str) -> Node:
 
 def show_node(svc: Services, name: str) -> NodeView:
     with svc.store.read() as db:
-        return NodeView.of(get_node(db, name), svc.now(), svc.config.freshness_window)
+        standing = Standing(repo.list_golden(db))
+        return NodeView.of(get_node(db, name), svc.now(), svc.config.freshness_window, standing)
 
 
 def node_history(svc: Services, name: str, *, limit: int) -> list[AttestationView]:

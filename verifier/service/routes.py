@@ -14,7 +14,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from assay.evidence import Evidence, encode_evidence
 
-from . import attestation, audit, enrollment, golden_ops, inventory, tokens
+from . import attestation, audit, enrollment, golden_ops, inventory, rollout, tokens
 from ._http import (
     b64_field,
     json_body,
@@ -131,7 +131,15 @@ def list_nodes() -> Response:
     state = request.args.get("state")
     wanted = None if state is None else inventory.parse_state(state)
     labels = label_query(request.args.getlist("label"))
-    nodes = inventory.list_nodes(services(), state=wanted, labels=labels)
+    booted = request.args.get("booted")
+    if booted is not None:
+        path_text(booted, "golden version", 265)
+    outdated = request.args.get("outdated", "false")
+    if outdated not in ("true", "false"):
+        raise BadRequest("bad_query", "outdated must be true or false")
+    nodes = inventory.list_nodes(
+        services(), state=wanted, labels=labels, booted=booted, outdated=outdated == "true"
+    )
     return jsonify({"nodes": [n.to_json() for n in nodes]})
 
 
@@ -225,6 +233,28 @@ def golden_status(name: str, version: str, action: str) -> Response:
     reason = reason_field(json_body())
     out = golden_ops.set_status(services(), name, version, status, reason, actor())
     return jsonify(out.to_json())
+
+
+@golden_bp.get("/rollouts/<name>")
+@require(*REVIEW)
+def show_rollout(name: str) -> Response:
+    path_text(name, "golden set", 200)
+    return jsonify(rollout.rollout(services(), name).to_json())
+
+
+@golden_bp.put("/golden/<name>/<version>/canary")
+@require(*ADMIN)
+def set_canary(name: str, version: str) -> Response:
+    path_text(name, "golden set", 200), path_text(version, "golden version", 64)
+    selector = labels_field(json_body(), "selector")
+    return jsonify(golden_ops.set_canary(services(), name, version, selector, actor()).to_json())
+
+
+@golden_bp.delete("/golden/<name>/<version>/canary")
+@require(*ADMIN)
+def clear_canary(name: str, version: str) -> Response:
+    path_text(name, "golden set", 200), path_text(version, "golden version", 64)
+    return jsonify(golden_ops.set_canary(services(), name, version, None, actor()).to_json())
 
 
 # --- admin --------------------------------------------------------------------------------

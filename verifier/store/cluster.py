@@ -1,4 +1,4 @@
-"""Tables and queries of the cluster integration (migration 0004): the change feed that is also
+"""Tables and queries of the cluster integration (migration 0006): the change feed that is also
 the webhooks' outbox, the delivery cursors, and the EAR signing keys kept in the database.
 
 Kept apart from ``models``/``repo`` (the attestation path's) so the two evolve separately; the

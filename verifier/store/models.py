@@ -146,6 +146,8 @@ class Node(Base):
     last_reboot_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
     boot_log_sha256: Mapped[str | None] = mapped_column(String(64))
     golden_versions: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # The versions the last appraisal matched (name@version): what the node booted.
+    booted_versions: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
     enrolled_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
 
 
@@ -244,6 +246,8 @@ class GoldenSetRow(Base):
     format: Mapped[str] = mapped_column(String(16))
     source: Mapped[bytes] = mapped_column(LargeBinary)
     selector: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    # A canary version applies only to the nodes (of its set's assignment) matching this selector.
+    canary: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     changed_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
 
@@ -287,3 +291,125 @@ class AuditEntry(Base):
     target: Mapped[str] = mapped_column(String(300))
     reason: Mapped[str] = mapped_column(Text, default="")
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+# --- the review console (migration 0004) ----------------------------------------------------
+
+
+class TriageState(StrEnum):
+    """Where a reviewer has taken an incident: ``new`` → ``acknowledged`` → ``resolved``, or
+    ``dismissed``; a resolved incident that fails again is ``new`` again."""
+
+    NEW = "new"
+    ACKNOWLEDGED = "acknowledged"
+    RESOLVED = "resolved"
+    DISMISSED = "dismissed"
+
+
+class DraftState(StrEnum):
+    """A drafted golden version: ``draft`` → ``approved`` (a new active version) | ``rejected``."""
+
+    DRAFT = "draft"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+
+
+class ConsoleSession(Base):
+    """A signed-in console user: the cookie holds a random secret, the table only its SHA-256.
+
+    The session acts as the token it was opened with (``token_id``): revoking or expiring the token
+    ends the session too. ``csrf`` is the per-session token every form POST must carry."""
+
+    __tablename__ = "console_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_id: Mapped[str] = mapped_column(String(32), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    last_seen_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    expires_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+
+
+class Incident(Base):
+    """Failures grouped across nodes: one check failing with one got-value (``key`` is their hash)."""
+
+    __tablename__ = "incidents"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    check_id: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(String(64))
+    got: Mapped[str | None] = mapped_column(Text)
+    message: Mapped[str] = mapped_column(Text, default="")
+    state: Mapped[TriageState] = mapped_column(EnumText(TriageState), index=True)
+    assignee: Mapped[str] = mapped_column(String(200), default="")
+    first_seen: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    last_seen: Mapped[dt.datetime] = mapped_column(UtcDateTime, index=True)
+    changed_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class IncidentNode(Base):
+    """A node of an incident: when it first and last failed that way, and its latest attestation."""
+
+    __tablename__ = "incident_nodes"
+    __table_args__ = (UniqueConstraint("incident_id", "node_id", name="uq_incident_node"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    incident_id: Mapped[int] = mapped_column(
+        ForeignKey("incidents.id", ondelete="CASCADE"), index=True
+    )
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), index=True)
+    attestation_id: Mapped[int] = mapped_column(Integer)
+    event: Mapped[int | None] = mapped_column(Integer)
+    first_seen: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    last_seen: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    count: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class IncidentNote(Base):
+    __tablename__ = "incident_notes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    incident_id: Mapped[int] = mapped_column(
+        ForeignKey("incidents.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    actor: Mapped[str] = mapped_column(String(200))
+    text: Mapped[str] = mapped_column(Text)
+
+
+class ConsoleMarker(Base):
+    """A named high-water mark (``incidents``: the last attestation id grouped into incidents)."""
+
+    __tablename__ = "console_markers"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(Integer)
+
+
+class GoldenDraft(Base):
+    """A new golden version drafted from a reviewed attestation; active only once a second person
+    approves it (four-eyes). ``source`` is the drafted set as YAML, with its provenance."""
+
+    __tablename__ = "golden_drafts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    golden_name: Mapped[str] = mapped_column(String(200), index=True)
+    base_version: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(64))
+    source: Mapped[bytes] = mapped_column(LargeBinary)
+    attestation_id: Mapped[int] = mapped_column(Integer)
+    node_name: Mapped[str] = mapped_column(String(253))
+    events: Mapped[list[int]] = mapped_column(JSON)
+    measurements: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    """What each selected event added: its index, PCR, kind, digest or text, label."""
+    state: Mapped[DraftState] = mapped_column(EnumText(DraftState), index=True)
+    reason: Mapped[str] = mapped_column(Text)
+    drafted_by: Mapped[str] = mapped_column(String(200))
+    drafted_token: Mapped[str] = mapped_column(String(32))
+    drafted_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    decided_by: Mapped[str | None] = mapped_column(String(200))
+    decided_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    decision_reason: Mapped[str | None] = mapped_column(Text)

@@ -396,9 +396,10 @@ def golden_names_for(labels: Mapping[str, str], assignments: Sequence[Assignment
 
 
 def golden_rows_for(s: Session, labels: Mapping[str, str]) -> list[GoldenSetRow]:
-    """Every stored version (any status) of every golden set assigned to nodes with ``labels``."""
+    """Every stored version (any status) of every golden set assigned to nodes with ``labels``,
+    but a canary version only where its canary selector matches them too."""
     names = golden_names_for(labels, list_assignments(s))
     if not names:
         return []
     q = select(GoldenSetRow).where(GoldenSetRow.name.in_(sorted(names))).order_by(GoldenSetRow.id)
-    return list(s.scalars(q))
+    return [r for r in s.scalars(q) if r.canary is None or selector_matches(r.canary, labels)]

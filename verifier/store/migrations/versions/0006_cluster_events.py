@@ -1,7 +1,7 @@
 """the cluster acts on verdicts: the change feed and webhook outbox, delivery cursors, EAR keys
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-01
 
 - ``cluster_events``: one row per node state change and golden revocation, written in the same
@@ -19,8 +19,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0004"
-down_revision: str | None = "0003"
+revision: str = "0006"
+down_revision: str | None = "0005"
 branch_labels: str | None = None
 depends_on: str | None = None
 

@@ -1,0 +1,78 @@
+"""Linux IMA measurement lists: parse (unverified), replay per bank, verify against a quote.
+
+``parse_ima_log`` turns untrusted bytes (binary ``binary_runtime_measurements`` or the ASCII form,
+detected) into an :class:`ImaLog` whose every exposed field is covered by its entry's template
+hash. ``replay_ima`` / ``replay_from`` compute PCR values from boot or from a stored state (the
+incremental path: only new entries). ``verify_ima`` checks a replay against a ``VerifiedQuote`` and
+yields a :class:`VerifiedImaLog`, what runtime policy judges; ``assume_quoted_for_review`` yields a
+:class:`ReviewedImaLog` for offline use. ``boot_aggregate`` says what the first entry must hold
+given quoted PCR0–9. No I/O and no policy here.
+"""
+
+from ._critical import SELINUX_POLICY_HASH, SELINUX_STATE, SelinuxState, parse_selinux_state
+from ._formats import BANK_OF_NAME, TEMPLATES, template_fields
+from ._parse import (
+    MAX_IMA_LOG_SIZE,
+    ImaEntry,
+    ImaLog,
+    ModSig,
+    escape_name,
+    parse_ima_log,
+)
+from ._replay import (
+    ALL_BANKS,
+    MODES,
+    ExtendMode,
+    ImaReplay,
+    ImaReplayError,
+    replay_from,
+    replay_ima,
+)
+from ._sig import ImaKey, ImaSignature, keyid_of, load_key, parse_signature, verify_signature
+from ._verify import (
+    BOOT_AGGREGATE,
+    BootAggregate,
+    ImaEvidence,
+    ReviewedImaLog,
+    VerifiedImaLog,
+    assume_quoted_for_review,
+    boot_aggregate,
+    verify_ima,
+)
+
+__all__ = [
+    "ALL_BANKS",
+    "BANK_OF_NAME",
+    "BOOT_AGGREGATE",
+    "MAX_IMA_LOG_SIZE",
+    "MODES",
+    "SELINUX_POLICY_HASH",
+    "SELINUX_STATE",
+    "TEMPLATES",
+    "BootAggregate",
+    "ExtendMode",
+    "ImaEntry",
+    "ImaEvidence",
+    "ImaKey",
+    "ImaLog",
+    "ImaReplay",
+    "ImaReplayError",
+    "ImaSignature",
+    "ModSig",
+    "ReviewedImaLog",
+    "SelinuxState",
+    "VerifiedImaLog",
+    "assume_quoted_for_review",
+    "boot_aggregate",
+    "escape_name",
+    "keyid_of",
+    "load_key",
+    "parse_ima_log",
+    "parse_selinux_state",
+    "parse_signature",
+    "replay_from",
+    "replay_ima",
+    "template_fields",
+    "verify_ima",
+    "verify_signature",
+]
