@@ -204,7 +204,7 @@ def test_a_silent_node_is_tainted_when_its_ear_expires(cluster: Cluster) -> None
 
 
 def fake_value(cluster: Cluster, name: str) -> str:
-    for t in cluster.fake.node(name)["spec"]["taints"]:
+    for t in cluster.fake.node(name).get("spec", {}).get("taints", []):
         if t["key"] == "assay.io/untrusted":
             return str(t["value"])
     return ""
@@ -298,6 +298,16 @@ def test_the_node_name_can_come_from_a_label(cluster: Cluster) -> None:
     )
     cluster.controller(node_name_label="assay.io/node")
     eventually(lambda: labels(cluster.fake, "ip-10-0-0-7").get("assay.io/trusted") == "true")
+
+
+def test_the_node_name_can_come_from_an_annotation(cluster: Cluster) -> None:
+    trusted(cluster.store, "tpm-host-8")
+    meta = {"name": "ip-10-0-0-8", "annotations": {"example.com/assay-name": "tpm-host-8"}}
+    cluster.fake.add_node("ip-10-0-0-8", metadata=meta)
+    cluster.controller(node_name_annotation="example.com/assay-name")
+    eventually(lambda: labels(cluster.fake, "ip-10-0-0-8").get("assay.io/trusted") == "true")
+    cluster.admin_post("/v1/nodes/tpm-host-8/quarantine")  # the feed names the Assay node
+    eventually(lambda: fake_value(cluster, "ip-10-0-0-8") == "quarantined", 5)
 
 
 def test_the_command_runs_the_controller_from_a_kubeconfig(

@@ -29,6 +29,7 @@ def register(sub: Any) -> None:
     p.add_argument("--identity", default=None, help="this replica's name (default: hostname)")
     p.add_argument("--untrusted-effect", default="NoExecute", choices=("NoExecute", "NoSchedule"))
     p.add_argument("--node-name-label", help="take the Assay node name from this Node label")
+    p.add_argument("--node-name-annotation", help="…or from this Node annotation")
     p.add_argument("--resync", type=float, default=300.0, help="full reconcile period (s)")
     p.add_argument("--metrics-port", type=int, help="serve /metrics on this port")
     p.set_defaults(func=_run)
@@ -75,6 +76,7 @@ def _run(args: argparse.Namespace) -> int:
         identity=args.identity or f"{socket.gethostname()}-{os.getpid()}",
         resync=args.resync,
         node_name_label=args.node_name_label,
+        node_name_annotation=args.node_name_annotation,
         policy=Policy(untrusted_effect=args.untrusted_effect),
     )
     registry = CollectorRegistry()

@@ -51,6 +51,8 @@ class ControllerConfig:
     resync: float = 300.0
     node_name_label: str | None = None
     """Take the Assay node name from this Node label (default: the Node's own name)."""
+    node_name_annotation: str | None = None
+    """…or from this Node annotation (the label wins when both are configured and present)."""
     refresh_margin: float = 60.0
     """Refresh a node's EAR annotation when it expires within this many seconds."""
     workers: int = 2
@@ -125,6 +127,8 @@ class Controller:
         self.cfg, self.kube, self.verifier, self.clock = cfg, kube, verifier, clock
         self.queue = WorkQueue()
         self.nodes: dict[str, dict[str, Any]] = {}
+        self._by_assay: dict[str, set[str]] = {}
+        """Assay node name → the Kubernetes Nodes mapped to it (kept with ``nodes``)."""
         self.failures: dict[str, int] = {}
         self.applied: dict[str, Standing] = {}
         """The standing last written to each Node (to tell our own changes from others')."""
@@ -145,14 +149,43 @@ class Controller:
 
     def assay_name(self, node: dict[str, Any]) -> str:
         meta = node.get("metadata") or {}
-        label = self.cfg.node_name_label
-        if label:
-            return str((meta.get("labels") or {}).get(label, ""))
-        return str(meta.get("name", ""))
+        label, annotation = self.cfg.node_name_label, self.cfg.node_name_annotation
+        if not label and not annotation:
+            return str(meta.get("name", ""))
+        found = (meta.get("labels") or {}).get(label) if label else None
+        if found is None and annotation:
+            found = (meta.get("annotations") or {}).get(annotation)
+        return str(found or "")
 
     def k8s_names_for(self, assay: str) -> list[str]:
         with self.lock:
-            return [n for n, node in self.nodes.items() if self.assay_name(node) == assay]
+            return sorted(self._by_assay.get(assay, ()))
+
+    def set_node(self, node: dict[str, Any]) -> None:
+        """Cache a Node as the API returned it, keeping the name index in step."""
+        name = str(node["metadata"]["name"])
+        with self.lock:
+            self._unindex(name)
+            self.nodes[name] = node
+            self._by_assay.setdefault(self.assay_name(node), set()).add(name)
+
+    def drop_node(self, name: str) -> None:
+        with self.lock:
+            self._unindex(name)
+            self.nodes.pop(name, None)
+
+    def set_nodes(self, nodes: list[dict[str, Any]]) -> None:
+        with self.lock:
+            self.nodes, self._by_assay = {}, {}
+        for node in nodes:
+            self.set_node(node)
+
+    def _unindex(self, name: str) -> None:
+        old = self.nodes.get(name)
+        if old is not None:
+            names = self._by_assay.get(self.assay_name(old))
+            if names is not None:
+                names.discard(name)
 
     def ours_differ(self, node: dict[str, Any]) -> bool:
         """Whether a Node no longer carries what this controller last wrote to it."""
@@ -260,9 +293,10 @@ class Controller:
         st = self.standing(self.assay_name(node), node)
         written, applied = self._apply(name, st)
         with self.lock:
-            if name in self.nodes:
-                self.nodes[name] = written
+            known = name in self.nodes
             self.applied[name] = applied
+        if known:
+            self.set_node(written)
         exp = unverified_exp(
             ((written.get("metadata") or {}).get("annotations") or {}).get(ANN_EAR)
         )

@@ -42,8 +42,7 @@ def watch_nodes(c: Controller) -> None:
     while not c.stop.is_set():
         try:
             listed = c.kube.list_nodes()
-            with c.lock:
-                c.nodes = {n["metadata"]["name"]: n for n in listed.get("items", [])}
+            c.set_nodes(list(listed.get("items", [])))
             c.queue_all()
             rv = str(listed["metadata"]["resourceVersion"])
             while not c.stop.is_set():
@@ -62,11 +61,9 @@ def _on_node_event(c: Controller, event: dict[str, Any]) -> str | None:
     name = node["metadata"]["name"]
     kind = event["type"]
     if kind == "DELETED":
-        with c.lock:
-            c.nodes.pop(name, None)
+        c.drop_node(name)
     elif kind in ("ADDED", "MODIFIED"):
-        with c.lock:
-            c.nodes[name] = node
+        c.set_node(node)
         if kind == "ADDED" or c.ours_differ(node):
             c.queue.put(name)
     rv = node["metadata"].get("resourceVersion")
