@@ -31,7 +31,7 @@ from .errors import (
     AgentError,
 )
 from .evidence import read_log
-from .node import attest, enroll, ensure_ak, run
+from .node import attest, enroll, ensure_ak, own_ear, run
 from .state import AkContextFile
 from .tpm import EK_TEMPLATES, QuoteResult, Tpm, fapi_built
 
@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("enroll", "enroll with the verifier"),
         ("attest", "attest once"),
         ("run", "attest periodically"),
+        ("ear", "this node's signed attestation result, fetched with an AK proof"),
     ):
         p = sub.add_parser(name, parents=[common], help=text)
         p.add_argument("--verifier", default=argparse.SUPPRESS, help="verifier base URL")
@@ -273,6 +274,16 @@ def cmd_attest(args: argparse.Namespace, config: AgentConfig) -> int:
     return _VERDICT_EXIT[result.status]
 
 
+def cmd_ear(args: argparse.Namespace, config: AgentConfig) -> int:
+    client = _client(config)
+    try:
+        token = own_ear(config, client)
+    finally:
+        client.close()
+    _emit(args, {"node": config.node, "ear": token}, lambda: print(token))
+    return EXIT_OK
+
+
 def cmd_run(args: argparse.Namespace, config: AgentConfig) -> int:
     client = _client(config)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(EXIT_OK))
@@ -300,6 +311,7 @@ _COMMANDS: dict[tuple[str, str | None], Callable[[argparse.Namespace, AgentConfi
     ("enroll", None): cmd_enroll,
     ("attest", None): cmd_attest,
     ("run", None): cmd_run,
+    ("ear", None): cmd_ear,
 }
 
 

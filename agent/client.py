@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote as urlquote
 
+from assay import ak_proof
 from assay.algorithms import HashAlg
 
 from . import __version__
@@ -131,10 +132,10 @@ class VerifierClient:
         """Nothing to release: each request opens and closes its own connection."""
 
     def _send(
-        self, url: str, payload: bytes | None, headers: Mapping[str, str]
+        self, url: str, payload: bytes | None, headers: Mapping[str, str], method: str = "POST"
     ) -> tuple[int, bytes]:
         # The scheme is http(s), checked in __init__.
-        request = urllib.request.Request(url, data=payload, method="POST", headers=dict(headers))  # noqa: S310
+        request = urllib.request.Request(url, data=payload, method=method, headers=dict(headers))  # noqa: S310
         request.add_header("User-Agent", USER_AGENT)
         try:
             with self._opener.open(request, timeout=self.timeout) as resp:
@@ -249,6 +250,31 @@ class VerifierClient:
             pcr_selection=_selection(body.get("pcr_selection"), where),
             known_event_log_sha256=None if known is None else _unhex(known, "known", where, 32),
         )
+
+    def own_ear(self, node: str, nonce: bytes, attest: bytes, signature: bytes) -> str:
+        """The node's own EAR, fetched with an AK proof (``assay.ak_proof``) instead of a token."""
+        url = f"{self.base_url}/v1/nodes/{urlquote(node, safe='')}/ear"
+        headers = {
+            ak_proof.HEADER_NONCE: nonce.hex(),
+            ak_proof.HEADER_QUOTE: _b64(attest),
+            ak_proof.HEADER_SIGNATURE: _b64(signature),
+        }
+        status, raw = self._send(url, None, headers, method="GET")
+        if status >= 500:
+            raise VerifierUnreachable(f"verifier {url} failed with HTTP {status}")
+        if status != 200:
+            body = self._json(raw, status, url)
+            err = body.get("error") if isinstance(body, dict) else None
+            code = str(err.get("code", "")) if isinstance(err, dict) else ""
+            raise VerifierRefused(
+                f"verifier refused the EAR request (HTTP {status} {code or 'no code'})",
+                code=code or f"http_{status}",
+                status=status,
+            )
+        token = raw.decode("ascii", "replace").strip()
+        if token.count(".") != 2:
+            raise BadVerifierResponse(f"{url}: the answer is not a JWT")
+        return token
 
     def submit(self, node: str, bundle: bytes) -> AttestationResult:
         where = "evidence response"

@@ -140,6 +140,26 @@ def attest(
     return client.submit(config.node, bundle)
 
 
+def own_ear(
+    config: AgentConfig, client: VerifierClient, *, open_tpm: TpmOpener | None = None
+) -> str:
+    """This node's EAR, proving it holds its enrolled AK: a nonce from the verifier, a quote
+    whose qualifying data is ``ear_request_digest(nonce)`` (never usable as evidence)."""
+    from assay.ak_proof import ear_request_digest
+
+    challenge = client.challenge(config.node)
+    with _opener(config, open_tpm)() as tpm:
+        ak, _ = ensure_ak(config, tpm)
+        bank = next(iter(challenge.pcr_selection), HashAlg.SHA256)
+        quote = tpm.quote(
+            ak,
+            ear_request_digest(challenge.nonce),
+            {bank: (0,)},
+            saved=AkContextFile(config.state_dir),
+        )
+    return client.own_ear(config.node, challenge.nonce, quote.attest, quote.signature)
+
+
 @dataclass(slots=True)
 class RunStats:
     attestations: int = 0

@@ -276,6 +276,7 @@ def start_verifier(demo: Demo) -> None:
         f"bind: 127.0.0.1:{port}\n"
         "workers: 2\n"
         "attest_interval: 60\n"
+        "extender_enabled: true\n"
     )
     demo.verifier("db", "upgrade")
     log = open(demo.work / "verifier.log", "wb")  # noqa: SIM115 - lives as long as the server
@@ -296,7 +297,7 @@ def start_verifier(demo: Demo) -> None:
         try:
             requests.get(demo.url + "/v1/nodes", timeout=1)
             break
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or no worker answering yet
             if time.monotonic() > deadline:
                 raise DemoError("the verifier did not start listening within 60 s") from None
             time.sleep(0.2)
@@ -517,6 +518,66 @@ def explain_tampered(demo: Demo) -> None:
         )
 
 
+def ear_offline(demo: Demo) -> None:
+    """A relying party fetches nodes' EARs and checks them offline against the JWKS."""
+    scheduler = json.loads(
+        demo.verifier("token", "create", "--role", "scheduler", "--json", capture=True)
+    )["token"]
+    jwks = demo.work / "jwks.json"
+    jwks.write_text(requests.get(f"{demo.url}/v1/keys", timeout=30).text)
+    wrongs: list[story.Mismatch] = []
+    for expect in story.EAR_CHECKS:
+        r = requests.get(
+            f"{demo.url}/v1/nodes/{expect.node}/ear",
+            headers={"Authorization": f"Bearer {scheduler}"},
+            timeout=30,
+        )
+        if r.status_code != 200:
+            raise DemoError(f"GET /v1/nodes/{expect.node}/ear: {r.status_code} {r.text[:200]}")
+        token = demo.work / f"{expect.node}.ear.jwt"
+        token.write_text(r.text)
+        args = ["verifier", "ear", "verify", f"@{token}", "--jwks", str(jwks)]
+        proc = subprocess.run(
+            [PY, "-m", *args, "--node", expect.node, "--json"],
+            cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        try:
+            result = json.loads(proc.stdout)
+        except ValueError:
+            raise DemoError(f"ear verify printed no JSON: {proc.stderr.strip()}") from None
+        wrong = story.compare_ear(expect, proc.returncode, result)
+        wrongs += wrong
+        mark = "DIFFERS" if wrong else "as expected"
+        demo.show(
+            f"  ear verify {expect.node:20} exit {proc.returncode}, {result.get('status')}"
+            f" (expected exit {expect.exit_code}, {expect.status}) {mark}"
+        )
+        demo.record("ear_verified", node=expect.node, exit=proc.returncode, result=result)
+    demo.mismatches += wrongs
+    demo.checked.append({"step": "ear", "ok": not wrongs, "mismatches": [m.line() for m in wrongs]})
+
+
+def extender_filter(demo: Demo) -> None:
+    """kube-scheduler's question, in its own wire format: which of these nodes may run a pod?"""
+    names = sorted(n["name"] for n in inventory(demo))
+    body = {"Pod": {"metadata": {"name": "web-0", "namespace": "default"}}, "NodeNames": names}
+    r = requests.post(f"{demo.url}/k8s/extender/filter", json=body, timeout=30)
+    if r.status_code != 200:
+        raise DemoError(f"POST /k8s/extender/filter: {r.status_code} {r.text[:200]}")
+    result = r.json()
+    wrong = story.compare_extender(result)
+    demo.mismatches += wrong
+    demo.show(f"  passed: {', '.join(result['NodeNames']) or '-'}")
+    for node, why in sorted(result["FailedAndUnresolvableNodes"].items()):
+        demo.show(f"  filtered out: {node:20} {why[:100]}")
+    for m in wrong:
+        demo.show("  " + m.line())
+    demo.checked.append(
+        {"step": "extender", "ok": not wrong, "mismatches": [m.line() for m in wrong]}
+    )
+    demo.record("extender_filter", result=result)
+
+
 def revoke_kernel(demo: Demo) -> None:
     version = demo.kernels["a"]
     demo.verifier("golden", "revoke", "debian-kernel", version, "--reason", REVOCATION)
@@ -582,6 +643,9 @@ STEPS: tuple[Step, ...] = (
     ("Inventory: what a scheduler sees", show_inventory),
     ("Why debian-sb-tampered is not trusted (the failing checks, got vs expected)",
      explain_tampered),
+    ("A relying party checks signed results (EAR) offline with `assay-verifier ear verify`",
+     ear_offline),
+    ("The Kubernetes scheduler extender: which nodes may run a pod", extender_filter),
     ("Revoking kernel A (re-appraises stored evidence, no reboot needed)", revoke_kernel),
     ("Rolling debian-sb-1 forward: it reboots into kernel B", roll_forward),
     ("The final inventory", show_final),

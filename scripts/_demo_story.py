@@ -163,3 +163,62 @@ def checkpoint(step: str, scenario: Sequence[Checkpoint] = SCENARIO) -> Checkpoi
 def final(scenario: Sequence[Checkpoint] = SCENARIO) -> Checkpoint:
     """The last checkpoint: the final state and reason each node is expected to end in."""
     return scenario[-1]
+
+
+# -- the cluster acts on verdicts: signed results offline, the scheduler extender ---------------
+# After the "attested" checkpoint a relying party fetches each named node's EAR and checks it
+# offline with `assay-verifier ear verify` (exit code and status), and the scheduler extender is
+# asked about every node: the tampered node must fail it, the trusted ones pass.
+
+
+@dataclass(frozen=True, slots=True)
+class EarExpect:
+    node: str
+    exit_code: int
+    status: str
+
+
+EAR_CHECKS: tuple[EarExpect, ...] = (
+    EarExpect("gce-ubuntu-1", 0, "affirming"),
+    EarExpect("debian-sb-tampered", 1, "contraindicated"),
+)
+EXTENDER_FAILS = ("debian-sb-tampered",)
+EXTENDER_PASSES = ("debian-sb-1", "debian-cloud-1", "gce-ubuntu-1", "thinkpad-1")
+
+
+def compare_ear(expect: EarExpect, exit_code: int, result: Mapping[str, Any]) -> list[Mismatch]:
+    """The offline check of ``expect.node``'s EAR must end as the story says."""
+    want = Expect(f"exit {expect.exit_code}", expect.status)
+    got = Expect(f"exit {exit_code}", str(result.get("status") or "refused"))
+    if result.get("valid") is not True or result.get("node") != expect.node:
+        got = Expect(f"exit {exit_code}", "invalid")
+    return [] if want == got else [Mismatch("ear", expect.node, want, got)]
+
+
+def compare_extender(result: Mapping[str, Any]) -> list[Mismatch]:
+    """The extender's ExtenderFilterResult: the tampered node unresolvable, the trusted passed."""
+    passed = set(result.get("NodeNames") or [])
+    failed = set(result.get("FailedAndUnresolvableNodes") or {})
+    out: list[Mismatch] = []
+    for node in EXTENDER_FAILS:
+        if node in passed or node not in failed:
+            out.append(
+                Mismatch(
+                    "extender",
+                    node,
+                    Expect("filtered", "unresolvable"),
+                    Expect("passed" if node in passed else "absent", NO_REASON),
+                )
+            )
+    for node in EXTENDER_PASSES:
+        if node not in passed:
+            reason = str((result.get("FailedAndUnresolvableNodes") or {}).get(node, NO_REASON))
+            out.append(
+                Mismatch(
+                    "extender",
+                    node,
+                    Expect("passed", NO_REASON),
+                    Expect("filtered", reason_code(reason)),
+                )
+            )
+    return out

@@ -221,3 +221,55 @@ def test_the_outdated_list_is_compared_both_ways() -> None:
         "demo: FAILED: node debian-sb-tampered: expected outdated/listed, got up-to-date/not "
         "listed (after step 'rolled-forward')",
     ]
+
+
+# --- the cluster checks: EAR verified offline, the extender's filter ------------------------
+
+
+def _ear_result(node: str, status: str) -> dict[str, Any]:
+    return {"valid": True, "node": node, "status": status, "affirming": status == "affirming"}
+
+
+def test_ear_checks_that_hold_pass() -> None:
+    for e in story.EAR_CHECKS:
+        assert story.compare_ear(e, e.exit_code, _ear_result(e.node, e.status)) == []
+
+
+def test_an_ear_that_verifies_differently_fails_naming_the_node() -> None:
+    trusted = next(e for e in story.EAR_CHECKS if e.exit_code == 0)
+    (wrong,) = story.compare_ear(trusted, 1, _ear_result(trusted.node, "none"))
+    assert wrong.node == trusted.node and "exit 0" in wrong.line() and "exit 1" in wrong.line()
+
+
+def test_an_ear_refused_or_about_another_node_fails() -> None:
+    e = story.EAR_CHECKS[0]
+    refused = {"valid": False, "affirming": False, "error": {"code": "ear_bad_signature"}}
+    assert story.compare_ear(e, 1, refused)
+    assert story.compare_ear(e, 0, _ear_result("someone-else", "affirming"))
+
+
+def _filter(passed: list[str], failed: list[str]) -> dict[str, Any]:
+    return {
+        "NodeNames": passed,
+        "FailedAndUnresolvableNodes": {n: "untrusted: cmdline_not_approved: …" for n in failed},
+        "FailedNodes": {},
+        "Error": "",
+    }
+
+
+def test_an_extender_result_that_tells_the_story_passes() -> None:
+    result = _filter(list(story.EXTENDER_PASSES), list(story.EXTENDER_FAILS))
+    assert story.compare_extender(result) == []
+
+
+def test_a_tampered_node_passing_the_extender_fails_the_story() -> None:
+    result = _filter([*story.EXTENDER_PASSES, *story.EXTENDER_FAILS], [])
+    (wrong,) = story.compare_extender(result)
+    assert wrong.node == "debian-sb-tampered" and "passed" in wrong.line()
+
+
+def test_a_trusted_node_filtered_out_fails_the_story() -> None:
+    passes = list(story.EXTENDER_PASSES)
+    result = _filter(passes[1:], [*story.EXTENDER_FAILS, passes[0]])
+    (wrong,) = story.compare_extender(result)
+    assert wrong.node == passes[0]

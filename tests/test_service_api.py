@@ -162,6 +162,9 @@ ENDPOINTS: list[tuple[str, str, tuple[str, ...] | None]] = [
     ("GET", "/v1/drafts/1", ("admin", "reviewer")),
     ("POST", "/v1/drafts/1/approve", ("admin", "reviewer")),
     ("POST", "/v1/drafts/1/reject", ("admin", "reviewer")),
+    ("GET", "/v1/nodes/n1/ear", ("admin", "reviewer", "scheduler")),
+    ("GET", "/v1/keys", ANY_TOKEN),
+    ("GET", "/v1/events", ("admin", "reviewer", "scheduler")),
 ]
 
 

@@ -30,9 +30,16 @@ Registrar = Callable[[Any], None]
 
 def _registrars() -> list[Registrar]:
     """The command groups, each in its own module (imported here: they use this module's helpers)."""
-    from . import _cmd_eventlog, _cmd_ima, _cmd_quote, _cmd_service
+    from . import _cmd_ear, _cmd_eventlog, _cmd_ima, _cmd_k8s, _cmd_quote, _cmd_service
 
-    return [_cmd_eventlog.register, _cmd_quote.register, _cmd_service.register, _cmd_ima.register]
+    return [
+        _cmd_eventlog.register,
+        _cmd_quote.register,
+        _cmd_service.register,
+        _cmd_ima.register,
+        _cmd_ear.register,
+        _cmd_k8s.register,
+    ]
 
 
 def build_parser() -> argparse.ArgumentParser:

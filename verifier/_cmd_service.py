@@ -246,6 +246,9 @@ def _labels(items: Sequence[str]) -> dict[str, str]:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from verifier.service import _multiproc
+
+    _multiproc.prepare()  # before prometheus_client is imported: workers share metric files
     from verifier.service.server import serve
 
     config = _config(

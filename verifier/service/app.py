@@ -11,10 +11,13 @@ from verifier import web
 from verifier.store import Store
 
 from . import _logging
+from . import metrics
 from .api_errors import register_error_handlers
+from .cluster_routes import cluster_bp
 from .config import ServiceConfig
 from .context import Services
 from .openapi import openapi_bp
+from .extender_routes import extender_bp
 from .review_routes import review_bp
 from .routes import BLUEPRINTS
 
@@ -37,6 +40,9 @@ def create_app(
     _logging.init_app(app)
     for bp in (*BLUEPRINTS, openapi_bp):
         app.register_blueprint(bp)
+    app.register_blueprint(cluster_bp)  # EAR, JWKS, change feed
+    app.register_blueprint(extender_bp)  # kube-scheduler extender
+    metrics.init_app(app)  # /metrics and request counting
     app.register_blueprint(review_bp)  # incidents and four-eyes golden drafts (review_routes)
     web.init_app(app)  # the review console at /ui/ (verifier.web)
 

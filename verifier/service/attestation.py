@@ -34,6 +34,7 @@ from verifier.appraisal import CheckStatus, VerdictStatus
 from verifier.store import repo
 from verifier.store.models import Attestation, AttestationSource, Node, NodeState, iso
 
+from . import events
 from .context import Services
 from .errors import BadRequest, NotFound
 from .golden_policy import Assessment, assess, failed, policy_for
@@ -327,6 +328,7 @@ def record(
     for a re-appraisal), so re-appraising old evidence never makes a node fresher than its last
     real attestation.
     """
+    before = events.standing(node)
     row = Attestation(
         node_id=node.id,
         created_at=now,
@@ -357,6 +359,7 @@ def record(
         if node.state != state:
             node.state_since = now
         node.state, node.reason = state, a.reason
+    events.node_state_changed(db, node, before, row)
     return row
 
 

@@ -7,6 +7,7 @@ environment later.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,25 @@ from assay.evidence import DEFAULT_CAPS
 
 DEFAULT_PCRS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 14)
 LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookReceiver:
+    """Where node state changes and golden revocations are POSTed, signed with ``secret``."""
+
+    name: str
+    url: str
+    secret: str = ""
+    secret_file: str | None = None
+
+    def key(self) -> bytes:
+        """The HMAC key: ``secret``, or the first line of ``secret_file``."""
+        if self.secret_file:
+            try:
+                return Path(self.secret_file).read_text().strip().encode()
+            except OSError as exc:
+                raise ConfigurationError(f"webhook {self.name}: {exc}") from None
+        return self.secret.encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +82,21 @@ class ServiceConfig:
     tls_key: str | None = None
     log_format: str = "text"
     """``text`` or ``json``: one line per event on stderr (the journal under systemd)."""
+    ear_key_file: str | None = None
+    """EAR signing keys in this file (created 0600 on first start); unset: in the database, which
+    every instance shares."""
+    ear_issuer: str = "assay-verifier"
+    webhooks: tuple[WebhookReceiver, ...] = ()
+    webhook_timeout: float = 5.0
+    webhook_max_backoff: float = 300.0
+    event_retention: float = 7 * 24 * 3600.0
+    """Seconds an event stays in the change feed once every receiver has it."""
+    metrics_token: str | None = None
+    """``GET /metrics`` on the service's bind needs ``Authorization: Bearer <this>``."""
+    metrics_bind: str | None = None
+    """Serve ``/metrics`` unauthenticated on this separate HOST:PORT (and not on the main bind)."""
+    extender_enabled: bool = False
+    """Answer the kube-scheduler extender (``/k8s/extender/*``, no token: the scheduler sends none)."""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -82,6 +117,8 @@ def _coerce(name: str, value: Any) -> Any:
     try:
         if name == "pcrs":
             return parse_pcr_list(value)
+        if name == "webhooks":
+            return parse_webhooks(value)
         if name == "bank":
             HashAlg.from_bank(str(value))
             return str(value)
@@ -99,6 +136,34 @@ def _coerce(name: str, value: Any) -> Any:
         return None if value is None else str(value)
     except (TypeError, ValueError) as exc:
         raise ConfigurationError(f"configuration {name}: {exc}") from None
+
+
+def parse_webhooks(value: Any) -> tuple[WebhookReceiver, ...]:
+    """A list of ``{name, url, secret | secret_file}`` (YAML, or JSON text from the environment)."""
+    if isinstance(value, str):
+        value = json.loads(value) if value.strip() else []
+    if not isinstance(value, list | tuple):
+        raise ValueError("webhooks must be a list of {name, url, secret | secret_file}")
+    out: list[WebhookReceiver] = []
+    for item in value:
+        if isinstance(item, WebhookReceiver):
+            out.append(item)
+            continue
+        if not isinstance(item, dict) or set(item) - {"name", "url", "secret", "secret_file"}:
+            raise ValueError(f"webhook {item!r}: keys are name, url, secret, secret_file")
+        name, url = str(item.get("name") or ""), str(item.get("url") or "")
+        if not name or not name.isprintable() or len(name) > 200:
+            raise ValueError("every webhook needs a printable name of at most 200 characters")
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"webhook {name}: url must be http(s)://…")
+        if not item.get("secret") and not item.get("secret_file"):
+            raise ValueError(f"webhook {name}: a secret or secret_file is required")
+        out.append(
+            WebhookReceiver(name, url, str(item.get("secret") or ""), item.get("secret_file"))
+        )
+    if len({r.name for r in out}) != len(out):
+        raise ValueError("webhook names must be unique")
+    return tuple(out)
 
 
 def parse_pcr_list(value: Any) -> tuple[int, ...]:

@@ -98,6 +98,8 @@ class Services:
     policies: LruCache[Hashable, tuple[float, dt.datetime | None, object]] = field(init=False)
     unauthenticated: RateLimiter = field(init=False)
     log_caches: LogCaches = field(init=False)
+    extensions: dict[str, object] = field(default_factory=dict)
+    """Per-process state of the add-on modules (EAR keys, metrics, the extender's node cache)."""
     _nonce_key: bytes | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:

@@ -39,6 +39,7 @@ from assay.tpm2 import ObjectAttributes, TpmPublic, make_credential, parse_publi
 from verifier.store import repo
 from verifier.store.models import Enrollment, EnrollmentStep, Node, NodeState, iso
 
+from . import events
 from .context import Services
 from .ekcert import CaPool, cert_fingerprint, load_ek_certificate, verify_ek_chain
 from .errors import Conflict, Expired, Forbidden, NotFound, Unauthenticated
@@ -284,6 +285,7 @@ def _refusal(
 def _bind(db: Session, row: Enrollment, now: dt.datetime) -> Node:
     """Pin the EK and bind the AK. A known node keeps its labels and state (and a quarantine)."""
     node = repo.get_node(db, row.node_name)
+    before = None if node is None else events.standing(node)
     if node is None:
         node = Node(name=row.node_name, golden_versions=[], labels=dict(row.labels))
         db.add(node)
@@ -308,6 +310,7 @@ def _bind(db: Session, row: Enrollment, now: dt.datetime) -> Node:
         db.flush()
     except IntegrityError:  # another instance bound this EK to another name just now
         raise Conflict("ek_in_use", "this TPM's EK was just enrolled as another node") from None
+    events.node_state_changed(db, node, before, now=now)
     return node
 
 

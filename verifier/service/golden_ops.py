@@ -18,6 +18,7 @@ from golden.model import GoldenSet
 from verifier.store import repo
 from verifier.store.models import Assignment, GoldenSetRow, iso
 
+from . import events
 from .context import Services
 from .errors import BadRequest, Conflict, NotFound
 from .golden_policy import GOLDEN_FORMATS, parse_golden
@@ -213,6 +214,7 @@ def set_status(
         if row.status == "revoked":
             raise Conflict("golden_revoked", f"{name}@{version} is already revoked")
         row.status, row.reason, row.changed_at = status, reason, now
+        events.golden_status_changed(db, name, version, status, reason, now=now)
         repo.audit(
             db, actor, f"golden_{status.removesuffix('d')}", f"{name}@{version}", reason, now=now
         )

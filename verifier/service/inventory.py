@@ -22,6 +22,7 @@ from verifier.appraisal import VerdictStatus
 from verifier.store import repo
 from verifier.store.models import Attestation, AttestationSource, Node, NodeState, iso
 
+from . import events
 from .attestation import QuotedEvidence, appraise_evidence, find_attestation, pcrs_from_json, record
 from .context import Services
 from .errors import BadRequest, Conflict, NotFound
@@ -294,7 +295,9 @@ def sweep_stale(svc: Services, actor: str = "sweep") -> list[str]:
         for node in repo.list_nodes(db, states=[NodeState.TRUSTED]):
             state, reason = effective_state(node, now, window)
             if state == NodeState.STALE:
+                before = events.standing(node)
                 node.state, node.reason, node.state_since = state, reason, now
+                events.node_state_changed(db, node, before, now=now)
                 repo.audit(db, actor, "stale", node.name, reason, now=now)
                 changed.append(node.name)
     return changed
@@ -306,8 +309,10 @@ def quarantine(svc: Services, name: str, reason: str, actor: str) -> NodeView:
         node = get_node(db, name)
         if node.state == NodeState.QUARANTINED:
             raise Conflict("already_quarantined", f"node {name!r} is already quarantined")
+        before = events.standing(node)
         node.state, node.state_since = NodeState.QUARANTINED, now
         node.reason = f"quarantined: {reason}"
+        events.node_state_changed(db, node, before, now=now)
         repo.audit(db, actor, "quarantine", name, reason, now=now)
         return NodeView.of(node, now, svc.config.freshness_window)
 
@@ -320,9 +325,11 @@ def release(svc: Services, name: str, reason: str, actor: str) -> NodeView:
         if node.state != NodeState.QUARANTINED:
             raise Conflict("not_quarantined", f"node {name!r} is not quarantined")
         last = db.get(Attestation, node.last_attestation_id) if node.last_attestation_id else None
+        before = events.standing(node)
         node.state = NodeState.after(last.status) if last else NodeState.ENROLLED
         node.reason = last.reason if last else "enrolled; awaiting the first attestation"
         node.state_since = now
+        events.node_state_changed(db, node, before, now=now)
         repo.audit(db, actor, "release", name, reason, now=now)
         return NodeView.of(node, now, svc.config.freshness_window)
 
@@ -335,6 +342,7 @@ def delete_node(svc: Services, name: str, reason: str, actor: str) -> None:
             db, actor, "delete", name, reason, {"ek_fingerprint": node.ek_fingerprint}, now=now
         )
         db.delete(node)
+        events.node_deleted(db, name, now=now)
 
 
 def allow_replace(svc: Services, name: str, reason: str, actor: str) -> None:
@@ -354,6 +362,7 @@ def move_node(svc: Services, name: str, new_name: str, reason: str, actor: str) 
         if repo.get_node(db, new_name) is not None:
             raise Conflict("node_exists", f"node {new_name!r} exists; delete it first")
         node.name = new_name
+        events.node_moved(db, name, new_name, now=now)
         details = {"from": name, "to": new_name, "ek_fingerprint": node.ek_fingerprint}
         for target in (name, new_name):
             repo.audit(db, actor, "move", target, reason, details, now=now)

@@ -1,0 +1,313 @@
+"""Webhooks: the change feed is a durable outbox written with the change; delivery is at least
+once, in order, HMAC-signed, retried with backoff, and survives a kill -9 of the verifier."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+
+from testkit.service import free_port
+from tests.test_service_api import T0, add_node
+from verifier.service import events
+from verifier.service.config import ServiceConfig, WebhookReceiver
+from verifier.service.context import Services
+from verifier.service.webhooks import Dispatcher, backoff, sign
+from verifier.store import Store, cluster, repo, upgrade
+from verifier.store.models import Node, NodeState
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = "s3cret-for-tests"
+
+
+class Receiver:
+    """A real HTTP receiver that answers 503 to its first ``fail`` POSTs, then 200."""
+
+    def __init__(self, fail: int) -> None:
+        self.fail = fail
+        self.seen: list[tuple[dict[str, str], bytes, int]] = []
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                with outer.lock:
+                    status = 503 if outer.fail > 0 else 200
+                    outer.fail -= 1
+                    outer.seen.append((dict(self.headers), body, status))
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def delivered(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [json.loads(b) for _, b, status in self.seen if status == 200]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(str(tmp_path / "v.db"))
+    upgrade(s)
+    add_node(s, "n1", state="trusted", success=T0)
+    yield s
+    s.close()
+
+
+def quarantine(store: Store, name: str, reason: str = "t") -> None:
+    with store.write() as db:
+        node = repo.get_node(db, name)
+        assert node is not None
+        before = events.standing(node)
+        node.state, node.reason = NodeState.QUARANTINED, f"quarantined: {reason}"
+        events.node_state_changed(db, node, before, now=T0)
+
+
+def feed(store: Store) -> list[cluster.ClusterEvent]:
+    with store.read() as db:
+        return cluster.events_after(db, 0, limit=100)
+
+
+def test_a_state_change_writes_its_event_in_the_same_transaction(store: Store) -> None:
+    quarantine(store, "n1")
+    (event,) = feed(store)
+    assert (event.type, event.node) == ("node.state_changed", "n1")
+    assert event.payload["old_state"] == "trusted" and event.payload["new_state"] == "quarantined"
+
+
+def test_a_rolled_back_change_leaves_no_event(store: Store) -> None:
+    with pytest.raises(RuntimeError), store.write() as db:
+        node = db.query(Node).filter_by(name="n1").one()
+        before = events.standing(node)
+        node.state = NodeState.UNTRUSTED
+        events.node_state_changed(db, node, before, now=T0)
+        raise RuntimeError("the transaction fails after the change")
+    assert feed(store) == []
+
+
+def test_an_unchanged_standing_writes_no_event(store: Store) -> None:
+    with store.write() as db:
+        node = db.query(Node).filter_by(name="n1").one()
+        events.node_state_changed(db, node, events.standing(node), now=T0)
+    assert feed(store) == []
+
+
+def test_backoff_doubles_up_to_the_cap() -> None:
+    assert [round(backoff(a, 300) / 2 ** (a - 1), 1) <= 1.2 for a in (1, 2, 3)] == [True] * 3
+    assert backoff(30, 10) <= 12
+
+
+def services(store: Store, receiver: Receiver, **cfg: Any) -> Services:
+    hook = WebhookReceiver("ops", receiver.url, SECRET)
+    config = ServiceConfig(database=store.url, webhooks=(hook,), webhook_max_backoff=0.3, **cfg)
+    return Services(config=config, store=store)
+
+
+def deliver_until(d: Dispatcher, done: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done() and time.monotonic() < deadline:
+        d.run_once()
+        time.sleep(0.05)
+
+
+def test_failed_deliveries_are_retried_with_the_same_idempotency_key(store: Store) -> None:
+    receiver = Receiver(fail=2)
+    try:
+        d = Dispatcher(services(store, receiver))
+        d.run_once()  # creates the cursor at the end of the (empty) feed
+        quarantine(store, "n1")
+        deliver_until(d, lambda: receiver.delivered())
+        (first, second, third) = receiver.seen
+        assert [s for *_, s in receiver.seen] == [503, 503, 200]
+        ids = {h["X-Assay-Event-Id"] for h, _, _ in receiver.seen}
+        assert len(ids) == 1 and first[1] == second[1] == third[1]
+        assert receiver.delivered()[0]["new_state"] == "quarantined"
+    finally:
+        receiver.close()
+
+
+def test_each_post_is_signed_over_timestamp_and_body(store: Store) -> None:
+    receiver = Receiver(fail=0)
+    try:
+        d = Dispatcher(services(store, receiver))
+        d.run_once()
+        quarantine(store, "n1")
+        deliver_until(d, lambda: receiver.delivered())
+        headers, body, _ = receiver.seen[0]
+        stamp = headers["X-Assay-Timestamp"]
+        mac = hmac.new(SECRET.encode(), stamp.encode() + b"." + body, hashlib.sha256)
+        assert headers["X-Assay-Signature"] == "sha256=" + mac.hexdigest()
+        assert headers["X-Assay-Signature"] == sign(SECRET.encode(), int(stamp), body)
+        assert abs(int(stamp) - time.time()) < 60
+    finally:
+        receiver.close()
+
+
+def test_events_are_delivered_in_order(store: Store) -> None:
+    receiver = Receiver(fail=1)
+    for name in ("n2", "n3", "n4"):
+        add_node(store, name, state="trusted", success=T0)
+    try:
+        d = Dispatcher(services(store, receiver))
+        d.run_once()
+        for name in ("n2", "n3", "n4"):
+            quarantine(store, name)
+        deliver_until(d, lambda: len(receiver.delivered()) == 3)
+        assert [e["node"] for e in receiver.delivered()] == ["n2", "n3", "n4"]
+        assert [e["seq"] for e in receiver.delivered()] == sorted(
+            e["seq"] for e in receiver.delivered()
+        )
+    finally:
+        receiver.close()
+
+
+def test_two_dispatchers_share_a_receiver_through_its_lease(store: Store) -> None:
+    receiver = Receiver(fail=0)
+    try:
+        svc = services(store, receiver)
+        a, b = Dispatcher(svc), Dispatcher(svc)
+        a.run_once()
+        quarantine(store, "n1")
+        now = svc.now()
+        assert a._claim("ops", now) is not None
+        assert b._claim("ops", now) is None  # held by a
+    finally:
+        receiver.close()
+
+
+def test_the_webhook_queue_depth_is_a_metric(store: Store) -> None:
+    from verifier.service.metrics import exposition
+
+    receiver = Receiver(fail=100)
+    try:
+        svc = services(store, receiver)
+        d = Dispatcher(svc)
+        d.run_once()
+        quarantine(store, "n1")
+        assert b'assay_webhook_queue_depth{receiver="ops"} 1.0' in exposition(svc)
+    finally:
+        receiver.close()
+
+
+# --- a real verifier, killed with SIGKILL -----------------------------------------------------
+
+
+def start_verifier(config: Path) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "verifier", "serve", "--config", str(config)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        start_new_session=True,  # its own process group: kill -9 reaches master and workers
+    )
+    return proc
+
+
+def wait_up(proc: subprocess.Popen[bytes], url: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the verifier exited"
+        try:
+            if requests.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("the verifier did not start")
+
+
+def kill9(proc: subprocess.Popen[bytes]) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+def wait_for(check: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_nothing_is_lost_across_a_kill_9_of_the_verifier(tmp_path: Path) -> None:
+    db = tmp_path / "v.db"
+    store = Store(str(db))
+    upgrade(store)
+    for name in ("n1", "n2", "n3"):
+        add_node(store, name, state="trusted", success=dt.datetime.now(dt.UTC))
+    with store.write() as s:
+        admin, _ = repo.create_token(s, "admin", expires_at=None, now=dt.datetime.now(dt.UTC))
+    receiver = Receiver(fail=10**6)  # down until the test says otherwise
+    port = free_port()
+    cfg = {
+        "database": str(db),
+        "bind": f"127.0.0.1:{port}",
+        "workers": 2,
+        "webhooks": [{"name": "ops", "url": receiver.url, "secret": SECRET}],
+        "webhook_max_backoff": 0.5,
+    }
+    config = tmp_path / "verifier.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    url = f"http://127.0.0.1:{port}"
+    proc = start_verifier(config)
+    try:
+        wait_up(proc, url)
+        wait_for(lambda: _cursor_exists(store))  # a worker has started following the feed
+        auth = {"Authorization": f"Bearer {admin}"}
+        for name in ("n1", "n2"):
+            resp = requests.post(
+                f"{url}/v1/nodes/{name}/quarantine",
+                json={"reason": "kill"},
+                headers=auth,
+                timeout=5,
+            )
+            assert resp.status_code == 200, resp.text
+        wait_for(lambda: len(receiver.seen) >= 2)  # failed attempts happened
+        kill9(proc)
+        quarantine(store, "n3", "while the verifier is down")  # the outbox takes it anyway
+        with receiver.lock:
+            receiver.fail = 1  # one more failure, then the receiver is back
+        proc = start_verifier(config)
+        wait_up(proc, url)
+        wait_for(lambda: len(receiver.delivered()) >= 3)
+        got = [e["node"] for e in receiver.delivered()]
+        assert got[:3] == ["n1", "n2", "n3"]
+        ids = [e["id"] for e in receiver.delivered()]
+        assert len(set(ids)) == 3  # at least once; a redelivery carries the same id
+        for headers, body, _ in receiver.seen:
+            stamp = int(headers["X-Assay-Timestamp"])
+            assert headers["X-Assay-Signature"] == sign(SECRET.encode(), stamp, body)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=15)
+        receiver.close()
+        store.close()
+
+
+def _cursor_exists(store: Store) -> bool:
+    with store.read() as s:
+        return s.get(cluster.WebhookCursor, "ops") is not None
