@@ -57,7 +57,7 @@ def _value(cell: str, like: Any) -> Any:
     """A documented default in the type of the code's default ``like``."""
     text = re.split(r" — |; | \(", cell)[0].strip()
     if text in NONE:
-        return None
+        return () if like == () else None  # an empty list of receivers reads "none"
     literal = re.fullmatch(r"`([^`]*)`", text)
     if literal:
         raw = literal.group(1)

@@ -130,7 +130,7 @@ def test_every_route_is_documented_and_every_documented_route_exists(app: Flask)
 
 
 def _query_args(view: Callable[..., Any]) -> set[str]:
-    """``request.args.get("x")``, ``request.args.getlist("x")``, ``_int_arg("x", …)``."""
+    """``request.args.get("x")``, ``request.args.getlist("x")``, ``_int_arg("x", …)``, ``_number_arg("x", …)``."""
     names = set()
     for node in ast.walk(_function(view)):
         if not isinstance(node, ast.Call) or not node.args:
@@ -143,7 +143,7 @@ def _query_args(view: Callable[..., Any]) -> set[str]:
             and isinstance(func.value, ast.Attribute)
             and func.value.attr == "args"
         )
-        is_int_arg = isinstance(func, ast.Name) and func.id == "_int_arg"
+        is_int_arg = isinstance(func, ast.Name) and func.id in ("_int_arg", "_number_arg")
         if (is_args or is_int_arg) and isinstance(first, ast.Constant):
             names.add(str(first.value))
     return names

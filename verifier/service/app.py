@@ -10,14 +10,13 @@ from flask import Flask, Response, jsonify
 from verifier import web
 from verifier.store import Store
 
-from . import _logging
-from . import metrics
+from . import _logging, metrics
 from .api_errors import register_error_handlers
 from .cluster_routes import cluster_bp
 from .config import ServiceConfig
 from .context import Services
-from .openapi import openapi_bp
 from .extender_routes import extender_bp
+from .openapi import openapi_bp
 from .review_routes import review_bp
 from .routes import BLUEPRINTS
 

@@ -25,16 +25,16 @@ EAR_MEDIA_TYPE = "application/eat+jwt"
 MAX_WAIT = 30
 
 
-def _ear_response(node: str) -> Response:
-    issued = ear.issue(services(), node, nonce=ear.parse_rp_nonce(request.args.get("nonce")))
+def _ear_response(node: str, nonce: str | None) -> Response:
+    issued = ear.issue(services(), node, nonce=ear.parse_rp_nonce(nonce))
     resp = Response(issued.token, mimetype=EAR_MEDIA_TYPE)
     resp.headers["Cache-Control"] = "no-store"
     return resp
 
 
 @require(*READ_INVENTORY)
-def _ear_for_token(node: str) -> Response:
-    return _ear_response(node)
+def _ear_for_token(node: str, nonce: str | None) -> Response:
+    return _ear_response(node, nonce)
 
 
 def _b64_header(name: str, limit: int) -> bytes:
@@ -51,8 +51,9 @@ def _b64_header(name: str, limit: int) -> bytes:
 def node_ear(node: str) -> Response:
     """With a bearer token: its role decides. Without one: the node's own AK proof, or 401."""
     path_text(node, "node")
+    rp_nonce = request.args.get("nonce")  # the relying party's, bound into the EAR
     if "Authorization" in request.headers or "X-Assay-Quote" not in request.headers:
-        return _ear_for_token(node)
+        return _ear_for_token(node, rp_nonce)
     svc = services()
     if not svc.unauthenticated.allow(request.remote_addr or "?", svc.monotonic()):
         raise HttpError(429, "rate_limited", "too many requests from this address; slow down")
@@ -66,7 +67,7 @@ def node_ear(node: str) -> Response:
     attest = _b64_header("X-Assay-Quote", 4096)
     signature = _b64_header("X-Assay-Signature", 4096)
     ear.authenticate_node(services(), node, nonce, attest, signature)
-    return _ear_response(node)
+    return _ear_response(node, rp_nonce)
 
 
 @cluster_bp.get("/v1/keys")
