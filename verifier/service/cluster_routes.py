@@ -18,7 +18,8 @@ from . import ear, ear_keys, events
 from ._http import path_text, services
 from .api_errors import HttpError
 from .auth import READ_INVENTORY, require
-from .errors import BadRequest, Unauthenticated
+from .errors import Unauthenticated
+from .routes import _int_arg  # the one query-integer parser (bad_query on anything else)
 
 cluster_bp = Blueprint("cluster", __name__)
 EAR_MEDIA_TYPE = "application/eat+jwt"
@@ -95,22 +96,13 @@ def discovery() -> Response:
     )
 
 
-def _number_arg(name: str, default: int, hi: int, lo: int = 0) -> int:
-    value = request.args.get(name)
-    if value is None:
-        return default
-    if not (value.isascii() and value.isdigit()) or not lo <= int(value) <= hi:
-        raise BadRequest("bad_query", f"{name} must be an integer {lo}..{hi}")
-    return int(value)
-
-
 @cluster_bp.get("/v1/events")
 @require(*READ_INVENTORY)
 def event_feed() -> Response:
     """The change feed: ``?after=SEQ&wait=S&limit=N`` (a long poll of up to 30 s)."""
-    after = _number_arg("after", 0, 2**62)
-    wait = _number_arg("wait", 0, MAX_WAIT)
-    limit = _number_arg("limit", 500, 1000, lo=1)
+    after = _int_arg("after", 0, 0, 2**62)
+    wait = _int_arg("wait", 0, 0, MAX_WAIT)
+    limit = _int_arg("limit", 500, 1, 1000)
     svc = services()
     page = events.feed(
         svc.store,
