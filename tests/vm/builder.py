@@ -41,6 +41,9 @@ HOST_TOOLS: Mapping[str, str] = {
     "swtpm": "swtpm",
     "swtpm_setup": "swtpm-tools",
     "dpkg-deb": "dpkg",
+    "mke2fs": "e2fsprogs",  # the runtime nodes' root disk (mke2fs -d, debugfs ea_set)
+    "debugfs": "e2fsprogs",
+    "evmctl": "ima-evm-utils",  # the ima-sig node's signed file
 }
 
 DEFAULT_CMDLINE = "console=ttyS0,115200 panic=-1 loglevel=4"
@@ -298,11 +301,11 @@ def build_initramfs(busybox: Path, cache: Path) -> Path:
     buf = io.BytesIO()
     with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0, compresslevel=6) as gz:
         gz.write(cpio_newc(entries))
-    _write_atomic(out, buf.getvalue())
+    write_atomic(out, buf.getvalue())
     return out
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
@@ -445,7 +448,7 @@ def vars_with_boot_next(template: Path, option: int, cache: Path) -> Path:
     ) + name + data  # fmt: skip
     if free + len(record) > end or fd[free : free + len(record)] != b"\xff" * len(record):
         raise VmBuildError(f"OVMF variables template: no room for BootNext at 0x{free:x}")
-    _write_atomic(out, fd[:free] + record + fd[free + len(record) :])
+    write_atomic(out, fd[:free] + record + fd[free + len(record) :])
     return out
 
 
@@ -460,8 +463,21 @@ SHELL_BOOT_OPTION = 0x0002
 
 
 @dataclass(frozen=True, slots=True)
+class RootDisk:
+    """A runtime node's ext4 root disk (``tests/vm/runtime_image.py``): the runtime packages, plus
+    ``added`` (path, exit code): binaries no package ships, made by the builder; ``patched``: packaged
+    files whose bytes the builder changes; ``signed``: files given an IMA signature by the test key.
+    Every executable in /usr/local/bin is run by the node."""
+
+    added: tuple[tuple[str, int], ...] = ()
+    patched: tuple[str, ...] = ()
+    signed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Variant:
-    """A node to boot. ``layout`` is "shim-grub" (Secure Boot on) or "uki" / "sdboot-uki" (off)."""
+    """A node to boot. ``layout`` is "shim-grub" (Secure Boot on) or "uki" / "sdboot-uki" (off).
+    With ``root_disk`` the node boots the runtime initramfs and switches to that disk."""
 
     name: str
     layout: str
@@ -470,7 +486,16 @@ class Variant:
     secure_boot: bool = True
     description: str = ""
     boot_next: int | None = None  # a boot option the firmware starts before BootOrder
+    root_disk: RootDisk | None = None
 
+
+# IMA's built-in tcb policy (executed, mmapped-executable, and root-read files; modules, firmware)
+# plus critical data (SELinux state, policy hash), the ima-ng template (Debian's kernel defaults to
+# ima-sig). Several ima_policy= are allowed: the kernel's handler ORs each (ima_policy.c).
+IMA_CMDLINE = DEFAULT_CMDLINE + " ima_policy=tcb ima_policy=critical_data ima_template=ima-ng"
+UNKNOWN_BINARY = "/usr/local/bin/assay-unknown"
+PATCHED_BINARY = "/usr/bin/uname"
+SIGNED_BINARY = "/usr/local/bin/assay-signed"
 
 VARIANTS: Mapping[str, Variant] = {
     v.name: v
@@ -501,6 +526,41 @@ VARIANTS: Mapping[str, Variant] = {
             secure_boot=False,
             description="systemd-boot (an extra EFI application) loads the UKI, Secure Boot off",
         ),
+        Variant(
+            "ima",
+            "shim-grub",
+            cmdline=IMA_CMDLINE,
+            root_disk=RootDisk(),
+            description="Secure Boot, IMA tcb + critical_data (ima-ng), programs run from an ext4 disk",
+        ),
+        Variant(
+            "ima-unknown",
+            "shim-grub",
+            cmdline=IMA_CMDLINE,
+            root_disk=RootDisk(added=((UNKNOWN_BINARY, 0),)),
+            description=f"as ima, and a binary no package ships runs ({UNKNOWN_BINARY})",
+        ),
+        Variant(
+            "ima-patched",
+            "shim-grub",
+            cmdline=IMA_CMDLINE,
+            root_disk=RootDisk(patched=(PATCHED_BINARY,)),
+            description=f"as ima, {PATCHED_BINARY} has bytes appended (another digest)",
+        ),
+        Variant(
+            "ima-selinux0",
+            "shim-grub",
+            cmdline=IMA_CMDLINE + " selinux=0",
+            root_disk=RootDisk(),
+            description="as ima, selinux=0 on the kernel command line",
+        ),
+        Variant(
+            "ima-sig",
+            "shim-grub",
+            cmdline=IMA_CMDLINE.replace("ima_template=ima-ng", "ima_template=ima-sig"),
+            root_disk=RootDisk(added=((SIGNED_BINARY, 0),), signed=(SIGNED_BINARY,)),
+            description=f"IMA with ima-sig, {SIGNED_BINARY} signed by a key made by the builder",
+        ),
     )
 }
 
@@ -517,6 +577,9 @@ class NodeImage:
     initrd: Path
     uki: Path | None = None
     debs: tuple[Path, ...] = field(default=())
+    disk: Path | None = None  # a runtime node's ext4 root disk
+    runtime_debs: tuple[Path, ...] = ()  # the packages on it (for ``golden runtime from-deb``)
+    signing_key: Path | None = None  # the key its signed files were signed with (PEM)
 
     @property
     def packages(self) -> tuple[Path, ...]:
@@ -552,7 +615,14 @@ def build(variant: Variant, cache: Path | None = None) -> NodeImage:
     ensure_host()
     boot = fetch_boot_files(cache)
     kernel = fetch_kernel(variant.kernel, cache)
-    initrd = build_initramfs(boot.busybox, cache)
+    parts = None
+    if variant.root_disk is not None:
+        from .runtime_image import build_runtime  # it builds on this module's helpers
+
+        parts = build_runtime(variant.root_disk, boot.busybox, kernel.deb, cache)
+        initrd = parts.initrd
+    else:
+        initrd = build_initramfs(boot.busybox, cache)
     uki = None
     if variant.layout != "shim-grub":
         uki = build_uki(boot.stub, kernel.vmlinuz, initrd, variant.cmdline, cache)
@@ -565,4 +635,8 @@ def build(variant: Variant, cache: Path | None = None) -> NodeImage:
     ovmf_vars = OVMF_VARS_MS if variant.secure_boot else OVMF_VARS_PLAIN
     if variant.boot_next is not None:
         ovmf_vars = vars_with_boot_next(ovmf_vars, variant.boot_next, cache)
-    return NodeImage(variant, esp, ovmf_vars, kernel, boot, initrd, uki, (*boot.debs, kernel.deb))
+    debs = (*boot.debs, kernel.deb)
+    if parts is None:
+        return NodeImage(variant, esp, ovmf_vars, kernel, boot, initrd, uki, debs)
+    return NodeImage(variant, esp, ovmf_vars, kernel, boot, initrd, uki, debs, parts.disk,
+                     parts.debs, parts.signing_key)  # fmt: skip

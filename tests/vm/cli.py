@@ -3,7 +3,8 @@
 vm-node list                         the variants
 vm-node build [VARIANT ...]          fetch .debs and build the images (cached)
 vm-node boot VARIANT --out DIR       boot once; DIR gets eventlog.bin (the guest's log),
-                                     pcrs.json (read over the host TCTI), console.log, ca/
+                                     pcrs.json (read over the host TCTI), console.log, ca/,
+                                     and a runtime node's binary_ and ascii_runtime_measurements
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ def _cmd_boot(args: argparse.Namespace) -> int:
             banks, _ = tpm.active_banks()
             _, pcrs = tpm.pcr_read(banks)
     (out / "eventlog.bin").write_bytes(result.event_log)
+    if result.ima_log is not None:  # a runtime node's IMA list, as the kernel wrote it
+        (out / "binary_runtime_measurements").write_bytes(result.ima_log)
+        (out / "ascii_runtime_measurements").write_bytes(result.ima_ascii or b"")
     (out / "console.log").write_text(result.console)
     (out / "pcrs.json").write_text(
         json.dumps(

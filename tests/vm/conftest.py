@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 
@@ -13,12 +14,15 @@ from .fleet import Fleet, boot_fleet
 
 @pytest.fixture(scope="session")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    """All variants booted (sb, sb-cmdline, sb-cloud, sb-shell, uki, uki-sdboot); swtpm kept running."""
+    """Every variant booted (``builder.VARIANTS``); swtpm kept running."""
     work = tmp_path_factory.mktemp("vm-fleet")
+    # ASSAY_VM_ONLY=ima,ima-sig boots only those (while working on one module's tests)
+    only = [n for n in os.environ.get("ASSAY_VM_ONLY", "").split(",") if n]
+    names = only or list(VARIANTS)
     try:
-        with boot_fleet(list(VARIANTS), work) as booted:
-            print(f"\nvm fleet: built and booted {len(VARIANTS)} nodes in {booted.seconds:.1f} s")
-            for name in VARIANTS:
+        with boot_fleet(names, work) as booted:
+            print(f"\nvm fleet: built and booted {len(names)} nodes in {booted.seconds:.1f} s")
+            for name in names:
                 print(f"  boot {name}: {booted.result(name).seconds:.1f} s")
             yield booted
     finally:

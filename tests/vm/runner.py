@@ -26,6 +26,7 @@ from types import TracebackType
 from testkit import swtpm as agent_swtpm
 
 from .builder import HANDOFF_BEGIN, HANDOFF_END, OVMF_CODE, NodeImage, VmBuildError
+from .runtime_image import IMA_ASCII_BEGIN, IMA_ASCII_END, IMA_BEGIN, IMA_END, RAN
 from .swtpm_handoff import HandoffTpm
 
 BOOT_TIMEOUT = 240.0
@@ -45,6 +46,33 @@ class BootResult:
     guest_cmdline: str
     console: str
     seconds: float
+    ima_log: bytes | None = None  # binary_runtime_measurements (runtime nodes)
+    ima_ascii: bytes | None = None  # ascii_runtime_measurements
+    ran: tuple[str, ...] = ()  # "rc=N COMMAND" for each program a runtime node ran
+
+
+def _blob(lines: list[str], begin: str, end: str, what: str) -> bytes | None:
+    """The base64 between two marker lines, or None when the guest sent no such block."""
+    if begin not in lines:
+        return None
+    start = lines.index(begin)
+    try:
+        stop = lines.index(end, start)
+    except ValueError:
+        raise VmBootError(f"the guest's {what} has no end marker") from None
+    try:
+        return base64.b64decode("".join(lines[start + 1 : stop]), validate=True)
+    except binascii.Error as exc:
+        raise VmBootError(f"the guest's {what} is not valid base64: {exc}") from None
+
+
+def parse_runtime_handoff(text: str) -> tuple[bytes | None, bytes | None, tuple[str, ...]]:
+    """A runtime node's IMA list (binary, ASCII) and the programs it ran (``rc=N COMMAND``)."""
+    lines = [line.strip("\r") for line in text.splitlines()]
+    binary = _blob(lines, IMA_BEGIN, IMA_END, "IMA list")
+    ascii_ = _blob(lines, IMA_ASCII_BEGIN, IMA_ASCII_END, "ASCII IMA list")
+    ran = tuple(ln[len(RAN) + 1 :] for ln in lines if ln.startswith(RAN + " "))
+    return binary, ascii_, ran
 
 
 def parse_handoff(text: str) -> tuple[bytes, str]:
@@ -74,6 +102,7 @@ class VmNode:
         self.ca_dir = ca_dir
         self.ctrl_path = self.dir / "swtpm-ctrl.sock"
         self.eventlog_path = self.dir / "binary_bios_measurements"
+        self.ima_path = self.dir / "binary_runtime_measurements"
         self._swtpm: subprocess.Popen[bytes] | None = None
         self._qemu: subprocess.Popen[bytes] | None = None
         self._closed = False  # close() may come from another thread while boot() runs
@@ -100,6 +129,8 @@ class VmNode:
     def _qemu_cmd(self, qmp: Path) -> list[str]:
         vars_copy = self.dir / "OVMF_VARS.fd"
         shutil.copyfile(self.image.ovmf_vars, vars_copy)
+        disk = self.image.disk  # a runtime node's root disk: /dev/vdb, after the ESP
+        root = ["-drive", f"if=virtio,format=raw,readonly=on,file={disk}"] if disk else []
         return [
             "qemu-system-x86_64",
             "-machine", "q35,smm=on,accel=tcg",
@@ -112,6 +143,7 @@ class VmNode:
             "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
             "-device", "tpm-tis,tpmdev=tpm0",
             "-drive", f"if=virtio,format=raw,readonly=on,file={self.image.esp}",
+            *root,
             "-nic", "none",
             "-no-shutdown",
             "-serial", f"file:{self.dir / 'console.log'}",
@@ -145,12 +177,19 @@ class VmNode:
         handoff = (self.dir / "handoff.log").read_text(errors="replace")
         try:
             log, cmdline = parse_handoff(handoff)
+            ima, ima_ascii, ran = parse_runtime_handoff(handoff)
+            if self.image.disk is not None and ima is None:
+                raise VmBootError(f"the guest handed out no IMA list: {handoff[-300:]!r}")
         except VmBootError as exc:
             raise VmBootError(
                 f"{self.image.variant.name}: {exc}; console: {console[-300:]!r}"
             ) from None
         self.eventlog_path.write_bytes(log)  # where an agent on the node would read it
-        self.result = BootResult(self.image.variant.name, log, cmdline, console, seconds)
+        if ima is not None:
+            self.ima_path.write_bytes(ima)
+        self.result = BootResult(
+            self.image.variant.name, log, cmdline, console, seconds, ima, ima_ascii, ran
+        )
         return self.result
 
     def reboot(self, image: NodeImage | None = None, timeout: float = BOOT_TIMEOUT) -> BootResult:
