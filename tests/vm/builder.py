@@ -44,6 +44,7 @@ HOST_TOOLS: Mapping[str, str] = {
     "mke2fs": "e2fsprogs",  # the runtime nodes' root disk (mke2fs -d, debugfs ea_set)
     "debugfs": "e2fsprogs",
     "evmctl": "ima-evm-utils",  # the ima-sig node's signed file
+    "semodule": "policycoreutils",  # Debian's SELinux policy image, built as its postinst does
 }
 
 DEFAULT_CMDLINE = "console=ttyS0,115200 panic=-1 loglevel=4"
@@ -466,12 +467,14 @@ SHELL_BOOT_OPTION = 0x0002
 class RootDisk:
     """A runtime node's ext4 root disk (``tests/vm/runtime_image.py``): the runtime packages, plus
     ``added`` (path, exit code): binaries no package ships, made by the builder; ``patched``: packaged
-    files whose bytes the builder changes; ``signed``: files given an IMA signature by the test key.
+    files whose bytes the builder changes; ``signed``: files given an IMA signature by the test key;
+    ``selinux``: the initramfs loads Debian's default SELinux policy before anything else.
     Every executable in /usr/local/bin is run by the node."""
 
     added: tuple[tuple[str, int], ...] = ()
     patched: tuple[str, ...] = ()
     signed: tuple[str, ...] = ()
+    selinux: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -490,9 +493,15 @@ class Variant:
 
 
 # IMA's built-in tcb policy (executed, mmapped-executable, and root-read files; modules, firmware)
-# plus critical data (SELinux state, policy hash), the ima-ng template (Debian's kernel defaults to
-# ima-sig). Several ima_policy= are allowed: the kernel's handler ORs each (ima_policy.c).
-IMA_CMDLINE = DEFAULT_CMDLINE + " ima_policy=tcb ima_policy=critical_data ima_template=ima-ng"
+# plus critical data (kernel version, SELinux state and policy hash), the ima-ng template (Debian's
+# kernel defaults to ima-sig). Several ima_policy= are allowed: the kernel's handler ORs each in
+# (ima_policy.c). SELinux: Debian's kernel starts AppArmor unless told otherwise
+# (CONFIG_DEFAULT_SECURITY_APPARMOR), and boots permissive unless enforcing=1
+# (CONFIG_SECURITY_SELINUX_DEVELOP).
+IMA_CMDLINE = (
+    DEFAULT_CMDLINE
+    + " ima_policy=tcb ima_policy=critical_data ima_template=ima-ng security=selinux enforcing=1"
+)
 UNKNOWN_BINARY = "/usr/local/bin/assay-unknown"
 PATCHED_BINARY = "/usr/bin/uname"
 SIGNED_BINARY = "/usr/local/bin/assay-signed"
@@ -530,35 +539,36 @@ VARIANTS: Mapping[str, Variant] = {
             "ima",
             "shim-grub",
             cmdline=IMA_CMDLINE,
-            root_disk=RootDisk(),
-            description="Secure Boot, IMA tcb + critical_data (ima-ng), programs run from an ext4 disk",
+            root_disk=RootDisk(selinux=True),
+            description="Secure Boot, IMA tcb + critical_data (ima-ng), SELinux enforcing, "
+            "programs run from an ext4 disk",
         ),
         Variant(
             "ima-unknown",
             "shim-grub",
             cmdline=IMA_CMDLINE,
-            root_disk=RootDisk(added=((UNKNOWN_BINARY, 0),)),
+            root_disk=RootDisk(added=((UNKNOWN_BINARY, 0),), selinux=True),
             description=f"as ima, and a binary no package ships runs ({UNKNOWN_BINARY})",
         ),
         Variant(
             "ima-patched",
             "shim-grub",
             cmdline=IMA_CMDLINE,
-            root_disk=RootDisk(patched=(PATCHED_BINARY,)),
+            root_disk=RootDisk(patched=(PATCHED_BINARY,), selinux=True),
             description=f"as ima, {PATCHED_BINARY} has bytes appended (another digest)",
         ),
         Variant(
             "ima-selinux0",
             "shim-grub",
             cmdline=IMA_CMDLINE + " selinux=0",
-            root_disk=RootDisk(),
+            root_disk=RootDisk(selinux=True),
             description="as ima, selinux=0 on the kernel command line",
         ),
         Variant(
             "ima-sig",
             "shim-grub",
             cmdline=IMA_CMDLINE.replace("ima_template=ima-ng", "ima_template=ima-sig"),
-            root_disk=RootDisk(added=((SIGNED_BINARY, 0),), signed=(SIGNED_BINARY,)),
+            root_disk=RootDisk(added=((SIGNED_BINARY, 0),), signed=(SIGNED_BINARY,), selinux=True),
             description=f"IMA with ima-sig, {SIGNED_BINARY} signed by a key made by the builder",
         ),
     )
@@ -580,6 +590,7 @@ class NodeImage:
     disk: Path | None = None  # a runtime node's ext4 root disk
     runtime_debs: tuple[Path, ...] = ()  # the packages on it (for ``golden runtime from-deb``)
     signing_key: Path | None = None  # the key its signed files were signed with (PEM)
+    selinux_policy: Path | None = None  # the SELinux policy image its initramfs loads
 
     @property
     def packages(self) -> tuple[Path, ...]:
@@ -639,4 +650,4 @@ def build(variant: Variant, cache: Path | None = None) -> NodeImage:
     if parts is None:
         return NodeImage(variant, esp, ovmf_vars, kernel, boot, initrd, uki, debs)
     return NodeImage(variant, esp, ovmf_vars, kernel, boot, initrd, uki, debs, parts.disk,
-                     parts.debs, parts.signing_key)  # fmt: skip
+                     parts.debs, parts.signing_key, parts.selinux_policy)  # fmt: skip

@@ -19,14 +19,15 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
 from testkit import swtpm as agent_swtpm
 
 from .builder import HANDOFF_BEGIN, HANDOFF_END, OVMF_CODE, NodeImage, VmBuildError
-from .runtime_image import IMA_ASCII_BEGIN, IMA_ASCII_END, IMA_BEGIN, IMA_END, RAN
+from .runtime_image import FACT, IMA_ASCII_BEGIN, IMA_ASCII_END, IMA_BEGIN, IMA_END, RAN
 from .swtpm_handoff import HandoffTpm
 
 BOOT_TIMEOUT = 240.0
@@ -49,6 +50,7 @@ class BootResult:
     ima_log: bytes | None = None  # binary_runtime_measurements (runtime nodes)
     ima_ascii: bytes | None = None  # ascii_runtime_measurements
     ran: tuple[str, ...] = ()  # "rc=N COMMAND" for each program a runtime node ran
+    facts: Mapping[str, str] = field(default_factory=dict)  # what a runtime node's guest read
 
 
 def _blob(lines: list[str], begin: str, end: str, what: str) -> bytes | None:
@@ -66,13 +68,27 @@ def _blob(lines: list[str], begin: str, end: str, what: str) -> bytes | None:
         raise VmBootError(f"the guest's {what} is not valid base64: {exc}") from None
 
 
-def parse_runtime_handoff(text: str) -> tuple[bytes | None, bytes | None, tuple[str, ...]]:
-    """A runtime node's IMA list (binary, ASCII) and the programs it ran (``rc=N COMMAND``)."""
+@dataclass(frozen=True, slots=True)
+class RuntimeHandoff:
+    ima_log: bytes | None
+    ima_ascii: bytes | None
+    ran: tuple[str, ...]
+    facts: Mapping[str, str]
+
+
+def parse_runtime_handoff(text: str) -> RuntimeHandoff:
+    """A runtime node's IMA list (binary, ASCII), the programs it ran (``rc=N COMMAND``) and the
+    facts its guest read (``ASSAY-FACT NAME VALUE``)."""
     lines = [line.strip("\r") for line in text.splitlines()]
     binary = _blob(lines, IMA_BEGIN, IMA_END, "IMA list")
     ascii_ = _blob(lines, IMA_ASCII_BEGIN, IMA_ASCII_END, "ASCII IMA list")
     ran = tuple(ln[len(RAN) + 1 :] for ln in lines if ln.startswith(RAN + " "))
-    return binary, ascii_, ran
+    facts = {}
+    for ln in lines:
+        if ln.startswith(FACT + " "):
+            name, _, value = ln[len(FACT) + 1 :].partition(" ")
+            facts[name] = value.strip(" -")  # sha256sum of stdin ends in "  -"
+    return RuntimeHandoff(binary, ascii_, ran, facts)
 
 
 def parse_handoff(text: str) -> tuple[bytes, str]:
@@ -177,19 +193,20 @@ class VmNode:
         handoff = (self.dir / "handoff.log").read_text(errors="replace")
         try:
             log, cmdline = parse_handoff(handoff)
-            ima, ima_ascii, ran = parse_runtime_handoff(handoff)
-            if self.image.disk is not None and ima is None:
+            runtime = parse_runtime_handoff(handoff)
+            if self.image.disk is not None and runtime.ima_log is None:
                 raise VmBootError(f"the guest handed out no IMA list: {handoff[-300:]!r}")
         except VmBootError as exc:
             raise VmBootError(
                 f"{self.image.variant.name}: {exc}; console: {console[-300:]!r}"
             ) from None
         self.eventlog_path.write_bytes(log)  # where an agent on the node would read it
-        if ima is not None:
-            self.ima_path.write_bytes(ima)
+        if runtime.ima_log is not None:
+            self.ima_path.write_bytes(runtime.ima_log)
         self.result = BootResult(
-            self.image.variant.name, log, cmdline, console, seconds, ima, ima_ascii, ran
-        )
+            self.image.variant.name, log, cmdline, console, seconds, runtime.ima_log,
+            runtime.ima_ascii, runtime.ran, runtime.facts,
+        )  # fmt: skip
         return self.result
 
     def reboot(self, image: NodeImage | None = None, timeout: float = BOOT_TIMEOUT) -> BootResult:

@@ -75,14 +75,25 @@ PATCH_MARK = b"\0assay: bytes appended to a packaged binary\0"
 IMA_BEGIN, IMA_END = "ASSAY-IMA-BEGIN", "ASSAY-IMA-END"
 IMA_ASCII_BEGIN, IMA_ASCII_END = "ASSAY-IMA-ASCII-BEGIN", "ASSAY-IMA-ASCII-END"
 RAN = "ASSAY-RAN"
+FACT = "ASSAY-FACT"
 DISK_UUID = "a55a7000-0000-4000-8000-000000000001"
 _MERGED = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 _DISK_VERSION = "1"  # bump when the disk layout or build_disk changes
-_RUNTIME_INIT_VERSION = "1"  # bump when the init scripts change
+_RUNTIME_INIT_VERSION = "2"  # bump when the init scripts change
 
 
-def _stage1(modules: Sequence[str]) -> str:
-    """The initramfs's /init: load the modules, mount the disk, switch_root into it."""
+# The SELinux policy load, as libselinux's security_load_policy does it (load_policy calls it):
+# the whole policy image in one write(2) to selinuxfs's "load" node; busybox dd with a block larger
+# than the image reads it whole and writes it once.
+_LOAD_POLICY = """$B mkdir -p /sys/fs/selinux
+$B mount -t selinuxfs selinuxfs /sys/fs/selinux || fail "mount selinuxfs"
+$B dd if=/etc/selinux/policy of=/sys/fs/selinux/load bs=16M 2>/dev/null || fail "load_policy"
+"""
+
+
+def _stage1(modules: Sequence[str], selinux: bool) -> str:
+    """The initramfs's /init: (load the SELinux policy,) load the modules, mount the disk,
+    switch_root into it."""
     return f"""#!/bin/busybox sh
 B=/bin/busybox
 $B mkdir -p /proc /sys /dev /newroot
@@ -92,7 +103,7 @@ $B mount -t devtmpfs devtmpfs /dev
 OUT=/dev/ttyS1
 $B stty -F $OUT raw 115200
 fail() {{ $B echo "ASSAY-INIT-FAILED $*" > $OUT; $B sleep 1; $B poweroff -f; }}
-for m in {" ".join(modules)}; do
+{_LOAD_POLICY if selinux else ""}for m in {" ".join(modules)}; do
   $B insmod /lib/modules/$m.ko || fail "insmod $m"
 done
 n=0
@@ -117,6 +128,10 @@ def _handout(path: str, begin: str, end: str, missing: str) -> str:
     )
 
 
+def _fact(name: str, shell: str) -> str:
+    return f'[ -d /sys/fs/selinux ] && $B echo "{FACT} {name} {shell}" > $OUT\n'
+
+
 def _stage2() -> str:
     """Run from the disk, then hand out the event log, the command line and the IMA list."""
     runs = "".join(f"run {cmd.replace('*', chr(92) + '*')}\n" for cmd in RUN_COMMANDS)
@@ -134,6 +149,9 @@ def _stage2() -> str:
             "ASSAY-EVENTLOG-MISSING",
         )
         + '$B echo "ASSAY-CMDLINE $($B cat /proc/cmdline)" > $OUT\n'
+        + _fact("selinux-enforce", "$($B cat /sys/fs/selinux/enforce)")
+        # the policy as the kernel serializes it (what it hashes for selinux-policy-hash)
+        + _fact("selinux-policy-sha256", "$($B sha256sum < /sys/fs/selinux/policy)")
         + _handout(f"{ima}/binary_runtime_measurements", IMA_BEGIN, IMA_END, "ASSAY-IMA-MISSING")
         + _handout(
             f"{ima}/ascii_runtime_measurements",
@@ -230,14 +248,18 @@ def _load_order(modules: Mapping[str, bytes]) -> list[str]:
 # -- the initramfs ------------------------------------------------------------------------------
 
 
-def build_runtime_initramfs(busybox: Path, kernel_deb: Path, cache: Path) -> Path:
-    """/init (stage 1), /stage2, /bin/busybox and the boot modules; gzip'd cpio, fixed metadata."""
+def build_runtime_initramfs(
+    busybox: Path, kernel_deb: Path, cache: Path, selinux_policy: Path | None = None
+) -> Path:
+    """/init (stage 1), /stage2, /bin/busybox and the boot modules (and the SELinux policy image
+    as /etc/selinux/policy); gzip'd cpio, fixed metadata."""
     import gzip
     import io
 
     modules = boot_modules(kernel_deb, cache)
-    init, stage2 = _stage1([n for n, _ in modules]), _stage2()
-    h = hashlib.sha256(busybox.read_bytes())
+    init, stage2 = _stage1([n for n, _ in modules], selinux_policy is not None), _stage2()
+    policy = selinux_policy.read_bytes() if selinux_policy is not None else b""
+    h = hashlib.sha256(busybox.read_bytes() + hashlib.sha256(policy).digest())
     for name, data in modules:
         h.update(name.encode() + hashlib.sha256(data).digest())
     h.update((init + stage2 + _RUNTIME_INIT_VERSION).encode())
@@ -252,6 +274,9 @@ def build_runtime_initramfs(busybox: Path, kernel_deb: Path, cache: Path) -> Pat
         ("bin/busybox", 0o100755, busybox.read_bytes()),
     ]
     entries += [(f"lib/modules/{n}.ko", 0o100644, data) for n, data in modules]
+    if selinux_policy is not None:
+        entries += [("etc", 0o040755, b""), ("etc/selinux", 0o040755, b"")]
+        entries += [("etc/selinux/policy", 0o100644, policy)]
     buf = io.BytesIO()
     with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0, compresslevel=6) as gz:
         gz.write(cpio_newc(entries))
@@ -359,6 +384,45 @@ def _sign(image: Path, staging: Path, paths: Sequence[str], key: Path) -> None:
             raise VmBuildError(f"debugfs did not set security.ima on {path}")
 
 
+SELINUX_PACKAGE = "selinux-policy-default"
+_SEMANAGE_CONF = "module-store = direct\nexpand-check=0\n"
+_SELINUX_VERSION = "1"  # bump when build_selinux_policy changes
+
+
+def build_selinux_policy(cache: Path) -> Path:
+    """Debian's default SELinux policy image (policy.NN), built the way the package's postinst
+    builds it — ``semodule -X 100 -n -s default`` installing every module in ``.modules`` and
+    disabling the postinst's ``notdefault`` ones — into an alternate root (``semodule -p``), so
+    nothing on the host changes. The package ships only modules; the image is a build product."""
+    deb = download(SELINUX_PACKAGE, cache)
+    out = cache / "images" / f"selinux-{deb.stem}-{_SELINUX_VERSION}.policy"
+    if out.exists():
+        return out
+    root = out.with_name(out.name + ".root")
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    run(["dpkg-deb", "-x", str(deb), str(root)], f"extracting {deb.name}")
+    ctl = root / ".control"
+    run(["dpkg-deb", "-e", str(deb), str(ctl)], f"control files of {deb.name}")
+    match = re.search(r'^notdefault="([^"]*)"', (ctl / "postinst").read_text(), re.MULTILINE)
+    if match is None:
+        raise VmBuildError(f"{deb.name}: no notdefault= list in its postinst")
+    (root / "var/lib/selinux").mkdir(parents=True, exist_ok=True)
+    (root / "etc/selinux/semanage.conf").write_text(_SEMANAGE_CONF)
+    (root / "etc/selinux/config").write_text("SELINUX=enforcing\nSELINUXTYPE=default\n")
+    share = root / "usr/share/selinux/default"
+    modules = (share / ".modules").read_text().split()
+    cmd = ["semodule", "-p", str(root), "-s", "default", "-X", "100", "-n"]
+    cmd += [f"-i{share / m}.pp.bz2" for m in modules] + [f"-d{m}" for m in match.group(1).split()]
+    run(cmd, "semodule (building the SELinux policy)", timeout=900)
+    images = sorted((root / "etc/selinux/default/policy").glob("policy.*"))
+    if len(images) != 1:
+        raise VmBuildError(f"semodule left {len(images)} policy images, expected one")
+    write_atomic(out, images[0].read_bytes())
+    shutil.rmtree(root)
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class RuntimeParts:
     """What a runtime node adds to a boot: its root disk, initramfs and the packages on it."""
@@ -367,6 +431,7 @@ class RuntimeParts:
     initrd: Path
     debs: tuple[Path, ...]
     signing_key: Path | None
+    selinux_policy: Path | None
 
 
 def fetch_runtime_debs(cache: Path) -> tuple[Path, ...]:
@@ -404,9 +469,11 @@ def build_disk(disk: RootDisk, debs: Sequence[Path], cache: Path, key: Path | No
 def build_runtime(disk: RootDisk, busybox: Path, kernel_deb: Path, cache: Path) -> RuntimeParts:
     debs = fetch_runtime_debs(cache)
     key = signing_key(cache) if disk.signed else None
+    policy = build_selinux_policy(cache) if disk.selinux else None
     return RuntimeParts(
         build_disk(disk, debs, cache, key),
-        build_runtime_initramfs(busybox, kernel_deb, cache),
+        build_runtime_initramfs(busybox, kernel_deb, cache, policy),
         debs,
         key,
+        policy,
     )

@@ -10,13 +10,26 @@ Which boot is which: ``ima`` the good node; ``ima-unknown`` also runs a binary n
 ``ima-patched`` runs a ``/usr/bin/uname`` with bytes appended; ``ima-selinux0`` adds ``selinux=0``
 to the kernel command line; ``ima-sig`` runs a file signed with a key the builder made.
 
+Every runtime node boots SELinux enforcing (``security=selinux enforcing=1``) with Debian's
+default policy: ``selinux-policy-default`` ships policy modules, not a policy image, so the builder
+compiles them as the package's postinst does (``semodule -X 100 -n -s default``, into an alternate
+root on the host) and the initramfs loads the image (one write to ``/sys/fs/selinux/load``, as
+``load_policy`` does) before anything else; the kernel then logs ``selinux-state`` and
+``selinux-policy-hash`` as critical data.
+
 The runtime policy is ``golden runtime from-deb`` of the very .debs on the disk, with one
 exclusion: ``kernel_version``. With ``critical_data`` the kernel logs its release string as an
 ``ima-buf`` entry named ``kernel_version`` (``ima_init.c``); no package file holds that buffer, and
 what it states — which kernel runs — is already pinned by the boot policy, which approves the
 kernel image's Authenticode digest (PCR4) from ``golden from-deb`` of the kernel package. The test
 checks that the buffer is the booted package's release all the same. Nothing else needs excluding:
-the second stage's script lives in a tmpfs, which the tcb policy does not measure.
+the second stage's script lives in a tmpfs, which the tcb policy does not measure, and so does the
+SELinux policy image in the initramfs (its content is judged by its hash, below). The SELinux
+expectations (enforcing, the approved policy hash) are the SELinux section of a capture
+(``golden runtime capture``) of another node of the fleet (ima-unknown): the kernel hashes the
+policy as it serializes it back (``security_read_state_kernel``, what ``/sys/fs/selinux/policy``
+returns), which is not the bytes of the policy file loaded, so the hash cannot be computed from the
+file and comes from a reviewed node.
 """
 
 from __future__ import annotations
@@ -33,9 +46,18 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from assay.algorithms import HashAlg
 from assay.errors import VerificationFailed
-from assay.ima import ImaReplay, keyid_of, load_key, parse_ima_log, replay_ima, verify_ima
+from assay.ima import (
+    ImaReplay,
+    keyid_of,
+    load_key,
+    parse_ima_log,
+    parse_selinux_state,
+    replay_ima,
+    verify_ima,
+)
 from assay.tpm2 import VerifiedQuote
 from golden.debs import iter_data_files, read_deb_file
+from golden.runtime_yaml import load_runtime_file
 from testkit import swtpm as agent_swtpm
 
 from .attest import VmAgent, failing_reasons, failures, golden_cli, running_verifier
@@ -53,6 +75,7 @@ RUNTIME_NODES = ("ima", "ima-unknown", "ima-patched", "ima-selinux0", "ima-sig")
 @dataclass(frozen=True)
 class Policies:
     debian: Path  # golden runtime from-deb of the disk's packages
+    selinux: Path  # enforcing, and the policy hash of a reviewed node
     signed: Path  # the operator's key: /usr/local/bin/* must be signed by it, and that approves
     other_key: Path  # the same rules with a key that signed nothing
 
@@ -83,6 +106,17 @@ def policies(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     # kernel_version: see the module docstring (the boot policy pins the kernel)
     golden_cli("runtime", "from-deb", *image.runtime_debs, "-o", debian,
                "--name", "debian-runtime", "--exclude", "kernel_version")  # fmt: skip
+    captured = out / "captured.yaml"
+    golden_cli("runtime", "capture", "--from-log", fleet.nodes["ima-unknown"].ima_path,
+               "-o", captured)  # fmt: skip
+    reviewed = load_runtime_file(str(captured)).selinux
+    assert reviewed is not None and reviewed.require_enforcing
+    selinux = out / "fleet-selinux.yaml"
+    hashes = "".join(f"    - {h.hex()}\n" for h in reviewed.policy_hashes)
+    selinux.write_text(
+        "kind: runtime-policy\nname: fleet-selinux\nversion: '1'\n"
+        f"selinux:\n  require_enforcing: true\n  policy_hashes:\n{hashes}"
+    )
     key = fleet.nodes["ima-sig"].image.signing_key
     assert key is not None
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -91,6 +125,7 @@ def policies(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     )
     yield Policies(
         debian,
+        selinux,
         _signed_policy(out / "signed.yaml", "operator-signed", _public_pem(key.read_bytes())),
         _signed_policy(out / "other-key.yaml", "other-key", other_pem),
     )
@@ -241,21 +276,23 @@ def test_another_boots_list_verifies_only_as_far_as_this_quote_vouches(
 def test_untampered_node_appraises_clean_against_the_policy_from_its_packages(
     fleet: Fleet, quotes: dict[str, VerifiedQuote], policies: Policies
 ) -> None:
-    got = _appraise(fleet, quotes, "ima", policies.debian)
+    got = _appraise(fleet, quotes, "ima", policies.debian, policies.selinux)
     assert got.failures == ()
     assert [(c.id, c.reason) for c in got.checks] == [
         ("ima.boot_aggregate", "ima_boot_aggregate_ok"),
         ("ima.entries", "ima_entries_approved"),
     ]
     n = len(got.log.entries)
-    assert got.checks[-1].message.startswith(f"{n} of {n} IMA entries approved by debian-runtime@1")
+    assert got.checks[-1].message.startswith(
+        f"{n} of {n} IMA entries approved by debian-runtime@1, fleet-selinux@1"
+    )
 
 
 def test_unknown_binary_executed_is_untrusted_naming_its_path(
     fleet: Fleet, quotes: dict[str, VerifiedQuote], policies: Policies
 ) -> None:
     assert fleet.result("ima-unknown").ran[-1] == f"rc=0 {UNKNOWN_BINARY}"
-    got = _appraise(fleet, quotes, "ima-unknown", policies.debian)
+    got = _appraise(fleet, quotes, "ima-unknown", policies.debian, policies.selinux)
     bad = [c for c in got.failures if c.id != "ima.entries"]
     assert [(c.reason, c.got) for c in bad] == [
         (
@@ -278,7 +315,7 @@ def test_packaged_binary_with_changed_content_is_a_digest_mismatch(
     (uname,) = [
         f.content for f in iter_data_files(read_deb_file(str(deb))) if f.path == "/bin/uname"
     ]
-    got = _appraise(fleet, quotes, "ima-patched", policies.debian)
+    got = _appraise(fleet, quotes, "ima-patched", policies.debian, policies.selinux)
     bad = [c for c in got.failures if c.id != "ima.entries"]
     assert [(c.reason, got.log.entries[c.event or 0].name) for c in bad] == [
         ("ima_digest_mismatch", PATCHED_BINARY.encode())
@@ -295,7 +332,7 @@ def test_ima_sig_node_logs_the_signature_and_appraises_with_the_policy_key(
 ) -> None:
     image = fleet.nodes["ima-sig"].image
     assert image.signing_key is not None
-    got = _appraise(fleet, quotes, "ima-sig", policies.debian, policies.signed)
+    got = _appraise(fleet, quotes, "ima-sig", policies.debian, policies.selinux, policies.signed)
     assert {e.template for e in got.log.entries} == {"ima-sig", "ima-buf"}
     signed = [e for e in got.log.entries if e.sig is not None]
     assert [e.name for e in signed] == [SIGNED_BINARY.encode()]  # only it has security.ima
@@ -309,11 +346,13 @@ def test_ima_sig_node_logs_the_signature_and_appraises_with_the_policy_key(
 def test_signed_file_fails_without_the_policy_key(
     fleet: Fleet, quotes: dict[str, VerifiedQuote], policies: Policies
 ) -> None:
-    unsigned = _appraise(fleet, quotes, "ima-sig", policies.debian)
+    unsigned = _appraise(fleet, quotes, "ima-sig", policies.debian, policies.selinux)
     assert [(c.reason, c.got) for c in unsigned.failures if c.id != "ima.entries"] == [
         ("ima_file_not_approved", f"sha256:{_digest_of(unsigned, SIGNED_BINARY)}")
     ]
-    other = _appraise(fleet, quotes, "ima-sig", policies.debian, policies.other_key)
+    other = _appraise(
+        fleet, quotes, "ima-sig", policies.debian, policies.selinux, policies.other_key
+    )
     reasons = [(c.reason, SIGNED_BINARY in c.message) for c in other.failures]
     assert ("ima_signature_invalid", True) in reasons
     assert all(r in ("ima_signature_invalid", "ima_file_not_approved",
@@ -334,7 +373,9 @@ def test_selinux_disabled_on_the_kernel_command_line_is_untrusted(
     """Through the verifier service: the fleet's sets from the packages (shim + GRUB, the kernel),
     the platform captured from another node of the same platform (ima-unknown: its disk differs,
     which the firmware never sees), and a set with the kernel_lsm rule. The runtime list of the
-    selinux=0 boot is clean: only the measured command line gives it away."""
+    selinux=0 boot is clean: only the measured command line gives it away — Debian's kernel does
+    not even read selinux=0 (CONFIG_SECURITY_SELINUX_BOOTPARAM is not set), so that node ran SELinux
+    enforcing; the rule cannot know the kernel's configuration and fails the line all the same."""
     sb = fleet.nodes["ima"].image
     sets = tmp_path / "sets"
     sets.mkdir()
@@ -364,5 +405,58 @@ def test_selinux_disabled_on_the_kernel_command_line_is_untrusted(
     (check,) = [c for c in failures(off) if c["reason"] == "cmdline_selinux_disabled"]
     assert check["pcr"] == 8 and "selinux=0" in check["message"]
     assert fleet.result("ima-selinux0").guest_cmdline.endswith(" selinux=0")
-    runtime = _appraise(fleet, quotes, "ima-selinux0", policies.debian)
+    runtime = _appraise(fleet, quotes, "ima-selinux0", policies.debian, policies.selinux)
     assert runtime.failures == ()
+    assert fleet.result("ima-selinux0").facts["selinux-enforce"] == "1"
+    (config,) = sb.kernel.vmlinuz.parent.glob("config-*")
+    assert "# CONFIG_SECURITY_SELINUX_BOOTPARAM is not set" in config.read_text().splitlines()
+
+
+# -- SELinux critical data ----------------------------------------------------------------------
+
+
+def test_selinux_critical_data_of_a_real_boot_says_enforcing_and_hashes_the_kernels_policy(
+    fleet: Fleet,
+) -> None:
+    result = fleet.result("ima")
+    assert result.ima_log is not None
+    log = parse_ima_log(result.ima_log)
+    (state_entry,) = [e for e in log.entries if e.name == b"selinux-state"]
+    (hash_entry,) = [e for e in log.entries if e.name == b"selinux-policy-hash"]
+    assert state_entry.template == hash_entry.template == "ima-buf"
+    assert state_entry.buf is not None and hash_entry.buf is not None
+    # logged once, at the policy load in the initramfs: before the disk's first program ran
+    first_file = next(e.index for e in log.entries if e.buf is None and e.index > 0)
+    assert state_entry.index < first_file and hash_entry.index < first_file
+    state = parse_selinux_state(state_entry.buf)
+    assert (state.initialized, state.enforcing, state.checkreqprot) == (True, True, False)
+    assert state.capabilities["network_peer_controls"] and state.capabilities["open_perms"]
+    assert result.facts["selinux-enforce"] == "1"  # what the guest read from selinuxfs
+    # the policy hash is SHA-256 (ima_hash) of the policy as the kernel serializes it back —
+    # what the guest read from /sys/fs/selinux/policy — not of the policy file it loaded
+    assert hash_entry.buf == bytes.fromhex(result.facts["selinux-policy-sha256"])
+    assert hash_entry.digest == hashlib.sha256(hash_entry.buf).digest()
+    image = fleet.nodes["ima"].image.selinux_policy
+    assert image is not None
+    assert hash_entry.buf != hashlib.sha256(image.read_bytes()).digest()
+
+
+def test_a_policy_pinning_another_selinux_policy_hash_is_untrusted(
+    fleet: Fleet, quotes: dict[str, VerifiedQuote], policies: Policies, tmp_path: Path
+) -> None:
+    """An operator who pins the hash of the policy file (not what the kernel logs) gets every node
+    refused, naming the hash the kernel logged."""
+    image = fleet.nodes["ima"].image.selinux_policy
+    assert image is not None
+    file_hash = hashlib.sha256(image.read_bytes()).hexdigest()
+    pinned = tmp_path / "file-hash.yaml"
+    pinned.write_text(
+        "kind: runtime-policy\nname: file-hash\nversion: '1'\n"
+        f"selinux:\n  require_enforcing: true\n  policy_hashes: [{file_hash}]\n"
+    )
+    got = _appraise(fleet, quotes, "ima", policies.debian, pinned)
+    result = fleet.result("ima")
+    bad = [c for c in got.failures if c.id != "ima.entries"]
+    assert [(c.reason, c.got, c.expected) for c in bad] == [
+        ("selinux_policy_not_approved", result.facts["selinux-policy-sha256"], file_hash)
+    ]
