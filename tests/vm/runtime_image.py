@@ -21,7 +21,9 @@ log, the kernel command line, and last the IMA list, binary and ASCII.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -69,7 +71,7 @@ RUN_COMMANDS = (
     "/usr/bin/id -u",
     "/usr/bin/ls -l /usr/lib/x86_64-linux-gnu",
     "/usr/bin/sha256sum /usr/share/doc/coreutils/copyright",
-    "/usr/bin/expr 6 * 7",
+    "/usr/bin/expr 6 + 7",
 )
 PATCH_MARK = b"\0assay: bytes appended to a packaged binary\0"
 IMA_BEGIN, IMA_END = "ASSAY-IMA-BEGIN", "ASSAY-IMA-END"
@@ -134,7 +136,7 @@ def _fact(name: str, shell: str) -> str:
 
 def _stage2() -> str:
     """Run from the disk, then hand out the event log, the command line and the IMA list."""
-    runs = "".join(f"run {cmd.replace('*', chr(92) + '*')}\n" for cmd in RUN_COMMANDS)
+    runs = "".join(f"run {cmd}\n" for cmd in RUN_COMMANDS)
     ima = "/sys/kernel/security/ima"
     return (
         "B=/bin/busybox\nOUT=/dev/ttyS1\nexport PATH=/usr/bin:/usr/sbin\n"
@@ -253,9 +255,6 @@ def build_runtime_initramfs(
 ) -> Path:
     """/init (stage 1), /stage2, /bin/busybox and the boot modules (and the SELinux policy image
     as /etc/selinux/policy); gzip'd cpio, fixed metadata."""
-    import gzip
-    import io
-
     modules = boot_modules(kernel_deb, cache)
     init, stage2 = _stage1([n for n, _ in modules], selinux_policy is not None), _stage2()
     policy = selinux_policy.read_bytes() if selinux_policy is not None else b""
@@ -379,9 +378,9 @@ def _sign(image: Path, staging: Path, paths: Sequence[str], key: Path) -> None:
             ["debugfs", "-w", "-R", f"ea_set -f {sig} {path} security.ima", str(image)],
             f"debugfs ea_set {path}",
         )
-        got = run(["debugfs", "-R", f"ea_get -x {path} security.ima", str(image)], "ea_get")
-        if "security.ima" not in got and not got.strip():
-            raise VmBuildError(f"debugfs did not set security.ima on {path}")
+        got = run(["debugfs", "-R", f"ea_list {path}", str(image)], f"debugfs ea_list {path}")
+        if "security.ima" not in got:
+            raise VmBuildError(f"debugfs did not set security.ima on {path}: {got.strip()!r}")
 
 
 SELINUX_PACKAGE = "selinux-policy-default"
