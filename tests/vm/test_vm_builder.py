@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from . import builder
+from . import builder, runtime_image
 from .fleet import Fleet
-from .runner import VmBootError, parse_handoff
+from .runner import VmBootError, parse_handoff, parse_runtime_handoff
 
 pytestmark = pytest.mark.vm
 
@@ -60,6 +60,42 @@ def test_handoff_without_markers_or_with_bad_base64_is_a_one_line_error() -> Non
         f"{builder.HANDOFF_BEGIN}\r\nAAEC\r\nAw==\r\n{builder.HANDOFF_END}\r\nASSAY-CMDLINE a b\r\n"
     )
     assert (log, cmdline) == (b"\x00\x01\x02\x03", "a b")
+
+
+def test_runtime_handoff_gives_the_ima_lists_the_programs_run_and_the_facts() -> None:
+    r = runtime_image
+    text = (
+        f"{r.RAN} rc=0 /usr/bin/id -u\r\n{r.RAN} rc=127 /usr/local/bin/x\r\n"
+        f"{r.FACT} selinux-policy-sha256 ab12  -\r\n{r.FACT} selinux-enforce 1\r\n"
+        f"{r.IMA_BEGIN}\r\nAAEC\r\n{r.IMA_END}\r\n{r.IMA_ASCII_BEGIN}\r\nMTA=\r\n{r.IMA_ASCII_END}\r\n"
+    )
+    got = parse_runtime_handoff(text)
+    assert (got.ima_log, got.ima_ascii) == (b"\x00\x01\x02", b"10")
+    assert got.ran == ("rc=0 /usr/bin/id -u", "rc=127 /usr/local/bin/x")
+    assert got.facts == {"selinux-policy-sha256": "ab12", "selinux-enforce": "1"}
+    assert parse_runtime_handoff("ASSAY-IMA-MISSING\n").ima_log is None
+    with pytest.raises(VmBootError, match="IMA list has no end marker"):
+        parse_runtime_handoff(f"{r.IMA_BEGIN}\nAAEC\n")
+
+
+def test_boot_modules_load_after_their_dependencies_and_a_cycle_is_refused() -> None:
+    def ko(depends: str) -> bytes:
+        return b"\x7fELF...\0license=GPL\0depends=" + depends.encode() + b"\0vermagic=6.1\0"
+
+    mods = {"ext4": ko("mbcache,jbd2,crc16"), "jbd2": ko(""), "mbcache": ko(""), "crc16": ko("")}
+    order = runtime_image._load_order(mods)
+    assert sorted(order) == sorted(mods) and order.index("ext4") == 3
+    with pytest.raises(builder.VmBuildError, match="cycle"):
+        runtime_image._load_order({"a": ko("b"), "b": ko("a")})
+
+
+def test_tiny_elf_is_a_static_x86_64_executable_with_one_load_segment() -> None:
+    elf = runtime_image.tiny_elf(3, b"note")
+    assert elf[:4] == b"\x7fELF" and elf[4:6] == b"\x02\x01"  # 64-bit, little-endian
+    assert int.from_bytes(elf[16:18], "little") == 2  # ET_EXEC
+    assert int.from_bytes(elf[18:20], "little") == 0x3E  # x86-64
+    assert int.from_bytes(elf[96:104], "little") == len(elf)  # PT_LOAD p_filesz: the whole file
+    assert elf.endswith(b"\x0f\x05note")  # exit(3) by syscall, then the note
 
 
 def test_boot_next_is_appended_to_the_variables_template_and_nothing_else_changes(
