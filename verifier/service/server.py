@@ -12,6 +12,7 @@ from flask import Flask
 from gunicorn.app.base import BaseApplication
 
 from .app import create_app
+from .background import Runner
 from .config import ServiceConfig
 
 KEEPALIVE = 5
@@ -48,7 +49,11 @@ class VerifierServer(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
 
     def load(self) -> Flask:
-        return create_app(self.service_config)
+        """In each worker (after the fork): the app, and its background-job loop."""
+        app = create_app(self.service_config)
+        if self.service_config.background_jobs:
+            Runner(app.extensions["assay"]).start()
+        return app
 
 
 def serve(config: ServiceConfig) -> None:

@@ -1,0 +1,177 @@
+"""Re-appraisal: a node's latest stored evidence appraised again against today's golden sets.
+
+The stored quote is verified again with the node's AK and nonce, the log replayed against it
+(cached when unchanged), and the verdict recorded (``attestation.record``) as a ``reappraisal``
+attestation that moves the node's state. It never refreshes a node: freshness stays that of the
+stored evidence. Admin requests (one node, every node) run in one transaction; a golden retire
+or revoke runs as a batched job (``ReappraisalJob``, 200 nodes per transaction under a lease),
+so thousands of nodes move in seconds and another instance finishes the job after a crash.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from assay.errors import MalformedEvidence, VerificationFailed
+from assay.tpm2 import parse_public, verify_quote
+from verifier.appraisal import VerdictStatus
+from verifier.store import leases, repo
+from verifier.store.models import Attestation, AttestationSource, Node, NodeState, ReappraisalJob
+
+from .attestation import QuotedEvidence, appraise_evidence, pcrs_from_json, record
+from .context import Services
+from .errors import NotFound
+from .golden_policy import Assessment, failed
+
+JOB_BATCH = 200
+LEASE_TTL = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Reappraisal:
+    """What re-appraising one node's stored evidence did."""
+
+    node: str
+    status: VerdictStatus
+    state: NodeState
+    reason: str
+    attestation_id: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "status": self.status,
+            "state": self.state,
+            "reason": self.reason,
+            "attestation_id": str(self.attestation_id),
+        }
+
+
+def _node(db: Session, name: str) -> Node:
+    node = repo.get_node(db, name)
+    if node is None:
+        raise NotFound("node_unknown", f"no node named {name!r}")
+    return node
+
+
+def reappraise_nodes(
+    svc: Services, names: Sequence[str] | None, reason: str, actor: str
+) -> list[Reappraisal]:
+    """Re-appraise each named node (all when ``names`` is None) in one transaction."""
+    now = svc.now()
+    with svc.store.write() as db:
+        nodes = repo.list_nodes(db) if names is None else [_node(db, n) for n in names]
+        done = (reappraise_one(svc, db, node, reason, actor, now) for node in nodes)
+        return [r for r in done if r is not None]
+
+
+def reappraise_one(
+    svc: Services, db: Session, node: Node, reason: str, actor: str, now: dt.datetime
+) -> Reappraisal | None:
+    """One node, in ``db``'s transaction: None when it has no stored evidence."""
+    last = repo.latest_evidence(db, node.id)
+    if last is None:
+        return None
+    a = _reassess(svc, db, node, last)
+    rec = record(
+        db,
+        node,
+        QuotedEvidence.of(last),
+        a,
+        source=AttestationSource.REAPPRAISAL,
+        now=now,
+        quoted_at=last.created_at,
+        node_fields={"verdict_key": None},  # the next evidence is appraised in full
+    )
+    details = {"status": a.status, "attestation_id": rec.attestation_id}
+    repo.audit(db, actor, "reappraise", node.name, reason, details, now=now)
+    return Reappraisal(node.name, a.status, rec.state, a.reason, rec.attestation_id)
+
+
+def _reassess(svc: Services, db: Session, node: Node, last: Attestation) -> Assessment:
+    try:
+        quote = verify_quote(
+            last.quote,
+            last.signature,
+            parse_public(node.ak_public),
+            last.nonce,
+            pcrs_from_json(last.pcrs),
+        )
+    except (VerificationFailed, MalformedEvidence) as exc:
+        return failed(VerdictStatus.UNKNOWN, "stored_evidence_invalid", str(exc))
+    if last.event_log_sha256 is None:
+        return failed(VerdictStatus.UNKNOWN, "event_log_missing", "no event log stored")
+    rows = svc.golden.rows_for(db, node.labels)
+    return appraise_evidence(svc, quote, last.event_log_sha256, None, rows)
+
+
+# --- batched jobs (golden retire / revoke) -------------------------------------------------------
+
+
+def start_job(
+    db: Session, golden_name: str, reason: str, actor: str, holder: str, now: dt.datetime
+) -> tuple[int, leases.Held]:
+    """Create a job for every node ``golden_name`` applies to, held by ``holder`` at once (in the
+    caller's transaction, so no background runner takes it before the caller starts)."""
+    job = ReappraisalJob(
+        golden_name=golden_name, reason=reason, actor=actor, created_at=now, cursor=0
+    )
+    db.add(job)
+    db.flush()
+    held = leases.acquire(db, job_lease(job.id), holder, now, LEASE_TTL)
+    assert held is not None  # a new job's lease is free
+    return job.id, held
+
+
+def job_lease(job_id: int) -> str:
+    return f"reappraisal:{job_id}"
+
+
+def run_job(svc: Services, job_id: int, held: leases.Held) -> list[Reappraisal]:
+    """Run a job to its end in batches of ``JOB_BATCH`` nodes, one transaction each, while the
+    lease is ours; returns what this caller re-appraised (a resumed job: the rest)."""
+    results: list[Reappraisal] = []
+    while True:
+        now = svc.now()
+        with svc.store.write() as db:
+            if not leases.extend(db, held, now, LEASE_TTL):
+                return results  # someone else holds it now and continues
+            job = db.get(ReappraisalJob, job_id)
+            if job is None or job.finished_at is not None:
+                return results
+            batch, last_id = _job_batch(svc, db, job, now)
+            results.extend(batch)
+            if last_id is None:
+                job.finished_at = now
+                leases.finish(db, held, now, now)
+                return results
+            job.cursor = last_id
+
+
+def _job_batch(
+    svc: Services, db: Session, job: ReappraisalJob, now: dt.datetime
+) -> tuple[list[Reappraisal], int | None]:
+    nodes = list(
+        db.scalars(select(Node).where(Node.id > job.cursor).order_by(Node.id).limit(JOB_BATCH))
+    )
+    if not nodes:
+        return [], None
+    assignments = repo.list_assignments(db)
+    out: list[Reappraisal] = []
+    for node in nodes:
+        if job.golden_name in repo.golden_names_for(node.labels, assignments):
+            done = reappraise_one(svc, db, node, job.reason, job.actor, now)
+            if done is not None:
+                out.append(done)
+    return out, nodes[-1].id
+
+
+def pending_jobs(db: Session) -> list[int]:
+    q = select(ReappraisalJob.id).where(ReappraisalJob.finished_at.is_(None))
+    return list(db.scalars(q.order_by(ReappraisalJob.id)))

@@ -1,0 +1,256 @@
+"""The attestation hot path in SQLAlchemy Core: one read of the node, then one write transaction.
+
+No ORM objects are loaded or flushed here: each function is one statement on the session's
+connection (``Session.connection()``), so an attestation costs a handful of compiled, cached
+statements. The caller owns the transaction (``Store.read()`` / ``Store.write()``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, Table, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from .models import (
+    Attestation,
+    AttestationRepeat,
+    Node,
+    NodeState,
+    Nonce,
+    StoreVersion,
+    VerdictBlob,
+)
+
+NODES = cast(Table, Node.__table__)
+ATTESTATIONS = cast(Table, Attestation.__table__)
+REPEATS = cast(Table, AttestationRepeat.__table__)
+NONCES = cast(Table, Nonce.__table__)
+VERDICTS = cast(Table, VerdictBlob.__table__)
+VERSIONS = cast(Table, StoreVersion.__table__)
+N = NODES.c
+A = ATTESTATIONS.c
+R = REPEATS.c
+GOLDEN_VERSION = "golden"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSnapshot:
+    """What the hot path needs of a node, as read at one moment (never written back as such)."""
+
+    id: int
+    name: str
+    ak_public: bytes
+    labels: Mapping[str, str]
+    state: NodeState
+    state_since: dt.datetime
+    reason: str
+    last_attestation_id: int | None
+    last_success_at: dt.datetime | None
+    last_reset_count: int | None
+    last_restart_count: int | None
+    boot_log_sha256: str | None
+    golden_versions: list[str]
+    verdict_key: str | None
+    last_clock: int | None
+    last_verdict_sha256: str | None
+    enrolled_at: dt.datetime
+
+
+_SNAPSHOT_COLUMNS = (
+    N.id,
+    N.name,
+    N.ak_public,
+    N.labels,
+    N.state,
+    N.state_since,
+    N.reason,
+    N.last_attestation_id,
+    N.last_success_at,
+    N.last_reset_count,
+    N.last_restart_count,
+    N.boot_log_sha256,
+    N.golden_versions,
+    N.verdict_key,
+    N.last_clock,
+    A.verdict_sha256.label("last_verdict_sha256"),
+    N.enrolled_at,
+)
+
+
+def _dialect_insert(s: Session, table: Table) -> Any:
+    """An INSERT with ``on_conflict_do_*`` (both dialects spell it the same way)."""
+    maker = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
+    return maker(table)
+
+
+def node_snapshot(s: Session, name: str, *, for_update: bool = False) -> NodeSnapshot | None:
+    """The node named ``name`` with its last attestation's verdict digest (one statement).
+
+    ``for_update`` locks the row until the transaction ends (PostgreSQL; SQLite's write
+    transaction already holds the database lock)."""
+    q = (
+        select(*_SNAPSHOT_COLUMNS)
+        .select_from(NODES.outerjoin(ATTESTATIONS, A.id == N.last_attestation_id))
+        .where(N.name == name)
+    )
+    if for_update:
+        q = q.with_for_update(of=NODES)
+    row = s.connection().execute(q).first()
+    return None if row is None else NodeSnapshot(**row._asdict())
+
+
+def node_snapshot_by_id(
+    s: Session, node_id: int, *, for_update: bool = False
+) -> NodeSnapshot | None:
+    name = s.connection().execute(select(N.name).where(N.id == node_id)).scalar()
+    return None if name is None else node_snapshot(s, name, for_update=for_update)
+
+
+def golden_version(s: Session) -> int:
+    """The counter bumped with every golden-set change (0 before the first)."""
+    q = select(StoreVersion.value).where(StoreVersion.name == GOLDEN_VERSION)
+    return int(s.connection().execute(q).scalar() or 0)
+
+
+def bump_version(s: Session, name: str = GOLDEN_VERSION) -> None:
+    """Increment ``name`` in the caller's transaction: every instance's cache of it is stale."""
+    stmt = _dialect_insert(s, VERSIONS).values(name=name, value=1)
+    stmt = stmt.on_conflict_do_update(index_elements=["name"], set_={"value": VERSIONS.c.value + 1})
+    s.connection().execute(stmt)
+
+
+# --- nonces -----------------------------------------------------------------------------------
+
+
+def nonce_used(s: Session, nonce: bytes) -> bool:
+    """Whether ``nonce`` was used already (an early refusal; ``use_nonce`` is what decides)."""
+    q = select(NONCES.c.id).where(NONCES.c.nonce == nonce)
+    return s.connection().execute(q).first() is not None
+
+
+def use_nonce(
+    s: Session, node_id: int, nonce: bytes, now: dt.datetime, expires_at: dt.datetime
+) -> bool:
+    """Record ``nonce`` as used until it expires; False if any instance used it first (the unique
+    column decides, atomically). Expired rows are purged by the retention job, not here."""
+    values = {
+        "node_id": node_id,
+        "nonce": nonce,
+        "created_at": now,
+        "expires_at": expires_at,
+        "used_at": now,
+    }
+    stmt = _dialect_insert(s, NONCES).values(**values).on_conflict_do_nothing()
+    # RETURNING says whether a row went in (rowcount is -1 with psycopg's RETURNING).
+    return s.connection().execute(stmt.returning(NONCES.c.id)).first() is not None
+
+
+# --- verdicts ---------------------------------------------------------------------------------
+
+
+def canonical_verdict(verdict: Mapping[str, Any]) -> tuple[str, bytes]:
+    """(SHA-256 hex, canonical JSON bytes) of a verdict document."""
+    data = json.dumps(verdict, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return hashlib.sha256(data).hexdigest(), data
+
+
+TOUCH_AFTER = dt.timedelta(minutes=10)
+"""A verdict referred to again is touched (``created_at``) when older than this; the blob GC's
+grace period is at least twice as long, so it never deletes a verdict being referred to."""
+
+
+def put_verdict(s: Session, sha256_hex: str, canonical: bytes, now: dt.datetime) -> None:
+    """Store a verdict once under its digest. An existing one is only read (no row lock, so a
+    frozen transaction that wrote the same verdict cannot block this one), and touched when older
+    than ``TOUCH_AFTER``, which keeps the blob GC off it."""
+    conn = s.connection()
+    created = conn.execute(select(VERDICTS.c.created_at).where(VERDICTS.c.sha256 == sha256_hex))
+    at = created.scalar()
+    if at is None:
+        data = zlib.compress(canonical, 6)
+        stmt = _dialect_insert(s, VERDICTS).values(sha256=sha256_hex, data=data, created_at=now)
+        conn.execute(stmt.on_conflict_do_nothing())
+    elif at < now - TOUCH_AFTER:
+        conn.execute(update(VERDICTS).where(VERDICTS.c.sha256 == sha256_hex).values(created_at=now))
+
+
+def get_verdict(s: Session, sha256_hex: str) -> dict[str, Any] | None:
+    q = select(VERDICTS.c.data).where(VERDICTS.c.sha256 == sha256_hex)
+    data = s.connection().execute(q).scalar()
+    if data is None:
+        return None
+    doc = json.loads(zlib.decompress(data))
+    assert isinstance(doc, dict)
+    return doc
+
+
+# --- attestations and node state ---------------------------------------------------------------
+
+
+def insert_attestation(s: Session, values: Mapping[str, Any]) -> int:
+    result = s.connection().execute(ATTESTATIONS.insert().values(**values))
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
+def update_node(s: Session, node_id: int, values: Mapping[str, Any]) -> None:
+    s.connection().execute(update(NODES).where(N.id == node_id).values(**values))
+
+
+def update_unchanged_node(s: Session, snap: NodeSnapshot, values: Mapping[str, Any]) -> bool:
+    """Update a node only if nothing that decided a verdict reuse changed since ``snap`` was
+    read (state, last attestation, verdict key, boot counters); False if something did."""
+    stmt = (
+        update(NODES)
+        .where(
+            N.id == snap.id,
+            N.state == snap.state,
+            N.last_attestation_id == snap.last_attestation_id,
+            N.verdict_key == snap.verdict_key,
+            N.last_reset_count == snap.last_reset_count,
+            N.last_restart_count == snap.last_restart_count,
+        )
+        .values(**values)
+    )
+    result = s.connection().execute(stmt)
+    assert isinstance(result, CursorResult)
+    return result.rowcount == 1
+
+
+def add_repeat(
+    s: Session, attestation_id: int, now: dt.datetime, nonce: bytes, quote: bytes, signature: bytes
+) -> int:
+    """Count one more unchanged re-attestation of ``attestation_id`` (one row, updated in place);
+    returns the new count."""
+    last = {"last_at": now, "last_nonce": nonce, "last_quote": quote, "last_signature": signature}
+    stmt = _dialect_insert(s, REPEATS).values(
+        attestation_id=attestation_id, count=1, first_at=now, **last
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["attestation_id"], set_={"count": R.count + 1, **last}
+    ).returning(R.count)
+    return int(s.connection().execute(stmt).scalar() or 0)
+
+
+def repeats_of(s: Session, attestation_ids: list[int]) -> dict[int, AttestationRepeat]:
+    """The repeat rows of these attestations, by attestation id."""
+    if not attestation_ids:
+        return {}
+    q = select(AttestationRepeat).where(AttestationRepeat.attestation_id.in_(attestation_ids))
+    return {r.attestation_id: r for r in s.scalars(q)}
+
+
+def count_nodes(s: Session) -> int:
+    return int(
+        s.connection().execute(select(func.count()).select_from(Node.__table__)).scalar() or 0
+    )
