@@ -118,6 +118,11 @@ class FakeAgentForLoad:
         zero = bytes(bank.digest_size)
         self.pcr_values = {p: replayed.get(p, zero) for p in pcrs}
         self.extra_extend: bytes | None = None
+        self.clock = 1000
+        """The TPM clock (ms), advanced by every quote as a real TPM's is."""
+        self.restart_count = 0
+        self.next_nonce: bytes | None = None
+        """The nonce the last evidence answer brought (``attest_once`` uses it)."""
 
     def enroll_directly(self, store: Store) -> None:
         """Insert the node with this software AK (load generation only)."""
@@ -141,9 +146,9 @@ class FakeAgentForLoad:
         if self.extra_extend is not None:
             pcr = max(values)
             values[pcr] = self.bank.hash(values[pcr] + self.extra_extend)
-        attest, sig = self._ak.quote(
-            {self.bank: values}, nonce, clock_info=ClockInfo(1000, self.reset_count, 0, True)
-        )
+        self.clock += 1000
+        clock = ClockInfo(self.clock, self.reset_count, self.restart_count, True)
+        attest, sig = self._ak.quote({self.bank: values}, nonce, clock_info=clock)
         ev = evidence_with_log(
             node=self.name,
             agent_version="fake-load/0",
@@ -154,6 +159,45 @@ class FakeAgentForLoad:
             event_log=self.log,
         )
         return encode_evidence(ev if send_log else ev.without_known_log(self.log_sha256))
+
+    def reboot(self) -> None:
+        """A new boot: the reset counter moves (the clock keeps going, as a TPM's does)."""
+        self.reset_count += 1
+        self.next_nonce = None
+
+    def attest_once(self, session: requests.Session, url: str) -> dict[str, Any]:
+        """One round as a current agent does it: the kept next nonce and the log omitted when
+        the verifier holds it; a challenge first only without one (or when it was refused)."""
+        if self.next_nonce is None:
+            return self.attest(session, url)
+        body = self.evidence(self.next_nonce, send_log=False)
+        self.next_nonce = None
+        resp = session.post(
+            f"{url}/v1/nodes/{self.name}/evidence",
+            data=body,
+            headers={"Content-Type": "application/cbor"},
+            timeout=60,
+        )
+        out = self._answer(resp)
+        if out["http_status"] == 422 and str(out.get("error", {}).get("code", "")) in (
+            "nonce_expired",
+            "nonce_reused",
+            "nonce_unknown",
+            "event_log_missing",
+        ):
+            return self.attest(session, url)
+        return out
+
+    def _answer(self, resp: requests.Response) -> dict[str, Any]:
+        try:
+            out: dict[str, Any] = resp.json()
+        except ValueError:
+            out = {"error": {"code": "not_json", "message": resp.text[:200]}}
+        out["http_status"] = resp.status_code
+        following = out.get("next_challenge")
+        if isinstance(following, dict) and isinstance(following.get("nonce"), str):
+            self.next_nonce = bytes.fromhex(following["nonce"])
+        return out
 
     def attest(self, session: requests.Session, url: str) -> dict[str, Any]:
         """One challenge → evidence round trip over HTTP; returns the verdict JSON."""
@@ -172,9 +216,7 @@ class FakeAgentForLoad:
             headers={"Content-Type": "application/cbor"},
             timeout=60,
         )
-        out: dict[str, Any] = resp.json()
-        out["http_status"] = resp.status_code
-        return out
+        return self._answer(resp)
 
 
 def bench_service(
