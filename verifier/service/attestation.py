@@ -173,11 +173,11 @@ def submit(svc: Services, node_name: str, body: bytes) -> AttestationResult:
     # 2. Node, golden rows, nonce (the shared key first: it may need its own write).
     key = svc.nonce_key()
     with svc.store.read() as db:
-        snap = hotpath.node_snapshot(db, node_name)
-        if snap is None:
+        read = hotpath.read_for_attestation(db, node_name, ev.nonce)
+        if read is None:
             raise NotFound(NODE_NOT_ENROLLED, f"node {node_name!r} is not enrolled; enroll again")
-        rows = svc.golden.rows_for(db, snap.labels)
-        used = hotpath.nonce_used(db, ev.nonce)
+        snap, used = read.node, read.nonce_used
+        rows = svc.golden.rows_for(db, snap.labels, read.golden_version)
         prefetch_verdict(svc, db, snap)
     checked = repo.check_nonce(snap.id, ev.nonce, now, key)
     refused = checked.refused or ("nonce_reused" if used else None)
@@ -398,8 +398,7 @@ def _count_repeat(db: Session, snap: NodeSnapshot, new: Fresh, now: dt.datetime)
     refresh the node; its number, or None if the node changed since it was read (then a full
     record)."""
     assert snap.last_attestation_id is not None
-    refreshed = {"last_attested_at": now, "last_success_at": now, "last_clock": new.clock}
-    if not hotpath.update_unchanged_node(db, snap, refreshed):
+    if not hotpath.refresh_unchanged_node(db, snap, now, new.clock):
         return None
     ev = new.evidence
     return hotpath.add_repeat(db, snap.last_attestation_id, now, ev.nonce, ev.quote, ev.signature)

@@ -47,9 +47,13 @@ class GoldenCatalog:
         self._selected: dict[tuple[tuple[str, str], ...], list[GoldenRow]] = {}
         self.reloads = 0
 
-    def rows_for(self, db: Session, labels: Mapping[str, str]) -> list[GoldenRow]:
-        """Every stored version (any status) of every set assigned to nodes with ``labels``."""
-        version = hotpath.golden_version(db)
+    def rows_for(
+        self, db: Session, labels: Mapping[str, str], version: int | None = None
+    ) -> list[GoldenRow]:
+        """Every stored version (any status) of every set assigned to nodes with ``labels``;
+        ``version``: the store's golden version when the caller read it already (same ``db``)."""
+        if version is None:
+            version = hotpath.golden_version(db)
         with self._lock:
             if version != self._version:
                 self._load(db, version)

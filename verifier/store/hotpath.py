@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, func, select, update
+from sqlalchemy import CursorResult, Table, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -92,33 +92,67 @@ def _dialect_insert(s: Session, table: Table) -> Any:
     return maker(table)
 
 
+def _by_name(for_update: bool) -> Any:
+    q = (
+        select(*_SNAPSHOT_COLUMNS)
+        .select_from(NODES.outerjoin(ATTESTATIONS, A.id == N.last_attestation_id))
+        .where(N.name == bindparam("name"))
+    )
+    return q.with_for_update(of=NODES) if for_update else q
+
+
+_GOLDEN_VERSION = (
+    select(VERSIONS.c.value).where(VERSIONS.c.name == GOLDEN_VERSION).scalar_subquery()
+)
+_NONCE_USED = select(NONCES.c.id).where(NONCES.c.nonce == bindparam("nonce")).exists()
+# Built once: a statement object built per call costs more than executing it.
+_SNAPSHOT = _by_name(False)
+_SNAPSHOT_LOCKED = _by_name(True)
+_READ = _by_name(False).add_columns(
+    _GOLDEN_VERSION.label("golden_version"), _NONCE_USED.label("nonce_used")
+)
+_NAME_OF = select(N.name).where(N.id == bindparam("id"))
+
+
+@dataclass(frozen=True, slots=True)
+class AttestationRead:
+    """Step 2 of an attestation in one statement: the node, the golden version, the nonce."""
+
+    node: NodeSnapshot
+    golden_version: int
+    nonce_used: bool
+
+
+def read_for_attestation(s: Session, name: str, nonce: bytes) -> AttestationRead | None:
+    """The node named ``name``, the store's golden version and whether ``nonce`` was used."""
+    row = s.connection().execute(_READ, {"name": name, "nonce": nonce}).first()
+    if row is None:
+        return None
+    values = row._asdict()
+    version, used = values.pop("golden_version"), values.pop("nonce_used")
+    return AttestationRead(NodeSnapshot(**values), int(version or 0), bool(used))
+
+
 def node_snapshot(s: Session, name: str, *, for_update: bool = False) -> NodeSnapshot | None:
     """The node named ``name`` with its last attestation's verdict digest (one statement).
 
     ``for_update`` locks the row until the transaction ends (PostgreSQL; SQLite's write
     transaction already holds the database lock)."""
-    q = (
-        select(*_SNAPSHOT_COLUMNS)
-        .select_from(NODES.outerjoin(ATTESTATIONS, A.id == N.last_attestation_id))
-        .where(N.name == name)
-    )
-    if for_update:
-        q = q.with_for_update(of=NODES)
-    row = s.connection().execute(q).first()
+    q = _SNAPSHOT_LOCKED if for_update else _SNAPSHOT
+    row = s.connection().execute(q, {"name": name}).first()
     return None if row is None else NodeSnapshot(**row._asdict())
 
 
 def node_snapshot_by_id(
     s: Session, node_id: int, *, for_update: bool = False
 ) -> NodeSnapshot | None:
-    name = s.connection().execute(select(N.name).where(N.id == node_id)).scalar()
+    name = s.connection().execute(_NAME_OF, {"id": node_id}).scalar()
     return None if name is None else node_snapshot(s, name, for_update=for_update)
 
 
 def golden_version(s: Session) -> int:
     """The counter bumped with every golden-set change (0 before the first)."""
-    q = select(StoreVersion.value).where(StoreVersion.name == GOLDEN_VERSION)
-    return int(s.connection().execute(q).scalar() or 0)
+    return int(s.connection().execute(select(_GOLDEN_VERSION)).scalar() or 0)
 
 
 def bump_version(s: Session, name: str = GOLDEN_VERSION) -> None:
@@ -128,13 +162,49 @@ def bump_version(s: Session, name: str = GOLDEN_VERSION) -> None:
     s.connection().execute(stmt)
 
 
+class _Upserts:
+    """The hot path's INSERT … ON CONFLICT statements for one dialect, built once."""
+
+    def __init__(self, dialect: str) -> None:
+        maker: Any = pg_insert if dialect == "postgresql" else sqlite_insert
+        self.nonce = (
+            maker(NONCES)
+            .values({c: bindparam(c) for c in ("node_id", "nonce", "created_at", "expires_at")})
+            .values(used_at=bindparam("created_at"))
+            .on_conflict_do_nothing()
+            .returning(NONCES.c.id)
+        )
+        last: dict[str, Any] = {
+            c: bindparam(c) for c in ("last_at", "last_nonce", "last_quote", "last_signature")
+        }
+        repeat = maker(REPEATS).values(
+            attestation_id=bindparam("attestation_id"),
+            count=1,
+            first_at=bindparam("last_at"),
+            **last,
+        )
+        self.repeat = repeat.on_conflict_do_update(
+            index_elements=["attestation_id"], set_={"count": R.count + 1, **last}
+        ).returning(R.count)
+
+
+_UPSERTS: dict[str, _Upserts] = {}
+
+
+def _upserts(s: Session) -> _Upserts:
+    name = s.get_bind().dialect.name
+    made = _UPSERTS.get(name)
+    if made is None:
+        made = _UPSERTS[name] = _Upserts(name)
+    return made
+
+
 # --- nonces -----------------------------------------------------------------------------------
 
 
 def nonce_used(s: Session, nonce: bytes) -> bool:
     """Whether ``nonce`` was used already (an early refusal; ``use_nonce`` is what decides)."""
-    q = select(NONCES.c.id).where(NONCES.c.nonce == nonce)
-    return s.connection().execute(q).first() is not None
+    return bool(s.connection().execute(select(_NONCE_USED), {"nonce": nonce}).scalar())
 
 
 def use_nonce(
@@ -142,16 +212,9 @@ def use_nonce(
 ) -> bool:
     """Record ``nonce`` as used until it expires; False if any instance used it first (the unique
     column decides, atomically). Expired rows are purged by the retention job, not here."""
-    values = {
-        "node_id": node_id,
-        "nonce": nonce,
-        "created_at": now,
-        "expires_at": expires_at,
-        "used_at": now,
-    }
-    stmt = _dialect_insert(s, NONCES).values(**values).on_conflict_do_nothing()
+    params = {"node_id": node_id, "nonce": nonce, "created_at": now, "expires_at": expires_at}
     # RETURNING says whether a row went in (rowcount is -1 with psycopg's RETURNING).
-    return s.connection().execute(stmt.returning(NONCES.c.id)).first() is not None
+    return s.connection().execute(_upserts(s).nonce, params).first() is not None
 
 
 # --- verdicts ---------------------------------------------------------------------------------
@@ -207,22 +270,34 @@ def update_node(s: Session, node_id: int, values: Mapping[str, Any]) -> None:
     s.connection().execute(update(NODES).where(N.id == node_id).values(**values))
 
 
-def update_unchanged_node(s: Session, snap: NodeSnapshot, values: Mapping[str, Any]) -> bool:
-    """Update a node only if nothing that decided a verdict reuse changed since ``snap`` was
-    read (state, last attestation, verdict key, boot counters); False if something did."""
-    stmt = (
-        update(NODES)
-        .where(
-            N.id == snap.id,
-            N.state == snap.state,
-            N.last_attestation_id == snap.last_attestation_id,
-            N.verdict_key == snap.verdict_key,
-            N.last_reset_count == snap.last_reset_count,
-            N.last_restart_count == snap.last_restart_count,
-        )
-        .values(**values)
-    )
-    result = s.connection().execute(stmt)
+_UNCHANGED = update(NODES).where(
+    N.id == bindparam("b_id"),
+    N.state == bindparam("b_state"),
+    N.last_attestation_id == bindparam("b_last"),
+    N.verdict_key == bindparam("b_key"),
+    N.last_reset_count == bindparam("b_reset"),
+    N.last_restart_count == bindparam("b_restart"),
+)
+_REFRESH = _UNCHANGED.values(
+    last_attested_at=bindparam("last_attested_at"),
+    last_success_at=bindparam("last_success_at"),
+    last_clock=bindparam("last_clock"),
+)
+
+
+def refresh_unchanged_node(s: Session, snap: NodeSnapshot, now: dt.datetime, clock: int) -> bool:
+    """Mark the node freshly attested (trusted, at ``now``, TPM clock ``clock``) only if nothing
+    that decided a verdict reuse changed since ``snap`` was read (state, last attestation,
+    verdict key, boot counters); False if something did."""
+    result = s.connection().execute(
+        _REFRESH,
+        {
+            "b_id": snap.id, "b_state": snap.state, "b_last": snap.last_attestation_id,
+            "b_key": snap.verdict_key, "b_reset": snap.last_reset_count,
+            "b_restart": snap.last_restart_count, "last_attested_at": now,
+            "last_success_at": now, "last_clock": clock,
+        },
+    )  # fmt: skip
     assert isinstance(result, CursorResult)
     return result.rowcount == 1
 
@@ -232,14 +307,11 @@ def add_repeat(
 ) -> int:
     """Count one more unchanged re-attestation of ``attestation_id`` (one row, updated in place);
     returns the new count."""
-    last = {"last_at": now, "last_nonce": nonce, "last_quote": quote, "last_signature": signature}
-    stmt = _dialect_insert(s, REPEATS).values(
-        attestation_id=attestation_id, count=1, first_at=now, **last
-    )
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["attestation_id"], set_={"count": R.count + 1, **last}
-    ).returning(R.count)
-    return int(s.connection().execute(stmt).scalar() or 0)
+    params = {
+        "attestation_id": attestation_id, "last_at": now, "last_nonce": nonce,
+        "last_quote": quote, "last_signature": signature,
+    }  # fmt: skip
+    return int(s.connection().execute(_upserts(s).repeat, params).scalar() or 0)
 
 
 def repeats_of(s: Session, attestation_ids: list[int]) -> dict[int, AttestationRepeat]:

@@ -7,6 +7,7 @@ one attestation, its event log and the node's new state land together or not at 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import secrets
@@ -266,6 +267,7 @@ def nonce_key(s: Session, now: dt.datetime) -> bytes:
     return service_key(s, _NONCE_KEY, now)
 
 
+@functools.lru_cache(maxsize=8)
 def _nonce_keys(secret: bytes) -> tuple[bytes, bytes]:
     return (
         hmac.new(secret, _NONCE_ENC, hashlib.sha256).digest()[:16],
