@@ -52,9 +52,24 @@ def config_file(config: ServiceConfig, path: Path) -> Path:
     return path
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Served:
+    """A running verifier: its URL and its gunicorn master process (workers are its children)."""
+
+    url: str
+    proc: subprocess.Popen[bytes]
+
+
 @contextlib.contextmanager
 def run_server(config: ServiceConfig, *, timeout: float = 30.0) -> Iterator[str]:
     """Serve ``config`` with gunicorn on a free port (the database must be upgraded)."""
+    with serve(config, timeout=timeout) as served:
+        yield served.url
+
+
+@contextlib.contextmanager
+def serve(config: ServiceConfig, *, timeout: float = 30.0) -> Iterator[Served]:
+    """``run_server`` that also hands out the process (to measure its CPU, or to kill it)."""
     port = free_port()
     config = dataclasses.replace(config, bind=f"127.0.0.1:{port}")
     scheme = "https" if config.tls_cert else "http"
@@ -67,8 +82,9 @@ def run_server(config: ServiceConfig, *, timeout: float = 30.0) -> Iterator[str]
         url = f"{scheme}://127.0.0.1:{port}"
         try:
             _wait_healthy(proc, url, timeout, verify=config.tls_cert or True)
-            yield url
+            yield Served(url, proc)
         finally:
+            proc.send_signal(signal.SIGCONT)  # a test may have stopped it
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout=15)
