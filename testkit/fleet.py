@@ -124,17 +124,20 @@ class Tally:
 class Client:
     """One keep-alive HTTP connection per verifier instance (http.client: cheap per request)."""
 
-    def __init__(self, urls: Sequence[str]) -> None:
+    def __init__(self, urls: Sequence[str], timeout: float = 30.0) -> None:
         self.targets = [urllib.parse.urlsplit(u) for u in urls]
         self.conns: dict[int, http.client.HTTPConnection] = {}
+        self.timeout = timeout
 
     def post(self, which: int, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
+        """(status, decoded JSON); a dropped keep-alive connection is retried once, then the
+        OSError is the caller's (the instance is down or frozen)."""
         for attempt in (0, 1):
             conn = self.conns.get(which)
             if conn is None:
                 t = self.targets[which]
                 conn = self.conns[which] = http.client.HTTPConnection(
-                    t.hostname or "127.0.0.1", t.port, timeout=30
+                    t.hostname or "127.0.0.1", t.port, timeout=self.timeout
                 )
             try:
                 conn.request("POST", path, body=body, headers=headers)

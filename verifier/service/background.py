@@ -30,8 +30,6 @@ from .context import Services
 from .inventory import sweep_batch
 
 log = logging.getLogger("assay.verifier.jobs")
-LEASE_TTL = 30.0
-"""Seconds a job's lease lasts without renewal: how soon another instance resumes a dead one."""
 TICK = 2.0
 MAX_BATCHES = 10_000
 """A safety bound on batches per run (each batch renews the lease)."""
@@ -92,14 +90,14 @@ JOBS = (
 def run_job(svc: Services, job: Job) -> int | None:
     """Run ``job`` now if its lease is free (due); the rows it changed, or None if not ours."""
     with svc.store.write() as db:
-        held = leases.acquire(db, job.name, svc.holder, svc.now(), LEASE_TTL)
+        held = leases.acquire(db, job.name, svc.holder, svc.now(), svc.config.lease_ttl)
     if held is None:
         return None
     cursor, total = held.cursor, 0
     for _ in range(MAX_BATCHES):
         now = svc.now()
         with svc.store.write() as db:
-            if not leases.extend(db, held, now, LEASE_TTL):
+            if not leases.extend(db, held, now, svc.config.lease_ttl):
                 log.warning("lost the lease of %s; another instance continues", job.name)
                 return total
             step = job.step(svc, db, cursor, now)
@@ -109,7 +107,7 @@ def run_job(svc: Services, job: Job) -> int | None:
                 leases.finish(db, held, now, due)
                 return total
             cursor = step.cursor
-            leases.extend(db, held, now, LEASE_TTL, cursor)
+            leases.extend(db, held, now, svc.config.lease_ttl, cursor)
     return total
 
 
@@ -121,7 +119,7 @@ def resume_reappraisals(svc: Services) -> int:
     for job_id in pending:
         with svc.store.write() as db:
             lease = reappraisal.job_lease(job_id)
-            held = leases.acquire(db, lease, svc.holder, svc.now(), LEASE_TTL)
+            held = leases.acquire(db, lease, svc.holder, svc.now(), svc.config.lease_ttl)
         if held is not None:
             done += len(reappraisal.run_job(svc, job_id, held))
     return done

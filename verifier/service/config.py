@@ -69,6 +69,9 @@ class ServiceConfig:
     """Failures, reboots and state changes are kept this long (open failures always)."""
     blob_grace: float = 3600.0
     """Seconds an unreferenced event log or verdict is kept before the blob GC deletes it."""
+    lease_ttl: float = 30.0
+    """Seconds a background job's lease lasts unrenewed: how soon another instance resumes the
+    job of an instance that died or froze."""
     statement_timeout: float = 10.0
     """PostgreSQL: the longest one statement may run (seconds), so nothing waits unboundedly."""
     idle_in_transaction_timeout: float = 10.0

@@ -31,6 +31,7 @@ from .golden_policy import Assessment, failed
 
 JOB_BATCH = 200
 LEASE_TTL = 30.0
+"""The lease a new job starts with (its runner renews it with the configured ``lease_ttl``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +141,7 @@ def run_job(svc: Services, job_id: int, held: leases.Held) -> list[Reappraisal]:
     while True:
         now = svc.now()
         with svc.store.write() as db:
-            if not leases.extend(db, held, now, LEASE_TTL):
+            if not leases.extend(db, held, now, svc.config.lease_ttl):
                 return results  # someone else holds it now and continues
             job = db.get(ReappraisalJob, job_id)
             if job is None or job.finished_at is not None:
