@@ -213,3 +213,22 @@ def test_an_unchanged_fleet_reads_no_golden_rows(fleet: Fleet) -> None:
     assert fleet.svc.golden.reloads == 1
     with fleet.store.read() as db:
         assert db.scalar(select(func.count()).select_from(AttestationRepeat)) == 0
+
+
+def test_the_inventory_pages_by_name_and_has_a_names_only_form(fleet: Fleet) -> None:
+    agents = [_agent(fleet, f"p{i}") for i in range(5)]
+    for a in agents[:4]:
+        _first(fleet, a)
+    admin = _admin(fleet)
+    first = fleet.client.get("/v1/nodes?state=trusted&limit=3", headers=admin).json
+    assert [n["name"] for n in first["nodes"]] == ["p0", "p1", "p2"] and first["next"] == "p2"
+    rest = fleet.client.get("/v1/nodes?state=trusted&limit=3&after=p2", headers=admin).json
+    assert ([n["name"] for n in rest["nodes"]], rest["next"]) == (["p3"], None)
+    names = fleet.client.get("/v1/nodes?state=trusted&fields=names", headers=admin).json
+    assert names == {"names": ["p0", "p1", "p2", "p3"]}
+    fleet.clock[0] += dt.timedelta(seconds=181)  # past the window: stale, computed in SQL
+    stale = fleet.client.get("/v1/nodes?state=stale&fields=names", headers=admin).json
+    assert stale["names"] == ["p0", "p1", "p2", "p3"]
+    assert fleet.client.get("/v1/nodes?state=trusted", headers=admin).json["nodes"] == []
+    bad = fleet.client.get("/v1/nodes?fields=all", headers=admin)
+    assert (bad.status_code, bad.json["error"]["code"]) == (400, "bad_query")

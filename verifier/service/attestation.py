@@ -436,6 +436,28 @@ def state_changed(db: Session, change: StateChange) -> None:
 NodeLike = Node | NodeSnapshot
 
 
+def _put_verdict(db: Session, a: Assessment, now: dt.datetime) -> str:
+    digest, canonical = hotpath.canonical_verdict(a.verdict)
+    hotpath.put_verdict(db, digest, canonical, now)
+    return digest
+
+
+class StoredVerdicts:
+    """Verdicts one transaction already stored, by the identity of their assessment: a batch
+    whose nodes share a verdict encodes and stores it once."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, tuple[Assessment, str]] = {}
+
+    def put(self, db: Session, a: Assessment, now: dt.datetime) -> str:
+        known = self._by_id.get(id(a))
+        if known is not None and known[0] is a:
+            return known[1]
+        digest = _put_verdict(db, a, now)
+        self._by_id[id(a)] = (a, digest)  # holding ``a`` keeps its id from being reused
+        return digest
+
+
 def record(
     db: Session,
     node: NodeLike,
@@ -447,6 +469,7 @@ def record(
     quoted_at: dt.datetime,
     reboot: bool = False,
     node_fields: Mapping[str, Any] | None = None,
+    stored: StoredVerdicts | None = None,
 ) -> Recorded:
     """Record an attestation of ``node`` and move the node to its new state, in ``db``'s
     transaction: the one place both new evidence and a re-appraisal are written (Core
@@ -457,9 +480,9 @@ def record(
     for a re-appraisal), so re-appraising old evidence never makes a node fresher than its last
     real attestation. ``node_fields``: more columns of the node to set in the same update. An
     ORM ``Node`` passed in shows the new values afterwards (set as committed, no second flush).
+    ``stored``: verdicts already stored in this transaction (a batch of re-appraisals).
     """
-    digest, canonical = hotpath.canonical_verdict(a.verdict)
-    hotpath.put_verdict(db, digest, canonical, now)
+    digest = stored.put(db, a, now) if stored is not None else _put_verdict(db, a, now)
     row_id = hotpath.insert_attestation(
         db,
         {

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, func, select, update
+from sqlalchemy import Row, Table, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from verifier.appraisal import VerdictStatus
@@ -58,7 +58,7 @@ class NodeView:
     ak_name: bytes
 
     @classmethod
-    def of(cls, node: Node, now: dt.datetime, window: float) -> NodeView:
+    def of(cls, node: Node | Row[Any], now: dt.datetime, window: float) -> NodeView:
         state, reason = effective_state(node, now, window)
         return cls(
             node.name,
@@ -213,7 +213,9 @@ def parse_state(text: str) -> NodeState:
         raise BadRequest("bad_query", f"state must be one of {', '.join(NodeState)}") from None
 
 
-def effective_state(node: Node, now: dt.datetime, window: float) -> tuple[NodeState, str]:
+def effective_state(
+    node: Node | Row[Any], now: dt.datetime, window: float
+) -> tuple[NodeState, str]:
     """(state, reason) as of ``now``: a trusted node past its freshness window reads as stale."""
     if node.state == NodeState.TRUSTED:
         last = node.last_success_at or node.enrolled_at
@@ -225,17 +227,73 @@ def effective_state(node: Node, now: dt.datetime, window: float) -> tuple[NodeSt
 def list_nodes(
     svc: Services, *, state: NodeState | None, labels: Mapping[str, str]
 ) -> list[NodeView]:
+    """Every node (in ``state``, with ``labels``), by name."""
+    return list_page(svc, state=state, labels=labels).nodes
+
+
+@dataclass(frozen=True, slots=True)
+class NodePage:
+    """Nodes in name order; ``next`` is the ``after`` of the next page (None: the last page)."""
+
+    nodes: list[NodeView]
+    next: str | None
+
+
+PAGE_CHUNK = 2000
+
+
+def _state_filter(state: NodeState | None, cutoff: dt.datetime) -> Any:
+    """The stored condition of an effective ``state``: ``stale`` is also a trusted row past its
+    window, and ``trusted`` only a trusted row within it."""
+    c = NODES.c
+    fresh = func.coalesce(c.last_success_at, c.enrolled_at) >= cutoff
+    if state == NodeState.TRUSTED:
+        return and_(c.state == NodeState.TRUSTED, fresh)
+    if state == NodeState.STALE:
+        return or_(c.state == NodeState.STALE, and_(c.state == NodeState.TRUSTED, ~fresh))
+    return None if state is None else c.state == state
+
+
+def list_page(
+    svc: Services,
+    *,
+    state: NodeState | None,
+    labels: Mapping[str, str],
+    after: str = "",
+    limit: int | None = None,
+) -> NodePage:
+    """One page of the inventory in name order after ``after`` (all of it when ``limit`` is
+    None), as of one read; the state filter is applied in SQL, the label selector on the rows."""
     now, window = svc.now(), svc.config.freshness_window
+    where = _state_filter(state, now - dt.timedelta(seconds=window))
+    views: list[NodeView] = []
     with svc.store.read() as db:
-        # "stale" is also derived from "trusted" rows: filter on the computed state.
-        stored = None
-        if state is not None:
-            derived = (NodeState.TRUSTED, NodeState.STALE)
-            stored = list(derived) if state in derived else [state]
-        views = [
-            NodeView.of(n, now, window) for n in repo.list_nodes(db, states=stored, labels=labels)
-        ]
-    return [v for v in views if state is None or v.state == state]
+        while limit is None or len(views) < limit:
+            q = select(NODES).where(NODES.c.name > after).order_by(NODES.c.name).limit(PAGE_CHUNK)
+            rows = db.execute(q if where is None else q.where(where)).all()
+            for row in rows:
+                if repo.selector_matches(labels, row.labels):
+                    views.append(NodeView.of(row, now, window))
+            if len(rows) < PAGE_CHUNK:
+                break
+            after = rows[-1].name
+    if limit is not None and len(views) > limit:
+        views = views[:limit]
+    more = limit is not None and len(views) == limit
+    return NodePage(views, views[-1].name if more and views else None)
+
+
+def list_names(svc: Services, *, state: NodeState | None, labels: Mapping[str, str]) -> list[str]:
+    """The names of every node in ``state`` with ``labels`` (the scheduler's cheap form)."""
+    now, window = svc.now(), svc.config.freshness_window
+    where = _state_filter(state, now - dt.timedelta(seconds=window))
+    cols = [NODES.c.name] + ([NODES.c.labels] if labels else [])
+    q = select(*cols).order_by(NODES.c.name)
+    with svc.store.read() as db:
+        rows = db.execute(q if where is None else q.where(where)).all()
+    if labels:
+        return [r.name for r in rows if repo.selector_matches(labels, r.labels)]
+    return [r.name for r in rows]
 
 
 def get_node(db: Session, name: str) -> Node:

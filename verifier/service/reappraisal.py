@@ -21,13 +21,20 @@ from sqlalchemy.orm import Session
 from assay.errors import MalformedEvidence, VerificationFailed
 from assay.tpm2 import parse_public, verify_quote
 from verifier.appraisal import VerdictStatus
-from verifier.store import leases, repo
+from verifier.store import hotpath, leases, repo
 from verifier.store.models import Attestation, AttestationSource, Node, NodeState, ReappraisalJob
 
-from .attestation import QuotedEvidence, appraise_evidence, pcrs_from_json, record
+from .attestation import (
+    QuotedEvidence,
+    StoredVerdicts,
+    appraise_evidence,
+    pcrs_from_json,
+    record,
+)
 from .context import Services
 from .errors import NotFound
-from .golden_policy import Assessment, failed
+from .golden_policy import Assessment, failed, policy_for
+from .reuse import verdict_key
 
 JOB_BATCH = 200
 LEASE_TTL = 30.0
@@ -73,13 +80,23 @@ def reappraise_nodes(
 
 
 def reappraise_one(
-    svc: Services, db: Session, node: Node, reason: str, actor: str, now: dt.datetime
+    svc: Services,
+    db: Session,
+    node: Node,
+    reason: str,
+    actor: str,
+    now: dt.datetime,
+    *,
+    last: Attestation | None = None,
+    memo: JobMemo | None = None,
 ) -> Reappraisal | None:
-    """One node, in ``db``'s transaction: None when it has no stored evidence."""
-    last = repo.latest_evidence(db, node.id)
+    """One node, in ``db``'s transaction: None when it has no stored evidence. ``last``: its
+    latest evidence when the caller loaded it; ``memo``: verdicts by verdict key, shared by the
+    nodes of one job (each node's quote is still verified with its own AK)."""
+    last = last if last is not None else repo.latest_evidence(db, node.id)
     if last is None:
         return None
-    a = _reassess(svc, db, node, last)
+    a = _reassess(svc, db, node, last, memo)
     rec = record(
         db,
         node,
@@ -89,13 +106,26 @@ def reappraise_one(
         now=now,
         quoted_at=last.created_at,
         node_fields={"verdict_key": None},  # the next evidence is appraised in full
+        stored=None if memo is None else memo.stored,
     )
     details = {"status": a.status, "attestation_id": rec.attestation_id}
     repo.audit(db, actor, "reappraise", node.name, reason, details, now=now)
     return Reappraisal(node.name, a.status, rec.state, a.reason, rec.attestation_id)
 
 
-def _reassess(svc: Services, db: Session, node: Node, last: Attestation) -> Assessment:
+@dataclass
+class JobMemo:
+    """What the nodes of one batch share: the golden version read once, verdicts by verdict
+    key (each node's stored quote is still verified with its own AK), verdicts stored."""
+
+    golden_version: int
+    verdicts: dict[str, Assessment]
+    stored: StoredVerdicts
+
+
+def _reassess(
+    svc: Services, db: Session, node: Node, last: Attestation, memo: JobMemo | None
+) -> Assessment:
     try:
         quote = verify_quote(
             last.quote,
@@ -108,8 +138,15 @@ def _reassess(svc: Services, db: Session, node: Node, last: Attestation) -> Asse
         return failed(VerdictStatus.UNKNOWN, "stored_evidence_invalid", str(exc))
     if last.event_log_sha256 is None:
         return failed(VerdictStatus.UNKNOWN, "event_log_missing", "no event log stored")
-    rows = svc.golden.rows_for(db, node.labels)
-    return appraise_evidence(svc, quote, last.event_log_sha256, None, rows)
+    rows = svc.golden.rows_for(db, node.labels, None if memo is None else memo.golden_version)
+    if memo is None:
+        return appraise_evidence(svc, quote, last.event_log_sha256, None, rows)
+    key = verdict_key(svc, quote, last.event_log_sha256, rows, policy_for(svc, rows))
+    known = memo.verdicts.get(key)
+    if known is None:
+        known = appraise_evidence(svc, quote, last.event_log_sha256, None, rows)
+        memo.verdicts[key] = known
+    return known
 
 
 # --- batched jobs (golden retire / revoke) -------------------------------------------------------
@@ -164,10 +201,17 @@ def _job_batch(
     if not nodes:
         return [], None
     assignments = repo.list_assignments(db)
+    todo = [n for n in nodes if job.golden_name in repo.golden_names_for(n.labels, assignments)]
+    latest = hotpath.latest_evidence_ids(db, [n.id for n in todo])
+    rows = {
+        r.id: r for r in db.scalars(select(Attestation).where(Attestation.id.in_(latest.values())))
+    }
+    memo = JobMemo(hotpath.golden_version(db), {}, StoredVerdicts())
     out: list[Reappraisal] = []
-    for node in nodes:
-        if job.golden_name in repo.golden_names_for(node.labels, assignments):
-            done = reappraise_one(svc, db, node, job.reason, job.actor, now)
+    for node in todo:
+        last = rows.get(latest.get(node.id, -1))
+        if last is not None:
+            done = reappraise_one(svc, db, node, job.reason, job.actor, now, last=last, memo=memo)
             if done is not None:
                 out.append(done)
     return out, nodes[-1].id

@@ -131,8 +131,17 @@ def list_nodes() -> Response:
     state = request.args.get("state")
     wanted = None if state is None else inventory.parse_state(state)
     labels = label_query(request.args.getlist("label"))
-    nodes = inventory.list_nodes(services(), state=wanted, labels=labels)
-    return jsonify({"nodes": [n.to_json() for n in nodes]})
+    fields = request.args.get("fields")
+    if fields is not None and fields != "names":
+        raise BadRequest("bad_query", "fields must be 'names' (the names-only form)")
+    if fields == "names":
+        return jsonify({"names": inventory.list_names(services(), state=wanted, labels=labels)})
+    limit = _int_arg("limit", 0, 1, 10_000) or None
+    after = request.args.get("after", "")
+    if len(after) > 253 or not after.isprintable():
+        raise BadRequest("bad_query", "after must be a node name")
+    page = inventory.list_page(services(), state=wanted, labels=labels, after=after, limit=limit)
+    return jsonify({"nodes": [n.to_json() for n in page.nodes], "next": page.next})
 
 
 @inventory_bp.get("/nodes/<node>")

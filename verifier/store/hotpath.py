@@ -259,15 +259,33 @@ def get_verdict(s: Session, sha256_hex: str) -> dict[str, Any] | None:
 # --- attestations and node state ---------------------------------------------------------------
 
 
+_INSERT_ATTESTATION = ATTESTATIONS.insert()
+_UPDATE_NODE = update(NODES).where(N.id == bindparam("b_node_id"))
+
+
 def insert_attestation(s: Session, values: Mapping[str, Any]) -> int:
-    result = s.connection().execute(ATTESTATIONS.insert().values(**values))
+    """Insert one attestation row (the columns are the keys of ``values``); its id."""
+    result = s.connection().execute(_INSERT_ATTESTATION, dict(values))
     key = result.inserted_primary_key
     assert key is not None
     return int(key[0])
 
 
 def update_node(s: Session, node_id: int, values: Mapping[str, Any]) -> None:
-    s.connection().execute(update(NODES).where(N.id == node_id).values(**values))
+    """Set the columns named by ``values`` on node ``node_id`` (one prebuilt UPDATE)."""
+    s.connection().execute(_UPDATE_NODE, {"b_node_id": node_id, **values})
+
+
+def latest_evidence_ids(s: Session, node_ids: list[int]) -> dict[int, int]:
+    """Each node's newest attestation from its own evidence (not a re-appraisal), by node id."""
+    if not node_ids:
+        return {}
+    q = (
+        select(A.node_id, func.max(A.id))
+        .where(A.node_id.in_(node_ids), A.source == "evidence")
+        .group_by(A.node_id)
+    )
+    return {int(n): int(i) for n, i in s.connection().execute(q)}
 
 
 _UNCHANGED = update(NODES).where(
