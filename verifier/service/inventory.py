@@ -268,13 +268,14 @@ def list_page(
     where = _state_filter(state, now - dt.timedelta(seconds=window))
     views: list[NodeView] = []
     with svc.store.read() as db:
+        chunk = PAGE_CHUNK if labels or limit is None else limit
         while limit is None or len(views) < limit:
-            q = select(NODES).where(NODES.c.name > after).order_by(NODES.c.name).limit(PAGE_CHUNK)
+            q = select(NODES).where(NODES.c.name > after).order_by(NODES.c.name).limit(chunk)
             rows = db.execute(q if where is None else q.where(where)).all()
             for row in rows:
                 if repo.selector_matches(labels, row.labels):
                     views.append(NodeView.of(row, now, window))
-            if len(rows) < PAGE_CHUNK:
+            if len(rows) < chunk:
                 break
             after = rows[-1].name
     if limit is not None and len(views) > limit:
@@ -287,13 +288,14 @@ def list_names(svc: Services, *, state: NodeState | None, labels: Mapping[str, s
     """The names of every node in ``state`` with ``labels`` (the scheduler's cheap form)."""
     now, window = svc.now(), svc.config.freshness_window
     where = _state_filter(state, now - dt.timedelta(seconds=window))
-    cols = [NODES.c.name] + ([NODES.c.labels] if labels else [])
-    q = select(*cols).order_by(NODES.c.name)
-    with svc.store.read() as db:
-        rows = db.execute(q if where is None else q.where(where)).all()
     if labels:
+        q = select(NODES.c.name, NODES.c.labels).order_by(NODES.c.name)
+        with svc.store.read() as db:
+            rows = db.execute(q if where is None else q.where(where)).all()
         return [r.name for r in rows if repo.selector_matches(labels, r.labels)]
-    return [r.name for r in rows]
+    q = select(NODES.c.name).order_by(NODES.c.name)
+    with svc.store.read() as db:
+        return list(db.scalars(q if where is None else q.where(where)))
 
 
 def get_node(db: Session, name: str) -> Node:

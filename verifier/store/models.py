@@ -124,6 +124,7 @@ class Base(DeclarativeBase):
 
 class Node(Base):
     __tablename__ = "nodes"
+    __table_args__ = (Index("ix_nodes_state_name", "state", "name"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(253), unique=True)

@@ -17,7 +17,8 @@ Create Date: 2026-12-01
 - ``leases`` and ``reappraisal_jobs``: background jobs (stale sweep, retention, blob GC, batched
   re-appraisal) run in one instance at a time and resume in another after a crash.
 - ``ix_nonces_expires_at``: used nonces are purged by expiry in batches; indexes on the log
-  digests (``attestations.event_log_sha256``, ``nodes.boot_log_sha256``) for the blob GC.
+  digests (``attestations.event_log_sha256``, ``nodes.boot_log_sha256``) for the blob GC;
+  ``ix_nodes_state_name`` for inventory pages of one state in name order.
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ def upgrade() -> None:
         batch_op.create_index(
             batch_op.f("ix_nodes_boot_log_sha256"), ["boot_log_sha256"], unique=False
         )
+        batch_op.create_index("ix_nodes_state_name", ["state", "name"], unique=False)
     with op.batch_alter_table("nonces", schema=None) as batch_op:
         batch_op.create_index("ix_nonces_expires_at", ["expires_at"], unique=False)
 
@@ -104,6 +106,7 @@ def downgrade() -> None:
     with op.batch_alter_table("nonces", schema=None) as batch_op:
         batch_op.drop_index("ix_nonces_expires_at")
     with op.batch_alter_table("nodes", schema=None) as batch_op:
+        batch_op.drop_index("ix_nodes_state_name")
         batch_op.drop_index(batch_op.f("ix_nodes_boot_log_sha256"))
         batch_op.drop_column("last_clock")
         batch_op.drop_column("verdict_key")
