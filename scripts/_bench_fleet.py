@@ -65,7 +65,7 @@ def bench_inventory(url: str, nodes: int = 100_000) -> dict[str, Any]:
             "last_success_at": now,
             "replace_allowed": False,
             "golden_versions": ["fleet@1"],
-        }  # fmt: skip
+        }
         for i in range(nodes)
     ]
     with store.write() as db:
