@@ -15,6 +15,7 @@ raises is re-raised as ``StoreUnavailable`` (busy or down), which the API answer
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -172,6 +173,11 @@ class Store:
         self.url = database_url(url)
         self.engine = make_engine(self.url, lock_timeout, statement_timeout, idle_timeout)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
+        self.lock_timeout = lock_timeout
+        # SQLite has one writer at a time: the requests of one process queue for it here, in
+        # order and without a connection, instead of all polling the file lock (under load the
+        # unluckiest then waited past the lock timeout: "database is locked").
+        self._writer = threading.Lock() if self.is_sqlite else None
         writer = self.engine
         if self.is_sqlite:
             writer = self.engine.execution_options(sqlite_begin="IMMEDIATE")
@@ -186,8 +192,28 @@ class Store:
     @contextlib.contextmanager
     def write(self) -> Iterator[Session]:
         """One transaction: committed when the block ends normally, rolled back otherwise."""
-        with _unavailable_as_domain_error(), self._write() as session, session.begin():
+        with (
+            self._one_writer(),
+            _unavailable_as_domain_error(),
+            self._write() as session,
+            session.begin(),
+        ):
             yield session
+
+    @contextlib.contextmanager
+    def _one_writer(self) -> Iterator[None]:
+        """On SQLite, this process's writers one at a time (FIFO; cooperative under gevent),
+        waiting at most the lock timeout; nothing on PostgreSQL (row locks, not a file lock)."""
+        lock = self._writer
+        if lock is None:
+            yield
+            return
+        if not lock.acquire(timeout=self.lock_timeout):
+            raise StoreUnavailable("the database is locked by this process's writers", busy=True)
+        try:
+            yield
+        finally:
+            lock.release()
 
     def close(self) -> None:
         self.engine.dispose()
