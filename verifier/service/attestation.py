@@ -27,7 +27,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -458,6 +458,19 @@ class StoredVerdicts:
         return digest
 
 
+@dataclass(frozen=True, slots=True)
+class ToRecord:
+    """One attestation for ``record_many``: what ``record`` takes for one node."""
+
+    node: NodeLike
+    evidence: QuotedEvidence
+    assessment: Assessment
+    source: AttestationSource
+    quoted_at: dt.datetime
+    reboot: bool = False
+    node_fields: Mapping[str, Any] | None = None
+
+
 def record(
     db: Session,
     node: NodeLike,
@@ -469,32 +482,74 @@ def record(
     quoted_at: dt.datetime,
     reboot: bool = False,
     node_fields: Mapping[str, Any] | None = None,
-    stored: StoredVerdicts | None = None,
 ) -> Recorded:
     """Record an attestation of ``node`` and move the node to its new state, in ``db``'s
-    transaction: the one place both new evidence and a re-appraisal are written (Core
-    statements: the verdict once per digest, the attestation row, one update of the node).
+    transaction: the one place both new evidence and a re-appraisal are written.
 
     A quarantined node stays quarantined. Freshness comes only from the quote: ``quoted_at`` is
     when the appraised quote was verified (``now`` for new evidence, the stored evidence's time
     for a re-appraisal), so re-appraising old evidence never makes a node fresher than its last
     real attestation. ``node_fields``: more columns of the node to set in the same update. An
     ORM ``Node`` passed in shows the new values afterwards (set as committed, no second flush).
-    ``stored``: verdicts already stored in this transaction (a batch of re-appraisals).
     """
-    digest = stored.put(db, a, now) if stored is not None else _put_verdict(db, a, now)
-    row_id = hotpath.insert_attestation(
-        db,
-        {
-            "node_id": node.id, "created_at": now, "source": source, "status": a.status,
-            "reason": a.reason, "verdict": None, "verdict_sha256": digest, "nonce": ev.nonce,
-            "quote": ev.quote, "signature": ev.signature, "pcrs": dict(ev.pcrs),
-            "event_log_sha256": ev.event_log_sha256, "agent_version": ev.agent_version,
-            "reset_count": ev.reset_count, "restart_count": ev.restart_count, "reboot": reboot,
-            "golden_versions": list(a.golden),
-        },
-    )  # fmt: skip
+    item = ToRecord(node, ev, a, source, quoted_at, reboot, node_fields)
+    return record_many(db, [item], now=now)[0]
+
+
+def record_many(
+    db: Session,
+    items: Sequence[ToRecord],
+    *,
+    now: dt.datetime,
+    stored: StoredVerdicts | None = None,
+) -> list[Recorded]:
+    """``record`` for several nodes at once (a batch of re-appraisals): each verdict stored once,
+    the attestation rows in one INSERT … RETURNING, the node updates as one executemany per set
+    of columns, then ``state_changed`` for each node whose state moved."""
+    stored = stored if stored is not None else StoredVerdicts()
+    rows = [_attestation_row(i, stored.put(db, i.assessment, now), now) for i in items]
+    ids = hotpath.insert_attestations(db, rows)
+    moves = [_node_values(i, row_id, now) for i, row_id in zip(items, ids, strict=True)]
+    hotpath.update_nodes(db, [(i.node.id, m.values) for i, m in zip(items, moves, strict=True)])
+    out = []
+    for item, row_id, move in zip(items, ids, moves, strict=True):
+        node = item.node
+        if isinstance(node, Node):
+            for name, value in move.values.items():
+                set_committed_value(node, name, value)
+        if move.new != move.old:
+            reason = item.assessment.reason
+            state_changed(
+                db, StateChange(node.id, node.name, move.old, move.new, reason, now, row_id)
+            )
+        out.append(Recorded(row_id, move.new))
+    return out
+
+
+def _attestation_row(item: ToRecord, digest: str, now: dt.datetime) -> dict[str, Any]:
+    ev, a = item.evidence, item.assessment
+    return {
+        "node_id": item.node.id, "created_at": now, "source": item.source, "status": a.status,
+        "reason": a.reason, "verdict": None, "verdict_sha256": digest, "nonce": ev.nonce,
+        "quote": ev.quote, "signature": ev.signature, "pcrs": dict(ev.pcrs),
+        "event_log_sha256": ev.event_log_sha256, "agent_version": ev.agent_version,
+        "reset_count": ev.reset_count, "restart_count": ev.restart_count, "reboot": item.reboot,
+        "golden_versions": list(a.golden),
+    }  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class _Move:
+    values: dict[str, Any]
+    old: NodeState
+    new: NodeState
+
+
+def _node_values(item: ToRecord, row_id: int, now: dt.datetime) -> _Move:
+    """The node's new columns after this attestation (the state rules of ``record``)."""
+    node, a = item.node, item.assessment
     values: dict[str, Any] = {"last_attestation_id": row_id, "golden_versions": list(a.golden)}
+    quoted_at = item.quoted_at
     if a.status == VerdictStatus.TRUSTED and (node.last_success_at or quoted_at) <= quoted_at:
         values["last_success_at"] = quoted_at
     old = new = node.state
@@ -503,14 +558,8 @@ def record(
         if new != old:
             values["state_since"] = now
         values["state"], values["reason"] = new, a.reason
-    values.update(node_fields or {})
-    hotpath.update_node(db, node.id, values)
-    if isinstance(node, Node):
-        for name, value in values.items():
-            set_committed_value(node, name, value)
-    if new != old:
-        state_changed(db, StateChange(node.id, node.name, old, new, a.reason, now, row_id))
-    return Recorded(row_id, new)
+    values.update(item.node_fields or {})
+    return _Move(values, old, new)
 
 
 def pcrs_json(pcrs: Any) -> dict[str, dict[str, str]]:

@@ -27,9 +27,10 @@ from verifier.store.models import Attestation, AttestationSource, Node, NodeStat
 from .attestation import (
     QuotedEvidence,
     StoredVerdicts,
+    ToRecord,
     appraise_evidence,
     pcrs_from_json,
-    record,
+    record_many,
 )
 from .context import Services
 from .errors import NotFound
@@ -75,42 +76,37 @@ def reappraise_nodes(
     now = svc.now()
     with svc.store.write() as db:
         nodes = repo.list_nodes(db) if names is None else [_node(db, n) for n in names]
-        done = (reappraise_one(svc, db, node, reason, actor, now) for node in nodes)
-        return [r for r in done if r is not None]
+        return reappraise_batch(svc, db, nodes, reason, actor, now)
 
 
-def reappraise_one(
-    svc: Services,
-    db: Session,
-    node: Node,
-    reason: str,
-    actor: str,
-    now: dt.datetime,
-    *,
-    last: Attestation | None = None,
-    memo: JobMemo | None = None,
-) -> Reappraisal | None:
-    """One node, in ``db``'s transaction: None when it has no stored evidence. ``last``: its
-    latest evidence when the caller loaded it; ``memo``: verdicts by verdict key, shared by the
-    nodes of one job (each node's quote is still verified with its own AK)."""
-    last = last if last is not None else repo.latest_evidence(db, node.id)
-    if last is None:
-        return None
-    a = _reassess(svc, db, node, last, memo)
-    rec = record(
-        db,
-        node,
-        QuotedEvidence.of(last),
-        a,
-        source=AttestationSource.REAPPRAISAL,
-        now=now,
-        quoted_at=last.created_at,
-        node_fields={"verdict_key": None},  # the next evidence is appraised in full
-        stored=None if memo is None else memo.stored,
-    )
-    details = {"status": a.status, "attestation_id": rec.attestation_id}
-    repo.audit(db, actor, "reappraise", node.name, reason, details, now=now)
-    return Reappraisal(node.name, a.status, rec.state, a.reason, rec.attestation_id)
+def reappraise_batch(
+    svc: Services, db: Session, nodes: Sequence[Node], reason: str, actor: str, now: dt.datetime
+) -> list[Reappraisal]:
+    """Re-appraise ``nodes`` in ``db``'s transaction (those without stored evidence are left
+    as they are): their latest evidence read in two queries, verdicts shared by verdict key
+    (each stored quote still verified with its own AK), all recorded by ``record_many``."""
+    latest = hotpath.latest_evidence_ids(db, [n.id for n in nodes])
+    ids = list(latest.values())
+    rows = {r.id: r for r in db.scalars(select(Attestation).where(Attestation.id.in_(ids)))}
+    memo = JobMemo(hotpath.golden_version(db), {}, StoredVerdicts())
+    items: list[ToRecord] = []
+    for node in nodes:
+        last = rows.get(latest.get(node.id, -1))
+        if last is not None:
+            a = _reassess(svc, db, node, last, memo)
+            fields = {"verdict_key": None}  # the next evidence is appraised in full
+            source = AttestationSource.REAPPRAISAL
+            items.append(
+                ToRecord(node, QuotedEvidence.of(last), a, source, last.created_at, False, fields)
+            )
+    done = record_many(db, items, now=now, stored=memo.stored)
+    out = []
+    for item, rec in zip(items, done, strict=True):
+        a = item.assessment
+        details = {"status": a.status, "attestation_id": rec.attestation_id}
+        repo.audit(db, actor, "reappraise", item.node.name, reason, details, now=now)
+        out.append(Reappraisal(item.node.name, a.status, rec.state, a.reason, rec.attestation_id))
+    return out
 
 
 @dataclass
@@ -202,19 +198,7 @@ def _job_batch(
         return [], None
     assignments = repo.list_assignments(db)
     todo = [n for n in nodes if job.golden_name in repo.golden_names_for(n.labels, assignments)]
-    latest = hotpath.latest_evidence_ids(db, [n.id for n in todo])
-    rows = {
-        r.id: r for r in db.scalars(select(Attestation).where(Attestation.id.in_(latest.values())))
-    }
-    memo = JobMemo(hotpath.golden_version(db), {}, StoredVerdicts())
-    out: list[Reappraisal] = []
-    for node in todo:
-        last = rows.get(latest.get(node.id, -1))
-        if last is not None:
-            done = reappraise_one(svc, db, node, job.reason, job.actor, now, last=last, memo=memo)
-            if done is not None:
-                out.append(done)
-    return out, nodes[-1].id
+    return reappraise_batch(svc, db, todo, job.reason, job.actor, now), nodes[-1].id
 
 
 def pending_jobs(db: Session) -> list[int]:

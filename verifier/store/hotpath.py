@@ -271,6 +271,26 @@ def insert_attestation(s: Session, values: Mapping[str, Any]) -> int:
     return int(key[0])
 
 
+_INSERT_RETURNING = ATTESTATIONS.insert().returning(A.id, sort_by_parameter_order=True)
+
+
+def insert_attestations(s: Session, rows: list[dict[str, Any]]) -> list[int]:
+    """Insert attestation rows (all with the same columns) in one INSERT … RETURNING (batched
+    by SQLAlchemy's insertmanyvalues); their ids, in the order of ``rows``."""
+    if len(rows) <= 1:
+        return [insert_attestation(s, r) for r in rows]
+    return [int(i) for (i,) in s.connection().execute(_INSERT_RETURNING, rows)]
+
+
+def update_nodes(s: Session, updates: list[tuple[int, Mapping[str, Any]]]) -> None:
+    """Set columns on several nodes: one executemany per set of column names."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for node_id, values in updates:
+        groups.setdefault(tuple(sorted(values)), []).append({"b_node_id": node_id, **values})
+    for params in groups.values():
+        s.connection().execute(_UPDATE_NODE, params)
+
+
 def update_node(s: Session, node_id: int, values: Mapping[str, Any]) -> None:
     """Set the columns named by ``values`` on node ``node_id`` (one prebuilt UPDATE)."""
     s.connection().execute(_UPDATE_NODE, {"b_node_id": node_id, **values})
