@@ -89,6 +89,10 @@ JOBS = (
 
 def run_job(svc: Services, job: Job) -> int | None:
     """Run ``job`` now if its lease is free (due); the rows it changed, or None if not ours."""
+    with svc.store.read() as db:  # most ticks find it held or not due: no write for that
+        current = leases.holder_of(db, job.name)
+    if current is not None and current[1] > svc.now():
+        return None
     with svc.store.write() as db:
         held = leases.acquire(db, job.name, svc.holder, svc.now(), svc.config.lease_ttl)
     if held is None:
