@@ -69,7 +69,7 @@ def main() -> int:
         upgrade(store)
         config = ServiceConfig(
             database=url, workers=args.workers, client_rate=1e9, client_burst=1e9,
-            attest_interval=max(args.interval, 1.0), log_cache_size=4096,
+            attest_interval=max(args.interval, 60.0), log_cache_size=4096,
         )  # fmt: skip
         fleet.install_golden(Services(config=config, store=store), logs)
         agents = fleet.make_agents(spec, logs)
@@ -99,14 +99,18 @@ def run(
         tally = fleet.Tally()
         cpu0, gen0 = fleet.process_cpu(pids), fleet.own_cpu()
         first_wall = fleet.phase_first(urls, agents, spec, tally)
-        horizon = dt.timedelta(seconds=max(config.nonce_lifetime, config.freshness_window) + 1)
-        before, res0 = fleet.bytes_now(store, horizon), tally.kinds["re"]
+        kinds0 = fleet.Counter(tally.kinds)
         steady_wall = fleet.phase_steady(urls, agents, spec, tally, logs)
+        steady = fleet.Counter(tally.kinds)
+        steady.subtract(kinds0)
         cpu = {"server": fleet.process_cpu(pids) - cpu0, "generator": fleet.own_cpu() - gen0}
+        # Bytes per unchanged re-attestation: one quiet round (no events), used nonces purged.
+        horizon = dt.timedelta(seconds=max(config.nonce_lifetime, config.freshness_window) + 1)
+        before = fleet.bytes_now(store, horizon)
+        counted = fleet.phase_quiet(urls, agents, spec, tally)
         time.sleep(0.5)
-        grown = fleet.bytes_now(store, horizon) - before
-        per = grown / max(1, tally.kinds["re"] - res0)
-        out = fleet.summary(spec, tally, first_wall, steady_wall, cpu, per)
+        per = (fleet.bytes_now(store, horizon) - before) / max(1, counted)
+        out = fleet.summary(spec, tally, (first_wall, steady_wall), steady, cpu, per)
         out["states"] = fleet.states(store, config)
         return out
 

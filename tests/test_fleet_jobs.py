@@ -88,8 +88,8 @@ def test_a_lease_has_one_holder_and_a_late_holder_cannot_commit(fleet: Fleet) ->
 def test_the_stale_sweep_runs_on_a_timer_without_any_read(fleet: Fleet) -> None:
     agent = _agent(fleet)
     _first(fleet, agent)
-    fleet.clock[0] += dt.timedelta(seconds=181)  # past 3 x 60 s
-    assert background.run_job(fleet.svc, background.JOBS[0]) == 1
+    fleet.clock[0] += dt.timedelta(seconds=181)  # past 3 x 60 s; the used nonce expired too
+    assert background.run_job(fleet.svc, background.JOBS[0]) == 2
     with fleet.store.read() as db:
         node = repo.get_node(db, "n1")
         assert node is not None and node.state == "stale"
@@ -149,7 +149,7 @@ def test_used_nonces_are_purged_after_they_expire(fleet: Fleet) -> None:
     _first(fleet, agent)
     assert fleet.count(Nonce) == 1
     fleet.clock[0] += dt.timedelta(hours=2)
-    assert background.run_job(fleet.svc, background.JOBS[1]) == 1
+    assert background.run_job(fleet.svc, background.JOBS[0]) == 2  # the nonce, and n1 stale
     assert fleet.count(Nonce) == 0
 
 

@@ -1,7 +1,7 @@
 """Background jobs: each runs in whichever worker of whichever instance holds its lease.
 
-Jobs (``JOBS``): the stale sweep (every ``sweep_interval``), retention of attestations and used
-nonces and the blob GC (every ``retention_interval``), and unfinished re-appraisal jobs (a
+Jobs (``JOBS``): the stale sweep with the purge of expired used nonces (every
+``sweep_interval``), retention of attestations and the blob GC (every ``retention_interval``), and unfinished re-appraisal jobs (a
 golden retire or revoke whose instance died). Each job runs batch by batch, one transaction per
 batch that also renews the lease and saves the cursor (``verifier.store.leases``): it never runs
 twice at once, resumes from its cursor in another instance after a kill, and holds its lease
@@ -47,13 +47,18 @@ StepFn = Callable[[Services, Session, str, dt.datetime], Step]
 
 
 def _sweep(svc: Services, db: Session, cursor: str, now: dt.datetime) -> Step:
-    names, after = sweep_batch(svc, db, int(cursor or 0), now, "sweep")
+    """Expired used nonces first (cursor ``""``/``nonces``: a batch at a time, so the table holds
+    about rate x lifetime rows), then the stale sweep from node id ``cursor``."""
+    if cursor in ("", "nonces"):
+        purged = maintenance.purge_nonces(db, now)
+        return Step(purged, "nonces" if purged >= maintenance.NONCE_BATCH else "0")
+    names, after = sweep_batch(svc, db, int(cursor), now, "sweep")
     return Step(len(names), None if after is None else str(after))
 
 
 def _retention(svc: Services, db: Session, cursor: str, now: dt.datetime) -> Step:
     cfg = svc.config
-    purged = maintenance.purge_nonces(db, now) if not cursor else 0
+    purged = 0
     policy = maintenance.Retention(
         dt.timedelta(days=cfg.retain_success_days), dt.timedelta(days=cfg.retain_failure_days)
     )

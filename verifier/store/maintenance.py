@@ -112,7 +112,10 @@ def retention_batch(
     return Batch(len(doomed), None if finished else int(rows[-1].id))
 
 
-def purge_nonces(s: Session, now: dt.datetime, size: int = 5000) -> int:
+NONCE_BATCH = 5000
+
+
+def purge_nonces(s: Session, now: dt.datetime, size: int = NONCE_BATCH) -> int:
     """Forget used nonces past their expiry (they can no longer be presented)."""
     ids = select(Nonce.id).where(Nonce.expires_at <= now).limit(size).scalar_subquery()
     result = s.execute(delete(Nonce).where(Nonce.id.in_(ids)))
