@@ -232,3 +232,28 @@ def test_the_inventory_pages_by_name_and_has_a_names_only_form(fleet: Fleet) -> 
     assert fleet.client.get("/v1/nodes?state=trusted", headers=admin).json["nodes"] == []
     bad = fleet.client.get("/v1/nodes?fields=all", headers=admin)
     assert (bad.status_code, bad.json["error"]["code"]) == (400, "bad_query")
+
+
+def test_state_changed_is_called_for_each_change_and_never_for_a_repeat(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from verifier.service import attestation, inventory
+
+    seen: list[tuple[str, str, str, int | None]] = []
+
+    def hook(db: object, change: attestation.StateChange) -> None:
+        seen.append((change.node, change.old, change.new, change.attestation_id))
+
+    monkeypatch.setattr(attestation, "state_changed", hook)
+    monkeypatch.setattr(inventory, "state_changed", hook)
+    agent = _agent(fleet)
+    first = _first(fleet, agent)
+    nonce = bytes.fromhex(first["next_challenge"]["nonce"])
+    again = fleet.post(agent, nonce, send_log=False)
+    assert again.json["repeat"] == 1
+    fleet.clock[0] += dt.timedelta(seconds=181)
+    inventory.sweep_stale(fleet.svc)
+    assert seen == [
+        ("n1", "enrolled", "trusted", int(first["attestation_id"])),
+        ("n1", "trusted", "stale", None),
+    ]

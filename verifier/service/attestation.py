@@ -412,16 +412,23 @@ class Recorded:
 
 @dataclass(frozen=True, slots=True)
 class StateChange:
-    """A node moved from ``old`` to ``new`` (inside the transaction that moved it)."""
+    """A node's standing moved from (``old``, ``old_reason``) to (``new``, ``reason``), inside
+    the transaction that moved it; callers pass only real changes (state or reason differ)."""
 
     node_id: int
     node: str
     old: NodeState
+    old_reason: str
     new: NodeState
     reason: str
     at: dt.datetime
     attestation_id: int | None
     """The attestation that moved it; None for the stale sweep and admin actions."""
+    golden: tuple[str, ...] = ()
+
+    @property
+    def changed(self) -> bool:
+        return (self.old, self.old_reason) != (self.new, self.reason)
 
 
 def state_changed(db: Session, change: StateChange) -> None:
@@ -429,7 +436,8 @@ def state_changed(db: Session, change: StateChange) -> None:
     it (``record`` for new evidence and re-appraisals, the stale sweep, quarantine, release).
 
     It does nothing yet: outboxes (webhooks) and metrics hook in here, writing in ``db`` so what
-    they record commits or rolls back with the change itself."""
+    they record commits or rolls back with the change itself. An unchanged re-attestation never
+    comes here (its state and reason stay as they are by construction)."""
     del db, change
 
 
@@ -517,11 +525,12 @@ def record_many(
         if isinstance(node, Node):
             for name, value in move.values.items():
                 set_committed_value(node, name, value)
-        if move.new != move.old:
-            reason = item.assessment.reason
-            state_changed(
-                db, StateChange(node.id, node.name, move.old, move.new, reason, now, row_id)
-            )
+        change = StateChange(
+            node.id, node.name, move.old, move.old_reason, move.new, move.reason, now, row_id,
+            tuple(item.assessment.golden),
+        )  # fmt: skip
+        if change.changed:
+            state_changed(db, change)
         out.append(Recorded(row_id, move.new))
     return out
 
@@ -542,7 +551,9 @@ def _attestation_row(item: ToRecord, digest: str, now: dt.datetime) -> dict[str,
 class _Move:
     values: dict[str, Any]
     old: NodeState
+    old_reason: str
     new: NodeState
+    reason: str
 
 
 def _node_values(item: ToRecord, row_id: int, now: dt.datetime) -> _Move:
@@ -553,13 +564,14 @@ def _node_values(item: ToRecord, row_id: int, now: dt.datetime) -> _Move:
     if a.status == VerdictStatus.TRUSTED and (node.last_success_at or quoted_at) <= quoted_at:
         values["last_success_at"] = quoted_at
     old = new = node.state
+    reason = node.reason
     if node.state != NodeState.QUARANTINED:
-        new = NodeState.after(a.status)
+        new, reason = NodeState.after(a.status), a.reason
         if new != old:
             values["state_since"] = now
-        values["state"], values["reason"] = new, a.reason
+        values["state"], values["reason"] = new, reason
     values.update(item.node_fields or {})
-    return _Move(values, old, new)
+    return _Move(values, old, node.reason, new, reason)
 
 
 def pcrs_json(pcrs: Any) -> dict[str, dict[str, str]]:

@@ -355,13 +355,20 @@ def sweep_batch(
     last = func.coalesce(NODES.c.last_success_at, NODES.c.enrolled_at)
     cutoff = now - dt.timedelta(seconds=window)
     rows = db.execute(
-        select(NODES.c.id, NODES.c.name, NODES.c.last_success_at, NODES.c.enrolled_at)
+        select(
+            NODES.c.id,
+            NODES.c.name,
+            NODES.c.last_success_at,
+            NODES.c.enrolled_at,
+            NODES.c.reason,
+            NODES.c.golden_versions,
+        )
         .where(NODES.c.state == NodeState.TRUSTED, NODES.c.id > after, last < cutoff)
         .order_by(NODES.c.id)
         .limit(SWEEP_BATCH)
     ).all()
     changed = []
-    for node_id, name, success, enrolled in rows:
+    for node_id, name, success, enrolled, was, golden in rows:
         reason = f"no successful attestation since {iso(success or enrolled)}"
         moved = db.execute(
             update(NODES)
@@ -371,8 +378,9 @@ def sweep_batch(
         if getattr(moved, "rowcount", 0) == 1:  # not re-attested meanwhile
             repo.audit(db, actor, "stale", name, reason, now=now)
             change = StateChange(
-                node_id, name, NodeState.TRUSTED, NodeState.STALE, reason, now, None
-            )
+                node_id, name, NodeState.TRUSTED, was, NodeState.STALE, reason, now, None,
+                tuple(golden or ()),
+            )  # fmt: skip
             state_changed(db, change)
             changed.append(name)
     return changed, (rows[-1][0] if len(rows) == SWEEP_BATCH else None)
@@ -384,11 +392,14 @@ def quarantine(svc: Services, name: str, reason: str, actor: str) -> NodeView:
         node = get_node(db, name)
         if node.state == NodeState.QUARANTINED:
             raise Conflict("already_quarantined", f"node {name!r} is already quarantined")
-        old = node.state
+        old, was = node.state, node.reason
         node.state, node.state_since = NodeState.QUARANTINED, now
         node.reason = f"quarantined: {reason}"
         repo.audit(db, actor, "quarantine", name, reason, now=now)
-        state_changed(db, StateChange(node.id, name, old, node.state, node.reason, now, None))
+        change = StateChange(
+            node.id, name, old, was, node.state, node.reason, now, None, tuple(node.golden_versions)
+        )
+        state_changed(db, change)
         return NodeView.of(node, now, svc.config.freshness_window)
 
 
@@ -400,13 +411,15 @@ def release(svc: Services, name: str, reason: str, actor: str) -> NodeView:
         if node.state != NodeState.QUARANTINED:
             raise Conflict("not_quarantined", f"node {name!r} is not quarantined")
         last = db.get(Attestation, node.last_attestation_id) if node.last_attestation_id else None
+        was = node.reason
         node.state = NodeState.after(last.status) if last else NodeState.ENROLLED
         node.reason = last.reason if last else "enrolled; awaiting the first attestation"
         node.state_since = now
         repo.audit(db, actor, "release", name, reason, now=now)
         change = StateChange(
-            node.id, name, NodeState.QUARANTINED, node.state, node.reason, now, None
-        )
+            node.id, name, NodeState.QUARANTINED, was, node.state, node.reason, now, None,
+            tuple(node.golden_versions),
+        )  # fmt: skip
         state_changed(db, change)
         return NodeView.of(node, now, svc.config.freshness_window)
 
