@@ -6,11 +6,13 @@ hash. ``replay_ima`` / ``replay_from`` compute PCR values from boot or from a st
 incremental path: only new entries). ``verify_ima`` checks a replay against a ``VerifiedQuote`` and
 yields a :class:`VerifiedImaLog`, what runtime policy judges; ``assume_quoted_for_review`` yields a
 :class:`ReviewedImaLog` for offline use. ``boot_aggregate`` says what the first entry must hold
-given quoted PCR0–9. No I/O and no policy here.
+given quoted PCR0–9. ``verify_signature`` (ima-sig v2/v3) and ``verify_modsig`` (an appended
+PKCS#7) check a signature with the keys a caller trusts. No I/O and no policy here.
 """
 
 from ._critical import SELINUX_POLICY_HASH, SELINUX_STATE, SelinuxState, parse_selinux_state
 from ._formats import BANK_OF_NAME, TEMPLATES, template_fields
+from ._modsig import ModuleSignature, parse_module_signature, verify_modsig
 from ._parse import (
     MAX_IMA_LOG_SIZE,
     ImaEntry,
@@ -28,7 +30,16 @@ from ._replay import (
     replay_from,
     replay_ima,
 )
-from ._sig import ImaKey, ImaSignature, keyid_of, load_key, parse_signature, verify_signature
+from ._sig import (
+    ImaKey,
+    ImaSignature,
+    file_id_hash,
+    key_of_certificate,
+    keyid_of,
+    load_key,
+    parse_signature,
+    verify_signature,
+)
 from ._verify import (
     BOOT_AGGREGATE,
     BootAggregate,
@@ -59,20 +70,25 @@ __all__ = [
     "ImaReplayError",
     "ImaSignature",
     "ModSig",
+    "ModuleSignature",
     "ReviewedImaLog",
     "SelinuxState",
     "VerifiedImaLog",
     "assume_quoted_for_review",
     "boot_aggregate",
     "escape_name",
+    "file_id_hash",
+    "key_of_certificate",
     "keyid_of",
     "load_key",
     "parse_ima_log",
+    "parse_module_signature",
     "parse_selinux_state",
     "parse_signature",
     "replay_from",
     "replay_ima",
     "template_fields",
     "verify_ima",
+    "verify_modsig",
     "verify_signature",
 ]

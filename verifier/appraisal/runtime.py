@@ -43,6 +43,7 @@ from assay.ima import (
     ImaKey,
     boot_aggregate,
     parse_selinux_state,
+    verify_modsig,
     verify_signature,
 )
 from assay.ima._replay import Pcrs
@@ -277,12 +278,21 @@ def _judge(e: ImaEntry, c: CompiledRuntime) -> Check | None:
 
 
 def _signature_problem(e: ImaEntry, keys: tuple[ImaKey, ...]) -> str | None:
-    if e.sig is None:
-        if e.modsig is not None:
-            return "it carries only an appended (modsig) signature, which Assay does not verify"
-        return "the entry carries no signature"
-    outcome, why = verify_signature(e.sig, e.digest_alg, e.digest, keys)
-    return None if outcome == "valid" else why
+    """None when the entry's xattr signature (v2/v3) or its appended signature (modsig) is valid
+    by one of ``keys`` (either suffices, as for the kernel's ``appraise_type=imasig|modsig``);
+    else why neither is."""
+    problems = []
+    if e.sig is not None:
+        outcome, why = verify_signature(e.sig, e.digest_alg, e.digest, keys)
+        if outcome == "valid":
+            return None
+        problems.append(why)
+    if e.modsig is not None:
+        outcome, why = verify_modsig(e.modsig, keys)
+        if outcome == "valid":
+            return None
+        problems.append(why)
+    return "; ".join(problems) or "the entry carries no signature"
 
 
 def _judge_digest(
