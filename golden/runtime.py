@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
-from assay.ima import ImaKey
+from cryptography import x509
+
+from assay.ima import ImaKey, is_keyring_name
 
 from .model import Digests
 
@@ -56,6 +58,15 @@ class SigningKey:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyringCa:
+    """A CA whose direct signature a key loaded onto a trusted keyring must carry."""
+
+    label: str
+    pem: str
+    cert: x509.Certificate
+
+
+@dataclass(frozen=True, slots=True)
 class Selinux:
     """SELinux expectations, from the ``selinux-state`` / ``selinux-policy-hash`` critical data.
 
@@ -83,6 +94,11 @@ class RuntimePolicy:
     * ``keys`` / ``require_signatures`` / ``approve_signed``: files matching a
       ``require_signatures`` glob must carry a valid signature by one of ``keys``; with
       ``approve_signed``, such a signature alone approves a file that ``files`` does not list.
+    * ``trusted_keyrings`` / ``keyring_cas``: keys the list itself loads onto these kernel
+      keyrings (``ima-buf`` entries of ``measure func=KEY_CHECK``) count as this policy's keys
+      for the entries after the load — never before it, and never from another keyring; with
+      ``keyring_cas`` such a key must be a certificate one of them issued directly. A load that
+      qualifies is an approved entry; one that does not fails unless ``buffers`` approves it.
     * ``selinux``: None when this policy says nothing about SELinux.
     * ``require_boot_aggregate``: the list must start with a boot_aggregate matching the quoted
       PCR0–7 (SHA-1) or PCR0–9.
@@ -105,14 +121,25 @@ class RuntimePolicy:
     approve_signed: bool = False
     selinux: Selinux | None = None
     require_boot_aggregate: bool = True
+    trusted_keyrings: tuple[str, ...] = ()
+    keyring_cas: tuple[KeyringCa, ...] = ()
 
     def __post_init__(self) -> None:
         if self.status == "revoked" and not self.status_reason:
             raise ValueError("a revoked runtime policy needs a status_reason")
-        if self.approve_signed and not self.keys:
-            raise ValueError("approve_signed needs at least one key")
-        if self.require_signatures and not self.keys:
-            raise ValueError("require_signatures needs at least one key")
+        has_keys = bool(self.keys or self.trusted_keyrings)
+        if self.approve_signed and not has_keys:
+            raise ValueError("approve_signed needs at least one key or trusted keyring")
+        if self.require_signatures and not has_keys:
+            raise ValueError("require_signatures needs at least one key or trusted keyring")
+        if self.keyring_cas and not self.trusted_keyrings:
+            raise ValueError("keyring_cas needs trusted_keyrings")
+        for ring in self.trusted_keyrings:
+            if not is_keyring_name(name_bytes(ring)):
+                raise ValueError(
+                    f"trusted keyring {ring!r} is not a kernel keyring name (.ima, "
+                    f".builtin_trusted_keys, _ima …)"
+                )
 
     @property
     def ref(self) -> str:

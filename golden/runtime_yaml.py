@@ -18,6 +18,8 @@ errors, every error is one line naming the file and the line (``golden.yamlfmt``
       keys: [{label: vendor, pem: "-----BEGIN PUBLIC KEY-----…", keyid: f3452d23}]
       require: ["/usr/sbin/*"]
       approve_signed: false
+      trusted_keyrings: [.ima]     # keys the list loads onto these count, after their load
+      keyring_cas: [{label: fleet-ca, pem: "-----BEGIN CERTIFICATE-----…"}]
     selinux:
       require_enforcing: true
       policy_hashes: [c0ff…]
@@ -29,12 +31,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import yaml
+from cryptography import x509
 
 from assay.ima import load_key
 
 from .model import Digests
 from .runtime import (
     RUNTIME_STATUSES,
+    KeyringCa,
     RuntimePolicy,
     RuntimeStatus,
     Selinux,
@@ -56,6 +60,7 @@ from .yamlfmt import (
 )
 
 KIND = "runtime-policy"
+_SIGNATURE_KEYS = ("keys", "require", "approve_signed", "trusted_keyrings", "keyring_cas")
 _BANKS = ("sha1", "sha256", "sha384", "sha512")
 _TOP_KEYS = (
     "kind",
@@ -125,6 +130,22 @@ def _key(doc: _Doc) -> Callable[[yaml.Node, str], SigningKey]:
     return parse
 
 
+def _ca(doc: _Doc) -> Callable[[yaml.Node, str], KeyringCa]:
+    def parse(node: yaml.Node, path: str) -> KeyringCa:
+        m = doc.mapping(node, path, ("label", "pem"))
+        for required in ("label", "pem"):
+            if required not in m:
+                doc.fail(node, path, f"a keyring CA needs {required!r}")
+        pem = doc.text(m["pem"], path + ".pem")
+        try:
+            cert = x509.load_pem_x509_certificate(pem.encode())
+        except ValueError as exc:
+            doc.fail(m["pem"], path + ".pem", f"not a PEM certificate: {exc}")
+        return KeyringCa(doc.text(m["label"], path + ".label"), pem, cert)
+
+    return parse
+
+
 def _globs(doc: _Doc, m: Mapping[str, yaml.Node], key: str, path: str) -> tuple[str, ...]:
     return doc.items(m, key, path, lambda n, p: doc.text(n, p))
 
@@ -147,11 +168,7 @@ def _policy(doc: _Doc, root: yaml.Node) -> RuntimePolicy:
     allow_sha1 = _bool(doc, m, "allow_sha1", "", False)
     status: RuntimeStatus = _choice(doc, m.get("status"), "status", RUNTIME_STATUSES, "active")
     reason = doc.text(m["status_reason"], "status_reason") if "status_reason" in m else None
-    sig = (
-        doc.mapping(m["signatures"], "signatures", ("keys", "require", "approve_signed"))
-        if "signatures" in m
-        else {}
-    )
+    sig = doc.mapping(m["signatures"], "signatures", _SIGNATURE_KEYS) if "signatures" in m else {}
     try:
         return RuntimePolicy(
             name=doc.text(m["name"], "name"),
@@ -170,6 +187,8 @@ def _policy(doc: _Doc, root: yaml.Node) -> RuntimePolicy:
             approve_signed=_bool(doc, sig, "approve_signed", "signatures.", False),
             selinux=_selinux(doc, m.get("selinux")),
             require_boot_aggregate=_bool(doc, m, "require_boot_aggregate", "", True),
+            trusted_keyrings=_globs(doc, sig, "trusted_keyrings", "signatures."),
+            keyring_cas=doc.items(sig, "keyring_cas", "signatures.", _ca(doc)),
         )
     except ValueError as exc:
         doc.fail(root, "", str(exc))
@@ -215,12 +234,17 @@ def runtime_to_plain(p: RuntimePolicy) -> dict[str, Any]:
     out["files"] = {k: [_dump_digests(d) for d in v] for k, v in p.files.items()}
     out["exclude"] = list(p.exclude)
     out["buffers"] = {k: [_dump_digests(d) for d in v] for k, v in p.buffers.items()}
-    if p.keys or p.require_signatures or p.approve_signed:
+    if p.keys or p.require_signatures or p.approve_signed or p.trusted_keyrings:
         out["signatures"] = {
             "keys": [{"label": k.label, "keyid": k.key.keyid_hex, "pem": k.pem} for k in p.keys],
             "require": list(p.require_signatures),
             "approve_signed": p.approve_signed,
         }
+        if p.trusted_keyrings:
+            out["signatures"]["trusted_keyrings"] = list(p.trusted_keyrings)
+            out["signatures"]["keyring_cas"] = [
+                {"label": ca.label, "pem": ca.pem} for ca in p.keyring_cas
+            ]
     if p.selinux is not None:
         out["selinux"] = {
             "require_enforcing": p.selinux.require_enforcing,

@@ -7,11 +7,13 @@ incremental path: only new entries). ``verify_ima`` checks a replay against a ``
 yields a :class:`VerifiedImaLog`, what runtime policy judges; ``assume_quoted_for_review`` yields a
 :class:`ReviewedImaLog` for offline use. ``boot_aggregate`` says what the first entry must hold
 given quoted PCR0–9. ``verify_signature`` (ima-sig v2/v3) and ``verify_modsig`` (an appended
-PKCS#7) check a signature with the keys a caller trusts. No I/O and no policy here.
+PKCS#7) check a signature with the keys a caller trusts; ``KeyringLoads`` keeps the keys the
+list loaded onto kernel keyrings, for the chunks after them. No I/O and no policy here.
 """
 
 from ._critical import SELINUX_POLICY_HASH, SELINUX_STATE, SelinuxState, parse_selinux_state
 from ._formats import BANK_OF_NAME, TEMPLATES, template_fields
+from ._keyring import KeyLoad, KeyringLoads, is_keyring_name
 from ._modsig import ModuleSignature, parse_module_signature, verify_modsig
 from ._parse import (
     MAX_IMA_LOG_SIZE,
@@ -69,6 +71,8 @@ __all__ = [
     "ImaReplay",
     "ImaReplayError",
     "ImaSignature",
+    "KeyLoad",
+    "KeyringLoads",
     "ModSig",
     "ModuleSignature",
     "ReviewedImaLog",
@@ -78,6 +82,7 @@ __all__ = [
     "boot_aggregate",
     "escape_name",
     "file_id_hash",
+    "is_keyring_name",
     "key_of_certificate",
     "keyid_of",
     "load_key",
