@@ -20,6 +20,7 @@ from assay.ima import (
     ReviewedImaLog,
     assume_quoted_for_review,
     parse_ima_log,
+    replay_from,
 )
 from golden.model import digests
 from golden.runtime import KeyringCa, RuntimePolicy, freeze
@@ -138,7 +139,7 @@ def test_a_later_chunk_uses_the_keys_loaded_in_earlier_ones() -> None:
     log = parse_ima_log(b.binary(made))
     first, rest = log.entries[:1], log.entries[1:]
     ev1 = assume_quoted_for_review(ImaReplay.initial(), first)
-    loads = KeyringLoads().extend(first)
+    loads = KeyringLoads().extend(ev1)
     ev2 = assume_quoted_for_review(ev1.state, rest)
     assert _failing(appraise_runtime(ev2, [_policy()], NOW, keyring=loads)) == []
     without = appraise_runtime(ev2, [_policy()], NOW)
@@ -150,11 +151,17 @@ def test_a_later_chunk_uses_the_keys_loaded_in_earlier_ones() -> None:
 
 def test_keyring_loads_survive_json_and_refuse_a_gap() -> None:
     log = parse_ima_log(b.binary([b.buf_entry(b".ima", LEAF_DER), _signed("signed")]))
-    loads = KeyringLoads().extend(log.entries)
+    ev = assume_quoted_for_review(ImaReplay.initial(), log)
+    loads = KeyringLoads().extend(ev)
     assert loads.entries == 2 and [(k.index, k.keyring) for k in loads.loads] == [(0, b".ima")]
     assert KeyringLoads.from_json(loads.to_json()) == loads
+    later = assume_quoted_for_review(ev.state, ())
+    assert KeyringLoads().extend(later) == KeyringLoads()
+    gap = assume_quoted_for_review(
+        replay_from(ImaReplay.initial(), log.entries[:1]), log.entries[1:]
+    )
     with pytest.raises(ImaReplayError):
-        KeyringLoads().extend(log.entries[1:])
+        KeyringLoads().extend(gap)
     with pytest.raises(ValueError, match="an index outside"):
         KeyringLoads.from_json({"entries": 0, "loads": [[0, "2e", "00"]]})
 

@@ -13,12 +13,13 @@ when not built as trusted keyrings); only such names are kept.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ._parse import ImaEntry, ImaLog
+from ._parse import ImaEntry
 from ._replay import ImaReplayError
+from ._verify import ImaEvidence
 
 KEYRING_PREFIXES = (b".", b"_")
 
@@ -45,10 +46,11 @@ class KeyringLoads:
     loads: tuple[KeyLoad, ...] = ()
     entries: int = 0
 
-    def extend(self, chunk: ImaLog | Sequence[ImaEntry]) -> KeyringLoads:
-        """The loads after ``chunk``, which must continue these (its first entry is entry
-        ``entries``): a caller bug otherwise, never evidence to judge."""
-        items = chunk.entries if isinstance(chunk, ImaLog) else tuple(chunk)
+    def extend(self, evidence: ImaEvidence) -> KeyringLoads:
+        """The loads after ``evidence`` (entries a quote vouched for, so never an unverified
+        chunk), which must continue these (its first entry is entry ``entries``): a caller bug
+        otherwise, never evidence to judge."""
+        items = evidence.entries
         if not items:
             return self
         if items[0].index != self.entries:
