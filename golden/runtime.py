@@ -25,7 +25,7 @@ from cryptography import x509
 
 from assay.ima import ImaKey, is_keyring_name
 
-from .model import Digests
+from .model import Digests, Lifecycle
 
 RuntimeStatus = Literal["draft", "active", "retired", "revoked"]
 RUNTIME_STATUSES: tuple[RuntimeStatus, ...] = ("draft", "active", "retired", "revoked")
@@ -82,8 +82,8 @@ class Selinux:
 
 
 @dataclass(frozen=True, slots=True)
-class RuntimePolicy:
-    """One version of a runtime policy.
+class RuntimePolicy(Lifecycle[RuntimeStatus]):
+    """One version of a runtime policy (its status and validity: :class:`~golden.model.Lifecycle`).
 
     * ``files``: path → the digests it may have (several: versions of a binary during a rollout);
       each a map bank → digest, matched against the entry's d-ng algorithm.
@@ -140,23 +140,6 @@ class RuntimePolicy:
                     f"trusted keyring {ring!r} is not a kernel keyring name (.ima, "
                     f".builtin_trusted_keys, _ima …)"
                 )
-
-    @property
-    def ref(self) -> str:
-        """``name@version``, the way verdicts name the policy that decided a check."""
-        return f"{self.name}@{self.version}"
-
-    def in_force(self, now: dt.datetime) -> bool:
-        """Active and ``now`` inside the validity window (drafts, retired and revoked are not)."""
-        if self.status != "active":
-            return False
-        if self.valid_from is not None and now < self.valid_from:
-            return False
-        return self.valid_until is None or now < self.valid_until
-
-    def with_status(self, status: RuntimeStatus, reason: str | None = None) -> RuntimePolicy:
-        """A copy with a new status: promoting, retiring or revoking never edits one in place."""
-        return dataclasses.replace(self, status=status, status_reason=reason)
 
     def with_files(self, files: Iterable[tuple[str, Digests]]) -> RuntimePolicy:
         """A copy with these (path, digests) approved too (an approval already there is kept once)."""
