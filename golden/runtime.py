@@ -137,8 +137,8 @@ class RuntimePolicy(Lifecycle[RuntimeStatus]):
         for ring in self.trusted_keyrings:
             if not is_keyring_name(name_bytes(ring)):
                 raise ValueError(
-                    f"trusted keyring {ring!r} is not a kernel keyring name (.ima, "
-                    f".builtin_trusted_keys, _ima …)"
+                    f"trusted keyring {ring!r} is not a name only the kernel can give a keyring "
+                    f"(.ima, .builtin_trusted_keys, .platform …: user space may create '_ima')"
                 )
 
     def with_files(self, files: Iterable[tuple[str, Digests]]) -> RuntimePolicy:

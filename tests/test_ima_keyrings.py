@@ -13,6 +13,7 @@ import pytest
 from cryptography import x509
 
 from assay.algorithms import HashAlg
+from assay.errors import MalformedEvidence
 from assay.ima import (
     ImaReplay,
     ImaReplayError,
@@ -173,9 +174,9 @@ def test_yaml_trusted_keyrings_and_cas_round_trip_and_are_checked() -> None:
     again = load_runtime_yaml(text)
     assert again.trusted_keyrings == (".ima",) and again.keyring_cas[0].label == "fleet-ca"
     assert again.keyring_cas[0].cert == _ca().cert
-    bad_name = text.replace("  - .ima", "  - user-keys")
-    with pytest.raises(GoldenFormatError, match="not a kernel keyring name"):
-        load_runtime_yaml(bad_name)
+    for bad in ("user-keys", "_ima"):
+        with pytest.raises(GoldenFormatError, match="not a name only the kernel can give"):
+            load_runtime_yaml(text.replace("  - .ima", f"  - {bad}"))
     no_rings = "kind: runtime-policy\nname: x\nversion: '1'\nsignatures:\n  keyring_cas: []\n"
     assert load_runtime_yaml(no_rings).keyring_cas == ()
     with pytest.raises(GoldenFormatError, match="not a PEM certificate"):
@@ -183,3 +184,21 @@ def test_yaml_trusted_keyrings_and_cas_round_trip_and_are_checked() -> None:
             "kind: runtime-policy\nname: x\nversion: '1'\nsignatures:\n"
             "  trusted_keyrings: [.ima]\n  keyring_cas: [{label: a, pem: nope}]\n"
         )
+
+
+def test_keyring_loads_are_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    import assay.ima._keyring as keyring
+
+    monkeypatch.setattr(keyring, "MAX_KEY_LOADS", 1)
+    made = [b.buf_entry(b".ima", LEAF_DER), b.buf_entry(b".ima", SELF_SIGNED_DER)]
+    ev = assume_quoted_for_review(ImaReplay.initial(), parse_ima_log(b.binary(made)))
+    with pytest.raises(MalformedEvidence, match="loads more than 1 keys"):
+        KeyringLoads().extend(ev)
+
+
+def test_an_underscore_keyring_is_never_a_key_load() -> None:
+    """User space can create a keyring named _ima: its entries are ordinary buffers."""
+    ev = _evidence(b.buf_entry(b"_ima", LEAF_DER), _signed("signed"))
+    assert KeyringLoads().extend(ev).loads == ()
+    checks = appraise_runtime(ev, [_policy()], NOW)
+    assert _failing(checks) == [(0, "ima_buffer_not_approved"), (1, "ima_signature_invalid")]

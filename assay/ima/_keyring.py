@@ -7,8 +7,15 @@ given to ``add_key`` — for an X.509 asymmetric key, the DER certificate. The t
 both, so after a quote they are what the kernel loaded, in order. Nothing here decides whether a
 key is trusted (that is the runtime policy's ``trusted_keyrings``): :class:`KeyringLoads` only
 keeps the loads of a boot's list so far, so a later chunk's appraisal knows the keys loaded
-before it. Kernel keyring names start with ``.`` (system keyrings) or ``_`` (IMA's and EVM's own
-when not built as trusted keyrings); only such names are kept.
+before it.
+
+Only keyrings whose name starts with ``.`` are kept: the kernel refuses such a name from user
+space (``add_key``: "a keyring with a dot-prefixed name"), so an entry named ``.ima`` is the
+kernel's ``.ima``. ``_ima`` (IMA's keyring on kernels built without
+``CONFIG_INTEGRITY_TRUSTED_KEYRING``) is not: any process may create a keyring of that name, and
+root may add any key to the real one — trusting it would be trusting whoever is root. Caps:
+:data:`MAX_KEY_LOADS` loads and :data:`MAX_KEY_LOAD_BYTES` of payload per boot (a kernel loads a
+handful; IMA logs an identical buffer once).
 """
 
 from __future__ import annotations
@@ -17,16 +24,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import MalformedEvidence
 from ._parse import ImaEntry
 from ._replay import ImaReplayError
 from ._verify import ImaEvidence
 
-KEYRING_PREFIXES = (b".", b"_")
+MAX_KEY_LOADS = 1024
+MAX_KEY_LOAD_BYTES = 4 * 1024 * 1024
 
 
 def is_keyring_name(name: bytes) -> bool:
-    """Whether an ima-buf name is a kernel keyring's (the KEY_CHECK form)."""
-    return name.startswith(KEYRING_PREFIXES)
+    """Whether an ima-buf name is a keyring only the kernel can have made (``.``-prefixed)."""
+    return name.startswith(b".") and len(name) > 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +67,14 @@ class KeyringLoads:
                 f"entries from {items[0].index} do not continue the keyring loads "
                 f"(through entry {self.entries})"
             )
-        new = tuple(_loads(items))
-        return KeyringLoads(self.loads + new, items[-1].index + 1)
+        loads = self.loads + tuple(_loads(items))
+        if len(loads) > MAX_KEY_LOADS or sum(len(k.payload) for k in loads) > MAX_KEY_LOAD_BYTES:
+            raise MalformedEvidence(
+                f"the IMA list loads more than {MAX_KEY_LOADS} keys or "
+                f"{MAX_KEY_LOAD_BYTES} bytes of them onto kernel keyrings",
+                where=f"IMA entry {items[-1].index}",
+            )
+        return KeyringLoads(loads, items[-1].index + 1)
 
     def to_json(self) -> dict[str, Any]:
         return {
