@@ -4,6 +4,7 @@ module signatures (scripts/sign-file, openssl cms), and the named negative vecto
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import subprocess
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from assay.algorithms import HashAlg
 from assay.errors import MalformedEvidence
@@ -38,6 +41,7 @@ SIG = Path(__file__).parent / "vectors" / "ima" / "sig"
 NOW = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
 CONTENT = (SIG / "file.bin").read_bytes()
 MODULE = (SIG / "module.ko").read_bytes()
+FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _key(name: str, keyid: int | None = None) -> ImaKey:
@@ -46,6 +50,9 @@ def _key(name: str, keyid: int | None = None) -> ImaKey:
 
 def _sig(name: str) -> bytes:
     return (SIG / name).read_bytes()
+
+
+KEYS = tuple(_key(k) for k in ("rsa", "ec", "other"))
 
 
 def _verify(name: str, keys: tuple[ImaKey, ...], alg: str = "sha256") -> tuple[str, str]:
@@ -312,8 +319,63 @@ def test_evmctl_agrees_the_v2_vector_verifies(tmp_path: Path) -> None:
     (tmp_path / "file.bin").write_bytes(CONTENT)
     (tmp_path / "file.bin.sig").write_bytes(_sig("evmctl-v2-sha256-rsa.sig"))
     got = subprocess.run(
-        ["evmctl", "ima_verify", "--sigfile", "--key", str(SIG / "rsa.crt.der"), str(tmp_path / "file.bin")],
+        [
+            "evmctl",
+            "ima_verify",
+            "--sigfile",
+            "--key",
+            str(SIG / "rsa.crt.der"),
+            str(tmp_path / "file.bin"),
+        ],
         capture_output=True,
         text=True,
     )
     assert got.returncode == 0, got.stderr
+
+
+# --- property: whatever the bytes, a parse or MalformedEvidence, and never "valid" --------------
+
+_PKCS7_SEEDS = [
+    b.split_module(_sig("sign-file-sha256-rsa.ko"))[1],
+    b.split_module(_sig("sign-file-keyid-sha256-rsa.ko"))[1],
+    _sig("openssl-cms-signedattrs-sha256-rsa.p7"),
+]
+
+
+@FUZZ
+@given(
+    seed=st.sampled_from(_PKCS7_SEEDS),
+    edits=st.lists(st.tuples(st.integers(0, 700), st.integers(0, 255)), min_size=1, max_size=4),
+)
+def test_mutated_pkcs7_parses_strictly_and_never_verifies(
+    seed: bytes, edits: list[tuple[int, int]]
+) -> None:
+    data = bytearray(seed)
+    for at, value in edits:
+        data[at % len(data)] = value
+    assume(bytes(data) != seed)
+    try:
+        sig = parse_module_signature(bytes(data))
+    except MalformedEvidence as exc:
+        assert exc.offset is None or 0 <= exc.offset <= len(data)
+    else:
+        assert sig.skid is not None or sig.serial is not None
+    got = verify_modsig(ModSig("sha256", hashlib.sha256(MODULE).digest(), bytes(data)), KEYS)
+    # A flipped byte may land in uncovered framing (a length's form is checked, a NULL's content
+    # is not there to flip): only the signature bytes and what they sign decide "valid".
+    if got[0] == "valid":
+        assert _signature_bytes(bytes(data)) == _signature_bytes(seed)
+
+
+@FUZZ
+@given(st.binary(max_size=600))
+def test_any_bytes_are_a_module_signature_or_malformed(data: bytes) -> None:
+    with contextlib.suppress(MalformedEvidence):
+        parse_module_signature(data)
+
+
+def _signature_bytes(pkcs7: bytes) -> bytes | None:
+    try:
+        return parse_module_signature(pkcs7).signature
+    except MalformedEvidence:
+        return None
