@@ -31,9 +31,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import yaml
-from cryptography import x509
 
-from assay.ima import load_key
+from assay.ima import load_key, parse_certificate
 
 from .model import Digests
 from .runtime import (
@@ -131,7 +130,7 @@ def _ca(doc: _Doc) -> Callable[[yaml.Node, str], KeyringCa]:
                 doc.fail(node, path, f"a keyring CA needs {required!r}")
         pem = doc.text(m["pem"], path + ".pem")
         try:
-            cert = x509.load_pem_x509_certificate(pem.encode())
+            cert = parse_certificate(pem.encode(), pem=True)
         except ValueError as exc:
             doc.fail(m["pem"], path + ".pem", f"not a PEM certificate: {exc}")
         return KeyringCa(doc.text(m["label"], path + ".label"), pem, cert)

@@ -33,12 +33,14 @@ from ._replay import (
     replay_ima,
 )
 from ._sig import (
+    CERTIFICATE_ERRORS,
     ImaKey,
     ImaSignature,
     file_id_hash,
     key_of_certificate,
     keyid_of,
     load_key,
+    parse_certificate,
     parse_signature,
     verify_signature,
 )
@@ -57,6 +59,7 @@ __all__ = [
     "ALL_BANKS",
     "BANK_OF_NAME",
     "BOOT_AGGREGATE",
+    "CERTIFICATE_ERRORS",
     "MAX_IMA_LOG_SIZE",
     "MODES",
     "SELINUX_POLICY_HASH",
@@ -86,6 +89,7 @@ __all__ = [
     "key_of_certificate",
     "keyid_of",
     "load_key",
+    "parse_certificate",
     "parse_ima_log",
     "parse_module_signature",
     "parse_selinux_state",

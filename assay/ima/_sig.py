@@ -141,20 +141,38 @@ def keyid_of(key: PublicKey, cert: x509.Certificate | None = None) -> int:
     return int.from_bytes(hashlib.sha1(raw).digest()[-4:], "big")  # noqa: S324 - the key id is defined so
 
 
+CERTIFICATE_ERRORS = (
+    ValueError,
+    UnsupportedAlgorithm,
+    x509.InvalidVersion,
+    x509.DuplicateExtension,
+)
+"""What ``cryptography`` raises for a malformed certificate: not all of it is a ValueError."""
+
+
+def parse_certificate(data: bytes, *, pem: bool = False) -> x509.Certificate:
+    """An X.509 certificate from DER (or PEM), with its extensions readable; ValueError names what
+    is wrong whatever ``cryptography`` raised (a key load's buffer is the node's bytes)."""
+    try:
+        cert = x509.load_pem_x509_certificate(data) if pem else x509.load_der_x509_certificate(data)
+        # Names and extensions are parsed lazily: make them fail here, not in a message.
+        cert.subject.rfc4514_string()
+        cert.issuer.rfc4514_string()
+        cert.extensions  # noqa: B018
+    except CERTIFICATE_ERRORS as exc:
+        raise ValueError(f"not an X.509 certificate: {exc}") from None
+    return cert
+
+
 def load_key(pem: bytes, label: str, keyid: int | None = None) -> ImaKey:
     """A key from PEM text (a public key or an X.509 certificate). ValueError names what is wrong:
     the caller (the policy loader) turns it into a configuration error."""
-    cert: x509.Certificate | None = None
+    if b"BEGIN CERTIFICATE" in pem:
+        return key_of_certificate(parse_certificate(pem, pem=True), label, keyid)
     try:
-        if b"BEGIN CERTIFICATE" in pem:
-            cert = x509.load_pem_x509_certificate(pem)
-            key: object = cert.public_key()
-        else:
-            key = serialization.load_pem_public_key(pem)
+        key = serialization.load_pem_public_key(pem)
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise ValueError(f"not a PEM public key or certificate: {exc}") from None
-    if cert is not None:
-        return key_of_certificate(cert, label, keyid)
     if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
         raise ValueError(f"unsupported key type {type(key).__name__} (RSA or EC only)")
     return ImaKey(label, keyid_of(key) if keyid is None else keyid, key)
@@ -162,29 +180,21 @@ def load_key(pem: bytes, label: str, keyid: int | None = None) -> ImaKey:
 
 def key_of_certificate(cert: x509.Certificate, label: str, keyid: int | None = None) -> ImaKey:
     """The key of a parsed X.509 certificate, with the identities a signature may name it by.
-    ValueError for a key type IMA signatures do not use."""
+    ValueError for a key type IMA signatures do not use, or a malformed certificate."""
     try:
         key = cert.public_key()
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        raise ValueError(f"certificate public key: {exc}") from None
-    if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
-        raise ValueError(f"unsupported key type {type(key).__name__} (RSA or EC only)")
-    try:
         skid: bytes | None = cert.extensions.get_extension_for_class(
             x509.SubjectKeyIdentifier
         ).value.digest
     except x509.ExtensionNotFound:
         skid = None
-    except ValueError as exc:  # a malformed extension
-        raise ValueError(f"certificate extensions: {exc}") from None
-    return ImaKey(
-        label,
-        keyid_of(key, cert) if keyid is None else keyid,
-        key,
-        cert.issuer.public_bytes(),
-        cert.serial_number,
-        skid,
-    )
+    except CERTIFICATE_ERRORS as exc:
+        raise ValueError(f"certificate: {exc}") from None
+    if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+        raise ValueError(f"unsupported key type {type(key).__name__} (RSA or EC only)")
+    if keyid is None:
+        keyid = int.from_bytes(skid[-4:], "big") if skid and len(skid) >= 4 else keyid_of(key)
+    return ImaKey(label, keyid, key, cert.issuer.public_bytes(), cert.serial_number, skid)
 
 
 SigOutcome = Literal["valid", "invalid", "unknown_key", "unsupported"]

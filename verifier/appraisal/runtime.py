@@ -36,13 +36,14 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature
 
 from assay.algorithms import HashAlg
 from assay.errors import MalformedEvidence
 from assay.ima import (
     BANK_OF_NAME,
     BOOT_AGGREGATE,
+    CERTIFICATE_ERRORS,
     SELINUX_POLICY_HASH,
     SELINUX_STATE,
     ImaEntry,
@@ -53,6 +54,7 @@ from assay.ima import (
     KeyringLoads,
     boot_aggregate,
     key_of_certificate,
+    parse_certificate,
     parse_selinux_state,
     verify_modsig,
     verify_signature,
@@ -298,7 +300,7 @@ class _Keys:
         rules = c.keyrings.get(load.keyring, ())
         ring = load.keyring.decode("utf-8", "replace")
         try:
-            cert = x509.load_der_x509_certificate(load.payload)
+            cert = parse_certificate(load.payload)
             key = key_of_certificate(cert, f"the key entry {load.index} loaded onto {ring}")
         except ValueError as exc:
             return f"the buffer is not an X.509 certificate with an RSA or EC key ({exc})"
@@ -316,7 +318,7 @@ def _issued_by(cert: x509.Certificate, cas: tuple[KeyringCa, ...], problems: lis
     for ca in cas:
         try:
             cert.verify_directly_issued_by(ca.cert)
-        except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        except (*CERTIFICATE_ERRORS, TypeError, InvalidSignature):
             continue
         return True
     problems.append(
