@@ -235,3 +235,23 @@ def test_a_mutated_certificate_never_loads_a_key_the_ca_vouches_for(
     assert (0, "ima_keyring_key_untrusted") in failing or failing == []
     if failing == []:  # only a change the CA's signature does not cover (none in practice)
         x509.load_der_x509_certificate(bytes(data)).verify_directly_issued_by(_ca().cert)
+
+
+def test_the_kernels_builtin_key_log_verifies_appended_module_signatures() -> None:
+    """With .builtin_trusted_keys trusted, the module-signing certificate the kernel logs verifies
+    sign-file's appended signatures (matched by issuer and serial, as the PKCS#7 names it)."""
+    signed = (SIG / "sign-file-sha256-rsa.ko").read_bytes()
+    content, pkcs7 = b.split_module(signed)
+    module = b.modsig_entry(b"/lib/modules/x.ko", content, pkcs7, whole=signed)
+    policy = RuntimePolicy(
+        "modules",
+        "1",
+        trusted_keyrings=(".builtin_trusted_keys",),
+        require_signatures=("/lib/modules/*",),
+        approve_signed=True,
+        require_boot_aggregate=False,
+    )
+    ev = _evidence(b.buf_entry(b".builtin_trusted_keys", SELF_SIGNED_DER), module)
+    assert _failing(appraise_runtime(ev, [policy], NOW)) == []
+    before = _evidence(module, b.buf_entry(b".builtin_trusted_keys", SELF_SIGNED_DER))
+    assert _failing(appraise_runtime(before, [policy], NOW)) == [(0, "ima_signature_invalid")]
