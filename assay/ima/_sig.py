@@ -143,11 +143,13 @@ def keyid_of(key: PublicKey, cert: x509.Certificate | None = None) -> int:
 
 CERTIFICATE_ERRORS = (
     ValueError,
+    TypeError,
     UnsupportedAlgorithm,
     x509.InvalidVersion,
     x509.DuplicateExtension,
 )
-"""What ``cryptography`` raises for a malformed certificate: not all of it is a ValueError."""
+"""What ``cryptography`` raises for a malformed certificate: not all of it is a ValueError (some
+malformed names raise TypeError, as ``assay.uefi.signatures`` found by fuzzing)."""
 
 
 def parse_certificate(data: bytes, *, pem: bool = False) -> x509.Certificate:

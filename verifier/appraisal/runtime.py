@@ -318,7 +318,7 @@ def _issued_by(cert: x509.Certificate, cas: tuple[KeyringCa, ...], problems: lis
     for ca in cas:
         try:
             cert.verify_directly_issued_by(ca.cert)
-        except (*CERTIFICATE_ERRORS, TypeError, InvalidSignature):
+        except (*CERTIFICATE_ERRORS, InvalidSignature):
             continue
         return True
     problems.append(
