@@ -53,6 +53,21 @@ class AttestationResult:
     reason: str
     node_state: str
     checks: tuple[Mapping[str, Any], ...]
+    ima_next: tuple[int, int] | None = None
+    """Where the verifier wants this node's next IMA chunk to start (entries, bytes): the end of
+    the prefix it verified; (0, 0) asks for the full list. None: the verifier tracks none."""
+
+
+def _ima_next(body: Mapping[str, Any], where: str) -> tuple[int, int] | None:
+    ima = body.get("ima")
+    if ima is None:
+        return None
+    entries = ima.get("entries") if isinstance(ima, dict) else None
+    offset = ima.get("offset") if isinstance(ima, dict) else None
+    if not all(type(v) is int and 0 <= v < 2**48 for v in (entries, offset)):
+        raise BadVerifierResponse(f"{where}: ima is not {{entries, offset}} of integers")
+    assert isinstance(entries, int) and isinstance(offset, int)
+    return entries, offset
 
 
 def _b64(value: bytes) -> str:
@@ -298,4 +313,5 @@ class VerifierClient:
             reason=str(body.get("reason", "")),
             node_state=str(body.get("node_state", "")),
             checks=tuple(checks),
+            ima_next=_ima_next(body, where),
         )

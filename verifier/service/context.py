@@ -95,7 +95,9 @@ class Services:
     store: Store
     clock: Callable[[], dt.datetime] = _utcnow
     logs: LruCache[tuple[str, int], object] = field(init=False)
-    policies: LruCache[Hashable, tuple[float, dt.datetime | None, object]] = field(init=False)
+    policies: LruCache[Hashable, tuple[float, dt.datetime, dt.datetime | None, object]] = field(
+        init=False
+    )
     unauthenticated: RateLimiter = field(init=False)
     log_caches: LogCaches = field(init=False)
     extensions: dict[str, object] = field(default_factory=dict)
