@@ -40,6 +40,8 @@ from .errors import Conflict
 from .runtime_policy import NodeRuntime
 
 IMA_PCR = 10
+MISMATCH = "ima_pcr_mismatch"
+"""``verify_ima``'s code for a list that does not replay to the quote (a failing check here)."""
 MAX_CARRIED = 200
 """Failing checks kept from earlier chunks of one boot (each chunk caps its own per reason)."""
 SUMMARY = "ima.entries"
@@ -174,10 +176,12 @@ def runtime_step(
         if state.entries == 0 and log.template_hash_alg != state.template_hash_alg:
             state = ImaReplay.initial(state.banks, log.template_hash_alg)
         verified = verify_ima(state, log, quote, bank)
-        _pcr10_matches(verified, quoted)
     except VerificationFailed as exc:
-        status = CheckStatus.FAIL if exc.code == "ima_pcr_mismatch" else CheckStatus.UNKNOWN
+        status = CheckStatus.FAIL if exc.code == MISMATCH else CheckStatus.UNKNOWN
         return _failed(applies, rt, status, exc.code, str(exc))
+    problem = _pcr10_problem(verified, quoted)
+    if problem is not None:
+        return _failed(applies, rt, CheckStatus.FAIL, MISMATCH, problem)
     # 5-6. Judge and carry.
     if not applies:
         kept = StoredPrefix(*boot, verified.state, (), 0, 0, rt.key)
@@ -221,16 +225,16 @@ def _why_not_continued(
     return None
 
 
-def _pcr10_matches(verified: VerifiedImaLog, quoted: Mapping[int, bytes]) -> None:
+def _pcr10_problem(verified: VerifiedImaLog, quoted: Mapping[int, bytes]) -> str | None:
     """``verify_ima`` compares the PCRs the entries touch; an empty list touches none, and the
     quoted PCR10 must still be what the prefix says."""
     got = verified.state.value(verified.bank, IMA_PCR, verified.mode)
-    if got != quoted[IMA_PCR]:
-        raise VerificationFailed(
-            f"PCR{IMA_PCR} ({verified.bank.bank}): the IMA list replays to {got.hex()}, the "
-            f"quote says {quoted[IMA_PCR].hex()}",
-            code="ima_pcr_mismatch",
-        )
+    if got == quoted[IMA_PCR]:
+        return None
+    return (
+        f"PCR{IMA_PCR} ({verified.bank.bank}): the IMA list replays to {got.hex()}, the quote "
+        f"says {quoted[IMA_PCR].hex()}"
+    )
 
 
 def _lost(applies: bool, rt: NodeRuntime, why: str) -> RuntimeOutcome:

@@ -150,6 +150,7 @@ def set_status(
 ) -> RuntimeStatusChange:
     """Activate a draft, or retire or revoke a version; every node the policy applies to is
     re-appraised at once (see the module docstring)."""
+    check_printable([reason], "runtime policy reason")
     now = svc.now()
     with svc.store.write() as db:
         row = _get(db, name, version)
