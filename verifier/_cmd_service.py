@@ -141,13 +141,7 @@ def _register_golden(sub: Any) -> None:
     assign = golden.add_parser("assign", help="apply a golden set to nodes matching labels")
     _common(assign)
     assign.add_argument("name")
-    assign.add_argument(
-        "--selector",
-        action="append",
-        default=[],
-        metavar="K=V",
-        help="label the nodes must carry (repeat; none = every node)",
-    )
+    _selector_option(assign)
     assign.set_defaults(func=_golden_assign)
     roll = golden.add_parser(
         "rollout", help="a set's versions and which nodes booted which (from their verified logs)"
@@ -174,6 +168,16 @@ def _register_golden(sub: Any) -> None:
         p.set_defaults(func=_golden_status, status=f"{action}d")
 
 
+def _selector_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--selector",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="label the nodes must carry (repeat; none = every node)",
+    )
+
+
 def _register_runtime(sub: Any) -> None:
     runtime = sub.add_parser("runtime", help="runtime (IMA) policies").add_subparsers(
         dest="runtime_command", metavar="SUBCOMMAND", required=True
@@ -181,9 +185,7 @@ def _register_runtime(sub: Any) -> None:
     add = runtime.add_parser("add", help="upload a runtime policy (YAML)")
     _common(add)
     add.add_argument("file")
-    add.add_argument(
-        "--selector", action="append", default=[], metavar="K=V", help="assign it (repeat)"
-    )
+    _selector_option(add)
     add.set_defaults(func=_runtime_add)
     ls = runtime.add_parser("list", help="runtime policies and assignments")
     _common(ls)
@@ -196,13 +198,7 @@ def _register_runtime(sub: Any) -> None:
     assign = runtime.add_parser("assign", help="apply a runtime policy to nodes matching labels")
     _common(assign)
     assign.add_argument("name")
-    assign.add_argument(
-        "--selector",
-        action="append",
-        default=[],
-        metavar="K=V",
-        help="label the nodes must carry (repeat; none = every node)",
-    )
+    _selector_option(assign)
     assign.set_defaults(func=_runtime_assign)
     for action, status in (("activate", "active"), ("retire", "retired"), ("revoke", "revoked")):
         p = runtime.add_parser(action, help=f"{action} one version (re-appraises its nodes)")

@@ -20,35 +20,28 @@ from sqlalchemy import (
     JSON,
     ForeignKey,
     Integer,
-    LargeBinary,
     String,
-    Text,
     UniqueConstraint,
     delete,
     select,
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from .models import Base, UtcDateTime
-from .repo import selector_key, selector_matches
+from .models import Base, UtcDateTime, VersionedColumns
+from .repo import (
+    add_assignment,
+    get_version,
+    list_versions,
+    selector_matches,
+    versions_named,
+)
 
 
-class RuntimePolicyRow(Base):
+class RuntimePolicyRow(VersionedColumns, Base):
     """One stored version of a runtime policy: its YAML source and the store's status."""
 
     __tablename__ = "runtime_policies"
     __table_args__ = (UniqueConstraint("name", "version", name="uq_runtime_name_version"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(200), index=True)
-    version: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16))
-    reason: Mapped[str] = mapped_column(Text, default="")
-    format: Mapped[str] = mapped_column(String(16))
-    source: Mapped[bytes] = mapped_column(LargeBinary)
-    selector: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
-    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
-    changed_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
 
 
 class RuntimeAssignment(Base):
@@ -91,17 +84,11 @@ class ImaState(Base):
 
 
 def get_policy(s: Session, name: str, version: str) -> RuntimePolicyRow | None:
-    q = select(RuntimePolicyRow).where(
-        RuntimePolicyRow.name == name, RuntimePolicyRow.version == version
-    )
-    return s.scalars(q).first()
+    return get_version(s, RuntimePolicyRow, name, version)
 
 
 def list_policies(s: Session, *, name: str | None = None) -> list[RuntimePolicyRow]:
-    q = select(RuntimePolicyRow).order_by(RuntimePolicyRow.name, RuntimePolicyRow.id)
-    if name is not None:
-        q = q.where(RuntimePolicyRow.name == name)
-    return list(s.scalars(q))
+    return list_versions(s, RuntimePolicyRow, name=name)
 
 
 def list_assignments(s: Session) -> list[RuntimeAssignment]:
@@ -110,18 +97,7 @@ def list_assignments(s: Session) -> list[RuntimeAssignment]:
 
 def assign(s: Session, name: str, selector: Mapping[str, str], now: dt.datetime) -> bool:
     """Assign every version of policy ``name`` to nodes matching ``selector``; False if present."""
-    key = selector_key(selector)
-    q = select(RuntimeAssignment).where(
-        RuntimeAssignment.policy_name == name, RuntimeAssignment.selector_key == key
-    )
-    if s.scalars(q).first() is not None:
-        return False
-    s.add(
-        RuntimeAssignment(
-            policy_name=name, selector=dict(selector), selector_key=key, created_at=now
-        )
-    )
-    return True
+    return add_assignment(s, RuntimeAssignment, "policy_name", name, selector, now)
 
 
 def names_for(labels: Mapping[str, str], assignments: Sequence[RuntimeAssignment]) -> set[str]:
@@ -131,15 +107,7 @@ def names_for(labels: Mapping[str, str], assignments: Sequence[RuntimeAssignment
 def rows_for(s: Session, labels: Mapping[str, str]) -> list[RuntimePolicyRow]:
     """Every stored version (any status) of every runtime policy assigned to nodes with
     ``labels``: the not-in-force ones too, so a verdict can say "only a revoked policy approves"."""
-    names = names_for(labels, list_assignments(s))
-    if not names:
-        return []
-    q = (
-        select(RuntimePolicyRow)
-        .where(RuntimePolicyRow.name.in_(sorted(names)))
-        .order_by(RuntimePolicyRow.id)
-    )
-    return list(s.scalars(q))
+    return versions_named(s, RuntimePolicyRow, names_for(labels, list_assignments(s)))
 
 
 # --- IMA state per node and boot ------------------------------------------------------------
