@@ -36,6 +36,9 @@ from .state import (
 from .tpm import AkBlobs, EndorsementKey, Tpm
 
 NOT_ENROLLED = "node_not_enrolled"
+NONCE_REFUSALS = frozenset({"nonce_expired", "nonce_reused", "nonce_unknown", "nonce_wrong_node"})
+"""Refusals of a next nonce the agent kept (it expired, or the verifier's key changed): the agent
+asks for a fresh challenge at once instead of counting a failure."""
 IMA_FULL_LOG_REQUIRED = "ima_full_log_required"
 IMA_PCR = 10
 
@@ -146,23 +149,30 @@ def collect_evidence(
 
 
 def attest(
-    config: AgentConfig, client: VerifierClient, *, open_tpm: TpmOpener | None = None
+    config: AgentConfig,
+    client: VerifierClient,
+    *,
+    open_tpm: TpmOpener | None = None,
+    challenge: Challenge | None = None,
 ) -> AttestationResult:
-    """One attestation: challenge, quote over the verifier's selection, send, return the verdict.
+    """One attestation: challenge (unless the last answer brought the next nonce), quote over the
+    verifier's selection, send, return the verdict.
 
     With IMA, only the entries since the verifier's cursor are sent; when the verifier cannot
     continue that chunk (``ima_full_log_required``: a reboot, a lost prefix, a changed policy)
-    the agent sends the full list at once, in the same round."""
-    log_sha256 = hashlib.sha256(read_log(config.eventlog, DEFAULT_CAPS.event_log)).digest()
+    the agent sends the full list at once, in the same round (with a fresh challenge)."""
     while True:
+        if challenge is None:
+            log_sha256 = hashlib.sha256(read_log(config.eventlog, DEFAULT_CAPS.event_log)).digest()
+            challenge = client.challenge(config.node, log_sha256)
         cursor = load_ima_cursor(config.state_dir) if config.ima_log else IMA_FULL
-        challenge = client.challenge(config.node, log_sha256)
         try:
             result = _send(config, client, open_tpm, challenge, cursor)
         except VerifierRefused as exc:
             if exc.code != IMA_FULL_LOG_REQUIRED or cursor == IMA_FULL:
                 raise
             save_ima_cursor(config.state_dir, None)  # the next try sends the full list
+            challenge = None
             continue
         if config.ima_log:
             save_ima_cursor(config.state_dir, result.ima_next)
@@ -205,6 +215,29 @@ def own_ear(
     return client.own_ear(config.node, challenge.nonce, quote.attest, quote.signature)
 
 
+def _attest_round(
+    config: AgentConfig,
+    client: VerifierClient,
+    open_tpm: TpmOpener | None,
+    following: Challenge | None,
+    stats: RunStats,
+    log: RunLog,
+) -> AttestationResult:
+    """One round: with the nonce the last answer brought, else a challenge; a refused kept nonce
+    falls back to a challenge, and ``node_not_enrolled`` to enrollment, within the round."""
+    try:
+        return attest(config, client, open_tpm=open_tpm, challenge=following)
+    except VerifierRefused as exc:
+        if following is not None and exc.code in NONCE_REFUSALS:
+            return _attest_round(config, client, open_tpm, None, stats, log)
+        if exc.code != NOT_ENROLLED:
+            raise
+    log.enrolling()
+    enroll(config, client, open_tpm=open_tpm)
+    stats.enrollments += 1
+    return attest(config, client, open_tpm=open_tpm)
+
+
 @dataclass(slots=True)
 class RunStats:
     attestations: int = 0
@@ -244,24 +277,19 @@ def run(
     stats = RunStats()
     failures = 0
     rounds = 0
+    following: Challenge | None = None
     while iterations is None or rounds < iterations:
         rounds += 1
         try:
-            try:
-                result = attest(config, client, open_tpm=open_tpm)
-            except VerifierRefused as exc:
-                if exc.code != NOT_ENROLLED:
-                    raise
-                log.enrolling()
-                enroll(config, client, open_tpm=open_tpm)
-                stats.enrollments += 1
-                result = attest(config, client, open_tpm=open_tpm)
+            result = _attest_round(config, client, open_tpm, following, stats, log)
+            following = result.next_challenge
             stats.attestations += 1
             stats.last = result
             failures = 0
             if report is not None:
                 report(result)
         except AgentError as exc:
+            following = None
             failures += 1
             stats.failures += 1
             log.failed(exc)

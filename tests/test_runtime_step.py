@@ -114,7 +114,7 @@ def test_steady_state_judges_only_the_new_entries_and_counts_the_whole_boot() ->
     assert summary["reason"] == "ima_entries_approved"
     assert "9 of 9 IMA entries of this boot approved" in summary["message"]
     # the first chunk's boot_aggregate check is repeated, not recomputed
-    assert [c["reason"] for c in out2.checks][0] == "ima_boot_aggregate_ok"
+    assert out2.checks[0]["reason"] == "ima_boot_aggregate_ok"
 
 
 def test_an_unknown_file_fails_naming_its_path_and_stays_failed_for_the_rest_of_the_boot() -> None:

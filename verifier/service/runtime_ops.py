@@ -22,7 +22,6 @@ from verifier.store import runtime as rstore
 
 from .context import Services
 from .errors import BadRequest, Conflict, NotFound
-from .inventory import Reappraisal, reappraise_nodes
 from .lifecycle import (
     Assigned,
     AssignmentView,
@@ -31,6 +30,7 @@ from .lifecycle import (
     check_printable,
     transition,
 )
+from .reappraisal import Reappraisal, reappraise_nodes
 from .runtime_policy import parse_runtime
 
 MAX_RUNTIME = 16 * 1024 * 1024

@@ -14,7 +14,7 @@ from verifier.appraisal.runtime import CompiledRuntime, compile_runtime
 from verifier.store.runtime import RuntimePolicyRow
 
 from .context import Services
-from .golden_policy import compiled_cached, decode_document
+from .golden_policy import compiled_cached, decode_document, rows_key
 
 RUNTIME_FORMATS = ("yaml",)
 
@@ -33,10 +33,6 @@ def runtime_from_row(row: RuntimePolicyRow) -> RuntimePolicy:
     return p.with_status(status, row.reason or ("revoked" if status == "revoked" else None))
 
 
-def _rows_key(rows: Sequence[RuntimePolicyRow]) -> tuple[tuple[str, str, str, str, int], ...]:
-    return tuple(sorted((r.name, r.version, r.status, r.reason, r.id) for r in rows))
-
-
 @dataclass(frozen=True, slots=True)
 class NodeRuntime:
     """The runtime policies that apply to one node now: compiled, and their key."""
@@ -53,7 +49,7 @@ class NodeRuntime:
 
 def compiled_runtime(svc: Services, rows: Sequence[RuntimePolicyRow]) -> NodeRuntime:
     """Compile ``rows`` once per combination of versions and statuses (``policy_for``'s rule)."""
-    key = ("runtime", _rows_key(rows))
+    key = ("runtime", rows_key(rows))
     compiled = compiled_cached(
         svc, key, lambda: [runtime_from_row(r) for r in rows], compile_runtime
     )
@@ -61,5 +57,5 @@ def compiled_runtime(svc: Services, rows: Sequence[RuntimePolicyRow]) -> NodeRun
 
 
 def runtime_key(rows: Sequence[RuntimePolicyRow], compiled: CompiledRuntime) -> str:
-    text = repr((_rows_key(rows), compiled.refs))
+    text = repr((rows_key(rows), compiled.refs))
     return hashlib.sha256(text.encode()).hexdigest()

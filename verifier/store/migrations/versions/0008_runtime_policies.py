@@ -1,7 +1,7 @@
 """runtime integrity: runtime policies, their assignments, the IMA state per node and boot
 
 Revision ID: 0008
-Revises: 0006 (re-chained on 0007_fleet_store once main has the fleet merge)
+Revises: 0007
 Create Date: 2026-12-01
 
 - ``runtime_policies``: versions of runtime (IMA) policies with the store's status and reason,
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0008"
-down_revision: str | None = "0006"
+down_revision: str | None = "0007"
 branch_labels: str | None = None
 depends_on: str | None = None
 
