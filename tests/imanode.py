@@ -9,6 +9,7 @@ TPM path itself is tested with swtpm (tests/test_runtime_swtpm.py).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,11 @@ class Round:
     """IMA bytes sent in the bundle that got this answer."""
     ima_start: int
     bundle_bytes: int
+    seconds: float = 0.0
+    """Wall time of the evidence request alone (the verifier's work, not the made node's)."""
+    cpu: float = 0.0
+    """CPU time of this thread during it (in process: the verifier's work without the wait for
+    a shared core)."""
     full_log_retry: bool = False
 
 
@@ -123,9 +129,11 @@ class MadeImaNode:
         body = self.bundle(
             bytes.fromhex(ch["nonce"]), start, send_log=known != self.fake.log_sha256.hex()
         )
+        t0, c0 = time.perf_counter(), time.thread_time()
         status, answer = post(f"/v1/nodes/{self.name}/evidence", None, body)
+        seconds, cpu = time.perf_counter() - t0, time.thread_time() - c0
         sent = len(self.ima_list()) - start[1]
-        return Round(status, answer, sent, start[0], len(body))
+        return Round(status, answer, sent, start[0], len(body), seconds, cpu)
 
 
 def flask_post(client: Any) -> Post:

@@ -6,7 +6,6 @@ does; the verifier keeps the verified prefix per node and boot and appraises onl
 from __future__ import annotations
 
 import hashlib
-import time
 from pathlib import Path
 from typing import Any
 
@@ -224,7 +223,7 @@ HOSTILE_NAMES = [
     b"/tmp/\xff\xfe not utf-8",
     b"/" + b"a" * 4095,
     b"/tmp/%s%n%x",
-    b"/tmp/\u202egnp.exe".decode("unicode_escape").encode("utf-8"),
+    "/tmp/\u202egnp.exe".encode(),
 ]
 
 
@@ -348,18 +347,16 @@ def test_appraising_1000_new_entries_through_the_service(env: Env) -> None:
     n = node(env)
     n.run(prog(0))
     attest(env, n)
-    with_new, without = [], []
+    rounds: dict[str, list[Round]] = {"1,000 new entries": [], "none new": [], "repeat": []}
     for k in range(5):
         n.run(*(prog(1 + (i + k * 1000) % (N_FILES - 1)) for i in range(1000)))
-        t0 = time.perf_counter()
         r = attest(env, n)
-        with_new.append(time.perf_counter() - t0)
         assert r.answer["status"] == "trusted" and r.ima_start > 0
-        t0 = time.perf_counter()
-        attest(env, n)
-        without.append(time.perf_counter() - t0)
-    with_new.sort(), without.sort()
-    print(
-        f"\nround with 1,000 new entries {with_new[2] * 1e3:.1f} ms, none {without[2] * 1e3:.1f} ms"
-    )
-    assert with_new[2] < 2.0  # generous: a shared 2-core machine; the figure is printed
+        rounds["1,000 new entries"].append(r)
+        rounds["none new"].append(attest(env, n))
+        rounds["repeat"].append(attest(env, n))  # the same answer again: the verdict reused
+    assert rounds["repeat"][-1].answer["repeat"] > 0
+    for what, rs in rounds.items():
+        wall, cpu = sorted(r.seconds for r in rs)[2], sorted(r.cpu for r in rs)[2]
+        print(f"\nevidence request, {what}: {wall * 1e3:.1f} ms wall, {cpu * 1e3:.1f} ms CPU")
+    assert sorted(r.cpu for r in rounds["1,000 new entries"])[2] < 1.0  # the figure is printed

@@ -23,7 +23,7 @@ from assay.eventlog import LogCaches
 from verifier.store import Store, repo
 
 from .config import ServiceConfig
-from .golden_catalog import GoldenCatalog
+from .golden_catalog import GoldenCatalog, RuntimeCatalog
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -107,6 +107,7 @@ class Services:
     extensions: dict[str, object] = field(default_factory=dict)
     """Per-process state of the add-on modules (EAR keys, metrics, the extender's node cache)."""
     golden: GoldenCatalog = field(init=False)
+    runtime: RuntimeCatalog = field(init=False)
     verdicts: LruCache[str, dict[str, object]] = field(init=False)
     holder: str = field(init=False)
     """This process among the instances: who holds a background job's lease."""
@@ -120,6 +121,7 @@ class Services:
         self.log_caches = LogCaches()
         # Golden rows as of the store's golden version; verdict documents by digest (immutable).
         self.golden = GoldenCatalog()
+        self.runtime = RuntimeCatalog()  # runtime policies, by the same version
         self.verdicts = LruCache(1024)
         self.holder = f"{socket.gethostname()[:80]}:{os.getpid()}:{secrets.token_hex(4)}"
 

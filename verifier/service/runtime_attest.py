@@ -151,7 +151,7 @@ def runtime_step(
     """Steps 1–6 of the module docstring for one verified quote."""
     # 1. Where the chunk starts: the stored prefix, or a full list.
     boot = (quote.reset_count, quote.restart_count)
-    state = _start(prior, chunk, boot, rt, applies)
+    state = _start(prior, chunk, boot, rt, applies, bank)
     if state is None:
         return _lost(applies, rt, "the chunk does not continue the verifier's prefix")
     # 2. PCR10 quoted.
@@ -196,9 +196,12 @@ def _start(
     boot: tuple[int, int],
     rt: NodeRuntime,
     applies: bool,
+    bank: HashAlg,
 ) -> ImaReplay | None:
+    """The replay to continue: from boot for a full list (only the verifier's bank: the PCR10
+    kept per node is that bank's), else the stored prefix when the chunk continues it."""
     if chunk.start == 0 and chunk.offset == 0:
-        return ImaReplay.initial()
+        return ImaReplay.initial((bank,))
     why = _why_not_continued(prior, chunk, boot, rt)
     if why is None:
         assert prior is not None

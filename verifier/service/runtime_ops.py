@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from golden.runtime import RuntimePolicy
-from verifier.store import repo
+from verifier.store import hotpath, repo
 from verifier.store import runtime as rstore
 
 from .context import Services
@@ -101,6 +101,7 @@ def upload(
         if selector:
             rstore.assign(db, policy.name, selector, now)
         repo.audit(db, actor, "runtime_add", policy.ref, "", {"status": policy.status}, now=now)
+        hotpath.bump_version(db)  # every instance's runtime catalog reloads
         db.flush()
         return VersionView.of(row)
 
@@ -141,6 +142,7 @@ def assign(svc: Services, name: str, selector: Mapping[str, str], actor: str) ->
         if not rstore.list_policies(db, name=name):
             raise NotFound("runtime_unknown", f"no runtime policy named {name!r}")
         added = rstore.assign(db, name, selector, now)
+        hotpath.bump_version(db)
         repo.audit(db, actor, "runtime_assign", name, "", {"selector": dict(selector)}, now=now)
     return Assigned(AssignmentView(name, dict(selector), "policy"), added)
 
@@ -155,6 +157,7 @@ def set_status(
     with svc.store.write() as db:
         row = _get(db, name, version)
         transition(row, status, reason, now, "runtime")
+        hotpath.bump_version(db)
         action = {"active": "runtime_activate", "retired": "runtime_retire"}.get(
             status, "runtime_revoke"
         )

@@ -11,10 +11,9 @@ from dataclasses import dataclass
 
 from golden.runtime import RUNTIME_STATUSES, RuntimePolicy, RuntimeStatus
 from verifier.appraisal.runtime import CompiledRuntime, compile_runtime
-from verifier.store.runtime import RuntimePolicyRow
 
 from .context import Services
-from .golden_policy import compiled_cached, decode_document, rows_key
+from .golden_policy import GoldenRowLike, compiled_cached, decode_document, rows_key
 
 RUNTIME_FORMATS = ("yaml",)
 
@@ -26,7 +25,7 @@ def parse_runtime(data: bytes, source: str = "<upload>") -> RuntimePolicy:
     return decode_document("runtime policy (yaml)", lambda: load_runtime_yaml(data, source))
 
 
-def runtime_from_row(row: RuntimePolicyRow) -> RuntimePolicy:
+def runtime_from_row(row: GoldenRowLike) -> RuntimePolicy:
     """The stored version with the store's status and reason."""
     p = parse_runtime(row.source, f"{row.name}@{row.version}")
     status: RuntimeStatus = row.status if row.status in RUNTIME_STATUSES else "draft"
@@ -47,7 +46,7 @@ class NodeRuntime:
         return self.compiled.refs
 
 
-def compiled_runtime(svc: Services, rows: Sequence[RuntimePolicyRow]) -> NodeRuntime:
+def compiled_runtime(svc: Services, rows: Sequence[GoldenRowLike]) -> NodeRuntime:
     """Compile ``rows`` once per combination of versions and statuses (``policy_for``'s rule)."""
     key = ("runtime", rows_key(rows))
     compiled = compiled_cached(
@@ -56,6 +55,6 @@ def compiled_runtime(svc: Services, rows: Sequence[RuntimePolicyRow]) -> NodeRun
     return NodeRuntime(compiled, runtime_key(rows, compiled))
 
 
-def runtime_key(rows: Sequence[RuntimePolicyRow], compiled: CompiledRuntime) -> str:
+def runtime_key(rows: Sequence[GoldenRowLike], compiled: CompiledRuntime) -> str:
     text = repr((rows_key(rows), compiled.refs))
     return hashlib.sha256(text.encode()).hexdigest()

@@ -19,6 +19,8 @@ stored prefix carries when they were judged by the policies in force now, and ot
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -51,10 +53,29 @@ class NodeRuntimeInputs:
     prior: StoredPrefix | None
 
 
-def runtime_for(svc: Services, db: Session, node_id: int, labels: Any) -> NodeRuntimeInputs:
-    rows = rstore.rows_for(db, labels)
-    prior = prefix_of(rstore.get_ima_state(db, node_id))
+def runtime_for(
+    svc: Services,
+    db: Session,
+    node_id: int,
+    labels: Any,
+    *,
+    prefix: bool = True,
+    version: int | None = None,
+) -> NodeRuntimeInputs:
+    """The node's runtime policies (from the catalog, by the store version ``version`` when the
+    caller read it) and, with ``prefix``, its stored prefix (needed only for an IMA list)."""
+    rows = svc.runtime.rows_for(db, labels, version)
+    prior = prefix_of(rstore.get_ima_state(db, node_id)) if prefix else None
     return NodeRuntimeInputs(compiled_runtime(svc, rows), bool(rows), prior)
+
+
+def verdict_key_with(key: str, runtime: RuntimeOutcome | None) -> str:
+    """The verdict key (``reuse.verdict_key``) with this attestation's runtime checks in it: a
+    stored verdict is reused only when its runtime part is what was judged now, too."""
+    if runtime is None or not runtime.applies:
+        return key
+    text = json.dumps([key, runtime.policies, runtime.checks], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def appraise_ima(

@@ -21,7 +21,7 @@ from sqlalchemy import CursorResult, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from . import hotpath
 from .models import (
@@ -402,11 +402,17 @@ def list_versions(s: Session, model: type[V], *, name: str | None = None) -> lis
     return list(s.scalars(q))
 
 
-def versions_named(s: Session, model: type[V], names: set[str]) -> list[V]:
-    """Every stored version (any status) of the sets or policies ``names``, oldest first."""
+def versions_named(
+    s: Session, model: type[V], names: set[str], *, defer_source: bool = False
+) -> list[V]:
+    """Every stored version (any status) of the sets or policies ``names``, oldest first;
+    ``defer_source``: the document is read only when used (compiled policies are cached)."""
     if not names:
         return []
-    return list(s.scalars(select(model).where(model.name.in_(sorted(names))).order_by(model.id)))
+    q = select(model).where(model.name.in_(sorted(names))).order_by(model.id)
+    if defer_source:
+        q = q.options(defer(model.source))
+    return list(s.scalars(q))
 
 
 def get_golden(s: Session, name: str, version: str) -> GoldenSetRow | None:

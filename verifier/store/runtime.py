@@ -107,7 +107,9 @@ def names_for(labels: Mapping[str, str], assignments: Sequence[RuntimeAssignment
 def rows_for(s: Session, labels: Mapping[str, str]) -> list[RuntimePolicyRow]:
     """Every stored version (any status) of every runtime policy assigned to nodes with
     ``labels``: the not-in-force ones too, so a verdict can say "only a revoked policy approves"."""
-    return versions_named(s, RuntimePolicyRow, names_for(labels, list_assignments(s)))
+    return versions_named(
+        s, RuntimePolicyRow, names_for(labels, list_assignments(s)), defer_source=True
+    )
 
 
 # --- IMA state per node and boot ------------------------------------------------------------
