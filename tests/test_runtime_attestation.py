@@ -360,3 +360,46 @@ def test_appraising_1000_new_entries_through_the_service(env: Env) -> None:
         wall, cpu = sorted(r.seconds for r in rs)[2], sorted(r.cpu for r in rs)[2]
         print(f"\nevidence request, {what}: {wall * 1e3:.1f} ms wall, {cpu * 1e3:.1f} ms CPU")
     assert sorted(r.cpu for r in rounds["1,000 new entries"])[2] < 1.0  # the figure is printed
+
+
+def _ear_submods(env: Env, name: str) -> dict[str, Any]:
+    import base64
+    import json
+
+    resp = env.client.get(f"/v1/nodes/{name}/ear", headers=env.h("admin"))
+    assert resp.status_code == 200, resp.data[:200]
+    payload = resp.data.decode().split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    submods: dict[str, Any] = claims["submods"]
+    return submods
+
+
+def test_the_ear_has_a_runtime_submodule_beside_boot(env: Env) -> None:
+    n = node(env)
+    n.run(prog(0))
+    attest(env, n)
+    submods = _ear_submods(env, n.name)
+    assert submods["boot"]["ear_status"] == "affirming"
+    assert submods["runtime"]["ear_status"] == "affirming"
+    assert submods["runtime"]["ear_appraisal_policy_id"] == "assay:runtime:fleet-runtime@1"
+    n.run(made.file_entry(b"/tmp/dropper", b"evil"))
+    attest(env, n)
+    submods = _ear_submods(env, n.name)
+    assert submods["boot"]["ear_status"] == "affirming"  # the boot itself passed
+    assert submods["runtime"]["ear_status"] == "contraindicated"
+    assert submods["runtime"]["ear_trustworthiness_vector"]["executables"] == 96
+    plain = node(env, "plain-ear", labels={"ima": "off"})
+    attest(env, plain)
+    assert set(_ear_submods(env, plain.name)) == {"boot"}
+
+
+def test_every_challenge_asks_for_pcr10_once_a_runtime_policy_exists(
+    env: Env, tmp_path: Path
+) -> None:
+    post = flask_post(env.client)
+    for name in ("ima-1", "nobody-at-all"):  # the same answer for any name, known or not
+        _, ch = post(f"/v1/nodes/{name}/challenge", {}, None)
+        assert 10 in ch["pcr_selection"]["sha256"]
+    bare = make_env(str(tmp_path / "bare.db"))
+    _, ch = flask_post(bare.client)("/v1/nodes/n1/challenge", {}, None)
+    assert ch["pcr_selection"] == {"sha256": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 14]}

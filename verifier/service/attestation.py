@@ -161,9 +161,9 @@ def challenge(svc: Services, node_name: str, event_log_sha256: str | None = None
     """
     now = svc.now()
     lifetime = dt.timedelta(seconds=svc.config.nonce_lifetime)
-    selection = {svc.config.bank: list(svc.config.pcrs)}
     key = svc.nonce_key()
     with svc.store.read() as db:  # nothing is written for a challenge
+        selection = pcr_selection(svc, db)
         node = hotpath.node_snapshot(db, node_name)
         if node is None:
             expires = dt.datetime.fromtimestamp(int((now + lifetime).timestamp()), dt.UTC)
@@ -173,6 +173,16 @@ def challenge(svc: Services, node_name: str, event_log_sha256: str | None = None
         if known is None or known != event_log_sha256 or not repo.has_event_log(db, known):
             known = None
     return Challenge(issued.nonce, issued.expires_at, selection, known)
+
+
+def pcr_selection(svc: Services, db: Session, version: int | None = None) -> dict[str, list[int]]:
+    """The PCRs every node is asked to quote: the configured ones, and PCR10 (IMA's) once any
+    runtime policy is stored — the same for every node, so a challenge says nothing about which
+    nodes a policy selects, and agents that only quote what they are asked for send it too."""
+    pcrs = set(svc.config.pcrs)
+    if svc.runtime.in_use(db, version):
+        pcrs.add(IMA_PCR)
+    return {svc.config.bank: sorted(pcrs)}
 
 
 def submit(svc: Services, node_name: str, body: bytes) -> AttestationResult:
@@ -194,6 +204,7 @@ def submit(svc: Services, node_name: str, body: bytes) -> AttestationResult:
             svc, db, snap.id, snap.labels, prefix=ev.ima_log is not None,
             version=read.golden_version,
         )  # fmt: skip
+        selection = pcr_selection(svc, db, read.golden_version)
         prefetch_verdict(svc, db, snap)
     checked = repo.check_nonce(snap.id, ev.nonce, now, key)
     refused = checked.refused or ("nonce_reused" if used else None)
@@ -248,7 +259,7 @@ def submit(svc: Services, node_name: str, body: bytes) -> AttestationResult:
     )  # fmt: skip
     return dataclasses.replace(
         stored,
-        next_challenge=_next_challenge(svc, snap.id, log_hex, now, key),
+        next_challenge=_next_challenge(svc, snap.id, log_hex, now, key, selection),
         ima=runtime.cursor if runtime is not None and ev.ima_log is not None else None,
     )
 
@@ -285,13 +296,17 @@ def _refuse(
 
 
 def _next_challenge(
-    svc: Services, node_id: int, log_hex: str, now: dt.datetime, key: bytes
+    svc: Services,
+    node_id: int,
+    log_hex: str,
+    now: dt.datetime,
+    key: bytes,
+    selection: dict[str, list[int]],
 ) -> Challenge:
     """The node's next nonce, good for its freshness window (at least ``nonce_lifetime``): a node
     attesting on its interval uses it in its next round instead of asking for a challenge."""
     seconds = max(svc.config.nonce_lifetime, svc.config.freshness_window)
     issued = repo.make_nonce(node_id, lifetime=dt.timedelta(seconds=seconds), now=now, key=key)
-    selection = {svc.config.bank: list(svc.config.pcrs)}
     return Challenge(issued.nonce, issued.expires_at, selection, log_hex)
 
 

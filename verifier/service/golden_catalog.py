@@ -104,6 +104,15 @@ class RuntimeCatalog(GoldenCatalog):
     version (every runtime-policy change bumps it too, ``runtime_ops``), so an attestation of an
     unchanged fleet reads no runtime-policy rows either."""
 
+    def in_use(self, db: Session, version: int | None = None) -> bool:
+        """Whether any runtime policy is stored (then every quote must cover PCR10)."""
+        if version is None:
+            version = hotpath.golden_version(db)
+        with self._lock:
+            if version != self._version:
+                self._load(db, version)
+            return bool(self._rows)
+
     def _load(self, db: Session, version: int) -> None:
         from verifier.store.runtime import RuntimeAssignment, RuntimePolicyRow
 
