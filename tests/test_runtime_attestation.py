@@ -20,6 +20,7 @@ from verifier.store import runtime as rstore
 from . import imalogbuilder as made
 from .conftest import CORPUS
 from .imanode import MadeImaNode, Round, flask_post
+from .postgres import postgres_server, postgres_url  # noqa: F401 (fixtures)
 from .test_service_api import Env, make_env
 
 SB_LOG = (CORPUS / "qemu-ovmf-debian12" / "secureboot-shim-grub-kernel.bin").read_bytes()
@@ -46,7 +47,16 @@ def runtime_yaml(version: str = "1", n: int = N_FILES) -> str:
 
 @pytest.fixture()
 def env(tmp_path: Path) -> Env:
-    e = make_env(str(tmp_path / "v.db"))
+    return _env(str(tmp_path / "v.db"))
+
+
+@pytest.fixture()
+def pg_env(request: pytest.FixtureRequest) -> Env:
+    return _env(request.getfixturevalue("postgres_url"))
+
+
+def _env(url: str) -> Env:
+    e = make_env(url)
     golden = capture(
         assume_quoted_for_review(parse_event_log(SB_LOG), HashAlg.SHA256), name="boot", version="1"
     )
@@ -403,3 +413,24 @@ def test_every_challenge_asks_for_pcr10_once_a_runtime_policy_exists(
     bare = make_env(str(tmp_path / "bare.db"))
     _, ch = flask_post(bare.client)("/v1/nodes/n1/challenge", {}, None)
     assert ch["pcr_selection"] == {"sha256": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 14]}
+
+
+def test_on_postgresql_steady_state_a_lie_and_a_revocation(pg_env: Env) -> None:
+    env = pg_env
+    n = node(env)
+    n.run(prog(0), prog(1))
+    assert attest(env, n).answer["status"] == "trusted"
+    n.run(prog(2))
+    r = attest(env, n)
+    assert r.answer["status"] == "trusted" and r.ima_start == 3
+    assert r.ima_bytes == len(made.binary([prog(2)]))
+    n.lie = (1, 1)
+    assert attest(env, n).status == 409
+    n.lie = None
+    env.client.post(
+        "/v1/runtime-policies/fleet-runtime/1/revoke",
+        headers=env.h("admin"),
+        json={"reason": "CVE"},
+    )
+    shown = env.client.get(f"/v1/nodes/{n.name}", headers=env.h("admin")).json
+    assert shown["state"] == "unknown"
