@@ -438,10 +438,12 @@ def _golden_assign(args: argparse.Namespace) -> int:
     from verifier.service import golden_ops
 
     out = golden_ops.assign(_services(args), args.name, _labels(args.selector), _actor())
+    return _print_assigned(args, out, "golden")
+
+
+def _print_assigned(args: argparse.Namespace, out: Any, what: str) -> int:
     sel = ",".join(f"{k}={v}" for k, v in out.assignment.selector.items()) or "*"
-    return _print(
-        args, out.to_json(), _table("assigned", ("golden", "selector"), [(args.name, sel)])
-    )
+    return _print(args, out.to_json(), _table("assigned", (what, "selector"), [(args.name, sel)]))
 
 
 def _golden_rollout(args: argparse.Namespace) -> int:
@@ -519,10 +521,7 @@ def _runtime_assign(args: argparse.Namespace) -> int:
     from verifier.service import runtime_ops
 
     out = runtime_ops.assign(_services(args), args.name, _labels(args.selector), _actor())
-    sel = ",".join(f"{k}={v}" for k, v in out.assignment.selector.items()) or "*"
-    return _print(
-        args, out.to_json(), _table("assigned", ("policy", "selector"), [(args.name, sel)])
-    )
+    return _print_assigned(args, out, "policy")
 
 
 def _runtime_status(args: argparse.Namespace) -> int:
