@@ -434,3 +434,16 @@ def test_on_postgresql_steady_state_a_lie_and_a_revocation(pg_env: Env) -> None:
     )
     shown = env.client.get(f"/v1/nodes/{n.name}", headers=env.h("admin")).json
     assert shown["state"] == "unknown"
+
+
+def test_a_reused_boot_verdict_still_appraises_the_new_ima_entries(env: Env) -> None:
+    n = node(env)
+    n.run(prog(0))
+    attest(env, n)
+    attest(env, n)  # nothing new: the first empty chunk is recorded
+    repeat = attest(env, n)
+    assert repeat.answer["repeat"] > 0  # the stored verdict was reused (boot unchanged)
+    n.run(made.file_entry(b"/usr/local/bin/miner", b"x"))
+    r = attest(env, n)
+    assert r.answer["repeat"] == 0 and r.answer["status"] == "untrusted"
+    assert r.answer["reason"] == "ima_file_not_approved"
