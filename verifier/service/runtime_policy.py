@@ -47,7 +47,11 @@ class NodeRuntime:
 
 
 def compiled_runtime(svc: Services, rows: Sequence[GoldenRowLike]) -> NodeRuntime:
-    """Compile ``rows`` once per combination of versions and statuses (``policy_for``'s rule)."""
+    """Compile ``rows`` once per combination of versions and statuses (``policy_for``'s rule);
+    no rows (no policy applies: most nodes) compiles nothing worth caching."""
+    if not rows:
+        empty = compile_runtime((), svc.now())
+        return NodeRuntime(empty, runtime_key(rows, empty))
     key = ("runtime", rows_key(rows))
     compiled = compiled_cached(
         svc, key, lambda: [runtime_from_row(r) for r in rows], compile_runtime
