@@ -266,3 +266,20 @@ def test_the_stored_prefix_round_trips_and_a_damaged_one_reads_as_none() -> None
     assert again == out.store
     row.replay = {**row.replay, "pcrs": {"sha256": {"10": "zz"}}}
     assert prefix_of(row) is None
+
+
+def test_a_key_loaded_in_an_earlier_chunk_verifies_a_signed_file_in_a_later_one() -> None:
+    """The stored prefix keeps the boot's key loads (assay.ima.KeyringLoads), also through an
+    empty chunk and the stored form."""
+    from .test_ima_keyrings import LEAF_DER, _policy, _signed
+
+    keys = _policy()
+    first = [made.buf_entry(b".ima", LEAF_DER)]
+    out1 = step(None, made.binary(first), 0, 0, quote(first), runtime(keys))
+    assert reasons(out1) == [] and out1.store is not None
+    again = prefix_of(ImaState(node_id=1, **out1.store.to_row()))
+    assert again is not None and again.keyring == out1.store.keyring
+    idle = step(again, b"", *out1.cursor, quote(first), runtime(keys))
+    later = [*first, _signed("signed")]
+    out2 = step(idle.store, made.binary(later[1:]), *idle.cursor, quote(later), runtime(keys))
+    assert reasons(out2) == [], out2.checks

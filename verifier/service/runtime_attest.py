@@ -30,7 +30,7 @@ from typing import Any
 
 from assay.algorithms import HashAlg
 from assay.errors import MalformedEvidence, VerificationFailed
-from assay.ima import ImaReplay, VerifiedImaLog, parse_ima_log, verify_ima
+from assay.ima import ImaReplay, KeyringLoads, VerifiedImaLog, parse_ima_log, verify_ima
 from assay.tpm2 import VerifiedQuote
 from verifier.appraisal import CheckStatus
 from verifier.appraisal.runtime import appraise_runtime
@@ -70,6 +70,8 @@ class StoredPrefix:
     approved: int
     failed: int
     policy_key: str
+    keyring: KeyringLoads = field(default_factory=KeyringLoads)
+    """The key loads of the prefix's entries (a later chunk's signatures may need them)."""
 
     def to_row(self) -> dict[str, Any]:
         return {
@@ -81,6 +83,7 @@ class StoredPrefix:
                 **replay_json(self.replay),
                 "approved": self.approved,
                 "failed": self.failed,
+                "keyring": self.keyring.to_json(),
             },
             "carried": [dict(c) for c in self.carried],
             "policy_key": self.policy_key,
@@ -183,8 +186,9 @@ def runtime_step(
     if problem is not None:
         return _failed(applies, rt, CheckStatus.FAIL, MISMATCH, problem)
     # 5-6. Judge and carry.
-    if not applies:
-        kept = StoredPrefix(*boot, verified.state, (), 0, 0, rt.key)
+    if not applies:  # tracked, never judged: never continued under a policy (another key)
+        loads = KeyringLoads((), verified.state.entries)
+        kept = StoredPrefix(*boot, verified.state, (), 0, 0, rt.key, loads)
         return RuntimeOutcome(False, [], (), kept, _cursor(kept), 0, len(verified.unquoted))
     base = prior if prior is not None and chunk.start else None
     return _judge(verified, base, boot, rt)
@@ -260,9 +264,16 @@ def _judge(
 ) -> RuntimeOutcome:
     """Step 5: the new entries' checks after the earlier chunks' failures, and one summary for
     the boot (``base`` is None for a full list: everything is judged again)."""
-    checks = [c.to_json() for c in appraise_runtime(verified, rt.compiled)]
+    loads = base.keyring if base is not None else KeyringLoads()
+    # an empty chunk has nothing to judge (appraise_runtime takes its start from its first entry)
+    judged = appraise_runtime(verified, rt.compiled, keyring=loads if verified.entries else None)
+    checks = [c.to_json() for c in judged]
     if rt.compiled.empty:  # ima_policy_not_in_force: nothing judged, so nothing is kept
         return RuntimeOutcome(True, checks, rt.refs, None, (0, 0))
+    try:
+        loads = loads.extend(verified)
+    except MalformedEvidence as exc:  # more key loads than a boot may make
+        return _failed(True, rt, CheckStatus.FAIL, "ima_log_malformed", str(exc))
     new = [c for c in checks if c["id"] != SUMMARY]
     summary = next((c for c in checks if c["id"] == SUMMARY), None)
     approved_now = _approved(summary, len(verified.entries))
@@ -282,7 +293,7 @@ def _judge(
     out.append(_check(status, reason, message, id=SUMMARY, pcr=None, golden=", ".join(rt.refs)))
     keep = [c for c in new if c["status"] != CheckStatus.PASS or c["id"] in KEEP_PASSING]
     carried = tuple(_capped(earlier + keep))
-    kept = StoredPrefix(*boot, verified.state, carried, approved, failed, rt.key)
+    kept = StoredPrefix(*boot, verified.state, carried, approved, failed, rt.key, loads)
     return RuntimeOutcome(
         True, out, rt.refs, kept, _cursor(kept), len(verified.entries), len(verified.unquoted)
     )
@@ -357,10 +368,20 @@ def prefix_of(row: rstore.ImaState | None) -> StoredPrefix | None:
             return None
         carried = tuple(dict(c) for c in row.carried)
         approved, failed = int(r["approved"]), int(r["failed"])
+        keyring = KeyringLoads.from_json(r["keyring"])
+        if keyring.entries != replay.entries:
+            return None
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
     return StoredPrefix(
-        row.reset_count, row.restart_count, replay, carried, approved, failed, row.policy_key
+        row.reset_count,
+        row.restart_count,
+        replay,
+        carried,
+        approved,
+        failed,
+        row.policy_key,
+        keyring,
     )
 
 
