@@ -31,7 +31,7 @@ from .eventlog._workarounds import COVERAGE_WORKAROUNDS, Workaround
 from .events import EventType as ET
 from .events import event_type_name
 from .pcclient import EBS_ACTIONS, PLATFORM_STATES, separator_digests, special_digests
-from .uefi.signatures import parse_signature_data, parse_signature_lists
+from .uefi.signatures import parse_signature_data, signature_database_ids
 from .uefi.structures import parse_variable_data
 
 LINUX_INITRD_TAG = 0x8F3B22EC
@@ -213,13 +213,7 @@ def signature_ids(value: bytes) -> frozenset[str]:
     Cached by content: PK/KEK/db/dbx are identical across a fleet's boots, and a 400-entry dbx is
     the costliest thing in an appraisal. Raises MalformedEvidence for a malformed database.
     """
-    out: set[str] = set()
-    for sig_list in parse_signature_lists(value, where="signature database"):
-        for entry in sig_list.entries:
-            out.add(
-                hashlib.sha256(entry.data).hexdigest() if entry.kind == "x509" else entry.data.hex()
-            )
-    return frozenset(out)
+    return signature_database_ids(value, where="signature database")
 
 
 @functools.lru_cache(maxsize=1024)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,11 @@ _FIXED_SIZES: dict[str, tuple[str, int]] = {
     "7076876e-80c2-4ee6-aad2-28b349a6865b": ("x509_sha384", 48 + 16),
     "446dbf63-2502-4cda-bcfa-2465d2b0fe9d": ("x509_sha512", 64 + 16),
 }
+# The same, by the GUID's 16 wire bytes: what a list header holds.
+_FIXED_SIZES_RAW: dict[bytes, tuple[str, int]] = {
+    Guid.parse(text).raw: value for text, value in _FIXED_SIZES.items()
+}
+_X509_RAW = EFI_CERT_X509.raw
 _HASH_KIND_BY_SIZE = {20: "sha1", 32: "sha256", 48: "sha384", 64: "sha512"}
 
 
@@ -85,33 +91,8 @@ class X509Certificate:
 
     @classmethod
     def from_der(cls, der: bytes, *, where: str = "X.509 certificate") -> X509Certificate:
-        if der_length(der, where) != len(der):
-            raise MalformedEvidence(
-                f"DER length {der_length(der, where)} does not fill the {len(der)}-byte slot",
-                where=where,
-            )
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", CryptographyDeprecationWarning)
-                cert = x509.load_der_x509_certificate(der)
-                # cryptography parses lazily: touch every field we show now, so a bad name or
-                # version is a MalformedEvidence here and never a ValueError in describe().
-                _ = (
-                    cert.version,
-                    cert.serial_number,
-                    cert.subject.rfc4514_string(),
-                    cert.issuer.rfc4514_string(),
-                    cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME),
-                )
-        except Exception as exc:
-            # cryptography raises ValueError, InvalidVersion and, for some malformed names,
-            # TypeError (found by scripts/fuzz): at this boundary every one means "malformed",
-            # except a serial number that is not positive on an otherwise sound certificate.
-            walked = _walk(der)
-            if walked is None or walked.serial > 0:
-                raise MalformedEvidence(f"not a valid certificate ({exc})", where=where) from None
-            return cls(der, [], walked)
-        return cls(der, [cert])
+        cert, unparsed = _load_certificate(der, where)
+        return cls(der, [] if cert is None else [cert], unparsed)
 
     @property
     def certificate(self) -> x509.Certificate | None:
@@ -162,6 +143,36 @@ class X509Certificate:
         if self.unparsed is not None:
             out["unparsed"] = self.unparsed.reason
         return out
+
+
+def _load_certificate(
+    der: bytes, where: str
+) -> tuple[x509.Certificate, None] | tuple[None, _Unparsed]:
+    """Parse (and so validate) one DER certificate filling its slot; MalformedEvidence if it is not
+    one, the walked fields instead of a certificate when only its serial is not positive."""
+    if der_length(der, where) != len(der):
+        raise MalformedEvidence(
+            f"DER length {der_length(der, where)} does not fill the {len(der)}-byte slot",
+            where=where,
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", CryptographyDeprecationWarning)
+            cert = x509.load_der_x509_certificate(der)
+            # cryptography parses lazily: touch every field we show now, so a bad name or version
+            # is a MalformedEvidence here and never a ValueError in describe(). Building the Name
+            # objects is where a bad name fails; formatting them (rfc4514_string, the CN lookup)
+            # reads what was built and cannot fail, so it is left to whoever shows them.
+            _ = (cert.version, cert.serial_number, cert.subject, cert.issuer)
+    except Exception as exc:
+        # cryptography raises ValueError, InvalidVersion and, for some malformed names,
+        # TypeError (found by scripts/fuzz): at this boundary every one means "malformed",
+        # except a serial number that is not positive on an otherwise sound certificate.
+        walked = _walk(der)
+        if walked is None or walked.serial > 0:
+            raise MalformedEvidence(f"not a valid certificate ({exc})", where=where) from None
+        return None, walked
+    return cert, None
 
 
 # -- the certificate walk: only for certificates cryptography refuses ------------------------------
@@ -293,22 +304,76 @@ def parse_signature_lists(
     certificate that fills its slot. An empty database (zero bytes) is an empty tuple.
     """
     lists: list[SignatureList] = []
-    pos = 0
-    end = len(data)
-    while pos < end:
-        if len(lists) >= MAX_SIGNATURE_LISTS:
-            raise MalformedEvidence(
-                f"more than {MAX_SIGNATURE_LISTS} signature lists", where=where, offset=pos
-            )
-        lists.append(_parse_one_list(data, pos, where))
-        pos += int.from_bytes(data[pos + 16 : pos + 20], "little")
+    for layout in _layouts(data, where):
+        entries = []
+        sig_size = layout.sig_size
+        for i, at in enumerate(range(layout.body, layout.end, sig_size)):
+            content = data[at + _OWNER : at + sig_size]
+            cert = None
+            if layout.kind == "x509":
+                cert = X509Certificate.from_der(content, where=f"{layout.here}, entry {i}")
+            entries.append(SignatureEntry(Guid(data[at : at + _OWNER]), layout.kind, content, cert))
+        header = data[layout.start + _LIST_HEADER : layout.body]
+        lists.append(SignatureList(Guid(layout.sig_type), header, tuple(entries)))
     return tuple(lists)
 
 
-def _parse_one_list(data: bytes, start: int, where: str) -> SignatureList:
+def signature_database_ids(data: bytes, *, where: str = "signature database") -> frozenset[str]:
+    """Every entry of a signature database as an id — the SHA-256 hex of a certificate's DER, else
+    the hex of the data — with exactly the checks (and errors) of :func:`parse_signature_lists`,
+    certificates validated the same way, but no entry objects built: what the appraisal compares
+    with golden sets, the costliest thing it decodes (a dbx holds hundreds of hashes)."""
+    out: set[str] = set()
+    for layout in _layouts(data, where):
+        sig_size = layout.sig_size
+        if layout.kind == "x509":
+            for i, at in enumerate(range(layout.body, layout.end, sig_size)):
+                der = data[at + _OWNER : at + sig_size]
+                _load_certificate(der, f"{layout.here}, entry {i}")
+                out.add(hashlib.sha256(der).hexdigest())
+        else:
+            # One hex string for the whole body; each entry's data is a slice of it.
+            text = data[layout.body : layout.end].hex()
+            step, skip = 2 * sig_size, 2 * _OWNER
+            out.update(text[p + skip : p + step] for p in range(0, len(text), step))
+    return frozenset(out)
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """Where one checked EFI_SIGNATURE_LIST's parts are: entries of ``sig_size`` bytes from
+    ``body`` to ``end`` (a whole number of them)."""
+
+    here: str
+    start: int
+    sig_type: bytes
+    kind: str
+    sig_size: int
+    body: int
+    end: int
+
+
+def _layouts(data: bytes, where: str) -> Iterator[_Layout]:
+    """Checks 1–3 of :func:`parse_signature_lists` on each list in turn (lazily: a caller's check
+    of one list's entries comes before the next list's header, as in one pass)."""
+    pos = 0
+    end = len(data)
+    count = 0
+    while pos < end:
+        if count >= MAX_SIGNATURE_LISTS:
+            raise MalformedEvidence(
+                f"more than {MAX_SIGNATURE_LISTS} signature lists", where=where, offset=pos
+            )
+        layout = _layout(data, pos, where)
+        count += 1
+        yield layout
+        pos = layout.end
+
+
+def _layout(data: bytes, start: int, where: str) -> _Layout:
     here = f"{where}, signature list at offset {start}"
     r = Reader(data, here, start=start)
-    sig_type = Guid(r.take(16, "SignatureType"))
+    sig_type = r.take(16, "SignatureType")
     list_size = r.u32le("SignatureListSize")
     header_size = r.u32le("SignatureHeaderSize")
     sig_size = r.u32le("SignatureSize")
@@ -332,7 +397,7 @@ def _parse_one_list(data: bytes, start: int, where: str) -> SignatureList:
             where=here,
             offset=start + 24,
         )
-    fixed = _FIXED_SIZES.get(str(sig_type))
+    fixed = _FIXED_SIZES_RAW.get(sig_type)
     if fixed is not None and sig_size != _OWNER + fixed[1]:
         raise MalformedEvidence(
             f"SignatureSize {sig_size} is wrong for {fixed[0]} (must be {_OWNER + fixed[1]})",
@@ -347,17 +412,9 @@ def _parse_one_list(data: bytes, start: int, where: str) -> SignatureList:
             where=here,
             offset=start,
         )
-    header = r.take(header_size, "SignatureHeader")
-    kind = "x509" if sig_type == EFI_CERT_X509 else (fixed[0] if fixed else "unknown")
-    entries = []
-    for i in range(body // sig_size):
-        owner = Guid(r.take(_OWNER, "SignatureOwner"))
-        content = r.take(sig_size - _OWNER, "SignatureData")
-        cert = None
-        if kind == "x509":
-            cert = X509Certificate.from_der(content, where=f"{here}, entry {i}")
-        entries.append(SignatureEntry(owner, kind, content, cert))
-    return SignatureList(sig_type, header, tuple(entries))
+    kind = "x509" if sig_type == _X509_RAW else (fixed[0] if fixed else "unknown")
+    first = start + _LIST_HEADER + header_size
+    return _Layout(here, start, sig_type, kind, sig_size, first, first + body)
 
 
 def parse_signature_data(data: bytes, *, where: str = "EFI_SIGNATURE_DATA") -> SignatureEntry:
