@@ -346,15 +346,15 @@ def _extract(vlog: BootLog) -> BootFacts:
     seps = separator_digests(bank)
     special = special_digests(bank)
     by_pcr = facts.by_pcr
+    coverage = vlog.caches.coverage.get
     for e in events:
-        pcr = e.pcr
+        _, pcr, et, digests, data, _ = e
         if pcr >= 8:
-            if pcr == 8 and e.data.startswith(b"grub_cmd"):  # neither command line nor initrd
+            if pcr == 8 and data.startswith(b"grub_cmd"):  # neither command line nor initrd
                 continue
             _os_pcrs(vlog, facts, e)
             continue
-        et = e.event_type
-        digest = e.digests.get(bank)
+        digest = digests.get(bank)
         group = by_pcr.get(pcr)
         if group is None:
             group = by_pcr[pcr] = []
@@ -364,7 +364,8 @@ def _extract(vlog: BootLog) -> BootFacts:
             else:
                 facts.odd_separators.append(e)
         group.append(e)
-        covered, workaround, detail = _covered(vlog, e, digest)
+        hit = coverage((bank, et, digest), data) if digest is not None else None
+        covered, workaround, detail = hit if hit is not None else _covered(vlog, e, digest)
         if covered is False or (et != _SEPARATOR and digest in seps):
             facts.suspicious.append(e)
         full = covered is True and workaround is None
@@ -387,10 +388,8 @@ def _extract(vlog: BootLog) -> BootFacts:
             action = special.get(digest) if digest is not None else None
             if action in EBS_ACTIONS:
                 facts.ebs_events.append((e, action))
-        elif pcr == 1:
-            data = e.data
-            if full and len(data) > 35 and data[16] in _VALUE_NAME_LENGTHS:  # a cheap peek first
-                _variable_fact(vlog, facts, e)
+        elif pcr == 1 and full and len(data) > 35 and data[16] in _VALUE_NAME_LENGTHS:
+            _variable_fact(vlog, facts, e)  # after a cheap peek at the name's length
     return facts
 
 

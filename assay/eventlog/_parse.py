@@ -14,6 +14,7 @@ its byte offset and what was wrong. Event data is kept as raw bytes; decoding it
 from __future__ import annotations
 
 import hashlib
+import operator
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ _U32 = struct.Struct("<I")
 _U16 = struct.Struct("<H")
 _SHA1_EVENT_HEADER = struct.Struct("<II20sI")
 _KNOWN_ALGS = {int(a): a for a in HashAlg}
+_EVENT_TYPE = operator.itemgetter(2)  # Event.event_type
 
 
 class Event(NamedTuple):
@@ -169,9 +171,10 @@ def parse_event_log(data: bytes, *, max_size: int = MAX_LOG_SIZE) -> EventLog:
             index += 1
         banks = (HashAlg.SHA1,)
         fmt = "sha1"
-    # 4. PCR0's starting value.
-    locality = _startup_locality(events)
-    hcrtm = any(e.event_type == _EV_HCRTM for e in events)
+    # 4. PCR0's starting value (the event types in one C-level pass, then only EV_NO_ACTIONs).
+    types = list(map(_EVENT_TYPE, events))
+    locality = _startup_locality(events, types)
+    hcrtm = _EV_HCRTM in types
     return EventLog(
         format=fmt,
         banks=banks,
@@ -388,14 +391,17 @@ def _read_agile_event_slow(data: bytes, pos: int, index: int, spec_id: SpecId) -
     return Event(index, pcr, etype, digests, data[pos : pos + dsize], start), pos + dsize
 
 
-def _startup_locality(events: list[Event]) -> int | None:
-    """The locality of a StartupLocality EV_NO_ACTION event in PCR0, if the log has one."""
-    for event in events:
-        if (
-            event.event_type == _EV_NO_ACTION
-            and event.pcr == 0
-            and event.data.startswith(STARTUP_LOCALITY)
-        ):
+def _startup_locality(events: list[Event], types: list[int]) -> int | None:
+    """The locality of a StartupLocality EV_NO_ACTION event in PCR0, if the log has one
+    (``types`` are the events' types, in order)."""
+    at = -1
+    while True:
+        try:
+            at = types.index(_EV_NO_ACTION, at + 1)
+        except ValueError:
+            return None
+        event = events[at]
+        if event.pcr == 0 and event.data.startswith(STARTUP_LOCALITY):
             if len(event.data) != 17:
                 raise MalformedEvidence(
                     f"StartupLocality event data is {len(event.data)} bytes, expected 17",
@@ -408,4 +414,3 @@ def _startup_locality(events: list[Event]) -> int | None:
                     f"StartupLocality {locality} is not 0, 3 or 4", where=f"event {event.index}"
                 )
             return locality
-    return None

@@ -186,9 +186,8 @@ def check_firmware(
 
 def _blobs_present(vlog: BootLog, facts: BootFacts, policy: CompiledPolicy) -> list[Check]:
     """A set's firmware blobs are all measured in PCR0 (by digest) for at least one set."""
-    measured = {
-        (vlog.bank, d) for e in vlog.events if e.pcr == 0 for d in (e.digests.get(vlog.bank),)
-    }
+    bank = vlog.bank
+    measured = {(bank, e.digests.get(bank)) for e in facts.by_pcr.get(0, ())}
     best: tuple[str, int] | None = None
     for ref, keys in policy.blob_sets:
         mine = [k for k in keys if k[0] == vlog.bank]
