@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import operator
+from collections import Counter
 from dataclasses import dataclass, field
 
 from .algorithms import HashAlg
@@ -32,7 +33,7 @@ from .events import EventType as ET
 from .events import event_type_name
 from .pcclient import EBS_ACTIONS, PLATFORM_STATES, separator_digests, special_digests
 from .uefi.signatures import parse_signature_data, signature_database_ids
-from .uefi.structures import parse_variable_data
+from .uefi.structures import variable_name_value
 
 LINUX_INITRD_TAG = 0x8F3B22EC
 LINUX_LOAD_OPTIONS_TAG = 0x8F3B22ED
@@ -250,11 +251,9 @@ def _variable(vlog: BootLog, event: Event) -> tuple[str, bytes] | None:
     cache = vlog.caches.variables
     var = cache.get(key, event.data)
     if var is None:
-        try:
-            parsed = parse_variable_data(event.data, where=f"event {event.index}")
-        except MalformedEvidence:
+        var = variable_name_value(event.data)
+        if var is None:
             return None
-        var = (parsed.name, parsed.data)
         cache.put(key, event.data, var)
     return var
 
@@ -415,11 +414,13 @@ def extended_digests(
             out[pcr] = hit
     if missing:
         fresh: dict[int, DigestCounts] = {p: {} for p in missing}
-        for e in vlog.events:
-            counts = fresh.get(e.pcr)
+        # (PCR, digest) pairs counted in one C-level pass, then split by PCR.
+        events = vlog.events
+        pairs = Counter(zip(map(_PCR, events), map(_GET(bank), map(_DIGESTS, events)), strict=True))
+        for (pcr, d), n in pairs.items():
+            counts = fresh.get(pcr)
             if counts is not None:
-                d = e.digests.get(bank)
-                counts[d] = counts.get(d, 0) + 1
+                counts[d] = n
         keep: dict[tuple[HashAlg, int, bytes], DigestCounts] = {}
         for pcr, counts in fresh.items():
             value = vlog.pcrs.get(pcr)

@@ -150,20 +150,28 @@ def _load_certificate(
 ) -> tuple[x509.Certificate, None] | tuple[None, _Unparsed]:
     """Parse (and so validate) one DER certificate filling its slot; MalformedEvidence if it is not
     one, the walked fields instead of a certificate when only its serial is not positive."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CryptographyDeprecationWarning)
+        return _load_strictly(der, where)
+
+
+def _load_strictly(
+    der: bytes, where: str
+) -> tuple[x509.Certificate, None] | tuple[None, _Unparsed]:
+    """:func:`_load_certificate` for a caller that has made CryptographyDeprecationWarning an error
+    (cryptography's word for a serial number that is not positive)."""
     if der_length(der, where) != len(der):
         raise MalformedEvidence(
             f"DER length {der_length(der, where)} does not fill the {len(der)}-byte slot",
             where=where,
         )
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", CryptographyDeprecationWarning)
-            cert = x509.load_der_x509_certificate(der)
-            # cryptography parses lazily: touch every field we show now, so a bad name or version
-            # is a MalformedEvidence here and never a ValueError in describe(). Building the Name
-            # objects is where a bad name fails; formatting them (rfc4514_string, the CN lookup)
-            # reads what was built and cannot fail, so it is left to whoever shows them.
-            _ = (cert.version, cert.serial_number, cert.subject, cert.issuer)
+        cert = x509.load_der_x509_certificate(der)
+        # cryptography parses lazily: touch every field we show now, so a bad name or version is
+        # a MalformedEvidence here and never a ValueError in describe(). Building the Name objects
+        # is where a bad name fails; formatting them (rfc4514_string, the CN lookup) reads what was
+        # built and cannot fail, so it is left to whoever shows them.
+        _ = (cert.version, cert.serial_number, cert.subject, cert.issuer)
     except Exception as exc:
         # cryptography raises ValueError, InvalidVersion and, for some malformed names,
         # TypeError (found by scripts/fuzz): at this boundary every one means "malformed",
@@ -324,19 +332,25 @@ def signature_database_ids(data: bytes, *, where: str = "signature database") ->
     certificates validated the same way, but no entry objects built: what the appraisal compares
     with golden sets, the costliest thing it decodes (a dbx holds hundreds of hashes)."""
     out: set[str] = set()
-    for layout in _layouts(data, where):
-        sig_size = layout.sig_size
-        if layout.kind == "x509":
-            for i, at in enumerate(range(layout.body, layout.end, sig_size)):
-                der = data[at + _OWNER : at + sig_size]
-                _load_certificate(der, f"{layout.here}, entry {i}")
-                out.add(hashlib.sha256(der).hexdigest())
-        else:
-            # One hex string for the whole body; each entry's data is a slice of it.
-            text = data[layout.body : layout.end].hex()
-            step, skip = 2 * sig_size, 2 * _OWNER
-            out.update(text[p + skip : p + step] for p in range(0, len(text), step))
+    with warnings.catch_warnings():  # once for every certificate (see _load_strictly)
+        warnings.simplefilter("error", CryptographyDeprecationWarning)
+        for layout in _layouts(data, where):
+            _add_ids(data, layout, out)
     return frozenset(out)
+
+
+def _add_ids(data: bytes, layout: _Layout, out: set[str]) -> None:
+    sig_size = layout.sig_size
+    if layout.kind == "x509":
+        for i, at in enumerate(range(layout.body, layout.end, sig_size)):
+            der = data[at + _OWNER : at + sig_size]
+            _load_strictly(der, f"{layout.here}, entry {i}")
+            out.add(hashlib.sha256(der).hexdigest())
+    else:
+        # One hex string for the whole body; each entry's data is a slice of it.
+        text = data[layout.body : layout.end].hex()
+        step, skip = 2 * sig_size, 2 * _OWNER
+        out.update(text[p + skip : p + step] for p in range(0, len(text), step))
 
 
 @dataclass(frozen=True, slots=True)
