@@ -296,8 +296,10 @@ def _read_agile_events(data: bytes, pos: int, spec_id: SpecId) -> list[Event]:
     new_event = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
     unpack = layout.unpack_from
     events: list[Event] = []
-    index = 1
     append = events.append
+    if all_known and count_all <= 3:
+        pos = _read_uniform_events(data, pos, layout, keys, expect_ids, events)
+    index = len(events) + 1
     while pos < end:
         if all_known and pos + fixed <= end:
             fields = unpack(data, pos)
@@ -333,6 +335,58 @@ def _read_agile_events(data: bytes, pos: int, spec_id: SpecId) -> list[Event]:
         append(event)
         index += 1
     return events
+
+
+def _read_uniform_events(
+    data: bytes,
+    pos: int,
+    layout: struct.Struct,
+    keys: tuple[HashAlg | None, ...],
+    ids: tuple[int, ...],
+    events: list[Event],
+) -> int:
+    """The fast path's fast path, for the usual logs (one to three known banks): events carrying
+    every declared digest in header order, each unpacked into names at once, appended to ``events``
+    until the first event of another shape (or the end). Returns where it stopped."""
+    end = len(data)
+    fixed = layout.size
+    last = end - fixed
+    unpack = layout.unpack_from
+    append = events.append
+    new_event = tuple.__new__
+    index = len(events) + 1
+    a, b, c = (*keys, None, None)[:3]
+    x, y, z = (*ids, -1, -1)[:3]
+    count = len(ids)
+    while pos <= last:
+        if count == 3:
+            pcr, etype, n, xi, da, yi, db, zi, dc, dsize = unpack(data, pos)
+            if n != 3 or xi != x or yi != y or zi != z:
+                break
+            digests = {a: da, b: db, c: dc}
+        elif count == 2:
+            pcr, etype, n, xi, da, yi, db, dsize = unpack(data, pos)
+            if n != 2 or xi != x or yi != y:
+                break
+            digests = {a: da, b: db}
+        else:
+            pcr, etype, n, xi, da, dsize = unpack(data, pos)
+            if n != 1 or xi != x:
+                break
+            digests = {a: da}
+        if pcr > MAX_PCR and pcr != TRAILER_PCR:
+            _check_pcr(pcr, index, pos)
+        body = pos + fixed
+        if dsize > end - body:
+            raise MalformedEvidence(
+                f"event data size {dsize} overruns the log ({end - body} bytes left)",
+                where=f"event {index}",
+                offset=body - 4,
+            )
+        append(new_event(Event, (index, pcr, etype, digests, data[body : body + dsize], pos)))
+        pos = body + dsize
+        index += 1
+    return pos
 
 
 def _read_agile_event_slow(data: bytes, pos: int, index: int, spec_id: SpecId) -> tuple[Event, int]:
