@@ -32,7 +32,12 @@ from .eventlog._workarounds import COVERAGE_WORKAROUNDS, Workaround
 from .events import EventType as ET
 from .events import event_type_name
 from .pcclient import EBS_ACTIONS, PLATFORM_STATES, separator_digests, special_digests
-from .uefi.signatures import parse_signature_data, signature_database_ids
+from .uefi.signatures import (
+    SignatureIds,
+    parse_signature_data,
+    signature_data_id,
+    signature_database_ids,
+)
 from .uefi.structures import variable_name_value
 
 LINUX_INITRD_TAG = 0x8F3B22EC
@@ -208,7 +213,7 @@ def grub_text(raw: bytes) -> str | None:
 
 
 @functools.lru_cache(maxsize=1024)
-def signature_ids(value: bytes) -> frozenset[str]:
+def signature_ids(value: bytes) -> SignatureIds:
     """Entries of a signature database as ids: SHA-256 of each certificate's DER, else the hash hex.
 
     Cached by content: PK/KEK/db/dbx are identical across a fleet's boots, and a 400-entry dbx is
@@ -226,6 +231,17 @@ def authority_id(data: bytes) -> str | None:
     except MalformedEvidence:
         return None
     return hashlib.sha256(entry.data).hexdigest() if entry.kind == "x509" else entry.data.hex()
+
+
+def authority_in(data: bytes, ids: frozenset[str], certificates: frozenset[str]) -> bool:
+    """``authority_id(data) in ids``, where ``certificates`` are ids of certificates already
+    validated (a database's, :class:`SignatureIds`): a certificate byte-identical to one of them
+    (the same SHA-256) is not validated a second time."""
+    got = signature_data_id(data)
+    if got is None or got[0] not in ids:
+        return False
+    aid, is_certificate = got
+    return not is_certificate or aid in certificates or authority_id(data) is not None
 
 
 def _covered(

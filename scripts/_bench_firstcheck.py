@@ -207,7 +207,9 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
                     if k in row:
                         rows.setdefault(log, {}).setdefault(f"{label}_{k}", []).append(row[k])
                 rows.setdefault(log, {})["events"] = [row.get("events", 0)]
-    return {log: {k: statistics.median(v) for k, v in r.items()} for log, r in rows.items()}
+    return {
+        log: {k: round(statistics.median(v), 1) for k, v in r.items()} for log, r in rows.items()
+    }
 
 
 def callgrind(args: argparse.Namespace) -> dict[str, Any]:
@@ -269,11 +271,13 @@ def main() -> int:
         print(json.dumps(result, indent=1))
         return 0
     if args.compare:
-        print(f"{'log':<62}{'ev':>4} {'old warm':>9}{'new warm':>9} {'old cold':>9}{'new cold':>9}")
+        print(
+            f"{'log':<62}{'ev':>4} {'old warm':>9} {'new warm':>9} {'old cold':>9} {'new cold':>9}"
+        )
         for log, r in result.items():
             print(
-                f"{log:<62}{int(r['events']):>4} {r.get('old_warm_us', 0):>9}"
-                f"{r.get('new_warm_us', 0):>9} {r.get('old_cold_us', 0):>9}"
+                f"{log:<62}{int(r['events']):>4} {r.get('old_warm_us', 0):>9} "
+                f"{r.get('new_warm_us', 0):>9} {r.get('old_cold_us', 0):>9} "
                 f"{r.get('new_cold_us', 0):>9}"
             )
         return 0

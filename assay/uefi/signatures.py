@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -326,31 +326,52 @@ def parse_signature_lists(
     return tuple(lists)
 
 
-def signature_database_ids(data: bytes, *, where: str = "signature database") -> frozenset[str]:
+class SignatureIds(frozenset[str]):
+    """The ids of a signature database's entries, and ``certificates``: the ids of its X.509
+    entries, every one of them validated (a database with an invalid one has no ids at all)."""
+
+    __slots__ = ("certificates",)
+    certificates: frozenset[str]
+
+    def __new__(cls, ids: Iterable[str], certificates: Iterable[str]) -> SignatureIds:
+        self = super().__new__(cls, ids)
+        self.certificates = frozenset(certificates)
+        return self
+
+    def __reduce__(self) -> tuple[type[SignatureIds], tuple[list[str], list[str]]]:
+        return SignatureIds, (list(self), list(self.certificates))
+
+
+def signature_database_ids(data: bytes, *, where: str = "signature database") -> SignatureIds:
     """Every entry of a signature database as an id — the SHA-256 hex of a certificate's DER, else
     the hex of the data — with exactly the checks (and errors) of :func:`parse_signature_lists`,
     certificates validated the same way, but no entry objects built: what the appraisal compares
     with golden sets, the costliest thing it decodes (a dbx holds hundreds of hashes)."""
-    out: set[str] = set()
+    out: list[str] = []
+    certificates: list[str] = []
     with warnings.catch_warnings():  # once for every certificate (see _load_strictly)
         warnings.simplefilter("error", CryptographyDeprecationWarning)
         for layout in _layouts(data, where):
-            _add_ids(data, layout, out)
-    return frozenset(out)
+            ids = _ids(data, layout)
+            out += ids
+            if layout.kind == "x509":
+                certificates += ids
+    return SignatureIds(out, certificates)
 
 
-def _add_ids(data: bytes, layout: _Layout, out: set[str]) -> None:
+def _ids(data: bytes, layout: _Layout) -> list[str]:
     sig_size = layout.sig_size
     if layout.kind == "x509":
+        ids = []
         for i, at in enumerate(range(layout.body, layout.end, sig_size)):
             der = data[at + _OWNER : at + sig_size]
             _load_strictly(der, f"{layout.here}, entry {i}")
-            out.add(hashlib.sha256(der).hexdigest())
-    else:
-        # One hex string for the whole body; each entry's data is a slice of it.
-        text = data[layout.body : layout.end].hex()
-        step, skip = 2 * sig_size, 2 * _OWNER
-        out.update(text[p + skip : p + step] for p in range(0, len(text), step))
+            ids.append(hashlib.sha256(der).hexdigest())
+        return ids
+    # One hex string for the whole body; each entry's data is a slice of it.
+    text = data[layout.body : layout.end].hex()
+    step, skip = 2 * sig_size, 2 * _OWNER
+    return [text[p + skip : p + step] for p in range(0, len(text), step)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -435,21 +456,40 @@ def parse_signature_data(data: bytes, *, where: str = "EFI_SIGNATURE_DATA") -> S
     """Parse the data of an EV_EFI_VARIABLE_AUTHORITY event: the db/MokList entry that verified
     an image. Usually EFI_SIGNATURE_DATA (owner GUID + certificate or hash); shim and some older
     firmware log the bare DER certificate, recognised when the data is exactly one DER SEQUENCE."""
+    owner, kind, content = _signature_data_parts(data, where)
+    cert = X509Certificate.from_der(content, where=where) if kind == "x509" else None
+    return SignatureEntry(None if owner is None else Guid(owner), kind, content, cert)
+
+
+def signature_data_id(data: bytes) -> tuple[str, bool] | None:
+    """(id, whether it names a certificate) of an EFI_SIGNATURE_DATA, as the ids of
+    :func:`signature_database_ids`, from its structure alone: a certificate is *not* validated
+    here (None only when the structure is malformed). Whoever trusts the id of a certificate must
+    know it valid, as :func:`parse_signature_data` would check, or know its bytes identical to a
+    certificate that was."""
+    try:
+        _, kind, content = _signature_data_parts(data, "EFI_SIGNATURE_DATA")
+    except MalformedEvidence:
+        return None
+    if kind == "x509":
+        return hashlib.sha256(content).hexdigest(), True
+    return content.hex(), False
+
+
+def _signature_data_parts(data: bytes, where: str) -> tuple[bytes | None, str, bytes]:
+    """(owner GUID bytes or None for a bare certificate, kind, content) of an EFI_SIGNATURE_DATA."""
     if len(data) >= 4 and data[0] == 0x30 and data[1] in (0x81, 0x82, 0x83):
         try:
             exact = der_length(data, where) == len(data)
         except MalformedEvidence:
             exact = False
         if exact:
-            return SignatureEntry(None, "x509", data, X509Certificate.from_der(data, where=where))
+            return None, "x509", data
     if len(data) < _OWNER + 1:
         raise MalformedEvidence(
             f"{len(data)} bytes is too short for an owner GUID and data", where=where, offset=0
         )
-    owner = Guid(data[:_OWNER])
     content = data[_OWNER:]
     if content[0] == 0x30:
-        cert = X509Certificate.from_der(content, where=where)
-        return SignatureEntry(owner, "x509", content, cert)
-    kind = _HASH_KIND_BY_SIZE.get(len(content), "unknown")
-    return SignatureEntry(owner, kind, content)
+        return data[:_OWNER], "x509", content
+    return data[:_OWNER], _HASH_KIND_BY_SIZE.get(len(content), "unknown"), content
