@@ -247,14 +247,11 @@ def authority_in(data: bytes, ids: frozenset[str], certificates: frozenset[str])
 def _covered(
     vlog: BootLog, e: Event, digest: bytes | None
 ) -> tuple[bool | None, Workaround | None, str]:
-    """(whether ``e``'s data is covered, the coverage workaround it needed, its detail), straight
-    from the verifier's coverage cache (what ``data_covered`` keeps there, by content): extraction
-    asks once per event, so the log's own memo would only add a second lookup."""
+    """(whether ``e``'s data is covered, the coverage workaround it needed, its detail) when the
+    verifier's coverage cache (what ``data_covered`` keeps there, by content) has not got it yet:
+    extraction asks once per event, so the log's own memo would only add a second lookup."""
     if digest is None:
         return False, None, ""
-    hit = vlog.caches.coverage.get((vlog.bank, e.event_type, digest), e.data)
-    if hit is not None:
-        return hit
     covered, applied = data_covered(e, vlog.bank, vlog.caches.coverage)
     if applied is None:
         return covered, None, ""

@@ -297,7 +297,7 @@ def _read_agile_events(data: bytes, pos: int, spec_id: SpecId) -> list[Event]:
     unpack = layout.unpack_from
     events: list[Event] = []
     append = events.append
-    if all_known and count_all <= 3:
+    if all_known and count_all <= 4:
         pos = _read_uniform_events(data, pos, layout, keys, expect_ids, events)
     index = len(events) + 1
     while pos < end:
@@ -345,7 +345,7 @@ def _read_uniform_events(
     ids: tuple[int, ...],
     events: list[Event],
 ) -> int:
-    """The fast path's fast path, for the usual logs (one to three known banks): events carrying
+    """The fast path's fast path, for the usual logs (one to four known banks): events carrying
     every declared digest in header order, each unpacked into names at once, appended to ``events``
     until the first event of another shape (or the end). Returns where it stopped."""
     end = len(data)
@@ -355,25 +355,30 @@ def _read_uniform_events(
     append = events.append
     new_event = tuple.__new__
     index = len(events) + 1
-    a, b, c = (*keys, None, None)[:3]
-    x, y, z = (*ids, -1, -1)[:3]
+    a, b, c, d = (*keys, None, None, None)[:4]
+    w, x, y, z = (*ids, -1, -1, -1)[:4]
     count = len(ids)
     while pos <= last:
-        if count == 3:
-            pcr, etype, n, xi, da, yi, db, zi, dc, dsize = unpack(data, pos)
-            if n != 3 or xi != x or yi != y or zi != z:
-                break
-            digests = {a: da, b: db, c: dc}
-        elif count == 2:
-            pcr, etype, n, xi, da, yi, db, dsize = unpack(data, pos)
-            if n != 2 or xi != x or yi != y:
+        if count == 2:
+            pcr, etype, n, wi, da, xi, db, dsize = unpack(data, pos)
+            if n != 2 or wi != w or xi != x:
                 break
             digests = {a: da, b: db}
-        else:
-            pcr, etype, n, xi, da, dsize = unpack(data, pos)
-            if n != 1 or xi != x:
+        elif count == 3:
+            pcr, etype, n, wi, da, xi, db, yi, dc, dsize = unpack(data, pos)
+            if n != 3 or wi != w or xi != x or yi != y:
+                break
+            digests = {a: da, b: db, c: dc}
+        elif count == 1:
+            pcr, etype, n, wi, da, dsize = unpack(data, pos)
+            if n != 1 or wi != w:
                 break
             digests = {a: da}
+        else:
+            pcr, etype, n, wi, da, xi, db, yi, dc, zi, dd, dsize = unpack(data, pos)
+            if n != 4 or wi != w or xi != x or yi != y or zi != z:
+                break
+            digests = {a: da, b: db, c: dc, d: dd}
         if pcr > MAX_PCR and pcr != TRAILER_PCR:
             _check_pcr(pcr, index, pos)
         body = pos + fixed

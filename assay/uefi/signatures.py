@@ -8,6 +8,7 @@ make the parser loop, and an X.509 entry must be one well-formed DER certificate
 from __future__ import annotations
 
 import hashlib
+import struct
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from ..errors import MalformedEvidence
 from .guid import EFI_CERT_X509, Guid
 
 _LIST_HEADER = 28  # SignatureType (16) + ListSize, HeaderSize, SignatureSize (u32 each)
+_SIZES = struct.Struct("<III")  # SignatureListSize, SignatureHeaderSize, SignatureSize
 _OWNER = 16
 MAX_SIGNATURE_LISTS = 4096
 
@@ -407,11 +409,15 @@ def _layouts(data: bytes, where: str) -> Iterator[_Layout]:
 
 def _layout(data: bytes, start: int, where: str) -> _Layout:
     here = f"{where}, signature list at offset {start}"
-    r = Reader(data, here, start=start)
-    sig_type = r.take(16, "SignatureType")
-    list_size = r.u32le("SignatureListSize")
-    header_size = r.u32le("SignatureHeaderSize")
-    sig_size = r.u32le("SignatureSize")
+    if len(data) - start >= _LIST_HEADER:
+        sig_type = data[start : start + 16]
+        list_size, header_size, sig_size = _SIZES.unpack_from(data, start + 16)
+    else:  # the Reader names the field that does not fit
+        r = Reader(data, here, start=start)
+        sig_type = r.take(16, "SignatureType")
+        list_size = r.u32le("SignatureListSize")
+        header_size = r.u32le("SignatureHeaderSize")
+        sig_size = r.u32le("SignatureSize")
     # 1. The list's own size bounds everything in it.
     if list_size < _LIST_HEADER + header_size:
         raise MalformedEvidence(
