@@ -27,7 +27,7 @@ from .algorithms import HashAlg
 from .errors import MalformedEvidence
 from .eventlog import AppliedWorkaround, BootLog, Event
 from .eventlog._caches import DigestCounts
-from .eventlog._coverage import data_covered
+from .eventlog._coverage import CHECKED_TYPES, data_covered
 from .eventlog._workarounds import COVERAGE_WORKAROUNDS, Workaround
 from .events import EventType as ET
 from .events import event_type_name
@@ -352,7 +352,7 @@ def _extract(vlog: BootLog) -> BootFacts:
     events = vlog.events
     pairs = frozenset(map(_PCR_AND_TYPE, events))
     facts = BootFacts(
-        events=events, type_pairs=pairs, pcrs_with_events=frozenset(p for p, _ in pairs)
+        events=events, type_pairs=pairs, pcrs_with_events=frozenset(map(_PCR, events))
     )
     bank = vlog.bank
     seps = separator_digests(bank)
@@ -376,8 +376,11 @@ def _extract(vlog: BootLog) -> BootFacts:
             else:
                 facts.odd_separators.append(e)
         group.append(e)
-        hit = coverage((bank, et, digest), data) if digest is not None else None
-        covered, workaround, detail = hit if hit is not None else _covered(vlog, e, digest)
+        if et not in CHECKED_TYPES and digest is not None:  # data_covered's answer: not defined
+            covered, workaround, detail = None, None, ""
+        else:
+            hit = coverage((bank, et, digest), data) if digest is not None else None
+            covered, workaround, detail = hit if hit is not None else _covered(vlog, e, digest)
         if covered is False or (et != _SEPARATOR and digest in seps):
             facts.suspicious.append(e)
         full = covered is True and workaround is None
