@@ -125,21 +125,18 @@ def _replay_bank(
     events: list[Event], alg: HashAlg, locality: int
 ) -> tuple[dict[int, bytes], set[int]]:
     h = alg.hasher
-    zero = bytes(alg.digest_size)
-    start0 = initial_value(alg, 0, locality)
-    values: dict[int, bytes] = {}
+    # Every PCR with events starts at its reset value (PCR0 at the locality's).
+    values = dict.fromkeys(map(_PCR, events), bytes(alg.digest_size))
+    if 0 in values:
+        values[0] = initial_value(alg, 0, locality)
     missing: set[int] = set()
-    get = values.get
     for _, pcr, _, digests, _, _ in events:
         digest = digests.get(alg)
         if digest is None:
             missing.add(pcr)
             continue
-        current = get(pcr)
-        if current is None:
-            current = start0 if pcr == 0 else zero
-        values[pcr] = h(current + digest).digest()
-    return values, missing
+        values[pcr] = h(values[pcr] + digest).digest()
+    return values, missing  # a PCR in ``missing`` has no replayable value: the caller drops it
 
 
 @dataclass(frozen=True, slots=True)
