@@ -102,7 +102,7 @@ def make_case(path: Path) -> Case:
     policy = compile_golden([main_set, dbx_set])
     verdict = appraise(vlog, policy)
     samples = []
-    for _ in range(200):
+    for _ in range(50):
         t0 = time.perf_counter_ns()
         verify_quote(attest, sig, ak.public, nonce, pcrs)
         samples.append(time.perf_counter_ns() - t0)
@@ -173,6 +173,8 @@ def measure(case: Case, runs: int, policy_memos: bool) -> dict[str, Any]:
         "status": case.status,
         "warm_us": round(statistics.median(warm) / 1000, 1),
         "cold_us": round(statistics.median(cold) / 1000, 1),
+        "warm_min_us": round(min(warm) / 1000, 1),
+        "cold_min_us": round(min(cold) / 1000, 1),
         "verify_quote_us": case.verify_quote_us,
     }
 
@@ -191,24 +193,28 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def compare(args: argparse.Namespace) -> dict[str, Any]:
-    """Old tree (PYTHONPATH=args.compare) and this one, alternating whole processes per round."""
+    """Old tree (PYTHONPATH=args.compare) and this one: per log, one short process each, taken in
+    turn ``rounds`` times, so both see the same machine load; the median of the processes'
+    medians (and the least of their minima)."""
     trees = {"old": str(Path(args.compare).resolve()), "new": str(ROOT)}
     rows: dict[str, dict[str, list[float]]] = {}
+    paths = [p.resolve() for p in args.logs] or corpus_logs(args.max_events)
     base = [sys.executable, __file__, "--json", "--runs", str(args.runs)]
-    base += ["--max-events", str(args.max_events)] + [str(p) for p in args.logs]
     if args.cold_as_bench:
         base.append("--cold-as-bench")
-    for _ in range(args.rounds):
-        for label, tree in trees.items():
-            env = dict(os.environ, PYTHONPATH=tree)
-            got = json.loads(subprocess.run(base, env=env, check=True, capture_output=True).stdout)
-            for log, row in got.items():
-                for k in ("warm_us", "cold_us"):
-                    if k in row:
-                        rows.setdefault(log, {}).setdefault(f"{label}_{k}", []).append(row[k])
-                rows.setdefault(log, {})["events"] = [row.get("events", 0)]
+    for path in paths:
+        for _ in range(args.rounds):
+            for label, tree in trees.items():
+                env = dict(os.environ, PYTHONPATH=tree)
+                proc = subprocess.run([*base, str(path)], env=env, check=True, capture_output=True)
+                for log, row in json.loads(proc.stdout).items():
+                    got = rows.setdefault(log, {"events": [row.get("events", 0)]})
+                    for k in ("warm_us", "cold_us", "warm_min_us", "cold_min_us"):
+                        if k in row:
+                            got.setdefault(f"{label}_{k}", []).append(row[k])
     return {
-        log: {k: round(statistics.median(v), 1) for k, v in r.items()} for log, r in rows.items()
+        log: {k: round(min(v) if "_min_" in k else statistics.median(v), 1) for k, v in r.items()}
+        for log, r in rows.items()
     }
 
 
@@ -271,15 +277,13 @@ def main() -> int:
         print(json.dumps(result, indent=1))
         return 0
     if args.compare:
-        print(
-            f"{'log':<62}{'ev':>4} {'old warm':>9} {'new warm':>9} {'old cold':>9} {'new cold':>9}"
-        )
+        cols = [f"{t}_{m}_us" for t in ("old", "new") for m in ("warm", "cold")]
+        cols += [f"{t}_{m}_min_us" for t in ("old", "new") for m in ("warm", "cold")]
+        head = "".join(f"{c.removesuffix('_us'):>13}" for c in cols)
+        print(f"{'log (medians, then minima, µs)':<56}{'ev':>4}{head}")
         for log, r in result.items():
-            print(
-                f"{log:<62}{int(r['events']):>4} {r.get('old_warm_us', 0):>9} "
-                f"{r.get('new_warm_us', 0):>9} {r.get('old_cold_us', 0):>9} "
-                f"{r.get('new_cold_us', 0):>9}"
-            )
+            cells = "".join(f"{r.get(c, 0):>13}" for c in cols)
+            print(f"{log[:56]:<56}{int(r['events']):>4}{cells}")
         return 0
     print(f"{'log':<62}{'ev':>4} {'warm µs':>8} {'cold µs':>8} {'quote µs':>8}  status")
     for log, r in result.items():
