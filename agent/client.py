@@ -53,6 +53,9 @@ class AttestationResult:
     reason: str
     node_state: str
     checks: tuple[Mapping[str, Any], ...]
+    next_challenge: Challenge | None = None
+    """The nonce for the next round, when the verifier sends one (it saves a challenge request);
+    verifiers that do not send it leave it None and the agent asks for a challenge."""
 
 
 def _b64(value: bytes) -> str:
@@ -241,15 +244,7 @@ class VerifierClient:
         body = self._post(
             f"/v1/nodes/{urlquote(node, safe='')}/challenge", json_body=request, expect=201
         )
-        known = body.get("known_event_log_sha256")
-        if known is not None and not isinstance(known, str):
-            raise BadVerifierResponse(f"{where}: known_event_log_sha256 is not hex or null")
-        return Challenge(
-            nonce=_unhex(_field(body, "nonce", str, where), "nonce", where, 32),
-            expires_at=_field(body, "expires_at", str, where),
-            pcr_selection=_selection(body.get("pcr_selection"), where),
-            known_event_log_sha256=None if known is None else _unhex(known, "known", where, 32),
-        )
+        return _challenge_of(body, where)
 
     def own_ear(self, node: str, nonce: bytes, attest: bytes, signature: bytes) -> str:
         """The node's own EAR, fetched with an AK proof (``assay.ak_proof``) instead of a token."""
@@ -292,10 +287,27 @@ class VerifierClient:
         checks = body.get("checks", [])
         if not isinstance(checks, list) or not all(isinstance(c, dict) for c in checks):
             raise BadVerifierResponse(f"{where}: checks is not a list of objects")
+        following = body.get("next_challenge")
+        if following is not None and not isinstance(following, dict):
+            raise BadVerifierResponse(f"{where}: next_challenge is not an object")
         return AttestationResult(
             attestation_id=_field(body, "attestation_id", str, where),
             status=status,
             reason=str(body.get("reason", "")),
             node_state=str(body.get("node_state", "")),
             checks=tuple(checks),
+            next_challenge=None if following is None else _challenge_of(following, where),
         )
+
+
+def _challenge_of(body: Mapping[str, Any], where: str) -> Challenge:
+    """A challenge (or an evidence answer's next_challenge), checked field by field."""
+    known = body.get("known_event_log_sha256")
+    if known is not None and not isinstance(known, str):
+        raise BadVerifierResponse(f"{where}: known_event_log_sha256 is not hex or null")
+    return Challenge(
+        nonce=_unhex(_field(body, "nonce", str, where), "nonce", where, 32),
+        expires_at=_field(body, "expires_at", str, where),
+        pcr_selection=_selection(body.get("pcr_selection"), where),
+        known_event_log_sha256=None if known is None else _unhex(known, "known", where, 32),
+    )

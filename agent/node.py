@@ -19,7 +19,7 @@ from assay.algorithms import HashAlg
 from assay.evidence import DEFAULT_CAPS, Evidence
 
 from ._log import RunLog
-from .client import AttestationResult, CredentialChallenge, VerifierClient
+from .client import AttestationResult, Challenge, CredentialChallenge, VerifierClient
 from .config import AgentConfig
 from .errors import AgentError, VerifierRefused
 from .evidence import encode_bundle, evidence_from_quote, read_log
@@ -27,6 +27,9 @@ from .state import AkContextFile, Enrollment, load_ak, save_ak, save_enrollment
 from .tpm import AkBlobs, EndorsementKey, Tpm
 
 NOT_ENROLLED = "node_not_enrolled"
+NONCE_REFUSALS = frozenset({"nonce_expired", "nonce_reused", "nonce_unknown", "nonce_wrong_node"})
+"""Refusals of a next nonce the agent kept (it expired, or the verifier's key changed): the agent
+asks for a fresh challenge at once instead of counting a failure."""
 
 
 def ensure_ak(config: AgentConfig, tpm: Tpm, *, force: bool = False) -> tuple[AkBlobs, bool]:
@@ -128,11 +131,17 @@ def collect_evidence(
 
 
 def attest(
-    config: AgentConfig, client: VerifierClient, *, open_tpm: TpmOpener | None = None
+    config: AgentConfig,
+    client: VerifierClient,
+    *,
+    open_tpm: TpmOpener | None = None,
+    challenge: Challenge | None = None,
 ) -> AttestationResult:
-    """One attestation: challenge, quote over the verifier's selection, send, return the verdict."""
-    log_sha256 = hashlib.sha256(read_log(config.eventlog, DEFAULT_CAPS.event_log)).digest()
-    challenge = client.challenge(config.node, log_sha256)
+    """One attestation: challenge (unless the last answer brought the next nonce), quote over the
+    verifier's selection, send, return the verdict."""
+    if challenge is None:
+        log_sha256 = hashlib.sha256(read_log(config.eventlog, DEFAULT_CAPS.event_log)).digest()
+        challenge = client.challenge(config.node, log_sha256)
     with _opener(config, open_tpm)() as tpm:
         ak, _ = ensure_ak(config, tpm)
         evidence = collect_evidence(config, tpm, ak, challenge.nonce, challenge.pcr_selection)
@@ -158,6 +167,29 @@ def own_ear(
             saved=AkContextFile(config.state_dir),
         )
     return client.own_ear(config.node, challenge.nonce, quote.attest, quote.signature)
+
+
+def _attest_round(
+    config: AgentConfig,
+    client: VerifierClient,
+    open_tpm: TpmOpener | None,
+    following: Challenge | None,
+    stats: RunStats,
+    log: RunLog,
+) -> AttestationResult:
+    """One round: with the nonce the last answer brought, else a challenge; a refused kept nonce
+    falls back to a challenge, and ``node_not_enrolled`` to enrollment, within the round."""
+    try:
+        return attest(config, client, open_tpm=open_tpm, challenge=following)
+    except VerifierRefused as exc:
+        if following is not None and exc.code in NONCE_REFUSALS:
+            return _attest_round(config, client, open_tpm, None, stats, log)
+        if exc.code != NOT_ENROLLED:
+            raise
+    log.enrolling()
+    enroll(config, client, open_tpm=open_tpm)
+    stats.enrollments += 1
+    return attest(config, client, open_tpm=open_tpm)
 
 
 @dataclass(slots=True)
@@ -199,24 +231,19 @@ def run(
     stats = RunStats()
     failures = 0
     rounds = 0
+    following: Challenge | None = None
     while iterations is None or rounds < iterations:
         rounds += 1
         try:
-            try:
-                result = attest(config, client, open_tpm=open_tpm)
-            except VerifierRefused as exc:
-                if exc.code != NOT_ENROLLED:
-                    raise
-                log.enrolling()
-                enroll(config, client, open_tpm=open_tpm)
-                stats.enrollments += 1
-                result = attest(config, client, open_tpm=open_tpm)
+            result = _attest_round(config, client, open_tpm, following, stats, log)
+            following = result.next_challenge
             stats.attestations += 1
             stats.last = result
             failures = 0
             if report is not None:
                 report(result)
         except AgentError as exc:
+            following = None
             failures += 1
             stats.failures += 1
             log.failed(exc)

@@ -90,6 +90,31 @@ def bench_service_dbs(which: str) -> dict[str, Any]:
     return out
 
 
+def bench_fleet_db(which: str) -> dict[str, Any]:
+    """Inventory pages of 100,000 nodes and a 10,000-node revocation on SQLite or PostgreSQL."""
+    import tempfile
+
+    import _bench_fleet
+
+    if which == "sqlite":
+        work = Path(tempfile.mkdtemp(prefix="assay-bench-fleet-"))
+        inventory = _bench_fleet.bench_inventory(str(work / "inv.db"))
+        return {
+            "inventory": inventory,
+            "revocation": _bench_fleet.bench_revocation(str(work / "r.db")),
+        }
+    from tests.postgres import start_postgres, stop_postgres
+
+    server = start_postgres(Path(tempfile.mkdtemp(prefix="assay-pg-")))
+    try:
+        return {
+            "inventory": _bench_fleet.bench_inventory(server.create_database()),
+            "revocation": _bench_fleet.bench_revocation(server.create_database()),
+        }
+    finally:
+        stop_postgres(server)
+
+
 def _optional(module: str, func: str) -> Any:
     spec = importlib.util.find_spec(module)
     if spec is None:
@@ -107,6 +132,12 @@ def main() -> int:
         choices=("sqlite", "postgres", "both"),
         help="also measure end-to-end attestations/s over HTTP (gunicorn, 2 workers, 50 software "
         "agents: FakeAgentForLoad, load generation only) on this database",
+    )
+    parser.add_argument(
+        "--fleet",
+        choices=("sqlite", "postgres"),
+        help="also measure the inventory of 100,000 nodes and revoking a version used by 10,000 "
+        "(in process; software keys as fakes: scripts/_bench_fleet.py)",
     )
     parser.add_argument(
         "--agent",
@@ -144,6 +175,8 @@ def main() -> int:
         from _bench_console import bench_console
 
         result["console"] = bench_console()
+    if args.fleet:
+        result["fleet"] = bench_fleet_db(args.fleet)
     if args.agent:
         from _measure_agent import measure_agent
 
@@ -155,7 +188,7 @@ def main() -> int:
     print(f"{'log':<60} {'events':>6} {'parse+replay µs':>16} {'parse µs':>9}")
     for key, row in result["eventlog"].items():
         print(f"{key:<60} {row['events']:>6} {row['parse_replay_us']:>16} {row['parse_us']:>9}")
-    for section in ("quote", "appraisal", "service", "console", "agent"):
+    for section in ("quote", "appraisal", "service", "console", "fleet", "agent"):
         if section in result:
             print(f"{section}: {json.dumps(result[section])}")
     return 0

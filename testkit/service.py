@@ -52,6 +52,14 @@ def config_file(config: ServiceConfig, path: Path) -> Path:
     return path
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Served:
+    """A running verifier: its URL and its gunicorn master process (workers are its children)."""
+
+    url: str
+    proc: subprocess.Popen[bytes]
+
+
 @contextlib.contextmanager
 def run_server(
     config: ServiceConfig,
@@ -67,6 +75,22 @@ def run_server(
     (default: the certificate itself, for a self-signed one). ``log_path`` receives the server's
     stderr (its log); ``preexec_fn`` runs in the child before ``exec`` (e.g. a prctl).
     """
+    with serve(
+        config, timeout=timeout, tls_ca=tls_ca, log_path=log_path, preexec_fn=preexec_fn
+    ) as served:
+        yield served.url
+
+
+@contextlib.contextmanager
+def serve(
+    config: ServiceConfig,
+    *,
+    timeout: float = 30.0,
+    tls_ca: Path | None = None,
+    log_path: Path | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+) -> Iterator[Served]:
+    """``run_server`` that also hands out the process (to measure its CPU, or to kill it)."""
     port = free_port()
     config = dataclasses.replace(config, bind=f"127.0.0.1:{port}")
     scheme = "https" if config.tls_cert else "http"
@@ -84,8 +108,9 @@ def run_server(
         url = f"{scheme}://127.0.0.1:{port}"
         try:
             _wait_healthy(proc, url, timeout, verify=verify)
-            yield url
+            yield Served(url, proc)
         finally:
+            proc.send_signal(signal.SIGCONT)  # a test may have stopped it
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout=15)
@@ -135,15 +160,23 @@ class FakeAgentForLoad:
         zero = bytes(bank.digest_size)
         self.pcr_values = {p: replayed.get(p, zero) for p in pcrs}
         self.extra_extend: bytes | None = None
+        self.clock = 1000
+        """The TPM clock (ms), advanced by every quote as a real TPM's is."""
+        self.restart_count = 0
+        self.next_nonce: bytes | None = None
+        """The nonce the last evidence answer brought (``attest_once`` uses it)."""
 
-    def reboot(self, log: bytes) -> None:
-        """A new boot (reset count + 1) measuring ``log``: e.g. rolled forward to another kernel."""
-        self.log = log
-        self.log_sha256 = hashlib.sha256(log).digest()
-        replayed = replay(parse_event_log(log)).pcrs[self.bank]
-        zero = bytes(self.bank.digest_size)
-        self.pcr_values = {p: replayed.get(p, zero) for p in self.pcr_values}
+    def reboot(self, log: bytes | None = None) -> None:
+        """A new boot: the reset counter moves (the clock keeps going, as a TPM's does), measuring
+        ``log`` when given (e.g. rolled forward to another kernel), else the same log again."""
+        if log is not None:
+            self.log = log
+            self.log_sha256 = hashlib.sha256(log).digest()
+            replayed = replay(parse_event_log(log)).pcrs[self.bank]
+            zero = bytes(self.bank.digest_size)
+            self.pcr_values = {p: replayed.get(p, zero) for p in self.pcr_values}
         self.reset_count += 1
+        self.next_nonce = None
 
     def enroll_directly(self, store: Store) -> None:
         """Insert the node with this software AK (load generation only)."""
@@ -167,9 +200,9 @@ class FakeAgentForLoad:
         if self.extra_extend is not None:
             pcr = max(values)
             values[pcr] = self.bank.hash(values[pcr] + self.extra_extend)
-        attest, sig = self._ak.quote(
-            {self.bank: values}, nonce, clock_info=ClockInfo(1000, self.reset_count, 0, True)
-        )
+        self.clock += 1000
+        clock = ClockInfo(self.clock, self.reset_count, self.restart_count, True)
+        attest, sig = self._ak.quote({self.bank: values}, nonce, clock_info=clock)
         ev = evidence_with_log(
             node=self.name,
             agent_version="fake-load/0",
@@ -180,6 +213,40 @@ class FakeAgentForLoad:
             event_log=self.log,
         )
         return encode_evidence(ev if send_log else ev.without_known_log(self.log_sha256))
+
+    def attest_once(self, session: requests.Session, url: str) -> dict[str, Any]:
+        """One round as a current agent does it: the kept next nonce and the log omitted when
+        the verifier holds it; a challenge first only without one (or when it was refused)."""
+        if self.next_nonce is None:
+            return self.attest(session, url)
+        body = self.evidence(self.next_nonce, send_log=False)
+        self.next_nonce = None
+        resp = session.post(
+            f"{url}/v1/nodes/{self.name}/evidence",
+            data=body,
+            headers={"Content-Type": "application/cbor"},
+            timeout=60,
+        )
+        out = self._answer(resp)
+        if out["http_status"] == 422 and str(out.get("error", {}).get("code", "")) in (
+            "nonce_expired",
+            "nonce_reused",
+            "nonce_unknown",
+            "event_log_missing",
+        ):
+            return self.attest(session, url)
+        return out
+
+    def _answer(self, resp: requests.Response) -> dict[str, Any]:
+        try:
+            out: dict[str, Any] = resp.json()
+        except ValueError:
+            out = {"error": {"code": "not_json", "message": resp.text[:200]}}
+        out["http_status"] = resp.status_code
+        following = out.get("next_challenge")
+        if isinstance(following, dict) and isinstance(following.get("nonce"), str):
+            self.next_nonce = bytes.fromhex(following["nonce"])
+        return out
 
     def attest(self, session: requests.Session, url: str) -> dict[str, Any]:
         """One challenge → evidence round trip over HTTP; returns the verdict JSON."""
@@ -198,9 +265,7 @@ class FakeAgentForLoad:
             headers={"Content-Type": "application/cbor"},
             timeout=60,
         )
-        out: dict[str, Any] = resp.json()
-        out["http_status"] = resp.status_code
-        return out
+        return self._answer(resp)
 
 
 def bench_service(

@@ -102,10 +102,10 @@ def _expand(template: str, view: Callable[..., Any]) -> list[str]:
 
 
 def _code_operations(app: Flask) -> Iterator[tuple[str, str, Callable[..., Any]]]:
-    """Every operation of the API: /v1/… and /healthz (the console's pages under /ui/ are HTML,
-    docs/console.md, not this API)."""
+    """Every operation of the API: /v1/…, /healthz and /readyz (the console's pages under /ui/
+    are HTML, docs/console.md, not this API)."""
     for rule in app.url_map.iter_rules():
-        if not (rule.rule.startswith("/v1/") or rule.rule == "/healthz"):
+        if not (rule.rule.startswith("/v1/") or rule.rule in ("/healthz", "/readyz")):
             continue
         view = app.view_functions[rule.endpoint]
         paths = _expand(_template(rule.rule), view)

@@ -218,13 +218,18 @@ def test_enroll_attest_trusted_then_reattest_reuses_the_verified_log(tpms: Tpms,
     hits_before = svc.services.logs.hits
     second = attest(svc, tpms.a, ak, "web-1", log=tpms.log)  # log omitted: the verifier holds it
     assert second.json["status"] == "trusted"
-    assert svc.services.logs.hits == hits_before + 1
+    # Issue 14: the stored verdict is reused (no re-appraisal: not even the verified log is
+    # looked up) and the re-attestation is counted on the boot's full record.
+    assert svc.services.logs.hits == hits_before
+    assert second.json["attestation_id"] == first.json["attestation_id"]
     node = svc.client.get("/v1/nodes/web-1", headers=svc.admin).json
     assert node["state"] == "trusted" and node["golden"] == ["fleet@1"]
     assert node["last_attestation_id"] == second.json["attestation_id"]
     with svc.store.read() as db:
         assert db.scalar(select(func.count()).select_from(EventLogBlob)) == 1  # once per boot
-    assert svc.evidence_count() == 2
+    assert svc.evidence_count() == 1  # one full record, its repeat counted
+    [entry] = svc.client.get("/v1/nodes/web-1/attestations", headers=svc.admin).json["attestations"]
+    assert entry["repeats"]["count"] == 1
     full = svc.client.get(
         f"/v1/attestations/{second.json['attestation_id']}", headers=svc.admin
     ).json

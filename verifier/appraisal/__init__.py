@@ -36,6 +36,7 @@ from .verdict import (
     Verdict,
     VerdictStatus,
     booted_versions,
+    booted_versions_of_json,
 )
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "VerdictStatus",
     "appraise",
     "booted_versions",
+    "booted_versions_of_json",
     "compile_golden",
     "unaccounted_events",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple
@@ -103,21 +104,33 @@ _MATCHED_INACTIVE = frozenset(("golden_revoked", "boot_app_retired", "boot_app_e
 _NOT_MATCHES = frozenset(("policy.golden_sets", "secure_boot.enabled"))
 
 
-def booted_versions(checks: tuple[Check, ...] | list[Check]) -> tuple[str, ...]:
+def booted_versions(checks: Iterable[Check]) -> tuple[str, ...]:
     """Which version of each golden set the appraised boot matched (``name@version``, sorted).
 
     Read from the checks that matched a value — passing ones, and failures that matched a version
     no longer in force (``golden_revoked``, …) — never from labels: for each set name, the versions
     named by every such check that names the set. Two versions that approve the same shim both
     match its check; only the one that approves the kernel too matches them all."""
+    return _booted((c.id, c.golden, c.status is PASS, c.reason) for c in checks)
+
+
+def booted_versions_of_json(checks: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
+    """``booted_versions`` of a stored verdict document's checks (a reused verdict)."""
+    return _booted(
+        (str(c["id"]), c.get("golden"), c.get("status") == PASS, str(c.get("reason")))
+        for c in checks
+    )
+
+
+def _booted(checks: Iterable[tuple[str, str | None, bool, str]]) -> tuple[str, ...]:
     by_name: dict[str, set[str]] = {}
-    for c in checks:
-        if c.golden is None or c.id in _NOT_MATCHES:
+    for check_id, golden, passed, reason in checks:
+        if golden is None or check_id in _NOT_MATCHES:
             continue
-        if c.status is not PASS and c.reason not in _MATCHED_INACTIVE:
+        if not passed and reason not in _MATCHED_INACTIVE:
             continue
         named: dict[str, set[str]] = {}
-        for ref in c.golden.split(", "):
+        for ref in golden.split(", "):
             name, sep, version = ref.rpartition("@")
             if sep:
                 named.setdefault(name, set()).add(version)

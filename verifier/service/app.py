@@ -10,7 +10,7 @@ from flask import Flask, Response, jsonify
 from verifier import web
 from verifier.store import Store
 
-from . import _logging, metrics
+from . import _logging, health, metrics
 from .api_errors import register_error_handlers
 from .cluster_routes import cluster_bp
 from .config import ServiceConfig
@@ -31,7 +31,12 @@ def create_app(
     app = Flask("verifier")
     app.config["MAX_CONTENT_LENGTH"] = config.max_bundle + 1024
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    svc = Services(config=config, store=store or Store(config.database))
+    store = store or Store(
+        config.database,
+        statement_timeout=config.statement_timeout,
+        idle_timeout=config.idle_in_transaction_timeout,
+    )
+    svc = Services(config=config, store=store)
     if clock is not None:
         svc.clock = clock
     app.extensions["assay"] = svc
@@ -47,6 +52,13 @@ def create_app(
 
     @app.get("/healthz")
     def healthz() -> Response:
+        """Liveness: the process answers (it says nothing about the database)."""
         return jsonify({"ok": True})
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        """Readiness: the database answers now; else 503 ``database_unavailable`` (or
+        ``database_busy``) with Retry-After, from the one error mapping."""
+        return jsonify(health.ready(svc).to_json())
 
     return app

@@ -2,28 +2,37 @@
 
 ``submit`` steps (labelled in the code):
  1. decode the bundle (size caps before CBOR) and check it names the node of the URL;
- 2. the node is enrolled; consume the nonce atomically (any instance, exactly once);
- 3. verify the quote with the node's enrolled AK (never a key from the evidence);
- 4. find the log: sent, or the one already held for this boot (content-addressed);
+ 2. one read: the node, its golden rows (the catalog, by store version), whether the nonce was
+    used; the nonce's tag, owner and expiry are checked without I/O;
+ 3. verify the quote with the node's enrolled AK (never a key from the evidence); a refusal
+    still uses the nonce up (with its audit entry, one write);
+ 4. reuse: within one boot, with the same log, PCR values and golden rows and a TPM clock that
+    moved forward, the node's stored verdict is the answer (``reuse``) — no re-appraisal;
  5. the quote covers every PCR the verifier asked for and the policy relies on;
- 6. the log replays to the quoted PCRs — or, within one boot with an unchanged log, the cached
-    verified log whose quoted values are identical (no re-parse);
+ 6. the log (sent, or held for this boot) replays to the quoted PCRs — or the cached verified
+    log whose quoted values are identical (no re-parse);
  7. appraise against the node's golden sets (compiled once per set of versions);
- 8. one transaction: the log (once per digest), the attestation and the node's new state
-    (``record``, which re-appraisal uses too), the boot counters.
-Failures in 1–3 refuse the evidence (4xx); failures from 5 on are stored verdicts.
+ 8. one write transaction: use the nonce (exactly once, any instance), then either count an
+    unchanged re-attestation (``attestation_repeats``) or store the log (once per digest), the
+    verdict (once per digest) and the attestation and move the node's state (``record``, which
+    re-appraisal uses too; ``state_changed`` is where every change of a node's state passes).
+Failures in 1–3 refuse the evidence (4xx); failures from 5 on are stored verdicts. A 200 answer
+carries the node's next nonce (``next_challenge``), so a node that keeps attesting needs one
+request per round; the challenge endpoint stays for first contact and recovery.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from assay.algorithms import HashAlg
 from assay.errors import MalformedEvidence, VerificationFailed
@@ -31,13 +40,15 @@ from assay.eventlog import VerifiedBootLog, parse_event_log, verify_log
 from assay.evidence import Evidence, EvidenceCaps, decode_evidence
 from assay.tpm2 import VerifiedQuote, parse_public, verify_quote
 from verifier.appraisal import CheckStatus, VerdictStatus
-from verifier.store import repo
+from verifier.store import hotpath, repo
+from verifier.store.hotpath import NodeSnapshot
 from verifier.store.models import Attestation, AttestationSource, Node, NodeState, iso
 
 from . import events
 from .context import Services
 from .errors import BadRequest, NotFound
 from .golden_policy import Assessment, assess, failed, policy_for
+from .reuse import compact, prefetch_verdict, reusable, verdict_key
 
 NODE_NOT_ENROLLED = "node_not_enrolled"
 
@@ -66,6 +77,12 @@ class AttestationResult:
     node_state: NodeState
     checks: list[dict[str, Any]]
     reboot: bool
+    repeat: int = 0
+    """0 for a full record; else this unchanged re-attestation's number among those counted on
+    ``attestation_id`` (so ``(attestation_id, repeat)`` names each accepted request once)."""
+    next_challenge: Challenge | None = None
+    """The node's next nonce (and what the verifier holds of its log): its next round needs no
+    challenge request. Agents that do not know the field ignore it."""
 
     def to_json(self) -> dict[str, Any]:
         """What the (unauthenticated) poster learns: status, reason codes and check ids.
@@ -81,7 +98,13 @@ class AttestationResult:
             "reason": poster_reason(self.reason, self.checks),
             "node_state": self.node_state,
             "reboot": self.reboot,
+            "repeat": self.repeat,
             "checks": [{k: c.get(k) for k in POSTER_CHECK_KEYS} for c in self.checks],
+            **(
+                {}
+                if self.next_challenge is None
+                else {"next_challenge": self.next_challenge.to_json()}
+            ),
         }
 
 
@@ -112,13 +135,6 @@ def poster_reason(reason: str, checks: list[dict[str, Any]]) -> str:
     return reason
 
 
-def _enrolled(db: Session, name: str) -> Node:
-    node = repo.get_node(db, name)
-    if node is None:
-        raise NotFound(NODE_NOT_ENROLLED, f"node {name!r} is not enrolled; enroll again")
-    return node
-
-
 AUDIT_WINDOW = dt.timedelta(minutes=10)
 
 
@@ -137,11 +153,11 @@ def challenge(svc: Services, node_name: str, event_log_sha256: str | None = None
     selection = {svc.config.bank: list(svc.config.pcrs)}
     key = svc.nonce_key()
     with svc.store.read() as db:  # nothing is written for a challenge
-        node = repo.get_node(db, node_name)
+        node = hotpath.node_snapshot(db, node_name)
         if node is None:
             expires = dt.datetime.fromtimestamp(int((now + lifetime).timestamp()), dt.UTC)
             return Challenge(secrets.token_bytes(32), expires, selection, None)
-        issued = repo.issue_nonce(db, node.id, lifetime=lifetime, now=now, key=key)
+        issued = repo.make_nonce(node.id, lifetime=lifetime, now=now, key=key)
         known = node.boot_log_sha256
         if known is None or known != event_log_sha256 or not repo.has_event_log(db, known):
             known = None
@@ -155,38 +171,38 @@ def submit(svc: Services, node_name: str, body: bytes) -> AttestationResult:
     if ev.node != node_name:
         raise BadRequest("node_mismatch", f"the evidence is for {ev.node!r}, not {node_name!r}")
     now = svc.now()
-    # 2. Node and nonce (the shared key first: it may need its own write, never a nested one).
+    # 2. Node, golden rows, nonce (the shared key first: it may need its own write).
     key = svc.nonce_key()
-    with svc.store.write() as db:
-        node = _enrolled(db, node_name)
-        node_id, ak_public = node.id, node.ak_public
-        refused = repo.consume_nonce(db, node.id, ev.nonce, now, key)
+    with svc.store.read() as db:
+        read = hotpath.read_for_attestation(db, node_name, ev.nonce)
+        if read is None:
+            raise NotFound(NODE_NOT_ENROLLED, f"node {node_name!r} is not enrolled; enroll again")
+        snap, used = read.node, read.nonce_used
+        rows = svc.golden.rows_for(db, snap.labels, read.golden_version)
+        prefetch_verdict(svc, db, snap)
+    checked = repo.check_nonce(snap.id, ev.nonce, now, key)
+    refused = checked.refused or ("nonce_reused" if used else None)
     if refused is not None:
         raise VerificationFailed(f"nonce refused: {refused.removeprefix('nonce_')}", code=refused)
     # 3. Quote, with the enrolled AK only.
     try:
-        quote = verify_quote(ev.attest, ev.signature, parse_public(ak_public), ev.nonce, ev.pcrs)
+        quote = verify_quote(
+            ev.attest, ev.signature, parse_public(snap.ak_public), ev.nonce, ev.pcrs
+        )
     except (VerificationFailed, MalformedEvidence) as exc:
-        with svc.store.write() as db:
-            repo.audit_coalesced(
-                db, "agent", "evidence_refused", node_name, str(exc), now=now, window=AUDIT_WINDOW
-            )
+        _refuse(svc, snap, ev.nonce, checked.expires_at, str(exc), now)
         raise
-    # 4. The log.
+    # 4. Reuse the stored verdict, or 5-7: verify the log and appraise.
     log_hex = ev.event_log_sha256.hex()
+    policy = policy_for(svc, rows)
+    vkey = verdict_key(svc, quote, log_hex, rows, policy)
+    assessment = reusable(svc, snap, quote, vkey)
+    reused = assessment is not None
     log_bytes = ev.event_log
-    if log_bytes is None and (log_hex, int(cfg.hash_alg)) not in svc.logs:
-        with svc.store.read() as db:
-            log_bytes = repo.get_event_log(db, log_hex)
-        if log_bytes is None:
-            raise VerificationFailed(
-                "the verifier does not hold that event log; send it", code="event_log_missing"
-            )
-    # 5-7. Verify the log and appraise.
-    with svc.store.read() as db:
-        rows = repo.golden_rows_for(db, node.labels)
-    assessment = appraise_evidence(svc, quote, log_hex, log_bytes, rows)
-    # 8. Store.
+    if assessment is None:
+        log_bytes = _log_bytes(svc, log_hex, log_bytes)
+        assessment = appraise_evidence(svc, quote, log_hex, log_bytes, rows)
+    # 8. Store, in one write transaction.
     quoted = QuotedEvidence(
         nonce=ev.nonce,
         quote=ev.attest,
@@ -197,7 +213,58 @@ def submit(svc: Services, node_name: str, body: bytes) -> AttestationResult:
         reset_count=quote.reset_count,
         restart_count=quote.restart_count,
     )
-    return _record_new(svc, node_id, quoted, log_bytes, assessment, now)
+    stored = _store(
+        svc,
+        snap,
+        Fresh(quoted, log_bytes, vkey, quote.clock, checked.expires_at, reused),
+        assessment,
+        now,
+    )
+    return dataclasses.replace(
+        stored, next_challenge=_next_challenge(svc, snap.id, log_hex, now, key)
+    )
+
+
+def _log_bytes(svc: Services, log_hex: str, sent: bytes | None) -> bytes | None:
+    """Step 6's input: the log sent, else None when this process holds its verified form, else
+    the stored log of that digest (``event_log_missing`` when the verifier has none)."""
+    if sent is not None or (log_hex, int(svc.config.hash_alg)) in svc.logs:
+        return sent
+    with svc.store.read() as db:
+        stored = repo.get_event_log(db, log_hex)
+    if stored is None:
+        raise VerificationFailed(
+            "the verifier does not hold that event log; send it", code="event_log_missing"
+        )
+    return stored
+
+
+def _refuse(
+    svc: Services,
+    snap: NodeSnapshot,
+    nonce: bytes,
+    expires: dt.datetime,
+    why: str,
+    now: dt.datetime,
+) -> None:
+    """A quote that does not verify still uses its nonce up, with a (coalesced) audit entry."""
+    with svc.store.write() as db:
+        if not hotpath.use_nonce(db, snap.id, nonce, now, expires):
+            raise VerificationFailed("nonce refused: reused", code="nonce_reused")
+        repo.audit_coalesced(
+            db, "agent", "evidence_refused", snap.name, why, now=now, window=AUDIT_WINDOW
+        )
+
+
+def _next_challenge(
+    svc: Services, node_id: int, log_hex: str, now: dt.datetime, key: bytes
+) -> Challenge:
+    """The node's next nonce, good for its freshness window (at least ``nonce_lifetime``): a node
+    attesting on its interval uses it in its next round instead of asking for a challenge."""
+    seconds = max(svc.config.nonce_lifetime, svc.config.freshness_window)
+    issued = repo.make_nonce(node_id, lifetime=dt.timedelta(seconds=seconds), now=now, key=key)
+    selection = {svc.config.bank: list(svc.config.pcrs)}
+    return Challenge(issued.nonce, issued.expires_at, selection, log_hex)
 
 
 def appraise_evidence(
@@ -273,45 +340,159 @@ class QuotedEvidence:
         )
 
 
-def _record_new(
-    svc: Services,
-    node_id: int,
-    ev: QuotedEvidence,
-    log_bytes: bytes | None,
-    a: Assessment,
-    now: dt.datetime,
+@dataclass(frozen=True, slots=True)
+class Fresh:
+    """New evidence as step 8 stores it: what ``record`` keeps, the log (if sent), the verdict
+    key, the quote's clock and the nonce's expiry."""
+
+    evidence: QuotedEvidence
+    log_bytes: bytes | None
+    verdict_key: str
+    clock: int
+    nonce_expires: dt.datetime
+    reused: bool
+    """The node's stored verdict was reused (same boot, log, PCRs, golden rows; clock later)."""
+
+
+def _store(
+    svc: Services, snap: NodeSnapshot, new: Fresh, a: Assessment, now: dt.datetime
 ) -> AttestationResult:
-    """Step 8 for new evidence: the log, the attestation and new state, the boot counters."""
+    """Step 8: one write transaction; nothing of it lands if the nonce was used meanwhile."""
+    ev = new.evidence
     with svc.store.write() as db:
-        node = db.get(Node, node_id)
+        if not hotpath.use_nonce(db, snap.id, ev.nonce, now, new.nonce_expires):
+            raise VerificationFailed("nonce refused: reused", code="nonce_reused")
+        if new.reused and compact(snap, a):
+            counted = _count_repeat(db, snap, new, now)
+            if counted is not None:
+                return AttestationResult(
+                    snap.last_attestation_id or 0, a.status, a.reason, snap.state, a.checks,
+                    False, counted,
+                )  # fmt: skip
+        node = hotpath.node_snapshot_by_id(db, snap.id, for_update=True)
         if node is None:  # deleted while we verified
             raise NotFound(NODE_NOT_ENROLLED, "the node was deleted; enroll again")
         log_hex = ev.event_log_sha256
-        if log_hex and log_bytes is not None and hashlib.sha256(log_bytes).hexdigest() == log_hex:
-            repo.put_event_log(db, log_hex, log_bytes, now)
+        sent = new.log_bytes
+        if log_hex and sent is not None and hashlib.sha256(sent).hexdigest() == log_hex:
+            repo.put_event_log(db, log_hex, sent, now)
         reboot = node.last_reset_count is not None and ev.reset_count != node.last_reset_count
-        row = record(
-            db,
-            node,
-            ev,
-            a,
-            source=AttestationSource.EVIDENCE,
-            now=now,
-            quoted_at=now,
-            reboot=reboot,
-        )
+        fields: dict[str, Any] = {
+            "last_reset_count": ev.reset_count,
+            "last_restart_count": ev.restart_count,
+            "boot_log_sha256": log_hex,
+            "last_attested_at": now,
+            "last_clock": new.clock,
+            "verdict_key": new.verdict_key,
+        }
         if reboot:
-            node.last_reboot_at = now
-        node.last_reset_count = ev.reset_count
-        node.last_restart_count = ev.restart_count
-        node.boot_log_sha256 = log_hex
-        node.last_attested_at = now
-        return AttestationResult(row.id, a.status, a.reason, node.state, a.checks, reboot)
+            fields["last_reboot_at"] = now
+        rec = record(
+            db, node, ev, a, source=AttestationSource.EVIDENCE, now=now, quoted_at=now,
+            reboot=reboot, node_fields=fields,
+        )  # fmt: skip
+    return AttestationResult(rec.attestation_id, a.status, a.reason, rec.state, a.checks, reboot)
+
+
+def _count_repeat(db: Session, snap: NodeSnapshot, new: Fresh, now: dt.datetime) -> int | None:
+    """An unchanged trusted re-attestation: count it on the node's last full attestation and
+    refresh the node; its number, or None if the node changed since it was read (then a full
+    record)."""
+    assert snap.last_attestation_id is not None
+    if not hotpath.refresh_unchanged_node(db, snap, now, new.clock):
+        return None
+    ev = new.evidence
+    return hotpath.add_repeat(db, snap.last_attestation_id, now, ev.nonce, ev.quote, ev.signature)
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    attestation_id: int
+    state: NodeState
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """A node's standing moved from (``old``, ``old_reason``) to (``new``, ``reason``), inside
+    the transaction that moved it; callers pass only real changes (state or reason differ)."""
+
+    node_id: int
+    node: str
+    old: NodeState
+    old_reason: str
+    new: NodeState
+    reason: str
+    at: dt.datetime
+    attestation_id: int | None
+    """The attestation that moved it; None for the stale sweep and admin actions."""
+    golden: tuple[str, ...] = ()
+
+    @property
+    def changed(self) -> bool:
+        return (self.old, self.old_reason) != (self.new, self.reason)
+
+
+def state_changed(db: Session, change: StateChange) -> None:
+    """THE place where a change of a node's state passes, inside the write transaction that made
+    it (``record`` for new evidence and re-appraisals, the stale sweep, quarantine, release).
+
+    The change feed (``events``: the webhooks' outbox, the controller's and extender's source)
+    is written here in ``db``, so what it records commits or rolls back with the change itself.
+    An unchanged re-attestation never comes here (its state and reason stay as they are by
+    construction)."""
+    events.node_state_event(
+        db,
+        node=change.node,
+        old_state=change.old,
+        new_state=change.new,
+        reason=change.reason,
+        attestation_id=change.attestation_id,
+        golden=change.golden,
+        when=change.at,
+    )
+
+
+NodeLike = Node | NodeSnapshot
+
+
+def _put_verdict(db: Session, a: Assessment, now: dt.datetime) -> str:
+    digest, canonical = hotpath.canonical_verdict(a.verdict)
+    hotpath.put_verdict(db, digest, canonical, now)
+    return digest
+
+
+class StoredVerdicts:
+    """Verdicts one transaction already stored, by the identity of their assessment: a batch
+    whose nodes share a verdict encodes and stores it once."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, tuple[Assessment, str]] = {}
+
+    def put(self, db: Session, a: Assessment, now: dt.datetime) -> str:
+        known = self._by_id.get(id(a))
+        if known is not None and known[0] is a:
+            return known[1]
+        digest = _put_verdict(db, a, now)
+        self._by_id[id(a)] = (a, digest)  # holding ``a`` keeps its id from being reused
+        return digest
+
+
+@dataclass(frozen=True, slots=True)
+class ToRecord:
+    """One attestation for ``record_many``: what ``record`` takes for one node."""
+
+    node: NodeLike
+    evidence: QuotedEvidence
+    assessment: Assessment
+    source: AttestationSource
+    quoted_at: dt.datetime
+    reboot: bool = False
+    node_fields: Mapping[str, Any] | None = None
 
 
 def record(
     db: Session,
-    node: Node,
+    node: NodeLike,
     ev: QuotedEvidence,
     a: Assessment,
     *,
@@ -319,48 +500,93 @@ def record(
     now: dt.datetime,
     quoted_at: dt.datetime,
     reboot: bool = False,
-) -> Attestation:
+    node_fields: Mapping[str, Any] | None = None,
+) -> Recorded:
     """Record an attestation of ``node`` and move the node to its new state, in ``db``'s
     transaction: the one place both new evidence and a re-appraisal are written.
 
     A quarantined node stays quarantined. Freshness comes only from the quote: ``quoted_at`` is
     when the appraised quote was verified (``now`` for new evidence, the stored evidence's time
     for a re-appraisal), so re-appraising old evidence never makes a node fresher than its last
-    real attestation.
+    real attestation. ``node_fields``: more columns of the node to set in the same update. An
+    ORM ``Node`` passed in shows the new values afterwards (set as committed, no second flush).
     """
-    before = events.standing(node)
-    row = Attestation(
-        node_id=node.id,
-        created_at=now,
-        source=source,
-        status=a.status,
-        reason=a.reason,
-        verdict=a.verdict,
-        nonce=ev.nonce,
-        quote=ev.quote,
-        signature=ev.signature,
-        pcrs=dict(ev.pcrs),
-        event_log_sha256=ev.event_log_sha256,
-        agent_version=ev.agent_version,
-        reset_count=ev.reset_count,
-        restart_count=ev.restart_count,
-        reboot=reboot,
-        golden_versions=a.golden,
-    )
-    db.add(row)
-    db.flush()
-    node.last_attestation_id = row.id
-    node.golden_versions = a.golden
-    node.booted_versions = a.booted
+    item = ToRecord(node, ev, a, source, quoted_at, reboot, node_fields)
+    return record_many(db, [item], now=now)[0]
+
+
+def record_many(
+    db: Session,
+    items: Sequence[ToRecord],
+    *,
+    now: dt.datetime,
+    stored: StoredVerdicts | None = None,
+) -> list[Recorded]:
+    """``record`` for several nodes at once (a batch of re-appraisals): each verdict stored once,
+    the attestation rows in one INSERT … RETURNING, the node updates as one executemany per set
+    of columns, then ``state_changed`` for each node whose state moved."""
+    stored = stored if stored is not None else StoredVerdicts()
+    rows = [_attestation_row(i, stored.put(db, i.assessment, now), now) for i in items]
+    ids = hotpath.insert_attestations(db, rows)
+    moves = [_node_values(i, row_id, now) for i, row_id in zip(items, ids, strict=True)]
+    hotpath.update_nodes(db, [(i.node.id, m.values) for i, m in zip(items, moves, strict=True)])
+    out = []
+    for item, row_id, move in zip(items, ids, moves, strict=True):
+        node = item.node
+        if isinstance(node, Node):
+            for name, value in move.values.items():
+                set_committed_value(node, name, value)
+        change = StateChange(
+            node.id, node.name, move.old, move.old_reason, move.new, move.reason, now, row_id,
+            tuple(item.assessment.golden),
+        )  # fmt: skip
+        if change.changed:
+            state_changed(db, change)
+        out.append(Recorded(row_id, move.new))
+    return out
+
+
+def _attestation_row(item: ToRecord, digest: str, now: dt.datetime) -> dict[str, Any]:
+    ev, a = item.evidence, item.assessment
+    return {
+        "node_id": item.node.id, "created_at": now, "source": item.source, "status": a.status,
+        "reason": a.reason, "verdict": None, "verdict_sha256": digest, "nonce": ev.nonce,
+        "quote": ev.quote, "signature": ev.signature, "pcrs": dict(ev.pcrs),
+        "event_log_sha256": ev.event_log_sha256, "agent_version": ev.agent_version,
+        "reset_count": ev.reset_count, "restart_count": ev.restart_count, "reboot": item.reboot,
+        "golden_versions": list(a.golden),
+    }  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class _Move:
+    values: dict[str, Any]
+    old: NodeState
+    old_reason: str
+    new: NodeState
+    reason: str
+
+
+def _node_values(item: ToRecord, row_id: int, now: dt.datetime) -> _Move:
+    """The node's new columns after this attestation (the state rules of ``record``)."""
+    node, a = item.node, item.assessment
+    values: dict[str, Any] = {
+        "last_attestation_id": row_id,
+        "golden_versions": list(a.golden),
+        "booted_versions": list(a.booted),
+    }
+    quoted_at = item.quoted_at
     if a.status == VerdictStatus.TRUSTED and (node.last_success_at or quoted_at) <= quoted_at:
-        node.last_success_at = quoted_at
+        values["last_success_at"] = quoted_at
+    old = new = node.state
+    reason = node.reason
     if node.state != NodeState.QUARANTINED:
-        state = NodeState.after(a.status)
-        if node.state != state:
-            node.state_since = now
-        node.state, node.reason = state, a.reason
-    events.node_state_changed(db, node, before, row)
-    return row
+        new, reason = NodeState.after(a.status), a.reason
+        if new != old:
+            values["state_since"] = now
+        values["state"], values["reason"] = new, reason
+    values.update(item.node_fields or {})
+    return _Move(values, old, node.reason, new, reason)
 
 
 def pcrs_json(pcrs: Any) -> dict[str, dict[str, str]]:

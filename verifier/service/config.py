@@ -97,6 +97,28 @@ class ServiceConfig:
     """Serve ``/metrics`` unauthenticated on this separate HOST:PORT (and not on the main bind)."""
     extender_enabled: bool = False
     """Answer the kube-scheduler extender (``/k8s/extender/*``, no token: the scheduler sends none)."""
+    background_jobs: bool = True
+    """Run the background jobs (stale sweep, retention, blob GC, unfinished re-appraisals) in the
+    served workers; whichever worker of whichever instance holds a job's lease runs it."""
+    sweep_interval: float = 30.0
+    """Seconds between stale sweeps: a silent node leaves ``trusted`` within its freshness
+    window plus this, even when nobody reads the inventory."""
+    retention_interval: float = 3600.0
+    """Seconds between retention passes (attestations, used nonces) and blob GC passes."""
+    retain_success_days: float = 30.0
+    """Trusted attestations are kept this long (a node's last and latest evidence always)."""
+    retain_failure_days: float = 365.0
+    """Failures, reboots and state changes are kept this long (open failures always)."""
+    blob_grace: float = 3600.0
+    """Seconds an unreferenced event log or verdict is kept before the blob GC deletes it."""
+    lease_ttl: float = 30.0
+    """Seconds a background job's lease lasts unrenewed: how soon another instance resumes the
+    job of an instance that died or froze."""
+    statement_timeout: float = 10.0
+    """PostgreSQL: the longest one statement may run (seconds), so nothing waits unboundedly."""
+    idle_in_transaction_timeout: float = 10.0
+    """PostgreSQL: a session idle inside a transaction this long (a frozen instance) is ended by
+    the server, and its locks with it."""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property

@@ -9,6 +9,9 @@ database stays the source of truth, so any worker or instance can serve any requ
 from __future__ import annotations
 
 import datetime as dt
+import os
+import secrets
+import socket
 import threading
 import time
 from collections import OrderedDict
@@ -20,6 +23,7 @@ from assay.eventlog import LogCaches
 from verifier.store import Store, repo
 
 from .config import ServiceConfig
+from .golden_catalog import GoldenCatalog
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -100,6 +104,10 @@ class Services:
     log_caches: LogCaches = field(init=False)
     extensions: dict[str, object] = field(default_factory=dict)
     """Per-process state of the add-on modules (EAR keys, metrics, the extender's node cache)."""
+    golden: GoldenCatalog = field(init=False)
+    verdicts: LruCache[str, dict[str, object]] = field(init=False)
+    holder: str = field(init=False)
+    """This process among the instances: who holds a background job's lease."""
     _nonce_key: bytes | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -108,6 +116,10 @@ class Services:
         self.unauthenticated = RateLimiter(self.config.client_rate, self.config.client_burst)
         # Values derived from event bytes, shared by every node's log this process verifies.
         self.log_caches = LogCaches()
+        # Golden rows as of the store's golden version; verdict documents by digest (immutable).
+        self.golden = GoldenCatalog()
+        self.verdicts = LruCache(1024)
+        self.holder = f"{socket.gethostname()[:80]}:{os.getpid()}:{secrets.token_hex(4)}"
 
     def now(self) -> dt.datetime:
         return self.clock()

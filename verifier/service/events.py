@@ -1,8 +1,9 @@
 """The cluster's change feed: one event per node state change and golden revocation, written in
 the same transaction as the change itself.
 
-Every write path that moves a node calls ``node_state_changed`` (``attestation.record`` for
-verdicts and re-appraisals, the inventory's admin actions) and golden retire/revoke calls
+Every change of a node's state passes ``attestation.state_changed`` (verdicts, re-appraisals,
+the stale sweep, quarantine and release), which writes ``node_state_event``; enrollment writes
+``node_state_changed`` for a node it creates or re-enrolls, and golden retire/revoke calls
 ``golden_status_changed``; nothing else writes the feed. Because the event commits or rolls
 back with the change, the feed is a durable outbox: the webhook dispatcher (``webhooks``)
 delivers each event at least once, the Kubernetes controller and the extender's node cache
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,16 +74,39 @@ def node_state_changed(
     """
     if standing(node) == before:
         return
-    when = now or (attestation.created_at if attestation is not None else _utcnow())
+    node_state_event(
+        db,
+        node=node.name,
+        old_state=None if before is None else before.state,
+        new_state=node.state,
+        reason=node.reason,
+        attestation_id=None if attestation is None else attestation.id,
+        golden=node.golden_versions or (),
+        when=now or (attestation.created_at if attestation is not None else _utcnow()),
+    )
+
+
+def node_state_event(
+    db: Session,
+    *,
+    node: str,
+    old_state: NodeState | None,
+    new_state: NodeState,
+    reason: str,
+    attestation_id: int | None,
+    golden: Sequence[str],
+    when: dt.datetime,
+) -> None:
+    """One ``node.state_changed`` event (callers pass only real changes)."""
     body = {
-        "node": node.name,
-        "old_state": None if before is None else str(before.state),
-        "new_state": str(node.state),
-        "reason": node.reason,
-        "attestation_id": None if attestation is None else str(attestation.id),
-        "golden": list(node.golden_versions or []),
+        "node": node,
+        "old_state": None if old_state is None else str(old_state),
+        "new_state": str(new_state),
+        "reason": reason,
+        "attestation_id": None if attestation_id is None else str(attestation_id),
+        "golden": list(golden),
     }
-    _add(db, NODE_STATE_CHANGED, node.name, when, body)
+    _add(db, NODE_STATE_CHANGED, node, when, body)
 
 
 def node_deleted(db: Session, name: str, *, now: dt.datetime) -> None:

@@ -15,14 +15,14 @@ from sqlalchemy.orm import Session
 
 from assay.errors import MalformedEvidence
 from golden.model import GoldenSet
-from verifier.store import repo
+from verifier.store import hotpath, repo
 from verifier.store.models import Assignment, GoldenSetRow, iso
 
-from . import events
+from . import events, reappraisal
 from .context import Services
 from .errors import BadRequest, Conflict, NotFound
 from .golden_policy import GOLDEN_FORMATS, parse_golden
-from .inventory import Reappraisal, reappraise_nodes
+from .reappraisal import Reappraisal
 
 MAX_GOLDEN = 4 * 1024 * 1024
 Retirement = Literal["retired", "revoked"]
@@ -161,6 +161,7 @@ def insert_version(
     if gs.selector:
         repo.assign(db, gs.name, gs.selector, now)
     repo.audit(db, actor, "golden_add", f"{gs.name}@{gs.version}", "", now=now)
+    hotpath.bump_version(db)  # every instance's golden catalog reloads
     db.flush()
     return row
 
@@ -198,6 +199,7 @@ def assign(svc: Services, name: str, selector: Mapping[str, str], actor: str) ->
         if not repo.list_golden(db, name=name):
             raise NotFound("golden_unknown", f"no golden set named {name!r}")
         added = repo.assign(db, name, selector, now)
+        hotpath.bump_version(db)
         repo.audit(db, actor, "golden_assign", name, "", {"selector": dict(selector)}, now=now)
     return Assigned(AssignmentView(name, dict(selector)), added)
 
@@ -205,7 +207,8 @@ def assign(svc: Services, name: str, selector: Mapping[str, str], actor: str) ->
 def set_status(
     svc: Services, name: str, version: str, status: Retirement, reason: str, actor: str
 ) -> StatusChange:
-    """Retire or revoke one version; a revocation re-appraises every affected node at once."""
+    """Retire or revoke one version and re-appraise every node it applies to, now: a job of
+    batches (``reappraisal.run_job``) created in the transaction of the status change."""
     now = svc.now()
     with svc.store.write() as db:
         row = repo.get_golden(db, name, version)
@@ -215,13 +218,15 @@ def set_status(
             raise Conflict("golden_revoked", f"{name}@{version} is already revoked")
         row.status, row.reason, row.changed_at = status, reason, now
         events.golden_status_changed(db, name, version, status, reason, now=now)
+        hotpath.bump_version(db)  # every instance's golden catalog reloads
         repo.audit(
             db, actor, f"golden_{status.removesuffix('d')}", f"{name}@{version}", reason, now=now
         )
-        affected = nodes_using(db, name)
         view = GoldenView.of(row)
-    why = f"{name}@{version} {status}: {reason}"
-    return StatusChange(view, reappraise_nodes(svc, affected, why, actor) if affected else [])
+        why = f"{name}@{version} {status}: {reason}"
+        job_id, held = reappraisal.start_job(db, name, why, actor, svc.holder, now)
+    # Batches of nodes, one transaction each; another instance finishes it if this one dies.
+    return StatusChange(view, reappraisal.run_job(svc, job_id, held))
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +258,7 @@ def set_canary(
             raise NotFound("golden_unknown", f"no golden set {name}@{version}")
         row.canary = None if selector is None else dict(selector)
         row.changed_at = now
+        hotpath.bump_version(db)  # which versions apply changed: every catalog reloads
         detail = {"canary": row.canary}
         repo.audit(db, actor, "golden_canary", f"{name}@{version}", "", detail, now=now)
         assignments = repo.list_assignments(db)
@@ -266,7 +272,7 @@ def set_canary(
         ",".join(f"{k}={v}" for k, v in (canary or {}).items()) or "every node"
     )
     return CanaryChange(
-        view, canary, reappraise_nodes(svc, affected, why, actor) if affected else []
+        view, canary, reappraisal.reappraise_nodes(svc, affected, why, actor) if affected else []
     )
 
 

@@ -11,7 +11,7 @@ import dataclasses
 import datetime as dt
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from assay.errors import ConfigurationError, MalformedEvidence
 from assay.eventlog import VerifiedBootLog
@@ -22,9 +22,9 @@ from verifier.appraisal import (
     VerdictStatus,
     appraise,
     booted_versions,
+    booted_versions_of_json,
     compile_golden,
 )
-from verifier.store.models import GoldenSetRow
 
 from .context import Services
 
@@ -75,7 +75,26 @@ def _utf8_text(data: bytes, where: str) -> str:
         raise MalformedEvidence(f"not UTF-8 at byte {exc.start}", where=where) from None
 
 
-def golden_from_row(row: GoldenSetRow) -> GoldenSet:
+class GoldenRowLike(Protocol):
+    """A stored golden version: an ORM ``GoldenSetRow`` or the catalog's copy of one."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def format(self) -> str: ...
+    @property
+    def source(self) -> bytes: ...
+
+
+def golden_from_row(row: GoldenRowLike) -> GoldenSet:
     gs = parse_golden(row.format, row.source, f"{row.name}@{row.version}")
     status: Status = "active"
     if row.status in ("retired", "revoked"):
@@ -83,7 +102,12 @@ def golden_from_row(row: GoldenSetRow) -> GoldenSet:
     return dataclasses.replace(gs, status=status, status_reason=row.reason or None)
 
 
-def policy_for(svc: Services, rows: Sequence[GoldenSetRow]) -> CompiledPolicy:
+def rows_key(rows: Sequence[GoldenRowLike]) -> tuple[tuple[str, str, str, str, int], ...]:
+    """What identifies a node's golden rows: each version with the store's status and reason."""
+    return tuple(sorted((r.name, r.version, r.status, r.reason, r.id) for r in rows))
+
+
+def policy_for(svc: Services, rows: Sequence[GoldenRowLike]) -> CompiledPolicy:
     """Compile ``rows`` once per combination of versions and statuses; reuse it for a while.
 
     The key holds each row's status as read from the store now, so a retirement or revocation
@@ -91,7 +115,7 @@ def policy_for(svc: Services, rows: Sequence[GoldenSetRow]) -> CompiledPolicy:
     only while the clock stays inside the window it was compiled for: never past the next
     ``valid_from``/``valid_until`` of any of its sets, nor for longer than ``policy_cache_ttl``.
     """
-    key: Hashable = tuple(sorted((r.name, r.version, r.status, r.reason, r.id) for r in rows))
+    key: Hashable = rows_key(rows)
     cached = svc.policies.get(key)
     now, now_mono = svc.now(), svc.monotonic()
     if cached is not None:
@@ -118,6 +142,18 @@ def assess(log: VerifiedBootLog, policy: CompiledPolicy) -> Assessment:
     checks = list(data["checks"])
     booted = list(booted_versions(verdict.checks))
     return Assessment(verdict.status, verdict.reason, checks, list(policy.in_force), data, booted)
+
+
+def assessment_of(verdict: dict[str, Any], golden: Sequence[str]) -> Assessment:
+    """The assessment a stored verdict document records (for a reused verdict)."""
+    return Assessment(
+        VerdictStatus(verdict["status"]),
+        str(verdict["reason"]),
+        list(verdict["checks"]),
+        list(golden),
+        verdict,
+        list(booted_versions_of_json(verdict["checks"])),
+    )
 
 
 def failed(status: VerdictStatus, code: str, message: str) -> Assessment:

@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from verifier.store import console as store_console
-from verifier.store import repo
+from verifier.store import hotpath, repo
 from verifier.store.models import (
     Attestation,
     Incident,
@@ -191,7 +191,7 @@ def _refresh_batch(svc: Services) -> int:
 
 
 def _group(db: Session, att: Attestation) -> None:
-    checks = att.verdict.get("checks", []) if isinstance(att.verdict, dict) else []
+    checks = hotpath.verdict_of(db, att).get("checks", [])
     done: set[str] = set()
     for check in checks:
         if not isinstance(check, dict) or check.get("status") not in FAILING:

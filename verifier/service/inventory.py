@@ -10,24 +10,33 @@ when and why, in the same transaction as the change.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
+from sqlalchemy import Row, Table, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from assay.errors import MalformedEvidence, VerificationFailed
-from assay.tpm2 import parse_public, verify_quote
 from verifier.appraisal import VerdictStatus
-from verifier.store import repo
-from verifier.store.models import Attestation, AttestationSource, Node, NodeState, iso
+from verifier.store import hotpath, repo
+from verifier.store.models import (
+    Attestation,
+    AttestationRepeat,
+    AttestationSource,
+    Node,
+    NodeState,
+    iso,
+)
 
 from . import events
-from .attestation import QuotedEvidence, appraise_evidence, find_attestation, pcrs_from_json, record
+from .attestation import StateChange, find_attestation, state_changed
 from .context import Services
 from .errors import BadRequest, Conflict, NotFound
-from .golden_policy import Assessment, failed
+from .reappraisal import Reappraisal, reappraise_nodes
 from .rollout import Outdated, Standing
+
+__all__ = ["Reappraisal", "reappraise_nodes"]  # re-exported: the API and CLI call them from here
+NODES = cast(Table, Node.__table__)
 
 
 class NodeFields(Protocol):
@@ -76,7 +85,11 @@ class NodeView:
 
     @classmethod
     def of(
-        cls, node: NodeFields, now: dt.datetime, window: float, standing: Standing | None = None
+        cls,
+        node: NodeFields | Row[Any],
+        now: dt.datetime,
+        window: float,
+        standing: Standing | None = None,
     ) -> NodeView:
         state, reason = effective_state(node, now, window)
         booted = tuple(node.booted_versions or ())
@@ -124,6 +137,35 @@ class NodeView:
 
 
 @dataclass(frozen=True, slots=True)
+class Repeats:
+    """Unchanged re-attestations counted on a full attestation: how many, first and last time,
+    and the last quote as signed (its nonce, TPMS_ATTEST and signature)."""
+
+    count: int
+    first_at: dt.datetime
+    last_at: dt.datetime
+    last_nonce: bytes
+    last_quote: bytes
+    last_signature: bytes
+
+    @classmethod
+    def of(cls, r: AttestationRepeat) -> Repeats:
+        return cls(r.count, r.first_at, r.last_at, r.last_nonce, r.last_quote, r.last_signature)
+
+    def to_json(self, *, quote: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "count": self.count,
+            "first_at": iso(self.first_at),
+            "last_at": iso(self.last_at),
+        }
+        if quote:
+            out["last_nonce"] = self.last_nonce.hex()
+            out["last_quote"] = self.last_quote.hex()
+            out["last_signature"] = self.last_signature.hex()
+        return out
+
+
+@dataclass(frozen=True, slots=True)
 class AttestationView:
     """One entry of a node's timeline."""
 
@@ -139,9 +181,12 @@ class AttestationView:
     golden: tuple[str, ...]
     event_log_sha256: str | None
     agent_version: str
+    repeats: Repeats | None = None
 
     @classmethod
-    def of(cls, row: Attestation, node_name: str) -> AttestationView:
+    def of(
+        cls, row: Attestation, node_name: str, repeat: AttestationRepeat | None = None
+    ) -> AttestationView:
         return cls(
             row.id,
             node_name,
@@ -155,6 +200,7 @@ class AttestationView:
             tuple(row.golden_versions),
             row.event_log_sha256,
             row.agent_version,
+            None if repeat is None else Repeats.of(repeat),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -171,6 +217,7 @@ class AttestationView:
             "golden": list(self.golden),
             "event_log_sha256": self.event_log_sha256,
             "agent_version": self.agent_version,
+            "repeats": None if self.repeats is None else self.repeats.to_json(),
         }
 
 
@@ -182,33 +229,16 @@ class AttestationDetail:
     verdict: Mapping[str, Any]
     pcrs: Mapping[str, Mapping[str, str]]
     nonce: bytes
+    repeat: AttestationRepeat | None = None
 
     def to_json(self) -> dict[str, Any]:
+        repeats = self.summary.repeats
         return {
             **self.summary.to_json(),
+            "repeats": None if repeats is None else repeats.to_json(quote=True),
             "verdict": self.verdict,
             "pcrs": self.pcrs,
             "nonce": self.nonce.hex(),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Reappraisal:
-    """What re-appraising one node's stored evidence did."""
-
-    node: str
-    status: VerdictStatus
-    state: NodeState
-    reason: str
-    attestation_id: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "node": self.node,
-            "status": self.status,
-            "state": self.state,
-            "reason": self.reason,
-            "attestation_id": str(self.attestation_id),
         }
 
 
@@ -220,7 +250,9 @@ def parse_state(text: str) -> NodeState:
         raise BadRequest("bad_query", f"state must be one of {', '.join(NodeState)}") from None
 
 
-def effective_state(node: NodeFields, now: dt.datetime, window: float) -> tuple[NodeState, str]:
+def effective_state(
+    node: NodeFields | Row[Any], now: dt.datetime, window: float
+) -> tuple[NodeState, str]:
     """(state, reason) as of ``now``: a trusted node past its freshness window reads as stale."""
     if node.state == NodeState.TRUSTED:
         last = node.last_success_at or node.enrolled_at
@@ -237,25 +269,97 @@ def list_nodes(
     booted: str | None = None,
     outdated: bool = False,
 ) -> list[NodeView]:
-    """Nodes in ``state`` with ``labels``; ``booted``: only those whose last appraisal matched
-    that version (``name@version``); ``outdated``: only those booting a revoked, retired or
-    superseded version."""
+    """Every node in ``state`` with ``labels``, by name; ``booted``: only those whose last
+    appraisal matched that version (``name@version``); ``outdated``: only those booting a
+    revoked, retired or superseded version."""
+    return list_page(svc, state=state, labels=labels, booted=booted, outdated=outdated).nodes
+
+
+@dataclass(frozen=True, slots=True)
+class NodePage:
+    """Nodes in name order; ``next`` is the ``after`` of the next page (None: the last page)."""
+
+    nodes: list[NodeView]
+    next: str | None
+
+
+PAGE_CHUNK = 2000
+
+
+def _state_filter(state: NodeState | None, cutoff: dt.datetime) -> Any:
+    """The stored condition of an effective ``state``: ``stale`` is also a trusted row past its
+    window, and ``trusted`` only a trusted row within it."""
+    c = NODES.c
+    fresh = func.coalesce(c.last_success_at, c.enrolled_at) >= cutoff
+    if state == NodeState.TRUSTED:
+        return and_(c.state == NodeState.TRUSTED, fresh)
+    if state == NodeState.STALE:
+        return or_(c.state == NodeState.STALE, and_(c.state == NodeState.TRUSTED, ~fresh))
+    return None if state is None else c.state == state
+
+
+def list_page(
+    svc: Services,
+    *,
+    state: NodeState | None,
+    labels: Mapping[str, str],
+    booted: str | None = None,
+    outdated: bool = False,
+    after: str = "",
+    limit: int | None = None,
+) -> NodePage:
+    """One page of the inventory in name order after ``after`` (all of it when ``limit`` is
+    None), as of one read; the state filter is applied in SQL, the label selector and the
+    rollout filters (``booted``, ``outdated``) on the rows."""
     now, window = svc.now(), svc.config.freshness_window
+    where = _state_filter(state, now - dt.timedelta(seconds=window))
+    filtered = bool(labels) or booted is not None or outdated
+    views: list[NodeView] = []
     with svc.store.read() as db:
-        # "stale" is also derived from "trusted" rows: filter on the computed state.
-        stored = None
-        if state is not None:
-            derived = (NodeState.TRUSTED, NodeState.STALE)
-            stored = list(derived) if state in derived else [state]
         standing = Standing(repo.list_golden(db))
-        views = [
-            NodeView.of(n, now, window, standing)
-            for n in repo.list_nodes(db, states=stored, labels=labels)
-            if booted is None or booted in (n.booted_versions or ())
-        ]
-    return [
-        v for v in views if (state is None or v.state == state) and (not outdated or v.outdated)
-    ]
+        chunk = PAGE_CHUNK if filtered or limit is None else limit
+        while limit is None or len(views) < limit:
+            q = select(NODES).where(NODES.c.name > after).order_by(NODES.c.name).limit(chunk)
+            rows = db.execute(q if where is None else q.where(where)).all()
+            for row in rows:
+                if not repo.selector_matches(labels, row.labels):
+                    continue
+                if booted is not None and booted not in (row.booted_versions or ()):
+                    continue
+                view = NodeView.of(row, now, window, standing)
+                if not outdated or view.outdated:
+                    views.append(view)
+            if len(rows) < chunk:
+                break
+            after = rows[-1].name
+    if limit is not None and len(views) > limit:
+        views = views[:limit]
+    more = limit is not None and len(views) == limit
+    return NodePage(views, views[-1].name if more and views else None)
+
+
+def list_names(
+    svc: Services,
+    *,
+    state: NodeState | None,
+    labels: Mapping[str, str],
+    booted: str | None = None,
+    outdated: bool = False,
+) -> list[str]:
+    """The names of every node in ``state`` with ``labels`` (the scheduler's cheap form)."""
+    if booted is not None or outdated:
+        nodes = list_nodes(svc, state=state, labels=labels, booted=booted, outdated=outdated)
+        return [n.name for n in nodes]
+    now, window = svc.now(), svc.config.freshness_window
+    where = _state_filter(state, now - dt.timedelta(seconds=window))
+    if labels:
+        q = select(NODES.c.name, NODES.c.labels).order_by(NODES.c.name)
+        with svc.store.read() as db:
+            rows = db.execute(q if where is None else q.where(where)).all()
+        return [r.name for r in rows if repo.selector_matches(labels, r.labels)]
+    q = select(NODES.c.name).order_by(NODES.c.name)
+    with svc.store.read() as db:
+        return list(db.scalars(q if where is None else q.where(where)))
 
 
 def get_node(db: Session, name: str) -> Node:
@@ -276,31 +380,73 @@ def node_history(svc: Services, name: str, *, limit: int) -> list[AttestationVie
     with svc.store.read() as db:
         node = get_node(db, name)
         rows = repo.node_attestations(db, node.id, limit=limit)
-        return [AttestationView.of(r, node.name) for r in rows]
+        repeats = hotpath.repeats_of(db, [r.id for r in rows])
+        return [AttestationView.of(r, node.name, repeats.get(r.id)) for r in rows]
 
 
 def attestation(svc: Services, attestation_id: str) -> AttestationDetail:
     with svc.store.read() as db:
         row, node = find_attestation(db, attestation_id)
+        verdict = hotpath.verdict_of(db, row)
+        repeat = hotpath.repeats_of(db, [row.id]).get(row.id)
         return AttestationDetail(
-            AttestationView.of(row, node.name), row.verdict, row.pcrs, row.nonce
+            AttestationView.of(row, node.name, repeat), verdict, row.pcrs, row.nonce, repeat
         )
 
 
+SWEEP_BATCH = 500
+
+
 def sweep_stale(svc: Services, actor: str = "sweep") -> list[str]:
-    """Persist ``stale`` for every trusted node past its window; return their names."""
-    now, window = svc.now(), svc.config.freshness_window
+    """Persist ``stale`` for every trusted node past its window; return their names (batches of
+    ``SWEEP_BATCH`` nodes, one transaction each)."""
     changed: list[str] = []
-    with svc.store.write() as db:
-        for node in repo.list_nodes(db, states=[NodeState.TRUSTED]):
-            state, reason = effective_state(node, now, window)
-            if state == NodeState.STALE:
-                before = events.standing(node)
-                node.state, node.reason, node.state_since = state, reason, now
-                events.node_state_changed(db, node, before, now=now)
-                repo.audit(db, actor, "stale", node.name, reason, now=now)
-                changed.append(node.name)
+    after: int | None = 0
+    while after is not None:
+        with svc.store.write() as db:
+            names, after = sweep_batch(svc, db, after, svc.now(), actor)
+        changed.extend(names)
     return changed
+
+
+def sweep_batch(
+    svc: Services, db: Session, after: int, now: dt.datetime, actor: str
+) -> tuple[list[str], int | None]:
+    """Mark stale the trusted nodes past their window with ids after ``after`` (one batch, in
+    ``db``'s transaction); returns their names and where to resume (None: no more)."""
+    window = svc.config.freshness_window
+    last = func.coalesce(NODES.c.last_success_at, NODES.c.enrolled_at)
+    cutoff = now - dt.timedelta(seconds=window)
+    rows = db.execute(
+        select(
+            NODES.c.id,
+            NODES.c.name,
+            NODES.c.last_success_at,
+            NODES.c.enrolled_at,
+            NODES.c.reason,
+            NODES.c.golden_versions,
+        )
+        .where(NODES.c.state == NodeState.TRUSTED, NODES.c.id > after, last < cutoff)
+        .order_by(NODES.c.id)
+        .limit(SWEEP_BATCH)
+    ).all()
+    changed = []
+    for node_id, name, success, enrolled, was, golden in rows:
+        reason = f"no successful attestation since {iso(success or enrolled)}"
+        moved = db.execute(
+            update(NODES)
+            .where(NODES.c.id == node_id, NODES.c.state == NodeState.TRUSTED, last < cutoff)
+            .values(state=NodeState.STALE, reason=reason, state_since=now)
+        )
+        if getattr(moved, "rowcount", 0) == 1:  # not re-attested meanwhile
+            repo.audit(db, actor, "stale", name, reason, now=now)
+            change = StateChange(
+                node_id, name, NodeState.TRUSTED, was, NodeState.STALE, reason, now, None,
+                tuple(golden or ()),
+            )  # fmt: skip
+            state_changed(db, change)
+            changed.append(name)
+    return changed, (rows[-1][0] if len(rows) == SWEEP_BATCH else None)
 
 
 def quarantine(svc: Services, name: str, reason: str, actor: str) -> NodeView:
@@ -309,11 +455,14 @@ def quarantine(svc: Services, name: str, reason: str, actor: str) -> NodeView:
         node = get_node(db, name)
         if node.state == NodeState.QUARANTINED:
             raise Conflict("already_quarantined", f"node {name!r} is already quarantined")
-        before = events.standing(node)
+        old, was = node.state, node.reason
         node.state, node.state_since = NodeState.QUARANTINED, now
         node.reason = f"quarantined: {reason}"
-        events.node_state_changed(db, node, before, now=now)
         repo.audit(db, actor, "quarantine", name, reason, now=now)
+        change = StateChange(
+            node.id, name, old, was, node.state, node.reason, now, None, tuple(node.golden_versions)
+        )
+        state_changed(db, change)
         return NodeView.of(node, now, svc.config.freshness_window)
 
 
@@ -325,12 +474,16 @@ def release(svc: Services, name: str, reason: str, actor: str) -> NodeView:
         if node.state != NodeState.QUARANTINED:
             raise Conflict("not_quarantined", f"node {name!r} is not quarantined")
         last = db.get(Attestation, node.last_attestation_id) if node.last_attestation_id else None
-        before = events.standing(node)
+        was = node.reason
         node.state = NodeState.after(last.status) if last else NodeState.ENROLLED
         node.reason = last.reason if last else "enrolled; awaiting the first attestation"
         node.state_since = now
-        events.node_state_changed(db, node, before, now=now)
         repo.audit(db, actor, "release", name, reason, now=now)
+        change = StateChange(
+            node.id, name, NodeState.QUARANTINED, was, node.state, node.reason, now, None,
+            tuple(node.golden_versions),
+        )  # fmt: skip
+        state_changed(db, change)
         return NodeView.of(node, now, svc.config.freshness_window)
 
 
@@ -381,55 +534,3 @@ def set_labels(
         repo.audit(db, actor, "labels", name, reason, {"from": before, "to": dict(labels)}, now=now)
     reappraise_nodes(svc, [name], f"labels changed: {reason}", actor)
     return show_node(svc, name)
-
-
-def reappraise_nodes(
-    svc: Services, names: Sequence[str] | None, reason: str, actor: str
-) -> list[Reappraisal]:
-    """Re-appraise the latest stored evidence of each node (all when ``names`` is None).
-
-    The stored quote is verified again with the node's AK and nonce, the log replayed against it
-    (cached when unchanged), and the verdict recorded (``attestation.record``) as a
-    ``reappraisal`` attestation that moves the node's state — all nodes in one transaction, so the
-    inventory flips at once. It never refreshes a node: freshness stays that of the stored
-    evidence.
-    """
-    now = svc.now()
-    results: list[Reappraisal] = []
-    with svc.store.write() as db:
-        nodes = repo.list_nodes(db) if names is None else [get_node(db, n) for n in names]
-        for node in nodes:
-            last = repo.latest_evidence(db, node.id)
-            if last is None:
-                continue
-            a = _reassess(svc, db, node, last)
-            row = record(
-                db,
-                node,
-                QuotedEvidence.of(last),
-                a,
-                source=AttestationSource.REAPPRAISAL,
-                now=now,
-                quoted_at=last.created_at,
-            )
-            details = {"status": a.status, "attestation_id": row.id}
-            repo.audit(db, actor, "reappraise", node.name, reason, details, now=now)
-            results.append(Reappraisal(node.name, a.status, node.state, a.reason, row.id))
-    return results
-
-
-def _reassess(svc: Services, db: Session, node: Node, last: Attestation) -> Assessment:
-    try:
-        quote = verify_quote(
-            last.quote,
-            last.signature,
-            parse_public(node.ak_public),
-            last.nonce,
-            pcrs_from_json(last.pcrs),
-        )
-    except (VerificationFailed, MalformedEvidence) as exc:
-        return failed(VerdictStatus.UNKNOWN, "stored_evidence_invalid", str(exc))
-    if last.event_log_sha256 is None:
-        return failed(VerdictStatus.UNKNOWN, "event_log_missing", "no event log stored")
-    rows = repo.golden_rows_for(db, node.labels)
-    return appraise_evidence(svc, quote, last.event_log_sha256, None, rows)

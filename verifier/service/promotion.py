@@ -33,7 +33,7 @@ from assay.eventlog import Event, VerifiedBootLog
 from golden.model import BootApp, CmdlineRule, GoldenSet, Measured, Role, Shim, digests
 from golden.yamlfmt import dump_yaml
 from verifier.store import console as store_console
-from verifier.store import repo
+from verifier.store import hotpath, repo
 from verifier.store.models import DraftState, GoldenDraft, iso
 
 from . import golden_ops, stored_log
@@ -151,7 +151,8 @@ def candidates(svc: Services, attestation_id: str) -> list[Candidate]:
     with svc.store.read() as db:
         row, node = find_attestation(db, attestation_id)
         log = stored_log.load(svc, db, row, node)
-    checks = _failing_by_event(row.verdict)
+        verdict = hotpath.verdict_of(db, row)
+    checks = _failing_by_event(verdict)
     out: list[Candidate] = []
     for index, check in sorted(checks.items()):
         kind = PROMOTABLE.get(str(check.get("reason")))
@@ -199,7 +200,7 @@ def draft(
         if log.verified is None:
             raise Conflict("evidence_unverifiable", log.problem)
         # 2. Failing, promotable events.
-        failing = _failing_by_event(row.verdict)
+        failing = _failing_by_event(hotpath.verdict_of(db, row))
         chosen = [_promotable(failing, i) for i in sorted(set(events))]
         # 3. The base version.
         base = _base(db, golden_ref, row.golden_versions)

@@ -137,10 +137,28 @@ def list_nodes() -> Response:
     outdated = request.args.get("outdated", "false")
     if outdated not in ("true", "false"):
         raise BadRequest("bad_query", "outdated must be true or false")
-    nodes = inventory.list_nodes(
-        services(), state=wanted, labels=labels, booted=booted, outdated=outdated == "true"
+    fields = request.args.get("fields")
+    if fields is not None and fields != "names":
+        raise BadRequest("bad_query", "fields must be 'names' (the names-only form)")
+    if fields == "names":
+        names = inventory.list_names(
+            services(), state=wanted, labels=labels, booted=booted, outdated=outdated == "true"
+        )
+        return jsonify({"names": names})
+    limit = _int_arg("limit", 0, 1, 10_000) or None
+    after = request.args.get("after", "")
+    if len(after) > 253 or not after.isprintable():
+        raise BadRequest("bad_query", "after must be a node name")
+    page = inventory.list_page(
+        services(),
+        state=wanted,
+        labels=labels,
+        booted=booted,
+        outdated=outdated == "true",
+        after=after,
+        limit=limit,
     )
-    return jsonify({"nodes": [n.to_json() for n in nodes]})
+    return jsonify({"nodes": [n.to_json() for n in page.nodes], "next": page.next})
 
 
 @inventory_bp.get("/nodes/<node>")

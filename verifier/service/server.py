@@ -13,6 +13,7 @@ from gunicorn.app.base import BaseApplication
 
 from . import _logging
 from .app import create_app
+from .background import Runner
 from .config import ServiceConfig
 from .context import Services
 
@@ -57,8 +58,12 @@ class VerifierServer(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
 
     def load(self) -> Flask:
+        """In each worker (after the fork): the app, and its background-job loop."""
         _logging.configure(self.service_config.log_format)
-        return create_app(self.service_config)
+        app = create_app(self.service_config)
+        if self.service_config.background_jobs:
+            Runner(app.extensions["assay"]).start()
+        return app
 
 
 def _post_worker_init(worker: Any) -> None:

@@ -15,6 +15,7 @@ raises is re-raised as ``StoreUnavailable`` (busy or down), which the API answer
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,21 @@ SQLITE_BUSY_TIMEOUT_MS = 50
 """One C-level wait for a SQLite lock; it blocks the whole (gevent) worker, so it is short."""
 LOCK_TIMEOUT = 3.0
 """Seconds a transaction waits for a lock, or a request for a connection, before 503."""
+STATEMENT_TIMEOUT = 10.0
+"""PostgreSQL: seconds one statement may run before the server cancels it."""
+IDLE_IN_TRANSACTION_TIMEOUT = 10.0
+"""PostgreSQL: seconds a session may sit idle inside a transaction (a frozen or partitioned
+instance) before the server ends it, releasing its locks for the other instances."""
+KEEPALIVE = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3}
+"""TCP keepalives on every PostgreSQL connection: a dead peer is noticed within ~11 s."""
+
+
+def _pg_options(lock: float, statement: float, idle: float) -> str:
+    ms = [int(x * 1000) for x in (lock, statement, idle)]
+    return (
+        f"-c lock_timeout={ms[0]} -c statement_timeout={ms[1]}"
+        f" -c idle_in_transaction_session_timeout={ms[2]}"
+    )
 
 
 class StoreUnavailable(AssayError):
@@ -44,7 +60,9 @@ class StoreUnavailable(AssayError):
 
 def _is_busy(exc: BaseException) -> bool:
     text = str(getattr(exc, "orig", exc)).lower()
-    return "locked" in text or "busy" in text or "lock timeout" in text
+    return (
+        "locked" in text or "busy" in text or "lock timeout" in text or "statement timeout" in text
+    )
 
 
 def database_url(value: str) -> str:
@@ -83,7 +101,14 @@ def _sqlite_begin(conn: Any) -> None:
         pause = min(pause * 2, 0.1)
 
 
-def make_engine(url: str, lock_timeout: float = LOCK_TIMEOUT) -> Engine:
+def make_engine(
+    url: str,
+    lock_timeout: float = LOCK_TIMEOUT,
+    statement_timeout: float = STATEMENT_TIMEOUT,
+    idle_timeout: float = IDLE_IN_TRANSACTION_TIMEOUT,
+) -> Engine:
+    """An engine whose every wait is bounded (lock, statement, idle transaction, connect, pool,
+    a dead TCP peer), so one stuck instance or a database outage cannot stall the others."""
     try:
         parsed = make_url(database_url(url))
     except ArgumentError as exc:
@@ -104,7 +129,6 @@ def make_engine(url: str, lock_timeout: float = LOCK_TIMEOUT) -> Engine:
         event.listen(engine, "begin", _sqlite_begin)
         return engine
     if parsed.get_backend_name() == "postgresql":
-        ms = int(lock_timeout * 1000)
         return create_engine(
             parsed,
             pool_pre_ping=True,
@@ -113,7 +137,9 @@ def make_engine(url: str, lock_timeout: float = LOCK_TIMEOUT) -> Engine:
             pool_timeout=lock_timeout,
             connect_args={
                 "connect_timeout": max(1, round(lock_timeout)),
-                "options": f"-c lock_timeout={ms}",
+                "options": _pg_options(lock_timeout, statement_timeout, idle_timeout),
+                **KEEPALIVE,
+                "tcp_user_timeout": int(statement_timeout * 1000),
             },
         )
     backend = parsed.get_backend_name()
@@ -124,7 +150,7 @@ def make_engine(url: str, lock_timeout: float = LOCK_TIMEOUT) -> Engine:
 def _unavailable_as_domain_error() -> Iterator[None]:
     try:
         yield
-    except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+    except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.PendingRollbackError) as exc:
         busy = _is_busy(exc)
         what = "locked by another connection" if busy else "unreachable"
         first = (str(getattr(exc, "orig", exc)).splitlines() or [""])[0][:120]
@@ -136,10 +162,22 @@ def _unavailable_as_domain_error() -> Iterator[None]:
 class Store:
     """The database handle one app (or CLI run) uses: ``read()`` and ``write()`` sessions."""
 
-    def __init__(self, url: str, *, lock_timeout: float = LOCK_TIMEOUT) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        lock_timeout: float = LOCK_TIMEOUT,
+        statement_timeout: float = STATEMENT_TIMEOUT,
+        idle_timeout: float = IDLE_IN_TRANSACTION_TIMEOUT,
+    ) -> None:
         self.url = database_url(url)
-        self.engine = make_engine(self.url, lock_timeout)
+        self.engine = make_engine(self.url, lock_timeout, statement_timeout, idle_timeout)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
+        self.lock_timeout = lock_timeout
+        # SQLite has one writer at a time: the requests of one process queue for it here, in
+        # order and without a connection, instead of all polling the file lock (under load the
+        # unluckiest then waited past the lock timeout: "database is locked").
+        self._writer = threading.Lock() if self.is_sqlite else None
         writer = self.engine
         if self.is_sqlite:
             writer = self.engine.execution_options(sqlite_begin="IMMEDIATE")
@@ -154,8 +192,28 @@ class Store:
     @contextlib.contextmanager
     def write(self) -> Iterator[Session]:
         """One transaction: committed when the block ends normally, rolled back otherwise."""
-        with _unavailable_as_domain_error(), self._write() as session, session.begin():
+        with (
+            self._one_writer(),
+            _unavailable_as_domain_error(),
+            self._write() as session,
+            session.begin(),
+        ):
             yield session
+
+    @contextlib.contextmanager
+    def _one_writer(self) -> Iterator[None]:
+        """On SQLite, this process's writers one at a time (FIFO; cooperative under gevent),
+        waiting at most the lock timeout; nothing on PostgreSQL (row locks, not a file lock)."""
+        lock = self._writer
+        if lock is None:
+            yield
+            return
+        if not lock.acquire(timeout=self.lock_timeout):
+            raise StoreUnavailable("the database is locked by this process's writers", busy=True)
+        try:
+            yield
+        finally:
+            lock.release()
 
     def close(self) -> None:
         self.engine.dispose()

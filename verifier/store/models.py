@@ -15,6 +15,7 @@ from typing import Any, Generic, TypeVar, overload
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
@@ -123,6 +124,7 @@ class Base(DeclarativeBase):
 
 class Node(Base):
     __tablename__ = "nodes"
+    __table_args__ = (Index("ix_nodes_state_name", "state", "name"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(253), unique=True)
@@ -144,11 +146,16 @@ class Node(Base):
     last_reset_count: Mapped[int | None] = mapped_column(Integer)
     last_restart_count: Mapped[int | None] = mapped_column(Integer)
     last_reboot_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
-    boot_log_sha256: Mapped[str | None] = mapped_column(String(64))
+    boot_log_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
     golden_versions: Mapped[list[str]] = mapped_column(JSON, default=list)
     # The versions the last appraisal matched (name@version): what the node booted.
     booted_versions: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
     enrolled_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    verdict_key: Mapped[str | None] = mapped_column(String(64))
+    """What the last full attestation's verdict was computed from (log, quoted PCRs, golden rows,
+    policy window, appraisal version): a re-attestation with the same key reuses that verdict."""
+    last_clock: Mapped[int | None] = mapped_column(BigInteger)
+    """The TPM clock of the last verified quote: a verdict is reused only while it advances."""
 
 
 class Enrollment(Base):
@@ -180,6 +187,7 @@ class Nonce(Base):
     node, expiry and tag (``repo.issue_nonce``)."""
 
     __tablename__ = "nonces"
+    __table_args__ = (Index("ix_nonces_expires_at", "expires_at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), index=True)
@@ -221,17 +229,88 @@ class Attestation(Base):
     source: Mapped[AttestationSource] = mapped_column(EnumText(AttestationSource))
     status: Mapped[VerdictStatus] = mapped_column(EnumText(VerdictStatus))
     reason: Mapped[str] = mapped_column(Text)
-    verdict: Mapped[dict[str, Any]] = mapped_column(JSON)
+    verdict: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    """Rows written before revision 0004 hold their verdict here; newer ones in ``verdicts``."""
+    verdict_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
     nonce: Mapped[bytes] = mapped_column(LargeBinary)
     quote: Mapped[bytes] = mapped_column(LargeBinary)
     signature: Mapped[bytes] = mapped_column(LargeBinary)
     pcrs: Mapped[dict[str, dict[str, str]]] = mapped_column(JSON)
-    event_log_sha256: Mapped[str | None] = mapped_column(ForeignKey("event_logs.sha256"))
+    event_log_sha256: Mapped[str | None] = mapped_column(
+        ForeignKey("event_logs.sha256"), index=True
+    )
     agent_version: Mapped[str] = mapped_column(String(64), default="")
     reset_count: Mapped[int | None] = mapped_column(Integer)
     restart_count: Mapped[int | None] = mapped_column(Integer)
     reboot: Mapped[bool] = mapped_column(Boolean, default=False)
     golden_versions: Mapped[list[str]] = mapped_column(JSON, default=list)
+
+
+class VerdictBlob(Base):
+    """A verdict document, content-addressed (SHA-256 of its canonical JSON), zlib-compressed:
+    the nodes of one fleet mostly share a handful of verdicts, so each is stored once."""
+
+    __tablename__ = "verdicts"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    """Touched whenever a new attestation refers to it, so the blob GC's grace period holds."""
+
+
+class AttestationRepeat(Base):
+    """Unchanged re-attestations of one full attestation (same boot, log, PCRs, golden rows): a
+    counter, first and last time, and the last quote as signed, updated in place."""
+
+    __tablename__ = "attestation_repeats"
+
+    attestation_id: Mapped[int] = mapped_column(
+        ForeignKey("attestations.id", ondelete="CASCADE"), primary_key=True
+    )
+    count: Mapped[int] = mapped_column(Integer)
+    first_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    last_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    last_nonce: Mapped[bytes] = mapped_column(LargeBinary)
+    last_quote: Mapped[bytes] = mapped_column(LargeBinary)
+    last_signature: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class StoreVersion(Base):
+    """Counters bumped in the same transaction as a change that in-process caches depend on
+    (``golden``: golden sets, statuses, assignments): caches are invalidated by version."""
+
+    __tablename__ = "store_versions"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
+
+
+class Lease(Base):
+    """Who runs a background job until when, and where it got to (``cursor``): a job runs only
+    in the lease holder and each batch commits only while the lease is still its own."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    cursor: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class ReappraisalJob(Base):
+    """A batched re-appraisal (a golden retire or revoke): the nodes with id > ``cursor`` are
+    still to do; any instance resumes an unfinished job."""
+
+    __tablename__ = "reappraisal_jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    golden_name: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    cursor: Mapped[int] = mapped_column(Integer, default=0)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, index=True)
 
 
 class GoldenSetRow(Base):

@@ -7,6 +7,7 @@ one attestation, its event log and the node's new state land together or not at 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import secrets
@@ -22,6 +23,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from . import hotpath
 from .models import (
     Assignment,
     Attestation,
@@ -265,6 +267,7 @@ def nonce_key(s: Session, now: dt.datetime) -> bytes:
     return service_key(s, _NONCE_KEY, now)
 
 
+@functools.lru_cache(maxsize=8)
 def _nonce_keys(secret: bytes) -> tuple[bytes, bytes]:
     return (
         hmac.new(secret, _NONCE_ENC, hashlib.sha256).digest()[:16],
@@ -280,19 +283,13 @@ def _nonce_block(enc: bytes, block: bytes, *, decrypt: bool) -> bytes:
     return op.update(block) + op.finalize()
 
 
-def issue_nonce(
-    s: Session,
-    node_id: int,
-    *,
-    lifetime: dt.timedelta,
-    now: dt.datetime,
-    key: bytes | None = None,
+def make_nonce(
+    node_id: int, *, lifetime: dt.timedelta, now: dt.datetime, key: bytes
 ) -> IssuedNonce:
     """A 32-byte nonce for ``node_id`` that nothing stores: AES(expiry, node, 4 random bytes) and
     an HMAC over that block, under the shared ``nonce`` key. Any instance can check it, and an
-    unauthenticated flood of challenges uses up nothing (nor can it evict the agent's). ``key``:
-    the shared ``nonce`` key when the caller holds it (read from the store otherwise)."""
-    enc, mac = _nonce_keys(key if key is not None else nonce_key(s, now))
+    unauthenticated flood of challenges uses up nothing (nor can it evict the agent's)."""
+    enc, mac = _nonce_keys(key)
     expires = int((now + lifetime).timestamp())
     block = _nonce_block(
         enc, struct.pack(">QI", expires, node_id) + secrets.token_bytes(4), decrypt=False
@@ -301,36 +298,62 @@ def issue_nonce(
     return IssuedNonce(block + tag, dt.datetime.fromtimestamp(expires, dt.UTC))
 
 
+def issue_nonce(
+    s: Session,
+    node_id: int,
+    *,
+    lifetime: dt.timedelta,
+    now: dt.datetime,
+    key: bytes | None = None,
+) -> IssuedNonce:
+    """``make_nonce`` under the shared key (``key`` when the caller holds it, else read)."""
+    return make_nonce(
+        node_id, lifetime=lifetime, now=now, key=key if key is not None else nonce_key(s, now)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class NonceCheck:
+    """A nonce's stateless check: ``refused`` is a reason code, or None with its expiry."""
+
+    refused: str | None
+    expires_at: dt.datetime
+
+
+def check_nonce(node_id: int, nonce: bytes, now: dt.datetime, key: bytes) -> NonceCheck:
+    """Tag, owner and expiry of ``nonce`` (no I/O); whether it was used is the store's to say."""
+    never = dt.datetime.fromtimestamp(0, dt.UTC)
+    if len(nonce) != 32:
+        return NonceCheck("nonce_unknown", never)
+    enc, mac = _nonce_keys(key)
+    block, tag = nonce[:16], nonce[16:]
+    if not hmac.compare_digest(hmac.new(mac, block, hashlib.sha256).digest()[:16], tag):
+        return NonceCheck("nonce_unknown", never)
+    expires, owner = struct.unpack_from(">QI", _nonce_block(enc, block, decrypt=True))
+    if owner != node_id:
+        return NonceCheck("nonce_wrong_node", never)
+    expires_at = dt.datetime.fromtimestamp(expires, dt.UTC)
+    if expires_at <= now:
+        return NonceCheck("nonce_expired", expires_at)
+    return NonceCheck(None, expires_at)
+
+
 def consume_nonce(
     s: Session, node_id: int, nonce: bytes, now: dt.datetime, key: bytes | None = None
 ) -> str | None:
     """Consume ``nonce`` for ``node_id`` exactly once, atomically across instances: its tag and
     expiry are checked, then it is recorded as used (the unique column refuses a second use).
+    The node's expired used nonces are forgotten first (the attestation hot path leaves that to
+    the retention job: ``check_nonce`` + ``hotpath.use_nonce``).
 
     Returns None on success, else a stable reason code: ``nonce_unknown``, ``nonce_wrong_node``,
     ``nonce_reused``, ``nonce_expired``.
     """
-    if len(nonce) != 32:
-        return "nonce_unknown"
-    enc, mac = _nonce_keys(key if key is not None else nonce_key(s, now))
-    block, tag = nonce[:16], nonce[16:]
-    if not hmac.compare_digest(hmac.new(mac, block, hashlib.sha256).digest()[:16], tag):
-        return "nonce_unknown"
-    expires, owner = struct.unpack_from(">QI", _nonce_block(enc, block, decrypt=True))
-    if owner != node_id:
-        return "nonce_wrong_node"
-    expires_at = dt.datetime.fromtimestamp(expires, dt.UTC)
-    if expires_at <= now:
-        return "nonce_expired"
+    checked = check_nonce(node_id, nonce, now, key if key is not None else nonce_key(s, now))
+    if checked.refused is not None:
+        return checked.refused
     s.execute(delete(Nonce).where(Nonce.node_id == node_id, Nonce.expires_at <= now))
-    try:
-        with s.begin_nested():
-            s.add(
-                Nonce(
-                    node_id=node_id, nonce=nonce, created_at=now, expires_at=expires_at, used_at=now
-                )
-            )
-    except IntegrityError:
+    if not hotpath.use_nonce(s, node_id, nonce, now, checked.expires_at):
         return "nonce_reused"
     return None
 
@@ -339,7 +362,10 @@ def consume_nonce(
 
 
 def put_event_log(s: Session, sha256_hex: str, data: bytes, now: dt.datetime) -> None:
-    """Store a log once under its SHA-256 (a concurrent insert of the same log is harmless)."""
+    """Store a log once under its SHA-256 (a concurrent insert of the same log is harmless). A
+    log already stored is only read: no insert, so no wait on another transaction's row."""
+    if has_event_log(s, sha256_hex):
+        return
     values = {"sha256": sha256_hex, "data": data, "size": len(data), "created_at": now}
     if s.get_bind().dialect.name == "postgresql":
         s.execute(pg_insert(EventLogBlob).values(**values).on_conflict_do_nothing())

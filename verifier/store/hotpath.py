@@ -1,0 +1,376 @@
+"""The attestation hot path in SQLAlchemy Core: one read of the node, then one write transaction.
+
+No ORM objects are loaded or flushed here: each function is one statement on the session's
+connection (``Session.connection()``), so an attestation costs a handful of compiled, cached
+statements. The caller owns the transaction (``Store.read()`` / ``Store.write()``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, Table, bindparam, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from .models import (
+    Attestation,
+    AttestationRepeat,
+    Node,
+    NodeState,
+    Nonce,
+    StoreVersion,
+    VerdictBlob,
+)
+
+NODES = cast(Table, Node.__table__)
+ATTESTATIONS = cast(Table, Attestation.__table__)
+REPEATS = cast(Table, AttestationRepeat.__table__)
+NONCES = cast(Table, Nonce.__table__)
+VERDICTS = cast(Table, VerdictBlob.__table__)
+VERSIONS = cast(Table, StoreVersion.__table__)
+N = NODES.c
+A = ATTESTATIONS.c
+R = REPEATS.c
+GOLDEN_VERSION = "golden"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSnapshot:
+    """What the hot path needs of a node, as read at one moment (never written back as such)."""
+
+    id: int
+    name: str
+    ak_public: bytes
+    labels: Mapping[str, str]
+    state: NodeState
+    state_since: dt.datetime
+    reason: str
+    last_attestation_id: int | None
+    last_success_at: dt.datetime | None
+    last_reset_count: int | None
+    last_restart_count: int | None
+    boot_log_sha256: str | None
+    golden_versions: list[str]
+    verdict_key: str | None
+    last_clock: int | None
+    last_verdict_sha256: str | None
+    enrolled_at: dt.datetime
+
+
+_SNAPSHOT_COLUMNS = (
+    N.id,
+    N.name,
+    N.ak_public,
+    N.labels,
+    N.state,
+    N.state_since,
+    N.reason,
+    N.last_attestation_id,
+    N.last_success_at,
+    N.last_reset_count,
+    N.last_restart_count,
+    N.boot_log_sha256,
+    N.golden_versions,
+    N.verdict_key,
+    N.last_clock,
+    A.verdict_sha256.label("last_verdict_sha256"),
+    N.enrolled_at,
+)
+
+
+def _dialect_insert(s: Session, table: Table) -> Any:
+    """An INSERT with ``on_conflict_do_*`` (both dialects spell it the same way)."""
+    maker = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
+    return maker(table)
+
+
+def _by_name(for_update: bool) -> Any:
+    q = (
+        select(*_SNAPSHOT_COLUMNS)
+        .select_from(NODES.outerjoin(ATTESTATIONS, A.id == N.last_attestation_id))
+        .where(N.name == bindparam("name"))
+    )
+    return q.with_for_update(of=NODES) if for_update else q
+
+
+_GOLDEN_VERSION = (
+    select(VERSIONS.c.value).where(VERSIONS.c.name == GOLDEN_VERSION).scalar_subquery()
+)
+_NONCE_USED = select(NONCES.c.id).where(NONCES.c.nonce == bindparam("nonce")).exists()
+# Built once: a statement object built per call costs more than executing it.
+_SNAPSHOT = _by_name(False)
+_SNAPSHOT_LOCKED = _by_name(True)
+_READ = _by_name(False).add_columns(
+    _GOLDEN_VERSION.label("golden_version"), _NONCE_USED.label("nonce_used")
+)
+_NAME_OF = select(N.name).where(N.id == bindparam("id"))
+
+
+@dataclass(frozen=True, slots=True)
+class AttestationRead:
+    """Step 2 of an attestation in one statement: the node, the golden version, the nonce."""
+
+    node: NodeSnapshot
+    golden_version: int
+    nonce_used: bool
+
+
+def read_for_attestation(s: Session, name: str, nonce: bytes) -> AttestationRead | None:
+    """The node named ``name``, the store's golden version and whether ``nonce`` was used."""
+    row = s.connection().execute(_READ, {"name": name, "nonce": nonce}).first()
+    if row is None:
+        return None
+    values = row._asdict()
+    version, used = values.pop("golden_version"), values.pop("nonce_used")
+    return AttestationRead(NodeSnapshot(**values), int(version or 0), bool(used))
+
+
+def node_snapshot(s: Session, name: str, *, for_update: bool = False) -> NodeSnapshot | None:
+    """The node named ``name`` with its last attestation's verdict digest (one statement).
+
+    ``for_update`` locks the row until the transaction ends (PostgreSQL; SQLite's write
+    transaction already holds the database lock)."""
+    q = _SNAPSHOT_LOCKED if for_update else _SNAPSHOT
+    row = s.connection().execute(q, {"name": name}).first()
+    return None if row is None else NodeSnapshot(**row._asdict())
+
+
+def node_snapshot_by_id(
+    s: Session, node_id: int, *, for_update: bool = False
+) -> NodeSnapshot | None:
+    name = s.connection().execute(_NAME_OF, {"id": node_id}).scalar()
+    return None if name is None else node_snapshot(s, name, for_update=for_update)
+
+
+def golden_version(s: Session) -> int:
+    """The counter bumped with every golden-set change (0 before the first)."""
+    return int(s.connection().execute(select(_GOLDEN_VERSION)).scalar() or 0)
+
+
+def bump_version(s: Session, name: str = GOLDEN_VERSION) -> None:
+    """Increment ``name`` in the caller's transaction: every instance's cache of it is stale."""
+    stmt = _dialect_insert(s, VERSIONS).values(name=name, value=1)
+    stmt = stmt.on_conflict_do_update(index_elements=["name"], set_={"value": VERSIONS.c.value + 1})
+    s.connection().execute(stmt)
+
+
+class _Upserts:
+    """The hot path's INSERT … ON CONFLICT statements for one dialect, built once."""
+
+    def __init__(self, dialect: str) -> None:
+        maker: Any = pg_insert if dialect == "postgresql" else sqlite_insert
+        self.nonce = (
+            maker(NONCES)
+            .values({c: bindparam(c) for c in ("node_id", "nonce", "created_at", "expires_at")})
+            .values(used_at=bindparam("created_at"))
+            .on_conflict_do_nothing()
+            .returning(NONCES.c.id)
+        )
+        last: dict[str, Any] = {
+            c: bindparam(c) for c in ("last_at", "last_nonce", "last_quote", "last_signature")
+        }
+        repeat = maker(REPEATS).values(
+            attestation_id=bindparam("attestation_id"),
+            count=1,
+            first_at=bindparam("last_at"),
+            **last,
+        )
+        self.repeat = repeat.on_conflict_do_update(
+            index_elements=["attestation_id"], set_={"count": R.count + 1, **last}
+        ).returning(R.count)
+
+
+_UPSERTS: dict[str, _Upserts] = {}
+
+
+def _upserts(s: Session) -> _Upserts:
+    name = s.get_bind().dialect.name
+    made = _UPSERTS.get(name)
+    if made is None:
+        made = _UPSERTS[name] = _Upserts(name)
+    return made
+
+
+# --- nonces -----------------------------------------------------------------------------------
+
+
+def nonce_used(s: Session, nonce: bytes) -> bool:
+    """Whether ``nonce`` was used already (an early refusal; ``use_nonce`` is what decides)."""
+    return bool(s.connection().execute(select(_NONCE_USED), {"nonce": nonce}).scalar())
+
+
+def use_nonce(
+    s: Session, node_id: int, nonce: bytes, now: dt.datetime, expires_at: dt.datetime
+) -> bool:
+    """Record ``nonce`` as used until it expires; False if any instance used it first (the unique
+    column decides, atomically). Expired rows are purged by the retention job, not here."""
+    params = {"node_id": node_id, "nonce": nonce, "created_at": now, "expires_at": expires_at}
+    # RETURNING says whether a row went in (rowcount is -1 with psycopg's RETURNING).
+    return s.connection().execute(_upserts(s).nonce, params).first() is not None
+
+
+# --- verdicts ---------------------------------------------------------------------------------
+
+
+def canonical_verdict(verdict: Mapping[str, Any]) -> tuple[str, bytes]:
+    """(SHA-256 hex, canonical JSON bytes) of a verdict document."""
+    data = json.dumps(verdict, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return hashlib.sha256(data).hexdigest(), data
+
+
+TOUCH_AFTER = dt.timedelta(minutes=10)
+"""A verdict referred to again is touched (``created_at``) when older than this; the blob GC's
+grace period is at least twice as long, so it never deletes a verdict being referred to."""
+
+
+def put_verdict(s: Session, sha256_hex: str, canonical: bytes, now: dt.datetime) -> None:
+    """Store a verdict once under its digest. An existing one is only read (no row lock, so a
+    frozen transaction that wrote the same verdict cannot block this one), and touched when older
+    than ``TOUCH_AFTER``, which keeps the blob GC off it."""
+    conn = s.connection()
+    created = conn.execute(select(VERDICTS.c.created_at).where(VERDICTS.c.sha256 == sha256_hex))
+    at = created.scalar()
+    if at is None:
+        data = zlib.compress(canonical, 6)
+        stmt = _dialect_insert(s, VERDICTS).values(sha256=sha256_hex, data=data, created_at=now)
+        conn.execute(stmt.on_conflict_do_nothing())
+    elif at < now - TOUCH_AFTER:
+        conn.execute(update(VERDICTS).where(VERDICTS.c.sha256 == sha256_hex).values(created_at=now))
+
+
+def get_verdict(s: Session, sha256_hex: str) -> dict[str, Any] | None:
+    q = select(VERDICTS.c.data).where(VERDICTS.c.sha256 == sha256_hex)
+    data = s.connection().execute(q).scalar()
+    if data is None:
+        return None
+    doc = json.loads(zlib.decompress(data))
+    assert isinstance(doc, dict)
+    return doc
+
+
+def verdict_of(s: Session, row: Attestation) -> dict[str, Any]:
+    """An attestation's verdict document: kept in the row (written before verdicts were shared)
+    or in ``verdicts`` under its digest; ``{}`` when neither holds it."""
+    if row.verdict is not None:
+        return dict(row.verdict)
+    if row.verdict_sha256 is None:
+        return {}
+    return get_verdict(s, row.verdict_sha256) or {}
+
+
+# --- attestations and node state ---------------------------------------------------------------
+
+
+_INSERT_ATTESTATION = ATTESTATIONS.insert()
+_UPDATE_NODE = update(NODES).where(N.id == bindparam("b_node_id"))
+
+
+def insert_attestation(s: Session, values: Mapping[str, Any]) -> int:
+    """Insert one attestation row (the columns are the keys of ``values``); its id."""
+    result = s.connection().execute(_INSERT_ATTESTATION, dict(values))
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
+_INSERT_RETURNING = ATTESTATIONS.insert().returning(A.id, sort_by_parameter_order=True)
+
+
+def insert_attestations(s: Session, rows: list[dict[str, Any]]) -> list[int]:
+    """Insert attestation rows (all with the same columns) in one INSERT … RETURNING (batched
+    by SQLAlchemy's insertmanyvalues); their ids, in the order of ``rows``."""
+    if len(rows) <= 1:
+        return [insert_attestation(s, r) for r in rows]
+    return [int(i) for (i,) in s.connection().execute(_INSERT_RETURNING, rows)]
+
+
+def update_nodes(s: Session, updates: list[tuple[int, Mapping[str, Any]]]) -> None:
+    """Set columns on several nodes: one executemany per set of column names."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for node_id, values in updates:
+        groups.setdefault(tuple(sorted(values)), []).append({"b_node_id": node_id, **values})
+    for params in groups.values():
+        s.connection().execute(_UPDATE_NODE, params)
+
+
+def update_node(s: Session, node_id: int, values: Mapping[str, Any]) -> None:
+    """Set the columns named by ``values`` on node ``node_id`` (one prebuilt UPDATE)."""
+    s.connection().execute(_UPDATE_NODE, {"b_node_id": node_id, **values})
+
+
+def latest_evidence_ids(s: Session, node_ids: list[int]) -> dict[int, int]:
+    """Each node's newest attestation from its own evidence (not a re-appraisal), by node id."""
+    if not node_ids:
+        return {}
+    q = (
+        select(A.node_id, func.max(A.id))
+        .where(A.node_id.in_(node_ids), A.source == "evidence")
+        .group_by(A.node_id)
+    )
+    return {int(n): int(i) for n, i in s.connection().execute(q)}
+
+
+_UNCHANGED = update(NODES).where(
+    N.id == bindparam("b_id"),
+    N.state == bindparam("b_state"),
+    N.last_attestation_id == bindparam("b_last"),
+    N.verdict_key == bindparam("b_key"),
+    N.last_reset_count == bindparam("b_reset"),
+    N.last_restart_count == bindparam("b_restart"),
+)
+_REFRESH = _UNCHANGED.values(
+    last_attested_at=bindparam("last_attested_at"),
+    last_success_at=bindparam("last_success_at"),
+    last_clock=bindparam("last_clock"),
+)
+
+
+def refresh_unchanged_node(s: Session, snap: NodeSnapshot, now: dt.datetime, clock: int) -> bool:
+    """Mark the node freshly attested (trusted, at ``now``, TPM clock ``clock``) only if nothing
+    that decided a verdict reuse changed since ``snap`` was read (state, last attestation,
+    verdict key, boot counters); False if something did."""
+    result = s.connection().execute(
+        _REFRESH,
+        {
+            "b_id": snap.id, "b_state": snap.state, "b_last": snap.last_attestation_id,
+            "b_key": snap.verdict_key, "b_reset": snap.last_reset_count,
+            "b_restart": snap.last_restart_count, "last_attested_at": now,
+            "last_success_at": now, "last_clock": clock,
+        },
+    )  # fmt: skip
+    assert isinstance(result, CursorResult)
+    return result.rowcount == 1
+
+
+def add_repeat(
+    s: Session, attestation_id: int, now: dt.datetime, nonce: bytes, quote: bytes, signature: bytes
+) -> int:
+    """Count one more unchanged re-attestation of ``attestation_id`` (one row, updated in place);
+    returns the new count."""
+    params = {
+        "attestation_id": attestation_id, "last_at": now, "last_nonce": nonce,
+        "last_quote": quote, "last_signature": signature,
+    }  # fmt: skip
+    return int(s.connection().execute(_upserts(s).repeat, params).scalar() or 0)
+
+
+def repeats_of(s: Session, attestation_ids: list[int]) -> dict[int, AttestationRepeat]:
+    """The repeat rows of these attestations, by attestation id."""
+    if not attestation_ids:
+        return {}
+    q = select(AttestationRepeat).where(AttestationRepeat.attestation_id.in_(attestation_ids))
+    return {r.attestation_id: r for r in s.scalars(q)}
+
+
+def count_nodes(s: Session) -> int:
+    return int(
+        s.connection().execute(select(func.count()).select_from(Node.__table__)).scalar() or 0
+    )
