@@ -332,16 +332,20 @@ class SignatureIds(frozenset[str]):
     """The ids of a signature database's entries, and ``certificates``: the ids of its X.509
     entries, every one of them validated (a database with an invalid one has no ids at all)."""
 
-    __slots__ = ("certificates",)
-    certificates: frozenset[str]
+    __slots__ = ("_certificates",)
+    _certificates: frozenset[str]
 
     def __new__(cls, ids: Iterable[str], certificates: Iterable[str]) -> SignatureIds:
         self = super().__new__(cls, ids)
-        self.certificates = frozenset(certificates)
+        self._certificates = frozenset(certificates)
         return self
 
+    @property
+    def certificates(self) -> frozenset[str]:
+        return self._certificates
+
     def __reduce__(self) -> tuple[type[SignatureIds], tuple[list[str], list[str]]]:
-        return SignatureIds, (list(self), list(self.certificates))
+        return SignatureIds, (list(self), list(self._certificates))
 
 
 def signature_database_ids(data: bytes, *, where: str = "signature database") -> SignatureIds:
