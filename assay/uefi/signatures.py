@@ -12,7 +12,7 @@ import struct
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryptography import x509
 from cryptography.utils import CryptographyDeprecationWarning
@@ -380,10 +380,9 @@ def _ids(data: bytes, layout: _Layout) -> list[str]:
     return [text[p + skip : p + step] for p in range(0, len(text), step)]
 
 
-@dataclass(frozen=True, slots=True)
-class _Layout:
+class _Layout(NamedTuple):
     """Where one checked EFI_SIGNATURE_LIST's parts are: entries of ``sig_size`` bytes from
-    ``body`` to ``end`` (a whole number of them)."""
+    ``body`` to ``end`` (a whole number of them). A NamedTuple: a dbx has a dozen lists."""
 
     here: str
     start: int
