@@ -1,4 +1,5 @@
-"""``golden runtime from-deb|capture|show``: build and inspect runtime (IMA) policies.
+"""``golden runtime from-deb|capture|show|export|import``: build, inspect and convert runtime (IMA)
+policies (YAML; CoRIM with ``export --corim`` and ``import``, like golden sets).
 
 Errors go to golden's one handler (``golden.__main__.main``): a malformed package or log and a bad
 policy file are one line on stderr with an exit code.
@@ -9,7 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .runtime import RuntimePolicy
 
 EXIT_OK = 0
 
@@ -57,10 +61,18 @@ def register(sub: Any) -> None:
         "--exclude", action="append", default=[], metavar="GLOB", help="names not judged"
     )
     c.set_defaults(func=_capture)
-    c = commands.add_parser("show", help="check and print a runtime policy")
+    c = commands.add_parser("show", help="check and print a runtime policy (YAML or CoRIM)")
     c.add_argument("policy", metavar="POLICY.yaml")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=_show)
+    c = commands.add_parser("export", help="write a runtime policy as CoRIM")
+    c.add_argument("policy", metavar="POLICY.yaml")
+    c.add_argument("--corim", dest="output", required=True, metavar="OUT.cbor")
+    c.set_defaults(func=_export)
+    c = commands.add_parser("import", help="read a runtime policy's CoRIM into YAML")
+    c.add_argument("file", metavar="POLICY.cbor")
+    c.add_argument("-o", "--output", required=True, metavar="POLICY.yaml")
+    c.set_defaults(func=_import)
 
 
 def _save(text: str, path: str) -> None:
@@ -115,10 +127,37 @@ def _capture(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _show(args: argparse.Namespace) -> int:
-    from .runtime_yaml import dump_runtime_yaml, load_runtime_file, runtime_to_plain
+def _load(path: str) -> RuntimePolicy:
+    from .corim import MAX_CORIM_BYTES
+    from .runtime_corim import import_runtime_corim
+    from .runtime_yaml import load_runtime_file
 
-    policy = load_runtime_file(args.policy)
+    if path.endswith((".cbor", ".corim")):
+        with open(path, "rb") as fh:
+            return import_runtime_corim(fh.read(MAX_CORIM_BYTES + 1), path)
+    return load_runtime_file(path)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .runtime_corim import export_runtime_corim
+
+    data = export_runtime_corim(_load(args.policy))
+    with open(args.output, "wb") as fh:
+        fh.write(data)
+    return EXIT_OK
+
+
+def _import(args: argparse.Namespace) -> int:
+    from .runtime_yaml import dump_runtime_yaml
+
+    _save(dump_runtime_yaml(_load(args.file)), args.output)
+    return EXIT_OK
+
+
+def _show(args: argparse.Namespace) -> int:
+    from .runtime_yaml import dump_runtime_yaml, runtime_to_plain
+
+    policy = _load(args.policy)
     if args.json:
         json.dump(runtime_to_plain(policy), sys.stdout, indent=2)
         sys.stdout.write("\n")

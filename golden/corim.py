@@ -17,7 +17,7 @@ Import goes back through the YAML schema, so a CoRIM file is validated exactly l
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import cbor2
@@ -33,6 +33,8 @@ TAG_CORIM = 501
 TAG_COMID = 506
 TAG_URI = 32
 PROFILE = "tag:assay.invalid,2026:golden/v1"
+RUNTIME_PROFILE = "tag:assay.invalid,2026:runtime/v1"
+KINDS = {PROFILE: "a golden set", RUNTIME_PROFILE: "a runtime policy"}
 EXT_KEY = -70001
 MAX_CORIM_BYTES = 16 * 1024 * 1024
 NI_IDS: dict[HashAlg, int | str] = {
@@ -99,21 +101,37 @@ def export_corim(g: GoldenSet) -> bytes:
     """The set as an unsigned CoRIM (CBOR bytes)."""
     plain = to_plain(g)
     measurements = _measurements(plain)
-    comid = {1: {0: g.ref, 1: 0}, 4: {0: [[{0: {1: "assay", 2: g.name}}, measurements]]}}
-    corim: dict[int, Any] = {
-        0: g.ref,
-        1: [cbor2.CBORTag(TAG_COMID, cbor2.dumps(comid))],
-        3: cbor2.CBORTag(TAG_URI, PROFILE),
-        EXT_KEY: plain,
-    }
-    validity = {
-        k: v
-        for k, v in ((0, _epoch(plain.get("valid_from"))), (1, _epoch(plain.get("valid_until"))))
-        if v is not None
-    }
-    if validity:
-        corim[5] = validity
-    return bytes(cbor2.dumps(cbor2.CBORTag(TAG_CORIM, corim), canonical=True))
+    return envelope(g.ref, PROFILE, plain, [[_environment(g.name), measurements]])
+
+
+def _environment(name: str) -> dict[int, Any]:
+    return {0: {1: "assay", 2: name}}
+
+
+def envelope(ref: str, profile: str, plain: dict[str, Any], triples: list[Any]) -> bytes:
+    """An unsigned CoRIM of one CoMID holding ``triples`` (reference-value triples), with the
+    profile, the validity window of ``plain`` and ``plain`` itself in the extension key."""
+    comid = {1: {0: ref, 1: 0}, 4: {0: triples}}
+    try:
+        corim: dict[int, Any] = {
+            0: ref,
+            1: [cbor2.CBORTag(TAG_COMID, cbor2.dumps(comid))],
+            3: cbor2.CBORTag(TAG_URI, profile),
+            EXT_KEY: plain,
+        }
+        validity = {
+            k: v
+            for k, v in (
+                (0, _epoch(plain.get("valid_from"))),
+                (1, _epoch(plain.get("valid_until"))),
+            )
+            if v is not None
+        }
+        if validity:
+            corim[5] = validity
+        return bytes(cbor2.dumps(cbor2.CBORTag(TAG_CORIM, corim), canonical=True))
+    except (UnicodeEncodeError, cbor2.CBOREncodeError) as exc:  # a name that is not UTF-8
+        raise GoldenFormatError(f"{ref}: cannot be written as CoRIM: {exc}") from None
 
 
 def _fail(source: str, message: str) -> GoldenFormatError:
@@ -166,10 +184,15 @@ def _apply(plain: dict[str, Any], mm: Any, source: str, i: int) -> None:
         plain["cmdlines"].append({key.split("/", 1)[1]: name})
     elif key == "cmdline/load_options":
         plain["cmdlines"].append({"load_options": digests})
-    elif isinstance(key, str) and key.startswith("measurement/") and key[12:].isdigit():
+    elif isinstance(key, str) and key.startswith("measurement/") and _ascii_digits(key[12:]):
         plain["measurements"].setdefault(int(key[12:]), []).append({"label": name, **digests})
     else:
         raise _fail(source, f"{where}: unknown measurement key {key!r}")
+
+
+def _ascii_digits(text: str) -> bool:
+    """A PCR number: ASCII digits only (``str.isdigit`` also takes '³', which int() refuses)."""
+    return text.isascii() and text.isdigit()
 
 
 def _thaw(value: Any) -> Any:
@@ -190,6 +213,26 @@ def _loads(data: bytes) -> Any:
 
 def import_corim(data: bytes, source: str = "<corim>") -> GoldenSet:
     """Read a CoRIM written by :func:`export_corim`; anything malformed is a GoldenFormatError."""
+
+    def start(plain: dict[str, Any]) -> None:
+        plain["firmware"] = {"scrtm_versions": [], "blobs": [], "pcrs": {}}
+        plain["shim"] = {"moklist": [], "moklistx": [], "sbat_levels": []}
+        plain.update(boot_apps=[], initrds=[], cmdlines=[], measurements={})
+
+    plain = read_envelope(data, source, PROFILE, start, _apply)
+    return load_yaml(yaml.safe_dump(plain, sort_keys=False), source)
+
+
+def read_envelope(
+    data: bytes,
+    source: str,
+    profile: str,
+    start: Callable[[dict[str, Any]], None],
+    apply: Callable[[dict[str, Any], Any, str, int], None],
+) -> dict[str, Any]:
+    """The plain document of a CoRIM written by :func:`envelope`: the extension, prepared by
+    ``start``, then each reference value given to ``apply`` (the measurement map, its index in
+    its triple). Plain data only, for a YAML loader to validate; GoldenFormatError otherwise."""
     if len(data) > MAX_CORIM_BYTES:
         raise _fail(source, f"larger than {MAX_CORIM_BYTES} bytes")
     try:
@@ -198,30 +241,40 @@ def import_corim(data: bytes, source: str = "<corim>") -> GoldenSet:
         if tag.tag != TAG_CORIM:
             raise _fail(source, f"expected tag {TAG_CORIM} (unsigned CoRIM), got tag {tag.tag}")
         corim = _expect(tag.value, Mapping, "corim-map", source)
+        _check_profile(corim.get(3), profile, source)
         plain = _thaw(_expect(corim.get(EXT_KEY), Mapping, f"assay extension {EXT_KEY}", source))
-        plain["firmware"] = {"scrtm_versions": [], "blobs": [], "pcrs": {}}
-        plain["shim"] = {"moklist": [], "moklistx": [], "sbat_levels": []}
-        plain.update(boot_apps=[], initrds=[], cmdlines=[], measurements={})
-        tags = _expect(corim.get(1), (list, tuple), "tags", source)
-        for t in tags:
-            inner = _expect(t, cbor2.CBORTag, "tag", source)
-            if inner.tag != TAG_COMID:
-                raise _fail(source, f"expected CoMID tag {TAG_COMID}, got {inner.tag}")
-            comid = _expect(
-                _loads(_expect(inner.value, bytes, "CoMID", source)), Mapping, "CoMID", source
-            )
-            triples = _expect(
-                _expect(comid.get(4), Mapping, "triples", source).get(0),
-                list,
-                "reference triples",
-                source,
-            )
-            for triple in triples:
-                if not (isinstance(triple, list | tuple) and len(triple) == 2):
-                    raise _fail(source, "a reference triple must be [environment, measurements]")
-                for i, mm in enumerate(_expect(triple[1], (list, tuple), "measurements", source)):
-                    _apply(plain, mm, source, i)
+        start(plain)
+        for triple in _triples(corim, source):
+            if not (isinstance(triple, list | tuple) and len(triple) == 2):
+                raise _fail(source, "a reference triple must be [environment, measurements]")
+            for i, mm in enumerate(_expect(triple[1], (list, tuple), "measurements", source)):
+                apply(plain, mm, source, i)
         plain = _thaw(plain)  # values taken from the CoMID too
     except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError) as exc:
         raise _fail(source, f"not valid CBOR: {exc}") from None
-    return load_yaml(yaml.safe_dump(plain, sort_keys=False), source)
+    return dict(plain)
+
+
+def _triples(corim: Mapping[Any, Any], source: str) -> list[Any]:
+    out: list[Any] = []
+    for t in _expect(corim.get(1), (list, tuple), "tags", source):
+        inner = _expect(t, cbor2.CBORTag, "tag", source)
+        if inner.tag != TAG_COMID:
+            raise _fail(source, f"expected CoMID tag {TAG_COMID}, got {inner.tag}")
+        comid = _expect(
+            _loads(_expect(inner.value, bytes, "CoMID", source)), Mapping, "CoMID", source
+        )
+        triples = _expect(comid.get(4), Mapping, "triples", source).get(0)
+        out += _expect(triples, list, "reference triples", source)
+    return out
+
+
+def _check_profile(value: Any, profile: str, source: str) -> None:
+    """A CoRIM of the other kind (a runtime policy read as a golden set, or the reverse) is
+    refused by name; a CoRIM with no profile is judged by its content alone."""
+    if value is None:
+        return
+    got = value.value if isinstance(value, cbor2.CBORTag) and value.tag == TAG_URI else value
+    if got != profile:
+        kind = KINDS.get(got, "not an Assay CoRIM")
+        raise _fail(source, f"profile {got!r} ({kind}), expected {profile!r} ({KINDS[profile]})")

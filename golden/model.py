@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal
+from typing import Generic, Literal, Self, TypeVar
 
 from assay.algorithms import HashAlg
 
@@ -28,6 +28,41 @@ ROLES: tuple[Role, ...] = ("shim", "loader", "kernel", "driver", "other")
 
 Digests = Mapping[HashAlg, bytes]
 """One measured object's digest in each bank this set knows it for."""
+
+S = TypeVar("S", bound=str)
+
+
+class Lifecycle(Generic[S]):
+    """The life of one reviewed version, shared by golden sets and runtime policies: it is named
+    ``name@version``, has a status of which only ``active`` is in force (the others are kept to
+    say why a value is no longer approved), and an optional validity window. A mixin for the
+    frozen dataclasses that declare these fields; ``S`` is the statuses the kind allows."""
+
+    __slots__ = ()
+    name: str
+    version: str
+    status: S
+    status_reason: str | None
+    valid_from: dt.datetime | None
+    valid_until: dt.datetime | None
+
+    @property
+    def ref(self) -> str:
+        """``name@version``, the way verdicts name the version that decided a check."""
+        return f"{self.name}@{self.version}"
+
+    def in_force(self, now: dt.datetime) -> bool:
+        """Active (not a draft, retired or revoked) and ``now`` inside the validity window."""
+        if self.status != "active":
+            return False
+        if self.valid_from is not None and now < self.valid_from:
+            return False
+        return self.valid_until is None or now < self.valid_until
+
+    def with_status(self, status: S, reason: str | None = None) -> Self:
+        """A copy with a new status: promoting, retiring or revoking never edits one in place."""
+        # The subclasses are dataclasses; mypy cannot see that through Self.
+        return dataclasses.replace(self, status=status, status_reason=reason)  # type: ignore[type-var]
 
 
 def digests(items: Mapping[HashAlg, bytes] | Iterable[tuple[HashAlg, bytes]]) -> Digests:
@@ -135,8 +170,8 @@ class KernelLsm:
 
 
 @dataclass(frozen=True, slots=True)
-class GoldenSet:
-    """One version of a golden reference set.
+class GoldenSet(Lifecycle[Status]):
+    """One version of a golden reference set (its status and validity: :class:`Lifecycle`).
 
     ``measurements`` approves, per PCR, digests that no other field describes (POST codes, handoff
     tables, boot variables, GPT, GRUB commands and files, shim's authorities, …): in a PCR the set
@@ -204,23 +239,6 @@ class GoldenSet:
         if self.shim.moklist or self.shim.moklistx:
             out.add(14)
         return frozenset(out)
-
-    @property
-    def ref(self) -> str:
-        """``name@version``, the way verdicts name the set that decided a check."""
-        return f"{self.name}@{self.version}"
-
-    def in_force(self, now: dt.datetime) -> bool:
-        """Active, not revoked or retired, and ``now`` inside the validity window."""
-        if self.status != "active":
-            return False
-        if self.valid_from is not None and now < self.valid_from:
-            return False
-        return self.valid_until is None or now < self.valid_until
-
-    def with_status(self, status: Status, reason: str | None = None) -> GoldenSet:
-        """A copy with a new status: retiring or revoking never edits a set in place."""
-        return dataclasses.replace(self, status=status, status_reason=reason)
 
     def with_boot_apps(self, apps: Iterable[BootApp]) -> GoldenSet:
         """A copy with ``apps`` added (an app already present is kept once)."""

@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
-from assay.ima import ImaKey
+from cryptography import x509
 
-from .model import Digests
+from assay.ima import ImaKey, is_keyring_name
+
+from .model import Digests, Lifecycle
 
 RuntimeStatus = Literal["draft", "active", "retired", "revoked"]
 RUNTIME_STATUSES: tuple[RuntimeStatus, ...] = ("draft", "active", "retired", "revoked")
@@ -56,6 +58,15 @@ class SigningKey:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyringCa:
+    """A CA whose direct signature a key loaded onto a trusted keyring must carry."""
+
+    label: str
+    pem: str
+    cert: x509.Certificate
+
+
+@dataclass(frozen=True, slots=True)
 class Selinux:
     """SELinux expectations, from the ``selinux-state`` / ``selinux-policy-hash`` critical data.
 
@@ -71,8 +82,8 @@ class Selinux:
 
 
 @dataclass(frozen=True, slots=True)
-class RuntimePolicy:
-    """One version of a runtime policy.
+class RuntimePolicy(Lifecycle[RuntimeStatus]):
+    """One version of a runtime policy (its status and validity: :class:`~golden.model.Lifecycle`).
 
     * ``files``: path → the digests it may have (several: versions of a binary during a rollout);
       each a map bank → digest, matched against the entry's d-ng algorithm.
@@ -83,6 +94,11 @@ class RuntimePolicy:
     * ``keys`` / ``require_signatures`` / ``approve_signed``: files matching a
       ``require_signatures`` glob must carry a valid signature by one of ``keys``; with
       ``approve_signed``, such a signature alone approves a file that ``files`` does not list.
+    * ``trusted_keyrings`` / ``keyring_cas``: keys the list itself loads onto these kernel
+      keyrings (``ima-buf`` entries of ``measure func=KEY_CHECK``) count as this policy's keys
+      for the entries after the load — never before it, and never from another keyring; with
+      ``keyring_cas`` such a key must be a certificate one of them issued directly. A load that
+      qualifies is an approved entry; one that does not fails unless ``buffers`` approves it.
     * ``selinux``: None when this policy says nothing about SELinux.
     * ``require_boot_aggregate``: the list must start with a boot_aggregate matching the quoted
       PCR0–7 (SHA-1) or PCR0–9.
@@ -105,31 +121,25 @@ class RuntimePolicy:
     approve_signed: bool = False
     selinux: Selinux | None = None
     require_boot_aggregate: bool = True
+    trusted_keyrings: tuple[str, ...] = ()
+    keyring_cas: tuple[KeyringCa, ...] = ()
 
     def __post_init__(self) -> None:
         if self.status == "revoked" and not self.status_reason:
             raise ValueError("a revoked runtime policy needs a status_reason")
-        if self.approve_signed and not self.keys:
-            raise ValueError("approve_signed needs at least one key")
-        if self.require_signatures and not self.keys:
-            raise ValueError("require_signatures needs at least one key")
-
-    @property
-    def ref(self) -> str:
-        """``name@version``, the way verdicts name the policy that decided a check."""
-        return f"{self.name}@{self.version}"
-
-    def in_force(self, now: dt.datetime) -> bool:
-        """Active and ``now`` inside the validity window (drafts, retired and revoked are not)."""
-        if self.status != "active":
-            return False
-        if self.valid_from is not None and now < self.valid_from:
-            return False
-        return self.valid_until is None or now < self.valid_until
-
-    def with_status(self, status: RuntimeStatus, reason: str | None = None) -> RuntimePolicy:
-        """A copy with a new status: promoting, retiring or revoking never edits one in place."""
-        return dataclasses.replace(self, status=status, status_reason=reason)
+        has_keys = bool(self.keys or self.trusted_keyrings)
+        if self.approve_signed and not has_keys:
+            raise ValueError("approve_signed needs at least one key or trusted keyring")
+        if self.require_signatures and not has_keys:
+            raise ValueError("require_signatures needs at least one key or trusted keyring")
+        if self.keyring_cas and not self.trusted_keyrings:
+            raise ValueError("keyring_cas needs trusted_keyrings")
+        for ring in self.trusted_keyrings:
+            if not is_keyring_name(name_bytes(ring)):
+                raise ValueError(
+                    f"trusted keyring {ring!r} is not a name only the kernel can give a keyring "
+                    f"(.ima, .builtin_trusted_keys, .platform …: user space may create '_ima')"
+                )
 
     def with_files(self, files: Iterable[tuple[str, Digests]]) -> RuntimePolicy:
         """A copy with these (path, digests) approved too (an approval already there is kept once)."""

@@ -18,6 +18,8 @@ errors, every error is one line naming the file and the line (``golden.yamlfmt``
       keys: [{label: vendor, pem: "-----BEGIN PUBLIC KEY-----…", keyid: f3452d23}]
       require: ["/usr/sbin/*"]
       approve_signed: false
+      trusted_keyrings: [.ima]     # keys the list loads onto these count, after their load
+      keyring_cas: [{label: fleet-ca, pem: "-----BEGIN CERTIFICATE-----…"}]
     selinux:
       require_enforcing: true
       policy_hashes: [c0ff…]
@@ -30,42 +32,37 @@ from typing import Any
 
 import yaml
 
-from assay.ima import load_key
+from assay.ima import load_key, parse_certificate
 
 from .model import Digests
 from .runtime import (
     RUNTIME_STATUSES,
+    KeyringCa,
     RuntimePolicy,
-    RuntimeStatus,
     Selinux,
     SigningKey,
     freeze,
     kernel_name,
 )
 from .yamlfmt import (
+    _BANKS,
+    LIFECYCLE_KEYS,
     MAX_YAML_BYTES,
-    GoldenFormatError,
     _bool,
-    _choice,
     _digests,
     _Doc,
     _dump_digests,
-    _first_line,
     _hex,
-    _when,
+    _lifecycle,
+    compose,
+    dump_lifecycle,
 )
 
 KIND = "runtime-policy"
-_BANKS = ("sha1", "sha256", "sha384", "sha512")
+_SIGNATURE_KEYS = ("keys", "require", "approve_signed", "trusted_keyrings", "keyring_cas")
 _TOP_KEYS = (
     "kind",
-    "name",
-    "version",
-    "description",
-    "status",
-    "status_reason",
-    "valid_from",
-    "valid_until",
+    *LIFECYCLE_KEYS,
     "allow_sha1",
     "require_boot_aggregate",
     "files",
@@ -125,6 +122,22 @@ def _key(doc: _Doc) -> Callable[[yaml.Node, str], SigningKey]:
     return parse
 
 
+def _ca(doc: _Doc) -> Callable[[yaml.Node, str], KeyringCa]:
+    def parse(node: yaml.Node, path: str) -> KeyringCa:
+        m = doc.mapping(node, path, ("label", "pem"))
+        for required in ("label", "pem"):
+            if required not in m:
+                doc.fail(node, path, f"a keyring CA needs {required!r}")
+        pem = doc.text(m["pem"], path + ".pem")
+        try:
+            cert = parse_certificate(pem.encode(), pem=True)
+        except ValueError as exc:
+            doc.fail(m["pem"], path + ".pem", f"not a PEM certificate: {exc}")
+        return KeyringCa(doc.text(m["label"], path + ".label"), pem, cert)
+
+    return parse
+
+
 def _globs(doc: _Doc, m: Mapping[str, yaml.Node], key: str, path: str) -> tuple[str, ...]:
     return doc.items(m, key, path, lambda n, p: doc.text(n, p))
 
@@ -141,26 +154,12 @@ def _policy(doc: _Doc, root: yaml.Node) -> RuntimePolicy:
     m = doc.mapping(root, "", _TOP_KEYS)
     if "kind" not in m or doc.text(m["kind"], "kind") != KIND:
         doc.fail(m.get("kind", root), "kind", f"a runtime policy says kind: {KIND}")
-    for key in ("name", "version"):
-        if key not in m:
-            doc.fail(root, "", f"missing required key {key!r}")
+    lifecycle = _lifecycle(doc, root, m, RUNTIME_STATUSES, "runtime policy")
     allow_sha1 = _bool(doc, m, "allow_sha1", "", False)
-    status: RuntimeStatus = _choice(doc, m.get("status"), "status", RUNTIME_STATUSES, "active")
-    reason = doc.text(m["status_reason"], "status_reason") if "status_reason" in m else None
-    sig = (
-        doc.mapping(m["signatures"], "signatures", ("keys", "require", "approve_signed"))
-        if "signatures" in m
-        else {}
-    )
+    sig = doc.mapping(m["signatures"], "signatures", _SIGNATURE_KEYS) if "signatures" in m else {}
     try:
         return RuntimePolicy(
-            name=doc.text(m["name"], "name"),
-            version=doc.text(m["version"], "version"),
-            description=doc.text(m["description"], "description") if "description" in m else "",
-            status=status,
-            status_reason=reason,
-            valid_from=_when(doc, m.get("valid_from"), "valid_from"),
-            valid_until=_when(doc, m.get("valid_until"), "valid_until"),
+            **lifecycle,
             allow_sha1=allow_sha1,
             files=_named_digests(doc, m.get("files"), "files", allow_sha1),
             exclude=_globs(doc, m, "exclude", ""),
@@ -170,6 +169,8 @@ def _policy(doc: _Doc, root: yaml.Node) -> RuntimePolicy:
             approve_signed=_bool(doc, sig, "approve_signed", "signatures.", False),
             selinux=_selinux(doc, m.get("selinux")),
             require_boot_aggregate=_bool(doc, m, "require_boot_aggregate", "", True),
+            trusted_keyrings=_globs(doc, sig, "trusted_keyrings", "signatures."),
+            keyring_cas=doc.items(sig, "keyring_cas", "signatures.", _ca(doc)),
         )
     except ValueError as exc:
         doc.fail(root, "", str(exc))
@@ -177,21 +178,7 @@ def _policy(doc: _Doc, root: yaml.Node) -> RuntimePolicy:
 
 def load_runtime_yaml(text: str | bytes, source: str = "<runtime policy>") -> RuntimePolicy:
     """Parse one runtime policy; every schema or syntax error is a GoldenFormatError with a line."""
-    if len(text) > MAX_YAML_BYTES:
-        raise GoldenFormatError(f"{source}: larger than {MAX_YAML_BYTES} bytes")
-    loader = yaml.SafeLoader(text)
-    try:
-        root = loader.get_single_node()
-    except yaml.MarkedYAMLError as exc:
-        line = exc.problem_mark.line + 1 if exc.problem_mark is not None else 0
-        raise GoldenFormatError(f"{source}:{line}: YAML syntax: {exc.problem}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise GoldenFormatError(f"{source}: not YAML: {_first_line(exc)}") from None
-    finally:
-        loader.dispose()
-    if root is None:
-        raise GoldenFormatError(f"{source}: empty document, expected a runtime policy")
-    return _policy(_Doc(source, loader), root)
+    return _policy(*compose(text, source, "a runtime policy"))
 
 
 def load_runtime_file(path: str) -> RuntimePolicy:
@@ -204,23 +191,23 @@ def runtime_to_plain(p: RuntimePolicy) -> dict[str, Any]:
     out: dict[str, Any] = {"kind": KIND, "name": p.name, "version": p.version}
     if p.description:
         out["description"] = p.description
-    out["status"] = p.status
-    if p.status_reason is not None:
-        out["status_reason"] = p.status_reason
-    for key, when in (("valid_from", p.valid_from), ("valid_until", p.valid_until)):
-        if when is not None:
-            out[key] = when.isoformat().replace("+00:00", "Z")
+    dump_lifecycle(p, out)
     out["allow_sha1"] = p.allow_sha1
     out["require_boot_aggregate"] = p.require_boot_aggregate
     out["files"] = {k: [_dump_digests(d) for d in v] for k, v in p.files.items()}
     out["exclude"] = list(p.exclude)
     out["buffers"] = {k: [_dump_digests(d) for d in v] for k, v in p.buffers.items()}
-    if p.keys or p.require_signatures or p.approve_signed:
+    if p.keys or p.require_signatures or p.approve_signed or p.trusted_keyrings:
         out["signatures"] = {
             "keys": [{"label": k.label, "keyid": k.key.keyid_hex, "pem": k.pem} for k in p.keys],
             "require": list(p.require_signatures),
             "approve_signed": p.approve_signed,
         }
+        if p.trusted_keyrings:
+            out["signatures"]["trusted_keyrings"] = list(p.trusted_keyrings)
+            out["signatures"]["keyring_cas"] = [
+                {"label": ca.label, "pem": ca.pem} for ca in p.keyring_cas
+            ]
     if p.selinux is not None:
         out["selinux"] = {
             "require_enforcing": p.selinux.require_enforcing,

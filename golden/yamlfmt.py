@@ -29,11 +29,11 @@ from .model import (
     Firmware,
     GoldenSet,
     KernelLsm,
+    Lifecycle,
     Measured,
     Role,
     SecureBoot,
     Shim,
-    Status,
     digests,
     utc,
 )
@@ -378,7 +378,7 @@ def _when(doc: _Doc, node: yaml.Node | None, path: str) -> dt.datetime | None:
     doc.fail(node, path, f"expected an ISO 8601 date/time, got {value!r}")
 
 
-_TOP_KEYS = (
+LIFECYCLE_KEYS = (
     "name",
     "version",
     "description",
@@ -386,6 +386,11 @@ _TOP_KEYS = (
     "status_reason",
     "valid_from",
     "valid_until",
+)
+"""The keys :func:`_lifecycle` reads, in a golden set and a runtime policy alike."""
+
+_TOP_KEYS = (
+    *LIFECYCLE_KEYS,
     "selector",
     "allow_sha1",
     "required_pcrs",
@@ -404,16 +409,33 @@ _TOP_KEYS = (
 )
 
 
-def _golden(doc: _Doc, root: yaml.Node) -> GoldenSet:
-    m = doc.mapping(root, "", _TOP_KEYS)
+def _lifecycle(
+    doc: _Doc, root: yaml.Node, m: Mapping[str, yaml.Node], statuses: tuple[T, ...], what: str
+) -> dict[str, Any]:
+    """The :class:`~golden.model.Lifecycle` fields (and description) of a golden set or runtime
+    policy, as keyword arguments: name and version required, a revoked one needs a reason."""
     for key in ("name", "version"):
         if key not in m:
             doc.fail(root, "", f"missing required key {key!r}")
-    allow_sha1 = _bool(doc, m, "allow_sha1", "", False)
-    status: Status = _choice(doc, m.get("status"), "status", STATUSES, "active")
+    status = _choice(doc, m.get("status"), "status", statuses, cast(T, "active"))
     reason = doc.text(m["status_reason"], "status_reason") if "status_reason" in m else None
     if status == "revoked" and not reason:
-        doc.fail(m.get("status", root), "status", "a revoked set needs a status_reason")
+        doc.fail(m.get("status", root), "status", f"a revoked {what} needs a status_reason")
+    return {
+        "name": doc.text(m["name"], "name"),
+        "version": doc.text(m["version"], "version"),
+        "description": doc.text(m["description"], "description") if "description" in m else "",
+        "status": status,
+        "status_reason": reason,
+        "valid_from": _when(doc, m.get("valid_from"), "valid_from"),
+        "valid_until": _when(doc, m.get("valid_until"), "valid_until"),
+    }
+
+
+def _golden(doc: _Doc, root: yaml.Node) -> GoldenSet:
+    m = doc.mapping(root, "", _TOP_KEYS)
+    lifecycle = _lifecycle(doc, root, m, STATUSES, "set")
+    allow_sha1 = _bool(doc, m, "allow_sha1", "", False)
     selector = (
         {
             doc.text(k, "selector"): doc.text(v, "selector")
@@ -426,13 +448,7 @@ def _golden(doc: _Doc, root: yaml.Node) -> GoldenSet:
         m, "boot_order", "", lambda n, p: _choice(doc, n, p, ROLES, "other")
     )
     return GoldenSet(
-        name=doc.text(m["name"], "name"),
-        version=doc.text(m["version"], "version"),
-        description=doc.text(m["description"], "description") if "description" in m else "",
-        status=status,
-        status_reason=reason,
-        valid_from=_when(doc, m.get("valid_from"), "valid_from"),
-        valid_until=_when(doc, m.get("valid_until"), "valid_until"),
+        **lifecycle,
         selector=MappingProxyType(selector),
         allow_sha1=allow_sha1,
         required_pcrs=tuple(
@@ -455,8 +471,9 @@ def _golden(doc: _Doc, root: yaml.Node) -> GoldenSet:
     )
 
 
-def load_yaml(text: str | bytes, source: str = "<golden>") -> GoldenSet:
-    """Parse one golden set; every schema or syntax error is a GoldenFormatError naming the line."""
+def compose(text: str | bytes, source: str, what: str) -> tuple[_Doc, yaml.Node]:
+    """One YAML document, size-capped, composed into nodes that carry line marks (nothing is
+    constructed yet); GoldenFormatError names the line of a syntax error."""
     if len(text) > MAX_YAML_BYTES:
         raise GoldenFormatError(f"{source}: larger than {MAX_YAML_BYTES} bytes")
     loader = yaml.SafeLoader(text)
@@ -470,8 +487,13 @@ def load_yaml(text: str | bytes, source: str = "<golden>") -> GoldenSet:
     finally:
         loader.dispose()
     if root is None:
-        raise GoldenFormatError(f"{source}: empty document, expected a golden set")
-    return _golden(_Doc(source, loader), root)
+        raise GoldenFormatError(f"{source}: empty document, expected {what}")
+    return _Doc(source, loader), root
+
+
+def load_yaml(text: str | bytes, source: str = "<golden>") -> GoldenSet:
+    """Parse one golden set; every schema or syntax error is a GoldenFormatError naming the line."""
+    return _golden(*compose(text, source, "a golden set"))
 
 
 def load_yaml_file(path: str) -> GoldenSet:
@@ -499,19 +521,21 @@ def _dump_measured(items: tuple[Measured, ...]) -> list[dict[str, str]]:
     return [{"label": m.label, **_dump_digests(m.digests)} for m in items]
 
 
-def to_plain(g: GoldenSet) -> dict[str, Any]:
-    """The set as plain data (the YAML document; also the ``--json`` form)."""
-    out: dict[str, Any] = {
-        "name": g.name,
-        "version": g.version,
-        "description": g.description,
-        "status": g.status,
-    }
-    if g.status_reason is not None:
-        out["status_reason"] = g.status_reason
-    for key, when in (("valid_from", g.valid_from), ("valid_until", g.valid_until)):
+def dump_lifecycle(x: Lifecycle[Any], out: dict[str, Any]) -> dict[str, Any]:
+    """Add the status, its reason and the validity window to ``out`` (as :func:`_lifecycle` reads
+    them back)."""
+    out["status"] = x.status
+    if x.status_reason is not None:
+        out["status_reason"] = x.status_reason
+    for key, when in (("valid_from", x.valid_from), ("valid_until", x.valid_until)):
         if when is not None:
             out[key] = when.isoformat().replace("+00:00", "Z")
+    return out
+
+
+def to_plain(g: GoldenSet) -> dict[str, Any]:
+    """The set as plain data (the YAML document; also the ``--json`` form)."""
+    out = dump_lifecycle(g, {"name": g.name, "version": g.version, "description": g.description})
     if g.selector:
         out["selector"] = dict(g.selector)
     out["allow_sha1"] = g.allow_sha1

@@ -108,9 +108,34 @@ def boot_aggregate_entry(
     return file_entry(b"boot_aggregate", alg=alg, template=template, digest=digest)
 
 
-def modsig_entry(name: bytes, content: bytes, pkcs7: bytes, *, alg: str = "sha256") -> Made:
+def modsig_entry(
+    name: bytes,
+    content: bytes,
+    pkcs7: bytes,
+    *,
+    alg: str = "sha256",
+    whole: bytes | None = None,
+    sig: bytes = b"",
+) -> Made:
+    """ima-modsig: d-ng over the whole file (``whole``, the content with its signature appended),
+    d-modsig over the content without it, in the signer's algorithm ``alg``."""
     dg = _HASHES[alg](content).digest()
-    return Made("ima-modsig", [d_ng(alg, dg), n_ng(name), b"", d_ng(alg, dg), pkcs7])
+    file_dg = _HASHES["sha256"](whole).digest() if whole is not None else dg
+    file_alg = "sha256" if whole is not None else alg
+    return Made("ima-modsig", [d_ng(file_alg, file_dg), n_ng(name), sig, d_ng(alg, dg), pkcs7])
+
+
+MODULE_MARKER = b"~Module signature appended~\n"
+
+
+def split_module(signed: bytes) -> tuple[bytes, bytes]:
+    """A signed module's content and PKCS#7, as ima_read_modsig splits them: the marker, then
+    ``struct module_signature`` (12 bytes, sig_len big-endian last), then sig_len PKCS#7 bytes."""
+    assert signed.endswith(MODULE_MARKER)
+    body = signed[: -len(MODULE_MARKER)]
+    sig_len = int.from_bytes(body[-4:], "big")
+    body = body[:-12]
+    return body[:-sig_len], body[-sig_len:]
 
 
 def signature_v2(keyid: int, sig: bytes, *, alg: str = "sha256", xtype: int = 3) -> bytes:

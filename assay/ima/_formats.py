@@ -39,6 +39,12 @@ KERNEL_HASH_ALGOS: tuple[tuple[str, int], ...] = (
     ("sha3-512", 64),
 )
 
+# Kernel name -> its enum hash_algo index (what a signature header and struct ima_file_id carry);
+# "sm3-256" is the pre-5.11 spelling of "sm3".
+KERNEL_HASH_INDEX: MappingProxyType[str, int] = MappingProxyType(
+    {name: i for i, (name, _size) in enumerate(KERNEL_HASH_ALGOS)} | {"sm3-256": 17}
+)
+
 # Name (as bytes, the way a d-ng field spells it) -> digest size. Kernels before 5.11 spelled SM3
 # "sm3-256"; both are accepted.
 DIGEST_SIZES: MappingProxyType[bytes, int] = MappingProxyType(

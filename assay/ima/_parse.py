@@ -55,7 +55,9 @@ Format = Literal["binary", "ascii"]
 
 class ModSig(NamedTuple):
     """An ``ima-modsig`` entry's appended signature: the digest it signs (``d-modsig``) and the raw
-    PKCS#7 blob (``modsig``). Not verified by Assay."""
+    PKCS#7 blob (``modsig``), parsed and verified only where a policy needs it
+    (:func:`assay.ima.verify_modsig`): a blob the strict reader refuses then fails that check,
+    not the whole list."""
 
     digest_alg: str
     digest: bytes

@@ -14,6 +14,9 @@ verified offset) and returns Checks:
    ``approve_signed`` approves it, or its name is excluded; a path matching a
    ``require_signatures`` glob needs a valid signature by a policy key besides; an ``ima-buf``
    entry needs an approved digest for its name (or an exclusion); nothing passes by default;
+   a key the list loads onto a keyring some policy trusts (``trusted_keyrings``) counts, from the
+   entry after its load on, as a key of the policies that trust that keyring (see
+   :class:`_Keys`); a load onto any other keyring is an ordinary buffer;
 4. SELinux, when a policy states it: every ``selinux-state`` with initialized=1 enforcing, every
    ``selinux-policy-hash`` approved, and (on a list from entry 0) both logged;
 5. one summary check with the number of entries approved.
@@ -28,30 +31,55 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from assay.algorithms import HashAlg
 from assay.errors import MalformedEvidence
 from assay.ima import (
     BANK_OF_NAME,
     BOOT_AGGREGATE,
+    CERTIFICATE_ERRORS,
     SELINUX_POLICY_HASH,
     SELINUX_STATE,
     ImaEntry,
     ImaEvidence,
     ImaKey,
+    ImaReplayError,
+    KeyLoad,
+    KeyringLoads,
     boot_aggregate,
+    key_of_certificate,
+    parse_certificate,
     parse_selinux_state,
+    verify_modsig,
     verify_signature,
 )
 from assay.ima._replay import Pcrs
-from golden.runtime import RuntimePolicy, glob_regex, name_bytes
+from golden.runtime import KeyringCa, RuntimePolicy, glob_regex, name_bytes
 
 from .verdict import FAIL, PASS, UNKNOWN, Check, CheckStatus
 
 MAX_FAILURES_PER_REASON = 50
 Key = tuple[HashAlg, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyringRule:
+    """A policy in force trusts keys loaded onto one keyring: issued by one of ``cas`` (any key
+    when empty); they approve signed files when the policy has ``approve_signed``."""
+
+    ref: str
+    cas: tuple[KeyringCa, ...]
+    approve_signed: bool
+
+
+def _no_rules() -> Mapping[bytes, tuple[KeyringRule, ...]]:
+    return MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +104,7 @@ class CompiledRuntime:
     selinux_hashes: dict[bytes, str]
     selinux_hash_refs: tuple[str, ...]
     boot_aggregate: tuple[str, ...]
+    keyrings: Mapping[bytes, tuple[KeyringRule, ...]] = field(default_factory=_no_rules)
 
     @property
     def empty(self) -> bool:
@@ -110,6 +139,11 @@ def compile_runtime(policies: Sequence[RuntimePolicy], now: dt.datetime) -> Comp
     for p in live:
         for h in p.selinux.policy_hashes if p.selinux else ():
             hashes.setdefault(h, p.ref)
+    rings: dict[bytes, list[KeyringRule]] = {}
+    for p in live:
+        for ring in p.trusted_keyrings:
+            rule = KeyringRule(p.ref, p.keyring_cas, p.approve_signed)
+            rings.setdefault(name_bytes(ring), []).append(rule)
     return CompiledRuntime(
         compiled_at=now,
         refs=tuple(p.ref for p in live),
@@ -127,6 +161,7 @@ def compile_runtime(policies: Sequence[RuntimePolicy], now: dt.datetime) -> Comp
         selinux_hashes=hashes,
         selinux_hash_refs=tuple(p.ref for p in live if p.selinux and p.selinux.policy_hashes),
         boot_aggregate=tuple(p.ref for p in live if p.require_boot_aggregate),
+        keyrings=MappingProxyType({k: tuple(v) for k, v in rings.items()}),
     )
 
 
@@ -136,10 +171,14 @@ def appraise_runtime(
     now: dt.datetime | None = None,
     *,
     boot_pcrs: Pcrs | None = None,
+    keyring: KeyringLoads | None = None,
 ) -> list[Check]:
     """Judge the evidence's entries (see the module docstring for the steps). ``policies`` are
     compiled here when given as a list (pass a CompiledRuntime to reuse the tables);
-    ``boot_pcrs`` overrides the quoted PCR values boot_aggregate is checked with."""
+    ``boot_pcrs`` overrides the quoted PCR values boot_aggregate is checked with; ``keyring``
+    holds the key loads of the entries before this chunk (``KeyringLoads.extend`` of every earlier
+    chunk: keep it with the replay state) — without it, keys loaded before the chunk do not
+    count."""
     if isinstance(policies, CompiledRuntime):
         compiled = policies
     else:
@@ -157,11 +196,12 @@ def appraise_runtime(
     # 3. Every entry; 4. SELinux.
     failures = _Failures()
     approved = 0
+    keys = _Keys(compiled, entries[0].index if entries else 0, keyring)
     for e in entries:
         if e.index == 0 and e.name == BOOT_AGGREGATE:
             approved += 1  # judged by step 2
             continue
-        bad = _judge(e, compiled)
+        bad = _judge(e, compiled, keys)
         if bad is None:
             approved += 1
         else:
@@ -237,7 +277,75 @@ def _fail(e: ImaEntry, reason: str, message: str, **kw: str | None) -> Check:
     return Check(f"ima.entry.{e.index}", FAIL, reason, message, pcr=e.pcr, event=e.index, **kw)
 
 
-def _judge(e: ImaEntry, c: CompiledRuntime) -> Check | None:
+class _Keys:
+    """The keys an entry's signature is checked with: the policies' own, plus the keys loaded
+    onto a trusted keyring by an entry before it. The kernel appraised an earlier file without a
+    key loaded later, so a later load never approves an earlier entry; loads before this chunk
+    (``prior``) are judged again with the policies now in force."""
+
+    def __init__(self, c: CompiledRuntime, first: int, prior: KeyringLoads | None) -> None:
+        self.all = c.keys
+        self.approving = c.approving_keys
+        self.prior_unknown = prior is None and first > 0 and bool(c.keyrings)
+        if prior is not None and prior.entries != first:
+            raise ImaReplayError(
+                f"the keyring loads go through entry {prior.entries}, the chunk starts at {first}"
+            )
+        for load in prior.loads if prior is not None else ():
+            self.load(load, c)
+
+    def load(self, load: KeyLoad, c: CompiledRuntime) -> str | None:
+        """Take a key load: None when a policy in force trusts it (the key counts from now on),
+        else why none does."""
+        rules = c.keyrings.get(load.keyring, ())
+        ring = load.keyring.decode("utf-8", "replace")
+        try:
+            cert = parse_certificate(load.payload)
+            key = key_of_certificate(cert, f"the key entry {load.index} loaded onto {ring}")
+        except ValueError as exc:
+            return f"the buffer is not an X.509 certificate with an RSA or EC key ({exc})"
+        problems: list[str] = []
+        trusted = [r for r in rules if not r.cas or _issued_by(cert, r.cas, problems)]
+        if not trusted:
+            return "; ".join(problems)
+        self.all += (key,)
+        if any(r.approve_signed for r in trusted):
+            self.approving += (key,)
+        return None
+
+
+def _issued_by(cert: x509.Certificate, cas: tuple[KeyringCa, ...], problems: list[str]) -> bool:
+    for ca in cas:
+        try:
+            cert.verify_directly_issued_by(ca.cert)
+        except (*CERTIFICATE_ERRORS, InvalidSignature):
+            continue
+        return True
+    problems.append(
+        f"{cert.subject.rfc4514_string()} is not issued by {', '.join(ca.label for ca in cas)}"
+    )
+    return False
+
+
+def _judge_key_load(e: ImaEntry, c: CompiledRuntime, keys: _Keys) -> Check | None:
+    assert e.buf is not None
+    why = keys.load(KeyLoad(e.index, e.name, e.buf), c)
+    if why is None:
+        return None
+    excluded = c.exclude is not None and c.exclude.match(e.name) is not None
+    if excluded or _judge_digest(e, c.buffers, c, "ima_buffer_not_approved") is None:
+        return None  # an approved buffer, but its key does not count
+    refs = ", ".join(r.ref for r in c.keyrings[e.name])
+    return _fail(
+        e,
+        "ima_keyring_key_untrusted",
+        f"{_where(e)}: the key loaded onto {e.display_name} is not trusted by {refs}: {why}",
+        got=_digest_text(e),
+        golden=refs,
+    )
+
+
+def _judge(e: ImaEntry, c: CompiledRuntime, keys: _Keys) -> Check | None:
     """None when the entry is accounted for, else the failing check."""
     excluded = c.exclude is not None and c.exclude.match(e.name) is not None
     if e.violation:
@@ -252,13 +360,17 @@ def _judge(e: ImaEntry, c: CompiledRuntime) -> Check | None:
             got=e.display_name,
         )
     if e.buf is not None:
+        if e.name in c.keyrings:
+            return _judge_key_load(e, c, keys)
         if c.judges_selinux and e.name in (SELINUX_STATE, SELINUX_POLICY_HASH):
             return _judge_selinux(e, c)
         return None if excluded else _judge_digest(e, c.buffers, c, "ima_buffer_not_approved")
     alg = BANK_OF_NAME.get(e.digest_alg)
     if c.require_signatures is not None and c.require_signatures.match(e.name):
-        bad = _signature_problem(e, c.keys)
+        bad = _signature_problem(e, keys.all)
         if bad is not None:
+            if keys.prior_unknown:
+                bad += " (keys the list loaded before this chunk were not given to the appraisal)"
             return _fail(
                 e,
                 "ima_signature_invalid",
@@ -269,7 +381,7 @@ def _judge(e: ImaEntry, c: CompiledRuntime) -> Check | None:
     allowed = c.files.get(e.name)
     if allowed is not None and alg is not None and (alg, e.digest) in allowed:
         return None
-    if c.approving_keys and _signature_problem(e, c.approving_keys) is None:
+    if keys.approving and _signature_problem(e, keys.approving) is None:
         return None
     if excluded:
         return None
@@ -277,12 +389,21 @@ def _judge(e: ImaEntry, c: CompiledRuntime) -> Check | None:
 
 
 def _signature_problem(e: ImaEntry, keys: tuple[ImaKey, ...]) -> str | None:
-    if e.sig is None:
-        if e.modsig is not None:
-            return "it carries only an appended (modsig) signature, which Assay does not verify"
-        return "the entry carries no signature"
-    outcome, why = verify_signature(e.sig, e.digest_alg, e.digest, keys)
-    return None if outcome == "valid" else why
+    """None when the entry's xattr signature (v2/v3) or its appended signature (modsig) is valid
+    by one of ``keys`` (either suffices, as for the kernel's ``appraise_type=imasig|modsig``);
+    else why neither is."""
+    problems = []
+    if e.sig is not None:
+        outcome, why = verify_signature(e.sig, e.digest_alg, e.digest, keys)
+        if outcome == "valid":
+            return None
+        problems.append(why)
+    if e.modsig is not None:
+        outcome, why = verify_modsig(e.modsig, keys)
+        if outcome == "valid":
+            return None
+        problems.append(why)
+    return "; ".join(problems) or "the entry carries no signature"
 
 
 def _judge_digest(
