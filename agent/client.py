@@ -56,6 +56,21 @@ class AttestationResult:
     next_challenge: Challenge | None = None
     """The nonce for the next round, when the verifier sends one (it saves a challenge request);
     verifiers that do not send it leave it None and the agent asks for a challenge."""
+    ima_next: tuple[int, int] | None = None
+    """Where the verifier wants this node's next IMA chunk to start (entries, bytes): the end of
+    the prefix it verified; (0, 0) asks for the full list. None: the verifier tracks none."""
+
+
+def _ima_next(body: Mapping[str, Any], where: str) -> tuple[int, int] | None:
+    ima = body.get("ima")
+    if ima is None:
+        return None
+    entries = ima.get("entries") if isinstance(ima, dict) else None
+    offset = ima.get("offset") if isinstance(ima, dict) else None
+    if not all(type(v) is int and 0 <= v < 2**48 for v in (entries, offset)):
+        raise BadVerifierResponse(f"{where}: ima is not {{entries, offset}} of integers")
+    assert isinstance(entries, int) and isinstance(offset, int)
+    return entries, offset
 
 
 def _b64(value: bytes) -> str:
@@ -297,6 +312,7 @@ class VerifierClient:
             node_state=str(body.get("node_state", "")),
             checks=tuple(checks),
             next_challenge=None if following is None else _challenge_of(following, where),
+            ima_next=_ima_next(body, where),
         )
 
 

@@ -22,14 +22,25 @@ from ._log import RunLog
 from .client import AttestationResult, Challenge, CredentialChallenge, VerifierClient
 from .config import AgentConfig
 from .errors import AgentError, VerifierRefused
-from .evidence import encode_bundle, evidence_from_quote, read_log
-from .state import AkContextFile, Enrollment, load_ak, save_ak, save_enrollment
+from .evidence import encode_bundle, evidence_from_quote, read_ima_chunk, read_log
+from .state import (
+    IMA_FULL,
+    AkContextFile,
+    Enrollment,
+    load_ak,
+    load_ima_cursor,
+    save_ak,
+    save_enrollment,
+    save_ima_cursor,
+)
 from .tpm import AkBlobs, EndorsementKey, Tpm
 
 NOT_ENROLLED = "node_not_enrolled"
 NONCE_REFUSALS = frozenset({"nonce_expired", "nonce_reused", "nonce_unknown", "nonce_wrong_node"})
 """Refusals of a next nonce the agent kept (it expired, or the verifier's key changed): the agent
 asks for a fresh challenge at once instead of counting a failure."""
+IMA_FULL_LOG_REQUIRED = "ima_full_log_required"
+IMA_PCR = 10
 
 
 def ensure_ak(config: AgentConfig, tpm: Tpm, *, force: bool = False) -> tuple[AkBlobs, bool]:
@@ -120,13 +131,20 @@ def collect_evidence(
     ak: AkBlobs,
     nonce: bytes,
     selection: Mapping[HashAlg, tuple[int, ...]] | None = None,
+    ima_cursor: tuple[int, int] = IMA_FULL,
 ) -> Evidence:
-    """Read the logs first (a missing log fails before the TPM is used), then quote."""
+    """Read the boot log first (a missing log fails before the TPM is used), then quote, then
+    read the IMA list from ``ima_cursor`` on: after the quote, so that the chunk holds every
+    entry the quoted PCR10 covers (entries appended meanwhile are the verifier's unquoted tail).
+    With IMA the quote selects PCR10 in every bank asked for."""
     event_log = read_log(config.eventlog, DEFAULT_CAPS.event_log)
-    ima = read_log(config.ima_log, DEFAULT_CAPS.ima_log, "IMA log") if config.ima_log else None
-    quote = tpm.quote(
-        ak, nonce, selection or config.pcr_selection, saved=AkContextFile(config.state_dir)
-    )
+    chosen = dict(selection or config.pcr_selection)
+    if config.ima_log:
+        chosen = {bank: tuple(sorted({*pcrs, IMA_PCR})) for bank, pcrs in chosen.items()}
+    quote = tpm.quote(ak, nonce, chosen, saved=AkContextFile(config.state_dir))
+    ima = None
+    if config.ima_log:
+        ima = read_ima_chunk(config.ima_log, ima_cursor, DEFAULT_CAPS.ima_log)
     return evidence_from_quote(config.node, quote, event_log, ima)
 
 
@@ -138,13 +156,41 @@ def attest(
     challenge: Challenge | None = None,
 ) -> AttestationResult:
     """One attestation: challenge (unless the last answer brought the next nonce), quote over the
-    verifier's selection, send, return the verdict."""
-    if challenge is None:
-        log_sha256 = hashlib.sha256(read_log(config.eventlog, DEFAULT_CAPS.event_log)).digest()
-        challenge = client.challenge(config.node, log_sha256)
+    verifier's selection, send, return the verdict.
+
+    With IMA, only the entries since the verifier's cursor are sent; when the verifier cannot
+    continue that chunk (``ima_full_log_required``: a reboot, a lost prefix, a changed policy)
+    the agent sends the full list at once, in the same round (with a fresh challenge)."""
+    while True:
+        if challenge is None:
+            log_sha256 = hashlib.sha256(read_log(config.eventlog, DEFAULT_CAPS.event_log)).digest()
+            challenge = client.challenge(config.node, log_sha256)
+        cursor = load_ima_cursor(config.state_dir) if config.ima_log else IMA_FULL
+        try:
+            result = _send(config, client, open_tpm, challenge, cursor)
+        except VerifierRefused as exc:
+            if exc.code != IMA_FULL_LOG_REQUIRED or cursor == IMA_FULL:
+                raise
+            save_ima_cursor(config.state_dir, None)  # the next try sends the full list
+            challenge = None
+            continue
+        if config.ima_log:
+            save_ima_cursor(config.state_dir, result.ima_next)
+        return result
+
+
+def _send(
+    config: AgentConfig,
+    client: VerifierClient,
+    open_tpm: TpmOpener | None,
+    challenge: Challenge,
+    cursor: tuple[int, int],
+) -> AttestationResult:
     with _opener(config, open_tpm)() as tpm:
         ak, _ = ensure_ak(config, tpm)
-        evidence = collect_evidence(config, tpm, ak, challenge.nonce, challenge.pcr_selection)
+        evidence = collect_evidence(
+            config, tpm, ak, challenge.nonce, challenge.pcr_selection, cursor
+        )
     bundle = encode_bundle(evidence, known_event_log_sha256=challenge.known_event_log_sha256)
     return client.submit(config.node, bundle)
 

@@ -110,3 +110,34 @@ class AkContextFile:
 
 def save_enrollment(state_dir: Path, enrollment: Enrollment) -> None:
     _write_private(state_dir / ENROLLMENT_FILE, asdict(enrollment))
+
+
+IMA_CURSOR_FILE = "ima.json"
+IMA_FULL = (0, 0)
+
+
+def load_ima_cursor(state_dir: Path) -> tuple[int, int]:
+    """Where the verifier said this node's next IMA chunk starts (entries, bytes); the full list
+    when nothing readable is saved. The verifier's word, kept from its last answer: the agent
+    never decides on its own that a chunk is enough (a verifier that cannot continue it answers
+    ``ima_full_log_required``)."""
+    try:
+        data = _read(state_dir / IMA_CURSOR_FILE)
+    except ConfigurationError:
+        return IMA_FULL
+    if data is None:
+        return IMA_FULL
+    entries, offset = data.get("entries"), data.get("offset")
+    if type(entries) is not int or type(offset) is not int or entries < 0 or offset < 0:
+        return IMA_FULL
+    return (entries, offset) if (entries == 0) == (offset == 0) else IMA_FULL
+
+
+def save_ima_cursor(state_dir: Path, cursor: tuple[int, int] | None) -> None:
+    """Keep the verifier's cursor; None or (0, 0): the next chunk is the full list."""
+    entries, offset = cursor or IMA_FULL
+    path = state_dir / IMA_CURSOR_FILE
+    if (entries, offset) == IMA_FULL:
+        path.unlink(missing_ok=True)
+        return
+    _write_private(path, {"entries": entries, "offset": offset})

@@ -20,19 +20,25 @@ from __future__ import annotations
 import functools
 import hashlib
 import operator
+from collections import Counter
 from dataclasses import dataclass, field
 
 from .algorithms import HashAlg
 from .errors import MalformedEvidence
 from .eventlog import AppliedWorkaround, BootLog, Event
 from .eventlog._caches import DigestCounts
-from .eventlog._coverage import data_covered
+from .eventlog._coverage import CHECKED_TYPES, data_covered
 from .eventlog._workarounds import COVERAGE_WORKAROUNDS, Workaround
 from .events import EventType as ET
 from .events import event_type_name
 from .pcclient import EBS_ACTIONS, PLATFORM_STATES, separator_digests, special_digests
-from .uefi.signatures import parse_signature_data, parse_signature_lists
-from .uefi.structures import parse_variable_data
+from .uefi.signatures import (
+    SignatureIds,
+    parse_signature_data,
+    signature_data_id,
+    signature_database_ids,
+)
+from .uefi.structures import variable_name_value
 
 LINUX_INITRD_TAG = 0x8F3B22EC
 LINUX_LOAD_OPTIONS_TAG = 0x8F3B22ED
@@ -207,19 +213,13 @@ def grub_text(raw: bytes) -> str | None:
 
 
 @functools.lru_cache(maxsize=1024)
-def signature_ids(value: bytes) -> frozenset[str]:
+def signature_ids(value: bytes) -> SignatureIds:
     """Entries of a signature database as ids: SHA-256 of each certificate's DER, else the hash hex.
 
     Cached by content: PK/KEK/db/dbx are identical across a fleet's boots, and a 400-entry dbx is
     the costliest thing in an appraisal. Raises MalformedEvidence for a malformed database.
     """
-    out: set[str] = set()
-    for sig_list in parse_signature_lists(value, where="signature database"):
-        for entry in sig_list.entries:
-            out.add(
-                hashlib.sha256(entry.data).hexdigest() if entry.kind == "x509" else entry.data.hex()
-            )
-    return frozenset(out)
+    return signature_database_ids(value, where="signature database")
 
 
 @functools.lru_cache(maxsize=1024)
@@ -233,17 +233,25 @@ def authority_id(data: bytes) -> str | None:
     return hashlib.sha256(entry.data).hexdigest() if entry.kind == "x509" else entry.data.hex()
 
 
+def authority_in(data: bytes, ids: frozenset[str], certificates: frozenset[str]) -> bool:
+    """``authority_id(data) in ids``, where ``certificates`` are ids of certificates already
+    validated (a database's, :class:`SignatureIds`): a certificate byte-identical to one of them
+    (the same SHA-256) is not validated a second time."""
+    got = signature_data_id(data)
+    if got is None or got[0] not in ids:
+        return False
+    aid, is_certificate = got
+    return not is_certificate or aid in certificates or authority_id(data) is not None
+
+
 def _covered(
     vlog: BootLog, e: Event, digest: bytes | None
 ) -> tuple[bool | None, Workaround | None, str]:
-    """(whether ``e``'s data is covered, the coverage workaround it needed, its detail), straight
-    from the verifier's coverage cache (what ``data_covered`` keeps there, by content): extraction
-    asks once per event, so the log's own memo would only add a second lookup."""
+    """(whether ``e``'s data is covered, the coverage workaround it needed, its detail) when the
+    verifier's coverage cache (what ``data_covered`` keeps there, by content) has not got it yet:
+    extraction asks once per event, so the log's own memo would only add a second lookup."""
     if digest is None:
         return False, None, ""
-    hit = vlog.caches.coverage.get((vlog.bank, e.event_type, digest), e.data)
-    if hit is not None:
-        return hit
     covered, applied = data_covered(e, vlog.bank, vlog.caches.coverage)
     if applied is None:
         return covered, None, ""
@@ -256,11 +264,9 @@ def _variable(vlog: BootLog, event: Event) -> tuple[str, bytes] | None:
     cache = vlog.caches.variables
     var = cache.get(key, event.data)
     if var is None:
-        try:
-            parsed = parse_variable_data(event.data, where=f"event {event.index}")
-        except MalformedEvidence:
+        var = variable_name_value(event.data)
+        if var is None:
             return None
-        var = (parsed.name, parsed.data)
         cache.put(key, event.data, var)
     return var
 
@@ -346,21 +352,21 @@ def _extract(vlog: BootLog) -> BootFacts:
     events = vlog.events
     pairs = frozenset(map(_PCR_AND_TYPE, events))
     facts = BootFacts(
-        events=events, type_pairs=pairs, pcrs_with_events=frozenset(p for p, _ in pairs)
+        events=events, type_pairs=pairs, pcrs_with_events=frozenset(map(_PCR, events))
     )
     bank = vlog.bank
     seps = separator_digests(bank)
     special = special_digests(bank)
     by_pcr = facts.by_pcr
+    coverage = vlog.caches.coverage.get
     for e in events:
-        pcr = e.pcr
+        _, pcr, et, digests, data, _ = e
         if pcr >= 8:
-            if pcr == 8 and e.data.startswith(b"grub_cmd"):  # neither command line nor initrd
+            if pcr == 8 and data.startswith(b"grub_cmd"):  # neither command line nor initrd
                 continue
             _os_pcrs(vlog, facts, e)
             continue
-        et = e.event_type
-        digest = e.digests.get(bank)
+        digest = digests.get(bank)
         group = by_pcr.get(pcr)
         if group is None:
             group = by_pcr[pcr] = []
@@ -370,7 +376,11 @@ def _extract(vlog: BootLog) -> BootFacts:
             else:
                 facts.odd_separators.append(e)
         group.append(e)
-        covered, workaround, detail = _covered(vlog, e, digest)
+        if et not in CHECKED_TYPES and digest is not None:  # data_covered's answer: not defined
+            covered, workaround, detail = None, None, ""
+        else:
+            hit = coverage((bank, et, digest), data) if digest is not None else None
+            covered, workaround, detail = hit if hit is not None else _covered(vlog, e, digest)
         if covered is False or (et != _SEPARATOR and digest in seps):
             facts.suspicious.append(e)
         full = covered is True and workaround is None
@@ -393,10 +403,8 @@ def _extract(vlog: BootLog) -> BootFacts:
             action = special.get(digest) if digest is not None else None
             if action in EBS_ACTIONS:
                 facts.ebs_events.append((e, action))
-        elif pcr == 1:
-            data = e.data
-            if full and len(data) > 35 and data[16] in _VALUE_NAME_LENGTHS:  # a cheap peek first
-                _variable_fact(vlog, facts, e)
+        elif pcr == 1 and full and len(data) > 35 and data[16] in _VALUE_NAME_LENGTHS:
+            _variable_fact(vlog, facts, e)  # after a cheap peek at the name's length
     return facts
 
 
@@ -422,11 +430,13 @@ def extended_digests(
             out[pcr] = hit
     if missing:
         fresh: dict[int, DigestCounts] = {p: {} for p in missing}
-        for e in vlog.events:
-            counts = fresh.get(e.pcr)
+        # (PCR, digest) pairs counted in one C-level pass, then split by PCR.
+        events = vlog.events
+        pairs = Counter(zip(map(_PCR, events), map(_GET(bank), map(_DIGESTS, events)), strict=True))
+        for (pcr, d), n in pairs.items():
+            counts = fresh.get(pcr)
             if counts is not None:
-                d = e.digests.get(bank)
-                counts[d] = counts.get(d, 0) + 1
+                counts[d] = n
         keep: dict[tuple[HashAlg, int, bytes], DigestCounts] = {}
         for pcr, counts in fresh.items():
             value = vlog.pcrs.get(pcr)

@@ -4,7 +4,9 @@ The one definition of the wire format (docs/evidence.md), used by the agent (``e
 the verifier (``decode_evidence``; ``encode_evidence(canonical=True)`` for ``GET …/evidence``) and
 every load generator. Layout: ``{"v": 1, "node": str, "agent_version": str, "nonce": bytes,
 "attest": bytes, "signature": bytes, "pcrs": {bank: {int: bytes}}, "event_log_sha256": bytes,
-"event_log": bytes (optional), "ima_log": bytes (optional)}``; keys not listed are ignored.
+"event_log": bytes (optional), "ima_log": bytes (optional), "ima_start": uint, "ima_offset":
+uint (optional, with ``ima_log``: where a chunk of the IMA list starts)}``; keys not listed are
+ignored.
 
 Nothing in a decoded bundle is trusted: the quote is checked by ``verify_quote`` with the enrolled
 AK, the log by replay against the verified quote. What the decoder guarantees is only the shape:
@@ -34,6 +36,10 @@ MAX_TEXT = 253
 """``node`` and ``agent_version``: a DNS name's length."""
 MAX_BANKS = 5
 MAX_PCR = 23
+MAX_IMA_START = 2**32 - 1
+"""``ima_start``: an entry count (IMA lists grow for the life of a boot)."""
+MAX_IMA_OFFSET = 2**48 - 1
+"""``ima_offset``: a byte offset into the kernel's list."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +71,11 @@ class Evidence:
     event_log: bytes | None
     """None when the sender knows the verifier holds the log of ``event_log_sha256``."""
     ima_log: bytes | None = None
+    """The IMA list from entry ``ima_start`` (byte ``ima_offset`` of the kernel's list) on; the
+    whole list when both are 0. The start is the sender's claim: the verifier compares it with
+    the prefix it verified itself and never replays from a start it did not verify."""
+    ima_start: int = 0
+    ima_offset: int = 0
 
     def without_known_log(self, known_event_log_sha256: bytes | None) -> Evidence:
         """This bundle without the log bytes if the verifier said it holds a log of this digest."""
@@ -83,6 +94,8 @@ def evidence_with_log(
     pcrs: Mapping[HashAlg, Mapping[int, bytes]],
     event_log: bytes,
     ima_log: bytes | None = None,
+    ima_start: int = 0,
+    ima_offset: int = 0,
 ) -> Evidence:
     """A bundle carrying ``event_log``, with ``event_log_sha256`` computed from it."""
     return Evidence(
@@ -95,6 +108,8 @@ def evidence_with_log(
         event_log_sha256=hashlib.sha256(event_log).digest(),
         event_log=event_log,
         ima_log=ima_log,
+        ima_start=ima_start,
+        ima_offset=ima_offset,
     )
 
 
@@ -125,6 +140,9 @@ def encode_evidence(ev: Evidence, *, canonical: bool = False) -> bytes:
         doc["event_log"] = ev.event_log
     if ev.ima_log is not None:
         doc["ima_log"] = ev.ima_log
+        if ev.ima_start or ev.ima_offset:  # a full list is sent as agents always sent it
+            doc["ima_start"] = ev.ima_start
+            doc["ima_offset"] = ev.ima_offset
     return bytes(cbor2.dumps(doc, canonical=canonical))
 
 
@@ -197,6 +215,25 @@ def _pcrs(value: Any) -> dict[HashAlg, dict[int, bytes]]:
     return out
 
 
+def _uint(m: Mapping[str, Any], key: str, limit: int) -> int:
+    value = m.get(key, 0)
+    if type(value) is not int or not 0 <= value <= limit:  # bool is not an int here
+        raise _fail(f"{key!r} must be an unsigned integer up to {limit}")
+    return value
+
+
+def _ima_start(m: Mapping[str, Any], ima_log: bytes | None) -> tuple[int, int]:
+    """``ima_start``/``ima_offset``: both or neither, both zero or both positive, with a list."""
+    if ("ima_start" in m) != ("ima_offset" in m):
+        raise _fail("'ima_start' and 'ima_offset' go together")
+    start, offset = _uint(m, "ima_start", MAX_IMA_START), _uint(m, "ima_offset", MAX_IMA_OFFSET)
+    if (start == 0) != (offset == 0):
+        raise _fail("'ima_start' and 'ima_offset' must both be 0 or both be positive")
+    if start and ima_log is None:
+        raise _fail("'ima_start' without 'ima_log'")
+    return start, offset
+
+
 def decode_evidence(data: bytes, caps: EvidenceCaps = DEFAULT_CAPS) -> Evidence:
     """Decode an untrusted bundle (size cap first, then strict CBOR, then each field)."""
     if len(data) > caps.bundle:
@@ -216,6 +253,8 @@ def decode_evidence(data: bytes, caps: EvidenceCaps = DEFAULT_CAPS) -> Evidence:
     if log is not None and hashlib.sha256(log).digest() != digest:
         raise _fail("'event_log' does not hash to 'event_log_sha256'")
     nonce, attest, signature = (_bytes(doc, k, MAX_SMALL) for k in ("nonce", "attest", "signature"))
+    ima_log = _optional_bytes(doc, "ima_log", caps.ima_log)
+    ima_start, ima_offset = _ima_start(doc, ima_log)
     return Evidence(
         node=_text(doc, "node"),
         agent_version=_text(doc, "agent_version", required=False),
@@ -225,5 +264,7 @@ def decode_evidence(data: bytes, caps: EvidenceCaps = DEFAULT_CAPS) -> Evidence:
         pcrs=_pcrs(doc.get("pcrs")),
         event_log_sha256=digest,
         event_log=log,
-        ima_log=_optional_bytes(doc, "ima_log", caps.ima_log),
+        ima_log=ima_log,
+        ima_start=ima_start,
+        ima_offset=ima_offset,
     )

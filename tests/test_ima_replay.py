@@ -169,6 +169,21 @@ def test_verify_ima_refuses_entries_in_a_pcr_the_quote_does_not_cover() -> None:
     assert exc.value.code == "ima_pcr_not_quoted"
 
 
+def test_an_empty_list_never_verifies_against_a_quote_whose_pcr10_moved() -> None:
+    made = b.typical(2)
+    empty = parse_ima_log(b"")
+    with pytest.raises(VerificationFailed) as exc:  # the node hid every entry
+        verify_ima(ImaReplay.initial(), empty, quote_of(_quote(made)), HashAlg.SHA256)
+    assert exc.value.code == "ima_pcr_mismatch"
+    pcrs = _quote(made)
+    del pcrs[HashAlg.SHA256][10]
+    with pytest.raises(VerificationFailed) as exc:  # nor without PCR10 in the quote at all
+        verify_ima(ImaReplay.initial(), empty, quote_of(pcrs), HashAlg.SHA256)
+    assert exc.value.code == "ima_pcr_not_quoted"
+    zeros = _quote([])
+    assert verify_ima(ImaReplay.initial(), empty, quote_of(zeros), HashAlg.SHA256).entries == ()
+
+
 def test_verify_ima_refuses_a_bank_the_quote_does_not_cover() -> None:
     made = b.typical(1)
     log = parse_ima_log(b.binary(made))

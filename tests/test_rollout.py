@@ -219,3 +219,16 @@ def test_booted_versions_intersect_what_each_matching_check_names() -> None:
     assert booted_versions(checks) == ("k@b", "p@1")
     revoked = [Check("boot.app", F, "golden_revoked", "kernel", golden="k@a")]
     assert booted_versions(revoked) == ("k@a",)
+
+
+def test_an_admin_actions_answer_shows_the_nodes_outdated_versions(fleet: Fleet) -> None:
+    one, two = _nodes(fleet)
+    fleet.attest(one), fleet.attest(two)
+    for action in ("quarantine", "release"):
+        resp = fleet.client.post(
+            f"/v1/nodes/node-1/{action}", json={"reason": "maintenance"}, headers=fleet.h()
+        )
+        assert resp.status_code == 200, resp.json
+        assert [(o["version"], o["why"]) for o in resp.json["outdated"]] == [
+            ("kernel@a", "superseded")
+        ]

@@ -55,14 +55,14 @@ def _node(s: Store, name: str = "n1") -> int:
 
 
 def test_migrations_create_exactly_the_models_schema(store: Store) -> None:
-    assert current_revision(store) == head_revision() == "0007"
+    assert current_revision(store) == head_revision() == "0008"
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
 
 
 def test_upgrade_twice_is_a_no_op(store: Store) -> None:
-    assert upgrade(store) == "0007"
+    assert upgrade(store) == "0008"
 
 
 def test_times_round_trip_as_aware_utc(store: Store) -> None:
@@ -245,7 +245,7 @@ def test_upgrade_from_0001_keeps_tokens_and_gives_them_no_labels(tmp_path: Path)
                 ),
                 {"h": repo.token_hash("s1"), "at": NOW.replace(tzinfo=None)},
             )
-        assert upgrade(s) == "0007"
+        assert upgrade(s) == "0008"
         with s.read() as db:
             token = repo.find_token(db, "s1")
             assert token is not None and token.labels == {}

@@ -90,6 +90,7 @@ def register(sub: Any) -> None:
     label.set_defaults(func=_nodes_label)
 
     _register_golden(sub)
+    _register_runtime(sub)
     _register_token(sub)
 
 
@@ -140,13 +141,7 @@ def _register_golden(sub: Any) -> None:
     assign = golden.add_parser("assign", help="apply a golden set to nodes matching labels")
     _common(assign)
     assign.add_argument("name")
-    assign.add_argument(
-        "--selector",
-        action="append",
-        default=[],
-        metavar="K=V",
-        help="label the nodes must carry (repeat; none = every node)",
-    )
+    _selector_option(assign)
     assign.set_defaults(func=_golden_assign)
     roll = golden.add_parser(
         "rollout", help="a set's versions and which nodes booted which (from their verified logs)"
@@ -171,6 +166,47 @@ def _register_golden(sub: Any) -> None:
         p.add_argument("version")
         p.add_argument("--reason", required=True)
         p.set_defaults(func=_golden_status, status=f"{action}d")
+
+
+def _selector_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--selector",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="label the nodes must carry (repeat; none = every node)",
+    )
+
+
+def _register_runtime(sub: Any) -> None:
+    runtime = sub.add_parser("runtime", help="runtime (IMA) policies").add_subparsers(
+        dest="runtime_command", metavar="SUBCOMMAND", required=True
+    )
+    add = runtime.add_parser("add", help="upload a runtime policy (YAML)")
+    _common(add)
+    add.add_argument("file")
+    _selector_option(add)
+    add.set_defaults(func=_runtime_add)
+    ls = runtime.add_parser("list", help="runtime policies and assignments")
+    _common(ls)
+    ls.set_defaults(func=_runtime_list)
+    show = runtime.add_parser("show", help="one version, with its YAML")
+    _common(show)
+    show.add_argument("name")
+    show.add_argument("version")
+    show.set_defaults(func=_runtime_show)
+    assign = runtime.add_parser("assign", help="apply a runtime policy to nodes matching labels")
+    _common(assign)
+    assign.add_argument("name")
+    _selector_option(assign)
+    assign.set_defaults(func=_runtime_assign)
+    for action, status in (("activate", "active"), ("retire", "retired"), ("revoke", "revoked")):
+        p = runtime.add_parser(action, help=f"{action} one version (re-appraises its nodes)")
+        _common(p)
+        p.add_argument("name")
+        p.add_argument("version")
+        p.add_argument("--reason", required=action == "revoke", default="")
+        p.set_defaults(func=_runtime_status, status=status)
 
 
 # --- plumbing -------------------------------------------------------------------------------
@@ -402,10 +438,12 @@ def _golden_assign(args: argparse.Namespace) -> int:
     from verifier.service import golden_ops
 
     out = golden_ops.assign(_services(args), args.name, _labels(args.selector), _actor())
+    return _print_assigned(args, out, "golden")
+
+
+def _print_assigned(args: argparse.Namespace, out: Any, what: str) -> int:
     sel = ",".join(f"{k}={v}" for k, v in out.assignment.selector.items()) or "*"
-    return _print(
-        args, out.to_json(), _table("assigned", ("golden", "selector"), [(args.name, sel)])
-    )
+    return _print(args, out.to_json(), _table("assigned", (what, "selector"), [(args.name, sel)]))
 
 
 def _golden_rollout(args: argparse.Namespace) -> int:
@@ -447,6 +485,54 @@ def _golden_status(args: argparse.Namespace) -> int:
     )
     rows = [(r.node, r.status, r.state, r.reason) for r in out.reappraised]
     title = f"{out.golden.name}@{out.golden.version} {out.golden.status}: nodes re-appraised"
+    return _print(args, out.to_json(), _table(title, ("node", "verdict", "state", "reason"), rows))
+
+
+def _runtime_add(args: argparse.Namespace) -> int:
+    from verifier.service import runtime_ops
+
+    data = read_input(args.file, "runtime policy", limit=runtime_ops.MAX_RUNTIME)
+    out = runtime_ops.upload(_services(args), data, _actor(), _labels(args.selector))
+    return _print(
+        args, out.to_json(), _table("added", ("policy", "status"), [(out.ref, out.status)])
+    )
+
+
+def _runtime_list(args: argparse.Namespace) -> int:
+    from verifier.service import runtime_ops
+
+    data = runtime_ops.list_policies(_services(args)).to_json()
+    rows = [(p["id"], p["status"], p["reason"], p["changed_at"]) for p in data["policies"]]
+    table = _table("runtime policies", ("policy", "status", "reason", "changed"), rows)
+    return _print(args, data, table)
+
+
+def _runtime_show(args: argparse.Namespace) -> int:
+    from verifier.service import runtime_ops
+
+    out = runtime_ops.show(_services(args), args.name, args.version)
+    rows = [(out.policy.ref, out.policy.status, out.policy.reason)]
+    return _print(
+        args, out.to_json(), _table("runtime policy", ("policy", "status", "reason"), rows)
+    )
+
+
+def _runtime_assign(args: argparse.Namespace) -> int:
+    from verifier.service import runtime_ops
+
+    out = runtime_ops.assign(_services(args), args.name, _labels(args.selector), _actor())
+    return _print_assigned(args, out, "policy")
+
+
+def _runtime_status(args: argparse.Namespace) -> int:
+    from verifier.service import runtime_ops
+
+    reason = args.reason.strip()
+    out = runtime_ops.set_status(
+        _services(args), args.name, args.version, args.status, reason, _actor()
+    )
+    rows = [(r.node, r.status, r.state, r.reason) for r in out.reappraised]
+    title = f"{out.policy.ref} {out.policy.status}: nodes re-appraised"
     return _print(args, out.to_json(), _table(title, ("node", "verdict", "state", "reason"), rows))
 
 

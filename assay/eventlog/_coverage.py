@@ -40,6 +40,8 @@ _WHOLE_DATA = frozenset(
     )
 )
 _CHECKED = _WHOLE_DATA | {_VARIABLE_DRIVER_CONFIG, _VARIABLE_BOOT, _VARIABLE_AUTHORITY, _IPL}
+CHECKED_TYPES = frozenset(_CHECKED)
+"""The event types whose digest the spec defines over the data: ``data_covered`` is None for others."""
 # GRUB measures the command without its prefix (and, upstream, without the NUL).
 # The prefixes GRUB writes before the string it measures (not covered by the digest).
 GRUB_PREFIXES = (b"grub_cmd: ", b"kernel_cmdline: ", b"grub_kernel_cmdline ", b"grub_cmd ")

@@ -14,6 +14,7 @@ its byte offset and what was wrong. Event data is kept as raw bytes; decoding it
 from __future__ import annotations
 
 import hashlib
+import operator
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ _U32 = struct.Struct("<I")
 _U16 = struct.Struct("<H")
 _SHA1_EVENT_HEADER = struct.Struct("<II20sI")
 _KNOWN_ALGS = {int(a): a for a in HashAlg}
+_EVENT_TYPE = operator.itemgetter(2)  # Event.event_type
 
 
 class Event(NamedTuple):
@@ -169,9 +171,10 @@ def parse_event_log(data: bytes, *, max_size: int = MAX_LOG_SIZE) -> EventLog:
             index += 1
         banks = (HashAlg.SHA1,)
         fmt = "sha1"
-    # 4. PCR0's starting value.
-    locality = _startup_locality(events)
-    hcrtm = any(e.event_type == _EV_HCRTM for e in events)
+    # 4. PCR0's starting value (the event types in one C-level pass, then only EV_NO_ACTIONs).
+    types = list(map(_EVENT_TYPE, events))
+    locality = _startup_locality(events, types)
+    hcrtm = _EV_HCRTM in types
     return EventLog(
         format=fmt,
         banks=banks,
@@ -293,8 +296,10 @@ def _read_agile_events(data: bytes, pos: int, spec_id: SpecId) -> list[Event]:
     new_event = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
     unpack = layout.unpack_from
     events: list[Event] = []
-    index = 1
     append = events.append
+    if all_known and count_all <= 4:
+        pos = _read_uniform_events(data, pos, layout, keys, expect_ids, events)
+    index = len(events) + 1
     while pos < end:
         if all_known and pos + fixed <= end:
             fields = unpack(data, pos)
@@ -330,6 +335,63 @@ def _read_agile_events(data: bytes, pos: int, spec_id: SpecId) -> list[Event]:
         append(event)
         index += 1
     return events
+
+
+def _read_uniform_events(
+    data: bytes,
+    pos: int,
+    layout: struct.Struct,
+    keys: tuple[HashAlg | None, ...],
+    ids: tuple[int, ...],
+    events: list[Event],
+) -> int:
+    """The fast path's fast path, for the usual logs (one to four known banks): events carrying
+    every declared digest in header order, each unpacked into names at once, appended to ``events``
+    until the first event of another shape (or the end). Returns where it stopped."""
+    end = len(data)
+    fixed = layout.size
+    last = end - fixed
+    unpack = layout.unpack_from
+    append = events.append
+    new_event = tuple.__new__
+    index = len(events) + 1
+    a, b, c, d = (*keys, None, None, None)[:4]
+    w, x, y, z = (*ids, -1, -1, -1)[:4]
+    count = len(ids)
+    while pos <= last:
+        if count == 2:
+            pcr, etype, n, wi, da, xi, db, dsize = unpack(data, pos)
+            if n != 2 or wi != w or xi != x:
+                break
+            digests = {a: da, b: db}
+        elif count == 3:
+            pcr, etype, n, wi, da, xi, db, yi, dc, dsize = unpack(data, pos)
+            if n != 3 or wi != w or xi != x or yi != y:
+                break
+            digests = {a: da, b: db, c: dc}
+        elif count == 1:
+            pcr, etype, n, wi, da, dsize = unpack(data, pos)
+            if n != 1 or wi != w:
+                break
+            digests = {a: da}
+        else:
+            pcr, etype, n, wi, da, xi, db, yi, dc, zi, dd, dsize = unpack(data, pos)
+            if n != 4 or wi != w or xi != x or yi != y or zi != z:
+                break
+            digests = {a: da, b: db, c: dc, d: dd}
+        if pcr > MAX_PCR and pcr != TRAILER_PCR:
+            _check_pcr(pcr, index, pos)
+        body = pos + fixed
+        if dsize > end - body:
+            raise MalformedEvidence(
+                f"event data size {dsize} overruns the log ({end - body} bytes left)",
+                where=f"event {index}",
+                offset=body - 4,
+            )
+        append(new_event(Event, (index, pcr, etype, digests, data[body : body + dsize], pos)))
+        pos = body + dsize
+        index += 1
+    return pos
 
 
 def _read_agile_event_slow(data: bytes, pos: int, index: int, spec_id: SpecId) -> tuple[Event, int]:
@@ -388,14 +450,17 @@ def _read_agile_event_slow(data: bytes, pos: int, index: int, spec_id: SpecId) -
     return Event(index, pcr, etype, digests, data[pos : pos + dsize], start), pos + dsize
 
 
-def _startup_locality(events: list[Event]) -> int | None:
-    """The locality of a StartupLocality EV_NO_ACTION event in PCR0, if the log has one."""
-    for event in events:
-        if (
-            event.event_type == _EV_NO_ACTION
-            and event.pcr == 0
-            and event.data.startswith(STARTUP_LOCALITY)
-        ):
+def _startup_locality(events: list[Event], types: list[int]) -> int | None:
+    """The locality of a StartupLocality EV_NO_ACTION event in PCR0, if the log has one
+    (``types`` are the events' types, in order)."""
+    at = -1
+    while True:
+        try:
+            at = types.index(_EV_NO_ACTION, at + 1)
+        except ValueError:
+            return None
+        event = events[at]
+        if event.pcr == 0 and event.data.startswith(STARTUP_LOCALITY):
             if len(event.data) != 17:
                 raise MalformedEvidence(
                     f"StartupLocality event data is {len(event.data)} bytes, expected 17",
@@ -408,4 +473,3 @@ def _startup_locality(events: list[Event]) -> int | None:
                     f"StartupLocality {locality} is not 0, 3 or 4", where=f"event {event.index}"
                 )
             return locality
-    return None

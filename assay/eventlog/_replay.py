@@ -10,6 +10,7 @@ review of a file (no quote) gets a different type, ReviewedBootLog, from
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Self, TypeVar
@@ -33,6 +34,7 @@ L = TypeVar("L", "VerifiedBootLog", "ReviewedBootLog")
 
 _EV_NO_ACTION = int(EventType.EV_NO_ACTION)
 _EV_EFI_ACTION = int(EventType.EV_EFI_ACTION)
+_PCR = operator.itemgetter(1)  # Event.pcr
 # (PCR, event type) pairs a coverage workaround may touch: the only events worth asking.
 _COVERAGE_TOUCHES = frozenset(
     (pcr, t) for w in COVERAGE_WORKAROUNDS for pcr in w.pcrs for t in w.event_types
@@ -92,12 +94,20 @@ def start_locality(log: EventLog) -> int:
 
 def replay(log: EventLog, banks: Iterable[HashAlg] | None = None) -> Replay:
     """Extend every measured event's digests, per bank, from the PCRs' reset values."""
+    return _replay(log, _measured(log), log.banks if banks is None else banks)
+
+
+def _measured(log: EventLog) -> list[Event]:
+    """``measured_events`` as a list, with the comparisons inline (replay's hot path)."""
+    return [e for e in log.events if e[2] != _EV_NO_ACTION and e[1] != TRAILER_PCR]
+
+
+def _replay(log: EventLog, events: list[Event], banks: Iterable[HashAlg]) -> Replay:
     locality = start_locality(log)
-    events = [e for e in log.events if e.event_type != _EV_NO_ACTION and e.pcr != TRAILER_PCR]
     result: dict[HashAlg, dict[int, bytes]] = {}
     incomplete: dict[HashAlg, frozenset[int]] = {}
     warnings: list[str] = []
-    for alg in log.banks if banks is None else banks:
+    for alg in banks:
         values, missing = _replay_bank(events, alg, locality)
         for pcr in missing:
             values.pop(pcr, None)
@@ -115,22 +125,18 @@ def _replay_bank(
     events: list[Event], alg: HashAlg, locality: int
 ) -> tuple[dict[int, bytes], set[int]]:
     h = alg.hasher
-    zero = bytes(alg.digest_size)
-    start0 = initial_value(alg, 0, locality)
-    values: dict[int, bytes] = {}
+    # Every PCR with events starts at its reset value (PCR0 at the locality's).
+    values = dict.fromkeys(map(_PCR, events), bytes(alg.digest_size))
+    if 0 in values:
+        values[0] = initial_value(alg, 0, locality)
     missing: set[int] = set()
-    get = values.get
-    for event in events:
-        digest = event.digests.get(alg)
-        pcr = event.pcr
+    for _, pcr, _, digests, _, _ in events:
+        digest = digests.get(alg)
         if digest is None:
             missing.add(pcr)
             continue
-        current = get(pcr)
-        if current is None:
-            current = start0 if pcr == 0 else zero
-        values[pcr] = h(current + digest).digest()
-    return values, missing
+        values[pcr] = h(values[pcr] + digest).digest()
+    return values, missing  # a PCR in ``missing`` has no replayable value: the caller drops it
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,7 +305,8 @@ def _check_against(
             f"the event log has no {bank.bank} digests", code="bank_not_in_log"
         )
     # 2. Replay.
-    result = replay(log, (bank,))
+    measured = _measured(log)
+    result = _replay(log, measured, (bank,))
     replayed = result.pcrs[bank]
     incomplete = result.incomplete.get(bank, frozenset())
     workarounds: list[AppliedWorkaround] = []
@@ -328,8 +335,10 @@ def _check_against(
         workarounds.append(fixed[0])
         unlogged.extend(fixed[1])
     # 4. Keep what the quote covers (with the events a workaround showed were extended unlogged).
-    events = tuple(e for e in measured_events(log) if e.pcr in quoted) + tuple(unlogged)
-    unquoted = frozenset(e.pcr for e in measured_events(log) if e.pcr not in quoted)
+    unquoted = frozenset(set(map(_PCR, measured)).difference(quoted))
+    events = (
+        tuple(measured) if not unquoted else tuple(e for e in measured if e.pcr in quoted)
+    ) + tuple(unlogged)
     return kind(
         bank=bank,
         pcrs=dict(quoted),

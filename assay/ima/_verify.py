@@ -63,13 +63,18 @@ def _items(chunk: ImaLog | Sequence[ImaEntry]) -> tuple[ImaEntry, ...]:
     return chunk.entries if isinstance(chunk, ImaLog) else tuple(chunk)
 
 
+IMA_PCR = 10
+"""The PCR the kernel's IMA extends unless a policy rule names another (``pcr=``)."""
+
+
 def verify_ima(
     state: ImaReplay, chunk: ImaLog | Sequence[ImaEntry], quote: VerifiedQuote, bank: HashAlg
 ) -> VerifiedImaLog:
     """Check ``chunk`` (continuing ``state``) against ``quote`` in ``bank``.
 
-    Steps: 1. the bank is quoted and replayed; 2. every PCR the entries (or the state) extend is
-    quoted; 3. the replay of all of the chunk, under either extend form, equals the quoted values —
+    Steps: 1. the bank is quoted and replayed; 2. PCR10 (IMA's own, always: an empty or cut
+    list must not verify against a quote whose PCR10 says otherwise) and every other PCR the
+    entries (or the state) extend is quoted; 3. the replay of all of the chunk, under either extend form, equals the quoted values —
     else 4. the shortest prefix that does (the rest is the unquoted tail); 5. the state after the
     vouched entries. Raises VerificationFailed (code ``ima_pcr_mismatch`` and the like) naming the
     PCR, the replayed candidates and the quoted value.
@@ -87,7 +92,7 @@ def verify_ima(
             f"the IMA replay has no {bank.bank} bank", code="bank_not_replayed"
         )
     # 2. PCRs.
-    touched = sorted(set(state.pcrs[bank]) | {e.pcr for e in items})
+    touched = sorted(set(state.pcrs[bank]) | {e.pcr for e in items} | {IMA_PCR})
     missing = [p for p in touched if p not in quoted]
     if missing:
         raise VerificationFailed(

@@ -8,9 +8,11 @@ make the parser loop, and an X.509 entry must be one well-formed DER certificate
 from __future__ import annotations
 
 import hashlib
+import struct
 import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryptography import x509
 from cryptography.utils import CryptographyDeprecationWarning
@@ -21,6 +23,7 @@ from ..errors import MalformedEvidence
 from .guid import EFI_CERT_X509, Guid
 
 _LIST_HEADER = 28  # SignatureType (16) + ListSize, HeaderSize, SignatureSize (u32 each)
+_SIZES = struct.Struct("<III")  # SignatureListSize, SignatureHeaderSize, SignatureSize
 _OWNER = 16
 MAX_SIGNATURE_LISTS = 4096
 
@@ -38,6 +41,11 @@ _FIXED_SIZES: dict[str, tuple[str, int]] = {
     "7076876e-80c2-4ee6-aad2-28b349a6865b": ("x509_sha384", 48 + 16),
     "446dbf63-2502-4cda-bcfa-2465d2b0fe9d": ("x509_sha512", 64 + 16),
 }
+# The same, by the GUID's 16 wire bytes: what a list header holds.
+_FIXED_SIZES_RAW: dict[bytes, tuple[str, int]] = {
+    Guid.parse(text).raw: value for text, value in _FIXED_SIZES.items()
+}
+_X509_RAW = EFI_CERT_X509.raw
 _HASH_KIND_BY_SIZE = {20: "sha1", 32: "sha256", 48: "sha384", 64: "sha512"}
 
 
@@ -85,33 +93,8 @@ class X509Certificate:
 
     @classmethod
     def from_der(cls, der: bytes, *, where: str = "X.509 certificate") -> X509Certificate:
-        if der_length(der, where) != len(der):
-            raise MalformedEvidence(
-                f"DER length {der_length(der, where)} does not fill the {len(der)}-byte slot",
-                where=where,
-            )
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", CryptographyDeprecationWarning)
-                cert = x509.load_der_x509_certificate(der)
-                # cryptography parses lazily: touch every field we show now, so a bad name or
-                # version is a MalformedEvidence here and never a ValueError in describe().
-                _ = (
-                    cert.version,
-                    cert.serial_number,
-                    cert.subject.rfc4514_string(),
-                    cert.issuer.rfc4514_string(),
-                    cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME),
-                )
-        except Exception as exc:
-            # cryptography raises ValueError, InvalidVersion and, for some malformed names,
-            # TypeError (found by scripts/fuzz): at this boundary every one means "malformed",
-            # except a serial number that is not positive on an otherwise sound certificate.
-            walked = _walk(der)
-            if walked is None or walked.serial > 0:
-                raise MalformedEvidence(f"not a valid certificate ({exc})", where=where) from None
-            return cls(der, [], walked)
-        return cls(der, [cert])
+        cert, unparsed = _load_certificate(der, where)
+        return cls(der, [] if cert is None else [cert], unparsed)
 
     @property
     def certificate(self) -> x509.Certificate | None:
@@ -162,6 +145,44 @@ class X509Certificate:
         if self.unparsed is not None:
             out["unparsed"] = self.unparsed.reason
         return out
+
+
+def _load_certificate(
+    der: bytes, where: str
+) -> tuple[x509.Certificate, None] | tuple[None, _Unparsed]:
+    """Parse (and so validate) one DER certificate filling its slot; MalformedEvidence if it is not
+    one, the walked fields instead of a certificate when only its serial is not positive."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CryptographyDeprecationWarning)
+        return _load_strictly(der, where)
+
+
+def _load_strictly(
+    der: bytes, where: str
+) -> tuple[x509.Certificate, None] | tuple[None, _Unparsed]:
+    """:func:`_load_certificate` for a caller that has made CryptographyDeprecationWarning an error
+    (cryptography's word for a serial number that is not positive)."""
+    if der_length(der, where) != len(der):
+        raise MalformedEvidence(
+            f"DER length {der_length(der, where)} does not fill the {len(der)}-byte slot",
+            where=where,
+        )
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        # cryptography parses lazily: touch every field we show now, so a bad name or version is
+        # a MalformedEvidence here and never a ValueError in describe(). Building the Name objects
+        # is where a bad name fails; formatting them (rfc4514_string, the CN lookup) reads what was
+        # built and cannot fail, so it is left to whoever shows them.
+        _ = (cert.version, cert.serial_number, cert.subject, cert.issuer)
+    except Exception as exc:
+        # cryptography raises ValueError, InvalidVersion and, for some malformed names,
+        # TypeError (found by scripts/fuzz): at this boundary every one means "malformed",
+        # except a serial number that is not positive on an otherwise sound certificate.
+        walked = _walk(der)
+        if walked is None or walked.serial > 0:
+            raise MalformedEvidence(f"not a valid certificate ({exc})", where=where) from None
+        return None, walked
+    return cert, None
 
 
 # -- the certificate walk: only for certificates cryptography refuses ------------------------------
@@ -293,25 +314,113 @@ def parse_signature_lists(
     certificate that fills its slot. An empty database (zero bytes) is an empty tuple.
     """
     lists: list[SignatureList] = []
-    pos = 0
-    end = len(data)
-    while pos < end:
-        if len(lists) >= MAX_SIGNATURE_LISTS:
-            raise MalformedEvidence(
-                f"more than {MAX_SIGNATURE_LISTS} signature lists", where=where, offset=pos
-            )
-        lists.append(_parse_one_list(data, pos, where))
-        pos += int.from_bytes(data[pos + 16 : pos + 20], "little")
+    for layout in _layouts(data, where):
+        entries = []
+        sig_size = layout.sig_size
+        for i, at in enumerate(range(layout.body, layout.end, sig_size)):
+            content = data[at + _OWNER : at + sig_size]
+            cert = None
+            if layout.kind == "x509":
+                cert = X509Certificate.from_der(content, where=f"{layout.here}, entry {i}")
+            entries.append(SignatureEntry(Guid(data[at : at + _OWNER]), layout.kind, content, cert))
+        header = data[layout.start + _LIST_HEADER : layout.body]
+        lists.append(SignatureList(Guid(layout.sig_type), header, tuple(entries)))
     return tuple(lists)
 
 
-def _parse_one_list(data: bytes, start: int, where: str) -> SignatureList:
+class SignatureIds(frozenset[str]):
+    """The ids of a signature database's entries, and ``certificates``: the ids of its X.509
+    entries, every one of them validated (a database with an invalid one has no ids at all)."""
+
+    __slots__ = ("_certificates",)
+    _certificates: frozenset[str]
+
+    def __new__(cls, ids: Iterable[str], certificates: Iterable[str]) -> SignatureIds:
+        self = super().__new__(cls, ids)
+        self._certificates = frozenset(certificates)
+        return self
+
+    @property
+    def certificates(self) -> frozenset[str]:
+        return self._certificates
+
+    def __reduce__(self) -> tuple[type[SignatureIds], tuple[list[str], list[str]]]:
+        return SignatureIds, (list(self), list(self._certificates))
+
+
+def signature_database_ids(data: bytes, *, where: str = "signature database") -> SignatureIds:
+    """Every entry of a signature database as an id — the SHA-256 hex of a certificate's DER, else
+    the hex of the data — with exactly the checks (and errors) of :func:`parse_signature_lists`,
+    certificates validated the same way, but no entry objects built: what the appraisal compares
+    with golden sets, the costliest thing it decodes (a dbx holds hundreds of hashes)."""
+    out: list[str] = []
+    certificates: list[str] = []
+    with warnings.catch_warnings():  # once for every certificate (see _load_strictly)
+        warnings.simplefilter("error", CryptographyDeprecationWarning)
+        for layout in _layouts(data, where):
+            ids = _ids(data, layout)
+            out += ids
+            if layout.kind == "x509":
+                certificates += ids
+    return SignatureIds(out, certificates)
+
+
+def _ids(data: bytes, layout: _Layout) -> list[str]:
+    sig_size = layout.sig_size
+    if layout.kind == "x509":
+        ids = []
+        for i, at in enumerate(range(layout.body, layout.end, sig_size)):
+            der = data[at + _OWNER : at + sig_size]
+            _load_strictly(der, f"{layout.here}, entry {i}")
+            ids.append(hashlib.sha256(der).hexdigest())
+        return ids
+    # One hex string for the whole body; each entry's data is a slice of it.
+    text = data[layout.body : layout.end].hex()
+    step, skip = 2 * sig_size, 2 * _OWNER
+    return [text[p + skip : p + step] for p in range(0, len(text), step)]
+
+
+class _Layout(NamedTuple):
+    """Where one checked EFI_SIGNATURE_LIST's parts are: entries of ``sig_size`` bytes from
+    ``body`` to ``end`` (a whole number of them). A NamedTuple: a dbx has a dozen lists."""
+
+    here: str
+    start: int
+    sig_type: bytes
+    kind: str
+    sig_size: int
+    body: int
+    end: int
+
+
+def _layouts(data: bytes, where: str) -> Iterator[_Layout]:
+    """Checks 1–3 of :func:`parse_signature_lists` on each list in turn (lazily: a caller's check
+    of one list's entries comes before the next list's header, as in one pass)."""
+    pos = 0
+    end = len(data)
+    count = 0
+    while pos < end:
+        if count >= MAX_SIGNATURE_LISTS:
+            raise MalformedEvidence(
+                f"more than {MAX_SIGNATURE_LISTS} signature lists", where=where, offset=pos
+            )
+        layout = _layout(data, pos, where)
+        count += 1
+        yield layout
+        pos = layout.end
+
+
+def _layout(data: bytes, start: int, where: str) -> _Layout:
     here = f"{where}, signature list at offset {start}"
-    r = Reader(data, here, start=start)
-    sig_type = Guid(r.take(16, "SignatureType"))
-    list_size = r.u32le("SignatureListSize")
-    header_size = r.u32le("SignatureHeaderSize")
-    sig_size = r.u32le("SignatureSize")
+    if len(data) - start >= _LIST_HEADER:
+        sig_type = data[start : start + 16]
+        list_size, header_size, sig_size = _SIZES.unpack_from(data, start + 16)
+    else:  # the Reader names the field that does not fit
+        r = Reader(data, here, start=start)
+        sig_type = r.take(16, "SignatureType")
+        list_size = r.u32le("SignatureListSize")
+        header_size = r.u32le("SignatureHeaderSize")
+        sig_size = r.u32le("SignatureSize")
     # 1. The list's own size bounds everything in it.
     if list_size < _LIST_HEADER + header_size:
         raise MalformedEvidence(
@@ -332,7 +441,7 @@ def _parse_one_list(data: bytes, start: int, where: str) -> SignatureList:
             where=here,
             offset=start + 24,
         )
-    fixed = _FIXED_SIZES.get(str(sig_type))
+    fixed = _FIXED_SIZES_RAW.get(sig_type)
     if fixed is not None and sig_size != _OWNER + fixed[1]:
         raise MalformedEvidence(
             f"SignatureSize {sig_size} is wrong for {fixed[0]} (must be {_OWNER + fixed[1]})",
@@ -347,38 +456,49 @@ def _parse_one_list(data: bytes, start: int, where: str) -> SignatureList:
             where=here,
             offset=start,
         )
-    header = r.take(header_size, "SignatureHeader")
-    kind = "x509" if sig_type == EFI_CERT_X509 else (fixed[0] if fixed else "unknown")
-    entries = []
-    for i in range(body // sig_size):
-        owner = Guid(r.take(_OWNER, "SignatureOwner"))
-        content = r.take(sig_size - _OWNER, "SignatureData")
-        cert = None
-        if kind == "x509":
-            cert = X509Certificate.from_der(content, where=f"{here}, entry {i}")
-        entries.append(SignatureEntry(owner, kind, content, cert))
-    return SignatureList(sig_type, header, tuple(entries))
+    kind = "x509" if sig_type == _X509_RAW else (fixed[0] if fixed else "unknown")
+    first = start + _LIST_HEADER + header_size
+    return _Layout(here, start, sig_type, kind, sig_size, first, first + body)
 
 
 def parse_signature_data(data: bytes, *, where: str = "EFI_SIGNATURE_DATA") -> SignatureEntry:
     """Parse the data of an EV_EFI_VARIABLE_AUTHORITY event: the db/MokList entry that verified
     an image. Usually EFI_SIGNATURE_DATA (owner GUID + certificate or hash); shim and some older
     firmware log the bare DER certificate, recognised when the data is exactly one DER SEQUENCE."""
+    owner, kind, content = _signature_data_parts(data, where)
+    cert = X509Certificate.from_der(content, where=where) if kind == "x509" else None
+    return SignatureEntry(None if owner is None else Guid(owner), kind, content, cert)
+
+
+def signature_data_id(data: bytes) -> tuple[str, bool] | None:
+    """(id, whether it names a certificate) of an EFI_SIGNATURE_DATA, as the ids of
+    :func:`signature_database_ids`, from its structure alone: a certificate is *not* validated
+    here (None only when the structure is malformed). Whoever trusts the id of a certificate must
+    know it valid, as :func:`parse_signature_data` would check, or know its bytes identical to a
+    certificate that was."""
+    try:
+        _, kind, content = _signature_data_parts(data, "EFI_SIGNATURE_DATA")
+    except MalformedEvidence:
+        return None
+    if kind == "x509":
+        return hashlib.sha256(content).hexdigest(), True
+    return content.hex(), False
+
+
+def _signature_data_parts(data: bytes, where: str) -> tuple[bytes | None, str, bytes]:
+    """(owner GUID bytes or None for a bare certificate, kind, content) of an EFI_SIGNATURE_DATA."""
     if len(data) >= 4 and data[0] == 0x30 and data[1] in (0x81, 0x82, 0x83):
         try:
             exact = der_length(data, where) == len(data)
         except MalformedEvidence:
             exact = False
         if exact:
-            return SignatureEntry(None, "x509", data, X509Certificate.from_der(data, where=where))
+            return None, "x509", data
     if len(data) < _OWNER + 1:
         raise MalformedEvidence(
             f"{len(data)} bytes is too short for an owner GUID and data", where=where, offset=0
         )
-    owner = Guid(data[:_OWNER])
     content = data[_OWNER:]
     if content[0] == 0x30:
-        cert = X509Certificate.from_der(content, where=where)
-        return SignatureEntry(owner, "x509", content, cert)
-    kind = _HASH_KIND_BY_SIZE.get(len(content), "unknown")
-    return SignatureEntry(owner, kind, content)
+        return data[:_OWNER], "x509", content
+    return data[:_OWNER], _HASH_KIND_BY_SIZE.get(len(content), "unknown"), content

@@ -6,6 +6,7 @@ trailing bytes; counts read from the input are capped before anything is allocat
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ from .guid import Guid
 MAX_NAME_CHARS = 1024
 MAX_GPT_PARTITIONS = 1024
 MAX_HANDOFF_TABLES = 1024
+_LENGTHS = struct.Struct("<QQ")  # UEFI_VARIABLE_DATA's UnicodeNameLength, VariableDataLength
 
 
 def _utf16(raw: bytes, r: Reader, what: str) -> str:
@@ -79,6 +81,23 @@ def parse_variable_data(
     if r.remaining > max_trailing:
         r.expect_end("UEFI_VARIABLE_DATA")
     return UefiVariableData(guid, name, value, r.take(r.remaining, "trailing bytes"))
+
+
+def variable_name_value(data: bytes) -> tuple[str, bytes] | None:
+    """(name, value) of ``data`` when :func:`parse_variable_data` (no trailing bytes allowed) would
+    accept it, else None: the same checks, without building the object or an error message, for
+    callers that only need the answer (the appraisal reads every Secure Boot variable this way)."""
+    size = len(data)
+    if size < 32:
+        return None
+    name_len, data_len = _LENGTHS.unpack_from(data, 16)
+    if name_len > MAX_NAME_CHARS or 32 + 2 * name_len + data_len != size:
+        return None
+    end = 32 + 2 * name_len
+    try:
+        return data[32:end].decode("utf-16-le"), data[end:]
+    except UnicodeDecodeError:
+        return None
 
 
 # --- EFI_LOAD_OPTION ------------------------------------------------------------------------------

@@ -82,6 +82,19 @@ class Verifier:
         )
         return str(added["id"])
 
+    def add_runtime(self, yaml_file: Path, selector: Mapping[str, str]) -> str:
+        """Upload a runtime (IMA) policy and assign its name to nodes matching ``selector``."""
+        added = self._call(
+            "POST", "/runtime-policies", data=yaml_file.read_bytes(),
+            content_type="application/yaml",
+        )  # fmt: skip
+        self._call(
+            "POST",
+            "/runtime-policies/assignments",
+            json={"policy": added["name"], "selector": dict(selector)},
+        )
+        return str(added["name"])
+
     def enroll_token_for(self, labels: Mapping[str, str]) -> str:
         """An enroll token carrying ``labels``: the operator, not the node, labels it."""
         made = self._call("POST", "/tokens", json={"role": "enroll", "labels": dict(labels)})
@@ -147,6 +160,7 @@ class VmAgent:
             tcti="swtpm-handoff",
             state_dir=state,
             eventlog=node.eventlog_path,
+            ima_log=node.ima_path if node.image.disk is not None else None,
             verifier=verifier.url,
             node=name,
             enroll_token=enroll_token,

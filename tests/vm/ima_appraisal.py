@@ -6,8 +6,10 @@ a fresh AK in the node's own TPM (taken over after the guest powered off), a quo
 the SHA-1 and SHA-256 banks for a random nonce, ``verify_quote`` with that AK, ``verify_ima`` of
 the list the guest handed out against the verified quote, and ``appraise_runtime`` of what it
 vouches for. The AK is trusted here because the host made it in that TPM a moment ago; in the
-service, AK trust comes from enrollment. Switching to the service path means replacing the body of
-this function with the agent's attestation and reading the runtime checks from its verdict.
+service, AK trust comes from enrollment. The service path (the agent sending the IMA list, the
+verifier's runtime checks in the verdict) is exercised beside it by
+``test_vm_ima.test_runtime_verdicts_through_the_agent_and_the_verifier_service``; this one stays
+for what only the library exposes (the extend form per bank, the unquoted tail, check objects).
 """
 
 from __future__ import annotations

@@ -412,6 +412,48 @@ def test_selinux_disabled_on_the_kernel_command_line_is_untrusted(
     assert "# CONFIG_SECURITY_SELINUX_BOOTPARAM is not set" in config.read_text().splitlines()
 
 
+def test_runtime_verdicts_through_the_agent_and_the_verifier_service(
+    fleet: Fleet, policies: Policies, tmp_path: Path
+) -> None:
+    """The service path: the host-side agent sends each node's IMA list with its quote; the
+    verifier holds the fleet's boot sets and the runtime policies. The good node is trusted, the
+    unknown binary and the patched one are untrusted naming their paths."""
+    sb = fleet.nodes["ima"].image
+    sets = tmp_path / "sets"
+    sets.mkdir()
+    boot, kernel, platform = sets / "boot.yaml", sets / "kernel.yaml", sets / "platform.yaml"
+    golden_cli("from-deb", sb.boot.debs[0], sb.boot.debs[1], "-o", boot, "--name", "debian-boot")
+    golden_cli("from-deb", sb.kernel.deb, "-o", kernel, "--name", "kernel-a")
+    golden_cli("capture", "--from-log", fleet.nodes["ima-unknown"].eventlog_path, "--without",
+               "boot-apps", "-o", platform, "--name", "ima-platform")  # fmt: skip
+    agent_swtpm.export_ca(fleet.ca_dir, sets / "ca")
+    results = {}
+    with running_verifier(tmp_path / "v", sets / "ca") as v:
+        for path in (platform, boot, kernel):
+            v.add_golden(path, IMA_FLEET)
+        for path in (policies.debian, policies.selinux):
+            v.add_runtime(path, IMA_FLEET)
+        for name in ("ima", "ima-unknown", "ima-patched"):
+            agent = VmAgent(fleet.nodes[name], v, f"node-{name}", IMA_FLEET, tmp_path / name)
+            agent.enroll()
+            results[name] = agent.attest()
+    assert results["ima"].status == "trusted", results["ima"].reason
+    unknown = [
+        c for c in failures(results["ima-unknown"]) if c["reason"] == "ima_file_not_approved"
+    ]
+    assert results["ima-unknown"].status == "untrusted"
+    assert [UNKNOWN_BINARY in c["message"] for c in unknown] == [True]
+    patched = [c for c in failures(results["ima-patched"]) if c["reason"] == "ima_digest_mismatch"]
+    assert results["ima-patched"].status == "untrusted"
+    assert [PATCHED_BINARY in c["message"] for c in patched] == [True]
+    for name in ("ima-unknown", "ima-patched"):  # the boot itself is the good node's
+        assert {c["reason"] for c in failures(results[name])} <= {
+            "ima_file_not_approved",
+            "ima_digest_mismatch",
+            "ima_entries_not_approved",
+        }, failures(results[name])
+
+
 # -- SELinux critical data ----------------------------------------------------------------------
 
 

@@ -76,6 +76,10 @@ def check_types(vlog: BootLog, facts: BootFacts, policy: CompiledPolicy) -> list
 def _separator_pcr(
     pcr: int, events: list[Event], positions: list[int], after: frozenset[int], odd: list[Event]
 ) -> list[Check]:
+    if len(positions) == 1 and not odd:  # the usual case: one separator, nothing odd
+        at = positions[0]
+        if all(e.event_type in after for e in events[at + 1 :]):
+            return [_one_separator(pcr, events[at].index)]
     seps = [events[i] for i in positions]
     cid = f"pcr{pcr}.separator"
     if not seps:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 
-from assay.bootfacts import BootFacts, authority_id, load_options_forms, signature_ids, where
+from assay.bootfacts import BootFacts, authority_in, load_options_forms, signature_ids, where
 from assay.errors import MalformedEvidence
 from assay.eventlog import BootLog, Event
 from assay.pcclient import DEBUG_MODE
@@ -186,9 +186,8 @@ def check_firmware(
 
 def _blobs_present(vlog: BootLog, facts: BootFacts, policy: CompiledPolicy) -> list[Check]:
     """A set's firmware blobs are all measured in PCR0 (by digest) for at least one set."""
-    measured = {
-        (vlog.bank, d) for e in vlog.events if e.pcr == 0 for d in (e.digests.get(vlog.bank),)
-    }
+    bank = vlog.bank
+    measured = {(bank, e.digests.get(bank)) for e in facts.by_pcr.get(0, ())}
     best: tuple[str, int] | None = None
     for ref, keys in policy.blob_sets:
         mine = [k for k in keys if k[0] == vlog.bank]
@@ -387,8 +386,12 @@ def _authorities(facts: BootFacts, ledger: Ledger) -> None:
     ids, _ = _db_ids(facts, "db")
     if not ids:
         return
+    # Every db measurement parsed (else ids is None): its certificates are validated.
+    validated = frozenset().union(
+        *(signature_ids(v.value).certificates for v in facts.variables.get("db", []))
+    )
     for e, value in facts.authorities:
-        if authority_id(value) in ids:
+        if authority_in(value, ids, validated):
             ledger.take(e)
 
 

@@ -119,7 +119,7 @@ class CompiledPolicy:
         if got is None:
             ok = self.accepted_digests(bank).get(pcr, frozenset())
             seen = tuple(digests)
-            got = frozenset(d for d in seen if d not in ok)
+            got = frozenset(seen).difference(ok)
             if value is not None and seen:  # a value without events may come from outside the log
                 if len(self._unaccepted) >= 4096:
                     self._unaccepted.clear()

@@ -22,7 +22,8 @@ from assay.errors import MalformedEvidence
 EAR_PROFILE = "tag:ietf.org,2026:rats/ear#04"
 OLD_PROFILES = frozenset({"tag:github.com,2023:veraison/ear", "tag:github.com,2022:veraison/ear"})
 BOOT = "boot"
-"""The one submodule today (``runtime`` joins it when IMA appraisal lands)."""
+"""The boot submodule; ``runtime`` (``verifier.ear.runtime``) joins it for nodes a runtime policy
+applies to."""
 
 OLD_NAMES = {
     "ear.status": "ear_status",
@@ -84,6 +85,8 @@ class Appraisal:
     status: EarStatus
     vector: TrustVector
     policy_ids: tuple[str, ...]
+    policy_kind: str = "golden"
+    """What ``policy_ids`` name: golden sets, or runtime policies (``assay:runtime:…``)."""
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -91,7 +94,9 @@ class Appraisal:
             "ear_trustworthiness_vector": self.vector.to_json(),
         }
         if self.policy_ids:
-            out["ear_appraisal_policy_id"] = "assay:golden:" + ",".join(self.policy_ids)
+            out["ear_appraisal_policy_id"] = f"assay:{self.policy_kind}:" + ",".join(
+                self.policy_ids
+            )
             out["ear_appraisal_policy_ids"] = list(self.policy_ids)
         return out
 

@@ -19,6 +19,7 @@ from .extender_routes import extender_bp
 from .openapi import openapi_bp
 from .review_routes import review_bp
 from .routes import BLUEPRINTS
+from .runtime_routes import runtime_bp
 
 
 def create_app(
@@ -48,6 +49,7 @@ def create_app(
     app.register_blueprint(extender_bp)  # kube-scheduler extender
     metrics.init_app(app)  # /metrics and request counting
     app.register_blueprint(review_bp)  # incidents and four-eyes golden drafts (review_routes)
+    app.register_blueprint(runtime_bp)  # runtime (IMA) policies (runtime_routes)
     web.init_app(app)  # the review console at /ui/ (verifier.web)
 
     @app.get("/healthz")

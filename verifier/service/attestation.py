@@ -6,6 +6,11 @@
     used; the nonce's tag, owner and expiry are checked without I/O;
  3. verify the quote with the node's enrolled AK (never a key from the evidence); a refusal
     still uses the nonce up (with its audit entry, one write);
+ 3a. the runtime part (``runtime_verdict``): the IMA chunk continued from the verifier's own
+    prefix of this boot, verified against the quoted PCR10 and judged by the node's runtime
+    policies — every time, also when the boot verdict is reused below (an unchanged boot log is
+    not an unchanged runtime); a chunk the verifier cannot continue is refused
+    (``ima_full_log_required``, the nonce used up);
  4. reuse: within one boot, with the same log, PCR values and golden rows and a TPM clock that
     moved forward, the node's stored verdict is the answer (``reuse``) — no re-appraisal;
  5. the quote covers every PCR the verifier asked for and the policy relies on;
@@ -44,11 +49,12 @@ from verifier.store import hotpath, repo
 from verifier.store.hotpath import NodeSnapshot
 from verifier.store.models import Attestation, AttestationSource, Node, NodeState, iso
 
-from . import events
+from . import events, runtime_verdict
 from .context import Services
-from .errors import BadRequest, NotFound
+from .errors import BadRequest, Conflict, NotFound
 from .golden_policy import Assessment, assess, failed, policy_for
 from .reuse import compact, prefetch_verdict, reusable, verdict_key
+from .runtime_attest import IMA_PCR, RuntimeOutcome, store_prefix
 
 NODE_NOT_ENROLLED = "node_not_enrolled"
 
@@ -83,6 +89,8 @@ class AttestationResult:
     next_challenge: Challenge | None = None
     """The node's next nonce (and what the verifier holds of its log): its next round needs no
     challenge request. Agents that do not know the field ignore it."""
+    ima: tuple[int, int] | None = None
+    """Where the node's next IMA chunk starts (entries, bytes); None when it sent no IMA list."""
 
     def to_json(self) -> dict[str, Any]:
         """What the (unauthenticated) poster learns: status, reason codes and check ids.
@@ -104,6 +112,9 @@ class AttestationResult:
                 {}
                 if self.next_challenge is None
                 else {"next_challenge": self.next_challenge.to_json()}
+            ),
+            **(
+                {} if self.ima is None else {"ima": {"entries": self.ima[0], "offset": self.ima[1]}}
             ),
         }
 
@@ -150,9 +161,9 @@ def challenge(svc: Services, node_name: str, event_log_sha256: str | None = None
     """
     now = svc.now()
     lifetime = dt.timedelta(seconds=svc.config.nonce_lifetime)
-    selection = {svc.config.bank: list(svc.config.pcrs)}
     key = svc.nonce_key()
     with svc.store.read() as db:  # nothing is written for a challenge
+        selection = pcr_selection(svc, db)
         node = hotpath.node_snapshot(db, node_name)
         if node is None:
             expires = dt.datetime.fromtimestamp(int((now + lifetime).timestamp()), dt.UTC)
@@ -162,6 +173,16 @@ def challenge(svc: Services, node_name: str, event_log_sha256: str | None = None
         if known is None or known != event_log_sha256 or not repo.has_event_log(db, known):
             known = None
     return Challenge(issued.nonce, issued.expires_at, selection, known)
+
+
+def pcr_selection(svc: Services, db: Session, version: int | None = None) -> dict[str, list[int]]:
+    """The PCRs every node is asked to quote: the configured ones, and PCR10 (IMA's) once any
+    runtime policy is stored — the same for every node, so a challenge says nothing about which
+    nodes a policy selects, and agents that only quote what they are asked for send it too."""
+    pcrs = set(svc.config.pcrs)
+    if svc.runtime.in_use(db, version):
+        pcrs.add(IMA_PCR)
+    return {svc.config.bank: sorted(pcrs)}
 
 
 def submit(svc: Services, node_name: str, body: bytes) -> AttestationResult:
@@ -179,6 +200,11 @@ def submit(svc: Services, node_name: str, body: bytes) -> AttestationResult:
             raise NotFound(NODE_NOT_ENROLLED, f"node {node_name!r} is not enrolled; enroll again")
         snap, used = read.node, read.nonce_used
         rows = svc.golden.rows_for(db, snap.labels, read.golden_version)
+        rt_in = runtime_verdict.runtime_for(
+            svc, db, snap.id, snap.labels, prefix=ev.ima_log is not None,
+            version=read.golden_version,
+        )  # fmt: skip
+        selection = pcr_selection(svc, db, read.golden_version)
         prefetch_verdict(svc, db, snap)
     checked = repo.check_nonce(snap.id, ev.nonce, now, key)
     refused = checked.refused or ("nonce_reused" if used else None)
@@ -192,16 +218,23 @@ def submit(svc: Services, node_name: str, body: bytes) -> AttestationResult:
     except (VerificationFailed, MalformedEvidence) as exc:
         _refuse(svc, snap, ev.nonce, checked.expires_at, str(exc), now)
         raise
+    # 3a. Runtime: the new IMA entries, always.
+    try:
+        runtime = runtime_verdict.appraise_ima(svc, ev, quote, rt_in)
+    except Conflict as exc:  # ima_full_log_required: nothing is recorded, the nonce is used
+        _refuse(svc, snap, ev.nonce, checked.expires_at, exc.message, now)
+        raise
     # 4. Reuse the stored verdict, or 5-7: verify the log and appraise.
     log_hex = ev.event_log_sha256.hex()
     policy = policy_for(svc, rows)
-    vkey = verdict_key(svc, quote, log_hex, rows, policy)
+    vkey = runtime_verdict.verdict_key_with(verdict_key(svc, quote, log_hex, rows, policy), runtime)
     assessment = reusable(svc, snap, quote, vkey)
     reused = assessment is not None
     log_bytes = ev.event_log
     if assessment is None:
         log_bytes = _log_bytes(svc, log_hex, log_bytes)
-        assessment = appraise_evidence(svc, quote, log_hex, log_bytes, rows)
+        boot = appraise_evidence(svc, quote, log_hex, log_bytes, rows)
+        assessment = runtime_verdict.combine(boot, runtime)
     # 8. Store, in one write transaction.
     quoted = QuotedEvidence(
         nonce=ev.nonce,
@@ -213,15 +246,21 @@ def submit(svc: Services, node_name: str, body: bytes) -> AttestationResult:
         reset_count=quote.reset_count,
         restart_count=quote.restart_count,
     )
+    ima_changed = runtime is not None and runtime.store != rt_in.prior
     stored = _store(
         svc,
         snap,
-        Fresh(quoted, log_bytes, vkey, quote.clock, checked.expires_at, reused),
+        Fresh(
+            quoted, log_bytes, vkey, quote.clock, checked.expires_at, reused,
+            runtime if ima_changed else None,
+        ),
         assessment,
         now,
-    )
+    )  # fmt: skip
     return dataclasses.replace(
-        stored, next_challenge=_next_challenge(svc, snap.id, log_hex, now, key)
+        stored,
+        next_challenge=_next_challenge(svc, snap.id, log_hex, now, key, selection),
+        ima=runtime.cursor if runtime is not None and ev.ima_log is not None else None,
     )
 
 
@@ -257,13 +296,17 @@ def _refuse(
 
 
 def _next_challenge(
-    svc: Services, node_id: int, log_hex: str, now: dt.datetime, key: bytes
+    svc: Services,
+    node_id: int,
+    log_hex: str,
+    now: dt.datetime,
+    key: bytes,
+    selection: dict[str, list[int]],
 ) -> Challenge:
     """The node's next nonce, good for its freshness window (at least ``nonce_lifetime``): a node
     attesting on its interval uses it in its next round instead of asking for a challenge."""
     seconds = max(svc.config.nonce_lifetime, svc.config.freshness_window)
     issued = repo.make_nonce(node_id, lifetime=dt.timedelta(seconds=seconds), now=now, key=key)
-    selection = {svc.config.bank: list(svc.config.pcrs)}
     return Challenge(issued.nonce, issued.expires_at, selection, log_hex)
 
 
@@ -296,11 +339,12 @@ def appraise_evidence(
 def verified_log(
     svc: Services, quote: VerifiedQuote, bank: HashAlg, log_hex: str, log_bytes: bytes | None
 ) -> VerifiedBootLog:
-    """The verified log for this quote: the cached one when the quoted values are unchanged."""
+    """The verified log for this quote: the cached one when the quoted values are unchanged
+    (PCR10 aside, see ``same_boot_values``)."""
     key = (log_hex, int(bank))
     cached = svc.logs.get(key)
     quoted = dict(quote.pcrs.get(bank, {}))
-    if isinstance(cached, VerifiedBootLog) and dict(cached.pcrs) == quoted:
+    if isinstance(cached, VerifiedBootLog) and same_boot_values(cached, quoted):
         return cached
     if log_bytes is None:
         with svc.store.read() as db:
@@ -310,6 +354,22 @@ def verified_log(
     vlog = verify_log(parse_event_log(log_bytes), quote, bank, caches=svc.log_caches)
     svc.logs.put(key, vlog)
     return vlog
+
+
+def same_boot_values(cached: VerifiedBootLog, quoted: Mapping[int, bytes]) -> bool:
+    """Whether ``cached`` was verified against these quoted values. PCR10, IMA's, moves with
+    every measurement the running kernel makes; a boot log with no PCR10 event depends on it only
+    through "extended outside the log" (zero or not), so for such a log only that must agree."""
+    if cached.pcrs.keys() != quoted.keys():
+        return False
+    ima = IMA_PCR in quoted and not any(e.pcr == IMA_PCR for e in cached.events)
+    for pcr, value in quoted.items():
+        if ima and pcr == IMA_PCR:
+            if any(value) != any(cached.pcrs[pcr]):
+                return False
+        elif cached.pcrs[pcr] != value:
+            return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,6 +412,8 @@ class Fresh:
     nonce_expires: dt.datetime
     reused: bool
     """The node's stored verdict was reused (same boot, log, PCRs, golden rows; clock later)."""
+    runtime: RuntimeOutcome | None = None
+    """The IMA prefix to keep (or drop) with this record; None when it did not change."""
 
 
 def _store(
@@ -364,6 +426,8 @@ def _store(
             raise VerificationFailed("nonce refused: reused", code="nonce_reused")
         if new.reused and compact(snap, a):
             counted = _count_repeat(db, snap, new, now)
+            if counted is not None and new.runtime is not None:
+                store_prefix(db, snap.id, new.runtime, snap.last_attestation_id or 0, now)
             if counted is not None:
                 return AttestationResult(
                     snap.last_attestation_id or 0, a.status, a.reason, snap.state, a.checks,
@@ -391,6 +455,8 @@ def _store(
             db, node, ev, a, source=AttestationSource.EVIDENCE, now=now, quoted_at=now,
             reboot=reboot, node_fields=fields,
         )  # fmt: skip
+        if new.runtime is not None:  # the prefix moves with the verdict that judged it
+            store_prefix(db, snap.id, new.runtime, rec.attestation_id, now)
     return AttestationResult(rec.attestation_id, a.status, a.reason, rec.state, a.checks, reboot)
 
 

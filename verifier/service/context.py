@@ -23,7 +23,7 @@ from assay.eventlog import LogCaches
 from verifier.store import Store, repo
 
 from .config import ServiceConfig
-from .golden_catalog import GoldenCatalog
+from .golden_catalog import GoldenCatalog, RuntimeCatalog
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -99,12 +99,15 @@ class Services:
     store: Store
     clock: Callable[[], dt.datetime] = _utcnow
     logs: LruCache[tuple[str, int], object] = field(init=False)
-    policies: LruCache[Hashable, tuple[float, dt.datetime | None, object]] = field(init=False)
+    policies: LruCache[Hashable, tuple[float, dt.datetime, dt.datetime | None, object]] = field(
+        init=False
+    )
     unauthenticated: RateLimiter = field(init=False)
     log_caches: LogCaches = field(init=False)
     extensions: dict[str, object] = field(default_factory=dict)
     """Per-process state of the add-on modules (EAR keys, metrics, the extender's node cache)."""
     golden: GoldenCatalog = field(init=False)
+    runtime: RuntimeCatalog = field(init=False)
     verdicts: LruCache[str, dict[str, object]] = field(init=False)
     holder: str = field(init=False)
     """This process among the instances: who holds a background job's lease."""
@@ -118,6 +121,7 @@ class Services:
         self.log_caches = LogCaches()
         # Golden rows as of the store's golden version; verdict documents by digest (immutable).
         self.golden = GoldenCatalog()
+        self.runtime = RuntimeCatalog()  # runtime policies, by the same version
         self.verdicts = LruCache(1024)
         self.holder = f"{socket.gethostname()[:80]}:{os.getpid()}:{secrets.token_hex(4)}"
 

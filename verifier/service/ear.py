@@ -26,7 +26,9 @@ from assay.errors import MalformedEvidence, VerificationFailed
 from assay.tpm2 import parse_public, verify_quote_without_pcrs
 from verifier.ear import EarClaims, appraisal_for, sign_ear
 from verifier.ear.claims import BOOT
+from verifier.ear.runtime import RUNTIME, boot_appraisal_for, runtime_appraisal_for
 from verifier.store import repo
+from verifier.store import runtime as rstore
 
 from . import ear_keys
 from .context import Services
@@ -71,12 +73,19 @@ def parse_rp_nonce(text: str | None) -> str | None:
     return value
 
 
-def claims_for(svc: Services, view: NodeView, nonce: str | None) -> EarClaims:
+def claims_for(
+    svc: Services, view: NodeView, nonce: str | None, runtime: tuple[str, ...] | None = None
+) -> EarClaims:
+    """``runtime``: the runtime policies in force for the node (None: none applies to it, and
+    the token has no runtime submodule)."""
     now = svc.now()
     window = svc.config.freshness_window
     iat = int(now.timestamp())
     code = reason_code(view.state, view.reason)
-    appraisal = appraisal_for(view.state, code, view.golden)
+    submods = {BOOT: appraisal_for(view.state, code, view.golden)}
+    if runtime is not None:
+        submods[BOOT] = boot_appraisal_for(view.state, code, view.golden)
+        submods[RUNTIME] = runtime_appraisal_for(view.state, code, runtime)
     exp = iat + max(1, int(window))
     if view.state == "trusted" and view.last_success_at is not None:
         exp = max(iat + 1, int((view.last_success_at + dt.timedelta(seconds=window)).timestamp()))
@@ -87,7 +96,7 @@ def claims_for(svc: Services, view: NodeView, nonce: str | None) -> EarClaims:
         exp=exp,
         verifier_build=build_id(),
         verifier_developer=DEVELOPER,
-        submods={BOOT: appraisal},
+        submods=submods,
         nonce=nonce,
         state=str(view.state),
         reason=code,
@@ -97,8 +106,11 @@ def claims_for(svc: Services, view: NodeView, nonce: str | None) -> EarClaims:
 def issue(svc: Services, node_name: str, *, nonce: str | None = None) -> IssuedEar:
     """The signed EAR of ``node_name`` (NotFound ``node_unknown`` for a node Assay does not know)."""
     with svc.store.read() as db:
-        view = NodeView.of(get_node(db, node_name), svc.now(), svc.config.freshness_window)
-    claims = claims_for(svc, view, nonce)
+        node = get_node(db, node_name)
+        view = NodeView.of(node, svc.now(), svc.config.freshness_window)
+        rows = rstore.rows_for(db, node.labels)
+    runtime = tuple(f"{r.name}@{r.version}" for r in rows if r.status == "active") if rows else None
+    claims = claims_for(svc, view, nonce, runtime)
     ring = ear_keys.keyring(svc)
     return IssuedEar(sign_ear(claims, ring.signing.key, ring.signing.kid), claims)
 

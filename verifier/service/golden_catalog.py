@@ -97,3 +97,43 @@ class GoldenCatalog:
         self._selected = {}
         self._version = version
         self.reloads += 1
+
+
+class RuntimeCatalog(GoldenCatalog):
+    """The runtime policies and their assignments, the same way: invalidated by the same store
+    version (every runtime-policy change bumps it too, ``runtime_ops``), so an attestation of an
+    unchanged fleet reads no runtime-policy rows either."""
+
+    def in_use(self, db: Session, version: int | None = None) -> bool:
+        """Whether any runtime policy is stored (then every quote must cover PCR10)."""
+        if version is None:
+            version = hotpath.golden_version(db)
+        with self._lock:
+            if version != self._version:
+                self._load(db, version)
+            return bool(self._rows)
+
+    def _load(self, db: Session, version: int) -> None:
+        from verifier.store.runtime import RuntimeAssignment, RuntimePolicyRow
+
+        rows = db.execute(
+            select(
+                RuntimePolicyRow.id,
+                RuntimePolicyRow.name,
+                RuntimePolicyRow.version,
+                RuntimePolicyRow.status,
+                RuntimePolicyRow.reason,
+                RuntimePolicyRow.format,
+                RuntimePolicyRow.source,
+            ).order_by(RuntimePolicyRow.id)
+        )
+        self._rows = tuple(GoldenRow(*r) for r in rows)
+        assigned = db.execute(
+            select(RuntimeAssignment.policy_name, RuntimeAssignment.selector).order_by(
+                RuntimeAssignment.id
+            )
+        )
+        self._assignments = tuple((name, dict(sel)) for name, sel in assigned)
+        self._selected = {}
+        self._version = version
+        self.reloads += 1

@@ -9,63 +9,35 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy.orm import Session
 
-from assay.errors import MalformedEvidence
 from golden.model import GoldenSet
 from verifier.store import hotpath, repo
-from verifier.store.models import Assignment, GoldenSetRow, iso
+from verifier.store.models import GoldenSetRow
 
 from . import events, reappraisal
 from .context import Services
 from .errors import BadRequest, Conflict, NotFound
 from .golden_policy import GOLDEN_FORMATS, parse_golden
+from .lifecycle import (
+    Assigned,
+    AssignmentView,
+    VersionView,
+    check_printable,
+    transition,
+)
+from .lifecycle import (
+    Retirement as Retirement,  # re-exported: routes name golden_ops.Retirement
+)
 from .reappraisal import Reappraisal
 
 MAX_GOLDEN = 4 * 1024 * 1024
-Retirement = Literal["retired", "revoked"]
 
 
-@dataclass(frozen=True, slots=True)
-class GoldenView:
-    """One stored version of a golden set, with the store's status (which overrides the document's)."""
-
-    name: str
-    version: str
-    status: str
-    reason: str
-    format: str
-    selector: Mapping[str, str]
-    created_at: dt.datetime
-    changed_at: dt.datetime
-
-    @classmethod
-    def of(cls, row: GoldenSetRow) -> GoldenView:
-        return cls(
-            row.name,
-            row.version,
-            row.status,
-            row.reason,
-            row.format,
-            dict(row.selector),
-            row.created_at,
-            row.changed_at,
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "version": self.version,
-            "id": f"{self.name}@{self.version}",
-            "status": self.status,
-            "reason": self.reason,
-            "format": self.format,
-            "selector": dict(self.selector),
-            "created_at": iso(self.created_at),
-            "changed_at": iso(self.changed_at),
-        }
+GoldenView = VersionView
+"""One stored version of a golden set (``lifecycle.VersionView``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,21 +52,6 @@ class GoldenDetail:
 
 
 @dataclass(frozen=True, slots=True)
-class AssignmentView:
-    """Every version of ``golden`` applies to nodes whose labels match ``selector``."""
-
-    golden: str
-    selector: Mapping[str, str]
-
-    @classmethod
-    def of(cls, row: Assignment) -> AssignmentView:
-        return cls(row.golden_name, dict(row.selector))
-
-    def to_json(self) -> dict[str, Any]:
-        return {"golden": self.golden, "selector": dict(self.selector)}
-
-
-@dataclass(frozen=True, slots=True)
 class GoldenListing:
     golden: list[GoldenView]
     assignments: list[AssignmentView]
@@ -104,16 +61,6 @@ class GoldenListing:
             "golden": [g.to_json() for g in self.golden],
             "assignments": [a.to_json() for a in self.assignments],
         }
-
-
-@dataclass(frozen=True, slots=True)
-class Assigned:
-    assignment: AssignmentView
-    added: bool
-    """False when the same selector was already assigned."""
-
-    def to_json(self) -> dict[str, Any]:
-        return {**self.assignment.to_json(), "added": self.added}
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,20 +114,15 @@ def insert_version(
 
 
 def _check_printable(gs: GoldenSet) -> None:
-    """The names and selector stored in columns and shown to reviewers must be printable text."""
     texts = [gs.name, gs.version, gs.status_reason or "", *gs.selector, *gs.selector.values()]
-    if not all(isinstance(t, str) and t.isprintable() for t in texts):
-        raise MalformedEvidence(
-            "name, version, reason or selector holds control characters or invalid Unicode",
-            where="golden set",
-        )
+    check_printable(texts, "golden set")
 
 
 def list_sets(svc: Services) -> GoldenListing:
     with svc.store.read() as db:
         return GoldenListing(
             [GoldenView.of(r) for r in repo.list_golden(db)],
-            [AssignmentView.of(a) for a in repo.list_assignments(db)],
+            [AssignmentView(a.golden_name, dict(a.selector)) for a in repo.list_assignments(db)],
         )
 
 
@@ -214,9 +156,7 @@ def set_status(
         row = repo.get_golden(db, name, version)
         if row is None:
             raise NotFound("golden_unknown", f"no golden set {name}@{version}")
-        if row.status == "revoked":
-            raise Conflict("golden_revoked", f"{name}@{version} is already revoked")
-        row.status, row.reason, row.changed_at = status, reason, now
+        transition(row, status, reason, now, "golden")
         events.golden_status_changed(db, name, version, status, reason, now=now)
         hotpath.bump_version(db)  # every instance's golden catalog reloads
         repo.audit(

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 from assay.errors import ConfigurationError, MalformedEvidence
 from assay.eventlog import VerifiedBootLog
@@ -29,6 +29,20 @@ from verifier.appraisal import (
 from .context import Services
 
 GOLDEN_FORMATS = ("yaml", "corim")
+T = TypeVar("T")
+C = TypeVar("C")
+
+
+class Windowed(Protocol):
+    """A policy document with a validity window (golden sets, runtime policies)."""
+
+    @property
+    def valid_from(self) -> dt.datetime | None: ...
+    @property
+    def valid_until(self) -> dt.datetime | None: ...
+
+
+W = TypeVar("W", bound=Windowed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,15 +60,22 @@ class Assessment:
 def parse_golden(fmt: str, data: bytes, source: str = "<upload>") -> GoldenSet:
     """A golden set from an uploaded YAML or CoRIM document (MalformedEvidence if unusable)."""
     where = f"golden set ({fmt})"
+    if fmt == "yaml":
+        from golden.yamlfmt import load_yaml
+
+        return decode_document(where, lambda: load_yaml(_utf8_text(data, where), source))
+    if fmt == "corim":
+        from golden.corim import import_corim
+
+        return decode_document(where, lambda: import_corim(data, source))
+    raise MalformedEvidence(f"unknown golden format {fmt!r}", where="golden set")
+
+
+def decode_document(where: str, load: Callable[[], T]) -> T:
+    """The decoder boundary of an uploaded policy document: any error of the loader or the
+    library under it is one MalformedEvidence line naming ``where``."""
     try:
-        if fmt == "yaml":
-            from golden.yamlfmt import load_yaml
-
-            return load_yaml(_utf8_text(data, where), source)
-        if fmt == "corim":
-            from golden.corim import import_corim
-
-            return import_corim(data, source)
+        return load()
     except ConfigurationError as exc:
         raise MalformedEvidence(str(exc), where=where) from None
     except RecursionError:
@@ -64,7 +85,6 @@ def parse_golden(fmt: str, data: bytes, source: str = "<upload>") -> GoldenSet:
     except Exception as exc:  # the decoder boundary: any library error is malformed input
         first = (str(exc).splitlines() or [""])[0][:160]
         raise MalformedEvidence(f"{type(exc).__name__}: {first}", where=where) from None
-    raise MalformedEvidence(f"unknown golden format {fmt!r}", where="golden set")
 
 
 def _utf8_text(data: bytes, where: str) -> str:
@@ -116,21 +136,36 @@ def policy_for(svc: Services, rows: Sequence[GoldenRowLike]) -> CompiledPolicy:
     ``valid_from``/``valid_until`` of any of its sets, nor for longer than ``policy_cache_ttl``.
     """
     key: Hashable = rows_key(rows)
+    return compiled_cached(
+        svc,
+        key,
+        lambda: [golden_from_row(r) for r in rows],
+        lambda sets, now: compile_golden(sets, now=now),
+    )
+
+
+def compiled_cached(
+    svc: Services,
+    key: Hashable,
+    load: Callable[[], Sequence[W]],
+    build: Callable[[Sequence[W], dt.datetime], C],
+) -> C:
+    """``build(load(), now)`` once per ``key`` while the clock stays inside the window it was
+    built for (``policy_for``'s rule, for golden sets and runtime policies alike)."""
     cached = svc.policies.get(key)
     now, now_mono = svc.now(), svc.monotonic()
     if cached is not None:
-        loaded, until, policy = cached
-        assert isinstance(policy, CompiledPolicy)
+        loaded, built_at, until, policy = cached
         fresh = now_mono - loaded < svc.config.policy_cache_ttl
-        if fresh and policy.now <= now and (until is None or now < until):
-            return policy
-    sets = [golden_from_row(r) for r in rows]
-    policy = compile_golden(sets, now=now)
-    svc.policies.put(key, (now_mono, next_boundary(sets, now), policy))
-    return policy
+        if fresh and built_at <= now and (until is None or now < until):
+            return cast(C, policy)
+    sets = load()
+    built = build(sets, now)
+    svc.policies.put(key, (now_mono, now, next_boundary(sets, now), built))
+    return built
 
 
-def next_boundary(sets: Sequence[GoldenSet], now: dt.datetime) -> dt.datetime | None:
+def next_boundary(sets: Sequence[Windowed], now: dt.datetime) -> dt.datetime | None:
     """The first time after ``now`` at which one of ``sets`` enters or leaves its window."""
     times = [t for g in sets for t in (g.valid_from, g.valid_until) if t is not None and t > now]
     return min(times, default=None)

@@ -316,7 +316,7 @@ def list_page(
     filtered = bool(labels) or booted is not None or outdated
     views: list[NodeView] = []
     with svc.store.read() as db:
-        standing = Standing(repo.list_golden(db))
+        standing = _standing(db)
         chunk = PAGE_CHUNK if filtered or limit is None else limit
         while limit is None or len(views) < limit:
             q = select(NODES).where(NODES.c.name > after).order_by(NODES.c.name).limit(chunk)
@@ -369,10 +369,15 @@ def get_node(db: Session, name: str) -> Node:
     return node
 
 
+def _standing(db: Session) -> Standing:
+    """Every golden version's standing, for a view's ``outdated``."""
+    return Standing(repo.list_golden(db))
+
+
 def show_node(svc: Services, name: str) -> NodeView:
     with svc.store.read() as db:
-        standing = Standing(repo.list_golden(db))
-        return NodeView.of(get_node(db, name), svc.now(), svc.config.freshness_window, standing)
+        view = get_node(db, name)
+        return NodeView.of(view, svc.now(), svc.config.freshness_window, _standing(db))
 
 
 def node_history(svc: Services, name: str, *, limit: int) -> list[AttestationView]:
@@ -463,7 +468,7 @@ def quarantine(svc: Services, name: str, reason: str, actor: str) -> NodeView:
             node.id, name, old, was, node.state, node.reason, now, None, tuple(node.golden_versions)
         )
         state_changed(db, change)
-        return NodeView.of(node, now, svc.config.freshness_window)
+        return NodeView.of(node, now, svc.config.freshness_window, _standing(db))
 
 
 def release(svc: Services, name: str, reason: str, actor: str) -> NodeView:
@@ -484,7 +489,7 @@ def release(svc: Services, name: str, reason: str, actor: str) -> NodeView:
             tuple(node.golden_versions),
         )  # fmt: skip
         state_changed(db, change)
-        return NodeView.of(node, now, svc.config.freshness_window)
+        return NodeView.of(node, now, svc.config.freshness_window, _standing(db))
 
 
 def delete_node(svc: Services, name: str, reason: str, actor: str) -> None:
@@ -519,7 +524,7 @@ def move_node(svc: Services, name: str, new_name: str, reason: str, actor: str) 
         details = {"from": name, "to": new_name, "ek_fingerprint": node.ek_fingerprint}
         for target in (name, new_name):
             repo.audit(db, actor, "move", target, reason, details, now=now)
-        return NodeView.of(node, now, svc.config.freshness_window)
+        return NodeView.of(node, now, svc.config.freshness_window, _standing(db))
 
 
 def set_labels(

@@ -24,6 +24,7 @@ from verifier.appraisal import VerdictStatus
 from verifier.store import hotpath, leases, repo
 from verifier.store.models import Attestation, AttestationSource, Node, NodeState, ReappraisalJob
 
+from . import runtime_verdict
 from .attestation import (
     QuotedEvidence,
     StoredVerdicts,
@@ -93,7 +94,9 @@ def reappraise_batch(
     for node in nodes:
         last = rows.get(latest.get(node.id, -1))
         if last is not None:
-            a = _reassess(svc, db, node, last, memo)
+            boot = _reassess(svc, db, node, last, memo)
+            # the runtime part from the node's stored IMA prefix (no IMA list is stored)
+            a = runtime_verdict.reassess(svc, db, node.id, node.labels, boot)
             fields = {"verdict_key": None}  # the next evidence is appraised in full
             source = AttestationSource.REAPPRAISAL
             items.append(

@@ -289,7 +289,7 @@ def node_detail(svc: Services, name: str, *, limit: int = 100) -> NodeDetail:
     node = inventory.show_node(svc, name)
     history = inventory.node_history(svc, name, limit=limit)
     listing = list_sets(svc)
-    assigned = {a.golden for a in listing.assignments if _selects(a.selector, node.labels)}
+    assigned = {a.name for a in listing.assignments if _selects(a.selector, node.labels)}
     golden = tuple(g for g in listing.golden if g.name in assigned)
     mine = incidents.of_node(svc, name)
     with svc.store.read() as db:
@@ -488,7 +488,7 @@ def golden_overview(svc: Services) -> tuple[GoldenEntry, ...]:
     nodes = inventory.list_nodes(svc, state=None, labels={})
     out = []
     for g in listing.golden:
-        selectors = [a.selector for a in listing.assignments if a.golden == g.name]
+        selectors = [a.selector for a in listing.assignments if a.name == g.name]
         using = tuple(n.name for n in nodes if any(_selects(s, n.labels) for s in selectors))
         out.append(GoldenEntry(g, using))
     return tuple(out)

@@ -313,9 +313,9 @@ class ReappraisalJob(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, index=True)
 
 
-class GoldenSetRow(Base):
-    __tablename__ = "golden_sets"
-    __table_args__ = (UniqueConstraint("name", "version", name="uq_golden_name_version"),)
+class VersionedColumns:
+    """The columns of a stored policy version (golden sets, runtime policies): ``name@version``,
+    the store's status and reason (which override the document's), the source document."""
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), index=True)
@@ -325,10 +325,16 @@ class GoldenSetRow(Base):
     format: Mapped[str] = mapped_column(String(16))
     source: Mapped[bytes] = mapped_column(LargeBinary)
     selector: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
-    # A canary version applies only to the nodes (of its set's assignment) matching this selector.
-    canary: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     changed_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class GoldenSetRow(VersionedColumns, Base):
+    __tablename__ = "golden_sets"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_golden_name_version"),)
+
+    # A canary version applies only to the nodes (of its set's assignment) matching this selector.
+    canary: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
 
 
 class Assignment(Base):

@@ -14,14 +14,14 @@ import secrets
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from sqlalchemy import CursorResult, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from . import hotpath
 from .models import (
@@ -36,6 +36,7 @@ from .models import (
     Nonce,
     ServiceKey,
     Token,
+    VersionedColumns,
     iso,
 )
 
@@ -385,16 +386,41 @@ def has_event_log(s: Session, sha256_hex: str) -> bool:
 # --- golden sets and assignments ------------------------------------------------------------
 
 
-def get_golden(s: Session, name: str, version: str) -> GoldenSetRow | None:
-    q = select(GoldenSetRow).where(GoldenSetRow.name == name, GoldenSetRow.version == version)
+V = TypeVar("V", bound=VersionedColumns)
+
+
+def get_version(s: Session, model: type[V], name: str, version: str) -> V | None:
+    """One stored version of a golden set or runtime policy (``model``)."""
+    q = select(model).where(model.name == name, model.version == version)
     return s.scalars(q).first()
 
 
-def list_golden(s: Session, *, name: str | None = None) -> list[GoldenSetRow]:
-    q = select(GoldenSetRow).order_by(GoldenSetRow.name, GoldenSetRow.id)
+def list_versions(s: Session, model: type[V], *, name: str | None = None) -> list[V]:
+    q = select(model).order_by(model.name, model.id)
     if name is not None:
-        q = q.where(GoldenSetRow.name == name)
+        q = q.where(model.name == name)
     return list(s.scalars(q))
+
+
+def versions_named(
+    s: Session, model: type[V], names: set[str], *, defer_source: bool = False
+) -> list[V]:
+    """Every stored version (any status) of the sets or policies ``names``, oldest first;
+    ``defer_source``: the document is read only when used (compiled policies are cached)."""
+    if not names:
+        return []
+    q = select(model).where(model.name.in_(sorted(names))).order_by(model.id)
+    if defer_source:
+        q = q.options(defer(model.source))
+    return list(s.scalars(q))
+
+
+def get_golden(s: Session, name: str, version: str) -> GoldenSetRow | None:
+    return get_version(s, GoldenSetRow, name, version)
+
+
+def list_golden(s: Session, *, name: str | None = None) -> list[GoldenSetRow]:
+    return list_versions(s, GoldenSetRow, name=name)
 
 
 def list_assignments(s: Session) -> list[Assignment]:
@@ -403,17 +429,24 @@ def list_assignments(s: Session) -> list[Assignment]:
 
 def assign(s: Session, golden_name: str, selector: Mapping[str, str], now: dt.datetime) -> bool:
     """Assign every version of ``golden_name`` to nodes matching ``selector``; False if present."""
+    return add_assignment(s, Assignment, "golden_name", golden_name, selector, now)
+
+
+def add_assignment(
+    s: Session,
+    model: type[Any],
+    name_field: str,
+    name: str,
+    selector: Mapping[str, str],
+    now: dt.datetime,
+) -> bool:
+    """An assignment row of ``model`` (golden sets', runtime policies') unless one with this name
+    and selector exists (False then)."""
     key = selector_key(selector)
-    q = select(Assignment).where(
-        Assignment.golden_name == golden_name, Assignment.selector_key == key
-    )
+    q = select(model).where(getattr(model, name_field) == name, model.selector_key == key)
     if s.scalars(q).first() is not None:
         return False
-    s.add(
-        Assignment(
-            golden_name=golden_name, selector=dict(selector), selector_key=key, created_at=now
-        )
-    )
+    s.add(model(**{name_field: name}, selector=dict(selector), selector_key=key, created_at=now))
     return True
 
 
@@ -424,8 +457,5 @@ def golden_names_for(labels: Mapping[str, str], assignments: Sequence[Assignment
 def golden_rows_for(s: Session, labels: Mapping[str, str]) -> list[GoldenSetRow]:
     """Every stored version (any status) of every golden set assigned to nodes with ``labels``,
     but a canary version only where its canary selector matches them too."""
-    names = golden_names_for(labels, list_assignments(s))
-    if not names:
-        return []
-    q = select(GoldenSetRow).where(GoldenSetRow.name.in_(sorted(names))).order_by(GoldenSetRow.id)
-    return [r for r in s.scalars(q) if r.canary is None or selector_matches(r.canary, labels)]
+    rows = versions_named(s, GoldenSetRow, golden_names_for(labels, list_assignments(s)))
+    return [r for r in rows if r.canary is None or selector_matches(r.canary, labels)]
