@@ -5,16 +5,14 @@ retention, blob GC, a re-appraisal job finished by another instance — SQLite a
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 from sqlalchemy import func, select
 
 from testkit.dbsize import db_bytes
 from testkit.service import FakeAgentForLoad
+from tests import test_fleet_protocol
 from tests.postgres import postgres_server, postgres_url  # noqa: F401
-from tests.test_fleet_protocol import Fleet, _agent, _first, make_fleet
+from tests.test_fleet_protocol import Fleet, _agent, _first
 from tests.test_service_api import T0
 from verifier.service import background, golden_ops, incidents, reappraisal
 from verifier.store import hotpath, leases, maintenance, repo
@@ -28,19 +26,7 @@ from verifier.store.models import (
     VerdictBlob,
 )
 
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
-    url = (
-        str(tmp_path / "v.db")
-        if request.param == "sqlite"
-        else request.getfixturevalue("postgres_url")
-    )
-    f = make_fleet(url)
-    try:
-        yield f
-    finally:
-        f.store.close()
+fleet = test_fleet_protocol.fleet  # the same fixture: SQLite and a real PostgreSQL
 
 
 def _round(f: Fleet, agents: list[FakeAgentForLoad], nonces: dict[str, bytes]) -> None:
