@@ -19,6 +19,8 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
+from ._answer import answer_json
+
 EVENTS = logging.getLogger("assay.events")
 FIELDS = ("node", "attestation_id", "status", "reason", "node_state", "state", "code")
 """What an event line may carry from a response, besides method, route and HTTP status."""
@@ -98,7 +100,7 @@ def gunicorn_logconfig(log_format: str) -> dict[str, Any]:
 
 def _fields(resp: Response, view_args: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"node": view_args.get("node")}
-    body = resp.get_json(silent=True) if resp.is_json else None
+    body = answer_json(resp)
     if isinstance(body, dict):
         error = body.get("error")
         if isinstance(error, dict):
@@ -111,7 +113,7 @@ def _fields(resp: Response, view_args: dict[str, Any]) -> dict[str, Any]:
 
 
 def _reappraised(resp: Response) -> list[dict[str, Any]]:
-    body = resp.get_json(silent=True) if resp.is_json else None
+    body = answer_json(resp)
     rows = body.get("reappraised") if isinstance(body, dict) else None
     return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
 

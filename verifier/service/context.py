@@ -109,6 +109,8 @@ class Services:
     golden: GoldenCatalog = field(init=False)
     runtime: RuntimeCatalog = field(init=False)
     verdicts: LruCache[str, dict[str, object]] = field(init=False)
+    reused: LruCache[tuple[str, tuple[str, ...]], object] = field(init=False)
+    """Assessments of stored verdicts as a reused verdict returns them, by (digest, golden)."""
     holder: str = field(init=False)
     """This process among the instances: who holds a background job's lease."""
     _nonce_key: bytes | None = field(init=False, default=None)
@@ -123,6 +125,7 @@ class Services:
         self.golden = GoldenCatalog()
         self.runtime = RuntimeCatalog()  # runtime policies, by the same version
         self.verdicts = LruCache(1024)
+        self.reused = LruCache(1024)
         self.holder = f"{socket.gethostname()[:80]}:{os.getpid()}:{secrets.token_hex(4)}"
 
     def now(self) -> dt.datetime:

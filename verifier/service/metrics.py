@@ -40,6 +40,7 @@ from verifier.store import cluster, repo
 from verifier.store.models import NodeState
 
 from . import inventory
+from ._answer import answer_json
 from ._http import services
 from .context import Services
 from .errors import Forbidden, NotFound, Unauthenticated
@@ -170,7 +171,7 @@ def _finished(resp: Response) -> Response:
 
 
 def _count_evidence(m: Metrics, resp: Response, took: float) -> None:
-    body = resp.get_json(silent=True) if resp.mimetype == "application/json" else None
+    body = answer_json(resp)
     if not isinstance(body, dict):
         return
     if resp.status_code == 200:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import cast
 
 from sqlalchemy.orm import Session
 
@@ -71,10 +72,16 @@ def reusable(
         return None
     if not same_boot_and_later(snap, quote):
         return None
+    memo = (snap.last_verdict_sha256, tuple(snap.golden_versions))
+    known = svc.reused.get(memo)
+    if known is not None:
+        return cast(Assessment, known)
     doc = svc.verdicts.get(snap.last_verdict_sha256)
     if doc is None:
         return None  # prefetch_verdict found none: appraise
-    return assessment_of(dict(doc), snap.golden_versions)
+    made = assessment_of(dict(doc), snap.golden_versions)
+    svc.reused.put(memo, made)  # a verdict document never changes: nor does what it records
+    return made
 
 
 def prefetch_verdict(svc: Services, db: Session, snap: NodeSnapshot) -> None:

@@ -15,6 +15,7 @@ from flask import Blueprint, Response, jsonify, request
 from assay.evidence import Evidence, encode_evidence
 
 from . import attestation, audit, enrollment, golden_ops, inventory, rollout, tokens
+from ._answer import json_answer
 from ._http import (
     b64_field,
     json_body,
@@ -119,7 +120,7 @@ def evidence(node: str) -> Response:
         raise HttpError(413, "too_large", f"evidence larger than {svc.config.max_bundle} bytes")
     body = read_body(svc.config.max_bundle + 1)
     result = attestation.submit(svc, node, body)
-    return jsonify(result.to_json())
+    return json_answer(result.to_json())
 
 
 # --- inventory ----------------------------------------------------------------------------

@@ -5,6 +5,7 @@ that says which policies a stored IMA prefix was judged by (``runtime_key``).
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,8 +51,7 @@ def compiled_runtime(svc: Services, rows: Sequence[GoldenRowLike]) -> NodeRuntim
     """Compile ``rows`` once per combination of versions and statuses (``policy_for``'s rule);
     no rows (no policy applies: most nodes) compiles nothing worth caching."""
     if not rows:
-        empty = compile_runtime((), svc.now())
-        return NodeRuntime(empty, runtime_key(rows, empty))
+        return _NO_RUNTIME
     key = ("runtime", rows_key(rows))
     compiled = compiled_cached(
         svc, key, lambda: [runtime_from_row(r) for r in rows], compile_runtime
@@ -62,3 +62,8 @@ def compiled_runtime(svc: Services, rows: Sequence[GoldenRowLike]) -> NodeRuntim
 def runtime_key(rows: Sequence[GoldenRowLike], compiled: CompiledRuntime) -> str:
     text = repr((rows_key(rows), compiled.refs))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+_EMPTY = compile_runtime((), dt.datetime.fromtimestamp(0, dt.UTC))
+_NO_RUNTIME = NodeRuntime(_EMPTY, runtime_key((), _EMPTY))
+"""What applies to a node no runtime policy selects (most nodes): the same at every moment."""

@@ -15,6 +15,7 @@ raises is re-raised as ``StoreUnavailable`` (busy or down), which the API answer
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -90,13 +91,15 @@ def _sqlite_begin(conn: Any) -> None:
     mode = options.get("sqlite_begin", "DEFERRED")
     deadline = time.monotonic() + options.get("lock_timeout", LOCK_TIMEOUT)
     pause = 0.005
+    begin = f"BEGIN {mode}"
+    dbapi = conn.connection.driver_connection  # no statement machinery: this runs per transaction
     while True:
         try:
-            conn.exec_driver_sql(f"BEGIN {mode}")
+            dbapi.execute(begin)
             return
-        except sa_exc.OperationalError as exc:
+        except sqlite3.OperationalError as exc:
             if not _is_busy(exc) or time.monotonic() + pause > deadline:
-                raise
+                raise sa_exc.OperationalError(begin, (), exc) from exc
         time.sleep(pause)
         pause = min(pause * 2, 0.1)
 

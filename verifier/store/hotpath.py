@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, bindparam, func, select, update
+from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -29,6 +29,7 @@ from .models import (
     StoreVersion,
     VerdictBlob,
 )
+from .prepared import prepared
 
 NODES = cast(Table, Node.__table__)
 ATTESTATIONS = cast(Table, Attestation.__table__)
@@ -125,12 +126,11 @@ class AttestationRead:
 
 def read_for_attestation(s: Session, name: str, nonce: bytes) -> AttestationRead | None:
     """The node named ``name``, the store's golden version and whether ``nonce`` was used."""
-    row = s.connection().execute(_READ, {"name": name, "nonce": nonce}).first()
+    row = prepared(s, _READ).first(s, {"name": name, "nonce": nonce})
     if row is None:
         return None
-    values = row._asdict()
-    version, used = values.pop("golden_version"), values.pop("nonce_used")
-    return AttestationRead(NodeSnapshot(**values), int(version or 0), bool(used))
+    *values, version, used = row
+    return AttestationRead(NodeSnapshot(*values), int(version or 0), bool(used))
 
 
 def node_snapshot(s: Session, name: str, *, for_update: bool = False) -> NodeSnapshot | None:
@@ -138,9 +138,8 @@ def node_snapshot(s: Session, name: str, *, for_update: bool = False) -> NodeSna
 
     ``for_update`` locks the row until the transaction ends (PostgreSQL; SQLite's write
     transaction already holds the database lock)."""
-    q = _SNAPSHOT_LOCKED if for_update else _SNAPSHOT
-    row = s.connection().execute(q, {"name": name}).first()
-    return None if row is None else NodeSnapshot(**row._asdict())
+    row = prepared(s, _SNAPSHOT_LOCKED if for_update else _SNAPSHOT).first(s, {"name": name})
+    return None if row is None else NodeSnapshot(*row)
 
 
 def node_snapshot_by_id(
@@ -214,7 +213,7 @@ def use_nonce(
     column decides, atomically). Expired rows are purged by the retention job, not here."""
     params = {"node_id": node_id, "nonce": nonce, "created_at": now, "expires_at": expires_at}
     # RETURNING says whether a row went in (rowcount is -1 with psycopg's RETURNING).
-    return s.connection().execute(_upserts(s).nonce, params).first() is not None
+    return prepared(s, _upserts(s).nonce).first(s, params) is not None
 
 
 # --- verdicts ---------------------------------------------------------------------------------
@@ -337,8 +336,8 @@ def refresh_unchanged_node(s: Session, snap: NodeSnapshot, now: dt.datetime, clo
     """Mark the node freshly attested (trusted, at ``now``, TPM clock ``clock``) only if nothing
     that decided a verdict reuse changed since ``snap`` was read (state, last attestation,
     verdict key, boot counters); False if something did."""
-    result = s.connection().execute(
-        _REFRESH,
+    changed = prepared(s, _REFRESH).rowcount(
+        s,
         {
             "b_id": snap.id, "b_state": snap.state, "b_last": snap.last_attestation_id,
             "b_key": snap.verdict_key, "b_reset": snap.last_reset_count,
@@ -346,8 +345,7 @@ def refresh_unchanged_node(s: Session, snap: NodeSnapshot, now: dt.datetime, clo
             "last_success_at": now, "last_clock": clock,
         },
     )  # fmt: skip
-    assert isinstance(result, CursorResult)
-    return result.rowcount == 1
+    return changed == 1
 
 
 def add_repeat(
@@ -359,7 +357,8 @@ def add_repeat(
         "attestation_id": attestation_id, "last_at": now, "last_nonce": nonce,
         "last_quote": quote, "last_signature": signature,
     }  # fmt: skip
-    return int(s.connection().execute(_upserts(s).repeat, params).scalar() or 0)
+    row = prepared(s, _upserts(s).repeat).first(s, params)
+    return int(row[0]) if row is not None and row[0] is not None else 0
 
 
 def repeats_of(s: Session, attestation_ids: list[int]) -> dict[int, AttestationRepeat]:

@@ -1,0 +1,114 @@
+"""The hot path's statements, run on the DBAPI cursor of the session's connection.
+
+SQLAlchemy still writes every statement (compiled once per dialect) and still converts every
+value, with the columns' own bind and result processors (``dialect_impl``); what is skipped is
+the per-call machinery around them — compile-cache lookup, execution context, result objects,
+events — which cost five to ten times the statement itself on an unchanged re-attestation.
+
+Errors are SQLAlchemy's: a DBAPI error is re-raised as the ``DBAPIError`` subclass SQLAlchemy
+would raise (``OperationalError`` for a locked or lost database, ``IntegrityError`` …), and a
+connection the dialect calls disconnected is invalidated, as SQLAlchemy's own execution does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, cast
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import Session
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
+
+Processor = Callable[[Any], Any]
+
+
+class Prepared:
+    """One statement compiled for one dialect: its SQL, parameter order, literal values and the
+    bind processors of its parameters; result processors are taken from the first execution's
+    cursor description (they may depend on the driver's column types)."""
+
+    __slots__ = ("binders", "columns", "defaults", "dialect", "names", "results", "sql")
+
+    def __init__(self, stmt: ClauseElement, dialect: Dialect) -> None:
+        compiled = cast(SQLCompiler, stmt.compile(dialect=dialect))
+        self.dialect = dialect
+        self.sql = compiled.string
+        positions = compiled.positiontup
+        self.names: tuple[str, ...] | None = None if positions is None else tuple(positions)
+        self.defaults = {n: b.value for n, b in compiled.binds.items() if not b.required}
+        self.binders: dict[str, Processor] = {}
+        for name, bind in compiled.binds.items():
+            proc = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if proc is not None:
+                self.binders[name] = proc
+        self.columns = tuple(getattr(stmt, "selected_columns", None) or stmt.exported_columns)  # type: ignore[attr-defined]
+        self.results: tuple[Processor | None, ...] | None = None
+
+    def _args(self, params: Mapping[str, Any]) -> Any:
+        values = {**self.defaults, **params}
+        for name, proc in self.binders.items():
+            if name in values:
+                values[name] = proc(values[name])
+        return values if self.names is None else tuple(values[n] for n in self.names)
+
+    def _processors(self, description: Any) -> tuple[Processor | None, ...]:
+        d = self.dialect
+        self.results = tuple(
+            col.type.dialect_impl(d).result_processor(d, desc[1])
+            for col, desc in zip(self.columns, description, strict=True)
+        )
+        return self.results
+
+    def run(self, s: Session, params: Mapping[str, Any]) -> Any:
+        """Execute in ``s``'s transaction; the DBAPI cursor (the caller fetches and closes)."""
+        conn = s.connection()
+        dbapi = conn.connection.driver_connection
+        cursor = dbapi.cursor()  # type: ignore[union-attr]
+        args = self._args(params)
+        try:
+            cursor.execute(self.sql, args)
+        except self.dialect.loaded_dbapi.Error as exc:
+            cursor.close()
+            gone = self.dialect.is_disconnect(exc, dbapi, cursor)
+            if gone:
+                conn.invalidate(exc)
+            raise sa_exc.DBAPIError.instance(
+                self.sql, args, exc, self.dialect.loaded_dbapi.Error,
+                connection_invalidated=gone, dialect=self.dialect,
+            ) from exc  # fmt: skip
+        return cursor
+
+    def first(self, s: Session, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        """The first row, converted as SQLAlchemy converts it; None when there is none."""
+        cursor = self.run(s, params)
+        try:
+            row = cursor.fetchone()
+            if row is None:
+                return None
+            procs = self.results or self._processors(cursor.description)
+        finally:
+            cursor.close()
+        return tuple(v if p is None else p(v) for p, v in zip(procs, row, strict=True))
+
+    def rowcount(self, s: Session, params: Mapping[str, Any]) -> int:
+        """Rows the statement changed (UPDATE, DELETE)."""
+        cursor = self.run(s, params)
+        try:
+            return int(cursor.rowcount)
+        finally:
+            cursor.close()
+
+
+_MADE: dict[tuple[int, str], tuple[ClauseElement, Prepared]] = {}
+
+
+def prepared(s: Session, stmt: ClauseElement) -> Prepared:
+    """``stmt`` (a module-level statement, built once) prepared for ``s``'s dialect."""
+    dialect = s.get_bind().dialect
+    key = (id(stmt), dialect.name)
+    made = _MADE.get(key)
+    if made is None or made[0] is not stmt:
+        made = _MADE[key] = (stmt, Prepared(stmt, dialect))
+    return made[1]
