@@ -11,11 +11,23 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import JSON, Integer, LargeBinary, String, Text, func, select, update
+from sqlalchemy import (
+    JSON,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    bindparam,
+    func,
+    insert,
+    select,
+    update,
+)  # fmt: skip
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from .models import Base, UtcDateTime
+from .prepared import prepared
 
 
 class ClusterEvent(Base):
@@ -62,8 +74,13 @@ class EarSigningKey(Base):
 # --- the change feed ------------------------------------------------------------------------
 
 
+_EVENT_COLUMNS = ("event_id", "type", "node", "created_at", "payload")
+_INSERT_EVENT = insert(ClusterEvent).values({c: bindparam(c) for c in _EVENT_COLUMNS})
+
+
 def add_event(s: Session, event: ClusterEvent) -> None:
-    s.add(event)
+    """Insert ``event`` in ``s``'s transaction now (one prepared INSERT, no unit of work)."""
+    prepared(s, _INSERT_EVENT).rowcount(s, {c: getattr(event, c) for c in _EVENT_COLUMNS})
 
 
 def last_seq(s: Session) -> int:

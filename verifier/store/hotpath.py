@@ -113,6 +113,7 @@ _READ = _by_name(False).add_columns(
     _GOLDEN_VERSION.label("golden_version"), _NONCE_USED.label("nonce_used")
 )
 _NAME_OF = select(N.name).where(N.id == bindparam("id"))
+_VERSION_NOW = select(_GOLDEN_VERSION)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,13 +146,14 @@ def node_snapshot(s: Session, name: str, *, for_update: bool = False) -> NodeSna
 def node_snapshot_by_id(
     s: Session, node_id: int, *, for_update: bool = False
 ) -> NodeSnapshot | None:
-    name = s.connection().execute(_NAME_OF, {"id": node_id}).scalar()
-    return None if name is None else node_snapshot(s, name, for_update=for_update)
+    row = prepared(s, _NAME_OF).first(s, {"id": node_id})
+    return None if row is None else node_snapshot(s, row[0], for_update=for_update)
 
 
 def golden_version(s: Session) -> int:
     """The counter bumped with every golden-set change (0 before the first)."""
-    return int(s.connection().execute(select(_GOLDEN_VERSION)).scalar() or 0)
+    row = prepared(s, _VERSION_NOW).first(s, {})
+    return int(row[0] or 0) if row is not None else 0
 
 
 def bump_version(s: Session, name: str = GOLDEN_VERSION) -> None:
@@ -230,13 +232,16 @@ TOUCH_AFTER = dt.timedelta(minutes=10)
 grace period is at least twice as long, so it never deletes a verdict being referred to."""
 
 
+_VERDICT_CREATED = select(VERDICTS.c.created_at).where(VERDICTS.c.sha256 == bindparam("sha256"))
+
+
 def put_verdict(s: Session, sha256_hex: str, canonical: bytes, now: dt.datetime) -> None:
     """Store a verdict once under its digest. An existing one is only read (no row lock, so a
     frozen transaction that wrote the same verdict cannot block this one), and touched when older
     than ``TOUCH_AFTER``, which keeps the blob GC off it."""
     conn = s.connection()
-    created = conn.execute(select(VERDICTS.c.created_at).where(VERDICTS.c.sha256 == sha256_hex))
-    at = created.scalar()
+    row = prepared(s, _VERDICT_CREATED).first(s, {"sha256": sha256_hex})
+    at = None if row is None else row[0]
     if at is None:
         data = zlib.compress(canonical, 6)
         stmt = _dialect_insert(s, VERDICTS).values(sha256=sha256_hex, data=data, created_at=now)
@@ -268,16 +273,31 @@ def verdict_of(s: Session, row: Attestation) -> dict[str, Any]:
 # --- attestations and node state ---------------------------------------------------------------
 
 
-_INSERT_ATTESTATION = ATTESTATIONS.insert()
 _UPDATE_NODE = update(NODES).where(N.id == bindparam("b_node_id"))
+
+
+_BY_COLUMNS: dict[tuple[str, tuple[str, ...]], Any] = {}
+
+
+def _for_columns(kind: str, columns: tuple[str, ...]) -> Any:
+    """The INSERT of an attestation or the UPDATE of a node setting ``columns``, built once per
+    set of columns (so it can be prepared once)."""
+    stmt = _BY_COLUMNS.get((kind, columns))
+    if stmt is None:
+        binds: dict[str, Any] = {c: bindparam(c) for c in columns}
+        if kind == "insert":
+            stmt = ATTESTATIONS.insert().values(binds).returning(A.id)
+        else:
+            stmt = _UPDATE_NODE.values(binds)
+        stmt = _BY_COLUMNS[(kind, columns)] = stmt
+    return stmt
 
 
 def insert_attestation(s: Session, values: Mapping[str, Any]) -> int:
     """Insert one attestation row (the columns are the keys of ``values``); its id."""
-    result = s.connection().execute(_INSERT_ATTESTATION, dict(values))
-    key = result.inserted_primary_key
-    assert key is not None
-    return int(key[0])
+    row = prepared(s, _for_columns("insert", tuple(values))).first(s, values)
+    assert row is not None
+    return int(row[0])
 
 
 _INSERT_RETURNING = ATTESTATIONS.insert().returning(A.id, sort_by_parameter_order=True)
@@ -297,12 +317,15 @@ def update_nodes(s: Session, updates: list[tuple[int, Mapping[str, Any]]]) -> No
     for node_id, values in updates:
         groups.setdefault(tuple(sorted(values)), []).append({"b_node_id": node_id, **values})
     for params in groups.values():
-        s.connection().execute(_UPDATE_NODE, params)
+        if len(params) == 1:  # one node (new evidence): the prepared statement
+            update_node(s, params[0].pop("b_node_id"), params[0])
+        else:
+            s.connection().execute(_UPDATE_NODE, params)
 
 
 def update_node(s: Session, node_id: int, values: Mapping[str, Any]) -> None:
-    """Set the columns named by ``values`` on node ``node_id`` (one prebuilt UPDATE)."""
-    s.connection().execute(_UPDATE_NODE, {"b_node_id": node_id, **values})
+    """Set the columns named by ``values`` on node ``node_id`` (one prepared UPDATE)."""
+    prepared(s, _for_columns("update", tuple(values))).rowcount(s, {"b_node_id": node_id, **values})
 
 
 def latest_evidence_ids(s: Session, node_ids: list[int]) -> dict[int, int]:

@@ -33,6 +33,9 @@ class Prepared:
 
     def __init__(self, stmt: ClauseElement, dialect: Dialect) -> None:
         compiled = cast(SQLCompiler, stmt.compile(dialect=dialect))
+        if compiled.insert_prefetch or compiled.update_prefetch:
+            # Python-side column defaults are computed by SQLAlchemy's execution context.
+            raise TypeError("a statement with Python-side column defaults cannot be prepared")
         self.dialect = dialect
         self.sql = compiled.string
         positions = compiled.positiontup

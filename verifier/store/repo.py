@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from sqlalchemy import CursorResult, delete, select, update
+from sqlalchemy import CursorResult, bindparam, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -39,6 +39,7 @@ from .models import (
     VersionedColumns,
     iso,
 )
+from .prepared import prepared
 
 ROLES = ("admin", "reviewer", "scheduler", "enroll")
 
@@ -378,9 +379,11 @@ def get_event_log(s: Session, sha256_hex: str) -> bytes | None:
     return s.scalars(select(EventLogBlob.data).where(EventLogBlob.sha256 == sha256_hex)).first()
 
 
+_HAS_LOG = select(EventLogBlob.sha256).where(EventLogBlob.sha256 == bindparam("sha256"))
+
+
 def has_event_log(s: Session, sha256_hex: str) -> bool:
-    q = select(EventLogBlob.sha256).where(EventLogBlob.sha256 == sha256_hex)
-    return s.scalars(q).first() is not None
+    return prepared(s, _HAS_LOG).first(s, {"sha256": sha256_hex}) is not None
 
 
 # --- golden sets and assignments ------------------------------------------------------------
