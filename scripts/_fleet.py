@@ -65,6 +65,7 @@ def main() -> int:
     logs = [(CORPUS / name).read_bytes() for name in LOGS]
     work = Path(tempfile.mkdtemp(prefix="assay-fleet-"))
     with _database(args.database, work) as url:
+        probe = fleet.cpu_probe_ms()
         store = Store(url)
         upgrade(store)
         config = ServiceConfig(
@@ -78,6 +79,7 @@ def main() -> int:
         store.close()
     out = {"nodes": spec.nodes, "seconds": spec.seconds, "instances": args.instances, **out}
     out["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    out["cpu_probe_ms"] = [probe, fleet.cpu_probe_ms()]  # before and after: the machine's speed
     if not args.json:
         for key, value in out.items():
             print(f"{key:>36}: {value}")
@@ -99,8 +101,9 @@ def run(
         tally = fleet.Tally()
         cpu0, gen0 = fleet.process_cpu(pids), fleet.own_cpu()
         first_wall = fleet.phase_first(urls, agents, spec, tally)
-        kinds0 = fleet.Counter(tally.kinds)
+        kinds0, re0 = fleet.Counter(tally.kinds), len(tally.latency["re"])
         steady_wall = fleet.phase_steady(urls, agents, spec, tally, logs)
+        steady_latency = tally.latency["re"][re0:]  # the open-loop phase's, not the quiet round's
         steady = fleet.Counter(tally.kinds)
         steady.subtract(kinds0)
         cpu = {"server": fleet.process_cpu(pids) - cpu0, "generator": fleet.own_cpu() - gen0}
@@ -110,7 +113,9 @@ def run(
         counted = fleet.phase_quiet(urls, agents, spec, tally)
         time.sleep(0.5)
         per = (fleet.bytes_now(store, horizon) - before) / max(1, counted)
-        out = fleet.summary(spec, tally, (first_wall, steady_wall), steady, cpu, per)
+        out = fleet.summary(
+            spec, tally, (first_wall, steady_wall), steady, cpu, per, steady_latency
+        )
         out["states"] = fleet.states(store, config)
         return out
 

@@ -107,7 +107,7 @@ class AttestationResult:
             "node_state": self.node_state,
             "reboot": self.reboot,
             "repeat": self.repeat,
-            "checks": [{k: c.get(k) for k in POSTER_CHECK_KEYS} for c in self.checks],
+            "checks": poster_checks(self.checks),
             **(
                 {}
                 if self.next_challenge is None
@@ -120,6 +120,22 @@ class AttestationResult:
 
 
 POSTER_CHECK_KEYS = ("id", "status", "reason")
+_POSTER: dict[int, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
+
+
+def poster_checks(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The checks as the poster sees them (id, status, reason), remembered for the lists of the
+    cached reused assessments (the same list object answers every repeat of a verdict)."""
+    known = _POSTER.get(id(checks))
+    if known is not None and known[0] is checks:
+        return known[1]
+    out = [{k: c.get(k) for k in POSTER_CHECK_KEYS} for c in checks]
+    if len(_POSTER) >= 256:
+        _POSTER.clear()
+    _POSTER[id(checks)] = (checks, out)  # holding ``checks`` keeps its id from being reused
+    return out
+
+
 PRE_POLICY_CODES = frozenset(
     {
         "pcr_not_quoted",

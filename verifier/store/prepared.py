@@ -22,6 +22,7 @@ from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
 Processor = Callable[[Any], Any]
+_MISSING = object()
 
 
 class Prepared:
@@ -50,11 +51,21 @@ class Prepared:
         self.results: tuple[Processor | None, ...] | None = None
 
     def _args(self, params: Mapping[str, Any]) -> Any:
+        if self.names is not None:  # positional (SQLite): one pass in parameter order
+            get, defaults, binders = params.get, self.defaults, self.binders
+            out = []
+            for n in self.names:
+                v = get(n, _MISSING)
+                if v is _MISSING:
+                    v = defaults[n]
+                proc = binders.get(n)
+                out.append(v if proc is None else proc(v))
+            return tuple(out)
         values = {**self.defaults, **params}
         for name, proc in self.binders.items():
             if name in values:
                 values[name] = proc(values[name])
-        return values if self.names is None else tuple(values[n] for n in self.names)
+        return values
 
     def _processors(self, description: Any) -> tuple[Processor | None, ...]:
         d = self.dialect

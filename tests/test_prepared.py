@@ -1,0 +1,131 @@
+"""The hot path's prepared statements (``verifier.store.prepared``) against SQLAlchemy's own
+execution of the same statements, on SQLite and PostgreSQL: same rows, same Python values
+(aware UTC datetimes, enum members, JSON as dicts), same writes, SQLAlchemy's errors."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import bindparam, exc, insert, select
+
+from tests.postgres import postgres_server, postgres_url  # noqa: F401
+from verifier.store import NodeState, Store, StoreUnavailable, hotpath, upgrade
+from verifier.store.models import Node, Nonce
+from verifier.store.prepared import Prepared, prepared
+
+T0 = dt.datetime(2026, 12, 1, 12, 0, 0, 123456, tzinfo=dt.UTC)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    url = (
+        str(tmp_path / "v.db")
+        if request.param == "sqlite"
+        else request.getfixturevalue("postgres_url")
+    )
+    s = Store(url)
+    upgrade(s)
+    with s.write() as db:
+        db.add(
+            Node(
+                name="n1", ek_public=b"ek", ek_fingerprint="f" * 64, ak_public=b"\x00ak\xff",
+                ak_name=b"name", labels={"pool": "web", "zone": "é"}, state=NodeState.TRUSTED,
+                state_since=T0, reason="all 28 checks passed", enrolled_at=T0,
+                golden_versions=["fleet@1", "fleet@2"], last_reset_count=3, last_restart_count=0,
+                verdict_key="k" * 64, last_clock=12345678901, last_success_at=T0,
+                last_attestation_id=7,
+            )
+        )  # fmt: skip
+    yield s
+    s.close()
+
+
+def test_a_prepared_read_returns_what_sqlalchemy_returns(store: Store) -> None:
+    nonce = bytes(range(32))
+    with store.read() as db:
+        ours = prepared(db, hotpath._READ).first(db, {"name": "n1", "nonce": nonce})
+        theirs = db.connection().execute(hotpath._READ, {"name": "n1", "nonce": nonce}).first()
+    assert theirs is not None and ours is not None
+    assert ours == tuple(theirs)
+    snap = hotpath.NodeSnapshot(*ours[:-2])
+    assert snap.state is NodeState.TRUSTED
+    assert snap.state_since == T0 and snap.state_since.tzinfo is dt.UTC
+    assert snap.labels == {"pool": "web", "zone": "é"}
+    assert snap.golden_versions == ["fleet@1", "fleet@2"]
+    assert snap.ak_public == b"\x00ak\xff" and snap.last_clock == 12345678901
+
+
+def test_the_hot_writes_land_as_sqlalchemy_reads_them(store: Store) -> None:
+    with store.read() as db:
+        read = hotpath.read_for_attestation(db, "n1", b"x" * 32)
+    assert read is not None and read.nonce_used is False
+    snap = read.node
+    later = T0 + dt.timedelta(seconds=61)
+    with store.write() as db:
+        assert hotpath.use_nonce(db, snap.id, b"x" * 32, later, later + dt.timedelta(minutes=5))
+        assert not hotpath.use_nonce(db, snap.id, b"x" * 32, later, later)  # used: refused
+    with store.write() as db:
+        assert hotpath.refresh_unchanged_node(db, snap, later, 12345679901)
+    with store.read() as db:
+        node = db.scalars(select(Node).where(Node.name == "n1")).one()
+        used = db.scalars(select(Nonce)).one()
+        assert hotpath.read_for_attestation(db, "n1", b"x" * 32).nonce_used  # type: ignore[union-attr]
+    assert node.last_attested_at == later and node.last_success_at == later
+    assert node.last_clock == 12345679901
+    assert used.created_at == later and used.used_at == later
+    assert used.expires_at == later + dt.timedelta(minutes=5)
+    stale = hotpath.NodeSnapshot(**{**_fields(snap), "verdict_key": "other"})
+    with store.write() as db:  # the node changed since it was read: nothing is refreshed
+        assert not hotpath.refresh_unchanged_node(db, stale, later, 1)
+
+
+def _fields(snap: hotpath.NodeSnapshot) -> dict[str, object]:
+    return {k: getattr(snap, k) for k in hotpath.NodeSnapshot.__slots__}
+
+
+def test_a_database_error_is_sqlalchemys_and_a_locked_sqlite_is_unavailable(
+    store: Store, tmp_path: Path
+) -> None:
+    cols = ("node_id", "nonce", "created_at", "expires_at", "used_at")
+    dupe = insert(Nonce).values({c: bindparam(c) for c in cols})  # no ON CONFLICT
+    with store.read() as db:
+        node_id = db.scalars(select(Node.id)).one()
+    row = {"node_id": node_id, "nonce": b"z" * 32, "created_at": T0, "expires_at": T0}
+    with store.write() as db:
+        prepared(db, dupe).rowcount(db, {**row, "used_at": None})
+    with pytest.raises(exc.IntegrityError), store.write() as db:
+        prepared(db, dupe).rowcount(db, {**row, "used_at": T0})
+    if not store.is_sqlite:
+        return
+    holder = sqlite3.connect(store.engine.url.database or "", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        quick = Store(str(store.engine.url.database), lock_timeout=0.2)
+        with pytest.raises(StoreUnavailable, match="locked"), quick.write() as db:
+            hotpath.use_nonce(db, 1, b"y" * 32, T0, T0)
+        quick.close()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def test_a_statement_with_python_side_defaults_is_refused(store: Store) -> None:
+    # Node.reason has a Python-side default: SQLAlchemy's execution context would fill it in.
+    stmt = insert(Node).values(name=bindparam("name"))
+    with store.read() as db, pytest.raises(TypeError, match="Python-side"):
+        Prepared(stmt, db.get_bind().dialect)
+
+
+def test_a_prepared_statement_is_made_once_per_statement_and_dialect(store: Store) -> None:
+    q = select(Node.name).where(Node.id == bindparam("id"))
+    with store.read() as db:
+        first = prepared(db, q)
+        assert prepared(db, q) is first
+        assert prepared(db, select(Node.name)) is not first
+        assert first.first(db, {"id": 999}) is None
+        assert hashlib.sha256(first.sql.encode()).hexdigest()  # SQLAlchemy wrote the SQL
