@@ -178,7 +178,7 @@ def challenge(svc: Services, node_name: str, event_log_sha256: str | None = None
     now = svc.now()
     lifetime = dt.timedelta(seconds=svc.config.nonce_lifetime)
     key = svc.nonce_key()
-    with svc.store.read() as db:  # nothing is written for a challenge
+    with svc.store.read(statements_apart=True) as db:  # nothing is written for a challenge
         selection = pcr_selection(svc, db)
         node = hotpath.node_snapshot(db, node_name)
         if node is None:
@@ -210,7 +210,9 @@ def submit(svc: Services, node_name: str, body: bytes) -> AttestationResult:
     now = svc.now()
     # 2. Node, golden rows, nonce (the shared key first: it may need its own write).
     key = svc.nonce_key()
-    with svc.store.read() as db:
+    # Each read below stands alone: the node and golden version in one statement; the catalog
+    # reloads by the version read (never older rows); the write re-checks the node it changes.
+    with svc.store.read(statements_apart=True) as db:
         read = hotpath.read_for_attestation(db, node_name, ev.nonce)
         if read is None:
             raise NotFound(NODE_NOT_ENROLLED, f"node {node_name!r} is not enrolled; enroll again")
