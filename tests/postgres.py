@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -136,3 +137,16 @@ def postgres_server() -> Iterator[PostgresServer]:
 @pytest.fixture
 def postgres_url(postgres_server: PostgresServer) -> str:
     return postgres_server.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def either_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """An upgraded ``Store`` on a fresh database of each kind: a SQLite file, then PostgreSQL
+    (a test module imports ``postgres_server`` and ``postgres_url`` beside it)."""
+    from verifier.store import Store, upgrade
+
+    sqlite = request.param == "sqlite"
+    store = Store(str(tmp_path / "v.db") if sqlite else request.getfixturevalue("postgres_url"))
+    upgrade(store)
+    yield store
+    store.close()

@@ -6,29 +6,20 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.postgres import postgres_server, postgres_url  # noqa: F401
+from tests.postgres import either_store, postgres_server, postgres_url  # noqa: F401
 from verifier.service import events
-from verifier.store import Store, cluster, upgrade
+from verifier.store import Store, cluster
 
 T0 = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    url = (
-        str(tmp_path / "v.db")
-        if request.param == "sqlite"
-        else request.getfixturevalue("postgres_url")
-    )
-    s = Store(url)
-    upgrade(s)
-    yield s
-    s.close()
+@pytest.fixture
+def store(either_store: Store) -> Store:  # noqa: F811
+    return either_store
 
 
 def add(store: Store, seq: int | None, at: dt.datetime, name: str = "n") -> int:

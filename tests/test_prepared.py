@@ -7,29 +7,22 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import bindparam, exc, insert, select
 
-from tests.postgres import postgres_server, postgres_url  # noqa: F401
-from verifier.store import NodeState, Store, StoreUnavailable, hotpath, upgrade
+from tests.postgres import either_store, postgres_server, postgres_url  # noqa: F401
+from verifier.store import NodeState, Store, StoreUnavailable, hotpath
 from verifier.store.models import Node, Nonce
 from verifier.store.prepared import Prepared, prepared
 
 T0 = dt.datetime(2026, 12, 1, 12, 0, 0, 123456, tzinfo=dt.UTC)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    url = (
-        str(tmp_path / "v.db")
-        if request.param == "sqlite"
-        else request.getfixturevalue("postgres_url")
-    )
-    s = Store(url)
-    upgrade(s)
+@pytest.fixture
+def store(either_store: Store) -> Store:  # noqa: F811
+    s = either_store
     with s.write() as db:
         db.add(
             Node(
@@ -41,8 +34,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
                 last_attestation_id=7,
             )
         )  # fmt: skip
-    yield s
-    s.close()
+    return s
 
 
 def test_a_prepared_read_returns_what_sqlalchemy_returns(store: Store) -> None:
