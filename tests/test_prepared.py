@@ -5,7 +5,6 @@ execution of the same statements, on SQLite and PostgreSQL: same rows, same Pyth
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import sqlite3
 from pathlib import Path
 
@@ -120,4 +119,4 @@ def test_a_prepared_statement_is_made_once_per_statement_and_dialect(store: Stor
         assert prepared(db, q) is first
         assert prepared(db, select(Node.name)) is not first
         assert first.first(db, {"id": 999}) is None
-        assert hashlib.sha256(first.sql.encode()).hexdigest()  # SQLAlchemy wrote the SQL
+        assert first.sql.startswith("SELECT nodes.name")  # SQLAlchemy wrote the SQL

@@ -239,15 +239,16 @@ def put_verdict(s: Session, sha256_hex: str, canonical: bytes, now: dt.datetime)
     """Store a verdict once under its digest. An existing one is only read (no row lock, so a
     frozen transaction that wrote the same verdict cannot block this one), and touched when older
     than ``TOUCH_AFTER``, which keeps the blob GC off it."""
-    conn = s.connection()
     row = prepared(s, _VERDICT_CREATED).first(s, {"sha256": sha256_hex})
     at = None if row is None else row[0]
     if at is None:
         data = zlib.compress(canonical, 6)
         stmt = _dialect_insert(s, VERDICTS).values(sha256=sha256_hex, data=data, created_at=now)
-        conn.execute(stmt.on_conflict_do_nothing())
+        s.connection().execute(stmt.on_conflict_do_nothing())
     elif at < now - TOUCH_AFTER:
-        conn.execute(update(VERDICTS).where(VERDICTS.c.sha256 == sha256_hex).values(created_at=now))
+        s.connection().execute(
+            update(VERDICTS).where(VERDICTS.c.sha256 == sha256_hex).values(created_at=now)
+        )
 
 
 def get_verdict(s: Session, sha256_hex: str) -> dict[str, Any] | None:
