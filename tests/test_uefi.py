@@ -445,3 +445,130 @@ def _signature_value_offset(der: bytes) -> int:
     _, _, te = _tlv(der, s, e)
     _, _, ae = _tlv(der, te, e)
     return ae
+
+
+# -- certificate names: validated without building them when they have the plain shape -----------
+
+
+def _corpus_database_certificates(corpus: Path) -> list[bytes]:
+    out: dict[bytes, None] = {}
+    for log in sorted(corpus.glob("*/*")):
+        try:
+            certs = _database_certificates(log)
+        except (MalformedEvidence, UnicodeDecodeError, ValueError):
+            continue
+        out.update((der, None) for _, der in certs)
+    return list(out)
+
+
+def _name_values(der: bytes) -> list[int]:
+    """Offsets of the tag byte of every attribute value in issuer and subject (short forms)."""
+
+    def tlv(pos: int) -> tuple[int, int]:  # (content start, end)
+        first = der[pos + 1]
+        if first < 0x80:
+            return pos + 2, pos + 2 + first
+        n = first & 0x7F
+        start = pos + 2 + n
+        return start, start + int.from_bytes(der[pos + 2 : start], "big")
+
+    pos = tlv(tlv(0)[0])[0]  # tbsCertificate's content
+    if der[pos] == 0xA0:
+        pos = tlv(pos)[1]
+    fields = []
+    for _ in range(5):  # serial, signature, issuer, validity, subject
+        start, end = tlv(pos)
+        fields.append((start, end))
+        pos = end
+    out = []
+    for start, end in (fields[2], fields[4]):
+        p = start
+        while p < end:
+            s, e = tlv(p)  # RDN
+            q = s
+            while q < e:
+                a, b = tlv(q)  # attribute
+                out.append(tlv(a)[1])  # the value's tag, after the OID
+                q = b
+            p = e
+    return out
+
+
+def _cryptography_accepts(der: bytes) -> bool:
+    """The oracle: load and build every field we show, as the check did before names of the
+    plain shape were spared the building."""
+    import warnings
+
+    from cryptography import x509
+    from cryptography.utils import CryptographyDeprecationWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CryptographyDeprecationWarning)
+        try:
+            cert = x509.load_der_x509_certificate(der)
+            _ = (cert.version, cert.serial_number, cert.subject, cert.issuer)
+        except Exception:
+            return False
+    return True
+
+
+def _names_build(der: bytes) -> bool:
+    """Whether cryptography builds this certificate's issuer and subject (its warning about a
+    serial number that is not positive aside); True, vacuously, when it does not load at all."""
+    import warnings
+
+    from cryptography import x509
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            cert = x509.load_der_x509_certificate(der)
+        except ValueError:
+            return True
+        try:
+            _ = (cert.subject, cert.issuer)
+        except Exception:
+            return False
+    return True
+
+
+def test_corpus_certificate_names_are_plain_so_they_are_not_built(corpus: Path) -> None:
+    from assay.uefi.signatures import _plain_names
+
+    ders = _corpus_database_certificates(corpus)
+    assert len(ders) >= 20
+    plain = [d for d in ders if _plain_names(d)]
+    assert all(_names_build(d) for d in plain)
+    # Every real certificate of the corpus takes the cheap path.
+    assert len(plain) == len(ders), (len(plain), len(ders))
+
+
+def test_certificate_name_check_refuses_exactly_what_cryptography_refuses(corpus: Path) -> None:
+    """Every attribute value of real certificates' names, retagged as every string-ish type and
+    given an invalid UTF-8 byte: the check (plain shape, else build the names) accepts a mutant
+    exactly when building its names does, and never calls a name plain that would not build."""
+    from assay.uefi.signatures import _load_strictly, _plain_names
+
+    tags = (0x03, 0x04, 0x0C, 0x12, 0x13, 0x14, 0x16, 0x17, 0x1A, 0x1C, 0x1E, 0x02, 0x05, 0x30)
+    ders = [d for d in _corpus_database_certificates(corpus) if _cryptography_accepts(d)][:6]
+    tried = refused = 0
+    for der in ders:
+        for at in _name_values(der):
+            variants = [bytes(der[:at]) + bytes([t]) + der[at + 1 :] for t in tags]
+            body = bytearray(der)
+            if der[at + 1] > 0:
+                body[at + 2] = 0xFF  # invalid UTF-8 in any string type
+                variants.append(bytes(body))
+            for mutant in variants:
+                tried += 1
+                expected = _cryptography_accepts(mutant)
+                if _plain_names(mutant):
+                    assert _names_build(mutant), mutant.hex()
+                try:
+                    _load_strictly(mutant, "test")
+                    got = True
+                except MalformedEvidence:
+                    got = False
+                refused += not got
+                assert got == expected, (at, mutant.hex())
+    assert tried > 500 and refused > 100, (tried, refused)

@@ -172,8 +172,11 @@ def _load_strictly(
         # cryptography parses lazily: touch every field we show now, so a bad name or version is
         # a MalformedEvidence here and never a ValueError in describe(). Building the Name objects
         # is where a bad name fails; formatting them (rfc4514_string, the CN lookup) reads what was
-        # built and cannot fail, so it is left to whoever shows them.
-        _ = (cert.version, cert.serial_number, cert.subject, cert.issuer)
+        # built and cannot fail, so it is left to whoever shows them. Building them costs most of
+        # a certificate's check, so names of the plain shape below, which always build, are not.
+        _ = (cert.version, cert.serial_number)
+        if not _plain_names(der):
+            _ = (cert.subject, cert.issuer)
     except Exception as exc:
         # cryptography raises ValueError, InvalidVersion and, for some malformed names,
         # TypeError (found by scripts/fuzz): at this boundary every one means "malformed",
@@ -207,6 +210,56 @@ def _tlv(data: bytes, pos: int, end: int) -> tuple[int, int, int]:
     if start + length > end:
         raise ValueError("overrun")
     return tag, start, start + length
+
+
+# Attribute value tags whose names cryptography builds whenever the value is UTF-8 (it refuses
+# invalid UTF-8 in each; a PrintableString's alphabet is checked at load already).
+_PLAIN_TAGS = frozenset((0x0C, 0x13, 0x14, 0x16))  # UTF8String, PrintableString, T61, IA5String
+
+
+def _plain_names(der: bytes) -> bool:
+    """Whether issuer and subject of a certificate cryptography loaded have the plain shape: each
+    RDN a SET of exactly one {OID, value} with short lengths, each value a string of a
+    ``_PLAIN_TAGS`` type holding UTF-8. Building such a name cannot fail (the structure was
+    checked at load; an RDN of one attribute can be neither empty nor a duplicate), so it need
+    not be built to be validated. False for any other shape: the caller builds the names then,
+    and cryptography decides."""
+    try:
+        _, s, e = _tlv(der, 0, len(der))
+        _, ts, te = _tlv(der, s, e)  # tbsCertificate
+        tag, s, pos = _tlv(der, ts, te)
+        if tag == 0xA0:  # version
+            _, s, pos = _tlv(der, pos, te)
+        fields = []
+        for _ in range(4):  # signature, issuer, validity, subject
+            _, s, pos = _tlv(der, pos, te)
+            fields.append((s, pos))
+        return _plain_name(der, *fields[1]) and _plain_name(der, *fields[3])
+    except (ValueError, IndexError):
+        return False
+
+
+def _plain_name(d: bytes, pos: int, end: int) -> bool:
+    while pos < end:
+        if d[pos] != 0x31 or d[pos + 1] >= 0x80:
+            return False
+        q = pos + 2  # the one attribute: SEQUENCE {OID, value} filling the SET
+        stop = q + d[pos + 1]
+        if d[q] != 0x30 or d[q + 1] >= 0x80 or q + 2 + d[q + 1] != stop:
+            return False
+        if d[q + 2] != 0x06 or d[q + 3] >= 0x80:
+            return False
+        at = q + 4 + d[q + 3]  # the value, after the OID
+        if d[at] not in _PLAIN_TAGS or d[at + 1] >= 0x80 or at + 2 + d[at + 1] != stop:
+            return False
+        value = d[at + 2 : stop]
+        if not value.isascii():
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError:
+                return False
+        pos = stop
+    return pos == end
 
 
 def _common_name(data: bytes, start: int, end: int) -> str | None:
