@@ -142,6 +142,42 @@ def test_an_unchanged_reattestation_reuses_the_verdict_and_is_counted_not_stored
     assert detail["repeats"]["count"] == 3 and len(detail["repeats"]["last_quote"]) > 100
 
 
+def test_a_node_changed_between_the_read_and_the_compact_write_gets_a_full_record(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The compact write (nonce, refresh, count: one transaction without a Session) re-checks
+    the node; when another instance changed it after this one read it, that transaction rolls
+    back whole and the attestation is recorded in full, its nonce used once."""
+    from sqlalchemy import update
+
+    from verifier.service import attestation
+    from verifier.store.models import Node, Nonce
+
+    agent = _agent(fleet)
+    first = _first(fleet, agent)
+    real = attestation.compact
+
+    def compact_after_a_change(snap: Any, a: Any) -> bool:
+        with fleet.store.write() as db:  # another instance re-appraised the node meanwhile
+            db.execute(update(Node).where(Node.id == snap.id).values(verdict_key="0" * 64))
+        return real(snap, a)
+
+    monkeypatch.setattr(attestation, "compact", compact_after_a_change)
+    fleet.clock[0] += dt.timedelta(seconds=60)
+    nonce = bytes.fromhex(first["next_challenge"]["nonce"])
+    resp = fleet.post(agent, nonce, send_log=False)
+    assert resp.status_code == 200, resp.json
+    assert resp.json["status"] == "trusted" and not resp.json.get("repeat")
+    assert resp.json["attestation_id"] != first["attestation_id"]
+    assert fleet.count(Attestation) == 2 and fleet.count(AttestationRepeat) == 0
+    with fleet.store.read() as db:
+        assert db.scalar(select(func.count()).where(Nonce.nonce == nonce)) == 1
+    monkeypatch.setattr(attestation, "compact", real)
+    fleet.clock[0] += dt.timedelta(seconds=60)
+    again = fleet.post(agent, bytes.fromhex(resp.json["next_challenge"]["nonce"]), send_log=False)
+    assert (again.json["attestation_id"], again.json["repeat"]) == (resp.json["attestation_id"], 1)
+
+
 def _admin(f: Fleet) -> dict[str, str]:
     from verifier.store import repo
 

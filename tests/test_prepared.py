@@ -120,3 +120,76 @@ def test_a_prepared_statement_is_made_once_per_statement_and_dialect(store: Stor
         assert prepared(db, select(Node.name)) is not first
         assert first.first(db, {"id": 999}) is None
         assert first.sql.startswith("SELECT nodes.name")  # SQLAlchemy wrote the SQL
+
+
+# -- Raw: the hot path's connections without a Session -------------------------------------------
+
+
+def _nonces(store: Store) -> list[bytes]:
+    with store.read() as db:
+        return sorted(db.scalars(select(Nonce.nonce)))
+
+
+def test_a_raw_write_commits_when_the_block_ends_and_rolls_back_when_it_raises(
+    store: Store,
+) -> None:
+    with store.raw_read() as raw:
+        read = hotpath.read_for_attestation(raw, "n1", b"a" * 32)
+    assert read is not None and read.node.state is NodeState.TRUSTED
+    assert read.node.state_since == T0 and read.node.labels == {"pool": "web", "zone": "é"}
+    node_id, later = read.node.id, T0 + dt.timedelta(seconds=61)
+    with store.raw_write() as raw:
+        assert hotpath.use_nonce(raw, node_id, b"a" * 32, later, later)
+        assert hotpath.refresh_unchanged_node(raw, read.node, later, 12345679901)
+    with pytest.raises(RuntimeError), store.raw_write() as raw:
+        assert hotpath.use_nonce(raw, node_id, b"b" * 32, later, later)
+        assert hotpath.refresh_unchanged_node(raw, read.node, later, 1)
+        raise RuntimeError("the caller failed after writing")
+    assert _nonces(store) == [b"a" * 32]  # the second block left nothing
+    with store.read() as db:
+        node = db.scalars(select(Node).where(Node.name == "n1")).one()
+        assert node.last_attested_at == later and node.last_clock == 12345679901
+    with store.raw_read() as raw:  # a raw read sees what was committed
+        assert hotpath.read_for_attestation(raw, "n1", b"a" * 32).nonce_used  # type: ignore[union-attr]
+
+
+def test_a_raw_read_leaves_its_connection_as_the_pool_lent_it(store: Store) -> None:
+    """PostgreSQL reads in autocommit; the connection goes back to the pool transactional, so a
+    Session's write that fails after it still rolls back whole."""
+    for _ in range(store.engine.pool.size() + 1):  # every pooled connection, once raw
+        with store.raw_read() as raw:
+            hotpath.read_for_attestation(raw, "n1", b"c" * 32)
+    with store.read() as db:
+        node_id = db.scalars(select(Node.id)).one()
+    with pytest.raises(RuntimeError), store.write() as db:
+        hotpath.use_nonce(db, node_id, b"c" * 32, T0, T0)
+        raise RuntimeError("after the write")
+    assert _nonces(store) == []
+
+
+def test_raw_errors_are_sqlalchemys_and_a_locked_sqlite_is_unavailable(store: Store) -> None:
+    cols = ("node_id", "nonce", "created_at", "expires_at", "used_at")
+    dupe = insert(Nonce).values({c: bindparam(c) for c in cols})  # no ON CONFLICT
+    with store.read() as db:
+        node_id = db.scalars(select(Node.id)).one()
+    row = {"node_id": node_id, "nonce": b"z" * 32, "created_at": T0, "expires_at": T0}
+    with store.raw_write() as raw:
+        prepared(raw, dupe).rowcount(raw, {**row, "used_at": None})
+    with pytest.raises(exc.IntegrityError), store.raw_write() as raw:
+        prepared(raw, dupe).rowcount(raw, {**row, "used_at": T0})
+    with store.raw_write() as raw:  # the connection that failed is usable again
+        assert hotpath.use_nonce(raw, node_id, b"w" * 32, T0, T0)
+    assert _nonces(store) == [b"w" * 32, b"z" * 32]
+    if not store.is_sqlite:
+        return
+    holder = sqlite3.connect(store.engine.url.database or "", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        quick = Store(str(store.engine.url.database), lock_timeout=0.2)
+        with pytest.raises(StoreUnavailable, match="locked"), quick.raw_write() as raw:
+            hotpath.use_nonce(raw, 1, b"y" * 32, T0, T0)
+        quick.close()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert b"y" * 32 not in _nonces(store)

@@ -48,6 +48,7 @@ from verifier.appraisal import CheckStatus, VerdictStatus
 from verifier.store import hotpath, repo
 from verifier.store.hotpath import NodeSnapshot
 from verifier.store.models import Attestation, AttestationSource, Node, NodeState, iso
+from verifier.store.prepared import Db
 
 from . import events, runtime_verdict
 from .context import Services
@@ -212,11 +213,14 @@ def submit(svc: Services, node_name: str, body: bytes) -> AttestationResult:
     key = svc.nonce_key()
     # Each read below stands alone: the node and golden version in one statement; the catalog
     # reloads by the version read (never older rows); the write re-checks the node it changes.
+    with svc.store.raw_read() as raw:
+        read = hotpath.read_for_attestation(raw, node_name, ev.nonce)
+    if read is None:
+        raise NotFound(NODE_NOT_ENROLLED, f"node {node_name!r} is not enrolled; enroll again")
+    snap, used = read.node, read.nonce_used
+    # The catalogs and the verdict cache read the store only when they miss (a Session connects
+    # at its first statement).
     with svc.store.read(statements_apart=True) as db:
-        read = hotpath.read_for_attestation(db, node_name, ev.nonce)
-        if read is None:
-            raise NotFound(NODE_NOT_ENROLLED, f"node {node_name!r} is not enrolled; enroll again")
-        snap, used = read.node, read.nonce_used
         rows = svc.golden.rows_for(db, snap.labels, read.golden_version)
         rt_in = runtime_verdict.runtime_for(
             svc, db, snap.id, snap.labels, prefix=ev.ima_log is not None,
@@ -439,18 +443,19 @@ def _store(
 ) -> AttestationResult:
     """Step 8: one write transaction; nothing of it lands if the nonce was used meanwhile."""
     ev = new.evidence
+    repeat = new.reused and compact(snap, a)
+    if repeat and new.runtime is None:
+        counted = _store_repeat(svc, snap, new, now)  # None: the node changed since it was read
+        if counted is not None:
+            return _repeated(snap, a, counted)
     with svc.store.write() as db:
         if not hotpath.use_nonce(db, snap.id, ev.nonce, now, new.nonce_expires):
             raise VerificationFailed("nonce refused: reused", code="nonce_reused")
-        if new.reused and compact(snap, a):
+        if repeat and new.runtime is not None:
             counted = _count_repeat(db, snap, new, now)
-            if counted is not None and new.runtime is not None:
-                store_prefix(db, snap.id, new.runtime, snap.last_attestation_id or 0, now)
             if counted is not None:
-                return AttestationResult(
-                    snap.last_attestation_id or 0, a.status, a.reason, snap.state, a.checks,
-                    False, counted,
-                )  # fmt: skip
+                store_prefix(db, snap.id, new.runtime, snap.last_attestation_id or 0, now)
+                return _repeated(snap, a, counted)
         node = hotpath.node_snapshot_by_id(db, snap.id, for_update=True)
         if node is None:  # deleted while we verified
             raise NotFound(NODE_NOT_ENROLLED, "the node was deleted; enroll again")
@@ -478,7 +483,35 @@ def _store(
     return AttestationResult(rec.attestation_id, a.status, a.reason, rec.state, a.checks, reboot)
 
 
-def _count_repeat(db: Session, snap: NodeSnapshot, new: Fresh, now: dt.datetime) -> int | None:
+def _repeated(snap: NodeSnapshot, a: Assessment, counted: int) -> AttestationResult:
+    """The answer to an unchanged re-attestation, counted on the node's last full record."""
+    return AttestationResult(
+        snap.last_attestation_id or 0, a.status, a.reason, snap.state, a.checks, False, counted
+    )
+
+
+class _NodeChanged(Exception):
+    """The node changed since it was read: the compact write rolls back for a full record."""
+
+
+def _store_repeat(svc: Services, snap: NodeSnapshot, new: Fresh, now: dt.datetime) -> int | None:
+    """Step 8 for an unchanged re-attestation without runtime news: nonce, refresh and count in
+    one transaction on a connection without a Session; the count, or None (nothing written)
+    when the node changed since it was read."""
+    ev = new.evidence
+    try:
+        with svc.store.raw_write() as raw:
+            if not hotpath.use_nonce(raw, snap.id, ev.nonce, now, new.nonce_expires):
+                raise VerificationFailed("nonce refused: reused", code="nonce_reused")
+            counted = _count_repeat(raw, snap, new, now)
+            if counted is None:
+                raise _NodeChanged
+            return counted
+    except _NodeChanged:
+        return None
+
+
+def _count_repeat(db: Db, snap: NodeSnapshot, new: Fresh, now: dt.datetime) -> int | None:
     """An unchanged trusted re-attestation: count it on the node's last full attestation and
     refresh the node; its number, or None if the node changed since it was read (then a full
     record)."""

@@ -27,8 +27,11 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import PoolProxiedConnection
 
 from assay.errors import AssayError, ConfigurationError
+
+from .prepared import Raw
 
 SQLITE_BUSY_TIMEOUT_MS = 50
 """One C-level wait for a SQLite lock; it blocks the whole (gevent) worker, so it is short."""
@@ -88,11 +91,20 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 def _sqlite_begin(conn: Any) -> None:
     """BEGIN, retrying a locked database with a (cooperative) sleep up to the lock timeout."""
     options = conn.get_execution_options()
-    mode = options.get("sqlite_begin", "DEFERRED")
-    deadline = time.monotonic() + options.get("lock_timeout", LOCK_TIMEOUT)
+    # No statement machinery: this runs per transaction.
+    begin_sqlite(
+        conn.connection.driver_connection,
+        options.get("sqlite_begin", "DEFERRED"),
+        options.get("lock_timeout", LOCK_TIMEOUT),
+    )
+
+
+def begin_sqlite(dbapi: Any, mode: str, lock_timeout: float) -> None:
+    """``BEGIN mode`` on a sqlite3 connection, retrying a locked database with a (cooperative)
+    sleep for up to ``lock_timeout`` seconds; then SQLAlchemy's OperationalError."""
+    deadline = time.monotonic() + lock_timeout
     pause = 0.005
     begin = f"BEGIN {mode}"
-    dbapi = conn.connection.driver_connection  # no statement machinery: this runs per transaction
     while True:
         try:
             dbapi.execute(begin)
@@ -212,6 +224,55 @@ class Store:
             session.begin(),
         ):
             yield session
+
+    @contextlib.contextmanager
+    def raw_read(self) -> Iterator[Raw]:
+        """Statements that each stand alone (as ``read(statements_apart=True)``) on a pooled
+        connection without a Session: each is its own snapshot, on SQLite too. For the
+        prepared statements of an attestation's read (``verifier.store.prepared``)."""
+        with _unavailable_as_domain_error():
+            fairy = self._checkout()
+            raw = Raw(fairy, self.engine.dialect)
+            try:
+                if not self.is_sqlite:  # SQLite's connections are in autocommit already
+                    raw.call("autocommit", lambda: setattr(raw.dbapi, "autocommit", True))
+                yield raw
+            finally:
+                if not self.is_sqlite and not raw.dbapi.closed:
+                    raw.dbapi.autocommit = False
+                fairy.close()
+
+    @contextlib.contextmanager
+    def raw_write(self) -> Iterator[Raw]:
+        """One transaction, as ``write()``, on a pooled connection without a Session (the
+        prepared statements of an unchanged re-attestation): committed when the block ends
+        normally, rolled back otherwise; the same lock waits and errors as ``write()``."""
+        with self._one_writer(), _unavailable_as_domain_error():
+            fairy = self._checkout()
+            raw = Raw(fairy, self.engine.dialect)
+            try:
+                if self.is_sqlite:  # PostgreSQL's driver begins at the first statement
+                    begin_sqlite(raw.dbapi, "IMMEDIATE", self.lock_timeout)
+                try:
+                    yield raw
+                except BaseException:
+                    with contextlib.suppress(Exception):  # a lost connection is invalidated
+                        raw.call("ROLLBACK", raw.dbapi.rollback)
+                    raise
+                raw.call("COMMIT", raw.dbapi.commit)
+            finally:
+                fairy.close()
+
+    def _checkout(self) -> PoolProxiedConnection:
+        """A pooled connection; a driver error connecting is SQLAlchemy's, as ``connect()``
+        raises it (the pool alone raises the driver's own)."""
+        dialect = self.engine.dialect
+        try:
+            return self.engine.raw_connection()
+        except dialect.loaded_dbapi.Error as exc:
+            raise sa_exc.DBAPIError.instance(
+                None, None, exc, dialect.loaded_dbapi.Error, dialect=dialect
+            ) from exc
 
     @contextlib.contextmanager
     def _one_writer(self) -> Iterator[None]:

@@ -2,7 +2,9 @@
 
 No ORM objects are loaded or flushed here: each function is one statement on the session's
 connection (``Session.connection()``), so an attestation costs a handful of compiled, cached
-statements. The caller owns the transaction (``Store.read()`` / ``Store.write()``).
+statements. The caller owns the transaction (``Store.read()`` / ``Store.write()``). The
+statements of an unchanged re-attestation (its read, the nonce, the refresh, the count) also run
+on a ``Raw`` connection without a Session (``Store.raw_read()`` / ``Store.raw_write()``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from .models import (
     StoreVersion,
     VerdictBlob,
 )
-from .prepared import prepared
+from .prepared import Db, dialect_of, prepared
 
 NODES = cast(Table, Node.__table__)
 ATTESTATIONS = cast(Table, Attestation.__table__)
@@ -125,7 +127,7 @@ class AttestationRead:
     nonce_used: bool
 
 
-def read_for_attestation(s: Session, name: str, nonce: bytes) -> AttestationRead | None:
+def read_for_attestation(s: Db, name: str, nonce: bytes) -> AttestationRead | None:
     """The node named ``name``, the store's golden version and whether ``nonce`` was used."""
     row = prepared(s, _READ).first(s, {"name": name, "nonce": nonce})
     if row is None:
@@ -192,8 +194,8 @@ class _Upserts:
 _UPSERTS: dict[str, _Upserts] = {}
 
 
-def _upserts(s: Session) -> _Upserts:
-    name = s.get_bind().dialect.name
+def _upserts(s: Db) -> _Upserts:
+    name = dialect_of(s).name
     made = _UPSERTS.get(name)
     if made is None:
         made = _UPSERTS[name] = _Upserts(name)
@@ -208,9 +210,7 @@ def nonce_used(s: Session, nonce: bytes) -> bool:
     return bool(s.connection().execute(select(_NONCE_USED), {"nonce": nonce}).scalar())
 
 
-def use_nonce(
-    s: Session, node_id: int, nonce: bytes, now: dt.datetime, expires_at: dt.datetime
-) -> bool:
+def use_nonce(s: Db, node_id: int, nonce: bytes, now: dt.datetime, expires_at: dt.datetime) -> bool:
     """Record ``nonce`` as used until it expires; False if any instance used it first (the unique
     column decides, atomically). Expired rows are purged by the retention job, not here."""
     params = {"node_id": node_id, "nonce": nonce, "created_at": now, "expires_at": expires_at}
@@ -356,7 +356,7 @@ _REFRESH = _UNCHANGED.values(
 )
 
 
-def refresh_unchanged_node(s: Session, snap: NodeSnapshot, now: dt.datetime, clock: int) -> bool:
+def refresh_unchanged_node(s: Db, snap: NodeSnapshot, now: dt.datetime, clock: int) -> bool:
     """Mark the node freshly attested (trusted, at ``now``, TPM clock ``clock``) only if nothing
     that decided a verdict reuse changed since ``snap`` was read (state, last attestation,
     verdict key, boot counters); False if something did."""
@@ -373,7 +373,7 @@ def refresh_unchanged_node(s: Session, snap: NodeSnapshot, now: dt.datetime, clo
 
 
 def add_repeat(
-    s: Session, attestation_id: int, now: dt.datetime, nonce: bytes, quote: bytes, signature: bytes
+    s: Db, attestation_id: int, now: dt.datetime, nonce: bytes, quote: bytes, signature: bytes
 ) -> int:
     """Count one more unchanged re-attestation of ``attestation_id`` (one row, updated in place);
     returns the new count."""

@@ -1,4 +1,6 @@
-"""The hot path's statements, run on the DBAPI cursor of the session's connection.
+"""The hot path's statements, run on the DBAPI cursor of the session's connection, or of a
+pooled DBAPI connection used without a Session at all (``Raw``: ``Store.raw_read()`` and
+``Store.raw_write()``, for an unchanged re-attestation's read and write).
 
 SQLAlchemy still writes every statement (compiled once per dialect) and still converts every
 value, with the columns' own bind and result processors (``dialect_impl``); what is skipped is
@@ -18,11 +20,51 @@ from typing import Any, cast
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
 Processor = Callable[[Any], Any]
 _MISSING = object()
+
+
+class Raw:
+    """A pooled DBAPI connection used directly: no Session, no Core ``Connection``, no
+    transaction objects — what they cost was a quarter of an unchanged re-attestation. The
+    ``Store`` that hands it out owns its transaction and its return to the pool."""
+
+    __slots__ = ("_fairy", "dbapi", "dialect")
+
+    def __init__(self, fairy: PoolProxiedConnection, dialect: Dialect) -> None:
+        self._fairy = fairy
+        self.dialect = dialect
+        self.dbapi: Any = fairy.driver_connection
+
+    def call(self, what: str, fn: Callable[[], Any]) -> Any:
+        """``fn()`` (a DBAPI call, e.g. commit), its errors SQLAlchemy's as in ``Prepared.run``."""
+        try:
+            return fn()
+        except self.dialect.loaded_dbapi.Error as exc:
+            raise self.wrapped(what, (), exc, None) from exc
+
+    def wrapped(self, sql: str, args: Any, exc: Any, cursor: Any) -> sa_exc.StatementError:
+        """``exc`` (a DBAPI error) as SQLAlchemy raises it; a lost connection is invalidated."""
+        gone = self.dialect.is_disconnect(exc, self.dbapi, cursor)
+        if gone:
+            self._fairy.invalidate(exc)
+        err: sa_exc.StatementError = sa_exc.DBAPIError.instance(
+            sql, args, exc, self.dialect.loaded_dbapi.Error,
+            connection_invalidated=gone, dialect=self.dialect,
+        )  # fmt: skip
+        return err
+
+
+Db = Session | Raw
+"""Where a prepared statement runs: a Session's transaction, or a ``Raw`` connection."""
+
+
+def dialect_of(s: Db) -> Dialect:
+    return s.dialect if isinstance(s, Raw) else s.get_bind().dialect
 
 
 class Prepared:
@@ -75,16 +117,21 @@ class Prepared:
         )
         return self.results
 
-    def run(self, s: Session, params: Mapping[str, Any]) -> Any:
+    def run(self, s: Db, params: Mapping[str, Any]) -> Any:
         """Execute in ``s``'s transaction; the DBAPI cursor (the caller fetches and closes)."""
-        conn = s.connection()
-        dbapi = conn.connection.driver_connection
-        cursor = dbapi.cursor()  # type: ignore[union-attr]
+        if isinstance(s, Raw):
+            dbapi = s.dbapi
+        else:
+            conn = s.connection()
+            dbapi = conn.connection.driver_connection
+        cursor = dbapi.cursor()
         args = self._args(params)
         try:
             cursor.execute(self.sql, args)
         except self.dialect.loaded_dbapi.Error as exc:
             cursor.close()
+            if isinstance(s, Raw):
+                raise s.wrapped(self.sql, args, exc, cursor) from exc
             gone = self.dialect.is_disconnect(exc, dbapi, cursor)
             if gone:
                 conn.invalidate(exc)
@@ -94,7 +141,7 @@ class Prepared:
             ) from exc  # fmt: skip
         return cursor
 
-    def first(self, s: Session, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    def first(self, s: Db, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
         """The first row, converted as SQLAlchemy converts it; None when there is none."""
         cursor = self.run(s, params)
         try:
@@ -106,7 +153,7 @@ class Prepared:
             cursor.close()
         return tuple(v if p is None else p(v) for p, v in zip(procs, row, strict=True))
 
-    def rowcount(self, s: Session, params: Mapping[str, Any]) -> int:
+    def rowcount(self, s: Db, params: Mapping[str, Any]) -> int:
         """Rows the statement changed (UPDATE, DELETE)."""
         cursor = self.run(s, params)
         try:
@@ -118,9 +165,9 @@ class Prepared:
 _MADE: dict[tuple[int, str], tuple[ClauseElement, Prepared]] = {}
 
 
-def prepared(s: Session, stmt: ClauseElement) -> Prepared:
+def prepared(s: Db, stmt: ClauseElement) -> Prepared:
     """``stmt`` (a module-level statement, built once) prepared for ``s``'s dialect."""
-    dialect = s.get_bind().dialect
+    dialect = dialect_of(s)
     key = (id(stmt), dialect.name)
     made = _MADE.get(key)
     if made is None or made[0] is not stmt:
