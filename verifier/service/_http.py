@@ -15,7 +15,7 @@ import json
 import math
 import re
 import time
-from typing import Any, NoReturn
+from typing import IO, Any, NoReturn
 
 from flask import current_app, request
 
@@ -102,12 +102,17 @@ def read_body(limit: int) -> bytes:
     Each socket read also waits at most the worker's IO timeout, so a client that trickles its
     body holds a connection for a bounded time, not forever.
     """
-    deadline = time.monotonic() + services().config.body_timeout
+    return read_stream(request.stream, limit, services().config.body_timeout)
+
+
+def read_stream(stream: IO[bytes], limit: int, timeout: float) -> bytes:
+    """:func:`read_body` from ``stream`` (the request's, size-guarded by Werkzeug)."""
+    deadline = time.monotonic() + timeout
     parts: list[bytes] = []
     size = 0
     try:
         while size < limit:
-            chunk = request.stream.read(min(CHUNK, limit - size))
+            chunk = stream.read(min(CHUNK, limit - size))
             if not chunk:
                 break
             parts.append(chunk)

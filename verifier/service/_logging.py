@@ -15,6 +15,7 @@ import datetime as dt
 import json
 import logging
 import sys
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Flask, Response, g, request
@@ -98,9 +99,8 @@ def gunicorn_logconfig(log_format: str) -> dict[str, Any]:
     }
 
 
-def _fields(resp: Response, view_args: dict[str, Any]) -> dict[str, Any]:
+def _fields(body: Any, view_args: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"node": view_args.get("node")}
-    body = answer_json(resp)
     if isinstance(body, dict):
         error = body.get("error")
         if isinstance(error, dict):
@@ -112,29 +112,46 @@ def _fields(resp: Response, view_args: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def _reappraised(resp: Response) -> list[dict[str, Any]]:
-    body = answer_json(resp)
+def _reappraised(body: Any) -> list[dict[str, Any]]:
     rows = body.get("reappraised") if isinstance(body, dict) else None
     return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
 
 
 def _log_event(resp: Response) -> Response:
-    quiet = request.method not in _CHANGES or request.endpoint in _NOT_EVENTS
-    if (quiet and resp.status_code < 400) or not EVENTS.isEnabledFor(logging.INFO):
-        return resp
     rule = request.url_rule.rule if request.url_rule is not None else "(no route)"
-    base = {"method": request.method, "route": rule, "http_status": resp.status_code}
     caller = g.get("caller")
-    if caller is not None:
-        base["actor"] = caller.actor  # the token's id and role, never its secret
-    fields = {**base, **_fields(resp, dict(request.view_args or {}))}
-    level = logging.WARNING if resp.status_code >= 500 else logging.INFO
-    event = request.endpoint or "request"
-    EVENTS.log(level, "", extra={"event": event, "fields": fields})
-    for row in _reappraised(resp):
+    log_request(
+        request.method, request.endpoint, rule, resp.status_code,
+        None if caller is None else caller.actor, request.view_args or {},
+        lambda: answer_json(resp),
+    )  # fmt: skip
+    return resp
+
+
+def log_request(
+    method: str,
+    endpoint: str | None,
+    rule: str,
+    status: int,
+    actor: Any,
+    view_args: Mapping[str, Any],
+    body: Callable[[], Any],
+) -> None:
+    """The event line of one finished request, if it is an event (``body``: its JSON answer,
+    read only then; ``actor``: the token's id and role, never its secret)."""
+    quiet = method not in _CHANGES or endpoint in _NOT_EVENTS
+    if (quiet and status < 400) or not EVENTS.isEnabledFor(logging.INFO):
+        return
+    base = {"method": method, "route": rule, "http_status": status}
+    if actor is not None:
+        base["actor"] = actor
+    answer = body()
+    fields = {**base, **_fields(answer, view_args)}
+    level = logging.WARNING if status >= 500 else logging.INFO
+    EVENTS.log(level, "", extra={"event": endpoint or "request", "fields": fields})
+    for row in _reappraised(answer):
         picked = {k: row[k] for k in FIELDS if isinstance(row.get(k), str | int)}
         EVENTS.info("", extra={"event": "reappraisal", "fields": {"route": rule, **picked}})
-    return resp
 
 
 def init_app(app: Flask) -> None:

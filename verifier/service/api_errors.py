@@ -12,6 +12,8 @@ errors (404 route, 405 method, 413 too large) get the same JSON shape.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
@@ -60,46 +62,79 @@ def error_response(status: int, code: str, message: str) -> tuple[Response, int]
     return jsonify({"error": {"code": code, "message": message}}), status
 
 
+ErrorAnswer = tuple[int, str, str, dict[str, str]]
+"""(HTTP status, stable code, one-line message, extra headers)."""
+
+
+def _domain(exc: ServiceError) -> ErrorAnswer:
+    return status_of(exc), exc.code, exc.message, {}
+
+
+def _http_only(exc: HttpError) -> ErrorAnswer:
+    return exc.status, exc.code, exc.message, {}
+
+
+def _malformed(exc: MalformedEvidence) -> ErrorAnswer:
+    return 400, "malformed_evidence", str(exc), {}
+
+
+def _failed(exc: VerificationFailed) -> ErrorAnswer:
+    return 422, exc.code, str(exc), {}
+
+
+def _config(exc: ConfigurationError) -> ErrorAnswer:
+    log.error("configuration error: %s", exc)
+    return 500, "configuration_error", str(exc), {}
+
+
+def _store(exc: StoreUnavailable) -> ErrorAnswer:
+    log.warning("%s", exc)
+    code = "database_busy" if exc.busy else "database_unavailable"
+    return 503, code, str(exc), {"Retry-After": "1"}
+
+
+def _werkzeug(exc: HTTPException) -> ErrorAnswer:
+    code = (exc.name or "error").lower().replace(" ", "_")
+    headers = {}
+    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+        headers["Allow"] = ", ".join(exc.valid_methods)  # RFC 9110: a 405 says what is
+    return exc.code or 500, code, exc.description or exc.name or "error", headers
+
+
+def _bug(exc: Exception) -> ErrorAnswer:
+    log.exception("internal error")
+    return 500, "internal_error", "internal error; see the verifier log", {}
+
+
+MAPPING: dict[type[Exception], Callable[[Any], ErrorAnswer]] = {
+    ServiceError: _domain,
+    HttpError: _http_only,
+    MalformedEvidence: _malformed,
+    VerificationFailed: _failed,
+    ConfigurationError: _config,
+    StoreUnavailable: _store,
+    HTTPException: _werkzeug,
+    Exception: _bug,
+}
+"""Each exception class's answer. An exception takes the entry of the first class in its MRO
+that has one, as Flask picks among the handlers registered below."""
+
+
+def error_of(exc: Exception) -> ErrorAnswer:
+    """The answer to ``exc`` (call it while handling ``exc``: a bug is logged with its trace)."""
+    for kind in type(exc).__mro__:
+        answer = MAPPING.get(kind)
+        if answer is not None:
+            return answer(exc)
+    return _bug(exc)
+
+
 def register_error_handlers(app: Flask) -> None:
-    @app.errorhandler(ServiceError)
-    def _domain(exc: ServiceError) -> tuple[Response, int]:
-        return error_response(status_of(exc), exc.code, exc.message)
-
-    @app.errorhandler(HttpError)
-    def _http_only(exc: HttpError) -> tuple[Response, int]:
-        return error_response(exc.status, exc.code, exc.message)
-
-    @app.errorhandler(MalformedEvidence)
-    def _malformed(exc: MalformedEvidence) -> tuple[Response, int]:
-        return error_response(400, "malformed_evidence", str(exc))
-
-    @app.errorhandler(VerificationFailed)
-    def _failed(exc: VerificationFailed) -> tuple[Response, int]:
-        return error_response(422, exc.code, str(exc))
-
-    @app.errorhandler(ConfigurationError)
-    def _config(exc: ConfigurationError) -> tuple[Response, int]:
-        log.error("configuration error: %s", exc)
-        return error_response(500, "configuration_error", str(exc))
-
-    @app.errorhandler(StoreUnavailable)
-    def _store(exc: StoreUnavailable) -> tuple[Response, int]:
-        log.warning("%s", exc)
-        code = "database_busy" if exc.busy else "database_unavailable"
-        resp, status = error_response(503, code, str(exc))
-        resp.headers["Retry-After"] = "1"
+    def handle(exc: Exception) -> tuple[Response, int]:
+        status, code, message, headers = error_of(exc)
+        resp, status = error_response(status, code, message)
+        resp.headers.update(headers)
         return resp, status
 
-    @app.errorhandler(HTTPException)
-    def _werkzeug(exc: HTTPException) -> tuple[Response, int]:
-        status = exc.code or 500
-        code = (exc.name or "error").lower().replace(" ", "_")
-        resp, status = error_response(status, code, exc.description or exc.name or "error")
-        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
-            resp.headers["Allow"] = ", ".join(exc.valid_methods)  # RFC 9110: a 405 says what is
-        return resp, status
-
-    @app.errorhandler(Exception)
-    def _bug(exc: Exception) -> tuple[Response, int]:
-        log.exception("internal error")
-        return error_response(500, "internal_error", "internal error; see the verifier log")
+    for kind in MAPPING:
+        app.register_error_handler(kind, handle)

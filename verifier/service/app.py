@@ -11,6 +11,7 @@ from verifier import web
 from verifier.store import Store
 
 from . import _logging, health, metrics
+from ._evidence_wsgi import EvidenceRoute
 from .api_errors import register_error_handlers
 from .cluster_routes import cluster_bp
 from .config import ServiceConfig
@@ -51,6 +52,8 @@ def create_app(
     app.register_blueprint(review_bp)  # incidents and four-eyes golden drafts (review_routes)
     app.register_blueprint(runtime_bp)  # runtime (IMA) policies (runtime_routes)
     web.init_app(app)  # the review console at /ui/ (verifier.web)
+    # The evidence POST, in front of Flask's request cycle (_evidence_wsgi).
+    app.wsgi_app = EvidenceRoute(app, svc, app.wsgi_app)  # type: ignore[method-assign]
 
     @app.get("/healthz")
     def healthz() -> Response:

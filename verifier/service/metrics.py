@@ -21,7 +21,7 @@ import os
 import re
 import time
 from collections import Counter as Tally
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import Blueprint, Flask, Response, g, request
@@ -160,21 +160,28 @@ def _finished(resp: Response) -> Response:
     started = g.get("metrics_started")
     if started is None or request.endpoint in (None, "metrics.metrics_page"):
         return resp
-    m = metrics_of(services())
-    took = time.perf_counter() - started
-    endpoint = request.endpoint or "unknown"
-    m.requests.labels(endpoint, request.method, str(resp.status_code)).inc()
-    m.request_seconds.labels(endpoint, request.method).observe(took)
-    if endpoint == "attestation.evidence":
-        _count_evidence(m, resp, took)
+    count_request(
+        services(), request.endpoint or "unknown", request.method, resp.status_code,
+        time.perf_counter() - started, lambda: answer_json(resp),
+    )  # fmt: skip
     return resp
 
 
-def _count_evidence(m: Metrics, resp: Response, took: float) -> None:
-    body = answer_json(resp)
+def count_request(
+    svc: Services, endpoint: str, method: str, status: int, took: float, body: Callable[[], Any]
+) -> None:
+    """Count one finished request (``body``: its JSON answer, read only for new evidence)."""
+    m = metrics_of(svc)
+    m.requests.labels(endpoint, method, str(status)).inc()
+    m.request_seconds.labels(endpoint, method).observe(took)
+    if endpoint == "attestation.evidence":
+        _count_evidence(m, status, body(), took)
+
+
+def _count_evidence(m: Metrics, status: int, body: Any, took: float) -> None:
     if not isinstance(body, dict):
         return
-    if resp.status_code == 200:
+    if status == 200:
         m.appraisal_seconds.observe(took)
         m.attestations.labels(str(body.get("status")), code_of(str(body.get("reason", "")))).inc()
         return

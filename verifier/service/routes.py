@@ -10,6 +10,9 @@ token list — admin.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from flask import Blueprint, Response, jsonify, request
 
 from assay.evidence import Evidence, encode_evidence
@@ -31,6 +34,7 @@ from ._http import (
 )
 from .api_errors import HttpError
 from .auth import ADMIN, ENROLL, READ_INVENTORY, REVIEW, actor, current_caller, require
+from .context import Services
 from .errors import BadRequest, NotFound
 
 enrollment_bp = Blueprint("enrollment", __name__, url_prefix="/v1")
@@ -79,8 +83,11 @@ def activate(enrollment_id: str) -> Response:
 
 def _rate_limit() -> None:
     """Unauthenticated endpoints: a token bucket per client address (429 ``rate_limited``)."""
-    svc = services()
-    if not svc.unauthenticated.allow(request.remote_addr or "?", svc.monotonic()):
+    rate_limit(services(), request.remote_addr)
+
+
+def rate_limit(svc: Services, remote_addr: str | None) -> None:
+    if not svc.unauthenticated.allow(remote_addr or "?", svc.monotonic()):
         raise HttpError(429, "rate_limited", "too many requests from this address; slow down")
 
 
@@ -110,17 +117,33 @@ def challenge(node: str) -> tuple[Response, int]:
 
 @attestation_bp.post("/nodes/<node>/evidence")
 def evidence(node: str) -> Response:
-    path_text(node, "node")
-    _rate_limit()
+    """Served by ``_evidence_wsgi`` in front of Flask; this route is what it hands back (a
+    request it does not recognise exactly) and what it must equal."""
     svc = services()
-    if request.mimetype != "application/cbor":
+    answer = evidence_answer(
+        svc, node, request.remote_addr, lambda: request.mimetype, request.content_length,
+        lambda: read_body(svc.config.max_bundle + 1),
+    )  # fmt: skip
+    return json_answer(answer)
+
+
+def evidence_answer(
+    svc: Services,
+    node: str,
+    remote_addr: str | None,
+    mimetype: Callable[[], str],
+    length: int | None,
+    read: Callable[[], bytes],
+) -> dict[str, Any]:
+    """``POST /v1/nodes/{node}/evidence``: the checks in order, then ``submit``; the 200 body.
+    ``read`` reads at most ``max_bundle + 1`` bytes of the body."""
+    path_text(node, "node")
+    rate_limit(svc, remote_addr)
+    if mimetype() != "application/cbor":
         raise HttpError(415, "unsupported_media_type", "send Content-Type: application/cbor")
-    length = request.content_length
     if length is not None and length > svc.config.max_bundle:
         raise HttpError(413, "too_large", f"evidence larger than {svc.config.max_bundle} bytes")
-    body = read_body(svc.config.max_bundle + 1)
-    result = attestation.submit(svc, node, body)
-    return json_answer(result.to_json())
+    return attestation.submit(svc, node, read()).to_json()
 
 
 # --- inventory ----------------------------------------------------------------------------
