@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import bindparam, exc, insert, select
@@ -193,3 +194,57 @@ def test_raw_errors_are_sqlalchemys_and_a_locked_sqlite_is_unavailable(store: St
         holder.execute("ROLLBACK")
         holder.close()
     assert b"y" * 32 not in _nonces(store)
+
+
+def test_the_compact_write_answers_alike_whether_pipelined_or_not(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``count_repeat``: nonce, refresh and count together (one pipeline on PostgreSQL); what
+    each found, so the caller commits or rolls back; every outcome on both databases."""
+    from verifier.store.models import Attestation
+
+    entered = []
+    if not store.is_sqlite:
+        import psycopg
+
+        real = psycopg.Connection.pipeline
+
+        def spy(self: Any) -> Any:
+            entered.append(True)
+            return real(self)
+
+        monkeypatch.setattr(psycopg.Connection, "pipeline", spy)
+    with store.write() as db:
+        node = db.scalars(select(Node)).one()
+        db.add(Attestation(id=7, node_id=node.id, **_attestation_fields()))
+    with store.raw_read() as raw:
+        read = hotpath.read_for_attestation(raw, "n1", b"r" * 32)
+    assert read is not None
+    snap, later = read.node, T0 + dt.timedelta(seconds=61)
+    args = (later, 12345679901, b"r" * 32, later, b"quote", b"sig")
+    with store.raw_write() as raw:
+        got = hotpath.count_repeat(raw, snap, *args)
+    assert got == hotpath.Repeat(nonce_fresh=True, node_unchanged=True, count=1)
+    assert entered == ([] if store.is_sqlite else [True])
+    with pytest.raises(RuntimeError), store.raw_write() as raw:  # the nonce again: rolled back
+        assert hotpath.count_repeat(raw, snap, *args).nonce_fresh is False
+        raise RuntimeError("refused")
+    stale = hotpath.NodeSnapshot(**{**_fields(snap), "verdict_key": "other"})
+    with pytest.raises(RuntimeError), store.raw_write() as raw:
+        got = hotpath.count_repeat(raw, stale, later, 1, b"s" * 32, later, b"q", b"s")
+        assert (got.nonce_fresh, got.node_unchanged) == (True, False)
+        raise RuntimeError("changed")
+    assert _nonces(store) == [b"r" * 32]
+    with store.read() as db:
+        assert hotpath.repeats_of(db, [7])[7].count == 1
+        assert db.scalars(select(Node.last_clock)).one() == 12345679901
+
+
+def _attestation_fields() -> dict[str, Any]:
+    from verifier.store.models import AttestationSource
+
+    return {
+        "created_at": T0, "nonce": b"n" * 32, "quote": b"q", "signature": b"s", "pcrs": {},
+        "status": "trusted", "reason": "ok", "source": AttestationSource.EVIDENCE,
+        "agent_version": "test",
+    }  # fmt: skip

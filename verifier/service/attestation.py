@@ -501,12 +501,14 @@ def _store_repeat(svc: Services, snap: NodeSnapshot, new: Fresh, now: dt.datetim
     ev = new.evidence
     try:
         with svc.store.raw_write() as raw:
-            if not hotpath.use_nonce(raw, snap.id, ev.nonce, now, new.nonce_expires):
+            got = hotpath.count_repeat(
+                raw, snap, now, new.clock, ev.nonce, new.nonce_expires, ev.quote, ev.signature
+            )
+            if not got.nonce_fresh:
                 raise VerificationFailed("nonce refused: reused", code="nonce_reused")
-            counted = _count_repeat(raw, snap, new, now)
-            if counted is None:
+            if not got.node_unchanged:
                 raise _NodeChanged
-            return counted
+            return got.count
     except _NodeChanged:
         return None
 

@@ -31,7 +31,7 @@ from .models import (
     StoreVersion,
     VerdictBlob,
 )
-from .prepared import Db, dialect_of, prepared
+from .prepared import Db, Step, dialect_of, prepared, together
 
 NODES = cast(Table, Node.__table__)
 ATTESTATIONS = cast(Table, Attestation.__table__)
@@ -213,9 +213,15 @@ def nonce_used(s: Session, nonce: bytes) -> bool:
 def use_nonce(s: Db, node_id: int, nonce: bytes, now: dt.datetime, expires_at: dt.datetime) -> bool:
     """Record ``nonce`` as used until it expires; False if any instance used it first (the unique
     column decides, atomically). Expired rows are purged by the retention job, not here."""
-    params = {"node_id": node_id, "nonce": nonce, "created_at": now, "expires_at": expires_at}
     # RETURNING says whether a row went in (rowcount is -1 with psycopg's RETURNING).
-    return prepared(s, _upserts(s).nonce).first(s, params) is not None
+    return together(s, [_nonce_step(s, node_id, nonce, now, expires_at)])[0] is not None
+
+
+def _nonce_step(
+    s: Db, node_id: int, nonce: bytes, now: dt.datetime, expires_at: dt.datetime
+) -> Step:
+    params = {"node_id": node_id, "nonce": nonce, "created_at": now, "expires_at": expires_at}
+    return prepared(s, _upserts(s).nonce), params, "first"
 
 
 # --- verdicts ---------------------------------------------------------------------------------
@@ -360,16 +366,17 @@ def refresh_unchanged_node(s: Db, snap: NodeSnapshot, now: dt.datetime, clock: i
     """Mark the node freshly attested (trusted, at ``now``, TPM clock ``clock``) only if nothing
     that decided a verdict reuse changed since ``snap`` was read (state, last attestation,
     verdict key, boot counters); False if something did."""
-    changed = prepared(s, _REFRESH).rowcount(
-        s,
-        {
-            "b_id": snap.id, "b_state": snap.state, "b_last": snap.last_attestation_id,
-            "b_key": snap.verdict_key, "b_reset": snap.last_reset_count,
-            "b_restart": snap.last_restart_count, "last_attested_at": now,
-            "last_success_at": now, "last_clock": clock,
-        },
-    )  # fmt: skip
-    return changed == 1
+    return bool(together(s, [_refresh_step(s, snap, now, clock)])[0] == 1)
+
+
+def _refresh_step(s: Db, snap: NodeSnapshot, now: dt.datetime, clock: int) -> Step:
+    params = {
+        "b_id": snap.id, "b_state": snap.state, "b_last": snap.last_attestation_id,
+        "b_key": snap.verdict_key, "b_reset": snap.last_reset_count,
+        "b_restart": snap.last_restart_count, "last_attested_at": now,
+        "last_success_at": now, "last_clock": clock,
+    }  # fmt: skip
+    return prepared(s, _REFRESH), params, "rowcount"
 
 
 def add_repeat(
@@ -377,12 +384,55 @@ def add_repeat(
 ) -> int:
     """Count one more unchanged re-attestation of ``attestation_id`` (one row, updated in place);
     returns the new count."""
+    return _count(together(s, [_repeat_step(s, attestation_id, now, nonce, quote, signature)])[0])
+
+
+def _repeat_step(
+    s: Db, attestation_id: int, now: dt.datetime, nonce: bytes, quote: bytes, signature: bytes
+) -> Step:
     params = {
         "attestation_id": attestation_id, "last_at": now, "last_nonce": nonce,
         "last_quote": quote, "last_signature": signature,
     }  # fmt: skip
-    row = prepared(s, _upserts(s).repeat).first(s, params)
+    return prepared(s, _upserts(s).repeat), params, "first"
+
+
+def _count(row: tuple[Any, ...] | None) -> int:
     return int(row[0]) if row is not None and row[0] is not None else 0
+
+
+@dataclass(frozen=True, slots=True)
+class Repeat:
+    """What the compact write of an unchanged re-attestation found (see ``count_repeat``)."""
+
+    nonce_fresh: bool
+    node_unchanged: bool
+    count: int
+
+
+def count_repeat(
+    s: Db,
+    snap: NodeSnapshot,
+    now: dt.datetime,
+    clock: int,
+    nonce: bytes,
+    nonce_expires: dt.datetime,
+    quote: bytes,
+    signature: bytes,
+) -> Repeat:
+    """``use_nonce``, ``refresh_unchanged_node`` and ``add_repeat`` in one go (one round trip on
+    PostgreSQL). All three run whatever the first two find: the caller rolls the transaction
+    back unless the nonce was fresh and the node unchanged."""
+    assert snap.last_attestation_id is not None
+    used, refreshed, repeat = together(
+        s,
+        [
+            _nonce_step(s, snap.id, nonce, now, nonce_expires),
+            _refresh_step(s, snap, now, clock),
+            _repeat_step(s, snap.last_attestation_id, now, nonce, quote, signature),
+        ],
+    )
+    return Repeat(used is not None, refreshed == 1, _count(repeat))
 
 
 def repeats_of(s: Session, attestation_ids: list[int]) -> dict[int, AttestationRepeat]:

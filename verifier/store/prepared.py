@@ -14,7 +14,7 @@ connection the dialect calls disconnected is invalidated, as SQLAlchemy's own ex
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 from sqlalchemy import exc as sa_exc
@@ -143,8 +143,19 @@ class Prepared:
 
     def first(self, s: Db, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
         """The first row, converted as SQLAlchemy converts it; None when there is none."""
-        cursor = self.run(s, params)
+        row: tuple[Any, ...] | None = self.result(self.run(s, params), "first")
+        return row
+
+    def rowcount(self, s: Db, params: Mapping[str, Any]) -> int:
+        """Rows the statement changed (UPDATE, DELETE)."""
+        count: int = self.result(self.run(s, params), "rowcount")
+        return count
+
+    def result(self, cursor: Any, want: str) -> Any:
+        """What ``first`` (``want="first"``) or ``rowcount`` answers, from an executed cursor."""
         try:
+            if want == "rowcount":
+                return int(cursor.rowcount)
             row = cursor.fetchone()
             if row is None:
                 return None
@@ -153,13 +164,24 @@ class Prepared:
             cursor.close()
         return tuple(v if p is None else p(v) for p, v in zip(procs, row, strict=True))
 
-    def rowcount(self, s: Db, params: Mapping[str, Any]) -> int:
-        """Rows the statement changed (UPDATE, DELETE)."""
-        cursor = self.run(s, params)
-        try:
-            return int(cursor.rowcount)
-        finally:
-            cursor.close()
+
+Step = tuple[Prepared, Mapping[str, Any], str]
+"""A statement, its parameters, and ``"first"`` or ``"rowcount"``: what to answer."""
+
+
+def together(s: Db, steps: Sequence[Step]) -> list[Any]:
+    """Run ``steps`` in order in ``s``'s transaction; each one's answer. On a PostgreSQL ``Raw``
+    connection they go in one pipeline (psycopg): one round trip for all of them, and the
+    implicit BEGIN, instead of one each. Every step runs even when an earlier one's answer makes
+    the caller roll back."""
+    if not (isinstance(s, Raw) and s.dialect.name == "postgresql"):
+        return [p.result(p.run(s, params), want) for p, params, want in steps]
+    try:
+        with s.dbapi.pipeline():
+            cursors = [p.run(s, params) for p, params, _ in steps]
+        return [p.result(c, want) for (p, _, want), c in zip(steps, cursors, strict=True)]
+    except s.dialect.loaded_dbapi.Error as exc:
+        raise s.wrapped("(pipeline)", (), exc, None) from exc
 
 
 _MADE: dict[tuple[int, str], tuple[ClauseElement, Prepared]] = {}
