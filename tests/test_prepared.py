@@ -248,3 +248,32 @@ def _attestation_fields() -> dict[str, Any]:
         "status": "trusted", "reason": "ok", "source": AttestationSource.EVIDENCE,
         "agent_version": "test",
     }  # fmt: skip
+
+
+def test_a_sqlite_writer_waits_for_the_lock_in_python_not_in_sqlites_busy_handler(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Waiting in SQLite's busy handler sleeps in C, which stops every request of a gevent
+    worker; a write transaction instead fails fast and sleeps in ``time.sleep`` (gevent's, in a
+    worker) until the lock is free, and the connection's busy timeout is put back after."""
+    if not store.is_sqlite:
+        return
+    from verifier.store import engine
+
+    holder = sqlite3.connect(store.engine.url.database or "", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process writes
+    pauses: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        if len(pauses) == 3:
+            holder.execute("ROLLBACK")  # the other writer is done
+
+    monkeypatch.setattr(engine.time, "sleep", sleep)
+    with store.raw_write() as raw:
+        assert hotpath.use_nonce(raw, 1, b"p" * 32, T0, T0)
+        timeout = raw.dbapi.execute("PRAGMA busy_timeout").fetchone()[0]
+    holder.close()
+    assert len(pauses) == 3 and all(p < 0.01 for p in pauses), pauses
+    assert timeout == engine.SQLITE_BUSY_TIMEOUT_MS
+    assert _nonces(store) == [b"p" * 32]
