@@ -179,16 +179,18 @@ def challenge(svc: Services, node_name: str, event_log_sha256: str | None = None
     now = svc.now()
     lifetime = dt.timedelta(seconds=svc.config.nonce_lifetime)
     key = svc.nonce_key()
-    with svc.store.read(statements_apart=True) as db:  # nothing is written for a challenge
-        selection = pcr_selection(svc, db)
-        node = hotpath.node_snapshot(db, node_name)
-        if node is None:
-            expires = dt.datetime.fromtimestamp(int((now + lifetime).timestamp()), dt.UTC)
-            return Challenge(secrets.token_bytes(32), expires, selection, None)
-        issued = repo.make_nonce(node.id, lifetime=lifetime, now=now, key=key)
-        known = node.boot_log_sha256
-        if known is None or known != event_log_sha256 or not repo.has_event_log(db, known):
+    with svc.store.raw_read() as raw:  # nothing is written for a challenge
+        version = hotpath.golden_version(raw)
+        node = hotpath.node_snapshot(raw, node_name)
+        known = None if node is None else node.boot_log_sha256
+        if known is None or known != event_log_sha256 or not repo.has_event_log(raw, known):
             known = None
+    with svc.store.read(statements_apart=True) as db:  # the catalog reads only when it misses
+        selection = pcr_selection(svc, db, version)
+    if node is None:
+        expires = dt.datetime.fromtimestamp(int((now + lifetime).timestamp()), dt.UTC)
+        return Challenge(secrets.token_bytes(32), expires, selection, None)
+    issued = repo.make_nonce(node.id, lifetime=lifetime, now=now, key=key)
     return Challenge(issued.nonce, issued.expires_at, selection, known)
 
 

@@ -136,7 +136,7 @@ def read_for_attestation(s: Db, name: str, nonce: bytes) -> AttestationRead | No
     return AttestationRead(NodeSnapshot(*values), int(version or 0), bool(used))
 
 
-def node_snapshot(s: Session, name: str, *, for_update: bool = False) -> NodeSnapshot | None:
+def node_snapshot(s: Db, name: str, *, for_update: bool = False) -> NodeSnapshot | None:
     """The node named ``name`` with its last attestation's verdict digest (one statement).
 
     ``for_update`` locks the row until the transaction ends (PostgreSQL; SQLite's write
@@ -152,7 +152,7 @@ def node_snapshot_by_id(
     return None if row is None else node_snapshot(s, row[0], for_update=for_update)
 
 
-def golden_version(s: Session) -> int:
+def golden_version(s: Db) -> int:
     """The counter bumped with every golden-set change (0 before the first)."""
     row = prepared(s, _VERSION_NOW).first(s, {})
     return int(row[0] or 0) if row is not None else 0

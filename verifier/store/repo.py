@@ -39,7 +39,7 @@ from .models import (
     VersionedColumns,
     iso,
 )
-from .prepared import prepared
+from .prepared import Db, prepared
 
 ROLES = ("admin", "reviewer", "scheduler", "enroll")
 
@@ -382,7 +382,7 @@ def get_event_log(s: Session, sha256_hex: str) -> bytes | None:
 _HAS_LOG = select(EventLogBlob.sha256).where(EventLogBlob.sha256 == bindparam("sha256"))
 
 
-def has_event_log(s: Session, sha256_hex: str) -> bool:
+def has_event_log(s: Db, sha256_hex: str) -> bool:
     return prepared(s, _HAS_LOG).first(s, {"sha256": sha256_hex}) is not None
 
 
