@@ -50,12 +50,7 @@ def _utcnow() -> dt.datetime:
 def _add(db: Session, kind: str, node: str | None, now: dt.datetime, body: dict[str, Any]) -> None:
     event_id = str(uuid.uuid4())
     payload = {"id": event_id, "type": kind, "time": iso(now), **body}
-    cluster.add_event(
-        db,
-        cluster.ClusterEvent(
-            event_id=event_id, type=kind, node=node, created_at=now, payload=payload
-        ),
-    )
+    cluster.add_event(db, event_id=event_id, type=kind, node=node, created_at=now, payload=payload)
 
 
 def node_state_changed(

@@ -78,9 +78,19 @@ _EVENT_COLUMNS = ("event_id", "type", "node", "created_at", "payload")
 _INSERT_EVENT = insert(ClusterEvent).values({c: bindparam(c) for c in _EVENT_COLUMNS})
 
 
-def add_event(s: Session, event: ClusterEvent) -> None:
-    """Insert ``event`` in ``s``'s transaction now (one prepared INSERT, no unit of work)."""
-    prepared(s, _INSERT_EVENT).rowcount(s, {c: getattr(event, c) for c in _EVENT_COLUMNS})
+def add_event(
+    s: Session,
+    *,
+    event_id: str,
+    type: str,
+    node: str | None,
+    created_at: dt.datetime,
+    payload: dict[str, Any],
+) -> None:
+    """Insert one change-feed event in ``s``'s transaction now (one prepared INSERT: no ORM
+    object, no unit of work)."""
+    values = {"event_id": event_id, "type": type, "node": node, "created_at": created_at}
+    prepared(s, _INSERT_EVENT).rowcount(s, {**values, "payload": payload})
 
 
 def last_seq(s: Session) -> int:
