@@ -140,7 +140,12 @@ def callgrind(args: argparse.Namespace) -> dict[str, Any]:
             "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, __file__,
             "--kind", args.kind, "--batches", "1", "--rounds", str(rounds), "--json",
         ]  # fmt: skip
-        subprocess.run(cmd, env=env, check=True, capture_output=True)
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if done.returncode != 0:  # the run's own error, not valgrind's banner
+            lines = [ln for ln in done.stderr.splitlines() if not ln.startswith("==")]
+            raise SystemExit(
+                f"callgrind run failed ({done.returncode}):\n" + "\n".join(lines[-20:])
+            )
         totals = [ln for ln in out.read_text().splitlines() if ln.startswith("totals:")]
         return int(totals[0].split()[1])
 
