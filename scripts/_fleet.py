@@ -38,7 +38,7 @@ def _args() -> argparse.Namespace:
     )
     p.add_argument("--instances", type=int, default=1, help="verifier instances (gunicorn each)")
     p.add_argument("--workers", type=int, default=2, help="gunicorn workers per instance")
-    p.add_argument("--concurrency", type=int, default=64, help="generator threads")
+    p.add_argument("--concurrency", type=int, default=64, help="requests in flight at most")
     return p.parse_args()
 
 
