@@ -30,7 +30,7 @@ import yaml
 
 from assay.algorithms import HashAlg
 from assay.eventlog import parse_event_log, replay
-from assay.evidence import encode_evidence, evidence_with_log
+from assay.evidence import Evidence, encode_evidence
 from assay.tpm2 import ClockInfo
 from verifier.service.config import ServiceConfig
 from verifier.store import Store, repo
@@ -196,23 +196,28 @@ class FakeAgentForLoad:
             node.replace_allowed = False
 
     def evidence(self, nonce: bytes, *, send_log: bool = True) -> bytes:
-        values = dict(self.pcr_values)
+        """The CBOR bundle of a fresh quote over ``nonce``; without the log unless ``send_log``.
+        (``log_sha256`` is kept with ``log``: the fleet simulator calls this per attestation.)"""
+        values = self.pcr_values
         if self.extra_extend is not None:
+            values = dict(values)
             pcr = max(values)
             values[pcr] = self.bank.hash(values[pcr] + self.extra_extend)
         self.clock += 1000
         clock = ClockInfo(self.clock, self.reset_count, self.restart_count, True)
-        attest, sig = self._ak.quote({self.bank: values}, nonce, clock_info=clock)
-        ev = evidence_with_log(
+        pcrs = {self.bank: values}
+        attest, sig = self._ak.quote(pcrs, nonce, clock_info=clock)
+        ev = Evidence(
             node=self.name,
             agent_version="fake-load/0",
             nonce=nonce,
             attest=attest,
             signature=sig,
-            pcrs={self.bank: values},
-            event_log=self.log,
+            pcrs=pcrs,
+            event_log_sha256=self.log_sha256,
+            event_log=self.log if send_log else None,
         )
-        return encode_evidence(ev if send_log else ev.without_known_log(self.log_sha256))
+        return encode_evidence(ev)
 
     def attest_once(self, session: requests.Session, url: str) -> dict[str, Any]:
         """One round as a current agent does it: the kept next nonce and the log omitted when
