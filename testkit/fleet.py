@@ -12,7 +12,6 @@ of this generator separately, database bytes per unchanged re-attestation, error
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import hashlib
 import heapq
@@ -22,7 +21,7 @@ import resource
 import statistics
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,8 +39,8 @@ from verifier.store import Store, maintenance, repo
 from verifier.store.models import Node, NodeState
 
 from .dbsize import db_bytes
-from .loadhttp import AsyncClient
-from .loadhttp import Client as Client  # the same for threads (tests/test_fleet_reliability.py)
+from .loadhttp import Answer, Finished, Loop, Request
+from .loadhttp import Client as Client  # the same, blocking, for threads (the reliability tests)
 from .service import FakeAgentForLoad
 
 CBOR = {"Content-Type": "application/cbor"}
@@ -61,7 +60,14 @@ class FleetSpec:
     silent: float = 0.01
     """Fraction of nodes that stop attesting in phase 2 (they go stale)."""
     concurrency: int = 64
+    """Requests in flight at most."""
     seed: int = 14
+    tick: float = 0.005
+    """Seconds between the generator's wake-ups while requests are in flight (0: at every answer
+    and due node). Each wake-up of a process costs this virtual machine more CPU than the work
+    it then does (cold caches), so due nodes are sent, and answers handled, at the next tick —
+    a node is sent at most ``tick`` after it is due; latency is still from its send to the
+    kernel's arrival time of its answer."""
 
 
 def make_agents(spec: FleetSpec, logs: Sequence[bytes]) -> list[FakeAgentForLoad]:
@@ -119,27 +125,26 @@ class Tally:
 
 
 KEPT_NONCE_REFUSED = ("422 nonce_expired", "422 nonce_reused", "422 nonce_unknown")
+Outcome = tuple[str, str | None]
+"""(kind, error code or None) of one round."""
 
 
-async def attest(
-    client: AsyncClient, which: int, agent: FakeAgentForLoad
-) -> tuple[str, str | None]:
-    """One round for ``agent`` as the real agent does it: (kind, error code or None). Kinds:
-    ``re`` (an unchanged re-attestation, counted), ``reboot`` and ``full`` (a full record:
-    a new boot, or changed evidence or state), ``failure`` (a verdict that is not trusted). A
-    kept nonce that is refused falls back to a challenge within the round."""
+def attest(agent: FakeAgentForLoad) -> Generator[Request, Answer, Outcome]:
+    """One round for ``agent`` as the real agent does it (a ``loadhttp.Round``: yields its
+    requests, is sent their answers): (kind, error code or None). Kinds: ``re`` (an unchanged
+    re-attestation, counted), ``reboot`` and ``full`` (a full record: a new boot, or changed
+    evidence or state), ``failure`` (a verdict that is not trusted). A kept nonce that is refused
+    falls back to a challenge within the round."""
     kept = agent.next_nonce is not None
-    kind, err = await _attest(client, which, agent)
+    kind, err = yield from _attest(agent)
     if kept and err in KEPT_NONCE_REFUSED:
-        return await _attest(client, which, agent)
+        return (yield from _attest(agent))
     return kind, err
 
 
-async def _attest(
-    client: AsyncClient, which: int, agent: FakeAgentForLoad
-) -> tuple[str, str | None]:
+def _attest(agent: FakeAgentForLoad) -> Generator[Request, Answer, Outcome]:
     if agent.next_nonce is None:
-        status, ch = await client.post(which, f"/v1/nodes/{agent.name}/challenge", b"{}", JSON)
+        status, ch = yield Request(f"/v1/nodes/{agent.name}/challenge", b"{}", JSON)
         if status != 201:
             return "full", _code(status, ch)
         nonce, send = bytes.fromhex(ch["nonce"]), True
@@ -147,9 +152,9 @@ async def _attest(
         nonce, send = agent.next_nonce, False
     agent.next_nonce = None
     body = agent.evidence(nonce, send_log=send)
-    status, out = await client.post(which, f"/v1/nodes/{agent.name}/evidence", body, CBOR)
+    status, out = yield Request(f"/v1/nodes/{agent.name}/evidence", body, CBOR)
     if status == 422 and _code(status, out) == "422 event_log_missing":
-        return await _attest(client, which, agent)
+        return (yield from _attest(agent))
     if status != 200:
         return "re", _code(status, out)
     agent.next_nonce = bytes.fromhex(out["next_challenge"]["nonce"])
@@ -165,17 +170,15 @@ def _code(status: int, body: Any) -> str:
     return f"{status} {err.get('code') if isinstance(err, dict) else '?'}"
 
 
-async def _timed(
-    client: AsyncClient, which: int, agent: FakeAgentForLoad
-) -> tuple[str, str | None, float]:
-    """``attest`` and its seconds; a request that failed (the instance down, frozen past the
-    timeout, or an answer that is not HTTP or not JSON) is an error named by its exception."""
-    start = time.perf_counter()
-    try:
-        kind, err = await attest(client, which, agent)
-    except (OSError, ValueError) as exc:
-        kind, err = "re", type(exc).__name__
-    return kind, err, time.perf_counter() - start
+def _tally(tally: Tally, finished: list[Finished], full: str = "full") -> None:
+    """Count finished rounds; a round that failed (the instance down, frozen past the timeout, or
+    an answer that is not HTTP or not JSON) is an error named by its exception."""
+    for _, outcome, error, seconds in finished:
+        if error is not None:
+            tally.add("re", seconds, error)
+            continue
+        kind, err = outcome
+        tally.add(full if kind == "full" else kind, seconds, err)
 
 
 def phase_first(
@@ -188,27 +191,16 @@ def phase_first(
     """One attestation of every node, ``concurrency`` at a time (closed loop); returns the wall
     time. A full record counts as ``kind`` (``first``: the first of each boot)."""
     queue = list(enumerate(agents))
-
-    async def worker(client: AsyncClient) -> None:
-        while queue:
-            i, agent = queue.pop()
-            got, err, seconds = await _timed(client, i % len(urls), agent)
-            tally.add(kind if got == "full" else got, seconds, err)
-
-    return asyncio.run(_run_workers(worker, urls, spec.concurrency))
-
-
-async def _run_workers(
-    worker: Callable[[AsyncClient], Awaitable[None]], urls: Sequence[str], n: int
-) -> float:
-    """``n`` workers on this event loop, each with its own kept-alive connections; the wall time."""
-    clients = [AsyncClient(urls) for _ in range(n)]
+    loop = Loop(urls, tick=spec.tick)
     start = time.perf_counter()
     try:
-        await asyncio.gather(*(worker(c) for c in clients))
+        while queue or loop.busy:
+            while queue and loop.busy < spec.concurrency:
+                i, agent = queue.pop()
+                loop.start(i % len(urls), attest(agent), i)
+            _tally(tally, loop.wait(None), kind)
     finally:
-        for c in clients:
-            c.close()
+        loop.close()
     return time.perf_counter() - start
 
 
@@ -256,8 +248,8 @@ def phase_steady(
     logs: Sequence[bytes],
 ) -> float:
     """``seconds`` of attestation on each node's interval (± jitter) with events mixed in (open
-    loop: a node is due at its time whatever the others' latency; at most ``concurrency`` in
-    flight, each worker taking the earliest due node; latency counts from the send)."""
+    loop: a node is due at its time whatever the others' latency, and is sent then, or when one
+    of the ``concurrency`` requests in flight is answered; latency counts from the send)."""
     rng = random.Random(spec.seed)
     silent = set(rng.sample(range(len(agents)), int(len(agents) * spec.silent)))
     start = time.monotonic()
@@ -267,21 +259,20 @@ def phase_steady(
     heapq.heapify(due)
     end = start + spec.seconds
     spread = spec.interval * spec.jitter
-
-    async def worker(client: AsyncClient) -> None:
-        wrng = random.Random(rng.random())
-        while due and due[0][0] < end:
-            when, i = heapq.heappop(due)
-            heapq.heappush(due, (when + spec.interval + wrng.uniform(-spread, spread), i))
-            delay = when - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            agent = agents[i]
-            _perturb(agent, spec, wrng, logs)
-            kind, err, seconds = await _timed(client, wrng.randrange(len(urls)), agent)
-            tally.add(kind, seconds, err)
-
-    asyncio.run(_run_workers(worker, urls, spec.concurrency))
+    loop = Loop(urls, tick=spec.tick)
+    try:
+        while (due and due[0][0] < end) or loop.busy:
+            now = time.monotonic()
+            while due and due[0][0] <= now and due[0][0] < end and loop.busy < spec.concurrency:
+                when, i = heapq.heappop(due)
+                heapq.heappush(due, (when + spec.interval + rng.uniform(-spread, spread), i))
+                agent = agents[i]
+                _perturb(agent, spec, rng, logs)
+                loop.start(rng.randrange(len(urls)), attest(agent), i)
+            following = due[0][0] if due and due[0][0] < end else None
+            _tally(tally, loop.wait(following if loop.busy < spec.concurrency else None))
+    finally:
+        loop.close()
     return time.monotonic() - start
 
 

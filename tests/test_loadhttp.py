@@ -4,7 +4,6 @@ frozen server, and answers it refuses to guess at."""
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import threading
 import time
@@ -12,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from testkit.loadhttp import AsyncClient, Client, ProtocolError, _parse_head
+from testkit.loadhttp import Client, Loop, ProtocolError, Request, Round, _parse_head
 
 JSON = {"Content-Type": "application/json"}
 Reply = Callable[[int, bytes], object]
@@ -153,15 +152,11 @@ def test_a_connection_dropped_twice_is_the_callers_error(scripted: Make) -> None
 
 def test_a_server_that_closed_an_idle_connection_costs_no_retry(scripted: Make) -> None:
     server = scripted(lambda n, req: (_answer(b"{}"), True) if n == 1 else _answer(b"{}"))
-    client = AsyncClient([server.url], timeout=5)
-
-    async def two() -> None:
-        await client.post(0, "/", b"", JSON)
-        await asyncio.sleep(0.2)  # the close arrives while the connection is idle
-        await client.post(0, "/", b"", JSON)
-        client.close()
-
-    asyncio.run(two())
+    loop = Loop([server.url], timeout=5)
+    assert _run(loop, [_posts(1)]) == [((200, {}),)]
+    time.sleep(0.2)  # the close arrives while the connection is idle
+    assert _run(loop, [_posts(1)]) == [((200, {}),)]
+    loop.close()
     assert (len(server.requests), server.connections) == (2, 2)
 
 
@@ -208,8 +203,96 @@ def test_answers_it_does_not_read_are_value_errors(scripted: Make, answer: bytes
 
 def test_the_head_parser_reads_status_length_and_close() -> None:
     head = b"HTTP/1.1 422 UNPROCESSABLE ENTITY\r\nconnection: Close\r\nContent-Length:  68"
-    assert _parse_head(head, 99) == (422, 99, 68, True)
-    assert _parse_head(b"HTTP/1.0 200 OK\r\nContent-Length: 2", 5) == (200, 5, 2, True)
-    assert _parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 2", 5) == (200, 5, 2, False)
+    assert _parse_head(head) == (422, 68, True)
+    assert _parse_head(b"HTTP/1.0 200 OK\r\nContent-Length: 2") == (200, 2, True)
+    assert _parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 2") == (200, 2, False)
+    assert _parse_head(b"HTTP/1.1 200 OK") == (200, None, True)  # read to the close
     with pytest.raises(ProtocolError):
-        _parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: -2", 5)
+        _parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: -2")
+
+
+def _posts(n: int, path: str = "/v1/x") -> Round:
+    """A round of ``n`` requests; its result: their answers."""
+    answers = []
+    for i in range(n):
+        answers.append((yield Request(f"{path}/{i}", b"{}", JSON)))
+    return tuple(answers)
+
+
+def _run(loop: Loop, rounds: list[Round], which: int = 0) -> list[object]:
+    """Run ``rounds`` to their ends; their results in order (or the error's name)."""
+    for i, steps in enumerate(rounds):
+        loop.start(which, steps, i)
+    done: dict[int, object] = {}
+    deadline = time.monotonic() + 10
+    while loop.busy and time.monotonic() < deadline:
+        for tag, result, error, seconds in loop.wait(None):
+            assert seconds >= 0
+            done[tag] = error or result
+    return [done[i] for i in range(len(rounds))]
+
+
+@pytest.mark.parametrize("tick", [0.0, 0.01])
+def test_the_loop_runs_rounds_side_by_side_on_kept_alive_connections(
+    scripted: Make, tick: float
+) -> None:
+    server = scripted(lambda n, req: _answer(b'{"path": "%s"}' % req.split(b" ")[1]))
+    loop = Loop([server.url], timeout=5, tick=tick)
+    got = _run(loop, [_posts(3, f"/r{i}") for i in range(4)])
+    assert got == [tuple((200, {"path": f"/r{i}/{j}"}) for j in range(3)) for i in range(4)]
+    assert _run(loop, [_posts(1)]) == [((200, {"path": "/v1/x/0"}),)]
+    loop.close()
+    assert server.connections == 4  # one per round in flight, kept for the next
+
+
+def test_the_loop_times_an_answer_to_its_arrival_not_to_the_next_tick(scripted: Make) -> None:
+    server = scripted(lambda n, req: _answer(b"{}"))
+    loop = Loop([server.url], timeout=5, tick=0.2)
+    loop.start(0, _posts(1), "a")
+    finished = []
+    while loop.busy:
+        finished += loop.wait(None)
+    loop.close()
+    [(tag, result, error, seconds)] = finished
+    assert (tag, result, error) == ("a", ((200, {}),), None)
+    assert seconds < 0.1  # answered at once; handled at the tick 0.2 s later
+
+
+def test_the_loop_retries_a_dropped_connection_once_then_names_the_error(scripted: Make) -> None:
+    server = scripted(lambda n, req: None if n in (1, 3, 4) else _answer(b"{}"))
+    loop = Loop([server.url], timeout=5)
+    assert _run(loop, [_posts(1)]) == [((200, {}),)]  # dropped once, then answered
+    assert _run(loop, [_posts(1)]) == ["ConnectionResetError"]  # dropped twice
+    loop.close()
+    assert len(server.requests) == 4
+
+
+def test_the_loop_gives_up_on_a_frozen_server_after_the_timeout(scripted: Make) -> None:
+    server = scripted(lambda n, req: "hang")
+    loop = Loop([server.url], timeout=0.5)
+    start = time.monotonic()
+    assert _run(loop, [_posts(1), _posts(1)]) == ["TimeoutError", "TimeoutError"]
+    assert 0.5 <= time.monotonic() - start < 1.5
+    loop.close()
+    assert len(server.requests) == 2  # not retried
+
+
+def test_the_loop_names_a_refused_connection_after_one_retry() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    loop = Loop([f"http://127.0.0.1:{port}"], timeout=2)
+    assert _run(loop, [_posts(1)]) == ["ConnectionRefusedError"]
+    loop.close()
+
+
+def test_the_loop_sends_a_body_larger_than_the_socket_buffer(scripted: Make) -> None:
+    server = scripted(lambda n, req: _answer(b'{"got": %d}' % len(req)))
+    loop = Loop([server.url], timeout=5)
+
+    def big() -> Round:
+        return (yield Request("/big", b"x" * 3_000_000, JSON))
+
+    [(status, body)] = _run(loop, [big()])  # type: ignore[misc]
+    loop.close()
+    assert status == 200 and body["got"] > 3_000_000
