@@ -40,7 +40,7 @@ def _args() -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="gunicorn workers per instance")
     p.add_argument("--concurrency", type=int, default=64, help="requests in flight at most")
     p.add_argument(
-        "--tick", type=float, default=fleet.FleetSpec.tick,
+        "--tick", type=float, default=fleet.FleetSpec().tick,
         help="seconds between the generator's wake-ups (0: at every answer)",
     )  # fmt: skip
     return p.parse_args()
