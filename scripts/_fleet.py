@@ -38,7 +38,11 @@ def _args() -> argparse.Namespace:
     )
     p.add_argument("--instances", type=int, default=1, help="verifier instances (gunicorn each)")
     p.add_argument("--workers", type=int, default=2, help="gunicorn workers per instance")
-    p.add_argument("--concurrency", type=int, default=64, help="generator threads")
+    p.add_argument("--concurrency", type=int, default=64, help="requests in flight at most")
+    p.add_argument(
+        "--tick", type=float, default=fleet.FleetSpec().tick,
+        help="seconds between the generator's wake-ups (0: at every answer)",
+    )  # fmt: skip
     return p.parse_args()
 
 
@@ -60,8 +64,9 @@ def _database(arg: str | None, work: Path) -> Any:
 def main() -> int:
     args = _args()
     spec = fleet.FleetSpec(
-        nodes=args.nodes, seconds=args.seconds, interval=args.interval, concurrency=args.concurrency
-    )
+        nodes=args.nodes, seconds=args.seconds, interval=args.interval,
+        concurrency=args.concurrency, tick=args.tick,
+    )  # fmt: skip
     logs = [(CORPUS / name).read_bytes() for name in LOGS]
     work = Path(tempfile.mkdtemp(prefix="assay-fleet-"))
     with _database(args.database, work) as url:

@@ -15,17 +15,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import heapq
-import http.client
-import json
 import os
 import random
 import resource
 import statistics
-import threading
 import time
-import urllib.parse
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +39,8 @@ from verifier.store import Store, maintenance, repo
 from verifier.store.models import Node, NodeState
 
 from .dbsize import db_bytes
+from .loadhttp import Answer, Finished, Loop, Request
+from .loadhttp import Client as Client  # the same, blocking, for threads (the reliability tests)
 from .service import FakeAgentForLoad
 
 CBOR = {"Content-Type": "application/cbor"}
@@ -62,7 +60,14 @@ class FleetSpec:
     silent: float = 0.01
     """Fraction of nodes that stop attesting in phase 2 (they go stale)."""
     concurrency: int = 64
+    """Requests in flight at most."""
     seed: int = 14
+    tick: float = 0.005
+    """Seconds between the generator's wake-ups while requests are in flight (0: at every answer
+    and due node). Each wake-up of a process costs this virtual machine more CPU than the work
+    it then does (cold caches), so due nodes are sent, and answers handled, at the next tick —
+    a node is sent at most ``tick`` after it is due; latency is still from its send to the
+    kernel's arrival time of its answer."""
 
 
 def make_agents(spec: FleetSpec, logs: Sequence[bytes]) -> list[FakeAgentForLoad]:
@@ -105,71 +110,41 @@ def install_golden(svc: Services, logs: Sequence[bytes]) -> None:
 
 @dataclass
 class Tally:
-    """What the generator saw (shared by its threads under ``lock``)."""
+    """What the generator saw (its event loop's one thread adds to it)."""
 
-    lock: threading.Lock = field(default_factory=threading.Lock)
     latency: dict[str, list[float]] = field(default_factory=lambda: {"first": [], "re": []})
     kinds: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
 
     def add(self, kind: str, seconds: float, error: str | None) -> None:
-        with self.lock:
-            if error is not None:
-                self.errors[error] += 1
-                return
-            self.kinds[kind] += 1
-            self.latency["first" if kind == "first" else "re"].append(seconds)
-
-
-class Client:
-    """One keep-alive HTTP connection per verifier instance (http.client: cheap per request)."""
-
-    def __init__(self, urls: Sequence[str], timeout: float = 30.0) -> None:
-        self.targets = [urllib.parse.urlsplit(u) for u in urls]
-        self.conns: dict[int, http.client.HTTPConnection] = {}
-        self.timeout = timeout
-
-    def post(self, which: int, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
-        """(status, decoded JSON); a dropped keep-alive connection is retried once, then the
-        OSError is the caller's (the instance is down or frozen)."""
-        for attempt in (0, 1):
-            conn = self.conns.get(which)
-            if conn is None:
-                t = self.targets[which]
-                conn = self.conns[which] = http.client.HTTPConnection(
-                    t.hostname or "127.0.0.1", t.port, timeout=self.timeout
-                )
-            try:
-                conn.request("POST", path, body=body, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
-                return resp.status, json.loads(data) if data else {}
-            except (OSError, http.client.HTTPException, ValueError):
-                conn.close()
-                del self.conns[which]
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
+        if error is not None:
+            self.errors[error] += 1
+            return
+        self.kinds[kind] += 1
+        self.latency["first" if kind == "first" else "re"].append(seconds)
 
 
 KEPT_NONCE_REFUSED = ("422 nonce_expired", "422 nonce_reused", "422 nonce_unknown")
+Outcome = tuple[str, str | None]
+"""(kind, error code or None) of one round."""
 
 
-def attest(client: Client, which: int, agent: FakeAgentForLoad) -> tuple[str, str | None]:
-    """One round for ``agent`` as the real agent does it: (kind, error code or None). Kinds:
-    ``re`` (an unchanged re-attestation, counted), ``reboot`` and ``full`` (a full record:
-    a new boot, or changed evidence or state), ``failure`` (a verdict that is not trusted). A
-    kept nonce that is refused falls back to a challenge within the round."""
+def attest(agent: FakeAgentForLoad) -> Generator[Request, Answer, Outcome]:
+    """One round for ``agent`` as the real agent does it (a ``loadhttp.Round``: yields its
+    requests, is sent their answers): (kind, error code or None). Kinds: ``re`` (an unchanged
+    re-attestation, counted), ``reboot`` and ``full`` (a full record: a new boot, or changed
+    evidence or state), ``failure`` (a verdict that is not trusted). A kept nonce that is refused
+    falls back to a challenge within the round."""
     kept = agent.next_nonce is not None
-    kind, err = _attest(client, which, agent)
+    kind, err = yield from _attest(agent)
     if kept and err in KEPT_NONCE_REFUSED:
-        return _attest(client, which, agent)
+        return (yield from _attest(agent))
     return kind, err
 
 
-def _attest(client: Client, which: int, agent: FakeAgentForLoad) -> tuple[str, str | None]:
+def _attest(agent: FakeAgentForLoad) -> Generator[Request, Answer, Outcome]:
     if agent.next_nonce is None:
-        status, ch = client.post(which, f"/v1/nodes/{agent.name}/challenge", b"{}", JSON)
+        status, ch = yield Request(f"/v1/nodes/{agent.name}/challenge", b"{}", JSON)
         if status != 201:
             return "full", _code(status, ch)
         nonce, send = bytes.fromhex(ch["nonce"]), True
@@ -177,9 +152,9 @@ def _attest(client: Client, which: int, agent: FakeAgentForLoad) -> tuple[str, s
         nonce, send = agent.next_nonce, False
     agent.next_nonce = None
     body = agent.evidence(nonce, send_log=send)
-    status, out = client.post(which, f"/v1/nodes/{agent.name}/evidence", body, CBOR)
+    status, out = yield Request(f"/v1/nodes/{agent.name}/evidence", body, CBOR)
     if status == 422 and _code(status, out) == "422 event_log_missing":
-        return _attest(client, which, agent)
+        return (yield from _attest(agent))
     if status != 200:
         return "re", _code(status, out)
     agent.next_nonce = bytes.fromhex(out["next_challenge"]["nonce"])
@@ -195,6 +170,17 @@ def _code(status: int, body: Any) -> str:
     return f"{status} {err.get('code') if isinstance(err, dict) else '?'}"
 
 
+def _tally(tally: Tally, finished: list[Finished], full: str = "full") -> None:
+    """Count finished rounds; a round that failed (the instance down, frozen past the timeout, or
+    an answer that is not HTTP or not JSON) is an error named by its exception."""
+    for _, outcome, error, seconds in finished:
+        if error is not None:
+            tally.add("re", seconds, error)
+            continue
+        kind, err = outcome
+        tally.add(full if kind == "full" else kind, seconds, err)
+
+
 def phase_first(
     urls: Sequence[str],
     agents: list[FakeAgentForLoad],
@@ -202,32 +188,19 @@ def phase_first(
     tally: Tally,
     kind: str = "first",
 ) -> float:
-    """One attestation of every node, ``concurrency`` at a time; returns the wall time. A full
-    record counts as ``kind`` (``first``: the first of each boot)."""
+    """One attestation of every node, ``concurrency`` at a time (closed loop); returns the wall
+    time. A full record counts as ``kind`` (``first``: the first of each boot)."""
     queue = list(enumerate(agents))
-    lock = threading.Lock()
-
-    def worker() -> None:
-        client = Client(urls)
-        while True:
-            with lock:
-                if not queue:
-                    return
-                i, agent = queue.pop()
-            t = time.perf_counter()
-            got, err = attest(client, i % len(urls), agent)
-            tally.add(kind if got == "full" else got, time.perf_counter() - t, err)
-
-    return _run_threads(worker, spec.concurrency)
-
-
-def _run_threads(target: Any, n: int) -> float:
-    threads = [threading.Thread(target=target, daemon=True) for _ in range(n)]
+    loop = Loop(urls, tick=spec.tick)
     start = time.perf_counter()
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    try:
+        while queue or loop.busy:
+            while queue and loop.busy < spec.concurrency:
+                i, agent = queue.pop()
+                loop.start(i % len(urls), attest(agent), i)
+            _tally(tally, loop.wait(None), kind)
+    finally:
+        loop.close()
     return time.perf_counter() - start
 
 
@@ -274,7 +247,9 @@ def phase_steady(
     tally: Tally,
     logs: Sequence[bytes],
 ) -> float:
-    """``seconds`` of attestation on each node's interval (± jitter) with events mixed in."""
+    """``seconds`` of attestation on each node's interval (± jitter) with events mixed in (open
+    loop: a node is due at its time whatever the others' latency, and is sent then, or when one
+    of the ``concurrency`` requests in flight is answered; latency counts from the send)."""
     rng = random.Random(spec.seed)
     silent = set(rng.sample(range(len(agents)), int(len(agents) * spec.silent)))
     start = time.monotonic()
@@ -282,28 +257,22 @@ def phase_steady(
         (start + rng.uniform(0, spec.interval), i) for i in range(len(agents)) if i not in silent
     ]
     heapq.heapify(due)
-    lock = threading.Lock()
     end = start + spec.seconds
-
-    def worker() -> None:
-        client, wrng = Client(urls), random.Random(rng.random())
-        while True:
-            with lock:
-                if not due or due[0][0] >= end:
-                    return
+    spread = spec.interval * spec.jitter
+    loop = Loop(urls, tick=spec.tick)
+    try:
+        while (due and due[0][0] < end) or loop.busy:
+            now = time.monotonic()
+            while due and due[0][0] <= now and due[0][0] < end and loop.busy < spec.concurrency:
                 when, i = heapq.heappop(due)
-                spread = spec.interval * spec.jitter
-                heapq.heappush(due, (when + spec.interval + wrng.uniform(-spread, spread), i))
-            delay = when - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            agent = agents[i]
-            _perturb(agent, spec, wrng, logs)
-            t = time.perf_counter()
-            kind, err = attest(client, wrng.randrange(len(urls)), agent)
-            tally.add(kind, time.perf_counter() - t, err)
-
-    _run_threads(worker, spec.concurrency)
+                heapq.heappush(due, (when + spec.interval + rng.uniform(-spread, spread), i))
+                agent = agents[i]
+                _perturb(agent, spec, rng, logs)
+                loop.start(rng.randrange(len(urls)), attest(agent), i)
+            following = due[0][0] if due and due[0][0] < end else None
+            _tally(tally, loop.wait(following if loop.busy < spec.concurrency else None))
+    finally:
+        loop.close()
     return time.monotonic() - start
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -59,16 +60,39 @@ class SoftwareAk:
     ) -> tuple[bytes, bytes]:
         """(TPMS_ATTEST, TPMT_SIGNATURE) of a quote of exactly ``pcrs`` (banks in the order given,
         PCRs ascending) for ``nonce``."""
-        selection = {bank: sorted(values) for bank, values in pcrs.items()}
-        digest = HashAlg.SHA256.hash(
-            b"".join(pcrs[bank][p] for bank, indices in selection.items() for p in indices)
-        )
-        attest = marshal_quote_attest(selection, digest, nonce, clock_info=clock_info)
-        r, s = decode_dss_signature(self._key.sign(attest, ec.ECDSA(hashes.SHA256())))
+        return self.quote_of(QuoteOf.values(pcrs), nonce, clock_info=clock_info)
+
+    def quote_of(
+        self, of: QuoteOf, nonce: bytes, *, clock_info: ClockInfo = CLOCK
+    ) -> tuple[bytes, bytes]:
+        """``quote`` of values whose selection and digest are computed already (the load
+        generator quotes the same values thousands of times)."""
+        attest = marshal_quote_attest(of.selection, of.digest, nonce, clock_info=clock_info)
+        r, s = decode_dss_signature(self._key.sign(attest, _ECDSA_SHA256))
         sig = Signature(
             Alg.ECDSA, HashAlg.SHA256, b"", r.to_bytes(32, "big"), s.to_bytes(32, "big")
         )
         return attest, marshal_signature(sig)
+
+
+@dataclass(frozen=True, slots=True)
+class QuoteOf:
+    """What a quote of given PCR values covers: the selection (banks in the order given, PCRs
+    ascending) and the SHA-256 digest of the selected values."""
+
+    selection: dict[HashAlg, list[int]]
+    digest: bytes
+
+    @classmethod
+    def values(cls, pcrs: PcrValues) -> QuoteOf:
+        selection = {bank: sorted(values) for bank, values in pcrs.items()}
+        digest = HashAlg.SHA256.hash(
+            b"".join(pcrs[bank][p] for bank, indices in selection.items() for p in indices)
+        )
+        return cls(selection, digest)
+
+
+_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
 
 
 @functools.cache
