@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -80,32 +79,6 @@ def _fields(snap: hotpath.NodeSnapshot) -> dict[str, object]:
     return {k: getattr(snap, k) for k in hotpath.NodeSnapshot.__slots__}
 
 
-def test_a_database_error_is_sqlalchemys_and_a_locked_sqlite_is_unavailable(
-    store: Store, tmp_path: Path
-) -> None:
-    cols = ("node_id", "nonce", "created_at", "expires_at", "used_at")
-    dupe = insert(Nonce).values({c: bindparam(c) for c in cols})  # no ON CONFLICT
-    with store.read() as db:
-        node_id = db.scalars(select(Node.id)).one()
-    row = {"node_id": node_id, "nonce": b"z" * 32, "created_at": T0, "expires_at": T0}
-    with store.write() as db:
-        prepared(db, dupe).rowcount(db, {**row, "used_at": None})
-    with pytest.raises(exc.IntegrityError), store.write() as db:
-        prepared(db, dupe).rowcount(db, {**row, "used_at": T0})
-    if not store.is_sqlite:
-        return
-    holder = sqlite3.connect(store.engine.url.database or "", isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
-    try:
-        quick = Store(str(store.engine.url.database), lock_timeout=0.2)
-        with pytest.raises(StoreUnavailable, match="locked"), quick.write() as db:
-            hotpath.use_nonce(db, 1, b"y" * 32, T0, T0)
-        quick.close()
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
-
-
 def test_a_statement_with_python_side_defaults_is_refused(store: Store) -> None:
     # Node.reason has a Python-side default: SQLAlchemy's execution context would fill it in.
     stmt = insert(Node).values(name=bindparam("name"))
@@ -168,18 +141,22 @@ def test_a_raw_read_leaves_its_connection_as_the_pool_lent_it(store: Store) -> N
     assert _nonces(store) == []
 
 
-def test_raw_errors_are_sqlalchemys_and_a_locked_sqlite_is_unavailable(store: Store) -> None:
+@pytest.mark.parametrize("write", ["write", "raw_write"])
+def test_database_errors_are_sqlalchemys_and_a_locked_sqlite_is_unavailable(
+    store: Store, write: str
+) -> None:
+    """Through a Session's transaction and a raw connection alike."""
     cols = ("node_id", "nonce", "created_at", "expires_at", "used_at")
     dupe = insert(Nonce).values({c: bindparam(c) for c in cols})  # no ON CONFLICT
     with store.read() as db:
         node_id = db.scalars(select(Node.id)).one()
     row = {"node_id": node_id, "nonce": b"z" * 32, "created_at": T0, "expires_at": T0}
-    with store.raw_write() as raw:
-        prepared(raw, dupe).rowcount(raw, {**row, "used_at": None})
-    with pytest.raises(exc.IntegrityError), store.raw_write() as raw:
-        prepared(raw, dupe).rowcount(raw, {**row, "used_at": T0})
-    with store.raw_write() as raw:  # the connection that failed is usable again
-        assert hotpath.use_nonce(raw, node_id, b"w" * 32, T0, T0)
+    with getattr(store, write)() as db:
+        prepared(db, dupe).rowcount(db, {**row, "used_at": None})
+    with pytest.raises(exc.IntegrityError), getattr(store, write)() as db:
+        prepared(db, dupe).rowcount(db, {**row, "used_at": T0})
+    with getattr(store, write)() as db:  # the connection that failed is usable again
+        assert hotpath.use_nonce(db, node_id, b"w" * 32, T0, T0)
     assert _nonces(store) == [b"w" * 32, b"z" * 32]
     if not store.is_sqlite:
         return
@@ -187,8 +164,8 @@ def test_raw_errors_are_sqlalchemys_and_a_locked_sqlite_is_unavailable(store: St
     holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
     try:
         quick = Store(str(store.engine.url.database), lock_timeout=0.2)
-        with pytest.raises(StoreUnavailable, match="locked"), quick.raw_write() as raw:
-            hotpath.use_nonce(raw, 1, b"y" * 32, T0, T0)
+        with pytest.raises(StoreUnavailable, match="locked"), getattr(quick, write)() as db:
+            hotpath.use_nonce(db, 1, b"y" * 32, T0, T0)
         quick.close()
     finally:
         holder.execute("ROLLBACK")
