@@ -106,6 +106,8 @@ def test_the_path_node_is_decoded_as_werkzeug_decodes_it() -> None:
         assert node_of(environ) == node.replace("%41", "A")
     slash = EnvironBuilder(method="POST", path="/v1/nodes/a%2fb/evidence").get_environ()
     assert node_of(slash) is None  # a decoded "/" is two segments for Flask's router too
+    odd = {"REQUEST_METHOD": "POST", "PATH_INFO": "/v1/nodes/\u2603/evidence"}
+    assert node_of(odd) is None  # not latin-1 (no WSGI server sends it): never raised here
 
 
 def test_an_attestation_through_each_path_gets_the_same_answer(fleet: Fleet) -> None:

@@ -49,7 +49,10 @@ def node_of(environ: dict[str, Any]) -> str | None:
     raw = path[len(_PREFIX) : -len(_SUFFIX)]
     if not raw or "/" in raw:
         return None
-    return raw.encode("latin-1").decode("utf-8", "replace")  # as Werkzeug decodes PATH_INFO
+    try:
+        return raw.encode("latin-1").decode("utf-8", "replace")  # as Werkzeug decodes PATH_INFO
+    except UnicodeEncodeError:  # not a WSGI string (PEP 3333): Flask decides
+        return None
 
 
 class EvidenceRoute:
