@@ -140,6 +140,8 @@ def callgrind(args: argparse.Namespace) -> dict[str, Any]:
             "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, __file__,
             "--kind", args.kind, "--batches", "1", "--rounds", str(rounds), "--json",
         ]  # fmt: skip
+        if args.database:  # the client's instructions only: a database server is not counted
+            cmd += ["--database", args.database]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if done.returncode != 0:  # the run's own error, not valgrind's banner
             lines = [ln for ln in done.stderr.splitlines() if not ln.startswith("==")]

@@ -48,15 +48,18 @@ def _args() -> argparse.Namespace:
 
 @contextlib.contextmanager
 def _database(arg: str | None, work: Path) -> Any:
+    """(URL, the database server's pids: its CPU is counted apart; none for SQLite, which runs
+    inside the verifier)."""
     if arg != "postgres":
-        yield arg or str(work / "fleet.db")
+        yield arg or str(work / "fleet.db"), []
         return
     sys.path.insert(0, str(ROOT))
     from tests.postgres import start_postgres, stop_postgres
 
     server = start_postgres(Path(tempfile.mkdtemp(prefix="assay-pg-")))
     try:
-        yield server.create_database()
+        postmaster = int((server.datadir / "postmaster.pid").read_text().split()[0])
+        yield server.create_database(), [postmaster]
     finally:
         stop_postgres(server)
 
@@ -69,7 +72,7 @@ def main() -> int:
     )  # fmt: skip
     logs = [(CORPUS / name).read_bytes() for name in LOGS]
     work = Path(tempfile.mkdtemp(prefix="assay-fleet-"))
-    with _database(args.database, work) as url:
+    with _database(args.database, work) as (url, db_pids):
         probe = fleet.cpu_probe_ms()
         store = Store(url)
         upgrade(store)
@@ -80,7 +83,7 @@ def main() -> int:
         fleet.install_golden(Services(config=config, store=store), logs)
         agents = fleet.make_agents(spec, logs)
         fleet.enroll_many(store, agents)
-        out = run(spec, config, store, agents, logs, args.instances)
+        out = run(spec, config, store, agents, logs, args.instances, db_pids)
         store.close()
     out = {"nodes": spec.nodes, "seconds": spec.seconds, "instances": args.instances, **out}
     out["load_average"] = [round(x, 2) for x in os.getloadavg()]
@@ -99,19 +102,25 @@ def run(
     agents: list[fleet.FakeAgentForLoad],
     logs: list[bytes],
     instances: int,
+    db_pids: list[int],
 ) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         served = [stack.enter_context(serve(config)) for _ in range(instances)]
         urls, pids = [s.url for s in served], [s.proc.pid for s in served]
         tally = fleet.Tally()
         cpu0, gen0 = fleet.process_cpu(pids), fleet.own_cpu()
+        db0 = fleet.process_cpu(db_pids)
         first_wall = fleet.phase_first(urls, agents, spec, tally)
         kinds0, re0 = fleet.Counter(tally.kinds), len(tally.latency["re"])
         steady_wall = fleet.phase_steady(urls, agents, spec, tally, logs)
         steady_latency = tally.latency["re"][re0:]  # the open-loop phase's, not the quiet round's
         steady = fleet.Counter(tally.kinds)
         steady.subtract(kinds0)
-        cpu = {"server": fleet.process_cpu(pids) - cpu0, "generator": fleet.own_cpu() - gen0}
+        cpu = {
+            "server": fleet.process_cpu(pids) - cpu0,
+            "generator": fleet.own_cpu() - gen0,
+            "database": fleet.process_cpu(db_pids) - db0,
+        }
         # Bytes per unchanged re-attestation: one quiet round (no events), used nonces purged.
         horizon = dt.timedelta(seconds=max(config.nonce_lifetime, config.freshness_window) + 1)
         before = fleet.bytes_now(store, horizon)

@@ -42,6 +42,11 @@ STATEMENT_TIMEOUT = 10.0
 IDLE_IN_TRANSACTION_TIMEOUT = 10.0
 """PostgreSQL: seconds a session may sit idle inside a transaction (a frozen or partitioned
 instance) before the server ends it, releasing its locks for the other instances."""
+PING_IDLE_AFTER = 1.0
+"""PostgreSQL: seconds a pooled connection may sit unused before it is pinged at checkout. A
+connection in steady use is not pinged (two round trips per re-attestation otherwise): if the
+database restarted under it, its next statement fails (503), which invalidates the whole pool;
+one that sat idle, perhaps across a restart, is pinged and replaced before a request uses it."""
 KEEPALIVE = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3}
 """TCP keepalives on every PostgreSQL connection: a dead peer is noticed within ~11 s."""
 
@@ -128,11 +133,34 @@ def begin_sqlite(dbapi: Any, mode: str, lock_timeout: float) -> None:
             dbapi.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
 
 
+def _stamp_checkin(_dbapi: Any, record: Any) -> None:
+    record.info["idle_since"] = time.monotonic()
+
+
+def _pinger(dialect: Any, after: float) -> Any:
+    """A pool ``checkout`` listener: ping a connection idle for ``after`` seconds or more; a lost
+    one is replaced (with every older connection of the pool) before it is handed out."""
+
+    def ping_if_idle(dbapi: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("idle_since")  # ``info`` is emptied with a new connection
+        if since is None or time.monotonic() - since < after:
+            return
+        try:
+            dialect.do_ping(dbapi)
+        except dialect.loaded_dbapi.Error as exc:
+            if dialect.is_disconnect(exc, dbapi, None):
+                raise sa_exc.InvalidatePoolError(str(exc).splitlines()[0][:120]) from exc
+            raise
+
+    return ping_if_idle
+
+
 def make_engine(
     url: str,
     lock_timeout: float = LOCK_TIMEOUT,
     statement_timeout: float = STATEMENT_TIMEOUT,
     idle_timeout: float = IDLE_IN_TRANSACTION_TIMEOUT,
+    ping_idle_after: float = PING_IDLE_AFTER,
 ) -> Engine:
     """An engine whose every wait is bounded (lock, statement, idle transaction, connect, pool,
     a dead TCP peer), so one stuck instance or a database outage cannot stall the others."""
@@ -156,9 +184,8 @@ def make_engine(
         event.listen(engine, "begin", _sqlite_begin)
         return engine
     if parsed.get_backend_name() == "postgresql":
-        return create_engine(
+        engine = create_engine(
             parsed,
-            pool_pre_ping=True,
             pool_size=5,
             max_overflow=5,
             pool_timeout=lock_timeout,
@@ -169,6 +196,9 @@ def make_engine(
                 "tcp_user_timeout": int(statement_timeout * 1000),
             },
         )
+        event.listen(engine.pool, "checkin", _stamp_checkin)
+        event.listen(engine.pool, "checkout", _pinger(engine.dialect, ping_idle_after))
+        return engine
     backend = parsed.get_backend_name()
     raise ConfigurationError(f"unsupported database {backend!r} (sqlite, postgresql)")
 
@@ -196,9 +226,12 @@ class Store:
         lock_timeout: float = LOCK_TIMEOUT,
         statement_timeout: float = STATEMENT_TIMEOUT,
         idle_timeout: float = IDLE_IN_TRANSACTION_TIMEOUT,
+        ping_idle_after: float = PING_IDLE_AFTER,
     ) -> None:
         self.url = database_url(url)
-        self.engine = make_engine(self.url, lock_timeout, statement_timeout, idle_timeout)
+        self.engine = make_engine(
+            self.url, lock_timeout, statement_timeout, idle_timeout, ping_idle_after
+        )
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self.lock_timeout = lock_timeout
         # SQLite has one writer at a time: the requests of one process queue for it here, in
@@ -244,7 +277,7 @@ class Store:
         prepared statements of an attestation's read (``verifier.store.prepared``)."""
         with _unavailable_as_domain_error():
             fairy = self._checkout()
-            raw = Raw(fairy, self.engine.dialect)
+            raw = Raw(fairy, self.engine.dialect, self.engine.pool)
             try:
                 if not self.is_sqlite:  # SQLite's connections are in autocommit already
                     raw.call("autocommit", lambda: setattr(raw.dbapi, "autocommit", True))
@@ -261,7 +294,7 @@ class Store:
         normally, rolled back otherwise; the same lock waits and errors as ``write()``."""
         with self._one_writer(), _unavailable_as_domain_error():
             fairy = self._checkout()
-            raw = Raw(fairy, self.engine.dialect)
+            raw = Raw(fairy, self.engine.dialect, self.engine.pool)
             try:
                 if self.is_sqlite:  # PostgreSQL's driver begins at the first statement
                     begin_sqlite(raw.dbapi, "IMMEDIATE", self.lock_timeout)

@@ -20,7 +20,7 @@ from typing import Any, cast
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
-from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.pool import Pool, PoolProxiedConnection
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
@@ -33,10 +33,13 @@ class Raw:
     transaction objects — what they cost was a quarter of an unchanged re-attestation. The
     ``Store`` that hands it out owns its transaction and its return to the pool."""
 
-    __slots__ = ("_fairy", "dbapi", "dialect")
+    __slots__ = ("_fairy", "_pool", "dbapi", "dialect")
 
-    def __init__(self, fairy: PoolProxiedConnection, dialect: Dialect) -> None:
+    def __init__(
+        self, fairy: PoolProxiedConnection, dialect: Dialect, pool: Pool | None = None
+    ) -> None:
         self._fairy = fairy
+        self._pool = pool
         self.dialect = dialect
         self.dbapi: Any = fairy.driver_connection
 
@@ -48,10 +51,15 @@ class Raw:
             raise self.wrapped(what, (), exc, None) from exc
 
     def wrapped(self, sql: str, args: Any, exc: Any, cursor: Any) -> sa_exc.StatementError:
-        """``exc`` (a DBAPI error) as SQLAlchemy raises it; a lost connection is invalidated."""
+        """``exc`` (a DBAPI error) as SQLAlchemy raises it. A lost connection is invalidated,
+        and with it every connection of the pool opened before it (what SQLAlchemy's own
+        execution does on a disconnect: the database restarted, so they are all gone)."""
         gone = self.dialect.is_disconnect(exc, self.dbapi, cursor)
         if gone:
-            self._fairy.invalidate(exc)
+            if self._pool is not None:
+                self._pool._invalidate(self._fairy, exc)
+            else:
+                self._fairy.invalidate(exc)
         err: sa_exc.StatementError = sa_exc.DBAPIError.instance(
             sql, args, exc, self.dialect.loaded_dbapi.Error,
             connection_invalidated=gone, dialect=self.dialect,
@@ -133,7 +141,8 @@ class Prepared:
             if isinstance(s, Raw):
                 raise s.wrapped(self.sql, args, exc, cursor) from exc
             gone = self.dialect.is_disconnect(exc, dbapi, cursor)
-            if gone:
+            if gone:  # as ``Raw.wrapped``: the pool's older connections too
+                conn.engine.pool._invalidate(conn.connection, exc, _checkin=False)
                 conn.invalidate(exc)
             raise sa_exc.DBAPIError.instance(
                 self.sql, args, exc, self.dialect.loaded_dbapi.Error,
