@@ -105,15 +105,10 @@ def cooperative_psycopg() -> None:
         """``gen`` (psycopg's protocol: it yields what to wait for, is sent what is ready), with
         each wait tried natively first; only the waits that take longer are passed on."""
         poll = native_poll()
-        registered = False
         try:
             s = next(gen)
+            poll.register(fileno, masks[s])
             while True:
-                if registered:
-                    poll.modify(fileno, masks[s])
-                else:
-                    poll.register(fileno, masks[s])
-                    registered = True
                 events = poll.poll(BRIEF_WAIT_MS)
                 ev = events[0][1] if events else 0
                 ready = (waiting.Ready.R if ev & select.POLLIN else 0) | (
@@ -122,6 +117,7 @@ def cooperative_psycopg() -> None:
                 if not ready:  # not yet (or an error, which psycopg's own wait reports)
                     ready = yield s
                 s = gen.send(ready)
+                poll.modify(fileno, masks[s])
         except StopIteration as done:
             return done.value
 

@@ -35,9 +35,7 @@ class Raw:
 
     __slots__ = ("_fairy", "_pool", "dbapi", "dialect")
 
-    def __init__(
-        self, fairy: PoolProxiedConnection, dialect: Dialect, pool: Pool | None = None
-    ) -> None:
+    def __init__(self, fairy: PoolProxiedConnection, dialect: Dialect, pool: Pool) -> None:
         self._fairy = fairy
         self._pool = pool
         self.dialect = dialect
@@ -56,10 +54,7 @@ class Raw:
         execution does on a disconnect: the database restarted, so they are all gone)."""
         gone = self.dialect.is_disconnect(exc, self.dbapi, cursor)
         if gone:
-            if self._pool is not None:
-                self._pool._invalidate(self._fairy, exc)
-            else:
-                self._fairy.invalidate(exc)
+            self._pool._invalidate(self._fairy, exc)  # the fairy too
         err: sa_exc.StatementError = sa_exc.DBAPIError.instance(
             sql, args, exc, self.dialect.loaded_dbapi.Error,
             connection_invalidated=gone, dialect=self.dialect,
