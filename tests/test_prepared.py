@@ -5,14 +5,21 @@ execution of the same statements, on SQLite and PostgreSQL: same rows, same Pyth
 from __future__ import annotations
 
 import datetime as dt
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import bindparam, exc, insert, select
 
 from tests.postgres import either_store, postgres_server, postgres_url  # noqa: F401
-from verifier.store import NodeState, Store, StoreUnavailable, hotpath
+from verifier.store import NodeState, Store, StoreUnavailable, hotpath, upgrade
 from verifier.store.models import Node, Nonce
 from verifier.store.prepared import Prepared, prepared
 
@@ -21,7 +28,11 @@ T0 = dt.datetime(2026, 12, 1, 12, 0, 0, 123456, tzinfo=dt.UTC)
 
 @pytest.fixture
 def store(either_store: Store) -> Store:  # noqa: F811
-    s = either_store
+    return _seeded(either_store)
+
+
+def _seeded(s: Store) -> Store:
+    """``s`` with one trusted node, ``n1``."""
     with s.write() as db:
         db.add(
             Node(
@@ -107,6 +118,8 @@ def _nonces(store: Store) -> list[bytes]:
 def test_a_raw_write_commits_when_the_block_ends_and_rolls_back_when_it_raises(
     store: Store,
 ) -> None:
+    """SQLite: one transaction of any statements. PostgreSQL: one statement, which commits
+    itself (no transaction open between two messages); a second one is refused."""
     with store.raw_read() as raw:
         read = hotpath.read_for_attestation(raw, "n1", b"a" * 32)
     assert read is not None and read.node.state is NodeState.TRUSTED
@@ -114,15 +127,21 @@ def test_a_raw_write_commits_when_the_block_ends_and_rolls_back_when_it_raises(
     node_id, later = read.node.id, T0 + dt.timedelta(seconds=61)
     with store.raw_write() as raw:
         assert hotpath.use_nonce(raw, node_id, b"a" * 32, later, later)
-        assert hotpath.refresh_unchanged_node(raw, read.node, later, 12345679901)
-    with pytest.raises(RuntimeError), store.raw_write() as raw:
+        if store.is_sqlite:
+            assert hotpath.refresh_unchanged_node(raw, read.node, later, 12345679901)
+        else:
+            with pytest.raises(RuntimeError, match="one statement"):
+                hotpath.refresh_unchanged_node(raw, read.node, later, 12345679901)
+    with pytest.raises(RuntimeError, match="the caller"), store.raw_write() as raw:
         assert hotpath.use_nonce(raw, node_id, b"b" * 32, later, later)
-        assert hotpath.refresh_unchanged_node(raw, read.node, later, 1)
         raise RuntimeError("the caller failed after writing")
-    assert _nonces(store) == [b"a" * 32]  # the second block left nothing
+    # SQLite rolled the second block back; PostgreSQL's statement had committed itself.
+    assert _nonces(store) == ([b"a" * 32] if store.is_sqlite else [b"a" * 32, b"b" * 32])
     with store.read() as db:
         node = db.scalars(select(Node).where(Node.name == "n1")).one()
-        assert node.last_attested_at == later and node.last_clock == 12345679901
+        assert (node.last_attested_at, node.last_clock) == (
+            (later, 12345679901) if store.is_sqlite else (None, 12345678901)
+        )
     with store.raw_read() as raw:  # a raw read sees what was committed
         assert hotpath.read_for_attestation(raw, "n1", b"a" * 32).nonce_used  # type: ignore[union-attr]
 
@@ -173,24 +192,30 @@ def test_database_errors_are_sqlalchemys_and_a_locked_sqlite_is_unavailable(
     assert b"y" * 32 not in _nonces(store)
 
 
-def test_the_compact_write_answers_alike_whether_pipelined_or_not(
+def test_the_compact_write_writes_all_or_nothing_in_one_statement_on_postgresql(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``count_repeat``: nonce, refresh and count together (one pipeline on PostgreSQL); what
-    each found, so the caller commits or rolls back; every outcome on both databases."""
+    """``count_repeat``: nonce, refresh and count; what each found, for every outcome on both
+    databases. On PostgreSQL it is one statement, never a pipeline, and a refused nonce or a
+    changed node writes nothing although nothing is rolled back (autocommit); on SQLite the
+    caller's rollback undoes it."""
     from verifier.store.models import Attestation
 
-    entered = []
+    sent: list[str] = []
     if not store.is_sqlite:
         import psycopg
 
-        real = psycopg.Connection.pipeline
+        real = psycopg.Cursor.execute
 
-        def spy(self: Any) -> Any:
-            entered.append(True)
-            return real(self)
+        def spy(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+            sent.append(str(query))
+            return real(self, query, *args, **kwargs)
 
-        monkeypatch.setattr(psycopg.Connection, "pipeline", spy)
+        def no_pipeline(self: Any) -> Any:
+            raise AssertionError("a pipeline")
+
+        monkeypatch.setattr(psycopg.Cursor, "execute", spy)
+        monkeypatch.setattr(psycopg.Connection, "pipeline", no_pipeline)
     with store.write() as db:
         node = db.scalars(select(Node)).one()
         db.add(Attestation(id=7, node_id=node.id, **_attestation_fields()))
@@ -199,22 +224,47 @@ def test_the_compact_write_answers_alike_whether_pipelined_or_not(
     assert read is not None
     snap, later = read.node, T0 + dt.timedelta(seconds=61)
     args = (later, 12345679901, b"r" * 32, later, b"quote", b"sig")
+    sent.clear()
     with store.raw_write() as raw:
         got = hotpath.count_repeat(raw, snap, *args)
     assert got == hotpath.Repeat(nonce_fresh=True, node_unchanged=True, count=1)
-    assert entered == ([] if store.is_sqlite else [True])
-    with pytest.raises(RuntimeError), store.raw_write() as raw:  # the nonce again: rolled back
-        assert hotpath.count_repeat(raw, snap, *args).nonce_fresh is False
+    if not store.is_sqlite:
+        assert len(sent) == 1 and sent[0].startswith("WITH refreshed AS"), sent
+    with pytest.raises(RuntimeError), store.raw_write() as raw:  # the nonce again
+        got = hotpath.count_repeat(raw, snap, *args)
+        assert got.nonce_fresh is False
+        assert store.is_sqlite or got == hotpath.Repeat(False, False, 0)  # no write at all
         raise RuntimeError("refused")
     stale = hotpath.NodeSnapshot(**{**_fields(snap), "verdict_key": "other"})
     with pytest.raises(RuntimeError), store.raw_write() as raw:
         got = hotpath.count_repeat(raw, stale, later, 1, b"s" * 32, later, b"q", b"s")
         assert (got.nonce_fresh, got.node_unchanged) == (True, False)
         raise RuntimeError("changed")
+    # A changed node whose nonce was used too: refused by the full record's nonce, later.
+    with pytest.raises(RuntimeError), store.raw_write() as raw:
+        got = hotpath.count_repeat(raw, stale, later, 1, b"r" * 32, later, b"q", b"s")
+        assert got.node_unchanged is False
+        raise RuntimeError("changed")
     assert _nonces(store) == [b"r" * 32]
     with store.read() as db:
-        assert hotpath.repeats_of(db, [7])[7].count == 1
+        repeat = hotpath.repeats_of(db, [7])[7]
+        assert (repeat.count, repeat.last_quote, repeat.last_signature) == (1, b"quote", b"sig")
+        assert repeat.first_at == later and repeat.last_nonce == b"r" * 32
         assert db.scalars(select(Node.last_clock)).one() == 12345679901
+        assert db.scalars(select(Node.last_attested_at)).one() == later
+    third = T0 + dt.timedelta(seconds=122)
+    with store.raw_read() as raw:
+        snap = hotpath.read_for_attestation(raw, "n1", b"t" * 32).node  # type: ignore[union-attr]
+    with store.raw_write() as raw:
+        got = hotpath.count_repeat(raw, snap, third, 12345680901, b"t" * 32, third, b"q2", b"s2")
+    assert got == hotpath.Repeat(nonce_fresh=True, node_unchanged=True, count=2)
+    with store.read() as db:
+        repeat = hotpath.repeats_of(db, [7])[7]
+        assert (repeat.count, repeat.first_at, repeat.last_at) == (2, later, third)
+        assert (repeat.last_quote, repeat.last_nonce) == (b"q2", b"t" * 32)
+        nonce = db.scalars(select(Nonce).where(Nonce.nonce == b"t" * 32)).one()
+        assert (nonce.node_id, nonce.created_at, nonce.used_at) == (snap.id, third, third)
+        assert nonce.expires_at == third and nonce.created_at.tzinfo is dt.UTC
 
 
 def _attestation_fields() -> dict[str, Any]:
@@ -254,3 +304,71 @@ def test_a_sqlite_writer_waits_for_the_lock_in_python_not_in_sqlites_busy_handle
     assert len(pauses) == 3 and all(p < 0.01 for p in pauses), pauses
     assert timeout == engine.SQLITE_BUSY_TIMEOUT_MS
     assert _nonces(store) == [b"p" * 32]
+
+
+FROZEN_WRITER = """
+import datetime as dt, os, signal, sys
+from verifier.store import Store, hotpath, prepared
+store = Store(sys.argv[1])
+later = dt.datetime(2026, 12, 1, 12, 1, tzinfo=dt.UTC)
+with store.raw_read() as raw:
+    snap = hotpath.read_for_attestation(raw, "n1", b"f" * 32).node
+real = prepared.Prepared.run
+def run(self, s, params):
+    cursor = real(self, s, params)
+    if "UPDATE nodes" in self.sql:  # the node's row was written: freeze right here
+        print("frozen", flush=True)
+        os.kill(os.getpid(), signal.SIGSTOP)
+    return cursor
+prepared.Prepared.run = run
+with store.raw_write() as raw:
+    hotpath.count_repeat(raw, snap, later, 1, b"f" * 32, later, b"q", b"s")
+"""
+
+
+@pytest.fixture
+def pg_store(postgres_url: str) -> Iterator[Store]:  # noqa: F811
+    store = Store(postgres_url)
+    upgrade(store)
+    yield _seeded(store)
+    store.close()
+
+
+def test_a_writer_frozen_mid_write_holds_no_lock(pg_store: Store) -> None:
+    """A verifier instance stopped (SIGSTOP, a paused VM) right after its compact write wrote
+    the node's row holds no lock on it: the write was one statement, committed by itself. In a
+    pipeline the row stayed locked as long as the process stayed stopped, since the server
+    waits for the rest of the pipeline with no timeout at all."""
+    from verifier.store.models import Attestation
+
+    with pg_store.write() as db:
+        node_id = db.scalars(select(Node.id)).one()
+        db.add(Attestation(id=7, node_id=node_id, **_attestation_fields()))
+    url = str(pg_store.engine.url.render_as_string(hide_password=False))
+    root = Path(__file__).resolve().parent.parent
+    writer = subprocess.Popen(
+        [sys.executable, "-c", FROZEN_WRITER, url],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    try:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "frozen"
+        plain = url.replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(plain, autocommit=True) as other:
+            other.execute("SET lock_timeout = '1s'")  # a held lock fails this, not hangs it
+            with other.transaction():
+                locked = other.execute(
+                    "SELECT last_clock FROM nodes WHERE name = 'n1' FOR UPDATE"
+                ).fetchone()
+            states = other.execute(
+                "SELECT state FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+            ).fetchall()
+            count = other.execute("SELECT count FROM attestation_repeats").fetchone()
+        assert locked == (1,)  # the frozen write's own, committed
+        assert count == (1,)
+        assert states and {s for (s,) in states} == {"idle"}, states
+    finally:
+        writer.send_signal(signal.SIGCONT)
+        assert writer.wait(timeout=30) == 0

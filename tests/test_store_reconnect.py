@@ -102,3 +102,25 @@ def test_a_dropped_connection_in_steady_use_fails_once_and_replaces_the_whole_po
             assert hotpath.golden_version(other) >= 0
         with store.read() as db:
             assert db.execute(text("SELECT 1")).scalar() == 1
+
+
+def test_every_wait_of_a_session_is_bounded_on_the_server_too(
+    store_factory: Callable[[float], Store],
+) -> None:
+    """The server ends what a frozen or vanished instance leaves behind: a lock wait, a long
+    statement, an open transaction, and (TCP keepalives on its end) a silent peer."""
+    store = store_factory(1.0)
+    with store.raw_read() as raw:
+        cur = raw.dbapi.cursor()
+        cur.execute(
+            "SELECT name, setting FROM pg_settings WHERE name IN ('lock_timeout',"
+            " 'statement_timeout', 'idle_in_transaction_session_timeout',"
+            " 'tcp_keepalives_idle', 'tcp_keepalives_interval', 'tcp_keepalives_count')"
+        )
+        settings = dict(cur.fetchall())
+        cur.close()
+    assert settings == {
+        "lock_timeout": "3000", "statement_timeout": "10000",
+        "idle_in_transaction_session_timeout": "10000", "tcp_keepalives_idle": "5",
+        "tcp_keepalives_interval": "2", "tcp_keepalives_count": "3",
+    }  # fmt: skip

@@ -48,14 +48,20 @@ connection in steady use is not pinged (two round trips per re-attestation other
 database restarted under it, its next statement fails (503), which invalidates the whole pool;
 one that sat idle, perhaps across a restart, is pinged and replaced before a request uses it."""
 KEEPALIVE = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3}
-"""TCP keepalives on every PostgreSQL connection: a dead peer is noticed within ~11 s."""
+"""TCP keepalives on every PostgreSQL connection, on both ends: a dead peer is noticed within
+~11 s. The server's end matters for an instance that vanished (a paused VM, a partition): its
+sessions are ended then, not after the operating system's default of two hours."""
 
 
 def _pg_options(lock: float, statement: float, idle: float) -> str:
     ms = [int(x * 1000) for x in (lock, statement, idle)]
+    server_keepalive = " ".join(
+        f"-c tcp_{name}={KEEPALIVE[name]}"
+        for name in ("keepalives_idle", "keepalives_interval", "keepalives_count")
+    )
     return (
         f"-c lock_timeout={ms[0]} -c statement_timeout={ms[1]}"
-        f" -c idle_in_transaction_session_timeout={ms[2]}"
+        f" -c idle_in_transaction_session_timeout={ms[2]} {server_keepalive}"
     )
 
 
@@ -275,29 +281,28 @@ class Store:
         """Statements that each stand alone (as ``read(statements_apart=True)``) on a pooled
         connection without a Session: each is its own snapshot, on SQLite too. For the
         prepared statements of an attestation's read (``verifier.store.prepared``)."""
-        with _unavailable_as_domain_error():
-            fairy = self._checkout()
-            raw = Raw(fairy, self.engine.dialect, self.engine.pool)
-            try:
-                if not self.is_sqlite:  # SQLite's connections are in autocommit already
-                    raw.call("autocommit", lambda: setattr(raw.dbapi, "autocommit", True))
-                yield raw
-            finally:
-                if not self.is_sqlite and not raw.dbapi.closed:
-                    raw.dbapi.autocommit = False
-                fairy.close()
+        with _unavailable_as_domain_error(), self._autocommit(None) as raw:
+            yield raw
 
     @contextlib.contextmanager
     def raw_write(self) -> Iterator[Raw]:
-        """One transaction, as ``write()``, on a pooled connection without a Session (the
-        prepared statements of an unchanged re-attestation): committed when the block ends
-        normally, rolled back otherwise; the same lock waits and errors as ``write()``."""
+        """A write on a pooled connection without a Session (an unchanged re-attestation's),
+        with the same lock waits and errors as ``write()``.
+
+        On SQLite, one transaction (``BEGIN IMMEDIATE`` … ``COMMIT``) of any statements,
+        committed when the block ends normally and rolled back otherwise. On PostgreSQL, exactly
+        one statement (a second is refused), in autocommit: it commits itself, so it must write
+        only what the caller keeps, and no transaction is ever open between two messages of this
+        client — one frozen mid-write (SIGSTOP, a paused VM) holds no lock."""
         with self._one_writer(), _unavailable_as_domain_error():
+            if not self.is_sqlite:
+                with self._autocommit(1) as raw:
+                    yield raw
+                return
             fairy = self._checkout()
             raw = Raw(fairy, self.engine.dialect, self.engine.pool)
             try:
-                if self.is_sqlite:  # PostgreSQL's driver begins at the first statement
-                    begin_sqlite(raw.dbapi, "IMMEDIATE", self.lock_timeout)
+                begin_sqlite(raw.dbapi, "IMMEDIATE", self.lock_timeout)
                 try:
                     yield raw
                 except BaseException:
@@ -307,6 +312,20 @@ class Store:
                 raw.call("COMMIT", raw.dbapi.commit)
             finally:
                 fairy.close()
+
+    @contextlib.contextmanager
+    def _autocommit(self, statements_left: int | None) -> Iterator[Raw]:
+        """A pooled connection in autocommit (SQLite's always are), back to the pool as it was."""
+        fairy = self._checkout()
+        raw = Raw(fairy, self.engine.dialect, self.engine.pool, statements_left)
+        try:
+            if not self.is_sqlite:
+                raw.call("autocommit", lambda: setattr(raw.dbapi, "autocommit", True))
+            yield raw
+        finally:
+            if not self.is_sqlite and not raw.dbapi.closed:
+                raw.dbapi.autocommit = False
+            fairy.close()
 
     def _checkout(self) -> PoolProxiedConnection:
         """A pooled connection; a driver error connecting is SQLAlchemy's, as ``connect()``

@@ -17,7 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import Table, bindparam, func, literal_column, select, update
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -166,7 +167,8 @@ def bump_version(s: Session, name: str = GOLDEN_VERSION) -> None:
 
 
 class _Upserts:
-    """The hot path's INSERT … ON CONFLICT statements for one dialect, built once."""
+    """The hot path's INSERT … ON CONFLICT statements for one dialect, built once (and, on
+    PostgreSQL, the compact write of ``count_repeat`` as one statement)."""
 
     def __init__(self, dialect: str) -> None:
         maker: Any = pg_insert if dialect == "postgresql" else sqlite_insert
@@ -189,6 +191,48 @@ class _Upserts:
         self.repeat = repeat.on_conflict_do_update(
             index_elements=["attestation_id"], set_={"count": R.count + 1, **last}
         ).returning(R.count)
+        self.repeat_once = _repeat_once() if dialect == "postgresql" else None
+
+
+def _repeat_once() -> Any:
+    """PostgreSQL: the refresh, the nonce and the count of an unchanged re-attestation in one
+    statement (data-modifying CTEs: one snapshot, one transaction, all or nothing).
+
+    The nonce and the count are inserted from the refresh's own rows, so when the node changed
+    since it was read, nothing at all is written and the nonce is left for the full record. A
+    nonce used already, or meanwhile by another instance, is a unique violation: the whole
+    statement fails and nothing of it lands. Answers (rows refreshed, the new count)."""
+    # Built anew: a copy of ``_REFRESH`` made after it was compiled keeps its memoized (empty)
+    # RETURNING columns.
+    refreshed = _refresh_statement().returning(N.id).cte("refreshed")
+    typed = {c: bindparam(c, type_=NONCES.c[c].type) for c in ("nonce", "created_at", "expires_at")}
+    used = NONCES.insert().from_select(
+        ["node_id", "nonce", "created_at", "expires_at", "used_at"],
+        select(refreshed.c.id, typed["nonce"], typed["created_at"], typed["expires_at"],
+               typed["created_at"]),
+    ).cte("used")  # fmt: skip
+    last = ("last_at", "last_nonce", "last_quote", "last_signature")
+    insert = pg_insert(REPEATS).from_select(
+        ["attestation_id", "count", "first_at", *last],
+        select(
+            bindparam("attestation_id", type_=R.attestation_id.type),
+            literal_column("1"),
+            bindparam("last_at", type_=R.last_at.type),
+            *(bindparam(c, type_=R[c].type) for c in last),
+        ).select_from(refreshed),
+    )
+    counted = (
+        insert.on_conflict_do_update(
+            index_elements=["attestation_id"],
+            set_={"count": R.count + 1, **{c: insert.excluded[c] for c in last}},
+        )
+        .returning(R.count)
+        .cte("counted")
+    )
+    return select(
+        select(func.count()).select_from(refreshed).scalar_subquery(),
+        select(counted.c.count).scalar_subquery(),
+    ).add_cte(used)
 
 
 _UPSERTS: dict[str, _Upserts] = {}
@@ -347,19 +391,25 @@ def latest_evidence_ids(s: Session, node_ids: list[int]) -> dict[int, int]:
     return {int(n): int(i) for n, i in s.connection().execute(q)}
 
 
-_UNCHANGED = update(NODES).where(
-    N.id == bindparam("b_id"),
-    N.state == bindparam("b_state"),
-    N.last_attestation_id == bindparam("b_last"),
-    N.verdict_key == bindparam("b_key"),
-    N.last_reset_count == bindparam("b_reset"),
-    N.last_restart_count == bindparam("b_restart"),
-)
-_REFRESH = _UNCHANGED.values(
-    last_attested_at=bindparam("last_attested_at"),
-    last_success_at=bindparam("last_success_at"),
-    last_clock=bindparam("last_clock"),
-)
+def _refresh_statement() -> Any:
+    """The UPDATE of ``refresh_unchanged_node``: only if nothing that decided a verdict reuse
+    changed since the snapshot."""
+    unchanged = update(NODES).where(
+        N.id == bindparam("b_id"),
+        N.state == bindparam("b_state"),
+        N.last_attestation_id == bindparam("b_last"),
+        N.verdict_key == bindparam("b_key"),
+        N.last_reset_count == bindparam("b_reset"),
+        N.last_restart_count == bindparam("b_restart"),
+    )
+    return unchanged.values(
+        last_attested_at=bindparam("last_attested_at"),
+        last_success_at=bindparam("last_success_at"),
+        last_clock=bindparam("last_clock"),
+    )
+
+
+_REFRESH = _refresh_statement()
 
 
 def refresh_unchanged_node(s: Db, snap: NodeSnapshot, now: dt.datetime, clock: int) -> bool:
@@ -420,19 +470,49 @@ def count_repeat(
     quote: bytes,
     signature: bytes,
 ) -> Repeat:
-    """``use_nonce``, ``refresh_unchanged_node`` and ``add_repeat`` in one go (one round trip on
-    PostgreSQL). All three run whatever the first two find: the caller rolls the transaction
-    back unless the nonce was fresh and the node unchanged."""
+    """``use_nonce``, ``refresh_unchanged_node`` and ``add_repeat`` at once. On PostgreSQL, one
+    statement (``Store.raw_write``), which writes nothing unless the nonce is fresh and the node
+    unchanged. On SQLite, three statements that all run whatever the first two find: the
+    caller rolls the transaction back unless the nonce was fresh and the node unchanged."""
     assert snap.last_attestation_id is not None
-    used, refreshed, repeat = together(
-        s,
-        [
-            _nonce_step(s, snap.id, nonce, now, nonce_expires),
-            _refresh_step(s, snap, now, clock),
-            _repeat_step(s, snap.last_attestation_id, now, nonce, quote, signature),
-        ],
-    )
-    return Repeat(used is not None, refreshed == 1, _count(repeat))
+    once = _upserts(s).repeat_once
+    if once is None:
+        used, refreshed, repeat = together(
+            s,
+            [
+                _nonce_step(s, snap.id, nonce, now, nonce_expires),
+                _refresh_step(s, snap, now, clock),
+                _repeat_step(s, snap.last_attestation_id, now, nonce, quote, signature),
+            ],
+        )
+        return Repeat(used is not None, refreshed == 1, _count(repeat))
+    params = {
+        **_refresh_step(s, snap, now, clock)[1],
+        **_repeat_step(s, snap.last_attestation_id, now, nonce, quote, signature)[1],
+        "nonce": nonce, "created_at": now, "expires_at": nonce_expires,
+    }  # fmt: skip
+    try:
+        row = prepared(s, once).first(s, params)
+    except sa_exc.IntegrityError as exc:
+        if _sqlstate(exc) == UNIQUE_VIOLATION and _table(exc) == NONCES.name:
+            return Repeat(False, False, 0)
+        raise
+    assert row is not None
+    refreshed, count = row
+    # Not refreshed: nothing was written, the nonce is not used (the full record decides).
+    return Repeat(True, refreshed == 1, int(count or 0))
+
+
+UNIQUE_VIOLATION = "23505"
+
+
+def _sqlstate(exc: sa_exc.DBAPIError) -> str | None:
+    return getattr(exc.orig, "sqlstate", None)
+
+
+def _table(exc: sa_exc.DBAPIError) -> str | None:
+    diag = getattr(exc.orig, "diag", None)
+    return getattr(diag, "table_name", None)
 
 
 def repeats_of(s: Session, attestation_ids: list[int]) -> dict[int, AttestationRepeat]:

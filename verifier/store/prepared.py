@@ -33,13 +33,22 @@ class Raw:
     transaction objects — what they cost was a quarter of an unchanged re-attestation. The
     ``Store`` that hands it out owns its transaction and its return to the pool."""
 
-    __slots__ = ("_fairy", "_pool", "dbapi", "dialect")
+    __slots__ = ("_fairy", "_pool", "dbapi", "dialect", "statements_left")
 
-    def __init__(self, fairy: PoolProxiedConnection, dialect: Dialect, pool: Pool) -> None:
+    def __init__(
+        self,
+        fairy: PoolProxiedConnection,
+        dialect: Dialect,
+        pool: Pool,
+        statements_left: int | None = None,
+    ) -> None:
         self._fairy = fairy
         self._pool = pool
         self.dialect = dialect
         self.dbapi: Any = fairy.driver_connection
+        self.statements_left = statements_left
+        """None, or how many more statements this connection may run (``Store.raw_write`` on
+        PostgreSQL: one, its own transaction)."""
 
     def call(self, what: str, fn: Callable[[], Any]) -> Any:
         """``fn()`` (a DBAPI call, e.g. commit), its errors SQLAlchemy's as in ``Prepared.run``."""
@@ -124,6 +133,10 @@ class Prepared:
         """Execute in ``s``'s transaction; the DBAPI cursor (the caller fetches and closes)."""
         if isinstance(s, Raw):
             dbapi = s.dbapi
+            if s.statements_left is not None:
+                if s.statements_left <= 0:
+                    raise RuntimeError("this write is one statement (its own transaction)")
+                s.statements_left -= 1
         else:
             conn = s.connection()
             dbapi = conn.connection.driver_connection
@@ -174,18 +187,16 @@ Step = tuple[Prepared, Mapping[str, Any], str]
 
 
 def together(s: Db, steps: Sequence[Step]) -> list[Any]:
-    """Run ``steps`` in order in ``s``'s transaction; each one's answer. On a PostgreSQL ``Raw``
-    connection they go in one pipeline (psycopg): one round trip for all of them, and the
-    implicit BEGIN, instead of one each. Every step runs even when an earlier one's answer makes
-    the caller roll back."""
-    if not (isinstance(s, Raw) and s.dialect.name == "postgresql"):
-        return [p.result(p.run(s, params), want) for p, params, want in steps]
-    try:
-        with s.dbapi.pipeline():
-            cursors = [p.run(s, params) for p, params, _ in steps]
-        return [p.result(c, want) for (p, _, want), c in zip(steps, cursors, strict=True)]
-    except s.dialect.loaded_dbapi.Error as exc:
-        raise s.wrapped("(pipeline)", (), exc, None) from exc
+    """Run ``steps`` in order in ``s``'s transaction; each one's answer. Every step runs even
+    when an earlier one's answer makes the caller roll back.
+
+    Never in a PostgreSQL pipeline: psycopg sends each statement of a pipeline as it is queued,
+    and the Sync only at its end, so a client frozen between the two (SIGSTOP, a paused VM)
+    leaves its session "active" in ``ClientRead`` holding every lock taken so far, which no
+    server timeout ends (``idle_in_transaction_session_timeout`` starts only after a Sync).
+    Several writes that must go in one round trip go in one statement instead
+    (``hotpath.count_repeat``)."""
+    return [p.result(p.run(s, params), want) for p, params, want in steps]
 
 
 _MADE: dict[tuple[int, str], tuple[ClauseElement, Prepared]] = {}
