@@ -108,19 +108,25 @@ def run(
         served = [stack.enter_context(serve(config)) for _ in range(instances)]
         urls, pids = [s.url for s in served], [s.proc.pid for s in served]
         tally = fleet.Tally()
-        cpu0, gen0 = fleet.process_cpu(pids), fleet.own_cpu()
-        db0 = fleet.process_cpu(db_pids)
+
+        def cpu_now() -> dict[str, float]:
+            return {
+                "server": fleet.process_cpu(pids),
+                "generator": fleet.own_cpu(),
+                "database": fleet.process_cpu(db_pids),
+            }
+
+        cpu0 = cpu_now()
         first_wall = fleet.phase_first(urls, agents, spec, tally)
         kinds0, re0 = fleet.Counter(tally.kinds), len(tally.latency["re"])
+        cpu1 = cpu_now()
         steady_wall = fleet.phase_steady(urls, agents, spec, tally, logs)
         steady_latency = tally.latency["re"][re0:]  # the open-loop phase's, not the quiet round's
         steady = fleet.Counter(tally.kinds)
         steady.subtract(kinds0)
-        cpu = {
-            "server": fleet.process_cpu(pids) - cpu0,
-            "generator": fleet.own_cpu() - gen0,
-            "database": fleet.process_cpu(db_pids) - db0,
-        }
+        cpu2 = cpu_now()
+        cpu = {k: cpu2[k] - cpu0[k] for k in cpu2}
+        steady_cpu = {k: cpu2[k] - cpu1[k] for k in cpu2}
         # Bytes per unchanged re-attestation: one quiet round (no events), used nonces purged.
         horizon = dt.timedelta(seconds=max(config.nonce_lifetime, config.freshness_window) + 1)
         before = fleet.bytes_now(store, horizon)
@@ -128,7 +134,7 @@ def run(
         time.sleep(0.5)
         per = (fleet.bytes_now(store, horizon) - before) / max(1, counted)
         out = fleet.summary(
-            spec, tally, (first_wall, steady_wall), steady, cpu, per, steady_latency
+            spec, tally, (first_wall, steady_wall), steady, cpu, per, steady_latency, steady_cpu
         )
         out["states"] = fleet.states(store, config)
         return out

@@ -349,10 +349,13 @@ def summary(
     cpu: dict[str, float],
     bytes_per: float,
     steady_latency: list[float] | None = None,
+    steady_cpu: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """The report; ``steady``: the kinds counted during the steady phase alone;
     ``steady_latency``: that phase's re-attestation latencies (p50/p99 are of the nodes attesting
-    on their interval; the quiet round after it runs as fast as it can, so it only queues)."""
+    on their interval; the quiet round after it runs as fast as it can, so it only queues);
+    ``steady_cpu``: the CPU seconds of that phase alone, by process kind (``cpu`` is of the
+    first and steady phases together)."""
     first_wall, steady_wall = walls
     total = sum(tally.kinds.values())
     re, first = tally.latency["re"], tally.latency["first"]
@@ -371,6 +374,10 @@ def summary(
         # A separate database server's own processes (PostgreSQL); 0 for SQLite, whose work is
         # inside the server figure.
         "database_cpu_ms_per_attestation": round(cpu["database"] * 1000 / max(1, total), 3),
+        "steady_cpu_ms_per_attestation": {
+            k: round(v * 1000 / max(1, sum(steady.values())), 3)
+            for k, v in (steady_cpu or {}).items()
+        },
         "db_bytes_per_reattest": round(bytes_per, 1),
         "attestations": dict(tally.kinds),
         "steady_attestations": {k: v for k, v in steady.items() if v},

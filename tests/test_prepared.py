@@ -372,3 +372,23 @@ def test_a_writer_frozen_mid_write_holds_no_lock(pg_store: Store) -> None:
     finally:
         writer.send_signal(signal.SIGCONT)
         assert writer.wait(timeout=30) == 0
+
+
+def test_a_challenge_reads_the_golden_version_and_the_node_in_one_statement(store: Store) -> None:
+    """One row whether or not the node exists: the version, and the node's columns or NULLs."""
+    with store.raw_read() as raw:
+        assert hotpath.version_and_snapshot(raw, "nobody") == (0, None)
+    with store.write() as db:
+        hotpath.bump_version(db)
+        hotpath.bump_version(db)
+    with store.raw_read() as raw:
+        version, snap = hotpath.version_and_snapshot(raw, "n1")
+        alone = hotpath.node_snapshot(raw, "n1")
+        assert hotpath.version_and_snapshot(raw, "nobody") == (2, None)
+        assert hotpath.version_and_snapshot(raw, "n1%") == (2, None)  # not a pattern
+    assert version == 2 and snap == alone and snap is not None
+    assert snap.labels == {"pool": "web", "zone": "é"} and snap.state is NodeState.TRUSTED
+    with store.write() as db:
+        by_id = hotpath.node_snapshot_by_id(db, snap.id, for_update=True)
+        assert hotpath.node_snapshot_by_id(db, snap.id + 1000, for_update=True) is None
+    assert by_id == snap

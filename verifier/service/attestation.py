@@ -180,8 +180,7 @@ def challenge(svc: Services, node_name: str, event_log_sha256: str | None = None
     lifetime = dt.timedelta(seconds=svc.config.nonce_lifetime)
     key = svc.nonce_key()
     with svc.store.raw_read() as raw:  # nothing is written for a challenge
-        version = hotpath.golden_version(raw)
-        node = hotpath.node_snapshot(raw, node_name)
+        version, node = hotpath.version_and_snapshot(raw, node_name)
         known = None if node is None else node.boot_log_sha256
         if known is None or known != event_log_sha256 or not repo.has_event_log(raw, known):
             known = None

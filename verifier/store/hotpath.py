@@ -96,13 +96,17 @@ def _dialect_insert(s: Session, table: Table) -> Any:
     return maker(table)
 
 
-def _by_name(for_update: bool) -> Any:
+def _snapshot_where(where: Any, for_update: bool) -> Any:
     q = (
         select(*_SNAPSHOT_COLUMNS)
         .select_from(NODES.outerjoin(ATTESTATIONS, A.id == N.last_attestation_id))
-        .where(N.name == bindparam("name"))
+        .where(where)
     )
     return q.with_for_update(of=NODES) if for_update else q
+
+
+def _by_name(for_update: bool) -> Any:
+    return _snapshot_where(N.name == bindparam("name"), for_update)
 
 
 _GOLDEN_VERSION = (
@@ -112,11 +116,20 @@ _NONCE_USED = select(NONCES.c.id).where(NONCES.c.nonce == bindparam("nonce")).ex
 # Built once: a statement object built per call costs more than executing it.
 _SNAPSHOT = _by_name(False)
 _SNAPSHOT_LOCKED = _by_name(True)
+_SNAPSHOT_BY_ID = _snapshot_where(N.id == bindparam("id"), False)
+_SNAPSHOT_BY_ID_LOCKED = _snapshot_where(N.id == bindparam("id"), True)
 _READ = _by_name(False).add_columns(
     _GOLDEN_VERSION.label("golden_version"), _NONCE_USED.label("nonce_used")
 )
-_NAME_OF = select(N.name).where(N.id == bindparam("id"))
 _VERSION_NOW = select(_GOLDEN_VERSION)
+# The golden version, and the node's columns beside it (all NULL when there is no such node).
+_ONE = select(_GOLDEN_VERSION.label("golden_version")).subquery("golden")
+_VERSION_AND_SNAPSHOT = select(_ONE.c.golden_version, *_SNAPSHOT_COLUMNS).select_from(
+    _ONE.outerjoin(
+        NODES.outerjoin(ATTESTATIONS, A.id == N.last_attestation_id),
+        N.name == bindparam("name"),
+    )
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,8 +162,18 @@ def node_snapshot(s: Db, name: str, *, for_update: bool = False) -> NodeSnapshot
 def node_snapshot_by_id(
     s: Session, node_id: int, *, for_update: bool = False
 ) -> NodeSnapshot | None:
-    row = prepared(s, _NAME_OF).first(s, {"id": node_id})
-    return None if row is None else node_snapshot(s, row[0], for_update=for_update)
+    """The node ``node_id``, as ``node_snapshot`` (one statement)."""
+    stmt = _SNAPSHOT_BY_ID_LOCKED if for_update else _SNAPSHOT_BY_ID
+    row = prepared(s, stmt).first(s, {"id": node_id})
+    return None if row is None else NodeSnapshot(*row)
+
+
+def version_and_snapshot(s: Db, name: str) -> tuple[int, NodeSnapshot | None]:
+    """``golden_version`` and ``node_snapshot(name)`` in one statement (a challenge's read)."""
+    row = prepared(s, _VERSION_AND_SNAPSHOT).first(s, {"name": name})
+    assert row is not None  # one row always: the version's
+    version, *values = row
+    return int(version or 0), None if values[0] is None else NodeSnapshot(*values)
 
 
 def golden_version(s: Db) -> int:
