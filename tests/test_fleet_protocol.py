@@ -178,6 +178,48 @@ def test_a_node_changed_between_the_read_and_the_compact_write_gets_a_full_recor
     assert (again.json["attestation_id"], again.json["repeat"]) == (resp.json["attestation_id"], 1)
 
 
+@pytest.mark.parametrize("after", ["first", "reattestation"])
+def test_a_node_deleted_while_its_evidence_is_verified_is_refused_cleanly(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch, after: str
+) -> None:
+    """The full record's write finds the node gone: 404 ``node_not_enrolled``, nothing stored,
+    no nonce used (it was a foreign-key violation, a 500, before)."""
+    from sqlalchemy import delete
+
+    from verifier.service import attestation
+    from verifier.store.models import Node, Nonce
+
+    agent = _agent(fleet)
+    nonce = fleet.challenge(agent)
+    if after == "reattestation":
+        nonce = bytes.fromhex(_first(fleet, agent)["next_challenge"]["nonce"])
+        fleet.clock[0] += dt.timedelta(seconds=60)
+
+    def delete_node() -> None:  # an admin deleted the node while it was verified
+        with fleet.store.write() as db:
+            db.execute(delete(Node).where(Node.name == agent.name))
+
+    log_bytes, compact = attestation._log_bytes, attestation.compact
+    if after == "first":  # while its log is verified
+
+        def log_bytes_after_a_delete(svc: Any, log_hex: str, sent: bytes | None) -> Any:
+            delete_node()
+            return log_bytes(svc, log_hex, sent)
+
+        monkeypatch.setattr(attestation, "_log_bytes", log_bytes_after_a_delete)
+    else:  # a verdict reused: the compact write, which finds the node gone, then a full record
+
+        def compact_after_a_delete(snap: Any, a: Any) -> bool:
+            delete_node()
+            return compact(snap, a)
+
+        monkeypatch.setattr(attestation, "compact", compact_after_a_delete)
+    resp = fleet.post(agent, nonce, send_log=after == "first")
+    assert resp.status_code == 404, resp.json
+    assert resp.json["error"]["code"] == "node_not_enrolled"
+    assert fleet.count(Attestation) == 0 and fleet.count(Nonce) == 0
+
+
 def _admin(f: Fleet) -> dict[str, str]:
     from verifier.store import repo
 

@@ -392,3 +392,28 @@ def test_a_challenge_reads_the_golden_version_and_the_node_in_one_statement(stor
         by_id = hotpath.node_snapshot_by_id(db, snap.id, for_update=True)
         assert hotpath.node_snapshot_by_id(db, snap.id + 1000, for_update=True) is None
     assert by_id == snap
+
+
+def test_a_full_record_uses_its_nonce_and_locks_the_node_at_once(store: Store) -> None:
+    """``use_nonce_and_lock``: one statement on PostgreSQL, whose lock holds until the
+    transaction ends; a used nonce is reported, a deleted node is None, on both databases."""
+    with store.read() as db:
+        node_id = db.scalars(select(Node.id)).one()
+    with store.write() as db:
+        node, fresh = hotpath.use_nonce_and_lock(db, node_id, b"L" * 32, T0, T0)
+        assert fresh and node is not None and node.name == "n1"
+        assert node.labels == {"pool": "web", "zone": "é"} and node.last_clock == 12345678901
+        if not store.is_sqlite:  # another session cannot take the row meanwhile
+            plain = store.engine.url.render_as_string(hide_password=False)
+            with (
+                psycopg.connect(plain.replace("+psycopg", ""), autocommit=True) as other,
+                pytest.raises(psycopg.errors.LockNotAvailable),
+            ):
+                other.execute("SELECT 1 FROM nodes WHERE id = %s FOR UPDATE NOWAIT", [node_id])
+    with pytest.raises(RuntimeError), store.write() as db:
+        again, fresh = hotpath.use_nonce_and_lock(db, node_id, b"L" * 32, T0, T0)
+        assert again == node and fresh is False
+        raise RuntimeError("refused: rolled back")
+    with store.write() as db:
+        assert hotpath.use_nonce_and_lock(db, node_id + 1000, b"M" * 32, T0, T0) == (None, False)
+    assert b"L" * 32 in _nonces(store)

@@ -450,16 +450,16 @@ def _store(
         if counted is not None:
             return _repeated(snap, a, counted)
     with svc.store.write() as db:
-        if not hotpath.use_nonce(db, snap.id, ev.nonce, now, new.nonce_expires):
+        node, fresh = hotpath.use_nonce_and_lock(db, snap.id, ev.nonce, now, new.nonce_expires)
+        if node is None:  # deleted while we verified
+            raise NotFound(NODE_NOT_ENROLLED, "the node was deleted; enroll again")
+        if not fresh:
             raise VerificationFailed("nonce refused: reused", code="nonce_reused")
-        if repeat and new.runtime is not None:
+        if repeat and new.runtime is not None:  # the node is locked: ``snap`` still holds or not
             counted = _count_repeat(db, snap, new, now)
             if counted is not None:
                 store_prefix(db, snap.id, new.runtime, snap.last_attestation_id or 0, now)
                 return _repeated(snap, a, counted)
-        node = hotpath.node_snapshot_by_id(db, snap.id, for_update=True)
-        if node is None:  # deleted while we verified
-            raise NotFound(NODE_NOT_ENROLLED, "the node was deleted; enroll again")
         log_hex = ev.event_log_sha256
         sent = new.log_bytes
         if log_hex and sent is not None and hashlib.sha256(sent).hexdigest() == log_hex:

@@ -32,7 +32,7 @@ from .models import (
     StoreVersion,
     VerdictBlob,
 )
-from .prepared import Db, Step, dialect_of, prepared, together
+from .prepared import Db, Step, dialect_of, prepared, run_step
 
 NODES = cast(Table, Node.__table__)
 ATTESTATIONS = cast(Table, Attestation.__table__)
@@ -215,6 +215,31 @@ class _Upserts:
             index_elements=["attestation_id"], set_={"count": R.count + 1, **last}
         ).returning(R.count)
         self.repeat_once = _repeat_once() if dialect == "postgresql" else None
+        self.nonce_and_lock = _nonce_and_lock() if dialect == "postgresql" else None
+
+
+def _nonce_and_lock() -> Any:
+    """PostgreSQL: the node locked, its nonce used and its snapshot, in one statement (a full
+    record's first two): (the node's columns, 1 if the nonce went in else 0); no row when the
+    node is gone. The nonce is inserted from the locked row, so a node deleted meanwhile gets no
+    nonce (no foreign-key violation) and a node being deleted is waited for, then found gone."""
+    locked = select(N.id).where(N.id == bindparam("node_id")).with_for_update().cte("locked")
+    typed = {c: bindparam(c, type_=NONCES.c[c].type) for c in ("nonce", "created_at", "expires_at")}
+    used = (
+        pg_insert(NONCES)
+        .from_select(
+            ["node_id", "nonce", "created_at", "expires_at", "used_at"],
+            select(
+                locked.c.id, typed["nonce"], typed["created_at"], typed["expires_at"],
+                typed["created_at"],
+            ),
+        )
+        .on_conflict_do_nothing()
+        .returning(NONCES.c.id)
+        .cte("used")
+    )  # fmt: skip
+    fresh = select(func.count()).select_from(used).scalar_subquery()
+    return _snapshot_where(N.id == bindparam("node_id"), True).add_columns(fresh).add_cte(used)
 
 
 def _repeat_once() -> Any:
@@ -281,7 +306,25 @@ def use_nonce(s: Db, node_id: int, nonce: bytes, now: dt.datetime, expires_at: d
     """Record ``nonce`` as used until it expires; False if any instance used it first (the unique
     column decides, atomically). Expired rows are purged by the retention job, not here."""
     # RETURNING says whether a row went in (rowcount is -1 with psycopg's RETURNING).
-    return together(s, [_nonce_step(s, node_id, nonce, now, expires_at)])[0] is not None
+    return run_step(s, _nonce_step(s, node_id, nonce, now, expires_at)) is not None
+
+
+def use_nonce_and_lock(
+    s: Session, node_id: int, nonce: bytes, now: dt.datetime, expires_at: dt.datetime
+) -> tuple[NodeSnapshot | None, bool]:
+    """``node_snapshot_by_id(for_update=True)`` and ``use_nonce``: the node, locked until the
+    transaction ends (None if it was deleted), and whether the nonce was fresh (meaningful only
+    for a node). One statement on PostgreSQL, two on SQLite; the caller rolls back unless both
+    are good."""
+    once = _upserts(s).nonce_and_lock
+    if once is None:  # SQLite: the write transaction holds the database, so nothing can move
+        node = node_snapshot_by_id(s, node_id, for_update=True)
+        return node, node is not None and use_nonce(s, node_id, nonce, now, expires_at)
+    row = prepared(s, once).first(s, _nonce_step(s, node_id, nonce, now, expires_at)[1])
+    if row is None:
+        return None, False
+    *values, fresh = row
+    return NodeSnapshot(*values), bool(fresh)
 
 
 def _nonce_step(
@@ -439,7 +482,7 @@ def refresh_unchanged_node(s: Db, snap: NodeSnapshot, now: dt.datetime, clock: i
     """Mark the node freshly attested (trusted, at ``now``, TPM clock ``clock``) only if nothing
     that decided a verdict reuse changed since ``snap`` was read (state, last attestation,
     verdict key, boot counters); False if something did."""
-    return bool(together(s, [_refresh_step(s, snap, now, clock)])[0] == 1)
+    return bool(run_step(s, _refresh_step(s, snap, now, clock)) == 1)
 
 
 def _refresh_step(s: Db, snap: NodeSnapshot, now: dt.datetime, clock: int) -> Step:
@@ -457,7 +500,7 @@ def add_repeat(
 ) -> int:
     """Count one more unchanged re-attestation of ``attestation_id`` (one row, updated in place);
     returns the new count."""
-    return _count(together(s, [_repeat_step(s, attestation_id, now, nonce, quote, signature)])[0])
+    return _count(run_step(s, _repeat_step(s, attestation_id, now, nonce, quote, signature)))
 
 
 def _repeat_step(
@@ -493,22 +536,22 @@ def count_repeat(
     quote: bytes,
     signature: bytes,
 ) -> Repeat:
-    """``use_nonce``, ``refresh_unchanged_node`` and ``add_repeat`` at once. On PostgreSQL, one
-    statement (``Store.raw_write``), which writes nothing unless the nonce is fresh and the node
-    unchanged. On SQLite, three statements that all run whatever the first two find: the
-    caller rolls the transaction back unless the nonce was fresh and the node unchanged."""
+    """``refresh_unchanged_node``, ``use_nonce`` and ``add_repeat`` at once. On PostgreSQL, one
+    statement (``Store.raw_write``), which writes nothing unless the node is unchanged and the
+    nonce fresh. On SQLite, up to three statements, each only if the one before found what it
+    should; the caller rolls the transaction back unless both did. A node changed or deleted
+    since ``snap`` was read gets no nonce: the full record decides (a foreign-key violation,
+    before)."""
     assert snap.last_attestation_id is not None
     once = _upserts(s).repeat_once
-    if once is None:
-        used, refreshed, repeat = together(
-            s,
-            [
-                _nonce_step(s, snap.id, nonce, now, nonce_expires),
-                _refresh_step(s, snap, now, clock),
-                _repeat_step(s, snap.last_attestation_id, now, nonce, quote, signature),
-            ],
+    if once is None:  # in order, each only if the one before found what it should
+        if not refresh_unchanged_node(s, snap, now, clock):  # changed, or deleted
+            return Repeat(True, False, 0)
+        if not use_nonce(s, snap.id, nonce, now, nonce_expires):
+            return Repeat(False, True, 0)
+        return Repeat(
+            True, True, add_repeat(s, snap.last_attestation_id, now, nonce, quote, signature)
         )
-        return Repeat(used is not None, refreshed == 1, _count(repeat))
     params = {
         **_refresh_step(s, snap, now, clock)[1],
         **_repeat_step(s, snap.last_attestation_id, now, nonce, quote, signature)[1],

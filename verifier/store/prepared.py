@@ -14,7 +14,7 @@ connection the dialect calls disconnected is invalidated, as SQLAlchemy's own ex
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from sqlalchemy import exc as sa_exc
@@ -186,9 +186,8 @@ Step = tuple[Prepared, Mapping[str, Any], str]
 """A statement, its parameters, and ``"first"`` or ``"rowcount"``: what to answer."""
 
 
-def together(s: Db, steps: Sequence[Step]) -> list[Any]:
-    """Run ``steps`` in order in ``s``'s transaction; each one's answer. Every step runs even
-    when an earlier one's answer makes the caller roll back.
+def run_step(s: Db, step: Step) -> Any:
+    """A step's answer, run in ``s``'s transaction.
 
     Never in a PostgreSQL pipeline: psycopg sends each statement of a pipeline as it is queued,
     and the Sync only at its end, so a client frozen between the two (SIGSTOP, a paused VM)
@@ -196,7 +195,8 @@ def together(s: Db, steps: Sequence[Step]) -> list[Any]:
     server timeout ends (``idle_in_transaction_session_timeout`` starts only after a Sync).
     Several writes that must go in one round trip go in one statement instead
     (``hotpath.count_repeat``)."""
-    return [p.result(p.run(s, params), want) for p, params, want in steps]
+    p, params, want = step
+    return p.result(p.run(s, params), want)
 
 
 _MADE: dict[tuple[int, str], tuple[ClauseElement, Prepared]] = {}
