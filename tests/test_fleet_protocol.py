@@ -178,7 +178,7 @@ def test_a_node_changed_between_the_read_and_the_compact_write_gets_a_full_recor
     assert (again.json["attestation_id"], again.json["repeat"]) == (resp.json["attestation_id"], 1)
 
 
-@pytest.mark.parametrize("after", ["first", "reattestation"])
+@pytest.mark.parametrize("after", ["first", "reattestation", "bad_quote"])
 def test_a_node_deleted_while_its_evidence_is_verified_is_refused_cleanly(
     fleet: Fleet, monkeypatch: pytest.MonkeyPatch, after: str
 ) -> None:
@@ -186,6 +186,7 @@ def test_a_node_deleted_while_its_evidence_is_verified_is_refused_cleanly(
     no nonce used (it was a foreign-key violation, a 500, before)."""
     from sqlalchemy import delete
 
+    from assay.errors import VerificationFailed
     from verifier.service import attestation
     from verifier.store.models import Node, Nonce
 
@@ -207,6 +208,13 @@ def test_a_node_deleted_while_its_evidence_is_verified_is_refused_cleanly(
             return log_bytes(svc, log_hex, sent)
 
         monkeypatch.setattr(attestation, "_log_bytes", log_bytes_after_a_delete)
+    elif after == "bad_quote":  # a quote that does not verify still uses its nonce, if it can
+
+        def verify_quote_after_a_delete(*args: Any) -> Any:
+            delete_node()
+            raise VerificationFailed("quote signature does not verify", code="quote_signature")
+
+        monkeypatch.setattr(attestation, "verify_quote", verify_quote_after_a_delete)
     else:  # a verdict reused: the compact write, which finds the node gone, then a full record
 
         def compact_after_a_delete(snap: Any, a: Any) -> bool:

@@ -311,7 +311,10 @@ def _refuse(
 ) -> None:
     """A quote that does not verify still uses its nonce up, with a (coalesced) audit entry."""
     with svc.store.write() as db:
-        if not hotpath.use_nonce(db, snap.id, nonce, now, expires):
+        node, fresh = hotpath.use_nonce_and_lock(db, snap.id, nonce, now, expires)
+        if node is None:  # deleted while we verified
+            raise NotFound(NODE_NOT_ENROLLED, "the node was deleted; enroll again")
+        if not fresh:
             raise VerificationFailed("nonce refused: reused", code="nonce_reused")
         repo.audit_coalesced(
             db, "agent", "evidence_refused", snap.name, why, now=now, window=AUDIT_WINDOW
