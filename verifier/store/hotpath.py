@@ -218,26 +218,24 @@ class _Upserts:
         self.nonce_and_lock = _nonce_and_lock() if dialect == "postgresql" else None
 
 
+def _nonce_from(node_id: Any) -> Any:
+    """PostgreSQL: the INSERT of a used nonce for the node ``node_id`` selects (a CTE's column:
+    no row there, no nonce)."""
+    typed = {c: bindparam(c, type_=NONCES.c[c].type) for c in ("nonce", "created_at", "expires_at")}
+    return pg_insert(NONCES).from_select(
+        ["node_id", "nonce", "created_at", "expires_at", "used_at"],
+        select(node_id, typed["nonce"], typed["created_at"], typed["expires_at"],
+               typed["created_at"]),
+    )  # fmt: skip
+
+
 def _nonce_and_lock() -> Any:
     """PostgreSQL: the node locked, its nonce used and its snapshot, in one statement (a full
     record's first two): (the node's columns, 1 if the nonce went in else 0); no row when the
     node is gone. The nonce is inserted from the locked row, so a node deleted meanwhile gets no
     nonce (no foreign-key violation) and a node being deleted is waited for, then found gone."""
     locked = select(N.id).where(N.id == bindparam("node_id")).with_for_update().cte("locked")
-    typed = {c: bindparam(c, type_=NONCES.c[c].type) for c in ("nonce", "created_at", "expires_at")}
-    used = (
-        pg_insert(NONCES)
-        .from_select(
-            ["node_id", "nonce", "created_at", "expires_at", "used_at"],
-            select(
-                locked.c.id, typed["nonce"], typed["created_at"], typed["expires_at"],
-                typed["created_at"],
-            ),
-        )
-        .on_conflict_do_nothing()
-        .returning(NONCES.c.id)
-        .cte("used")
-    )  # fmt: skip
+    used = _nonce_from(locked.c.id).on_conflict_do_nothing().returning(NONCES.c.id).cte("used")
     fresh = select(func.count()).select_from(used).scalar_subquery()
     return _snapshot_where(N.id == bindparam("node_id"), True).add_columns(fresh).add_cte(used)
 
@@ -253,12 +251,7 @@ def _repeat_once() -> Any:
     # Built anew: a copy of ``_REFRESH`` made after it was compiled keeps its memoized (empty)
     # RETURNING columns.
     refreshed = _refresh_statement().returning(N.id).cte("refreshed")
-    typed = {c: bindparam(c, type_=NONCES.c[c].type) for c in ("nonce", "created_at", "expires_at")}
-    used = NONCES.insert().from_select(
-        ["node_id", "nonce", "created_at", "expires_at", "used_at"],
-        select(refreshed.c.id, typed["nonce"], typed["created_at"], typed["expires_at"],
-               typed["created_at"]),
-    ).cte("used")  # fmt: skip
+    used = _nonce_from(refreshed.c.id).cte("used")  # no ON CONFLICT: a used nonce fails it all
     last = ("last_at", "last_nonce", "last_quote", "last_signature")
     insert = pg_insert(REPEATS).from_select(
         ["attestation_id", "count", "first_at", *last],
