@@ -311,14 +311,23 @@ def _refuse(
 ) -> None:
     """A quote that does not verify still uses its nonce up, with a (coalesced) audit entry."""
     with svc.store.write() as db:
-        node, fresh = hotpath.use_nonce_and_lock(db, snap.id, nonce, now, expires)
-        if node is None:  # deleted while we verified
-            raise NotFound(NODE_NOT_ENROLLED, "the node was deleted; enroll again")
-        if not fresh:
-            raise VerificationFailed("nonce refused: reused", code="nonce_reused")
+        _use_nonce(db, snap, nonce, now, expires)
         repo.audit_coalesced(
             db, "agent", "evidence_refused", snap.name, why, now=now, window=AUDIT_WINDOW
         )
+
+
+def _use_nonce(
+    db: Session, snap: NodeSnapshot, nonce: bytes, now: dt.datetime, expires: dt.datetime
+) -> NodeSnapshot:
+    """Step 8's start: the node, locked, with ``nonce`` used; refused (and rolled back by the
+    caller's transaction) when the node was deleted while we verified or the nonce was used."""
+    node, fresh = hotpath.use_nonce_and_lock(db, snap.id, nonce, now, expires)
+    if node is None:
+        raise NotFound(NODE_NOT_ENROLLED, "the node was deleted; enroll again")
+    if not fresh:
+        raise VerificationFailed("nonce refused: reused", code="nonce_reused")
+    return node
 
 
 def _next_challenge(
@@ -453,11 +462,7 @@ def _store(
         if counted is not None:
             return _repeated(snap, a, counted)
     with svc.store.write() as db:
-        node, fresh = hotpath.use_nonce_and_lock(db, snap.id, ev.nonce, now, new.nonce_expires)
-        if node is None:  # deleted while we verified
-            raise NotFound(NODE_NOT_ENROLLED, "the node was deleted; enroll again")
-        if not fresh:
-            raise VerificationFailed("nonce refused: reused", code="nonce_reused")
+        node = _use_nonce(db, snap, ev.nonce, now, new.nonce_expires)
         if repeat and new.runtime is not None:  # the node is locked: ``snap`` still holds or not
             counted = _count_repeat(db, snap, new, now)
             if counted is not None:
