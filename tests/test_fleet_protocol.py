@@ -50,19 +50,24 @@ class Fleet:
             return int(db.scalar(select(func.count()).select_from(model)) or 0)
 
 
-def make_fleet(url: str) -> Fleet:
-    store = Store(url)
-    upgrade(store)
-    clock = [T0]
-    cfg = ServiceConfig(database=url, client_rate=1e6, client_burst=1e6, attest_interval=60)
-    app = create_app(cfg, store=store, clock=lambda: clock[0])
-    svc: Services = app.extensions["assay"]
+def make_fleet(url: str, selector: dict[str, str] | None = None) -> Fleet:
+    """A verifier on ``url`` with golden set ``f`` (the log's boot) assigned to ``selector``."""
+    f = another_instance(url, [T0])
     gs = capture(
         assume_quoted_for_review(parse_event_log(LOG), HashAlg.SHA256), name="f", version="1"
     )
-    golden_ops.upload(svc, "yaml", dump_yaml(gs).encode(), "test")
-    golden_ops.assign(svc, "f", {}, "test")
-    return Fleet(app.test_client(), svc, store, clock)
+    golden_ops.upload(f.svc, "yaml", dump_yaml(gs).encode(), "test")
+    golden_ops.assign(f.svc, "f", selector or {}, "test")
+    return f
+
+
+def another_instance(url: str, clock: list[dt.datetime]) -> Fleet:
+    """A verifier instance on the database at ``url`` (upgraded), its caches its own."""
+    store = Store(url)
+    upgrade(store)
+    cfg = ServiceConfig(database=url, client_rate=1e6, client_burst=1e6, attest_interval=60)
+    app = create_app(cfg, store=store, clock=lambda: clock[0])
+    return Fleet(app.test_client(), app.extensions["assay"], store, clock)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

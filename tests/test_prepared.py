@@ -72,7 +72,7 @@ def test_the_hot_writes_land_as_sqlalchemy_reads_them(store: Store) -> None:
         assert hotpath.use_nonce(db, snap.id, b"x" * 32, later, later + dt.timedelta(minutes=5))
         assert not hotpath.use_nonce(db, snap.id, b"x" * 32, later, later)  # used: refused
     with store.write() as db:
-        assert hotpath.refresh_unchanged_node(db, snap, later, 12345679901)
+        assert hotpath.refresh_unchanged_node(db, snap, later, 12345679901, 0)
     with store.read() as db:
         node = db.scalars(select(Node).where(Node.name == "n1")).one()
         used = db.scalars(select(Nonce)).one()
@@ -83,7 +83,34 @@ def test_the_hot_writes_land_as_sqlalchemy_reads_them(store: Store) -> None:
     assert used.expires_at == later + dt.timedelta(minutes=5)
     stale = hotpath.NodeSnapshot(**{**_fields(snap), "verdict_key": "other"})
     with store.write() as db:  # the node changed since it was read: nothing is refreshed
-        assert not hotpath.refresh_unchanged_node(db, stale, later, 1)
+        assert not hotpath.refresh_unchanged_node(db, stale, later, 12345679999, 0)
+
+
+def test_the_refresh_holds_the_row_version_the_golden_version_and_the_clock(store: Store) -> None:
+    """What a kept snapshot relies on: the refresh writes nothing when any other column of the
+    node changed since (the row's version), when the golden version moved, or when the stored
+    TPM clock is not behind this quote's (another worker counted a later one)."""
+    with store.raw_read() as raw:
+        snap = hotpath.read_for_attestation(raw, "n1", b"x" * 32).node  # type: ignore[union-attr]
+    later = T0 + dt.timedelta(seconds=61)
+    with store.write() as db:
+        assert not hotpath.refresh_unchanged_node(db, snap, later, 12345678901, 0)  # same clock
+        assert not hotpath.refresh_unchanged_node(db, snap, later, 12345679901, 1)  # golden moved
+        assert hotpath.refresh_unchanged_node(db, snap, later, 12345679901, 0)
+    with store.write() as db:  # the refresh keeps the version: the same snapshot still holds
+        assert hotpath.refresh_unchanged_node(db, snap, later, 12345679902, 0)
+    with store.write() as db:  # an admin's change the reuse never compared: the labels
+        db.scalars(select(Node)).one().labels = {"pool": "db"}
+    with store.write() as db:
+        assert not hotpath.refresh_unchanged_node(db, snap, later, 12345679903, 0)
+        hotpath.bump_version(db)
+    with store.raw_read() as raw:
+        read = hotpath.read_for_attestation(raw, "n1", b"x" * 32)
+    assert read is not None and read.golden_version == 1
+    assert read.node.row_version == snap.row_version + 1 and read.node.labels == {"pool": "db"}
+    with store.write() as db:
+        assert not hotpath.refresh_unchanged_node(db, read.node, later, 12345679903, 0)
+        assert hotpath.refresh_unchanged_node(db, read.node, later, 12345679903, 1)
 
 
 def _fields(snap: hotpath.NodeSnapshot) -> dict[str, object]:
@@ -128,10 +155,10 @@ def test_a_raw_write_commits_when_the_block_ends_and_rolls_back_when_it_raises(
     with store.raw_write() as raw:
         assert hotpath.use_nonce(raw, node_id, b"a" * 32, later, later)
         if store.is_sqlite:
-            assert hotpath.refresh_unchanged_node(raw, read.node, later, 12345679901)
+            assert hotpath.refresh_unchanged_node(raw, read.node, later, 12345679901, 0)
         else:
             with pytest.raises(RuntimeError, match="one statement"):
-                hotpath.refresh_unchanged_node(raw, read.node, later, 12345679901)
+                hotpath.refresh_unchanged_node(raw, read.node, later, 12345679901, 0)
     with pytest.raises(RuntimeError, match="the caller"), store.raw_write() as raw:
         assert hotpath.use_nonce(raw, node_id, b"b" * 32, later, later)
         raise RuntimeError("the caller failed after writing")
@@ -223,7 +250,7 @@ def test_the_compact_write_writes_all_or_nothing_in_one_statement_on_postgresql(
         read = hotpath.read_for_attestation(raw, "n1", b"r" * 32)
     assert read is not None
     snap, later = read.node, T0 + dt.timedelta(seconds=61)
-    args = (later, 12345679901, b"r" * 32, later, b"quote", b"sig")
+    args = (later, 12345679901, b"r" * 32, later, b"quote", b"sig", 0)
     sent.clear()
     with store.raw_write() as raw:
         got = hotpath.count_repeat(raw, snap, *args)
@@ -231,18 +258,18 @@ def test_the_compact_write_writes_all_or_nothing_in_one_statement_on_postgresql(
     if not store.is_sqlite:
         assert len(sent) == 1 and sent[0].startswith("WITH refreshed AS"), sent
     with pytest.raises(RuntimeError), store.raw_write() as raw:  # the nonce again
-        got = hotpath.count_repeat(raw, snap, *args)
+        got = hotpath.count_repeat(raw, snap, later, 12345679902, *args[2:])
         assert got.nonce_fresh is False
         assert store.is_sqlite or got == hotpath.Repeat(False, False, 0)  # no write at all
         raise RuntimeError("refused")
     stale = hotpath.NodeSnapshot(**{**_fields(snap), "verdict_key": "other"})
     with pytest.raises(RuntimeError), store.raw_write() as raw:
-        got = hotpath.count_repeat(raw, stale, later, 1, b"s" * 32, later, b"q", b"s")
+        got = hotpath.count_repeat(raw, stale, later, 12345679999, b"s" * 32, later, b"q", b"s", 0)
         assert (got.nonce_fresh, got.node_unchanged) == (True, False)
         raise RuntimeError("changed")
     # A changed node whose nonce was used too: refused by the full record's nonce, later.
     with pytest.raises(RuntimeError), store.raw_write() as raw:
-        got = hotpath.count_repeat(raw, stale, later, 1, b"r" * 32, later, b"q", b"s")
+        got = hotpath.count_repeat(raw, stale, later, 12345679999, b"r" * 32, later, b"q", b"s", 0)
         assert got.node_unchanged is False
         raise RuntimeError("changed")
     assert _nonces(store) == [b"r" * 32]
@@ -256,7 +283,7 @@ def test_the_compact_write_writes_all_or_nothing_in_one_statement_on_postgresql(
     with store.raw_read() as raw:
         snap = hotpath.read_for_attestation(raw, "n1", b"t" * 32).node  # type: ignore[union-attr]
     with store.raw_write() as raw:
-        got = hotpath.count_repeat(raw, snap, third, 12345680901, b"t" * 32, third, b"q2", b"s2")
+        got = hotpath.count_repeat(raw, snap, third, 12345680901, b"t" * 32, third, b"q2", b"s2", 0)
     assert got == hotpath.Repeat(nonce_fresh=True, node_unchanged=True, count=2)
     with store.read() as db:
         repeat = hotpath.repeats_of(db, [7])[7]
@@ -322,7 +349,7 @@ def run(self, s, params):
     return cursor
 prepared.Prepared.run = run
 with store.raw_write() as raw:
-    hotpath.count_repeat(raw, snap, later, 1, b"f" * 32, later, b"q", b"s")
+    hotpath.count_repeat(raw, snap, later, 12345679999, b"f" * 32, later, b"q", b"s", 0)
 """
 
 
@@ -366,7 +393,7 @@ def test_a_writer_frozen_mid_write_holds_no_lock(pg_store: Store) -> None:
                 " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
             ).fetchall()
             count = other.execute("SELECT count FROM attestation_repeats").fetchone()
-        assert locked == (1,)  # the frozen write's own, committed
+        assert locked == (12345679999,)  # the frozen write's own, committed
         assert count == (1,)
         assert states and {s for (s,) in states} == {"idle"}, states
     finally:
@@ -400,8 +427,9 @@ def test_a_full_record_uses_its_nonce_and_locks_the_node_at_once(store: Store) -
     with store.read() as db:
         node_id = db.scalars(select(Node.id)).one()
     with store.write() as db:
-        node, fresh = hotpath.use_nonce_and_lock(db, node_id, b"L" * 32, T0, T0)
-        assert fresh and node is not None and node.name == "n1"
+        locked = hotpath.use_nonce_and_lock(db, node_id, b"L" * 32, T0, T0)
+        node, fresh = locked.node, locked.nonce_fresh
+        assert fresh and node is not None and node.name == "n1" and locked.golden_version == 0
         assert node.labels == {"pool": "web", "zone": "é"} and node.last_clock == 12345678901
         if not store.is_sqlite:  # another session cannot take the row meanwhile
             plain = store.engine.url.render_as_string(hide_password=False)
@@ -411,9 +439,10 @@ def test_a_full_record_uses_its_nonce_and_locks_the_node_at_once(store: Store) -
             ):
                 other.execute("SELECT 1 FROM nodes WHERE id = %s FOR UPDATE NOWAIT", [node_id])
     with pytest.raises(RuntimeError), store.write() as db:
-        again, fresh = hotpath.use_nonce_and_lock(db, node_id, b"L" * 32, T0, T0)
-        assert again == node and fresh is False
+        again = hotpath.use_nonce_and_lock(db, node_id, b"L" * 32, T0, T0)
+        assert again.node == node and again.nonce_fresh is False
         raise RuntimeError("refused: rolled back")
     with store.write() as db:
-        assert hotpath.use_nonce_and_lock(db, node_id + 1000, b"M" * 32, T0, T0) == (None, False)
+        gone = hotpath.use_nonce_and_lock(db, node_id + 1000, b"M" * 32, T0, T0)
+        assert (gone.node, gone.nonce_fresh) == (None, False)
     assert b"L" * 32 in _nonces(store)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -55,14 +57,54 @@ def _node(s: Store, name: str = "n1") -> int:
 
 
 def test_migrations_create_exactly_the_models_schema(store: Store) -> None:
-    assert current_revision(store) == head_revision() == "0008"
+    assert current_revision(store) == head_revision() == "0009"
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
 
 
 def test_upgrade_twice_is_a_no_op(store: Store) -> None:
-    assert upgrade(store) == "0008"
+    assert upgrade(store) == "0009"
+
+
+def _row_version_migration() -> Any:
+    path = (
+        Path(__file__).parent.parent / "verifier/store/migrations/versions/0009_node_row_version.py"
+    )
+    spec = importlib.util.spec_from_file_location("m0009", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_change_of_a_node_but_the_refresh_bumps_its_row_version(store: Store) -> None:
+    """The database keeps ``nodes.row_version`` (what a kept node snapshot is held to): every
+    column but the three the refresh of an unchanged re-attestation sets is in the trigger —
+    including any column added later, which this test finds."""
+    m = _row_version_migration()
+    columns = {c.name for c in Node.__table__.columns}
+    assert set(m.VERSIONED) | set(m.REFRESHED) | {"row_version"} == columns
+    node_id = _node(store)
+    with store.read() as db:
+        start = db.scalars(select(Node.row_version).where(Node.id == node_id)).one()
+    assert 0 < start < 2**48  # random: a reused id never continues an old row's versions
+    expected = start
+    for column in sorted(columns - {"row_version"}):
+        with store.write() as db:  # named in SET, even unchanged: that is a change to the trigger
+            db.execute(
+                text(f"UPDATE nodes SET {column} = {column} WHERE id = :id"), {"id": node_id}
+            )
+        expected += column not in m.REFRESHED
+        with store.read() as db:
+            got = db.scalars(select(Node.row_version).where(Node.id == node_id)).one()
+        assert got == expected, column
+    with store.write() as db:  # an ORM change too
+        node = db.get(Node, node_id)
+        assert node is not None
+        node.labels = {"rack": "r2"}
+    with store.read() as db:
+        assert db.scalars(select(Node.row_version).where(Node.id == node_id)).one() == expected + 1
 
 
 def test_times_round_trip_as_aware_utc(store: Store) -> None:
@@ -245,7 +287,7 @@ def test_upgrade_from_0001_keeps_tokens_and_gives_them_no_labels(tmp_path: Path)
                 ),
                 {"h": repo.token_hash("s1"), "at": NOW.replace(tzinfo=None)},
             )
-        assert upgrade(s) == "0008"
+        assert upgrade(s) == "0009"
         with s.read() as db:
             token = repo.find_token(db, "s1")
             assert token is not None and token.labels == {}

@@ -2,8 +2,10 @@
 
 ``submit`` steps (labelled in the code):
  1. decode the bundle (size caps before CBOR) and check it names the node of the URL;
- 2. one read: the node, its golden rows (the catalog, by store version), whether the nonce was
-    used; the nonce's tag, owner and expiry are checked without I/O;
+ 2. the node: the snapshot this worker kept from the node's last counted round (``Start.kept``:
+    held to the row by the write, never enough to refuse), or one read — the node, the golden
+    version, whether the nonce was used; its golden rows come from the catalog, by store version;
+    the nonce's tag, owner and expiry are checked without I/O;
  3. verify the quote with the node's enrolled AK (never a key from the evidence); a refusal
     still uses the nonce up (with its audit entry, one write);
  3a. the runtime part (``runtime_verdict``): the IMA chunk continued from the verifier's own
@@ -17,7 +19,9 @@
  6. the log (sent, or held for this boot) replays to the quoted PCRs — or the cached verified
     log whose quoted values are identical (no re-parse);
  7. appraise against the node's golden sets (compiled once per set of versions);
- 8. one write transaction: use the nonce (exactly once, any instance), then either count an
+ 8. one write transaction, made only where the node's row, the golden version and the TPM clock
+    are still what the verdict relied on (else nothing is written and 2–8 run again from a fresh
+    read): use the nonce (exactly once, any instance), then either count an
     unchanged re-attestation (``attestation_repeats``) or store the log (once per digest), the
     verdict (once per digest) and the attestation and move the node's state (``record``, which
     re-appraisal uses too; ``state_changed`` is where every change of a node's state passes).
@@ -212,26 +216,78 @@ def submit(svc: Services, node_name: str, body: bytes) -> AttestationResult:
     now = svc.now()
     # 2. Node, golden rows, nonce (the shared key first: it may need its own write).
     key = svc.nonce_key()
-    # Each read below stands alone: the node and golden version in one statement; the catalog
-    # reloads by the version read (never older rows); the write re-checks the node it changes.
+    kept = _kept(svc, node_name)
+    for _ in range(ATTEMPTS):
+        if kept is not None:
+            start = Start(kept[0], kept[1], nonce_used=False, kept=True)
+        else:
+            start = _read(svc, node_name, ev.nonce)
+        try:
+            return _attest(svc, ev, start, now, key)
+        except _Stale:  # nothing was written: read the node and start again
+            svc.nodes.discard(node_name)
+            kept = None
+    raise Conflict(
+        "node_changed", "the node changed while its evidence was verified; send it again"
+    )
+
+
+ATTEMPTS = 3
+"""A kept snapshot, then up to two fresh reads of a node that keeps changing under us."""
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """Step 2's result: the node and the golden version its evidence is judged with."""
+
+    node: NodeSnapshot
+    golden_version: int
+    nonce_used: bool
+    kept: bool
+    """The snapshot was kept from an earlier attestation (``Services.nodes``), not read now:
+    it decides nothing alone — a write holds it to the row (``Fresh.golden_version`` and
+    ``NodeSnapshot.row_version``), and a refusal is first retried from a fresh read."""
+
+
+class _Stale(Exception):
+    """What a write relied on (a kept snapshot, or a read since changed) no longer holds."""
+
+
+def _kept(svc: Services, name: str) -> tuple[NodeSnapshot, int] | None:
+    """The node's kept snapshot, if it was read with the golden version this process has."""
+    got = svc.nodes.get(name)
+    return got if got is not None and got[1] == svc.golden.version else None
+
+
+def _read(svc: Services, name: str, nonce: bytes) -> Start:
+    """The node, the golden version and whether ``nonce`` was used: one statement."""
     with svc.store.raw_read() as raw:
-        read = hotpath.read_for_attestation(raw, node_name, ev.nonce)
+        read = hotpath.read_for_attestation(raw, name, nonce)
     if read is None:
-        raise NotFound(NODE_NOT_ENROLLED, f"node {node_name!r} is not enrolled; enroll again")
-    snap, used = read.node, read.nonce_used
-    # The catalogs and the verdict cache read the store only when they miss (a Session connects
-    # at its first statement).
+        raise NotFound(NODE_NOT_ENROLLED, f"node {name!r} is not enrolled; enroll again")
+    return Start(read.node, read.golden_version, read.nonce_used, kept=False)
+
+
+def _attest(
+    svc: Services, ev: Evidence, start: Start, now: dt.datetime, key: bytes
+) -> AttestationResult:
+    """Steps 2–8 from ``start``. Raises ``_Stale`` (nothing written) where ``start`` no longer
+    holds, and instead of any refusal decided on a kept snapshot."""
+    snap, version = start.node, start.golden_version
+    # The catalogs reload by the version read (never older rows) and, like the verdict cache,
+    # read the store only when they miss (a Session connects at its first statement).
     with svc.store.read(statements_apart=True) as db:
-        rows = svc.golden.rows_for(db, snap.labels, read.golden_version)
+        rows = svc.golden.rows_for(db, snap.labels, version)
         rt_in = runtime_verdict.runtime_for(
-            svc, db, snap.id, snap.labels, prefix=ev.ima_log is not None,
-            version=read.golden_version,
-        )  # fmt: skip
-        selection = pcr_selection(svc, db, read.golden_version)
+            svc, db, snap.id, snap.labels, prefix=ev.ima_log is not None, version=version
+        )
+        selection = pcr_selection(svc, db, version)
         prefetch_verdict(svc, db, snap)
     checked = repo.check_nonce(snap.id, ev.nonce, now, key)
-    refused = checked.refused or ("nonce_reused" if used else None)
+    refused = checked.refused or ("nonce_reused" if start.nonce_used else None)
     if refused is not None:
+        if start.kept:
+            raise _Stale
         raise VerificationFailed(f"nonce refused: {refused.removeprefix('nonce_')}", code=refused)
     # 3. Quote, with the enrolled AK only.
     try:
@@ -239,12 +295,16 @@ def submit(svc: Services, node_name: str, body: bytes) -> AttestationResult:
             ev.attest, ev.signature, parse_public(snap.ak_public), ev.nonce, ev.pcrs
         )
     except (VerificationFailed, MalformedEvidence) as exc:
+        if start.kept:  # the AK may have changed since: never refuse on a kept one
+            raise _Stale from exc
         _refuse(svc, snap, ev.nonce, checked.expires_at, str(exc), now)
         raise
     # 3a. Runtime: the new IMA entries, always.
     try:
         runtime = runtime_verdict.appraise_ima(svc, ev, quote, rt_in)
     except Conflict as exc:  # ima_full_log_required: nothing is recorded, the nonce is used
+        if start.kept:
+            raise _Stale from exc
         _refuse(svc, snap, ev.nonce, checked.expires_at, exc.message, now)
         raise
     # 4. Reuse the stored verdict, or 5-7: verify the log and appraise.
@@ -270,16 +330,16 @@ def submit(svc: Services, node_name: str, body: bytes) -> AttestationResult:
         restart_count=quote.restart_count,
     )
     ima_changed = runtime is not None and runtime.store != rt_in.prior
-    stored = _store(
-        svc,
-        snap,
-        Fresh(
-            quoted, log_bytes, vkey, quote.clock, checked.expires_at, reused,
-            runtime if ima_changed else None,
-        ),
-        assessment,
-        now,
+    fresh = Fresh(
+        quoted, log_bytes, vkey, quote.clock, checked.expires_at, reused, version,
+        runtime if ima_changed else None,
     )  # fmt: skip
+    try:
+        stored = _store(svc, snap, fresh, assessment, now)
+    except (VerificationFailed, NotFound) as exc:  # refused, nothing written
+        if start.kept:
+            raise _Stale from exc
+        raise
     return dataclasses.replace(
         stored,
         next_challenge=_next_challenge(svc, snap.id, log_hex, now, key, selection),
@@ -318,15 +378,29 @@ def _refuse(
 
 
 def _use_nonce(
-    db: Session, snap: NodeSnapshot, nonce: bytes, now: dt.datetime, expires: dt.datetime
+    db: Session,
+    snap: NodeSnapshot,
+    nonce: bytes,
+    now: dt.datetime,
+    expires: dt.datetime,
+    golden: int | None = None,
 ) -> NodeSnapshot:
     """Step 8's start: the node, locked, with ``nonce`` used; refused (and rolled back by the
-    caller's transaction) when the node was deleted while we verified or the nonce was used."""
-    node, fresh = hotpath.use_nonce_and_lock(db, snap.id, nonce, now, expires)
+    caller's transaction) when the node was deleted while we verified or the nonce was used.
+    With ``golden`` (the version the verdict was reached with), ``_Stale`` unless the row, its
+    TPM clock and the golden version are still those the verdict relied on."""
+    locked = hotpath.use_nonce_and_lock(db, snap.id, nonce, now, expires)
+    node = locked.node
     if node is None:
         raise NotFound(NODE_NOT_ENROLLED, "the node was deleted; enroll again")
-    if not fresh:
+    if not locked.nonce_fresh:
         raise VerificationFailed("nonce refused: reused", code="nonce_reused")
+    if golden is not None and (
+        node.row_version != snap.row_version
+        or node.last_clock != snap.last_clock
+        or locked.golden_version != golden
+    ):
+        raise _Stale
     return node
 
 
@@ -447,6 +521,8 @@ class Fresh:
     nonce_expires: dt.datetime
     reused: bool
     """The node's stored verdict was reused (same boot, log, PCRs, golden rows; clock later)."""
+    golden_version: int
+    """The store's golden version the verdict was reached with: the write holds it."""
     runtime: RuntimeOutcome | None = None
     """The IMA prefix to keep (or drop) with this record; None when it did not change."""
 
@@ -460,14 +536,14 @@ def _store(
     if repeat and new.runtime is None:
         counted = _store_repeat(svc, snap, new, now)  # None: the node changed since it was read
         if counted is not None:
-            return _repeated(snap, a, counted)
+            return _repeated(svc, snap, new, a, counted, now)
     with svc.store.write() as db:
-        node = _use_nonce(db, snap, ev.nonce, now, new.nonce_expires)
-        if repeat and new.runtime is not None:  # the node is locked: ``snap`` still holds or not
+        node = _use_nonce(db, snap, ev.nonce, now, new.nonce_expires, new.golden_version)
+        if repeat and new.runtime is not None:  # the node is locked and still ``snap``
             counted = _count_repeat(db, snap, new, now)
             if counted is not None:
                 store_prefix(db, snap.id, new.runtime, snap.last_attestation_id or 0, now)
-                return _repeated(snap, a, counted)
+                return _repeated(svc, snap, new, a, counted, now)
         log_hex = ev.event_log_sha256
         sent = new.log_bytes
         if log_hex and sent is not None and hashlib.sha256(sent).hexdigest() == log_hex:
@@ -489,11 +565,17 @@ def _store(
         )  # fmt: skip
         if new.runtime is not None:  # the prefix moves with the verdict that judged it
             store_prefix(db, snap.id, new.runtime, rec.attestation_id, now)
+    svc.nodes.discard(snap.name)  # the row changed: the next attestation reads it
     return AttestationResult(rec.attestation_id, a.status, a.reason, rec.state, a.checks, reboot)
 
 
-def _repeated(snap: NodeSnapshot, a: Assessment, counted: int) -> AttestationResult:
-    """The answer to an unchanged re-attestation, counted on the node's last full record."""
+def _repeated(
+    svc: Services, snap: NodeSnapshot, new: Fresh, a: Assessment, counted: int, now: dt.datetime
+) -> AttestationResult:
+    """The answer to an unchanged re-attestation, counted on the node's last full record; the
+    node's snapshot is kept as the refresh left the row (same version: only the clock moved)."""
+    kept = dataclasses.replace(snap, last_success_at=now, last_clock=new.clock)
+    svc.nodes.put(snap.name, (kept, new.golden_version))
     return AttestationResult(
         snap.last_attestation_id or 0, a.status, a.reason, snap.state, a.checks, False, counted
     )
@@ -511,8 +593,9 @@ def _store_repeat(svc: Services, snap: NodeSnapshot, new: Fresh, now: dt.datetim
     try:
         with svc.store.raw_write() as raw:
             got = hotpath.count_repeat(
-                raw, snap, now, new.clock, ev.nonce, new.nonce_expires, ev.quote, ev.signature
-            )
+                raw, snap, now, new.clock, ev.nonce, new.nonce_expires, ev.quote, ev.signature,
+                new.golden_version,
+            )  # fmt: skip
             if not got.nonce_fresh:
                 raise VerificationFailed("nonce refused: reused", code="nonce_reused")
             if not got.node_unchanged:
@@ -527,7 +610,7 @@ def _count_repeat(db: Db, snap: NodeSnapshot, new: Fresh, now: dt.datetime) -> i
     refresh the node; its number, or None if the node changed since it was read (then a full
     record)."""
     assert snap.last_attestation_id is not None
-    if not hotpath.refresh_unchanged_node(db, snap, now, new.clock):
+    if not hotpath.refresh_unchanged_node(db, snap, now, new.clock, new.golden_version):
         return None
     ev = new.evidence
     return hotpath.add_repeat(db, snap.last_attestation_id, now, ev.nonce, ev.quote, ev.signature)

@@ -61,6 +61,9 @@ class ServiceConfig:
     max_ima_log: int = DEFAULT_CAPS.ima_log
     max_json: int = 256 * 1024
     log_cache_size: int = 512
+    node_cache_size: int = 100_000
+    """Node snapshots kept per worker between attestations (about 1 KB each; 0: read every time).
+    Only a cache: every write that relies on one holds it to the row's version."""
     client_rate: float = 50.0
     client_burst: float = 500.0
     """Unauthenticated requests (challenge, evidence, activation) per client address and worker:

@@ -21,6 +21,7 @@ from typing import Generic, TypeVar
 
 from assay.eventlog import LogCaches
 from verifier.store import Store, repo
+from verifier.store.hotpath import NodeSnapshot
 
 from .config import ServiceConfig
 from .golden_catalog import GoldenCatalog, RuntimeCatalog
@@ -62,6 +63,10 @@ class LruCache(Generic[K, V]):
             self._data.move_to_end(key)
             while len(self._data) > self._size:
                 self._data.popitem(last=False)
+
+    def discard(self, key: K) -> None:
+        with self._lock:
+            self._data.pop(key, None)
 
     def clear(self) -> None:
         with self._lock:
@@ -111,6 +116,9 @@ class Services:
     verdicts: LruCache[str, dict[str, object]] = field(init=False)
     reused: LruCache[tuple[str, tuple[str, ...]], object] = field(init=False)
     """Assessments of stored verdicts as a reused verdict returns them, by (digest, golden)."""
+    nodes: LruCache[str, tuple[NodeSnapshot, int]] = field(init=False)
+    """Node snapshots by name, with the golden version they were read with, kept between a
+    node's attestations (``attestation``: only a cache, held to the row's version)."""
     holder: str = field(init=False)
     """This process among the instances: who holds a background job's lease."""
     _nonce_key: bytes | None = field(init=False, default=None)
@@ -126,6 +134,7 @@ class Services:
         self.runtime = RuntimeCatalog()  # runtime policies, by the same version
         self.verdicts = LruCache(1024)
         self.reused = LruCache(1024)
+        self.nodes = LruCache(self.config.node_cache_size)
         self.holder = f"{socket.gethostname()[:80]}:{os.getpid()}:{secrets.token_hex(4)}"
 
     def now(self) -> dt.datetime:

@@ -49,6 +49,11 @@ class GoldenCatalog:
         self._selected: dict[tuple[tuple[str, str], ...], list[GoldenRow]] = {}
         self.reloads = 0
 
+    @property
+    def version(self) -> int:
+        """The store version the rows are of (-1 before the first load)."""
+        return self._version
+
     def rows_for(
         self, db: Session, labels: Mapping[str, str], version: int | None = None
     ) -> list[GoldenRow]:

@@ -67,6 +67,9 @@ class NodeSnapshot:
     last_clock: int | None
     last_verdict_sha256: str | None
     enrolled_at: dt.datetime
+    row_version: int
+    """The row's version when read (``Node.row_version``): a write that relies on this snapshot
+    is made only where the row still has it."""
 
 
 _SNAPSHOT_COLUMNS = (
@@ -87,6 +90,7 @@ _SNAPSHOT_COLUMNS = (
     N.last_clock,
     A.verdict_sha256.label("last_verdict_sha256"),
     N.enrolled_at,
+    N.row_version,
 )
 
 
@@ -231,13 +235,14 @@ def _nonce_from(node_id: Any) -> Any:
 
 def _nonce_and_lock() -> Any:
     """PostgreSQL: the node locked, its nonce used and its snapshot, in one statement (a full
-    record's first two): (the node's columns, 1 if the nonce went in else 0); no row when the
-    node is gone. The nonce is inserted from the locked row, so a node deleted meanwhile gets no
+    record's first two): (the node's columns, 1 if the nonce went in else 0, the golden
+    version); no row when the node is gone. The nonce is inserted from the locked row, so a node deleted meanwhile gets no
     nonce (no foreign-key violation) and a node being deleted is waited for, then found gone."""
     locked = select(N.id).where(N.id == bindparam("node_id")).with_for_update().cte("locked")
     used = _nonce_from(locked.c.id).on_conflict_do_nothing().returning(NONCES.c.id).cte("used")
     fresh = select(func.count()).select_from(used).scalar_subquery()
-    return _snapshot_where(N.id == bindparam("node_id"), True).add_columns(fresh).add_cte(used)
+    locked_row = _snapshot_where(N.id == bindparam("node_id"), True)
+    return locked_row.add_columns(fresh, _GOLDEN_VERSION).add_cte(used)
 
 
 def _repeat_once() -> Any:
@@ -302,22 +307,34 @@ def use_nonce(s: Db, node_id: int, nonce: bytes, now: dt.datetime, expires_at: d
     return run_step(s, _nonce_step(s, node_id, nonce, now, expires_at)) is not None
 
 
+@dataclass(frozen=True, slots=True)
+class Locked:
+    """What ``use_nonce_and_lock`` found: the node (locked), the nonce and the golden version."""
+
+    node: NodeSnapshot | None
+    """None: the node was deleted."""
+    nonce_fresh: bool
+    """Meaningful only for a node."""
+    golden_version: int
+
+
 def use_nonce_and_lock(
     s: Session, node_id: int, nonce: bytes, now: dt.datetime, expires_at: dt.datetime
-) -> tuple[NodeSnapshot | None, bool]:
-    """``node_snapshot_by_id(for_update=True)`` and ``use_nonce``: the node, locked until the
-    transaction ends (None if it was deleted), and whether the nonce was fresh (meaningful only
-    for a node). One statement on PostgreSQL, two on SQLite; the caller rolls back unless both
-    are good."""
+) -> Locked:
+    """``node_snapshot_by_id(for_update=True)``, ``use_nonce`` and ``golden_version``: the node,
+    locked until the transaction ends, whether the nonce was fresh, and the golden version the
+    transaction sees. One statement on PostgreSQL, three on SQLite; the caller rolls back unless
+    all are what it relied on."""
     once = _upserts(s).nonce_and_lock
     if once is None:  # SQLite: the write transaction holds the database, so nothing can move
         node = node_snapshot_by_id(s, node_id, for_update=True)
-        return node, node is not None and use_nonce(s, node_id, nonce, now, expires_at)
+        fresh = node is not None and use_nonce(s, node_id, nonce, now, expires_at)
+        return Locked(node, fresh, golden_version(s))
     row = prepared(s, once).first(s, _nonce_step(s, node_id, nonce, now, expires_at)[1])
     if row is None:
-        return None, False
-    *values, fresh = row
-    return NodeSnapshot(*values), bool(fresh)
+        return Locked(None, False, 0)
+    *values, fresh, version = row
+    return Locked(NodeSnapshot(*values), bool(fresh), int(version or 0))
 
 
 def _nonce_step(
@@ -452,9 +469,14 @@ def latest_evidence_ids(s: Session, node_ids: list[int]) -> dict[int, int]:
 
 def _refresh_statement() -> Any:
     """The UPDATE of ``refresh_unchanged_node``: only if nothing that decided a verdict reuse
-    changed since the snapshot."""
+    changed since the snapshot — the row's version (every change of the node but this refresh
+    bumps it), the golden version, and a TPM clock still behind this quote's; the columns the
+    reuse compared are held too."""
     unchanged = update(NODES).where(
         N.id == bindparam("b_id"),
+        N.row_version == bindparam("b_row_version"),
+        N.last_clock < bindparam("last_clock"),
+        func.coalesce(_GOLDEN_VERSION, 0) == bindparam("b_golden"),
         N.state == bindparam("b_state"),
         N.last_attestation_id == bindparam("b_last"),
         N.verdict_key == bindparam("b_key"),
@@ -471,16 +493,19 @@ def _refresh_statement() -> Any:
 _REFRESH = _refresh_statement()
 
 
-def refresh_unchanged_node(s: Db, snap: NodeSnapshot, now: dt.datetime, clock: int) -> bool:
+def refresh_unchanged_node(
+    s: Db, snap: NodeSnapshot, now: dt.datetime, clock: int, golden: int
+) -> bool:
     """Mark the node freshly attested (trusted, at ``now``, TPM clock ``clock``) only if nothing
-    that decided a verdict reuse changed since ``snap`` was read (state, last attestation,
-    verdict key, boot counters); False if something did."""
-    return bool(run_step(s, _refresh_step(s, snap, now, clock)) == 1)
+    that decided a verdict reuse changed since ``snap`` was read with golden version ``golden``
+    (the row, the golden version, a later clock meanwhile); False if something did."""
+    return bool(run_step(s, _refresh_step(s, snap, now, clock, golden)) == 1)
 
 
-def _refresh_step(s: Db, snap: NodeSnapshot, now: dt.datetime, clock: int) -> Step:
+def _refresh_step(s: Db, snap: NodeSnapshot, now: dt.datetime, clock: int, golden: int) -> Step:
     params = {
-        "b_id": snap.id, "b_state": snap.state, "b_last": snap.last_attestation_id,
+        "b_id": snap.id, "b_row_version": snap.row_version, "b_golden": golden,
+        "b_state": snap.state, "b_last": snap.last_attestation_id,
         "b_key": snap.verdict_key, "b_reset": snap.last_reset_count,
         "b_restart": snap.last_restart_count, "last_attested_at": now,
         "last_success_at": now, "last_clock": clock,
@@ -528,6 +553,7 @@ def count_repeat(
     nonce_expires: dt.datetime,
     quote: bytes,
     signature: bytes,
+    golden: int,
 ) -> Repeat:
     """``refresh_unchanged_node``, ``use_nonce`` and ``add_repeat`` at once. On PostgreSQL, one
     statement (``Store.raw_write``), which writes nothing unless the node is unchanged and the
@@ -538,7 +564,7 @@ def count_repeat(
     assert snap.last_attestation_id is not None
     once = _upserts(s).repeat_once
     if once is None:  # in order, each only if the one before found what it should
-        if not refresh_unchanged_node(s, snap, now, clock):  # changed, or deleted
+        if not refresh_unchanged_node(s, snap, now, clock, golden):  # changed, or deleted
             return Repeat(True, False, 0)
         if not use_nonce(s, snap.id, nonce, now, nonce_expires):
             return Repeat(False, True, 0)
@@ -546,7 +572,7 @@ def count_repeat(
             True, True, add_repeat(s, snap.last_attestation_id, now, nonce, quote, signature)
         )
     params = {
-        **_refresh_step(s, snap, now, clock)[1],
+        **_refresh_step(s, snap, now, clock, golden)[1],
         **_repeat_step(s, snap.last_attestation_id, now, nonce, quote, signature)[1],
         "nonce": nonce, "created_at": now, "expires_at": nonce_expires,
     }  # fmt: skip

@@ -10,6 +10,7 @@ the enum is refused on the way in and on the way out.
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 from enum import StrEnum
 from typing import Any, Generic, TypeVar, overload
 
@@ -122,6 +123,12 @@ class Base(DeclarativeBase):
     pass
 
 
+def new_row_version() -> int:
+    """A new node row's first version: random, so a name enrolled again under a reused id (SQLite
+    reuses the highest) never has the version of an old snapshot of that id."""
+    return secrets.randbits(48)
+
+
 class Node(Base):
     __tablename__ = "nodes"
     __table_args__ = (Index("ix_nodes_state_name", "state", "name"),)
@@ -156,6 +163,12 @@ class Node(Base):
     policy window, appraisal version): a re-attestation with the same key reuses that verdict."""
     last_clock: Mapped[int | None] = mapped_column(BigInteger)
     """The TPM clock of the last verified quote: a verdict is reused only while it advances."""
+    row_version: Mapped[int] = mapped_column(
+        BigInteger, default=new_row_version, server_default="1"
+    )
+    """Bumped by the database (a trigger, migration 0009) with every change of the row but the
+    refresh of an unchanged re-attestation: a node snapshot kept by an instance is written on
+    only while the row still has its version."""
 
 
 class Enrollment(Base):
