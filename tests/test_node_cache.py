@@ -67,6 +67,14 @@ def _trusted_and_kept(f: Fleet, agent: FakeAgentForLoad) -> None:
     assert f.svc.nodes.get(agent.name) is not None
 
 
+def _kept_by_one(two: tuple[Fleet, Fleet]) -> tuple[Fleet, Fleet, FakeAgentForLoad]:
+    """Both instances, and node n1 kept (trusted and counted) by the first."""
+    one, other = two
+    agent = _agent(one)
+    _trusted_and_kept(one, agent)
+    return one, other, agent
+
+
 def _records(f: Fleet) -> int:
     with f.store.read() as db:
         return len(db.scalars(select(Attestation.id)).all())
@@ -126,9 +134,7 @@ def test_an_ak_replaced_by_another_instance_is_what_the_next_quote_is_checked_wi
 def test_labels_changed_by_another_instance_select_the_golden_sets_of_the_next_round(
     two: tuple[Fleet, Fleet],
 ) -> None:
-    one, other = two
-    agent = _agent(one)
-    _trusted_and_kept(one, agent)
+    one, other, agent = _kept_by_one(two)
     inventory.set_labels(other.svc, "n1", {"pool": "db"}, "moved", "admin")
     resp = _round(one, agent)  # no golden set applies to pool=db: never the kept trusted verdict
     assert resp.status_code == 200 and resp.json["status"] != "trusted", resp.json
@@ -143,9 +149,7 @@ def test_labels_and_ak_written_before_any_reappraisal_are_what_the_next_round_is
 ) -> None:
     """The window between an admin change's commit and the re-appraisal that follows it (its own
     transaction): only the labels, or only the AK, changed — no column the reuse compares."""
-    one, other = two
-    agent = _agent(one)
-    _trusted_and_kept(one, agent)
+    one, other, agent = _kept_by_one(two)
     with other.store.write() as db:
         db.scalars(select(Node)).one().labels = {"pool": "db"}
     resp = _round(one, agent)
@@ -168,9 +172,7 @@ def test_a_golden_version_revoked_before_its_reappraisal_ran_is_never_counted_tr
 ) -> None:
     """The window between a revocation's commit and the re-appraisal of the node (another
     instance, frozen or slow): the node's row is unchanged, the golden version moved."""
-    one, other = two
-    agent = _agent(one)
-    _trusted_and_kept(one, agent)
+    one, other, agent = _kept_by_one(two)
     with other.store.write() as db:  # the status change's own transaction, no re-appraisal yet
         row = db.scalars(select(GoldenSetRow).where(GoldenSetRow.name == "f")).one()
         row.status, row.reason = "revoked", "CVE"
@@ -183,9 +185,7 @@ def test_a_golden_version_revoked_before_its_reappraisal_ran_is_never_counted_tr
 def test_a_node_deleted_or_renamed_by_another_instance_is_not_attested_from_the_kept_copy(
     two: tuple[Fleet, Fleet],
 ) -> None:
-    one, other = two
-    agent = _agent(one)
-    _trusted_and_kept(one, agent)
+    one, other, agent = _kept_by_one(two)
     inventory.move_node(other.svc, "n1", "n2", "renamed", "admin")
     resp = _round(one, agent)
     assert (resp.status_code, resp.json["error"]["code"]) == (404, "node_not_enrolled")
@@ -201,9 +201,7 @@ def test_a_node_attesting_through_both_instances_in_turn_is_counted_once_per_rou
 ) -> None:
     """Each instance keeps its own copy, whose TPM clock falls behind while the other counts:
     the write holds the stored clock, so every round counts once and none is refused."""
-    one, other = two
-    agent = _agent(one)
-    _trusted_and_kept(one, agent)
+    one, other, agent = _kept_by_one(two)
     for n in range(2, 8):
         f = other if n % 2 else one
         f.clock[0] = f.clock[0] + dt.timedelta(seconds=10)
@@ -219,9 +217,7 @@ def test_an_older_quote_after_a_newer_one_was_counted_elsewhere_is_appraised_in_
 ) -> None:
     """The kept copy's TPM clock says "forward"; the stored one (the other instance counted a
     later quote) says not: the database's clock decides, so no reuse."""
-    one, other = two
-    agent = _agent(one)
-    _trusted_and_kept(one, agent)
+    one, other, agent = _kept_by_one(two)
     earlier_nonce, later_nonce = one.challenge(agent), other.challenge(agent)
     earlier = agent.evidence(earlier_nonce, send_log=False)
     later = agent.evidence(later_nonce, send_log=False)
