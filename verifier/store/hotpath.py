@@ -368,13 +368,18 @@ def put_verdict(s: Session, sha256_hex: str, canonical: bytes, now: dt.datetime)
     row = prepared(s, _VERDICT_CREATED).first(s, {"sha256": sha256_hex})
     at = None if row is None else row[0]
     if at is None:
-        data = zlib.compress(canonical, 6)
+        data = compress_verdict(canonical)
         stmt = _dialect_insert(s, VERDICTS).values(sha256=sha256_hex, data=data, created_at=now)
         s.connection().execute(stmt.on_conflict_do_nothing())
     elif at < now - TOUCH_AFTER:
         s.connection().execute(
             update(VERDICTS).where(VERDICTS.c.sha256 == sha256_hex).values(created_at=now)
         )
+
+
+def compress_verdict(canonical: bytes) -> bytes:
+    """How ``verdicts.data`` holds a canonical verdict document."""
+    return zlib.compress(canonical, 6)
 
 
 def get_verdict(s: Session, sha256_hex: str) -> dict[str, Any] | None:
