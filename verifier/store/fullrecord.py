@@ -13,12 +13,13 @@ reads the node again). The used nonce is inserted from the locked row without ON
 used already (by any instance) fails the whole statement, a unique violation on ``nonces``.
 The attestation's id, which the node and the change feed refer to, comes from its own
 ``RETURNING``; the feed's payload gets it in SQL (``attestation_id``, as text, as
-``events.node_state_row`` has it).
+``events.node_state_row`` has it), appended to the payload's JSON text.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -26,7 +27,6 @@ from typing import Any, cast
 from sqlalchemy import JSON, Table, Text, bindparam, func, literal, select, update
 from sqlalchemy import cast as sql_cast
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from .cluster import ClusterEvent
@@ -109,7 +109,8 @@ def write(raw: Raw, rec: FullRecord) -> Written:
     params.update({f"a_{c}": v for c, v in rec.attestation.items()})
     params.update({f"n_{c}": v for c, v in rec.node.items()})
     if rec.event is not None:
-        params.update({f"e_{c}": v for c, v in rec.event.items()})
+        params.update({f"e_{c}": rec.event[c] for c in _EVENT_COLUMNS})
+        params["e_payload_head"] = payload_head(rec.event["payload"])
     if rec.log is not None:
         digest, data = rec.log
         params.update(l_sha256=digest, l_data=data, l_size=len(data))
@@ -130,6 +131,15 @@ def write(raw: Raw, rec: FullRecord) -> Written:
     if rec.verdict is not None:  # ``before``: the row as the statement's snapshot saw it
         created = rec.now if before is None or before < rec.now - TOUCH_AFTER else before
     return Written(int(attestation_id), True, created)
+
+
+def payload_head(payload: Mapping[str, Any]) -> str:
+    """``payload`` as JSON text without its closing brace and without ``attestation_id``, which
+    the statement appends (the row it inserts has the id)."""
+    rest = {k: v for k, v in payload.items() if k != "attestation_id"}
+    text = json.dumps(rest, separators=(",", ":"))
+    assert rest and text.endswith("}")
+    return text[:-1]
 
 
 _STATEMENTS: dict[tuple[Any, ...], Any] = {}
@@ -172,8 +182,12 @@ def _statement(
     )
     ctes.append(moved.cte("moved"))
     if event:
-        with_id = sql_cast(bindparam("e_payload", type_=JSONB), JSONB).op("||")(
-            func.jsonb_build_object(literal("attestation_id"), sql_cast(att.c.id, Text))
+        # Text, not jsonb: jsonb refuses a string holding U+0000, and a reason may quote the log.
+        with_id = (
+            bindparam("e_payload_head", type_=Text)
+            + literal(',"attestation_id":"', Text)
+            + sql_cast(att.c.id, Text)
+            + literal('"}', Text)
         )
         feed = pg_insert(EVENTS).from_select(
             [*_EVENT_COLUMNS, "payload"],

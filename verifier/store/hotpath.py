@@ -349,7 +349,9 @@ def _nonce_step(
 
 def canonical_verdict(verdict: Mapping[str, Any]) -> tuple[str, bytes]:
     """(SHA-256 hex, canonical JSON bytes) of a verdict document."""
-    data = json.dumps(verdict, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    text = json.dumps(verdict, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    # A lone surrogate (quoted from a log) as its JSON escape, which loads back as it was.
+    data = text.encode("utf-8", "backslashreplace")
     return hashlib.sha256(data).hexdigest(), data
 
 
