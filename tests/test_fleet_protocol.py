@@ -5,6 +5,7 @@ process, on SQLite and a real PostgreSQL (software AKs from testkit: FakeAgentFo
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from golden.yamlfmt import dump_yaml
 from testkit.service import FakeAgentForLoad
 from tests.postgres import postgres_server, postgres_url  # noqa: F401
 from tests.test_service_api import SB_LOG, T0
-from verifier.service import ServiceConfig, create_app, golden_ops
+from verifier.service import ServiceConfig, create_app, events, golden_ops
 from verifier.service.context import Services
 from verifier.store import Store, upgrade
 from verifier.store.models import Attestation, AttestationRepeat, VerdictBlob
@@ -330,10 +331,12 @@ def test_state_changed_is_called_for_each_change_and_never_for_a_repeat(
 ) -> None:
     from verifier.service import attestation, inventory
 
-    seen: list[tuple[str, str, str, int | None]] = []
+    seen: list[tuple[str, str, str]] = []
+    through = attestation.state_changed
 
-    def hook(db: object, change: attestation.StateChange) -> None:
-        seen.append((change.node, change.old, change.new, change.attestation_id))
+    def hook(db: Any, change: attestation.StateChange) -> dict[str, Any]:
+        seen.append((change.node, change.old, change.new))
+        return through(db, change)
 
     monkeypatch.setattr(attestation, "state_changed", hook)
     monkeypatch.setattr(inventory, "state_changed", hook)
@@ -344,7 +347,18 @@ def test_state_changed_is_called_for_each_change_and_never_for_a_repeat(
     assert again.json["repeat"] == 1
     fleet.clock[0] += dt.timedelta(seconds=181)
     inventory.sweep_stale(fleet.svc)
-    assert seen == [
-        ("n1", "enrolled", "trusted", int(first["attestation_id"])),
-        ("n1", "trusted", "stale", None),
-    ]
+    assert seen == [("n1", "enrolled", "trusted"), ("n1", "trusted", "stale")]
+    # The feed holds each change once, with the attestation that made it (on PostgreSQL the
+    # full record sets that id in SQL, in the statement that inserts the attestation).
+    page = events.feed(
+        fleet.svc.store,
+        0,
+        wait=0,
+        limit=100,
+        monotonic=time.monotonic,
+        sleep=time.sleep,
+        now=lambda: fleet.clock[0] + dt.timedelta(minutes=1),
+    )
+    assert [
+        (e["node"], e["old_state"], e["new_state"], e["attestation_id"]) for e in page.events
+    ] == [("n1", "enrolled", "trusted", first["attestation_id"]), ("n1", "trusted", "stale", None)]

@@ -49,7 +49,7 @@ from assay.eventlog import VerifiedBootLog, parse_event_log, verify_log
 from assay.evidence import Evidence, EvidenceCaps, decode_evidence
 from assay.tpm2 import VerifiedQuote, parse_public, verify_quote
 from verifier.appraisal import CheckStatus, VerdictStatus
-from verifier.store import hotpath, repo
+from verifier.store import fullrecord, hotpath, repo
 from verifier.store.hotpath import NodeSnapshot
 from verifier.store.models import Attestation, AttestationSource, Node, NodeState, iso
 from verifier.store.prepared import Db
@@ -537,6 +537,8 @@ def _store(
         counted = _store_repeat(svc, snap, new, now)  # None: the node changed since it was read
         if counted is not None:
             return _repeated(svc, snap, new, a, counted, now)
+    if new.runtime is None and not svc.store.is_sqlite:
+        return _record_at_once(svc, snap, new, a, now)
     with svc.store.write() as db:
         node = _use_nonce(db, snap, ev.nonce, now, new.nonce_expires, new.golden_version)
         if repeat and new.runtime is not None:  # the node is locked and still ``snap``
@@ -544,21 +546,10 @@ def _store(
             if counted is not None:
                 store_prefix(db, snap.id, new.runtime, snap.last_attestation_id or 0, now)
                 return _repeated(svc, snap, new, a, counted, now)
-        log_hex = ev.event_log_sha256
-        sent = new.log_bytes
-        if log_hex and sent is not None and hashlib.sha256(sent).hexdigest() == log_hex:
-            repo.put_event_log(db, log_hex, sent, now)
-        reboot = node.last_reset_count is not None and ev.reset_count != node.last_reset_count
-        fields: dict[str, Any] = {
-            "last_reset_count": ev.reset_count,
-            "last_restart_count": ev.restart_count,
-            "boot_log_sha256": log_hex,
-            "last_attested_at": now,
-            "last_clock": new.clock,
-            "verdict_key": new.verdict_key,
-        }
-        if reboot:
-            fields["last_reboot_at"] = now
+        log = _log_to_keep(new)
+        if log is not None:
+            repo.put_event_log(db, *log, now)
+        reboot, fields = _evidence_fields(node, new, now)
         rec = record(
             db, node, ev, a, source=AttestationSource.EVIDENCE, now=now, quoted_at=now,
             reboot=reboot, node_fields=fields,
@@ -567,6 +558,74 @@ def _store(
             store_prefix(db, snap.id, new.runtime, rec.attestation_id, now)
     svc.nodes.discard(snap.name)  # the row changed: the next attestation reads it
     return AttestationResult(rec.attestation_id, a.status, a.reason, rec.state, a.checks, reboot)
+
+
+def _log_to_keep(new: Fresh) -> tuple[str, bytes] | None:
+    """The log sent with the evidence, to store under its digest (when it is that log's)."""
+    log_hex, sent = new.evidence.event_log_sha256, new.log_bytes
+    if log_hex and sent is not None and hashlib.sha256(sent).hexdigest() == log_hex:
+        return log_hex, sent
+    return None
+
+
+def _evidence_fields(node: NodeLike, new: Fresh, now: dt.datetime) -> tuple[bool, dict[str, Any]]:
+    """Whether the node rebooted, and the node's columns new evidence sets beside its state."""
+    ev = new.evidence
+    reboot = node.last_reset_count is not None and ev.reset_count != node.last_reset_count
+    fields: dict[str, Any] = {
+        "last_reset_count": ev.reset_count,
+        "last_restart_count": ev.restart_count,
+        "boot_log_sha256": ev.event_log_sha256,
+        "last_attested_at": now,
+        "last_clock": new.clock,
+        "verdict_key": new.verdict_key,
+    }
+    if reboot:
+        fields["last_reboot_at"] = now
+    return reboot, fields
+
+
+def _record_at_once(
+    svc: Services, snap: NodeSnapshot, new: Fresh, a: Assessment, now: dt.datetime
+) -> AttestationResult:
+    """Step 8 on PostgreSQL without runtime news: ``record``'s full record of new evidence, the
+    nonce and the log as one statement (``fullrecord``), written only where the node's row is
+    still ``snap`` with the golden version the verdict was reached with (else ``_Stale``,
+    nothing written). The verdict document is left out when this process knows it is stored and
+    recently touched (``Services.stored_verdicts``)."""
+    ev = new.evidence
+    reboot, fields = _evidence_fields(snap, new, now)
+    move = _node_values(ToRecord(snap, ev, a, AttestationSource.EVIDENCE, now, reboot, fields),
+                        0, now)  # fmt: skip
+    values = {k: v for k, v in move.values.items() if k != "last_attestation_id"}
+    change = StateChange(
+        snap.id, snap.name, move.old, move.old_reason, move.new, move.reason, now, None,
+        tuple(a.golden),
+    )  # fmt: skip
+    digest, canonical = hotpath.canonical_verdict(a.verdict)
+    known = svc.stored_verdicts.get(digest)
+    fresh_enough = known is not None and known >= now - hotpath.TOUCH_AFTER
+    rec = fullrecord.FullRecord(
+        node_id=snap.id, row_version=snap.row_version, last_clock=snap.last_clock,
+        golden=new.golden_version, nonce=ev.nonce, nonce_expires=new.nonce_expires, now=now,
+        attestation=_attestation_row(
+            ToRecord(snap, ev, a, AttestationSource.EVIDENCE, now, reboot), digest, now
+        ),
+        node=values,
+        event=state_changed(None, change) if change.changed else None,
+        log=_log_to_keep(new),
+        verdict=None if fresh_enough else (digest, hotpath.compress_verdict(canonical)),
+    )  # fmt: skip
+    with svc.store.raw_write() as raw:
+        written = fullrecord.write(raw, rec)
+    if not written.nonce_fresh:
+        raise VerificationFailed("nonce refused: reused", code="nonce_reused")
+    if written.attestation_id is None:  # the node changed or went: read it again
+        raise _Stale
+    if written.verdict_created is not None:
+        svc.stored_verdicts.put(digest, written.verdict_created)
+    svc.nodes.discard(snap.name)  # the row changed: the next attestation reads it
+    return AttestationResult(written.attestation_id, a.status, a.reason, move.new, a.checks, reboot)
 
 
 def _repeated(
@@ -643,24 +702,22 @@ class StateChange:
         return (self.old, self.old_reason) != (self.new, self.reason)
 
 
-def state_changed(db: Session, change: StateChange) -> None:
+def state_changed(db: Session | None, change: StateChange) -> dict[str, Any]:
     """THE place where a change of a node's state passes, inside the write transaction that made
     it (``record`` for new evidence and re-appraisals, the stale sweep, quarantine, release).
 
     The change feed (``events``: the webhooks' outbox, the controller's and extender's source)
-    is written here in ``db``, so what it records commits or rolls back with the change itself.
-    An unchanged re-attestation never comes here (its state and reason stay as they are by
-    construction)."""
-    events.node_state_event(
-        db,
-        node=change.node,
-        old_state=change.old,
-        new_state=change.new,
-        reason=change.reason,
-        attestation_id=change.attestation_id,
-        golden=change.golden,
-        when=change.at,
-    )
+    is written here in ``db``, so what it records commits or rolls back with the change itself;
+    with ``db`` None the caller writes the row returned in the statement that makes the change
+    (new evidence's full record on PostgreSQL, ``_record_at_once``). An unchanged
+    re-attestation never comes here (its state and reason stay as they are by construction)."""
+    row = events.node_state_row(
+        node=change.node, old_state=change.old, new_state=change.new, reason=change.reason,
+        attestation_id=change.attestation_id, golden=change.golden, when=change.at,
+    )  # fmt: skip
+    if db is not None:
+        events.add_row(db, row)
+    return row
 
 
 NodeLike = Node | NodeSnapshot

@@ -119,6 +119,10 @@ class Services:
     nodes: LruCache[str, tuple[NodeSnapshot, int]] = field(init=False)
     """Node snapshots by name, with the golden version they were read with, kept between a
     node's attestations (``attestation``: only a cache, held to the row's version)."""
+    stored_verdicts: LruCache[str, dt.datetime] = field(init=False)
+    """Verdict digests this process saw stored, with the row's ``created_at`` as it left it (a
+    lower bound: touches only move it forward): a full record refers to one touched within
+    ``hotpath.TOUCH_AFTER`` without writing it again (the blob GC's grace is twice that)."""
     holder: str = field(init=False)
     """This process among the instances: who holds a background job's lease."""
     _nonce_key: bytes | None = field(init=False, default=None)
@@ -134,6 +138,7 @@ class Services:
         self.runtime = RuntimeCatalog()  # runtime policies, by the same version
         self.verdicts = LruCache(1024)
         self.reused = LruCache(1024)
+        self.stored_verdicts = LruCache(1024)
         self.nodes = LruCache(self.config.node_cache_size)
         self.holder = f"{socket.gethostname()[:80]}:{os.getpid()}:{secrets.token_hex(4)}"
 

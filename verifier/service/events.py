@@ -2,7 +2,7 @@
 the same transaction as the change itself.
 
 Every change of a node's state passes ``attestation.state_changed`` (verdicts, re-appraisals,
-the stale sweep, quarantine and release), which writes ``node_state_event``; enrollment writes
+the stale sweep, quarantine and release), which writes ``node_state_row``'s row; enrollment writes
 ``node_state_changed`` for a node it creates or re-enrolls, and golden retire/revoke calls
 ``golden_status_changed``; nothing else writes the feed. Because the event commits or rolls
 back with the change, the feed is a durable outbox: the webhook dispatcher (``webhooks``)
@@ -47,10 +47,15 @@ def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _add(db: Session, kind: str, node: str | None, now: dt.datetime, body: dict[str, Any]) -> None:
+def _row(kind: str, node: str | None, now: dt.datetime, body: dict[str, Any]) -> dict[str, Any]:
+    """The feed's row of one event (``cluster.add_event``'s arguments)."""
     event_id = str(uuid.uuid4())
     payload = {"id": event_id, "type": kind, "time": iso(now), **body}
-    cluster.add_event(db, event_id=event_id, type=kind, node=node, created_at=now, payload=payload)
+    return {"event_id": event_id, "type": kind, "node": node, "created_at": now, "payload": payload}
+
+
+def _add(db: Session, kind: str, node: str | None, now: dt.datetime, body: dict[str, Any]) -> None:
+    cluster.add_event(db, **_row(kind, node, now, body))
 
 
 def node_state_changed(
@@ -69,8 +74,7 @@ def node_state_changed(
     """
     if standing(node) == before:
         return
-    node_state_event(
-        db,
+    row = node_state_row(
         node=node.name,
         old_state=None if before is None else before.state,
         new_state=node.state,
@@ -79,10 +83,15 @@ def node_state_changed(
         golden=node.golden_versions or (),
         when=now or (attestation.created_at if attestation is not None else _utcnow()),
     )
+    add_row(db, row)
 
 
-def node_state_event(
-    db: Session,
+def add_row(db: Session, row: dict[str, Any]) -> None:
+    """Insert one event row (``node_state_row``'s) in ``db``'s transaction."""
+    cluster.add_event(db, **row)
+
+
+def node_state_row(
     *,
     node: str,
     old_state: NodeState | None,
@@ -91,8 +100,10 @@ def node_state_event(
     attestation_id: int | None,
     golden: Sequence[str],
     when: dt.datetime,
-) -> None:
-    """One ``node.state_changed`` event (callers pass only real changes)."""
+) -> dict[str, Any]:
+    """One ``node.state_changed`` event's row (callers pass only real changes): inserted by
+    ``add_row``, or by ``fullrecord`` in the statement of the record it belongs to (which sets
+    the payload's ``attestation_id`` from the row it inserts)."""
     body = {
         "node": node,
         "old_state": None if old_state is None else str(old_state),
@@ -101,7 +112,7 @@ def node_state_event(
         "attestation_id": None if attestation_id is None else str(attestation_id),
         "golden": list(golden),
     }
-    _add(db, NODE_STATE_CHANGED, node, when, body)
+    return _row(NODE_STATE_CHANGED, node, when, body)
 
 
 def node_deleted(db: Session, name: str, *, now: dt.datetime) -> None:

@@ -56,6 +56,18 @@ class Assessment:
     verdict: dict[str, Any]
     booted: list[str] = dataclasses.field(default_factory=list)  # versions the boot matched
 
+    def __post_init__(self) -> None:
+        # The reason may quote the evidence (a log's strings are the node's): stored as a text
+        # column, it holds no NUL and no lone surrogate (PostgreSQL and UTF-8 refuse both).
+        object.__setattr__(self, "reason", storable_text(self.reason))
+
+
+def storable_text(text: str) -> str:
+    """``text`` with NUL and lone surrogates escaped (``\\x00``, ``\\ud800``), else as it is."""
+    if "\x00" not in text and text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
 
 def parse_golden(fmt: str, data: bytes, source: str = "<upload>") -> GoldenSet:
     """A golden set from an uploaded YAML or CoRIM document (MalformedEvidence if unusable)."""

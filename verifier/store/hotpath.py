@@ -349,7 +349,9 @@ def _nonce_step(
 
 def canonical_verdict(verdict: Mapping[str, Any]) -> tuple[str, bytes]:
     """(SHA-256 hex, canonical JSON bytes) of a verdict document."""
-    data = json.dumps(verdict, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    text = json.dumps(verdict, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    # A lone surrogate (quoted from a log) as its JSON escape, which loads back as it was.
+    data = text.encode("utf-8", "backslashreplace")
     return hashlib.sha256(data).hexdigest(), data
 
 
@@ -368,13 +370,18 @@ def put_verdict(s: Session, sha256_hex: str, canonical: bytes, now: dt.datetime)
     row = prepared(s, _VERDICT_CREATED).first(s, {"sha256": sha256_hex})
     at = None if row is None else row[0]
     if at is None:
-        data = zlib.compress(canonical, 6)
+        data = compress_verdict(canonical)
         stmt = _dialect_insert(s, VERDICTS).values(sha256=sha256_hex, data=data, created_at=now)
         s.connection().execute(stmt.on_conflict_do_nothing())
     elif at < now - TOUCH_AFTER:
         s.connection().execute(
             update(VERDICTS).where(VERDICTS.c.sha256 == sha256_hex).values(created_at=now)
         )
+
+
+def compress_verdict(canonical: bytes) -> bytes:
+    """How ``verdicts.data`` holds a canonical verdict document."""
+    return zlib.compress(canonical, 6)
 
 
 def get_verdict(s: Session, sha256_hex: str) -> dict[str, Any] | None:
