@@ -19,7 +19,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -221,13 +221,7 @@ class VmNode:
         return self.boot(timeout)
 
     def _wait_shutdown(self, qemu: subprocess.Popen[bytes], qmp: Path, deadline: float) -> None:
-        while not qmp.exists():
-            if qemu.poll() is not None or time.monotonic() > deadline:
-                out = (self.dir / "qemu.out").read_text(errors="replace")[-400:]
-                raise VmBootError(f"QEMU exited or never opened its QMP socket: {out}")
-            time.sleep(0.05)
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.connect(str(qmp))
+        with self._qmp_connected(qemu, qmp, deadline) as sock:
             sock.settimeout(1.0)
             sock.sendall(b'{"execute": "qmp_capabilities"}\n')
             buf = b""
@@ -245,6 +239,33 @@ class VmNode:
                         return
         tail = (self.dir / "console.log").read_text(errors="replace")[-400:]
         raise VmBootError(f"{self.image.variant.name}: no power-off within the timeout: {tail!r}")
+
+    @contextlib.contextmanager
+    def _qmp_connected(
+        self, qemu: subprocess.Popen[bytes], qmp: Path, deadline: float
+    ) -> Iterator[socket.socket]:
+        """A connection to QEMU's QMP socket. QEMU binds the socket's path before it listens on
+        it: a connect in between is refused (seen on a loaded machine), so a refusal is retried
+        while QEMU runs and the deadline allows."""
+        while True:
+            if qemu.poll() is not None or time.monotonic() > deadline:
+                out = (self.dir / "qemu.out").read_text(errors="replace")[-400:]
+                what = f"exited ({qemu.returncode})" if qemu.returncode is not None else "timed out"
+                raise VmBootError(
+                    f"{self.image.variant.name}: QEMU {what} before its QMP socket took a "
+                    f"connection: {out!r}"
+                )
+            if qmp.exists():
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    sock.connect(str(qmp))
+                except (ConnectionRefusedError, FileNotFoundError):
+                    sock.close()
+                else:
+                    with sock:
+                        yield sock
+                    return
+            time.sleep(0.05)
 
     def _kill_qemu(self) -> None:
         """SIGKILL: a clean QEMU exit sends CMD_SHUTDOWN, which would end swtpm with our PCRs."""
