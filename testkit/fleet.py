@@ -277,7 +277,9 @@ def phase_steady(
 
 
 def process_cpu(pids: Sequence[int]) -> float:
-    """CPU seconds (user + system) of these processes and their live children (Linux /proc)."""
+    """CPU seconds (user + system) of these processes, their live children and the children
+    they reaped (Linux /proc): a PostgreSQL backend that ended (its connection closed) or a
+    gunicorn worker that was replaced keeps counting, in its parent's ``cutime``/``cstime``."""
     wanted, total = set(pids), 0.0
     tick = os.sysconf("SC_CLK_TCK")
     for entry in Path("/proc").iterdir():
@@ -290,6 +292,8 @@ def process_cpu(pids: Sequence[int]) -> float:
         pid, ppid = int(entry.name), int(fields[1])
         if pid in wanted or ppid in wanted:
             total += (int(fields[11]) + int(fields[12])) / tick
+        if pid in wanted:
+            total += (int(fields[13]) + int(fields[14])) / tick
     return total
 
 
