@@ -11,7 +11,7 @@ Timed: the service's CPU (``time.process_time`` around the test client's request
 signing is outside). Usage::
 
     scripts/_bench_rounds.py [--kind re|first] [--batches K] [--rounds B] [--json]
-    scripts/_bench_rounds.py --kind re --callgrind [--tree /tmp/old]
+    scripts/_bench_rounds.py --kind re --callgrind [--tree /tmp/old] [--database URL1,URL2]
 
 ``--callgrind`` runs the process under ``valgrind --tool=callgrind`` with two round counts and
 prints the difference per round: instructions, stable on a loaded machine where wall and CPU time
@@ -47,7 +47,11 @@ def _args() -> argparse.Namespace:
     p.add_argument("--kind", choices=("re", "first"), default="re")
     p.add_argument("--batches", type=int, default=8, help="timed batches (min and median shown)")
     p.add_argument("--rounds", type=int, default=400, help="rounds per batch")
-    p.add_argument("--database", help="SQLAlchemy URL (default: a fresh SQLite file)")
+    p.add_argument(
+        "--database",
+        help="SQLAlchemy URL of an empty database (default: a fresh SQLite file); with "
+        "--callgrind, two of them, comma-separated (it runs the benchmark twice)",
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument("--callgrind", action="store_true", help="instructions per round (valgrind)")
     p.add_argument("--tree", help="with --callgrind: measure this checkout instead")
@@ -132,16 +136,24 @@ def timed(args: argparse.Namespace) -> dict[str, Any]:
 
 def callgrind(args: argparse.Namespace) -> dict[str, Any]:
     small, large = 100, 300
+    urls: list[str | None] = [None, None]
+    if args.database:  # each run enrolls its nodes and installs the golden set afresh
+        urls = list(args.database.split(","))
+        if len(urls) != 2 or not all(urls):
+            raise SystemExit(
+                "--callgrind runs the benchmark twice: --database needs two empty databases, "
+                "URL1,URL2"
+            )
 
-    def instructions(rounds: int) -> int:
+    def instructions(rounds: int, database: str | None) -> int:
         out = Path(tempfile.mkdtemp(prefix="assay-cg-")) / "callgrind.out"
         env = {**os.environ, "PYTHONHASHSEED": "0", "ASSAY_TREE": args.tree or str(ROOT)}
         cmd = [
             "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, __file__,
             "--kind", args.kind, "--batches", "1", "--rounds", str(rounds), "--json",
         ]  # fmt: skip
-        if args.database:  # the client's instructions only: a database server is not counted
-            cmd += ["--database", args.database]
+        if database:  # the client's instructions only: a database server is not counted
+            cmd += ["--database", database]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if done.returncode != 0:  # the run's own error, not valgrind's banner
             lines = [ln for ln in done.stderr.splitlines() if not ln.startswith("==")]
@@ -151,7 +163,7 @@ def callgrind(args: argparse.Namespace) -> dict[str, Any]:
         totals = [ln for ln in out.read_text().splitlines() if ln.startswith("totals:")]
         return int(totals[0].split()[1])
 
-    a, b = instructions(small), instructions(large)
+    a, b = instructions(small, urls[0]), instructions(large, urls[1])
     extra = 2 * (large - small)  # each run warms up with as many rounds as it times
     return {
         "kind": args.kind,
