@@ -227,3 +227,26 @@ def test_an_older_quote_after_a_newer_one_was_counted_elsewhere_is_appraised_in_
     late = one.client.post(url, data=earlier, headers=CBOR)
     assert late.status_code == 200 and late.json["repeat"] == 0, late.json
     assert _records(one) == 2
+
+
+def test_a_full_record_keeps_the_snapshot_the_database_holds(
+    two: tuple[Fleet, Fleet], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL the one-statement full record leaves the node as the snapshot it keeps
+    (its new row version from the trigger): the node's next round reads nothing."""
+    one, _ = two
+    agent = _agent(one)
+    first = _round(one, agent)
+    assert (first.status_code, first.json["status"], first.json["repeat"]) == (200, "trusted", 0)
+    kept = one.svc.nodes.get(agent.name)
+    if one.store.is_sqlite:  # ``record`` in a write transaction: the next round reads the row
+        assert kept is None
+        return
+    with one.store.read() as db:
+        fresh = hotpath.node_snapshot(db, agent.name)
+    assert fresh is not None and fresh.last_attestation_id == int(first.json["attestation_id"])
+    assert kept == (fresh, one.svc.golden.version)
+    seen = Statements(one, monkeypatch)
+    again = _round(one, agent)
+    assert (again.status_code, again.json["status"], again.json["repeat"]) == (200, "trusted", 1)
+    assert len(seen.sql) == 1 and seen.sql[0].startswith("WITH refreshed"), seen.sql

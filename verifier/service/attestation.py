@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import json
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -592,7 +593,9 @@ def _record_at_once(
     nonce and the log as one statement (``fullrecord``), written only where the node's row is
     still ``snap`` with the golden version the verdict was reached with (else ``_Stale``,
     nothing written). The verdict document is left out when this process knows it is stored and
-    recently touched (``Services.stored_verdicts``)."""
+    recently touched (``Services.stored_verdicts``). The node's snapshot is then kept as the
+    statement left the row (with the row version its trigger set), and the verdict document
+    cached, so the node's next unchanged round is one statement."""
     ev = new.evidence
     reboot, fields = _evidence_fields(snap, new, now)
     move = _node_values(ToRecord(snap, ev, a, AttestationSource.EVIDENCE, now, reboot, fields),
@@ -624,8 +627,21 @@ def _record_at_once(
         raise _Stale
     if written.verdict_created is not None:
         svc.stored_verdicts.put(digest, written.verdict_created)
-    svc.nodes.discard(snap.name)  # the row changed: the next attestation reads it
+    assert written.row_version is not None
+    kept = dataclasses.replace(
+        snap,
+        **{k: v for k, v in values.items() if k in _SNAPSHOT_FIELDS},
+        last_attestation_id=written.attestation_id,
+        last_verdict_sha256=digest,
+        row_version=written.row_version,
+    )
+    svc.nodes.put(snap.name, (kept, new.golden_version))  # the row as this statement left it
+    if digest not in svc.verdicts:  # as ``prefetch_verdict`` would load it: the stored bytes
+        svc.verdicts.put(digest, json.loads(canonical))
     return AttestationResult(written.attestation_id, a.status, a.reason, move.new, a.checks, reboot)
+
+
+_SNAPSHOT_FIELDS = frozenset(f.name for f in dataclasses.fields(NodeSnapshot))
 
 
 def _repeated(

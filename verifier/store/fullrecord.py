@@ -83,6 +83,9 @@ class Written:
 
     attestation_id: int | None
     """None: the node changed (or went) since it was read, and nothing was written."""
+    row_version: int | None
+    """The node row's version as the write left it (its trigger bumped it): what a snapshot
+    kept after this record must carry. None when nothing was written."""
     nonce_fresh: bool
     verdict_created: dt.datetime | None
     """When the verdict's row was created or last touched, as this write left it (None when the
@@ -121,16 +124,16 @@ def write(raw: Raw, rec: FullRecord) -> Written:
         row = prepared(raw, stmt).first(raw, params)
     except sa_exc.IntegrityError as exc:
         if _sqlstate(exc) == UNIQUE_VIOLATION and _table(exc) == NONCES.name:
-            return Written(None, False, None)
+            return Written(None, None, False, None)
         raise
     assert row is not None
-    attestation_id, before = row
+    attestation_id, row_version, before = row
     if attestation_id is None:
-        return Written(None, True, None)
+        return Written(None, None, True, None)
     created = None
     if rec.verdict is not None:  # ``before``: the row as the statement's snapshot saw it
         created = rec.now if before is None or before < rec.now - TOUCH_AFTER else before
-    return Written(int(attestation_id), True, created)
+    return Written(int(attestation_id), int(row_version), True, created)
 
 
 def payload_head(payload: Mapping[str, Any]) -> str:
@@ -179,8 +182,10 @@ def _statement(
         update(NODES)
         .where(N.id == att.c.node_id)
         .values({"last_attestation_id": att.c.id, **{c: bindparam(f"n_{c}") for c in node}})
+        .returning(N.row_version)  # after the trigger (BEFORE UPDATE) bumped it
     )
-    ctes.append(moved.cte("moved"))
+    moved_cte = moved.cte("moved")
+    ctes.append(moved_cte)
     if event:
         # Text, not jsonb: jsonb refuses a string holding U+0000, and a reason may quote the log.
         with_id = (
@@ -232,4 +237,8 @@ def _statement(
             .where(VERDICTS.c.sha256 == bindparam("v_sha256"))
             .scalar_subquery()
         )
-    return select(select(att.c.id).scalar_subquery(), before).add_cte(*ctes)
+    return select(
+        select(att.c.id).scalar_subquery(),
+        select(moved_cte.c.row_version).scalar_subquery(),
+        before,
+    ).add_cte(*ctes)
