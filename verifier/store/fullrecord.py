@@ -183,9 +183,9 @@ def _statement(
         .where(N.id == att.c.node_id)
         .values({"last_attestation_id": att.c.id, **{c: bindparam(f"n_{c}") for c in node}})
         .returning(N.row_version)  # after the trigger (BEFORE UPDATE) bumped it
+        .cte("moved")
     )
-    moved_cte = moved.cte("moved")
-    ctes.append(moved_cte)
+    ctes.append(moved)
     if event:
         # Text, not jsonb: jsonb refuses a string holding U+0000, and a reason may quote the log.
         with_id = (
@@ -239,6 +239,6 @@ def _statement(
         )
     return select(
         select(att.c.id).scalar_subquery(),
-        select(moved_cte.c.row_version).scalar_subquery(),
+        select(moved.c.row_version).scalar_subquery(),
         before,
     ).add_cte(*ctes)
