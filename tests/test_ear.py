@@ -9,6 +9,7 @@ import io
 import json
 import os
 import stat
+import threading
 from collections.abc import Iterator
 from contextlib import redirect_stdout
 from pathlib import Path
@@ -21,6 +22,7 @@ from joserfc.jwk import ECKey, OctKey
 from assay.ak_proof import ear_request_digest
 from assay.errors import ConfigurationError, MalformedEvidence, VerificationFailed
 from testkit.quotes import SoftwareAk
+from tests.postgres import postgres_server, postgres_url  # noqa: F401
 from tests.test_service_api import T0, Env, add_node, make_env
 from verifier._cli import main
 from verifier.ear import EarStatus, verify_ear
@@ -328,6 +330,54 @@ def test_another_nodes_ak_cannot_fetch_this_nodes_ear(env: Env) -> None:
     headers = ak_headers(env, "self", intruder)
     resp = env.client.get("/v1/nodes/self/ear", headers=headers)
     assert resp.status_code == 401 and resp.json["error"]["code"] == "node_auth_failed"
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_a_node_deleted_while_its_ak_proof_is_checked_is_never_a_500(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database: str
+) -> None:
+    """An admin deletes the node between the proof's node read and its nonce's use, from another
+    connection: the proof either came first (its nonce is then deleted with the node, and the EAR
+    finds no node: 404) or finds the node gone (401). Before, PostgreSQL's insert of the used nonce
+    broke the foreign key: a 500."""
+    from sqlalchemy import delete, func, select
+
+    from verifier.store import repo
+    from verifier.store.models import Nonce
+
+    url = (
+        str(tmp_path / "v.db") if database == "sqlite" else request.getfixturevalue("postgres_url")
+    )
+    e = make_env(url)
+    try:
+        ak = enroll_with_ak(e, "self")
+        headers = ak_headers(e, "self", ak)
+        consume, deleted = repo.consume_nonce, threading.Event()
+
+        def delete_node() -> None:  # another connection: it waits for any lock the proof holds
+            with e.store.write() as db:
+                db.execute(delete(Node).where(Node.name == "self"))
+            deleted.set()
+
+        deleter = threading.Thread(target=delete_node)
+
+        def consume_after_a_delete(*args: Any, **kwargs: Any) -> Any:
+            deleter.start()
+            deleted.wait(2.0)  # long enough for an unlocked delete to commit
+            return consume(*args, **kwargs)
+
+        monkeypatch.setattr(repo, "consume_nonce", consume_after_a_delete)
+        resp = e.client.get("/v1/nodes/self/ear", headers=headers)
+        deleter.join(10.0)
+        assert deleted.is_set(), "the admin's delete never finished"
+        assert resp.status_code in (200, 401, 404), (resp.status_code, resp.get_data(as_text=True))
+        if resp.status_code != 200:
+            assert resp.json["error"]["code"] in ("node_auth_failed", "node_unknown")
+        with e.store.read() as db:
+            assert db.scalar(select(func.count()).select_from(Node).where(Node.name == "self")) == 0
+            assert db.scalar(select(func.count()).select_from(Nonce)) == 0
+    finally:
+        e.store.close()
 
 
 @pytest.mark.parametrize(

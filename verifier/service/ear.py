@@ -123,7 +123,7 @@ def authenticate_node(
     now = svc.now()
     key = svc.nonce_key()
     with svc.store.write() as db:
-        node = repo.get_node(db, node_name)
+        node = repo.get_node(db, node_name, key_share=True)  # a delete waits for the nonce's use
         if node is None:
             raise Unauthenticated("node_auth_failed", f"node {node_name!r} is not enrolled")
         ak_public = node.ak_public

@@ -186,8 +186,12 @@ def get_token(s: Session, token_id: str) -> Token | None:
 # --- nodes ----------------------------------------------------------------------------------
 
 
-def get_node(s: Session, name: str) -> Node | None:
-    return s.scalars(select(Node).where(Node.name == name)).first()
+def get_node(s: Session, name: str, *, key_share: bool = False) -> Node | None:
+    """``key_share``: hold the row against a delete until the transaction ends (PostgreSQL's FOR
+    KEY SHARE, the lock a foreign key's check takes; SQLite's write transaction holds the whole
+    database), so that rows inserted for it later in the transaction still have their node."""
+    q = select(Node).where(Node.name == name)
+    return s.scalars(q.with_for_update(read=True, key_share=True) if key_share else q).first()
 
 
 def node_by_ek(s: Session, ek_fingerprint: str) -> Node | None:
