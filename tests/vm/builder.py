@@ -120,7 +120,7 @@ def ensure_host() -> None:
     try:
         run(cmd, "apt-get install")
     except VmBuildError:
-        run(["apt-get", "update"], "apt-get update")
+        apt_update()
         run(cmd, "apt-get install")
     still = [tool for tool in HOST_TOOLS if not _present(tool)]
     if still:
@@ -134,11 +134,25 @@ def _deb_field(deb: Path, name: str) -> str:
     return run(["dpkg-deb", "-f", str(deb), name], f"reading {name} of {deb.name}").strip()
 
 
+_candidates: dict[str, str | None] = {}
+"""Candidate versions asked of apt in this process, until the next ``apt-get update``: a session
+builds a dozen images from the same few packages, and each ``apt-cache policy`` takes half a second."""
+
+
 def candidate(package: str) -> str | None:
     """The version apt would install today (``apt-cache policy``'s Candidate), or None."""
-    out = run(["apt-cache", "policy", package], f"apt-cache policy {package}")
-    match = re.search(r"^\s*Candidate:\s*(\S+)", out, re.MULTILINE)
-    return None if match is None or match.group(1) == "(none)" else match.group(1)
+    if package not in _candidates:
+        out = run(["apt-cache", "policy", package], f"apt-cache policy {package}")
+        match = re.search(r"^\s*Candidate:\s*(\S+)", out, re.MULTILINE)
+        found = None if match is None or match.group(1) == "(none)" else match.group(1)
+        _candidates[package] = found
+    return _candidates[package]
+
+
+def apt_update() -> None:
+    """``apt-get update``: the package lists change, so the candidates asked before are dropped."""
+    run(["apt-get", "update"], "apt-get update")
+    _candidates.clear()
 
 
 def _cached(package: str, version: str, debs: Path) -> Path | None:
@@ -166,7 +180,7 @@ def download(package: str, cache: Path) -> Path:
         return hit
     if version is None or not _fetch(package, version, debs):
         # no package lists yet, or lists older than the archive (that version is gone from it)
-        run(["apt-get", "update"], "apt-get update")
+        apt_update()
         version = candidate(package)
         if version is None:
             raise VmBuildError(f"apt knows no candidate version of {package}")

@@ -33,8 +33,7 @@ from assay.eventlog import parse_event_log
 from testkit import swtpm as agent_swtpm
 
 from .attest import Verifier, VmAgent, failing_reasons, failures, golden_cli, running_verifier
-from .fleet import Fleet
-from .runner import VmNode
+from .fleet import REBOOTED, Fleet
 
 pytestmark = pytest.mark.vm
 
@@ -239,17 +238,18 @@ def test_staged_rollout_of_two_kernel_versions_on_real_boots(
     kernel, ``b`` the cloud kernel. Node 1 boots A, node 2 B; both trusted, node 1 outdated once
     B is active; revoking A flags node 1 at once (golden_revoked, with the reason), node 2 stays
     trusted; node 1 rolls forward — the same VM and TPM rebooted into kernel B — and is trusted.
-    The sets come from the packages alone, before node 1 boots (node 2 is the session fleet's
-    sb-cloud boot, whose .debs are the same files)."""
+    The sets come from the packages alone (node 1 is the fleet's sb-reboot node, an sb boot with
+    a VM and TPM of its own; node 2 is the fleet's sb-cloud boot, whose .debs are the same
+    files)."""
     out = tmp_path / "sets"
     out.mkdir()
     sb, cloud = fleet.nodes["sb"].image, fleet.nodes["sb-cloud"].image
     a, b = out / "kernel-a.yaml", out / "kernel-b.yaml"
     golden_cli("from-deb", sb.kernel.deb, "-o", a, "--name", "debian-kernel", "--version", "a")
     golden_cli("from-deb", cloud.kernel.deb, "-o", b, "--name", "debian-kernel", "--version", "b")
-    one = VmNode(sb, tmp_path / "node-1", fleet.ca_dir)  # its own VM and TPM: it reboots below
+    one = fleet.nodes[REBOOTED]  # booted from sb's image, by no other test: it reboots below
     try:
-        one.boot()
+        assert one.image == sb
         with running_verifier(tmp_path / "v", golden.vendor_ca) as v:
             for path in (golden.platform, golden.boot, a, b):
                 v.add_golden(path, SB)
