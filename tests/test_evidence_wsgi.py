@@ -147,3 +147,37 @@ def test_a_bug_is_a_500_with_the_stable_code_and_is_logged(
     assert resp.status_code == 500 and resp.json["error"]["code"] == "internal_error"
     assert "a bug" not in resp.get_data(as_text=True)
     assert any("internal error" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+SPLICE_BODIES: list[dict[str, Any]] = [
+    {"attestation_id": "5", "status": "trusted", "checks": [{"id": "a", "status": "pass"}]},
+    {"checks": [], "zz": 1},
+    {"a": 1, "ch": 2, "checkr": 3, "checks": [{"reason": 'é\u2028"\\</script>'}], "checks0": 4},
+    {"next_challenge": {"nonce": "00", "pcr_selection": {"sha256": [0, 7]}}, "checks": [None]},
+    {"reason": "\ud800 lone surrogate", "checks": [{"k": "\x00\x1f"}], "repeat": 2**70},
+]
+
+
+@pytest.mark.parametrize("body", SPLICE_BODIES)
+def test_the_answer_with_a_kept_checks_text_is_jsonify_to_the_byte(
+    fleet: Fleet, body: dict[str, Any]
+) -> None:
+    from verifier.service._answer_json import answer_response
+
+    app = fleet.client.application
+    with app.app_context():
+        want = app.json.response(body).get_data()
+        first = answer_response(app, body)
+        again = answer_response(app, body)  # the checks text kept from the first
+        other = answer_response(app, {**body, "checks": [*body["checks"], {"extra": 1}]})
+        want_other = app.json.response({**body, "checks": [*body["checks"], {"extra": 1}]})
+        app.debug = True  # the indented form: the whole body is the provider's
+        try:
+            debug = answer_response(app, body).get_data()
+            want_debug = app.json.response(body).get_data()
+        finally:
+            app.debug = False
+    assert first.get_data() == again.get_data() == want
+    assert first.mimetype == "application/json" and json.loads(want) == json.loads(json.dumps(body))
+    assert other.get_data() == want_other.get_data() != want
+    assert debug == want_debug and b"\n  " in debug

@@ -6,7 +6,8 @@ re-attestation's CPU. This path runs what the Flask route and its hooks run, fro
 functions: ``routes.evidence_answer`` (the checks in order, then ``submit``), the one error
 mapping (``api_errors.error_of``), the request metrics (``metrics.count_request``) and the event
 log (``_logging.log_request``); the body is read as Werkzeug's request stream reads it, and the
-answer is encoded by the app's JSON provider, so the bytes on the wire are Flask's.
+answer is encoded as the app's JSON provider encodes it (``_answer_json``: a repeated verdict's
+checks list is encoded once), so the bytes on the wire are Flask's.
 
 Only a request Flask would route to that view with the same ``node`` is taken — method POST and
 a path of exactly ``/v1/nodes/<one segment>/evidence``; everything else, including every odd
@@ -18,13 +19,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, cast
+from typing import Any
 
-from flask import Flask, Response
+from flask import Flask
 from werkzeug.http import parse_options_header
 from werkzeug.wsgi import get_content_length, get_input_stream
 
 from . import _logging, metrics
+from ._answer_json import answer_response
 from ._http import read_stream
 from .api_errors import error_of, log
 from .context import Services
@@ -70,7 +72,7 @@ class EvidenceRoute:
             return self.flask_app(environ, start_response)
         started = time.perf_counter()
         body, status, headers = self._answer(environ, node)
-        resp = cast(Response, self.app.json.response(body))  # what jsonify makes, to the byte
+        resp = answer_response(self.app, body)  # what jsonify makes, to the byte
         resp.status_code = status
         resp.headers.update(headers)
         try:
