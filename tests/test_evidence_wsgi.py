@@ -158,26 +158,40 @@ SPLICE_BODIES: list[dict[str, Any]] = [
 ]
 
 
+@pytest.mark.parametrize("sort_keys", [False, True], ids=["body_order", "sorted"])
 @pytest.mark.parametrize("body", SPLICE_BODIES)
 def test_the_answer_with_a_kept_checks_text_is_jsonify_to_the_byte(
-    fleet: Fleet, body: dict[str, Any]
+    fleet: Fleet, body: dict[str, Any], sort_keys: bool
 ) -> None:
+    import copy
+
+    from verifier.service import _answer_json
+
+    body = copy.deepcopy(body)  # its own checks list: the kept text is injected below
     from verifier.service._answer_json import answer_response
 
     app = fleet.client.application
+    app.json.sort_keys = sort_keys  # type: ignore[attr-defined]
+    changed = {**body, "checks": [*body["checks"], {"extra": 1}]}
     with app.app_context():
         want = app.json.response(body).get_data()
         first = answer_response(app, body)
-        again = answer_response(app, body)  # the checks text kept from the first
-        other = answer_response(app, {**body, "checks": [*body["checks"], {"extra": 1}]})
-        want_other = app.json.response({**body, "checks": [*body["checks"], {"extra": 1}]})
+        assert _answer_json._TEXT[id(body["checks"])][0] is body["checks"]  # the splice ran
+        _answer_json._TEXT[id(body["checks"])] = (body["checks"], '["kept"]')
+        again = answer_response(app, body).get_data()  # the kept text, not a new encoding
+        other = answer_response(app, changed).get_data()
+        want_other = app.json.response(changed).get_data()
         app.debug = True  # the indented form: the whole body is the provider's
         try:
             debug = answer_response(app, body).get_data()
             want_debug = app.json.response(body).get_data()
         finally:
             app.debug = False
-    assert first.get_data() == again.get_data() == want
-    assert first.mimetype == "application/json" and json.loads(want) == json.loads(json.dumps(body))
-    assert other.get_data() == want_other.get_data() != want
+    assert first.get_data() == want and first.mimetype == "application/json"
+    assert json.loads(want) == json.loads(json.dumps(body))
+    assert json.loads(again)["checks"] == ["kept"] and json.loads(again) == {
+        **body,
+        "checks": ["kept"],
+    }
+    assert other == want_other != want
     assert debug == want_debug and b"\n  " in debug

@@ -4,9 +4,10 @@ encoded once per list.
 An unchanged re-attestation answers with the same ``checks`` list object every time (the cached
 reused assessment's, through ``attestation.poster_checks``), and encoding its 20–30 entries is most
 of the answer's encoding. The text of such a list is kept by identity (holding the list keeps its
-id from being reused) and spliced into the rest of the body at the place sorted keys put it, so
-the text is exactly what ``json.dumps(body, sort_keys=True, separators=(",", ":"))`` writes.
-Any provider other than Flask's default one in its compact form encodes the whole body itself.
+id from being reused) and spliced into the rest of the body where the provider puts the key (in
+the body's order, or sorted with ``sort_keys``), so the text is exactly what the provider's
+compact ``dumps(body)`` writes. Any provider other than Flask's default one in its compact form
+(``debug`` makes it indent) encodes the whole body itself.
 """
 
 from __future__ import annotations
@@ -32,21 +33,22 @@ def answer_response(app: Flask, body: dict[str, Any]) -> Response:
 
 
 def _spliced(body: dict[str, Any], checks: list[Any], provider: DefaultJSONProvider) -> str:
-    dumps = provider.dumps
-    before = {k: v for k, v in body.items() if k < _KEY}
-    after = {k: v for k, v in body.items() if k > _KEY}
-    parts = [dumps(before, separators=(",", ":"))[1:-1]] if before else []
+    keys = sorted(body) if provider.sort_keys else list(body)
+    at = keys.index(_KEY)
+    parts = [_members({k: body[k] for k in keys[:at]}, provider)]
     parts.append(f'"{_KEY}":{_list_text(checks, provider)}')
-    if after:
-        parts.append(dumps(after, separators=(",", ":"))[1:-1])
-    return "{" + ",".join(parts) + "}"
+    parts.append(_members({k: body[k] for k in keys[at + 1 :]}, provider))
+    return "{" + ",".join(p for p in parts if p) + "}"
+
+
+def _members(part: dict[str, Any], provider: DefaultJSONProvider) -> str:
+    """The members of ``part`` as the provider writes them, without the braces ("" for none)."""
+    return provider.dumps(part, separators=(",", ":"))[1:-1] if part else ""
 
 
 def _compact_default(app: Flask, provider: Any) -> bool:
-    return (
-        type(provider) is DefaultJSONProvider
-        and provider.sort_keys
-        and (provider.compact is True or (provider.compact is None and not app.debug))
+    return type(provider) is DefaultJSONProvider and (
+        provider.compact is True or (provider.compact is None and not app.debug)
     )
 
 
