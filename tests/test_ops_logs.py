@@ -231,3 +231,27 @@ def test_no_secret_the_run_handled_is_in_any_log_line(full_run: Run, log: str) -
     for line in text.splitlines():
         for name, secret in full_run.secrets.items():
             assert secret not in line, f"{log} log line holds the {name}: {line[:200]}"
+
+
+def test_gunicorn_builds_no_access_line_but_still_logs_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """gunicorn counts our logconfig_dict as an access log and would build every request's
+    atoms only to drop them: the verifier's logger class skips that, and keeps the error log."""
+    from gunicorn.glogging import Logger
+
+    from verifier.service._logging import GunicornLogger
+    from verifier.service.server import VerifierServer
+
+    server = VerifierServer(ServiceConfig(database=f"sqlite:///{tmp_path / 'v.db'}"))
+    assert server.cfg.logger_class is GunicornLogger and server.cfg.accesslog is None
+    logger = GunicornLogger(server.cfg)
+
+    def no_atoms(*args: object) -> dict[str, str]:
+        raise AssertionError("an access line was built")
+
+    logger.atoms = no_atoms  # type: ignore[method-assign]
+    assert Logger(server.cfg).access_log_enabled  # what gunicorn alone would do
+    logger.access(None, None, {}, None)
+    logger.error("boom %s", "here")
+    assert "boom here" in capsys.readouterr().err

@@ -47,6 +47,7 @@ class VerifierServer(BaseApplication):  # type: ignore[misc]
             "loglevel": "warning",
             "proc_name": "assay-verifier",
             "logconfig_dict": _logging.gunicorn_logconfig(cfg.log_format),
+            "logger_class": "verifier.service._logging.GunicornLogger",
             "post_fork": _post_fork,
             "post_worker_init": _post_worker_init,
             "child_exit": _child_exit,
