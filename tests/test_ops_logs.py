@@ -233,6 +233,24 @@ def test_no_secret_the_run_handled_is_in_any_log_line(full_run: Run, log: str) -
             assert secret not in line, f"{log} log line holds the {name}: {line[:200]}"
 
 
+@pytest.fixture
+def logging_restored() -> Iterator[None]:
+    """The logging set-up as it was: these tests configure loggers in this process."""
+    import logging
+
+    names = ("", "assay", "assay.events", "gunicorn.error", "gunicorn.access")
+    saved = [
+        (lg, list(lg.handlers), lg.level, lg.propagate, lg.disabled)
+        for lg in (logging.getLogger(n) for n in names)
+    ]
+    yield
+    for lg, handlers, level, propagate, disabled in saved:
+        lg.handlers[:] = handlers
+        lg.setLevel(level)
+        lg.propagate, lg.disabled = propagate, disabled
+
+
+@pytest.mark.usefixtures("logging_restored")
 def test_gunicorn_builds_no_access_line_but_still_logs_errors(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -255,3 +273,35 @@ def test_gunicorn_builds_no_access_line_but_still_logs_errors(
     logger.access(None, None, {}, None)
     logger.error("boom %s", "here")
     assert "boom here" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("logging_restored")
+def test_an_unchanged_re_attestation_is_counted_not_logged(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """One line for the full record, none for its counted repeats; a refusal or a new full
+    record after them is a line again."""
+    from verifier.service import _logging
+
+    _logging.configure("json")
+    route = "/v1/nodes/<node>/evidence"
+    answers = [
+        (200, {"attestation_id": "7", "status": "trusted", "repeat": 0}),
+        (200, {"attestation_id": "7", "status": "trusted", "repeat": 1}),
+        (200, {"attestation_id": "7", "status": "trusted", "repeat": 2}),
+        (422, {"error": {"code": "nonce_reused", "message": "x"}, "repeat": 3}),
+        (200, {"attestation_id": "8", "status": "untrusted", "repeat": True}),
+        (200, {"attestation_id": "9", "status": "trusted", "repeat": "1"}),
+    ]
+    for status, answer in answers:
+        _logging.log_request(
+            "POST", "attestation.evidence", route, status, None, {"node": "n"}, lambda a=answer: a
+        )
+    lines = _lines(capsys.readouterr().err)
+    got = [(x["http_status"], x.get("attestation_id"), x.get("code")) for x in lines]
+    assert got == [
+        (200, "7", None),
+        (422, None, "nonce_reused"),
+        (200, "8", None),
+        (200, "9", None),
+    ]

@@ -1,7 +1,8 @@
 """The verifier's log: one line per event, as text or as JSON (``log_format``), never a secret.
 
 An event is a request that changed something or was refused: an attestation (node, attestation
-id, status, reason), an enrollment step, an admin action, every 4xx/5xx (its error code). Reads
+id, status, reason) that is stored in full (an unchanged re-attestation is only counted, so it
+is no line), an enrollment step, an admin action, every 4xx/5xx (its error code). Reads
 that succeed are not events. Each line carries only fields taken from a fixed list, so what a
 request or a response holds beyond them — bearer tokens, nonces, activation keys and secrets,
 enrollment ids (the route's pattern is logged, never the path), keys, evidence, error messages
@@ -29,6 +30,16 @@ FIELDS = ("node", "attestation_id", "status", "reason", "node_state", "state", "
 _CHANGES = ("POST", "PUT", "DELETE")
 _NOT_EVENTS = ("attestation.challenge",)
 """A nonce handed out changes nothing: logged only when refused."""
+_EVIDENCE = "attestation.evidence"
+
+
+def _counted_repeat(answer: Any) -> bool:
+    """An unchanged re-attestation (``repeat`` > 0): counted on its full record, not an event
+    (the node's state, verdict and boot stay as the full record's line said; a line each would
+    grow the journal by ~200 bytes per node per interval, unbounded, where the store keeps a
+    count)."""
+    repeat = answer.get("repeat") if isinstance(answer, dict) else None
+    return type(repeat) is int and repeat > 0
 _HANDLER_NAME = "assay-verifier"
 
 
@@ -157,6 +168,8 @@ def log_request(
     if actor is not None:
         base["actor"] = actor
     answer = body()
+    if status == 200 and endpoint == _EVIDENCE and _counted_repeat(answer):
+        return
     fields = {**base, **_fields(answer, view_args)}
     level = logging.WARNING if status >= 500 else logging.INFO
     EVENTS.log(level, "", extra={"event": endpoint or "request", "fields": fields})
