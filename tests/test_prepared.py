@@ -446,3 +446,31 @@ def test_a_full_record_uses_its_nonce_and_locks_the_node_at_once(store: Store) -
         gone = hotpath.use_nonce_and_lock(db, node_id + 1000, b"M" * 32, T0, T0)
         assert (gone.node, gone.nonce_fresh) == (None, False)
     assert b"L" * 32 in _nonces(store)
+
+
+def test_a_datetime_bound_again_is_converted_once_and_only_the_same_object(store: Store) -> None:
+    from sqlalchemy import LargeBinary
+    from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
+
+    from verifier.store import prepared as prep
+    from verifier.store.models import UtcDateTime
+
+    calls: list[Any] = []
+
+    def convert(v: Any) -> str:
+        calls.append(v)
+        return f"text {v}"
+
+    remember = prep._LastDatetime(convert)
+    now, equal = T0, T0 + dt.timedelta(0)
+    assert remember(now) == remember(now) == f"text {T0}" and calls == [now]
+    assert remember(equal) == f"text {T0}" and len(calls) == 2  # equal, not the same object
+    assert remember(None) == remember(None) == "text None" and len(calls) == 4  # not kept
+    dialect = sqlite_dialect()  # its own: the store's keeps its real processors
+    shared = [prep._remembering(UtcDateTime(), dialect, convert) for _ in range(2)]
+    assert shared[0] is shared[1] and isinstance(shared[0], prep._LastDatetime)
+    assert prep._remembering(LargeBinary(), dialect, convert) is convert
+    naive = T0.replace(tzinfo=None)
+    for _ in range(2):  # refused every time (a conversion that raised is not kept)
+        with pytest.raises(ValueError, match="naive datetime"), store.write() as db:
+            hotpath.use_nonce(db, 1, b"y" * 32, naive, T0)
