@@ -293,3 +293,22 @@ def test_upgrade_from_0001_keeps_tokens_and_gives_them_no_labels(tmp_path: Path)
             assert token is not None and token.labels == {}
     finally:
         s.close()
+
+
+def test_nonces_under_two_keys_interleaved_each_check_only_under_their_own() -> None:
+    """The AES contexts are kept between nonces (by key and direction): interleaving keys and
+    directions never mixes them up, and a block that is not one AES block is refused."""
+    now = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    life = dt.timedelta(minutes=3)
+    keys = [bytes([i]) * 32 for i in (1, 2)]
+    made = [
+        (k, n, repo.make_nonce(n, lifetime=life, now=now, key=k)) for n in range(40) for k in keys
+    ]
+    for key, node, issued in made:
+        assert repo.check_nonce(node, issued.nonce, now, key).refused is None
+        other = keys[1] if key == keys[0] else keys[0]
+        assert repo.check_nonce(node, issued.nonce, now, other).refused == "nonce_unknown"
+        assert repo.check_nonce(node + 1, issued.nonce, now, key).refused == "nonce_wrong_node"
+    assert len({issued.nonce for _, _, issued in made}) == len(made)
+    with pytest.raises(ValueError, match="16 bytes"):
+        repo._nonce_block(keys[0][:16], b"x" * 17, decrypt=True)

@@ -281,12 +281,29 @@ def _nonce_keys(secret: bytes) -> tuple[bytes, bytes]:
     )
 
 
+_BLOCK_OPS: dict[tuple[bytes, bool], list[Any]] = {}
+"""Idle AES-ECB contexts by (key, direction): making one was some 2% of a re-attestation."""
+
+
 def _nonce_block(enc: bytes, block: bytes, *, decrypt: bool) -> bytes:
     # One AES block (a keyed permutation) hides the node and expiry: a nonce for a node that is
-    # not enrolled (32 random bytes) looks like any other.
-    cipher = Cipher(algorithms.AES(enc), modes.ECB())  # noqa: S305 - one block, never repeated
-    op = cipher.decryptor() if decrypt else cipher.encryptor()
-    return op.update(block) + op.finalize()
+    # not enrolled (32 random bytes) looks like any other. An ECB context holds nothing between
+    # whole blocks, so one is reused (never by two callers at once: each takes it off the list).
+    if len(block) != 16:
+        raise ValueError("a nonce block is 16 bytes")
+    free = _BLOCK_OPS.get((enc, decrypt))
+    if free is None:
+        if len(_BLOCK_OPS) >= 16:
+            _BLOCK_OPS.clear()
+        free = _BLOCK_OPS.setdefault((enc, decrypt), [])
+    try:
+        op = free.pop()
+    except IndexError:
+        cipher = Cipher(algorithms.AES(enc), modes.ECB())  # noqa: S305 - one block, never repeated
+        op = cipher.decryptor() if decrypt else cipher.encryptor()
+    out: bytes = op.update(block)
+    free.append(op)
+    return out
 
 
 def make_nonce(
