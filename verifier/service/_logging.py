@@ -40,6 +40,8 @@ def _counted_repeat(answer: Any) -> bool:
     count)."""
     repeat = answer.get("repeat") if isinstance(answer, dict) else None
     return type(repeat) is int and repeat > 0
+
+
 _HANDLER_NAME = "assay-verifier"
 
 
