@@ -358,6 +358,101 @@ def test_fuzz_structured_signature_lists(
         assert sum(len(x.entries) for x in lists) * 16 <= len(data)
 
 
+def _ids_by_full_parse(data: bytes) -> tuple[list[str], list[str]] | str:
+    """(ids, certificate ids) as parse_signature_lists' entries name them, else its error."""
+    import hashlib
+
+    try:
+        lists = parse_signature_lists(data)
+    except MalformedEvidence as exc:
+        return str(exc)
+    entries = [e for x in lists for e in x.entries]
+    ids = [
+        hashlib.sha256(e.data).hexdigest() if e.kind == "x509" else e.data.hex() for e in entries
+    ]
+    certificates = [hashlib.sha256(e.data).hexdigest() for e in entries if e.kind == "x509"]
+    return ids, certificates
+
+
+def _ids_fast(data: bytes) -> tuple[list[str], list[str]] | str:
+    from assay.uefi.signatures import signature_database_ids
+
+    try:
+        got = signature_database_ids(data)
+    except MalformedEvidence as exc:
+        return str(exc)
+    return sorted(got), sorted(got.certificates)
+
+
+def _same_ids(data: bytes) -> None:
+    full, fast = _ids_by_full_parse(data), _ids_fast(data)
+    if isinstance(full, str):
+        assert fast == full
+    else:
+        assert fast == (sorted(set(full[0])), sorted(set(full[1])))
+
+
+def test_database_ids_equal_the_full_parse_on_every_corpus_database(corpus: Path) -> None:
+    """signature_database_ids (what the appraisal compares) names every entry of every real
+    PK/KEK/db/dbx/MokList exactly as the entry objects of parse_signature_lists do."""
+    seen = entries = 0
+    for log in sorted(corpus.glob("*/*")):
+        try:
+            events = parse_event_log(log.read_bytes()).events
+        except (MalformedEvidence, ValueError):
+            continue
+        for ev in events:
+            if ev.event_type not in (0x80000001, 0x80000002):
+                continue
+            try:
+                var = parse_variable_data(ev.data)
+            except MalformedEvidence:
+                continue
+            if var.name in ("PK", "KEK", "db", "dbx", "MokList", "MokListX") and var.data:
+                _same_ids(var.data)
+                seen += 1
+                full = _ids_by_full_parse(var.data)
+                entries += 0 if isinstance(full, str) else len(full[0])
+    assert seen > 40 and entries > 2000, (seen, entries)
+
+
+@pytest.mark.parametrize("count", [0, 1, 63, 64, 65, 128, 129, 300])
+@pytest.mark.parametrize("sig_size", [16, 17, 48, 52, 64 + 16])
+def test_database_ids_of_hash_lists_around_the_block_size(count: int, sig_size: int) -> None:
+    """Entries are read 64 at a time: every count around that, for fixed and unknown types, gives
+    each entry's own data (owner left out) in order, as the full parser does."""
+    unknown = Guid.parse("01234567-89ab-cdef-0123-456789abcdef")
+    sig_type = EFI_CERT_SHA256 if sig_size == 48 else unknown
+    body = b"".join(
+        MS_OWNER.raw + bytes((i * 7 + j) % 256 for j in range(sig_size - 16)) for i in range(count)
+    )
+    data = sig_type.raw + struct.pack("<III", 28 + len(body), 0, sig_size) + body
+    data += _sha256_list(b"\x33" * 32)  # a second list after it
+    _same_ids(data)
+    from assay.uefi.signatures import signature_database_ids
+
+    got = signature_database_ids(data)
+    assert len(got) == len({body[p + 16 : p + sig_size] for p in range(0, len(body), sig_size)}) + 1
+    assert (b"\x33" * 32).hex() in got
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    body=st.binary(max_size=300),
+    list_size=st.integers(0, 400),
+    header=st.integers(0, 64),
+    sig_size=st.integers(0, 100),
+    tail=st.binary(max_size=40),
+)
+def test_database_ids_fuzz_match_the_full_parse(
+    body: bytes, list_size: int, header: int, sig_size: int, tail: bytes
+) -> None:
+    """Any list header and body: the same ids, or the same error, word for word."""
+    unknown = Guid.parse("01234567-89ab-cdef-0123-456789abcdef")
+    for sig_type in (EFI_CERT_SHA256, unknown):
+        _same_ids(sig_type.raw + struct.pack("<III", list_size, header, sig_size) + body + tail)
+
+
 # Real PK and db certificates whose serial number is zero or negative (RFC 5280 forbids it;
 # cryptography warns that it will refuse them): the logs that carry them, and how many.
 NONPOSITIVE_SERIAL_LOGS = {
