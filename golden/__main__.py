@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import sys
 import time
@@ -48,9 +49,10 @@ def _cmd_capture(args: argparse.Namespace) -> int:
     from .capture import capture
 
     with open(args.from_log, "rb") as fh:
-        log = parse_event_log(fh.read(MAX_LOG_SIZE + 1))
-    vlog = assume_quoted_for_review(log, HashAlg.from_bank(args.bank))
-    captured = capture(vlog, name=args.name, version=args.version)
+        raw = fh.read(MAX_LOG_SIZE + 1)
+    vlog = assume_quoted_for_review(parse_event_log(raw), HashAlg.from_bank(args.bank))
+    described = f"captured from event log {hashlib.sha256(raw).hexdigest()[:16]}"
+    captured = capture(vlog, name=args.name, version=args.version, description=described)
     # Leave aspects to other sets (e.g. boot chain and kernel from the vendor's packages).
     drop: dict[str, Any] = {}
     for aspect in args.without:

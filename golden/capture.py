@@ -213,7 +213,7 @@ def capture(vlog: BootLog, *, name: str, version: str, description: str = "") ->
     categorised = GoldenSet(
         name=name,
         version=version,
-        description=description or f"captured from event log {vlog.log_sha256.hex()[:16]}",
+        description=description or f"captured from a {vlog.bank.bank} event log",
         allow_sha1=allow_sha1,
         required_pcrs=tuple(sorted(p for p in vlog.pcrs if p <= 9)),
         firmware=Firmware(

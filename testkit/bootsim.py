@@ -16,6 +16,7 @@ Tampered nodes, for tests and the demo:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import shutil
 import struct
 import sys
@@ -141,7 +142,8 @@ def simulate_boot(
             tpm.pcr_extend(pcr, {alg: alg.hash(data) for alg in banks})
     if eventlog_out is not None:
         _write_atomic(eventlog_out, written_bytes)
-    return BootResult(locality, banks, count, tuple(skipped), eventlog_out, written.sha256)
+    digest = hashlib.sha256(written_bytes).digest()
+    return BootResult(locality, banks, count, tuple(skipped), eventlog_out, digest)
 
 
 def _check_reset_state(tpm: Tpm, banks: tuple[HashAlg, ...], locality: int) -> None:

@@ -65,7 +65,6 @@ def _vlog(*events: Event) -> ReviewedBootLog:
         unquoted_pcrs=frozenset(),
         workarounds=(),
         warnings=(),
-        log_sha256=b"",
         start_locality=0,
         caches=CACHES,
     )

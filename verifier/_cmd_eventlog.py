@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from typing import Any
@@ -55,9 +56,14 @@ def register(sub: Any) -> None:
 
 def load_log(path: str) -> EventLog:
     """Read and parse a log file; a parse error names the file as well as the event and offset."""
+    return _read_log(path)[1]
+
+
+def _read_log(path: str) -> tuple[bytes, EventLog]:
+    """:func:`load_log`, with the file's bytes."""
     data = read_input(path, "event log", limit=MAX_LOG_SIZE)
     try:
-        return parse_event_log(data, max_size=MAX_LOG_SIZE)
+        return data, parse_event_log(data, max_size=MAX_LOG_SIZE)
     except MalformedEvidence as exc:
         raise MalformedEvidence(str(exc), where=path) from exc
 
@@ -115,7 +121,7 @@ def _event_json(log: EventLog, index: int) -> dict[str, Any]:
 
 
 def _show(args: argparse.Namespace) -> int:
-    log = load_log(args.file)
+    data, log = _read_log(args.file)
     events = [_event_json(log, i) for i in range(len(log.events))]
     workarounds = _coverage_workarounds(log)
     by_event = {i: w["name"] for w in workarounds for i in w["events"] if i is not None}
@@ -126,7 +132,7 @@ def _show(args: argparse.Namespace) -> int:
             "format": log.format,
             "banks": [b.bank for b in log.banks],
             "startup_locality": log.startup_locality,
-            "sha256": log.sha256.hex(),
+            "sha256": hashlib.sha256(data).hexdigest(),
             "events": events,
             "workarounds": workarounds,
         }

@@ -13,7 +13,6 @@ its byte offset and what was wrong. Event data is kept as raw bytes; decoding it
 
 from __future__ import annotations
 
-import hashlib
 import operator
 import struct
 from collections.abc import Mapping
@@ -130,7 +129,6 @@ class EventLog:
     events: tuple[Event, ...]
     startup_locality: int | None
     hcrtm: bool
-    sha256: bytes
     size: int
 
     def events_in(self, pcr: int) -> tuple[Event, ...]:
@@ -182,7 +180,6 @@ def parse_event_log(data: bytes, *, max_size: int = MAX_LOG_SIZE) -> EventLog:
         events=tuple(events),
         startup_locality=locality,
         hcrtm=hcrtm,
-        sha256=hashlib.sha256(data).digest(),
         size=size,
     )
 

@@ -160,7 +160,6 @@ class _BootLog:
     unquoted_pcrs: frozenset[int]
     workarounds: tuple[AppliedWorkaround, ...]
     warnings: tuple[str, ...]
-    log_sha256: bytes
     start_locality: int
     caches: LogCaches = field(compare=False, repr=False)
     _memo: dict[tuple[str, int], Any] = field(default_factory=dict, compare=False, repr=False)
@@ -348,7 +347,6 @@ def _check_against(
         unquoted_pcrs=unquoted,
         workarounds=tuple(workarounds),
         warnings=result.warnings,
-        log_sha256=log.sha256,
         start_locality=result.start_locality,
         caches=LogCaches() if caches is None else caches,
     )
