@@ -16,6 +16,7 @@ import pytest
 from assay import bootfacts
 from assay.algorithms import HashAlg
 from assay.bootfacts import extract
+from assay.errors import AssayError
 from assay.eventlog import (
     BootLog,
     Event,
@@ -176,3 +177,76 @@ def _other_vlog(name: str) -> BootLog:
     other = BENCH_LOGS[(BENCH_LOGS.index(name) + 1) % len(BENCH_LOGS)]
     log = parse_event_log(Path(CORPUS / other).read_bytes())
     return assume_quoted_for_review(log, SHA256 if SHA256 in log.banks else log.banks[0])
+
+
+# --- replayed chains (LogCaches.chains) ----------------------------------------------------------
+
+
+def _corpus_logs() -> list[Path]:
+    out = []
+    for path in sorted(CORPUS.glob("*/*")):
+        if path.suffix in (".json", ".yaml", ".tsv", ".md", ".b64"):
+            continue
+        try:
+            parse_event_log(path.read_bytes())
+        except AssayError:  # only the logs that parse are replayed
+            continue
+        out.append(path)
+    return out
+
+
+def test_kept_chains_replay_every_corpus_log_as_the_plain_replay() -> None:
+    """Every bank of every corpus log replays to the same values, incomplete PCRs and warnings
+    with the chain cache as without, on the first pass (chains computed) and the second (hits)."""
+    from assay.eventlog._replay import _measured, _replay
+
+    caches = LogCaches()
+    logs = _corpus_logs()
+    assert len(logs) > 40
+    for _ in range(2):
+        for path in logs:
+            log = parse_event_log(path.read_bytes())
+            events = _measured(log)
+            plain = _replay(log, events, log.banks)
+            kept = _replay(log, events, log.banks, caches)
+            assert kept == plain, path
+    assert len(caches.chains) > 100
+
+
+def test_a_kept_chain_is_used_only_for_the_same_digests_and_start() -> None:
+    """One digest changed, or PCR0 started at another locality: never another log's chain."""
+    from assay.eventlog._replay import _replay_bank, _replay_bank_kept
+
+    log = parse_event_log((CORPUS / "rust-keylime/uefi_log.bin").read_bytes())
+    events = [e for e in log.events if e.event_type != EventType.EV_NO_ACTION]
+    caches = LogCaches()
+    before, _ = _replay_bank_kept(events, SHA256, 0, caches)
+    assert before == _replay_bank(events, SHA256, 0)[0]
+    # The same events but one PCR4 digest: PCR4 differs, every other PCR is the same.
+    at = next(i for i, e in enumerate(events) if e.pcr == 4)
+    changed = list(events)
+    e = events[at]
+    changed[at] = e._replace(digests={SHA256: bytes(32)})
+    after, _ = _replay_bank_kept(changed, SHA256, 0, caches)
+    assert after == _replay_bank(changed, SHA256, 0)[0]
+    assert after[4] != before[4] and {p: v for p, v in after.items() if p != 4} == {
+        p: v for p, v in before.items() if p != 4
+    }
+    # PCR0 from locality 3: another starting value, so another chain.
+    at3, _ = _replay_bank_kept(events, SHA256, 3, caches)
+    assert at3 == _replay_bank(events, SHA256, 3)[0] and at3[0] != before[0]
+
+
+def test_kept_chains_are_bounded_by_their_digests() -> None:
+    from assay.eventlog._replay import _replay_bank_kept
+
+    log = parse_event_log((CORPUS / "rust-keylime/uefi_log.bin").read_bytes())
+    events = [e for e in log.events if e.event_type != EventType.EV_NO_ACTION]
+    longest = max(sum(1 for e in events if e.pcr == p) for p in {e.pcr for e in events})
+    caches = LogCaches(max_chain_digests=longest - 1)
+    _replay_bank_kept(events, SHA256, 0, caches)
+    kept = sum(len(chain) for _, _, chain in caches.chains)
+    assert 0 < kept <= longest - 1  # emptied when full; the longest chain never kept
+    assert all(len(chain) < longest for _, _, chain in caches.chains)
+    caches.clear()
+    assert not caches.chains

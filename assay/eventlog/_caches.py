@@ -62,15 +62,47 @@ class LogCaches:
       verified PCR value is a hash chain over exactly the digests extended in order, so the value
       names that multiset: boots whose PCR holds the same value extended the same digests. Only
       PCRs that have events are kept (a PCR without events may hold extends from outside the log).
+    - ``chains``: (bank, a PCR's starting value, the digests extended into it in order) → the
+      value they replay to. A pure function of the key, which a hit must equal element by element
+      (a dict compares keys, not their hashes): nodes with the same firmware extend the same
+      sequences into most PCRs, and a replayed extend costs a SHA-256 call each. Bounded by the
+      digests it holds (``max_chain_digests``).
     """
 
-    __slots__ = ("_max_extended", "coverage", "extended", "variables")
+    __slots__ = (
+        "_chain_digests",
+        "_max_chain_digests",
+        "_max_extended",
+        "chains",
+        "coverage",
+        "extended",
+        "variables",
+    )
 
-    def __init__(self, max_bytes: int = 16 * 1024 * 1024, max_extended: int = 65536) -> None:
+    def __init__(
+        self,
+        max_bytes: int = 16 * 1024 * 1024,
+        max_extended: int = 65536,
+        max_chain_digests: int = 262144,
+    ) -> None:
         self.coverage: ContentCache[Coverage] = ContentCache(max_bytes)
         self.variables: ContentCache[tuple[str, bytes]] = ContentCache(max_bytes)
         self.extended: dict[tuple[HashAlg, int, bytes], DigestCounts] = {}
+        self.chains: dict[tuple[HashAlg, bytes, tuple[bytes, ...]], bytes] = {}
         self._max_extended = max_extended
+        self._max_chain_digests = max_chain_digests
+        self._chain_digests = 0
+
+    def keep_chain(self, key: tuple[HashAlg, bytes, tuple[bytes, ...]], value: bytes) -> None:
+        """Add one replayed chain, emptying the table first when it would overfill it (a chain
+        longer than the whole bound is not kept)."""
+        if len(key[2]) > self._max_chain_digests:
+            return
+        if self._chain_digests + len(key[2]) > self._max_chain_digests:
+            self.chains.clear()
+            self._chain_digests = 0
+        self.chains[key] = value
+        self._chain_digests += len(key[2])
 
     def keep_extended(self, fresh: dict[tuple[HashAlg, int, bytes], DigestCounts]) -> None:
         """Add PCR digest counts, emptying the table first when they would overfill it."""
@@ -82,3 +114,5 @@ class LogCaches:
         self.coverage.clear()
         self.variables.clear()
         self.extended.clear()
+        self.chains.clear()
+        self._chain_digests = 0

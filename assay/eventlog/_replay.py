@@ -102,13 +102,18 @@ def _measured(log: EventLog) -> list[Event]:
     return [e for e in log.events if e[2] != _EV_NO_ACTION and e[1] != TRAILER_PCR]
 
 
-def _replay(log: EventLog, events: list[Event], banks: Iterable[HashAlg]) -> Replay:
+def _replay(
+    log: EventLog, events: list[Event], banks: Iterable[HashAlg], caches: LogCaches | None = None
+) -> Replay:
     locality = start_locality(log)
     result: dict[HashAlg, dict[int, bytes]] = {}
     incomplete: dict[HashAlg, frozenset[int]] = {}
     warnings: list[str] = []
     for alg in banks:
-        values, missing = _replay_bank(events, alg, locality)
+        if caches is None:
+            values, missing = _replay_bank(events, alg, locality)
+        else:
+            values, missing = _replay_bank_kept(events, alg, locality, caches)
         for pcr in missing:
             values.pop(pcr, None)
         result[alg] = values
@@ -137,6 +142,45 @@ def _replay_bank(
             continue
         values[pcr] = h(values[pcr] + digest).digest()
     return values, missing  # a PCR in ``missing`` has no replayable value: the caller drops it
+
+
+def _replay_bank_kept(
+    events: list[Event], alg: HashAlg, locality: int, caches: LogCaches
+) -> tuple[dict[int, bytes], set[int]]:
+    """:func:`_replay_bank` with each PCR's chain looked up in ``caches.chains`` first: the same
+    answers (a chain is kept only as this function computed it, keyed by everything it is a
+    function of), without a SHA-256 call per extend for sequences seen before."""
+    chains: dict[int, list[bytes]] = {}
+    missing: set[int] = set()
+    for _, pcr, _, digests, _, _ in events:
+        digest = digests.get(alg)
+        if digest is None:
+            missing.add(pcr)
+            chains.setdefault(pcr, [])
+            continue
+        chain = chains.get(pcr)
+        if chain is None:
+            chains[pcr] = [digest]
+        else:
+            chain.append(digest)
+    h = alg.hasher
+    reset = bytes(alg.digest_size)
+    kept = caches.chains
+    values: dict[int, bytes] = {}
+    for pcr, chain in chains.items():
+        start = initial_value(alg, 0, locality) if pcr == 0 else reset
+        if pcr in missing:  # not replayable: the caller drops it, and it is not kept
+            values[pcr] = start
+            continue
+        key = (alg, start, tuple(chain))
+        value = kept.get(key)
+        if value is None:
+            value = start
+            for digest in chain:
+                value = h(value + digest).digest()
+            caches.keep_chain(key, value)
+        values[pcr] = value
+    return values, missing
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,7 +349,7 @@ def _check_against(
         )
     # 2. Replay.
     measured = _measured(log)
-    result = _replay(log, measured, (bank,))
+    result = _replay(log, measured, (bank,), caches)
     replayed = result.pcrs[bank]
     incomplete = result.incomplete.get(bank, frozenset())
     workarounds: list[AppliedWorkaround] = []
