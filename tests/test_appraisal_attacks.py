@@ -152,3 +152,39 @@ def test_kernel_command_line_not_covered_by_its_digest_is_not_trusted() -> None:
     verdict = _verdict(data)
     assert verdict.status == "untrusted"
     assert _failing_reasons(verdict) == {"cmdline_not_covered"}
+
+
+@pytest.mark.parametrize("name", ["Boot0009", "KEK", "SecureBoot", "SbatLevel"])
+def test_a_boot_variable_hashed_over_its_value_cannot_pass_for_another_variable(name: str) -> None:
+    """Attack 5 on a variable's name: edk2 hashes a Boot#### variable's VariableData only, so the
+    name and GUID before it are the log's word. A node adds a boot variable holding a copy of its
+    KEK (or SecureBoot's 01, or the SbatLevel text) — the firmware measures it into PCR1 — and
+    the log names it after the variable that holds that value: it must stay a digest nothing
+    approves, never be taken for the Secure Boot variable whose value it copies."""
+    log = parse_event_log(SB_LOG)
+    real = {_variable_name(e.data): e.data for e in log.events if e.pcr == 7}
+    copied = {"KEK": "KEK", "SecureBoot": "SecureBoot", "SbatLevel": "SbatLevel"}.get(name, "KEK")
+    guid, value = real[copied][:16], _variable_value(real[copied])
+    data = guid + struct.pack("<QQ", len(name), len(value)) + name.encode("utf-16-le") + value
+    record = struct.pack("<III", 1, EventType.EV_EFI_VARIABLE_BOOT, len(BANKS))
+    for alg in BANKS:
+        record += struct.pack("<H", int(alg)) + alg.hash(value)  # as edk2: over VariableData
+    record += struct.pack("<I", len(data)) + data
+    first_boot_variable = next(
+        i for i, e in enumerate(log.events) if e.event_type == EventType.EV_EFI_VARIABLE_BOOT
+    )
+    verdict = _verdict(_insert_before(SB_LOG, first_boot_variable, record))
+    assert verdict.status == "untrusted"
+    assert _failing_reasons(verdict) == {"event_not_accounted"}
+    (check,) = [c for c in verdict.checks if c.reason == "event_not_accounted"]
+    assert (check.pcr, check.got) == (1, HashAlg.SHA256.hash(value).hex())
+
+
+def _variable_name(data: bytes) -> str:
+    n = int.from_bytes(data[16:24], "little")
+    return data[32 : 32 + 2 * n].decode("utf-16-le", "replace")
+
+
+def _variable_value(data: bytes) -> bytes:
+    n, size = struct.unpack_from("<QQ", data, 16)
+    return data[32 + 2 * n : 32 + 2 * n + size]
