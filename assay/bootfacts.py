@@ -27,7 +27,7 @@ from .algorithms import HashAlg
 from .errors import MalformedEvidence
 from .eventlog import AppliedWorkaround, BootLog, Event
 from .eventlog._caches import DigestCounts
-from .eventlog._coverage import CHECKED_TYPES, data_covered
+from .eventlog._coverage import CHECKED_TYPES, coverage_of
 from .eventlog._workarounds import COVERAGE_WORKAROUNDS, Workaround
 from .events import EventType as ET
 from .events import event_type_name
@@ -248,15 +248,12 @@ def authority_in(data: bytes, ids: frozenset[str], certificates: frozenset[str])
 def _covered(
     vlog: BootLog, e: Event, digest: bytes | None
 ) -> tuple[bool | None, Workaround | None, str]:
-    """(whether ``e``'s data is covered, the coverage workaround it needed, its detail) when the
-    verifier's coverage cache (what ``data_covered`` keeps there, by content) has not got it yet:
-    extraction asks once per event, so the log's own memo would only add a second lookup."""
+    """(whether ``e``'s data is covered, the coverage workaround it needed, its detail) for an event
+    of a checked type the verifier's coverage cache has not got (extraction looked): computed and
+    kept there by content, as ``data_covered`` would."""
     if digest is None:
         return False, None, ""
-    covered, applied = data_covered(e, vlog.bank, vlog.caches.coverage)
-    if applied is None:
-        return covered, None, ""
-    return covered, applied.workaround, applied.detail
+    return coverage_of(e.event_type, e.data, digest, vlog.bank, vlog.caches.coverage)
 
 
 def _variable(vlog: BootLog, event: Event) -> tuple[str, bytes] | None:
