@@ -32,12 +32,8 @@ from .eventlog._workarounds import COVERAGE_WORKAROUNDS, Workaround
 from .events import EventType as ET
 from .events import event_type_name
 from .pcclient import EBS_ACTIONS, PLATFORM_STATES, separator_digests, special_digests
-from .uefi.signatures import (
-    SignatureIds,
-    parse_signature_data,
-    signature_data_id,
-    signature_database_ids,
-)
+from .uefi.sigdb import SignatureDatabase, SignatureIds, check_signature_database
+from .uefi.signatures import parse_signature_data, signature_data_id
 from .uefi.structures import variable_name_value
 
 LINUX_INITRD_TAG = 0x8F3B22EC
@@ -214,13 +210,19 @@ def grub_text(raw: bytes) -> str | None:
 
 
 @functools.lru_cache(maxsize=1024)
-def signature_ids(value: bytes) -> SignatureIds:
-    """Entries of a signature database as ids: SHA-256 of each certificate's DER, else the hash hex.
+def signature_database(value: bytes) -> SignatureDatabase:
+    """A signature database checked (certificates validated), its entries named on demand.
 
     Cached by content: PK/KEK/db/dbx are identical across a fleet's boots, and a 400-entry dbx is
     the costliest thing in an appraisal. Raises MalformedEvidence for a malformed database.
     """
-    return signature_database_ids(value, where="signature database")
+    return check_signature_database(value, where="signature database")
+
+
+def signature_ids(value: bytes) -> SignatureIds:
+    """Entries of a signature database as ids: SHA-256 of each certificate's DER, else the hash hex
+    (named once per cached :func:`signature_database`)."""
+    return signature_database(value).ids
 
 
 @functools.lru_cache(maxsize=1024)

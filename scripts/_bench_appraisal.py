@@ -49,7 +49,7 @@ def _padded(g: GoldenSet) -> tuple[GoldenSet, GoldenSet]:
 def empty_content_caches(caches: LogCaches) -> None:
     """Every cache keyed by event content: the verifier's LogCaches and bootfacts' lru_caches."""
     caches.clear()
-    bootfacts.signature_ids.cache_clear()
+    bootfacts.signature_database.cache_clear()
     bootfacts.authority_id.cache_clear()
 
 

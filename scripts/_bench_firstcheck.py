@@ -10,7 +10,7 @@ default selection, 0-9 and 14, plus every other PCR the log extends). One *first
 
 - **warm**: the content caches hold this firmware's events (another node with it was seen);
 - **cold**: every cache keyed by event content is emptied before each call — the verifier's
-  ``LogCaches``, bootfacts' ``signature_ids`` / ``authority_id`` lru caches, and the compiled
+  ``LogCaches``, bootfacts' ``signature_database`` / ``authority_id`` lru caches, and the compiled
   policy's memos keyed by event content or PCR values (``_remembered`` verdict checks,
   ``_unaccepted``); what the policy builds once per golden version from the golden sets alone is
   rebuilt outside the timed region. ``--cold-as-bench`` leaves the policy's memos alone (the
@@ -128,8 +128,11 @@ def first_check(case: Case) -> None:
 def empty_content_caches(case: Case, *, policy_memos: bool = True) -> None:
     """Every cache keyed by event content (see the module docstring)."""
     case.caches.clear()
-    bootfacts.signature_ids.cache_clear()
-    bootfacts.authority_id.cache_clear()
+    # By name: under --compare an older tree's cached function is ``signature_ids``.
+    for name in ("signature_database", "signature_ids", "authority_id"):
+        cached = getattr(bootfacts, name, None)
+        if hasattr(cached, "cache_clear"):
+            cached.cache_clear()
     if policy_memos:
         # Private memos: a benchmark of a cold start has to reach them. Golden-only tables (the
         # LoadOptions digests) are rebuilt here, outside the timed call.

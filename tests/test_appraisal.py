@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from assay import bootfacts
 from assay.algorithms import HashAlg
+from assay.bootfacts import extract
 from assay.eventlog import BootLog, assume_quoted_for_review, parse_event_log
 from assay.events import EventType
 from golden.capture import capture
@@ -119,6 +121,63 @@ def test_set_from_another_machine_names_every_differing_component() -> None:
     cmd = failed["cmdline_not_approved"][0]
     assert cmd["got"] == "/vmlinuz console=ttyS0,115200 panic=-1 loglevel=4"
     assert "/syslinux/vmlinuz.A" in str(cmd["expected"])
+
+
+RUST_KEYLIME_LOG = CORPUS / "rust-keylime" / "uefi_log.bin"  # a 482-hash dbx, two certificates
+
+
+@pytest.mark.parametrize("name", ["dbx", "db"])
+def test_a_database_holds_a_required_id_only_as_one_entrys_whole_data(name: str) -> None:
+    """db/dbx "must contain": the captured ids pass; an id the measured database holds only
+    across two entries, inside an owner GUID, in upper case or not at all fails, named."""
+    vlog = _vlog(RUST_KEYLIME_LOG.read_bytes())
+    own = capture(vlog, name="own", version="1")
+    sb = own.secure_boot
+    field = "dbx_must_include" if name == "dbx" else "db_must_contain"
+    captured = getattr(sb, field)
+    assert len(captured) == (482 if name == "dbx" else 4)
+    value = next(v for v in extract(vlog).variables[name])
+    check = _contains_check(vlog, own, name)
+    assert (check.status, check.message) == (
+        "pass",
+        f"{name} holds the {len(captured)} required entries",
+    )
+    hashes = [bytes.fromhex(i) for i in captured if bytes.fromhex(i) in value.value]
+    at = value.value.index(hashes[-1] if name == "dbx" else b"\x30\x82")  # an entry's data
+    fakes = [
+        value.value[at + 8 : at + 40].hex(),  # across two entries (or inside a certificate)
+        value.value[at - 16 : at + 16].hex(),  # an owner GUID and half an entry
+        captured[0].upper(),
+        hashlib.sha256(b"never measured").hexdigest(),
+    ]
+    for fake in fakes:
+        g = dataclasses.replace(
+            own, secure_boot=dataclasses.replace(sb, **{field: (*captured, fake)})
+        )
+        check = _contains_check(vlog, g, name)
+        assert (check.status, check.reason, check.expected) == (
+            "fail",
+            f"{name}_missing_entries",
+            fake,
+        )
+        assert check.got == f"{len(set(captured))} entries"
+
+
+def _contains_check(vlog: BootLog, g: GoldenSet, name: str):  # type: ignore[no-untyped-def]
+    """The check, compared by the entries' bytes (a database just checked) and by their names
+    (capture named them): the two must agree."""
+    policy = compile_golden([g], now=NOW)
+    bootfacts.signature_database.cache_clear()
+    by_bytes = appraise(vlog, policy)
+    for v in extract(vlog).variables[name]:
+        bootfacts.signature_ids(v.value)
+    by_names = appraise(vlog, compile_golden([g], now=NOW))
+    checks = [
+        next(c for c in verdict.checks if c.id == f"secure_boot.{name}_contains")
+        for verdict in (by_bytes, by_names)
+    ]
+    assert checks[0] == checks[1]
+    return checks[0]
 
 
 def test_secure_boot_required_but_off_is_untrusted() -> None:

@@ -152,7 +152,7 @@ def test_separator_checks_use_positions_found_during_extraction() -> None:
 
 def _clear_caches() -> None:
     CACHES.clear()
-    bootfacts.signature_ids.cache_clear()
+    bootfacts.signature_database.cache_clear()
 
 
 @pytest.mark.parametrize("name", BENCH_LOGS)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from assay.errors import MalformedEvidence
 from assay.eventlog import parse_event_log
+from assay.uefi.sigdb import RequiredIds, check_signature_database, signature_database_ids
 from assay.uefi import (
     EFI_CERT_SHA256,
     EFI_CERT_X509,
@@ -379,8 +380,6 @@ def _ids_by_full_parse(data: bytes) -> tuple[list[str], list[str]] | str:
 
 
 def _ids_fast(data: bytes) -> tuple[list[str], list[str]] | str:
-    from assay.uefi.signatures import signature_database_ids
-
     try:
         got = signature_database_ids(data)
     except MalformedEvidence as exc:
@@ -389,11 +388,33 @@ def _ids_fast(data: bytes) -> tuple[list[str], list[str]] | str:
 
 
 def _same_ids(data: bytes) -> None:
+    """The ids, and what ``lacks`` answers for ids held, not held and held only at offsets that
+    are no entry's data, equal the full parse's (or the error is the same)."""
     full, fast = _ids_by_full_parse(data), _ids_fast(data)
     if isinstance(full, str):
         assert fast == full
-    else:
-        assert fast == (sorted(set(full[0])), sorted(set(full[1])))
+        return
+    assert fast == (sorted(set(full[0])), sorted(set(full[1])))
+    held = set(full[0])
+    need = set(held) | _lookalike_ids(data, held)
+    for named_first in (False, True):
+        db = check_signature_database(data)
+        if named_first:
+            assert db.ids == held
+        assert db.lacks(RequiredIds(need)) == need - held
+        assert db.lacks(RequiredIds(held)) == frozenset()
+
+
+def _lookalike_ids(data: bytes, held: set[str]) -> set[str]:
+    """Ids a database must not be taken to hold: the hex of windows of its bytes at every offset
+    (most are no entry's data), of every size its entries have and the hash sizes; held ids in
+    upper case, with a space, cut short; and strings that are no hex at all."""
+    sizes = {len(i) // 2 for i in held} | {20, 32, 48}
+    step = max(1, len(data) // 400)
+    out = {data[at : at + n].hex() for n in sizes for at in range(0, len(data) - n + 1, step)}
+    for i in sorted(held)[:20]:
+        out |= {i.upper(), " " + i, i[:-2], i + "00"}
+    return out | {"", "zz", "é" * 4}
 
 
 def test_database_ids_equal_the_full_parse_on_every_corpus_database(corpus: Path) -> None:
@@ -432,11 +453,36 @@ def test_database_ids_of_hash_lists_around_the_block_size(count: int, sig_size: 
     data = sig_type.raw + struct.pack("<III", 28 + len(body), 0, sig_size) + body
     data += _sha256_list(b"\x33" * 32)  # a second list after it
     _same_ids(data)
-    from assay.uefi.signatures import signature_database_ids
-
     got = signature_database_ids(data)
     assert len(got) == len({body[p + 16 : p + sig_size] for p in range(0, len(body), sig_size)}) + 1
     assert (b"\x33" * 32).hex() in got
+
+
+def test_lacks_counts_only_an_entrys_whole_data() -> None:
+    """A required id is held only as the whole data of one entry of the size it names: bytes that
+    straddle two entries, include an owner GUID or start an entry but stop short are not held, in
+    whichever list (fixed or unknown type) the entry is."""
+    a, b, c, d = (bytes([x]) * 16 + bytes(range(x, x + 16)) for x in (0x11, 0x22, 0x33, 0x44))
+    sha1 = bytes(range(20))
+    unknown = UNKNOWN_TYPE.raw + struct.pack("<III", 28 + 48, 0, 48) + MS_OWNER.raw + c
+    sha1_list = Guid.parse("826ca512-cf10-4ac9-b187-be01496631bd").raw  # EFI_CERT_SHA1_GUID
+    sha1_list += struct.pack("<III", 28 + 36, 0, 36) + MS_OWNER.raw + sha1
+    data = _sha256_list(a, b) + unknown + sha1_list
+    db = check_signature_database(data)
+    held = {a.hex(), b.hex(), c.hex(), sha1.hex()}
+    tricks = {
+        (a[8:] + MS_OWNER.raw[:8]).hex(),  # runs from one entry into the next's owner
+        (MS_OWNER.raw + a[:16]).hex(),  # an owner GUID and half an entry
+        a[:20].hex(),  # where an entry starts, but a SHA-1's length in a SHA-256 list
+        sha1.hex() + "00" * 12,  # a SHA-1 entry read as a SHA-256 one
+        d.hex(),
+        a.hex().upper(),
+        "",
+    }
+    assert db.lacks(RequiredIds(held | tricks)) == tricks
+    assert db.lacks(RequiredIds(held)) == frozenset()
+    assert signature_database_ids(data) == held
+    assert db.ids == held and db.lacks(RequiredIds(held | tricks)) == tricks
 
 
 # Real PK and db certificates whose serial number is zero or negative (RFC 5280 forbids it;

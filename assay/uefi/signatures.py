@@ -7,11 +7,10 @@ make the parser loop, and an X.509 entry must be one well-formed DER certificate
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import struct
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -400,76 +399,6 @@ def parse_signature_lists(
     return tuple(lists)
 
 
-class SignatureIds(frozenset[str]):
-    """The ids of a signature database's entries, and ``certificates``: the ids of its X.509
-    entries, every one of them validated (a database with an invalid one has no ids at all)."""
-
-    __slots__ = ("_certificates",)
-    _certificates: frozenset[str]
-
-    def __new__(cls, ids: Iterable[str], certificates: Iterable[str]) -> SignatureIds:
-        self = super().__new__(cls, ids)
-        self._certificates = frozenset(certificates)
-        return self
-
-    @property
-    def certificates(self) -> frozenset[str]:
-        return self._certificates
-
-    def __reduce__(self) -> tuple[type[SignatureIds], tuple[list[str], list[str]]]:
-        return SignatureIds, (list(self), list(self._certificates))
-
-
-def signature_database_ids(data: bytes, *, where: str = "signature database") -> SignatureIds:
-    """Every entry of a signature database as an id — the SHA-256 hex of a certificate's DER, else
-    the hex of the data — with exactly the checks (and errors) of :func:`parse_signature_lists`,
-    certificates validated the same way, but no entry objects built: what the appraisal compares
-    with golden sets, the costliest thing it decodes (a dbx holds hundreds of hashes)."""
-    out: list[str] = []
-    certificates: list[str] = []
-    with warnings.catch_warnings():  # once for every certificate (see _load_strictly)
-        warnings.simplefilter("error", CryptographyDeprecationWarning)
-        for layout in _layouts(data, where):
-            ids = _ids(data, layout)
-            out += ids
-            if layout.kind == "x509":
-                certificates += ids
-    return SignatureIds(out, certificates)
-
-
-def _ids(data: bytes, layout: _Layout) -> list[str]:
-    sig_size = layout.sig_size
-    if layout.kind == "x509":
-        ids = []
-        for i, at in enumerate(range(layout.body, layout.end, sig_size)):
-            der = data[at + _OWNER : at + sig_size]
-            _load_strictly(der, f"{layout.here}, entry {i}")
-            ids.append(hashlib.sha256(der).hexdigest())
-        return ids
-    # Each entry's data without its owner, unpacked _BLOCK entries at a time in C, then one hex
-    # string each: a dbx holds hundreds, and a Python-level step per entry was most of its cost.
-    one, block = _entry_structs(sig_size)
-    view = memoryview(data)[layout.body : layout.end]
-    whole = len(view) // block.size * block.size
-    ids = []
-    for entries in block.iter_unpack(view[:whole]):
-        ids += map(bytes.hex, entries)
-    for (entry,) in one.iter_unpack(view[whole:]):
-        ids.append(entry.hex())
-    return ids
-
-
-_BLOCK = 64
-
-
-@functools.lru_cache(maxsize=16)
-def _entry_structs(sig_size: int) -> tuple[struct.Struct, struct.Struct]:
-    """Structs reading one entry's data (skipping its owner GUID), and ``_BLOCK`` entries'. Keyed
-    by the entry size only (a few per firmware), never by content."""
-    entry = f"{_OWNER}x{sig_size - _OWNER}s"
-    return struct.Struct("<" + entry), struct.Struct("<" + entry * _BLOCK)
-
-
 class _Layout(NamedTuple):
     """Where one checked EFI_SIGNATURE_LIST's parts are: entries of ``sig_size`` bytes from
     ``body`` to ``end`` (a whole number of them). A NamedTuple: a dbx has a dozen lists."""
@@ -561,10 +490,10 @@ def parse_signature_data(data: bytes, *, where: str = "EFI_SIGNATURE_DATA") -> S
 
 
 def signature_data_id(data: bytes) -> tuple[str, bool] | None:
-    """(id, whether it names a certificate) of an EFI_SIGNATURE_DATA, as the ids of
-    :func:`signature_database_ids`, from its structure alone: a certificate is *not* validated
-    here (None only when the structure is malformed). Whoever trusts the id of a certificate must
-    know it valid, as :func:`parse_signature_data` would check, or know its bytes identical to a
+    """(id, whether it names a certificate) of an EFI_SIGNATURE_DATA, as :mod:`~assay.uefi.sigdb`
+    names database entries, from its structure alone: a certificate is *not* validated here (None
+    only when the structure is malformed). Whoever trusts the id of a certificate must know it
+    valid, as :func:`parse_signature_data` would check, or know its bytes identical to a
     certificate that was."""
     try:
         _, kind, content = _signature_data_parts(data, "EFI_SIGNATURE_DATA")

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
-from assay.bootfacts import BootFacts, authority_in, load_options_forms, signature_ids, where
+from assay.bootfacts import (
+    BootFacts,
+    Variable,
+    authority_in,
+    load_options_forms,
+    signature_database,
+    where,
+)
 from assay.errors import MalformedEvidence
 from assay.eventlog import BootLog, Event
 from assay.pcclient import DEBUG_MODE
+from assay.uefi.sigdb import RequiredIds, SignatureDatabase
 
 from ._ledger import Ledger
 from .lsm import check_lsm_cmdline
@@ -227,18 +236,23 @@ def _db_ids(
     found = facts.variables.get(name, [])
     if not found:
         return frozenset(), None
-    if len(found) == 1:  # the usual case: one measurement
-        try:
-            return signature_ids(found[0].value), None
-        except MalformedEvidence as exc:
-            return None, f"malformed {name} (event {found[0].event.index}): {exc}"
     sets = []
     for v in found:
-        try:
-            sets.append(signature_ids(v.value))
-        except MalformedEvidence as exc:
-            return None, f"malformed {name} (event {v.event.index}): {exc}"
+        db, problem = _database(name, v)
+        if db is None:
+            return None, problem
+        sets.append(db.ids)
+    if len(sets) == 1:  # the usual case: one measurement
+        return sets[0], None
     return (frozenset.intersection(*sets) if every else frozenset.union(*sets)), None
+
+
+def _database(name: str, v: Variable) -> tuple[SignatureDatabase, None] | tuple[None, str]:
+    """The checked database of one measurement of ``name``, else None and why."""
+    try:
+        return signature_database(v.value), None
+    except MalformedEvidence as exc:
+        return None, f"malformed {name} (event {v.event.index}): {exc}"
 
 
 def _secure_boot_state(facts: BootFacts, policy: CompiledPolicy, ledger: Ledger) -> Check:
@@ -341,26 +355,42 @@ def _judge_key(
 def _contains(
     facts: BootFacts,
     name: str,
-    required: tuple[tuple[str, frozenset[str]], ...],
+    required: tuple[tuple[str, RequiredIds], ...],
     ledger: Ledger,
     policy: CompiledPolicy,
 ) -> Check:
     _take_variable(facts, name, ledger)
-    ids, problem = _db_ids(facts, name, every=True)
     cid = f"secure_boot.{name}_contains"
+    found = facts.variables.get(name, [])
+    if len(found) == 1:  # the usual case: the golden ids compared with the entries' bytes
+        db, problem = _database(name, found[0])
+        if db is None:
+            return Check(cid, FAIL, "secure_boot_variable_unverifiable", f"{name}: {problem}", 7)
+        return policy.remember(
+            ("contains", name, db),
+            lambda: _judge_contains(cid, name, db.lacks, lambda: len(db.ids), required),
+        )
+    ids, problem = _db_ids(facts, name, every=True)
     if ids is None:
         return Check(cid, FAIL, "secure_boot_variable_unverifiable", f"{name}: {problem}", 7)
     return policy.remember(
-        ("contains", name, ids), lambda: _judge_contains(cid, name, ids, required)
+        ("contains", name, ids),
+        lambda: _judge_contains(cid, name, lambda r: r.ids - ids, lambda: len(ids), required),
     )
 
 
 def _judge_contains(
-    cid: str, name: str, ids: frozenset[str], required: tuple[tuple[str, frozenset[str]], ...]
+    cid: str,
+    name: str,
+    lacks: Callable[[RequiredIds], frozenset[str]],
+    entries: Callable[[], int],
+    required: tuple[tuple[str, RequiredIds], ...],
 ) -> Check:
+    """``lacks(need)``: the ids of ``need`` the measured database does not hold; ``entries()``:
+    how many distinct entries it holds (asked only for a failure's message)."""
     best: list[str] = []
     for ref, need in required:
-        missing = need - ids
+        missing = lacks(need)
         if not missing:
             return Check(
                 cid, PASS, "ok", f"{name} holds the {len(need)} required entries", 7, golden=ref
@@ -373,7 +403,7 @@ def _judge_contains(
         f"{name}_missing_entries",
         f"{name} lacks {len(best)} required entries",
         7,
-        got=f"{len(ids)} entries",
+        got=f"{entries()} entries",
         expected=", ".join(best[:20]),
     )
 
@@ -388,7 +418,7 @@ def _authorities(facts: BootFacts, ledger: Ledger) -> None:
         return
     # Every db measurement parsed (else ids is None): its certificates are validated.
     validated = frozenset().union(
-        *(signature_ids(v.value).certificates for v in facts.variables.get("db", []))
+        *(signature_database(v.value).certificates for v in facts.variables.get("db", []))
     )
     for e, value in facts.authorities:
         if authority_in(value, ids, validated):

@@ -17,6 +17,7 @@ from typing import TypeVar
 from assay.algorithms import HashAlg
 from assay.bootfacts import load_options_forms
 from assay.pcclient import AFTER_SEPARATOR, ALLOWED_TYPES, fixed_digests
+from assay.uefi.sigdb import RequiredIds
 from golden.model import GoldenSet, Role
 
 Key = tuple[HashAlg, bytes]
@@ -58,8 +59,8 @@ class CompiledPolicy:
     sb_required_by: Refs
     pk: dict[str, Refs] | None
     kek: dict[str, Refs] | None
-    db_required: tuple[tuple[str, frozenset[str]], ...]
-    dbx_required: tuple[tuple[str, frozenset[str]], ...]
+    db_required: tuple[tuple[str, RequiredIds], ...]
+    dbx_required: tuple[tuple[str, RequiredIds], ...]
     debug_ok: Refs
     dma_ok: Refs
     cmdline_exact: dict[str, Refs]
@@ -217,12 +218,12 @@ def _secure_boot_tables(live: Sequence[GoldenSet]) -> dict[str, object]:
         "pk": pk,
         "kek": kek,
         "db_required": tuple(
-            (g.ref, frozenset(g.secure_boot.db_must_contain))
+            (g.ref, RequiredIds(g.secure_boot.db_must_contain))
             for g in live
             if g.secure_boot.db_must_contain
         ),
         "dbx_required": tuple(
-            (g.ref, frozenset(g.secure_boot.dbx_must_include))
+            (g.ref, RequiredIds(g.secure_boot.dbx_must_include))
             for g in live
             if g.secure_boot.dbx_must_include
         ),
