@@ -417,8 +417,8 @@ def extended_digests(
     events without a digest in the bank (verify_log keeps no quoted PCR with one).
 
     Answered from the verifier's caches for PCR values seen before (the value names the multiset of
-    digests extended into it, see :class:`~assay.eventlog.LogCaches`); one pass over the log for
-    the rest."""
+    digests extended into it, see :class:`~assay.eventlog.LogCaches`), else counted from the
+    PCR's chain the replay kept (its events' digests in order), else by one pass over the log."""
     bank = vlog.bank
     known = vlog.caches.extended
     out: dict[int, DigestCounts] = {}
@@ -431,14 +431,22 @@ def extended_digests(
         else:
             out[pcr] = hit
     if missing:
-        fresh: dict[int, DigestCounts] = {p: {} for p in missing}
-        # (PCR, digest) pairs counted in one C-level pass, then split by PCR.
-        events = vlog.events
-        pairs = Counter(zip(map(_PCR, events), map(_GET(bank), map(_DIGESTS, events)), strict=True))
-        for (pcr, d), n in pairs.items():
-            counts = fresh.get(pcr)
-            if counts is not None:
-                counts[d] = n
+        chains = vlog.chains
+        fresh: dict[int, DigestCounts] = {
+            p: dict(Counter(chains[p])) for p in missing if p in chains
+        }
+        rest: dict[int, DigestCounts] = {p: {} for p in missing if p not in fresh}
+        if rest:
+            # (PCR, digest) pairs counted in one C-level pass, then split by PCR.
+            events = vlog.events
+            pairs = Counter(
+                zip(map(_PCR, events), map(_GET(bank), map(_DIGESTS, events)), strict=True)
+            )
+            for (pcr, d), n in pairs.items():
+                counts = rest.get(pcr)
+                if counts is not None:
+                    counts[d] = n
+            fresh.update(rest)
         keep: dict[tuple[HashAlg, int, bytes], DigestCounts] = {}
         for pcr, counts in fresh.items():
             value = vlog.pcrs.get(pcr)

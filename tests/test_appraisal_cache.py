@@ -8,6 +8,7 @@ exact same bytes and that the shortcuts see everything the checks read.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import struct
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from assay.eventlog import (
     _coverage,
     assume_quoted_for_review,
     parse_event_log,
+    verify_log,
 )
 from assay.events import EventType
 from golden.capture import capture
@@ -220,20 +222,20 @@ def test_a_kept_chain_is_used_only_for_the_same_digests_and_start() -> None:
     log = parse_event_log((CORPUS / "rust-keylime/uefi_log.bin").read_bytes())
     events = [e for e in log.events if e.event_type != EventType.EV_NO_ACTION]
     caches = LogCaches()
-    before, _ = _replay_bank_kept(events, SHA256, 0, caches)
+    before, _, _ = _replay_bank_kept(events, SHA256, 0, caches)
     assert before == _replay_bank(events, SHA256, 0)[0]
     # The same events but one PCR4 digest: PCR4 differs, every other PCR is the same.
     at = next(i for i, e in enumerate(events) if e.pcr == 4)
     changed = list(events)
     e = events[at]
     changed[at] = e._replace(digests={SHA256: bytes(32)})
-    after, _ = _replay_bank_kept(changed, SHA256, 0, caches)
+    after, _, _ = _replay_bank_kept(changed, SHA256, 0, caches)
     assert after == _replay_bank(changed, SHA256, 0)[0]
     assert after[4] != before[4] and {p: v for p, v in after.items() if p != 4} == {
         p: v for p, v in before.items() if p != 4
     }
     # PCR0 from locality 3: another starting value, so another chain.
-    at3, _ = _replay_bank_kept(events, SHA256, 3, caches)
+    at3, _, _ = _replay_bank_kept(events, SHA256, 3, caches)
     assert at3 == _replay_bank(events, SHA256, 3)[0] and at3[0] != before[0]
 
 
@@ -250,3 +252,46 @@ def test_kept_chains_are_bounded_by_their_digests() -> None:
     assert all(len(chain) < longest for _, _, chain in caches.chains)
     caches.clear()
     assert not caches.chains
+
+
+def _counted(vlog: BootLog, pcr: int) -> dict[bytes | None, int]:
+    counts: dict[bytes | None, int] = {}
+    for e in vlog.events:
+        if e.pcr == pcr:
+            d = e.digests.get(vlog.bank)
+            counts[d] = counts.get(d, 0) + 1
+    return counts
+
+
+def test_digest_counts_read_from_the_replayed_chains_are_the_events_own() -> None:
+    """The closed-world check counts each PCR's digests from the chain the replay kept: for every
+    bank of every corpus log the chain is that PCR's events' digests in order, and the counts are
+    a count of the events — also where a workaround added events the log did not have (the
+    go-attestation log missing ExitBootServices), whose PCR keeps no chain."""
+    from testkit.quotes import quote_of
+
+    logs = 0
+    for path in _corpus_logs():
+        log = parse_event_log(path.read_bytes())
+        for bank in log.banks:
+            vlog = assume_quoted_for_review(log, bank, caches=LogCaches())
+            assert vlog.chains or not vlog.events, path
+            for pcr, chain in vlog.chains.items():
+                assert chain == tuple(e.digests[bank] for e in vlog.events if e.pcr == pcr)
+            pcrs = frozenset(e.pcr for e in vlog.events)
+            got = bootfacts.extended_digests(vlog, extract(vlog), pcrs)
+            assert got == {p: _counted(vlog, p) for p in pcrs}, (path, bank)
+            logs += 1
+    assert logs > 60
+    path = CORPUS / "go-attestation/ebs_event_missing_eventlog"
+    want = json.loads(path.with_name(path.name + ".expected_pcrs.json").read_text())["pcrs"]
+    log = parse_event_log(path.read_bytes())
+    quoted = {HashAlg.SHA1: {5: bytes.fromhex(want["sha1"]["5"]), 0: bytes(20)}}
+    quoted[HashAlg.SHA1][0] = next(
+        v for p, v in assume_quoted_for_review(log, HashAlg.SHA1).pcrs.items() if p == 0
+    )
+    vlog = verify_log(log, quote_of(quoted), HashAlg.SHA1, caches=LogCaches())
+    assert vlog.workarounds and set(vlog.chains) == {0}
+    got = bootfacts.extended_digests(vlog, extract(vlog), frozenset({0, 5}))
+    assert got == {0: _counted(vlog, 0), 5: _counted(vlog, 5)}
+    assert sum(got[5].values()) == sum(1 for e in log.events if e.pcr == 5) + 2

@@ -53,6 +53,11 @@ class Replay:
     start_locality: int
     incomplete: dict[HashAlg, frozenset[int]]
     warnings: tuple[str, ...]
+    chains: dict[HashAlg, dict[int, tuple[bytes, ...]]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    """For a bank replayed with the verifier's caches: each complete PCR's digests, in the order
+    they were extended (what its value is a function of)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -109,11 +114,12 @@ def _replay(
     result: dict[HashAlg, dict[int, bytes]] = {}
     incomplete: dict[HashAlg, frozenset[int]] = {}
     warnings: list[str] = []
+    chains: dict[HashAlg, dict[int, tuple[bytes, ...]]] = {}
     for alg in banks:
         if caches is None:
             values, missing = _replay_bank(events, alg, locality)
         else:
-            values, missing = _replay_bank_kept(events, alg, locality, caches)
+            values, missing, chains[alg] = _replay_bank_kept(events, alg, locality, caches)
         for pcr in missing:
             values.pop(pcr, None)
         result[alg] = values
@@ -123,7 +129,7 @@ def _replay(
                 f"{alg.bank}: PCR {', '.join(map(str, sorted(missing)))} not replayable "
                 "(events without a digest in this bank)"
             )
-    return Replay(result, locality, incomplete, tuple(warnings))
+    return Replay(result, locality, incomplete, tuple(warnings), chains)
 
 
 def _replay_bank(
@@ -146,10 +152,11 @@ def _replay_bank(
 
 def _replay_bank_kept(
     events: list[Event], alg: HashAlg, locality: int, caches: LogCaches
-) -> tuple[dict[int, bytes], set[int]]:
+) -> tuple[dict[int, bytes], set[int], dict[int, tuple[bytes, ...]]]:
     """:func:`_replay_bank` with each PCR's chain looked up in ``caches.chains`` first: the same
     answers (a chain is kept only as this function computed it, keyed by everything it is a
-    function of), without a SHA-256 call per extend for sequences seen before."""
+    function of), without a SHA-256 call per extend for sequences seen before; and the chains of
+    the PCRs it could replay."""
     chains: dict[int, list[bytes]] = {}
     missing: set[int] = set()
     for _, pcr, _, digests, _, _ in events:
@@ -167,12 +174,14 @@ def _replay_bank_kept(
     reset = bytes(alg.digest_size)
     kept = caches.chains
     values: dict[int, bytes] = {}
+    replayed: dict[int, tuple[bytes, ...]] = {}
     for pcr, chain in chains.items():
         start = initial_value(alg, 0, locality) if pcr == 0 else reset
         if pcr in missing:  # not replayable: the caller drops it, and it is not kept
             values[pcr] = start
             continue
-        key = (alg, start, tuple(chain))
+        sequence = replayed[pcr] = tuple(chain)
+        key = (alg, start, sequence)
         value = kept.get(key)
         if value is None:
             value = start
@@ -180,7 +189,7 @@ def _replay_bank_kept(
                 value = h(value + digest).digest()
             caches.keep_chain(key, value)
         values[pcr] = value
-    return values, missing
+    return values, missing, replayed
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +202,9 @@ class _BootLog:
     ``pcrs_outside_log`` quoted PCRs that the log has no events for but are not at their reset value
     (extended by something that does not log here, such as IMA); ``unquoted_pcrs`` PCRs the log has
     events for that the quote does not cover (their events are not in ``events``). ``caches`` are
-    the verifier's content caches (shared across logs); ``_memo`` what was computed from this log.
+    the verifier's content caches (shared across logs); ``chains``, when the replay used them, the
+    digests of each PCR's ``events`` in order (a PCR a workaround added unlogged events to is not
+    there); ``_memo`` what was computed from this log.
     """
 
     bank: HashAlg
@@ -206,6 +217,7 @@ class _BootLog:
     warnings: tuple[str, ...]
     start_locality: int
     caches: LogCaches = field(compare=False, repr=False)
+    chains: Mapping[int, tuple[bytes, ...]] = field(default_factory=dict, compare=False, repr=False)
     _memo: dict[tuple[str, int], Any] = field(default_factory=dict, compare=False, repr=False)
 
     def data_covered(self, event: Event) -> bool | None:
@@ -382,6 +394,10 @@ def _check_against(
     events = (
         tuple(measured) if not unquoted else tuple(e for e in measured if e.pcr in quoted)
     ) + tuple(unlogged)
+    chains = result.chains.get(bank, {})
+    if unquoted or unlogged:
+        added = set(map(_PCR, unlogged))
+        chains = {p: c for p, c in chains.items() if p in quoted and p not in added}
     return kind(
         bank=bank,
         pcrs=dict(quoted),
@@ -393,6 +409,7 @@ def _check_against(
         warnings=result.warnings,
         start_locality=result.start_locality,
         caches=LogCaches() if caches is None else caches,
+        chains=chains,
     )
 
 
