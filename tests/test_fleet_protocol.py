@@ -109,6 +109,29 @@ def test_the_evidence_answer_carries_a_next_nonce_that_needs_no_challenge(fleet:
     assert (replay.status_code, replay.json["error"]["code"]) == (422, "nonce_reused")
 
 
+def test_a_sent_log_is_stored_once_under_its_digest_for_every_instance(fleet: Fleet) -> None:
+    """The log a first attestation carries is kept under its digest (the bytes sent, checked
+    when the evidence was decoded): another instance, whose caches never saw it, appraises a
+    re-attestation without the log from the stored copy, and storing it is not repeated."""
+    from verifier.store import repo
+    from verifier.store.models import EventLogBlob
+
+    agent = _agent(fleet)
+    first = _first(fleet, agent)
+    with fleet.store.read() as db:
+        assert repo.get_event_log(db, agent.log_sha256.hex()) == LOG
+    other = another_instance(
+        fleet.store.engine.url.render_as_string(hide_password=False), fleet.clock
+    )
+    try:
+        nonce = bytes.fromhex(first["next_challenge"]["nonce"])
+        again = other.post(agent, nonce, send_log=False)
+        assert (again.status_code, again.json["status"]) == (200, "trusted"), again.json
+        assert other.count(EventLogBlob) == 1
+    finally:
+        other.store.close()
+
+
 def test_the_next_nonce_lasts_the_freshness_window_not_the_challenge_lifetime(fleet: Fleet) -> None:
     agent = _agent(fleet)
     nonce = bytes.fromhex(_first(fleet, agent)["next_challenge"]["nonce"])

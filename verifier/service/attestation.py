@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import json
 import secrets
 from collections.abc import Mapping, Sequence
@@ -333,7 +332,7 @@ def _attest(
     ima_changed = runtime is not None and runtime.store != rt_in.prior
     fresh = Fresh(
         quoted, log_bytes, vkey, quote.clock, checked.expires_at, reused, version,
-        runtime if ima_changed else None,
+        runtime if ima_changed else None, ev.event_log,
     )  # fmt: skip
     try:
         stored = _store(svc, snap, fresh, assessment, now)
@@ -526,6 +525,8 @@ class Fresh:
     """The store's golden version the verdict was reached with: the write holds it."""
     runtime: RuntimeOutcome | None = None
     """The IMA prefix to keep (or drop) with this record; None when it did not change."""
+    log_sent: bytes | None = None
+    """The log the evidence carried (``decode_evidence`` checked it hashes to its digest)."""
 
 
 def _store(
@@ -562,11 +563,10 @@ def _store(
 
 
 def _log_to_keep(new: Fresh) -> tuple[str, bytes] | None:
-    """The log sent with the evidence, to store under its digest (when it is that log's)."""
-    log_hex, sent = new.evidence.event_log_sha256, new.log_bytes
-    if log_hex and sent is not None and hashlib.sha256(sent).hexdigest() == log_hex:
-        return log_hex, sent
-    return None
+    """The log sent with the evidence, to store under its digest: an ``Evidence`` carries a log
+    only when it hashes to that digest (a log read back from the store is not stored again)."""
+    log_hex, sent = new.evidence.event_log_sha256, new.log_sent
+    return None if log_hex is None or sent is None else (log_hex, sent)
 
 
 def _evidence_fields(node: NodeLike, new: Fresh, now: dt.datetime) -> tuple[bool, dict[str, Any]]:
