@@ -483,6 +483,9 @@ def test_lacks_counts_only_an_entrys_whole_data() -> None:
     assert db.lacks(RequiredIds(held)) == frozenset()
     assert signature_database_ids(data) == held
     assert db.ids == held and db.lacks(RequiredIds(held | tricks)) == tricks
+    # A value, as the frozenset it replaced in a compiled policy: equal ids, equal requirement.
+    assert RequiredIds(sorted(held)) == RequiredIds(held) != RequiredIds(tricks)
+    assert hash(RequiredIds(sorted(held))) == hash(RequiredIds(held))
 
 
 # Real PK and db certificates whose serial number is zero or negative (RFC 5280 forbids it;

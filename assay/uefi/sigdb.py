@@ -111,6 +111,15 @@ class RequiredIds:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def __eq__(self, other: object) -> bool:  # a value: equal ids, equal requirement
+        return isinstance(other, RequiredIds) and other.ids == self.ids
+
+    def __hash__(self) -> int:
+        return hash(self.ids)
+
+    def __repr__(self) -> str:
+        return f"RequiredIds({sorted(self.ids)!r})"
+
 
 def _raw(wanted: str) -> bytes | None:
     """The bytes whose ``hex()`` is ``wanted``, else None (``bytes.fromhex`` would also take
