@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 
 from assay.errors import MalformedEvidence
 from assay.eventlog import parse_event_log
-from assay.uefi.sigdb import RequiredIds, check_signature_database, signature_database_ids
 from assay.uefi import (
     EFI_CERT_SHA256,
     EFI_CERT_X509,
@@ -31,6 +30,7 @@ from assay.uefi import (
     parse_startup_locality,
     parse_variable_data,
 )
+from assay.uefi.sigdb import RequiredIds, check_signature_database, signature_database_ids
 
 VECTORS = Path(__file__).parent / "vectors" / "uefi"
 MS_OWNER = Guid.parse("77fa9abd-0359-4d32-bd60-28f4e78f784b")
