@@ -25,6 +25,7 @@ Usage::
     scripts/_bench_firstcheck.py --compare /tmp/old [--rounds 3]   # old (PYTHONPATH) vs this tree,
                                                                    # processes alternating
     scripts/_bench_firstcheck.py --callgrind LOG [--mode cold|warm] [--iterations 200]
+    scripts/_bench_firstcheck.py --breakdown LOG   # µs each content cache saves a cold check
 
 ``--callgrind`` runs the process under ``valgrind --tool=callgrind`` twice — the setup alone, and the
 setup plus N first checks — and prints (difference) / N instructions per first check: stable on a
@@ -125,15 +126,26 @@ def first_check(case: Case) -> None:
     appraise(vlog, case.policy)
 
 
-def empty_content_caches(case: Case, *, policy_memos: bool = True) -> None:
-    """Every cache keyed by event content (see the module docstring)."""
-    case.caches.clear()
+CACHES = ("coverage", "variables", "extended", "chains", "databases", "policy")
+"""The content caches ``--breakdown`` leaves warm one at a time (``databases``: bootfacts' checked
+signature databases; ``policy``: the compiled policy's memos; the rest are ``LogCaches``')."""
+
+
+def empty_content_caches(
+    case: Case, *, policy_memos: bool = True, keep: frozenset[str] = frozenset()
+) -> None:
+    """Every cache keyed by event content (see the module docstring), but those in ``keep``."""
+    if keep:
+        case.caches.clear(keep=keep)
+    else:  # as an older tree under --compare can
+        case.caches.clear()
     # By name: under --compare an older tree's cached function is ``signature_ids``.
-    for name in ("signature_database", "signature_ids", "authority_id"):
+    names = ("signature_database", "signature_ids", "authority_id")
+    for name in names if "databases" not in keep else names[2:]:
         cached = getattr(bootfacts, name, None)
         if hasattr(cached, "cache_clear"):
             cached.cache_clear()
-    if policy_memos:
+    if policy_memos and "policy" not in keep:
         # Private memos: a benchmark of a cold start has to reach them. Golden-only tables (the
         # LoadOptions digests) are rebuilt here, outside the timed call.
         policy: Any = case.policy
@@ -182,6 +194,27 @@ def measure(case: Case, runs: int, policy_memos: bool) -> dict[str, Any]:
     }
 
 
+def breakdown(case: Case, runs: int) -> dict[str, Any]:
+    """Where a cold check's time goes, measured in place: the cold check with one content cache
+    left warm at a time, all interleaved; what leaving a cache warm saves is its share."""
+    modes = {"none": frozenset[str](), **{c: frozenset((c,)) for c in CACHES}}
+    took: dict[str, list[int]] = {m: [] for m in modes}
+    for _ in range(20):
+        first_check(case)
+    clock = time.perf_counter_ns
+    for _ in range(runs):
+        for mode, keep in modes.items():
+            empty_content_caches(case, keep=keep)
+            t0 = clock()
+            first_check(case)
+            took[mode].append(clock() - t0)
+    cold = statistics.median(took["none"]) / 1000
+    return {
+        "cold_us": round(cold, 1),
+        "saved_us": {c: round(cold - statistics.median(took[c]) / 1000, 1) for c in CACHES},
+    }
+
+
 def run_local(args: argparse.Namespace) -> dict[str, Any]:
     paths = [p.resolve() for p in args.logs] or corpus_logs(args.max_events)
     out: dict[str, Any] = {}
@@ -191,7 +224,11 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
         except (AssayError, ValueError) as exc:
             out[str(path)] = {"error": str(exc)}
             continue
-        out[case.name] = measure(case, args.runs, not args.cold_as_bench)
+        out[case.name] = (
+            breakdown(case, args.runs)
+            if args.breakdown
+            else measure(case, args.runs, not args.cold_as_bench)
+        )
     return out
 
 
@@ -267,6 +304,9 @@ def main() -> int:
     p.add_argument("--callgrind", action="store_true", help="instructions per check (one log)")
     p.add_argument("--mode", choices=("cold", "warm"), default="cold")
     p.add_argument("--iterations", type=int, default=200)
+    p.add_argument(
+        "--breakdown", action="store_true", help="what each content cache saves a cold check"
+    )
     p.add_argument("--_inner", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args._inner is not None:
@@ -276,7 +316,7 @@ def main() -> int:
         print(json.dumps(callgrind(args)))
         return 0
     result = compare(args) if args.compare else run_local(args)
-    if args.json:
+    if args.json or args.breakdown:
         print(json.dumps(result, indent=1))
         return 0
     if args.compare:

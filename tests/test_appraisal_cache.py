@@ -295,3 +295,22 @@ def test_digest_counts_read_from_the_replayed_chains_are_the_events_own() -> Non
     got = bootfacts.extended_digests(vlog, extract(vlog), frozenset({0, 5}))
     assert got == {0: _counted(vlog, 0), 5: _counted(vlog, 5)}
     assert sum(got[5].values()) == sum(1 for e in log.events if e.pcr == 5) + 2
+
+
+def test_clearing_the_caches_keeps_only_what_it_is_told_to() -> None:
+    caches = LogCaches()
+    log = parse_event_log((CORPUS / "rust-keylime/uefi_log.bin").read_bytes())
+    vlog = assume_quoted_for_review(log, SHA256, caches=caches)
+    bootfacts.extended_digests(vlog, extract(vlog), frozenset(range(24)))
+    sizes = {n: len(getattr(caches, n)) for n in ("coverage", "variables", "extended", "chains")}
+    assert all(sizes.values()), sizes
+    caches.clear(keep={"chains", "variables"})
+    left = {n: len(getattr(caches, n)) for n in sizes}
+    assert left == {
+        "coverage": 0,
+        "variables": sizes["variables"],
+        "extended": 0,
+        "chains": sizes["chains"],
+    }
+    caches.clear()
+    assert not any(len(getattr(caches, n)) for n in sizes)
