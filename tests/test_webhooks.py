@@ -287,12 +287,16 @@ def test_nothing_is_lost_across_a_kill_9_of_the_verifier(tmp_path: Path) -> None
             assert resp.status_code == 200, resp.text
         wait_for(lambda: len(receiver.seen) >= 2)  # failed attempts happened
         kill9(proc)
+        # A kill between a worker's claim of the delivery lease and its settling leaves the lease
+        # to run out (webhooks.LEASE, 30 s): delivery resumes after it, as documented, and the
+        # wait below allows for it (20 s alone made this test fail when the kill landed there).
+        lease_left = _lease_left(store)
         quarantine(store, "n3", "while the verifier is down")  # the outbox takes it anyway
         with receiver.lock:
             receiver.fail = 1  # one more failure, then the receiver is back
         proc = start_verifier(config)
         wait_up(proc, url)
-        wait_for(lambda: len(receiver.delivered()) >= 3)
+        wait_for(lambda: len(receiver.delivered()) >= 3, timeout=20.0 + lease_left)
         got = [e["node"] for e in receiver.delivered()]
         assert got[:3] == ["n1", "n2", "n3"]
         ids = [e["id"] for e in receiver.delivered()]
@@ -306,6 +310,16 @@ def test_nothing_is_lost_across_a_kill_9_of_the_verifier(tmp_path: Path) -> None
             proc.wait(timeout=15)
         receiver.close()
         store.close()
+
+
+def _lease_left(store: Store) -> float:
+    """Seconds until the receiver's delivery lease runs out (0 when nobody holds it)."""
+    with store.read() as s:
+        row = s.get(cluster.WebhookCursor, "ops")
+        until = row.locked_until if row is not None else None
+    if until is None:
+        return 0.0
+    return max(0.0, (until - dt.datetime.now(dt.UTC)).total_seconds())
 
 
 def _cursor_exists(store: Store) -> bool:
