@@ -38,8 +38,9 @@ SECRET = "s3cret-for-tests"
 class Receiver:
     """A real HTTP receiver that answers 503 to its first ``fail`` POSTs, then 200."""
 
-    def __init__(self, fail: int) -> None:
+    def __init__(self, fail: int, slow: float = 0.0) -> None:
         self.fail = fail
+        self.slow = slow  # seconds a failing answer takes (a POST in flight holds the lease)
         self.seen: list[tuple[dict[str, str], bytes, int]] = []
         self.lock = threading.Lock()
         outer = self
@@ -51,9 +52,14 @@ class Receiver:
                     status = 503 if outer.fail > 0 else 200
                     outer.fail -= 1
                     outer.seen.append((dict(self.headers), body, status))
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                    slow = outer.slow if status != 200 else 0.0
+                time.sleep(slow)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                except OSError:  # the verifier was killed while it waited
+                    pass
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -288,7 +294,7 @@ def test_nothing_is_lost_across_a_kill_9_of_the_verifier(tmp_path: Path) -> None
         wait_for(lambda: len(receiver.seen) >= 2)  # failed attempts happened
         kill9(proc)
         # A kill between a worker's claim of the delivery lease and its settling leaves the lease
-        # to run out (webhooks.LEASE, 30 s): delivery resumes after it, as documented, and the
+        # to run out (lease_ttl, 30 s here): delivery resumes after it, as documented, and the
         # wait below allows for it (20 s alone made this test fail when the kill landed there).
         lease_left = _lease_left(store)
         quarantine(store, "n3", "while the verifier is down")  # the outbox takes it anyway
@@ -304,6 +310,53 @@ def test_nothing_is_lost_across_a_kill_9_of_the_verifier(tmp_path: Path) -> None
         for headers, body, _ in receiver.seen:
             stamp = int(headers["X-Assay-Timestamp"])
             assert headers["X-Assay-Signature"] == sign(SECRET.encode(), stamp, body)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=15)
+        receiver.close()
+        store.close()
+
+
+def test_a_worker_killed_mid_delivery_is_replaced_when_the_configured_lease_ends(
+    tmp_path: Path,
+) -> None:
+    """kill -9 while a POST is in flight (the receiver answers slowly): the dead worker's lease
+    lasts the configured ``lease_ttl`` (here 6 s: at least twice the 3 s ``webhook_timeout``),
+    not a fixed 30 s, and the restarted verifier delivers the event right after it."""
+    db = tmp_path / "v.db"
+    store = Store(str(db))
+    upgrade(store)
+    add_node(store, "n1", state="trusted", success=dt.datetime.now(dt.UTC))
+    receiver = Receiver(fail=1, slow=2.5)  # the first POST fails, slowly (within the timeout)
+    port = free_port()
+    cfg = {
+        "database": str(db),
+        "bind": f"127.0.0.1:{port}",
+        "workers": 1,
+        "webhooks": [{"name": "ops", "url": receiver.url, "secret": SECRET}],
+        "webhook_timeout": 3.0,
+        "webhook_max_backoff": 0.2,
+        "lease_ttl": 6.0,
+    }
+    config = tmp_path / "verifier.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    url = f"http://127.0.0.1:{port}"
+    proc = start_verifier(config)
+    try:
+        wait_up(proc, url)
+        wait_for(lambda: _cursor_exists(store))
+        quarantine(store, "n1", "kill mid-delivery")
+        wait_for(lambda: len(receiver.seen) >= 1)  # the POST is in flight: its answer is slow
+        kill9(proc)
+        left = _lease_left(store)
+        assert 1.0 < left <= 6.0, left  # held, for the configured lease
+        started = time.monotonic()
+        proc = start_verifier(config)
+        wait_up(proc, url)
+        wait_for(lambda: len(receiver.delivered()) >= 1)
+        assert time.monotonic() - started < left + 15
+        assert [e["node"] for e in receiver.delivered()] == ["n1"]
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)

@@ -116,7 +116,8 @@ class ServiceConfig:
     """Seconds an unreferenced event log or verdict is kept before the blob GC deletes it."""
     lease_ttl: float = 30.0
     """Seconds a background job's lease lasts unrenewed: how soon another instance resumes the
-    job of an instance that died or froze."""
+    job of an instance that died or froze (a webhook receiver's delivery lease too, but never less
+    than twice ``webhook_timeout``)."""
     statement_timeout: float = 10.0
     """PostgreSQL: the longest one statement may run (seconds), so nothing waits unboundedly."""
     idle_in_transaction_timeout: float = 10.0

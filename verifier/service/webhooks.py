@@ -36,7 +36,6 @@ from .config import WebhookReceiver
 from .context import Services
 
 log = logging.getLogger("assay.webhooks")
-LEASE = 30.0
 BATCH = 50
 IDLE = 0.5
 """Seconds between looks for new events when every receiver is up to date."""
@@ -99,6 +98,14 @@ class Dispatcher:
             return Outcome(True, "")
         return Outcome(False, f"HTTP {resp.status_code}")
 
+    def lease(self) -> float:
+        """Seconds a receiver's delivery lease lasts unrenewed: the configured ``lease_ttl`` (how
+        soon another worker resumes after one died mid-delivery), but never less than twice one
+        POST's ``webhook_timeout``, so a slow receiver cannot let a second worker deliver beside
+        the first."""
+        cfg = self.svc.config
+        return max(cfg.lease_ttl, 2 * cfg.webhook_timeout)
+
     def _has_work(self, name: str) -> bool:
         """A read-only look first, so idle dispatchers never take the database's write lock."""
         now = self.svc.now()
@@ -118,7 +125,7 @@ class Dispatcher:
             row = cluster.cursor(db, name)
             if row.next_attempt_at is not None and row.next_attempt_at > now:
                 return None
-            if not cluster.claim_cursor(db, name, self.holder, now, LEASE):
+            if not cluster.claim_cursor(db, name, self.holder, now, self.lease()):
                 return None
             return row.last_seq
 
@@ -137,7 +144,7 @@ class Dispatcher:
                 row.last_error = outcome.error
                 wait = backoff(row.attempts, self.svc.config.webhook_max_backoff)
                 row.next_attempt_at = now + dt.timedelta(seconds=wait)
-            row.locked_until = None if release else now + dt.timedelta(seconds=LEASE)
+            row.locked_until = None if release else now + dt.timedelta(seconds=self.lease())
             if release:
                 row.locked_by = None
 
