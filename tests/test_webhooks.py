@@ -3,6 +3,7 @@ once, in order, HMAC-signed, retried with backoff, and survives a kill -9 of the
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -14,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -258,50 +260,82 @@ def wait_for(check: Any, timeout: float = 20.0) -> None:
         time.sleep(0.1)
 
 
-def test_nothing_is_lost_across_a_kill_9_of_the_verifier(tmp_path: Path) -> None:
+@dataclass
+class _Served:
+    """A real ``verifier serve`` on a SQLite store, delivering to one receiver ("ops")."""
+
+    store: Store
+    config: Path
+    url: str
+    proc: subprocess.Popen[bytes]
+
+    def kill9(self) -> None:
+        kill9(self.proc)
+
+    def start(self) -> None:
+        self.proc = start_verifier(self.config)
+        wait_up(self.proc, self.url)
+
+
+@contextlib.contextmanager
+def _served(
+    tmp_path: Path, receiver: Receiver, nodes: tuple[str, ...], **settings: Any
+) -> Iterator[_Served]:
+    """``nodes`` (trusted) in a fresh store, the verifier serving it with ``settings`` and
+    delivering to ``receiver``, up and following the feed; stopped and closed after."""
     db = tmp_path / "v.db"
     store = Store(str(db))
     upgrade(store)
-    for name in ("n1", "n2", "n3"):
+    for name in nodes:
         add_node(store, name, state="trusted", success=dt.datetime.now(dt.UTC))
-    with store.write() as s:
-        admin, _ = repo.create_token(s, "admin", expires_at=None, now=dt.datetime.now(dt.UTC))
-    receiver = Receiver(fail=10**6)  # down until the test says otherwise
     port = free_port()
     cfg = {
         "database": str(db),
         "bind": f"127.0.0.1:{port}",
-        "workers": 2,
         "webhooks": [{"name": "ops", "url": receiver.url, "secret": SECRET}],
-        "webhook_max_backoff": 0.5,
+        **settings,
     }
     config = tmp_path / "verifier.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    url = f"http://127.0.0.1:{port}"
-    proc = start_verifier(config)
+    served = _Served(store, config, f"http://127.0.0.1:{port}", start_verifier(config))
     try:
-        wait_up(proc, url)
+        wait_up(served.proc, served.url)
         wait_for(lambda: _cursor_exists(store))  # a worker has started following the feed
+        yield served
+    finally:
+        if served.proc.poll() is None:
+            os.killpg(served.proc.pid, signal.SIGTERM)
+            served.proc.wait(timeout=15)
+        receiver.close()
+        store.close()
+
+
+def test_nothing_is_lost_across_a_kill_9_of_the_verifier(tmp_path: Path) -> None:
+    receiver = Receiver(fail=10**6)  # down until the test says otherwise
+    settings = {"workers": 2, "webhook_max_backoff": 0.5}
+    with _served(tmp_path, receiver, ("n1", "n2", "n3"), **settings) as v:
+        with v.store.write() as s:
+            now = dt.datetime.now(dt.UTC)
+            admin, _ = repo.create_token(s, "admin", expires_at=None, now=now)
         auth = {"Authorization": f"Bearer {admin}"}
         for name in ("n1", "n2"):
             resp = requests.post(
-                f"{url}/v1/nodes/{name}/quarantine",
+                f"{v.url}/v1/nodes/{name}/quarantine",
                 json={"reason": "kill"},
                 headers=auth,
                 timeout=5,
             )
             assert resp.status_code == 200, resp.text
         wait_for(lambda: len(receiver.seen) >= 2)  # failed attempts happened
-        kill9(proc)
+        v.kill9()
         # A kill between a worker's claim of the delivery lease and its settling leaves the lease
         # to run out (lease_ttl, 30 s here): delivery resumes after it, as documented, and the
         # wait below allows for it (20 s alone made this test fail when the kill landed there).
-        lease_left = _lease_left(store)
-        quarantine(store, "n3", "while the verifier is down")  # the outbox takes it anyway
+        lease_left = _lease_left(v.store)
+        quarantine(v.store, "n3", "while the verifier is down")  # the outbox takes it anyway
         with receiver.lock:
             receiver.fail = 1  # one more failure, then the receiver is back
-        proc = start_verifier(config)
-        wait_up(proc, url)
+        v.start()
         wait_for(lambda: len(receiver.delivered()) >= 3, timeout=20.0 + lease_left)
         got = [e["node"] for e in receiver.delivered()]
         assert got[:3] == ["n1", "n2", "n3"]
@@ -310,12 +344,6 @@ def test_nothing_is_lost_across_a_kill_9_of_the_verifier(tmp_path: Path) -> None
         for headers, body, _ in receiver.seen:
             stamp = int(headers["X-Assay-Timestamp"])
             assert headers["X-Assay-Signature"] == sign(SECRET.encode(), stamp, body)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=15)
-        receiver.close()
-        store.close()
 
 
 def test_a_worker_killed_mid_delivery_is_replaced_when_the_configured_lease_ends(
@@ -324,45 +352,19 @@ def test_a_worker_killed_mid_delivery_is_replaced_when_the_configured_lease_ends
     """kill -9 while a POST is in flight (the receiver answers slowly): the dead worker's lease
     lasts the configured ``lease_ttl`` (here 6 s: at least twice the 3 s ``webhook_timeout``),
     not a fixed 30 s, and the restarted verifier delivers the event right after it."""
-    db = tmp_path / "v.db"
-    store = Store(str(db))
-    upgrade(store)
-    add_node(store, "n1", state="trusted", success=dt.datetime.now(dt.UTC))
     receiver = Receiver(fail=1, slow=2.5)  # the first POST fails, slowly (within the timeout)
-    port = free_port()
-    cfg = {
-        "database": str(db),
-        "bind": f"127.0.0.1:{port}",
-        "workers": 1,
-        "webhooks": [{"name": "ops", "url": receiver.url, "secret": SECRET}],
-        "webhook_timeout": 3.0,
-        "webhook_max_backoff": 0.2,
-        "lease_ttl": 6.0,
-    }
-    config = tmp_path / "verifier.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    url = f"http://127.0.0.1:{port}"
-    proc = start_verifier(config)
-    try:
-        wait_up(proc, url)
-        wait_for(lambda: _cursor_exists(store))
-        quarantine(store, "n1", "kill mid-delivery")
+    settings = {"workers": 1, "webhook_timeout": 3.0, "webhook_max_backoff": 0.2, "lease_ttl": 6.0}
+    with _served(tmp_path, receiver, ("n1",), **settings) as v:
+        quarantine(v.store, "n1", "kill mid-delivery")
         wait_for(lambda: len(receiver.seen) >= 1)  # the POST is in flight: its answer is slow
-        kill9(proc)
-        left = _lease_left(store)
+        v.kill9()
+        left = _lease_left(v.store)
         assert 1.0 < left <= 6.0, left  # held, for the configured lease
         started = time.monotonic()
-        proc = start_verifier(config)
-        wait_up(proc, url)
+        v.start()
         wait_for(lambda: len(receiver.delivered()) >= 1)
         assert time.monotonic() - started < left + 15
         assert [e["node"] for e in receiver.delivered()] == ["n1"]
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=15)
-        receiver.close()
-        store.close()
 
 
 def _lease_left(store: Store) -> float:
