@@ -32,7 +32,7 @@ from .eventlog._workarounds import COVERAGE_WORKAROUNDS, Workaround
 from .events import EventType as ET
 from .events import event_type_name
 from .pcclient import EBS_ACTIONS, PLATFORM_STATES, separator_digests, special_digests
-from .uefi.sigdb import SignatureDatabase, SignatureIds, check_signature_database
+from .uefi.sigdb import SignatureDatabase, check_signature_database
 from .uefi.signatures import parse_signature_data, signature_data_id
 from .uefi.structures import variable_name_value
 
@@ -219,7 +219,7 @@ def signature_database(value: bytes) -> SignatureDatabase:
     return check_signature_database(value, where="signature database")
 
 
-def signature_ids(value: bytes) -> SignatureIds:
+def signature_ids(value: bytes) -> frozenset[str]:
     """Entries of a signature database as ids: SHA-256 of each certificate's DER, else the hash hex
     (named once per cached :func:`signature_database`)."""
     return signature_database(value).ids
@@ -238,8 +238,8 @@ def authority_id(data: bytes) -> str | None:
 
 def authority_in(data: bytes, ids: frozenset[str], certificates: frozenset[str]) -> bool:
     """``authority_id(data) in ids``, where ``certificates`` are ids of certificates already
-    validated (a database's, :class:`SignatureIds`): a certificate byte-identical to one of them
-    (the same SHA-256) is not validated a second time."""
+    validated (a :class:`~assay.uefi.sigdb.SignatureDatabase`'s): a certificate byte-identical to
+    one of them (the same SHA-256) is not validated a second time."""
     got = signature_data_id(data)
     if got is None or got[0] not in ids:
         return False

@@ -30,7 +30,7 @@ from assay.uefi import (
     parse_startup_locality,
     parse_variable_data,
 )
-from assay.uefi.sigdb import RequiredIds, check_signature_database, signature_database_ids
+from assay.uefi.sigdb import RequiredIds, check_signature_database
 
 VECTORS = Path(__file__).parent / "vectors" / "uefi"
 MS_OWNER = Guid.parse("77fa9abd-0359-4d32-bd60-28f4e78f784b")
@@ -381,10 +381,10 @@ def _ids_by_full_parse(data: bytes) -> tuple[list[str], list[str]] | str:
 
 def _ids_fast(data: bytes) -> tuple[list[str], list[str]] | str:
     try:
-        got = signature_database_ids(data)
+        got = check_signature_database(data)
     except MalformedEvidence as exc:
         return str(exc)
-    return sorted(got), sorted(got.certificates)
+    return sorted(got.ids), sorted(got.certificates)
 
 
 def _same_ids(data: bytes) -> None:
@@ -418,7 +418,7 @@ def _lookalike_ids(data: bytes, held: set[str]) -> set[str]:
 
 
 def test_database_ids_equal_the_full_parse_on_every_corpus_database(corpus: Path) -> None:
-    """signature_database_ids (what the appraisal compares) names every entry of every real
+    """A checked database's ids (what the appraisal compares) name every entry of every real
     PK/KEK/db/dbx/MokList exactly as the entry objects of parse_signature_lists do."""
     seen = entries = 0
     for log in sorted(corpus.glob("*/*")):
@@ -453,7 +453,7 @@ def test_database_ids_of_hash_lists_around_the_block_size(count: int, sig_size: 
     data = sig_type.raw + struct.pack("<III", 28 + len(body), 0, sig_size) + body
     data += _sha256_list(b"\x33" * 32)  # a second list after it
     _same_ids(data)
-    got = signature_database_ids(data)
+    got = check_signature_database(data).ids
     assert len(got) == len({body[p + 16 : p + sig_size] for p in range(0, len(body), sig_size)}) + 1
     assert (b"\x33" * 32).hex() in got
 
@@ -481,7 +481,7 @@ def test_lacks_counts_only_an_entrys_whole_data() -> None:
     }
     assert db.lacks(RequiredIds(held | tricks)) == tricks
     assert db.lacks(RequiredIds(held)) == frozenset()
-    assert signature_database_ids(data) == held
+    assert check_signature_database(data).ids == held
     assert db.ids == held and db.lacks(RequiredIds(held | tricks)) == tricks
     # A value, as the frozenset it replaced in a compiled policy: equal ids, equal requirement.
     assert RequiredIds(sorted(held)) == RequiredIds(held) != RequiredIds(tricks)

@@ -23,26 +23,6 @@ from cryptography.utils import CryptographyDeprecationWarning
 from .signatures import _OWNER, _Layout, _layouts, _load_strictly
 
 
-class SignatureIds(frozenset[str]):
-    """The ids of a signature database's entries, and ``certificates``: the ids of its X.509
-    entries, every one of them validated (a database with an invalid one has no ids at all)."""
-
-    __slots__ = ("_certificates",)
-    _certificates: frozenset[str]
-
-    def __new__(cls, ids: Iterable[str], certificates: Iterable[str]) -> SignatureIds:
-        self = super().__new__(cls, ids)
-        self._certificates = frozenset(certificates)
-        return self
-
-    @property
-    def certificates(self) -> frozenset[str]:
-        return self._certificates
-
-    def __reduce__(self) -> tuple[type[SignatureIds], tuple[list[str], list[str]]]:
-        return SignatureIds, (list(self), list(self._certificates))
-
-
 class SignatureDatabase:
     """A signature database that passed every check of the full parse, its certificates
     validated. Made only by :func:`check_signature_database`; never mutated but for naming its
@@ -54,7 +34,7 @@ class SignatureDatabase:
         self._data = data
         self._certificates = frozenset(certificates)
         self._hash_lists = tuple(hash_lists)
-        self._ids: SignatureIds | None = None
+        self._ids: frozenset[str] | None = None
 
     @property
     def certificates(self) -> frozenset[str]:
@@ -62,13 +42,13 @@ class SignatureDatabase:
         return self._certificates
 
     @property
-    def ids(self) -> SignatureIds:
+    def ids(self) -> frozenset[str]:
         """Every entry's id (computed once)."""
         if self._ids is None:
             out = list(self._certificates)
             for layout in self._hash_lists:
-                out += _hash_ids(self._data, layout)
-            self._ids = SignatureIds(out, self._certificates)
+                out += map(bytes.hex, _hash_entries(self._data, layout))
+            self._ids = frozenset(out)
         return self._ids
 
     def lacks(self, required: RequiredIds) -> frozenset[str]:
@@ -149,13 +129,6 @@ def check_signature_database(
     return SignatureDatabase(data, certificates, hash_lists)
 
 
-def signature_database_ids(data: bytes, *, where: str = "signature database") -> SignatureIds:
-    """Every entry of a signature database as an id — the SHA-256 hex of a certificate's DER, else
-    the hex of the data — with exactly the checks (and errors) of
-    :func:`~assay.uefi.signatures.parse_signature_lists`."""
-    return check_signature_database(data, where=where).ids
-
-
 def _certificate_ids(data: bytes, layout: _Layout) -> list[str]:
     sig_size = layout.sig_size
     ids = []
@@ -164,10 +137,6 @@ def _certificate_ids(data: bytes, layout: _Layout) -> list[str]:
         _load_strictly(der, f"{layout.here}, entry {i}")
         ids.append(hashlib.sha256(der).hexdigest())
     return ids
-
-
-def _hash_ids(data: bytes, layout: _Layout) -> list[str]:
-    return list(map(bytes.hex, _hash_entries(data, layout)))
 
 
 def _hash_entries(data: bytes, layout: _Layout) -> list[bytes]:
