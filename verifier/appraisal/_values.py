@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 
 from assay.bootfacts import (
     BootFacts,
@@ -227,24 +226,18 @@ def _blobs_present(vlog: BootLog, facts: BootFacts, policy: CompiledPolicy) -> l
     ]
 
 
-def _db_ids(
-    facts: BootFacts, name: str, *, every: bool = False
-) -> tuple[frozenset[str] | None, str | None]:
-    """Entries of the covered measurements of ``name``: all of them together (a key check must
-    approve each), or with ``every`` only those in every measurement (what a "must contain" check
-    may rely on). None and why when one is malformed."""
-    found = facts.variables.get(name, [])
-    if not found:
-        return frozenset(), None
+def _db_ids(facts: BootFacts, name: str) -> tuple[frozenset[str] | None, str | None]:
+    """Entries of the covered measurements of ``name``, all of them together (a key check must
+    approve each). None and why when one is malformed."""
     sets = []
-    for v in found:
+    for v in facts.variables.get(name, []):
         db, problem = _database(name, v)
         if db is None:
             return None, problem
         sets.append(db.ids)
     if len(sets) == 1:  # the usual case: one measurement
         return sets[0], None
-    return (frozenset.intersection(*sets) if every else frozenset.union(*sets)), None
+    return frozenset().union(*sets), None
 
 
 def _database(name: str, v: Variable) -> tuple[SignatureDatabase, None] | tuple[None, str]:
@@ -361,49 +354,42 @@ def _contains(
 ) -> Check:
     _take_variable(facts, name, ledger)
     cid = f"secure_boot.{name}_contains"
-    found = facts.variables.get(name, [])
-    if len(found) == 1:  # the usual case: the golden ids compared with the entries' bytes
-        db, problem = _database(name, found[0])
+    dbs: list[SignatureDatabase] = []
+    for v in facts.variables.get(name, []):
+        db, problem = _database(name, v)
         if db is None:
             return Check(cid, FAIL, "secure_boot_variable_unverifiable", f"{name}: {problem}", 7)
-        return policy.remember(
-            ("contains", name, db),
-            lambda: _judge_contains(cid, name, db.lacks, lambda: len(db.ids), required),
-        )
-    ids, problem = _db_ids(facts, name, every=True)
-    if ids is None:
-        return Check(cid, FAIL, "secure_boot_variable_unverifiable", f"{name}: {problem}", 7)
+        dbs.append(db)
     return policy.remember(
-        ("contains", name, ids),
-        lambda: _judge_contains(cid, name, lambda r: r.ids - ids, lambda: len(ids), required),
+        ("contains", name, *dbs), lambda: _judge_contains(cid, name, dbs, required)
     )
 
 
 def _judge_contains(
     cid: str,
     name: str,
-    lacks: Callable[[RequiredIds], frozenset[str]],
-    entries: Callable[[], int],
+    dbs: list[SignatureDatabase],
     required: tuple[tuple[str, RequiredIds], ...],
 ) -> Check:
-    """``lacks(need)``: the ids of ``need`` the measured database does not hold; ``entries()``:
-    how many distinct entries it holds (asked only for a failure's message)."""
+    """A "must contain" check may rely only on entries in every measurement of the database:
+    what one of them lacks is lacking (each compared by its entries' bytes, see ``lacks``)."""
     best: list[str] = []
     for ref, need in required:
-        missing = lacks(need)
+        missing = frozenset().union(*(db.lacks(need) for db in dbs)) if dbs else need.ids
         if not missing:
             return Check(
                 cid, PASS, "ok", f"{name} holds the {len(need)} required entries", 7, golden=ref
             )
         if not best or len(missing) < len(best):
             best = sorted(missing)
+    held = frozenset.intersection(*(db.ids for db in dbs)) if dbs else frozenset()
     return Check(
         cid,
         FAIL,
         f"{name}_missing_entries",
         f"{name} lacks {len(best)} required entries",
         7,
-        got=f"{entries()} entries",
+        got=f"{len(held)} entries",
         expected=", ".join(best[:20]),
     )
 
