@@ -16,6 +16,7 @@ from assay.algorithms import HashAlg
 from assay.bootfacts import extract
 from assay.eventlog import BootLog, assume_quoted_for_review, parse_event_log
 from assay.events import EventType
+from assay.uefi import Guid, parse_signature_lists
 from golden.capture import capture
 from golden.model import BootApp, GoldenSet, digests
 from golden.yamlfmt import dump_yaml
@@ -161,6 +162,60 @@ def test_a_database_holds_a_required_id_only_as_one_entrys_whole_data(name: str)
             fake,
         )
         assert check.got == f"{len(set(captured))} entries"
+
+
+def test_a_dbx_measured_twice_holds_only_what_both_measurements_hold() -> None:
+    """Two dbx measurements: a "must contain" check relies only on entries in both. A second
+    measurement lacking one required hash fails, naming that hash, however whole the first is."""
+    data = RUST_KEYLIME_LOG.read_bytes()
+    log = parse_event_log(data)
+    first = next(e for e in log.events if e.pcr == 7 and _variable_name(e.data) == "dbx")
+    own = capture(_vlog(data), name="own", version="1")
+    value = _variable_value(first.data)
+    lists = parse_signature_lists(value)
+    hashes = [e.data for x in lists if x.entries[0].kind == "sha256" for e in x.entries]
+    certs = b"".join(
+        value[_list_span(value, i)] for i, x in enumerate(lists) if x.entries[0].kind == "x509"
+    )
+    dropped, kept = hashes[0], hashes[1:]
+    body = b"".join(bytes(16) + h for h in kept)
+    sha256_list = SHA256_LIST_GUID + struct.pack("<III", 28 + len(body), 0, 48) + body
+    second = certs + sha256_list
+    vardata = first.data[:16] + struct.pack("<QQ", 3, len(second)) + "dbx".encode("utf-16-le")
+    vardata += second
+    record = struct.pack("<III", 7, first.event_type, 1) + struct.pack("<H", int(HashAlg.SHA256))
+    record += HashAlg.SHA256.hash(vardata) + struct.pack("<I", len(vardata)) + vardata
+    after = log.events[first.index + 1].offset
+    vlog = _vlog(data[:after] + record + data[after:])
+    assert len(extract(vlog).variables["dbx"]) == 2
+    check = _contains_check(vlog, own, "dbx")
+    assert (check.status, check.reason, check.expected) == (
+        "fail",
+        "dbx_missing_entries",
+        dropped.hex(),
+    )
+    assert check.got == f"{len(set(own.secure_boot.dbx_must_include)) - 1} entries"
+
+
+SHA256_LIST_GUID = Guid.parse("c1c41626-504c-4092-aca9-41f936934328").raw  # EFI_CERT_SHA256
+
+
+def _variable_name(data: bytes) -> str:
+    n = int.from_bytes(data[16:24], "little")
+    return data[32 : 32 + 2 * n].decode("utf-16-le", "replace")
+
+
+def _variable_value(data: bytes) -> bytes:
+    n, size = struct.unpack_from("<QQ", data, 16)
+    return data[32 + 2 * n : 32 + 2 * n + size]
+
+
+def _list_span(value: bytes, index: int) -> slice:
+    """Where the ``index``-th EFI_SIGNATURE_LIST of ``value`` lies."""
+    at = 0
+    for _ in range(index):
+        at += int.from_bytes(value[at + 16 : at + 20], "little")
+    return slice(at, at + int.from_bytes(value[at + 16 : at + 20], "little"))
 
 
 def _contains_check(vlog: BootLog, g: GoldenSet, name: str):  # type: ignore[no-untyped-def]
