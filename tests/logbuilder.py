@@ -52,3 +52,15 @@ def simple_log(banks: Sequence[HashAlg] = BANKS) -> bytes:
     for pcr in range(8):
         log += event2(pcr, EV_SEPARATOR, bytes(4), banks)
     return log
+
+
+def variable_name(data: bytes) -> str:
+    """The name of the UEFI_VARIABLE_DATA in ``data`` (whatever the digest covers)."""
+    n = int.from_bytes(data[16:24], "little")
+    return data[32 : 32 + 2 * n].decode("utf-16-le", "replace")
+
+
+def variable_value(data: bytes) -> bytes:
+    """The VariableData of the UEFI_VARIABLE_DATA in ``data``."""
+    n, size = struct.unpack_from("<QQ", data, 16)
+    return data[32 + 2 * n : 32 + 2 * n + size]

@@ -24,6 +24,7 @@ from verifier._cli import main as verifier_main
 from verifier.appraisal import Verdict, appraise, compile_golden
 
 from .conftest import CORPUS
+from .logbuilder import variable_name, variable_value
 
 NOW = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
 SB_LOG = CORPUS / "qemu-ovmf-debian12" / "secureboot-shim-grub-kernel.bin"
@@ -169,9 +170,9 @@ def test_a_dbx_measured_twice_holds_only_what_both_measurements_hold() -> None:
     measurement lacking one required hash fails, naming that hash, however whole the first is."""
     data = RUST_KEYLIME_LOG.read_bytes()
     log = parse_event_log(data)
-    first = next(e for e in log.events if e.pcr == 7 and _variable_name(e.data) == "dbx")
+    first = next(e for e in log.events if e.pcr == 7 and variable_name(e.data) == "dbx")
     own = capture(_vlog(data), name="own", version="1")
-    value = _variable_value(first.data)
+    value = variable_value(first.data)
     lists = parse_signature_lists(value)
     hashes = [e.data for x in lists if x.entries[0].kind == "sha256" for e in x.entries]
     certs = b"".join(
@@ -198,16 +199,6 @@ def test_a_dbx_measured_twice_holds_only_what_both_measurements_hold() -> None:
 
 
 SHA256_LIST_GUID = Guid.parse("c1c41626-504c-4092-aca9-41f936934328").raw  # EFI_CERT_SHA256
-
-
-def _variable_name(data: bytes) -> str:
-    n = int.from_bytes(data[16:24], "little")
-    return data[32 : 32 + 2 * n].decode("utf-16-le", "replace")
-
-
-def _variable_value(data: bytes) -> bytes:
-    n, size = struct.unpack_from("<QQ", data, 16)
-    return data[32 + 2 * n : 32 + 2 * n + size]
 
 
 def _list_span(value: bytes, index: int) -> slice:

@@ -19,6 +19,7 @@ from golden.capture import capture
 from verifier.appraisal import Verdict, appraise, compile_golden
 
 from .conftest import CORPUS
+from .logbuilder import variable_name, variable_value
 
 NOW = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
 SB_LOG = (CORPUS / "qemu-ovmf-debian12" / "secureboot-shim-grub-kernel.bin").read_bytes()
@@ -162,9 +163,9 @@ def test_a_boot_variable_hashed_over_its_value_cannot_pass_for_another_variable(
     the log names it after the variable that holds that value: it must stay a digest nothing
     approves, never be taken for the Secure Boot variable whose value it copies."""
     log = parse_event_log(SB_LOG)
-    real = {_variable_name(e.data): e.data for e in log.events if e.pcr == 7}
+    real = {variable_name(e.data): e.data for e in log.events if e.pcr == 7}
     copied = {"KEK": "KEK", "SecureBoot": "SecureBoot", "SbatLevel": "SbatLevel"}.get(name, "KEK")
-    guid, value = real[copied][:16], _variable_value(real[copied])
+    guid, value = real[copied][:16], variable_value(real[copied])
     data = guid + struct.pack("<QQ", len(name), len(value)) + name.encode("utf-16-le") + value
     record = struct.pack("<III", 1, EventType.EV_EFI_VARIABLE_BOOT, len(BANKS))
     for alg in BANKS:
@@ -178,13 +179,3 @@ def test_a_boot_variable_hashed_over_its_value_cannot_pass_for_another_variable(
     assert _failing_reasons(verdict) == {"event_not_accounted"}
     (check,) = [c for c in verdict.checks if c.reason == "event_not_accounted"]
     assert (check.pcr, check.got) == (1, HashAlg.SHA256.hash(value).hex())
-
-
-def _variable_name(data: bytes) -> str:
-    n = int.from_bytes(data[16:24], "little")
-    return data[32 : 32 + 2 * n].decode("utf-16-le", "replace")
-
-
-def _variable_value(data: bytes) -> bytes:
-    n, size = struct.unpack_from("<QQ", data, 16)
-    return data[32 + 2 * n : 32 + 2 * n + size]
