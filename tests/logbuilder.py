@@ -64,3 +64,12 @@ def variable_value(data: bytes) -> bytes:
     """The VariableData of the UEFI_VARIABLE_DATA in ``data``."""
     n, size = struct.unpack_from("<QQ", data, 16)
     return data[32 + 2 * n : 32 + 2 * n + size]
+
+
+EFI_GLOBAL = bytes.fromhex("61dfe48bca93d211aa0d00e098032b8c")  # EFI_GLOBAL_VARIABLE, raw
+
+
+def variable_data(name: str, value: bytes, guid: bytes = EFI_GLOBAL) -> bytes:
+    """A UEFI_VARIABLE_DATA: the vendor GUID's bytes, the name (UTF-16LE) and the value."""
+    utf16 = name.encode("utf-16-le")
+    return guid + struct.pack("<QQ", len(name), len(value)) + utf16 + value

@@ -24,7 +24,7 @@ from verifier._cli import main as verifier_main
 from verifier.appraisal import Verdict, appraise, compile_golden
 
 from .conftest import CORPUS
-from .logbuilder import variable_name, variable_value
+from .logbuilder import variable_data, variable_name, variable_value
 
 NOW = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
 SB_LOG = CORPUS / "qemu-ovmf-debian12" / "secureboot-shim-grub-kernel.bin"
@@ -182,8 +182,7 @@ def test_a_dbx_measured_twice_holds_only_what_both_measurements_hold() -> None:
     body = b"".join(bytes(16) + h for h in kept)
     sha256_list = SHA256_LIST_GUID + struct.pack("<III", 28 + len(body), 0, 48) + body
     second = certs + sha256_list
-    vardata = first.data[:16] + struct.pack("<QQ", 3, len(second)) + "dbx".encode("utf-16-le")
-    vardata += second
+    vardata = variable_data("dbx", second, guid=first.data[:16])
     record = struct.pack("<III", 7, first.event_type, 1) + struct.pack("<H", int(HashAlg.SHA256))
     record += HashAlg.SHA256.hash(vardata) + struct.pack("<I", len(vardata)) + vardata
     after = log.events[first.index + 1].offset

@@ -19,7 +19,7 @@ from golden.capture import capture
 from verifier.appraisal import Verdict, appraise, compile_golden
 
 from .conftest import CORPUS
-from .logbuilder import variable_name, variable_value
+from .logbuilder import variable_data, variable_name, variable_value
 
 NOW = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
 SB_LOG = (CORPUS / "qemu-ovmf-debian12" / "secureboot-shim-grub-kernel.bin").read_bytes()
@@ -164,9 +164,9 @@ def test_a_boot_variable_hashed_over_its_value_cannot_pass_for_another_variable(
     approves, never be taken for the Secure Boot variable whose value it copies."""
     log = parse_event_log(SB_LOG)
     real = {variable_name(e.data): e.data for e in log.events if e.pcr == 7}
-    copied = {"KEK": "KEK", "SecureBoot": "SecureBoot", "SbatLevel": "SbatLevel"}.get(name, "KEK")
-    guid, value = real[copied][:16], variable_value(real[copied])
-    data = guid + struct.pack("<QQ", len(name), len(value)) + name.encode("utf-16-le") + value
+    copied = real["KEK" if name == "Boot0009" else name]
+    value = variable_value(copied)
+    data = variable_data(name, value, guid=copied[:16])
     record = struct.pack("<III", 1, EventType.EV_EFI_VARIABLE_BOOT, len(BANKS))
     for alg in BANKS:
         record += struct.pack("<H", int(alg)) + alg.hash(value)  # as edk2: over VariableData

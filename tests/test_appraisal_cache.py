@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import struct
 from pathlib import Path
 
 import pytest
@@ -33,11 +32,10 @@ from golden.capture import capture
 from verifier.appraisal import appraise, compile_golden
 
 from .conftest import CORPUS
-from .logbuilder import event2, simple_log
+from .logbuilder import event2, simple_log, variable_data
 
 NOW = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
 SHA256 = HashAlg.SHA256
-EFI_GLOBAL = bytes.fromhex("61dfe48bca93d211aa0d00e098032b8c")
 BENCH_LOGS = (
     "go-tpm-tools/ubuntu-2104-no-secure-boot.bin",
     "keylime/binary_bios_measurements",
@@ -47,11 +45,6 @@ BENCH_LOGS = (
 
 
 CACHES = LogCaches()  # what a verifier process shares between the logs it appraises
-
-
-def _variable(name: str, value: bytes) -> bytes:
-    utf16 = name.encode("utf-16-le")
-    return EFI_GLOBAL + struct.pack("<QQ", len(name), len(value)) + utf16 + value
 
 
 def _event(index: int, pcr: int, etype: int, data: bytes, digest: bytes) -> Event:
@@ -86,7 +79,7 @@ def test_coverage_cache_hit_needs_the_same_bytes_not_just_the_same_digest() -> N
 
 
 def test_cached_coverage_workaround_names_each_events_own_position() -> None:
-    data = _variable("SbatLevel", b"sbat,1,2021030218\n")
+    data = variable_data("SbatLevel", b"sbat,1,2021030218\n")
     short = SHA256.hash(data[:-1])  # old shim's one-byte-short digest
     first = _coverage.data_covered(
         _event(10, 7, EventType.EV_EFI_VARIABLE_AUTHORITY, data, short), SHA256, CACHES.coverage
@@ -101,8 +94,8 @@ def test_cached_coverage_workaround_names_each_events_own_position() -> None:
 
 
 def test_decoded_variable_cache_does_not_carry_a_value_to_different_bytes() -> None:
-    on = _variable("SecureBoot", b"\x01")
-    off = _variable("SecureBoot", b"\x00")
+    on = variable_data("SecureBoot", b"\x01")
+    off = variable_data("SecureBoot", b"\x00")
     digest = SHA256.hash(on)
     config = EventType.EV_EFI_VARIABLE_DRIVER_CONFIG
     got_on = extract(_vlog(_event(0, 7, config, on, digest))).variables["SecureBoot"]
