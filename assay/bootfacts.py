@@ -52,7 +52,6 @@ _EVENT_TAG = int(ET.EV_EVENT_TAG)
 _EFI_ACTION = int(ET.EV_EFI_ACTION)
 _VARIABLE_DRIVER_CONFIG = int(ET.EV_EFI_VARIABLE_DRIVER_CONFIG)
 _VARIABLE_AUTHORITY = int(ET.EV_EFI_VARIABLE_AUTHORITY)
-_VARIABLE_BOOT = int(ET.EV_EFI_VARIABLE_BOOT)
 _BOOT_SERVICES_APPLICATION = int(ET.EV_EFI_BOOT_SERVICES_APPLICATION)
 _DRIVERS = frozenset(
     int(t)
@@ -288,14 +287,14 @@ def _names_a_value(data: bytes) -> bool:
 
 
 def _variable_fact(vlog: BootLog, facts: BootFacts, e: Event) -> None:
-    """Record a fully covered variable by its covered name: Secure Boot databases, SbatLevel, and
+    """Record a fully covered variable (its digest of all the data: an EV_EFI_VARIABLE_BOOT hashed
+    over its VariableData only is not, see ``coverage_of``) by its covered name: Secure Boot
+    databases, SbatLevel, and
     the ``db`` entry an image was verified with (EV_EFI_VARIABLE_AUTHORITY: one EFI_SIGNATURE_DATA,
     the type choosing between that and the ``db`` database — either reading of the wrong one
     fails)."""
     if not _names_a_value(e.data):
         return
-    if e.event_type == _VARIABLE_BOOT and vlog.bank.hash(e.data) != e.digests.get(vlog.bank):
-        return  # covered over VariableData only: the name is the log's word, not the digest's
     got = _variable(vlog, e)
     if got is None:
         return
@@ -385,7 +384,7 @@ def _extract(vlog: BootLog) -> BootFacts:
             covered, workaround, detail = hit if hit is not None else _covered(vlog, e, digest)
         if covered is False or (et != _SEPARATOR and digest in seps):
             facts.suspicious.append(e)
-        full = covered is True and workaround is None
+        full = covered is True and not detail  # a digest of all the data (see coverage_of)
         if workaround is not None:  # the table's coverage entries touch PCR1/PCR7 events only
             facts.workarounds.append(AppliedWorkaround(workaround, pcr, e.index, detail))
         if pcr == 7:

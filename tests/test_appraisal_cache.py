@@ -32,7 +32,7 @@ from golden.capture import capture
 from verifier.appraisal import appraise, compile_golden
 
 from .conftest import CORPUS
-from .logbuilder import event2, simple_log, variable_data
+from .logbuilder import event2, simple_log, variable_data, variable_value
 
 NOW = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
 SHA256 = HashAlg.SHA256
@@ -70,12 +70,41 @@ def test_coverage_cache_hit_needs_the_same_bytes_not_just_the_same_digest() -> N
     digest = SHA256.hash(bytes(4))
     honest = _event(1, 7, EventType.EV_SEPARATOR, bytes(4), digest)
     forged = _event(2, 7, EventType.EV_SEPARATOR, b"\x01\x00\x00\x00", digest)
-    assert _coverage.data_covered(honest, SHA256, CACHES.coverage) == (True, None)
-    assert _coverage.data_covered(forged, SHA256, CACHES.coverage) == (False, None)
-    assert _coverage.data_covered(honest, SHA256, CACHES.coverage) == (
-        True,
-        None,
-    )  # not poisoned by the forgery
+    assert _coverage.data_covered(honest, SHA256, CACHES.coverage) == (True, None, True)
+    assert _coverage.data_covered(forged, SHA256, CACHES.coverage) == (False, None, False)
+    # not poisoned by the forgery
+    assert _coverage.data_covered(honest, SHA256, CACHES.coverage) == (True, None, True)
+
+
+def test_a_boot_variable_hashed_over_its_value_is_covered_but_not_whole() -> None:
+    """edk2 hashes EV_EFI_VARIABLE_BOOT over VariableData (the spec's rule): covered, with no
+    workaround, but its name and GUID are not — so nothing may read a value by its name. Hashed
+    over the whole UEFI_VARIABLE_DATA it is whole; over anything else, not covered."""
+    data = variable_data("Boot0001", b"\x01\x00\x00\x00load option")
+    value = variable_value(data)
+    boot = EventType.EV_EFI_VARIABLE_BOOT
+    cache = LogCaches().coverage
+    over_value = _event(3, 1, boot, data, SHA256.hash(value))
+    over_all = _event(4, 1, boot, data, SHA256.hash(data))
+    over_neither = _event(5, 1, boot, data, SHA256.hash(value + b"\x00"))
+    for _ in range(2):  # computed, then from the cache: the same answers
+        assert _coverage.data_covered(over_value, SHA256, cache) == (True, None, False)
+        assert _coverage.data_covered(over_all, SHA256, cache) == (True, None, True)
+        assert _coverage.data_covered(over_neither, SHA256, cache) == (False, None, False)
+
+
+def test_an_edk2_logs_boot_variables_are_covered_but_none_is_whole() -> None:
+    """On real edk2 firmware (OVMF) every Boot#### / BootOrder digest is over VariableData: the
+    log's BootLog says each is covered and none fully, and no Secure Boot fact comes from PCR1."""
+    log = parse_event_log(
+        (CORPUS / "qemu-ovmf-debian12" / "secureboot-shim-grub-kernel.bin").read_bytes()
+    )
+    vlog = assume_quoted_for_review(log, SHA256)
+    boot = [e for e in vlog.events if e.event_type == EventType.EV_EFI_VARIABLE_BOOT]
+    assert len(boot) >= 2
+    assert all(vlog.data_covered(e) is True for e in boot)
+    assert not any(vlog.fully_covered(e) for e in boot)
+    assert all(v.event.pcr == 7 for vs in extract(vlog).variables.values() for v in vs)
 
 
 def test_cached_coverage_workaround_names_each_events_own_position() -> None:

@@ -22,7 +22,8 @@ from ._workarounds import Workaround
 V = TypeVar("V")
 Key = tuple[int, int, bytes]  # (bank, event type, digest in that bank)
 Coverage = tuple[bool | None, Workaround | None, str]
-"""(covered, the coverage workaround it needed, its detail): independent of the event's position."""
+"""(covered, the coverage workaround it needed, its detail): independent of the event's position.
+The detail is empty exactly when a covered event's digest is of all its data."""
 DigestCounts = dict[bytes | None, int]
 
 

@@ -19,7 +19,12 @@ from ._caches import Coverage as _Result
 from ._parse import Event
 from ._workarounds import COVERAGE_WORKAROUNDS, AppliedWorkaround, variable_payload
 
-Coverage = tuple[bool | None, AppliedWorkaround | None]
+Coverage = tuple[bool | None, AppliedWorkaround | None, bool]
+"""(covered, the workaround it needed, whether the digest is of *all* the data): see data_covered."""
+
+VARIABLE_DATA_ONLY = "digest over VariableData only: the variable's name and GUID are not covered"
+"""The detail of an EV_EFI_VARIABLE_BOOT whose digest covers its VariableData only (the PC Client
+profile's own rule, edk2's way): covered, with no workaround, but not whole."""
 
 # Plain ints: an enum attribute lookup per event costs more than the comparison it feeds.
 _VARIABLE_DRIVER_CONFIG = int(EventType.EV_EFI_VARIABLE_DRIVER_CONFIG)
@@ -48,28 +53,31 @@ GRUB_PREFIXES = (b"grub_cmd: ", b"kernel_cmdline: ", b"grub_kernel_cmdline ", b"
 
 
 def data_covered(event: Event, bank: HashAlg, cache: ContentCache[_Result]) -> Coverage:
-    """(covered, workaround used): True/False where the spec defines the digest over the data, else None."""
+    """(covered, workaround used, whole): covered is True/False where the spec defines the digest
+    over the data, else None; whole is True only when the digest is the hash of every byte of the
+    data, with no workaround (only then may a value be read out of any part of it)."""
     digest = event.digests.get(bank)
     if digest is None:
-        return False, None
+        return False, None, False
     etype = event.event_type
     if etype not in _CHECKED:
-        return None, None
+        return None, None, False
     data = event.data
     result = cache.get((bank, etype, digest), data)
     if result is None:
         result = coverage_of(etype, data, digest, bank, cache)
     covered, workaround, detail = result
     if workaround is None:
-        return covered, None
-    return covered, AppliedWorkaround(workaround, event.pcr, event.index, detail)
+        return covered, None, covered is True and not detail
+    return covered, AppliedWorkaround(workaround, event.pcr, event.index, detail), False
 
 
 def coverage_of(
     etype: int, data: bytes, digest: bytes, bank: HashAlg, cache: ContentCache[_Result]
 ) -> _Result:
     """(covered, workaround, detail) of an event of a checked type that ``cache`` has not got (a
-    caller that looked already), computed and kept there."""
+    caller that looked already), computed and kept there. The detail is empty exactly when a
+    covered event's digest is of all its data."""
     result = _covered(etype, data, digest, bank)
     cache.put((bank, etype, digest), data, result)
     return result
@@ -83,11 +91,12 @@ def _covered(etype: int, data: bytes, digest: bytes, bank: HashAlg) -> _Result:
     if etype == _VARIABLE_BOOT:
         # The PC Client profile has EV_EFI_VARIABLE_BOOT hashed over VariableData (edk2 does this,
         # three in four of the corpus's): the spec's own rule, not a bug, tried first; the whole
-        # structure otherwise. Over VariableData the name and GUID are not covered: whoever reads
-        # them must check the digest is of the whole data (bootfacts does).
+        # structure otherwise. Over VariableData the name and GUID are not covered, which the
+        # detail says (so the event is covered but not whole: nothing reads its name).
         payload = variable_payload(data)
-        covered = payload is not None and bank.hash(payload) == digest
-        return covered or bank.hash(data) == digest, None, ""
+        if payload is not None and bank.hash(payload) == digest:
+            return True, None, VARIABLE_DATA_ONLY
+        return bank.hash(data) == digest, None, ""
     if bank.hash(data) == digest:
         return True, None, ""
     return _workaround_covered(etype, data, digest, bank)

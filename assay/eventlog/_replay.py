@@ -240,8 +240,11 @@ class _BootLog:
 
     def fully_covered(self, event: Event) -> bool:
         """Whether the digest is the hash of *all* the event data, with no workaround: only then may
-        the appraisal read a value (a name, a text, a key database) out of the data."""
-        return self.data_covered(event) is True and self.coverage_workaround(event) is None
+        the appraisal read a value (a name, a text, a key database) out of the data. An
+        EV_EFI_VARIABLE_BOOT hashed over its VariableData only is covered but not fully."""
+        self.data_covered(event)
+        whole: bool = self._memo[("covered", event.index)][2]
+        return whole
 
     def all_workarounds(self) -> tuple[AppliedWorkaround, ...]:
         """Every workaround this log needed: replay ones (from verify_log), then coverage ones for
