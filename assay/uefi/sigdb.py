@@ -26,15 +26,16 @@ from .signatures import _OWNER, _Layout, _layouts, _load_strictly
 class SignatureDatabase:
     """A signature database that passed every check of the full parse, its certificates
     validated. Made only by :func:`check_signature_database`; never mutated but for naming its
-    ids once (:attr:`ids`)."""
+    ids and collecting its entries of one size, each once (:attr:`ids`, :meth:`lacks`)."""
 
-    __slots__ = ("_certificates", "_data", "_hash_lists", "_ids")
+    __slots__ = ("_by_size", "_certificates", "_data", "_hash_lists", "_ids")
 
     def __init__(self, data: bytes, certificates: list[str], hash_lists: list[_Layout]) -> None:
         self._data = data
         self._certificates = frozenset(certificates)
         self._hash_lists = tuple(hash_lists)
         self._ids: frozenset[str] | None = None
+        self._by_size: dict[int, frozenset[bytes]] = {}
 
     @property
     def certificates(self) -> frozenset[str]:
@@ -59,13 +60,20 @@ class SignatureDatabase:
         certificates = self._certificates
         missing = [i for i in required.others if i not in certificates]
         for size, raws in required.by_size.items():
-            lists = [x for x in self._hash_lists if x.sig_size == size]
-            held = raws.intersection(
-                chain.from_iterable(_hash_entries(self._data, x) for x in lists)
-            )
-            if len(held) < len(raws):
+            held = self._entries_of_size(size)
+            if not raws <= held:
                 missing += (r.hex() for r in raws - held)
         return frozenset(i for i in missing if i not in certificates)
+
+    def _entries_of_size(self, size: int) -> frozenset[bytes]:
+        """The data of every hash entry ``size`` bytes long with its owner, as a set built once
+        (a golden version in a rollout compares two requirements with the same dbx)."""
+        got = self._by_size.get(size)
+        if got is None:
+            lists = [x for x in self._hash_lists if x.sig_size == size]
+            got = frozenset(chain.from_iterable(_hash_entries(self._data, x) for x in lists))
+            self._by_size[size] = got
+        return got
 
 
 class RequiredIds:
