@@ -14,7 +14,7 @@ from tests import test_fleet_protocol
 from tests.postgres import postgres_server, postgres_url  # noqa: F401
 from tests.test_fleet_protocol import Fleet, _agent, _first
 from tests.test_service_api import T0
-from verifier.service import background, golden_ops, incidents, reappraisal
+from verifier.service import background, golden_ops, incidents, inventory, reappraisal
 from verifier.store import hotpath, leases, maintenance, repo
 from verifier.store.models import (
     Attestation,
@@ -190,3 +190,23 @@ def test_revoking_moves_every_affected_node_through_the_batched_job(fleet: Fleet
     change = golden_ops.set_status(fleet.svc, "f", "1", "revoked", "CVE", "admin")
     assert len(change.reappraised) == len(agents)
     assert {r.state for r in change.reappraised} == {"untrusted"}
+
+
+def test_reappraising_every_node_runs_as_a_batched_job(fleet: Fleet) -> None:
+    """The admin "every node" re-appraisal: a job of batches like a revoke (no transaction over
+    the whole fleet), every node with stored evidence moved, a node without any left as it is."""
+    agents = [_agent(fleet, f"e{i}") for i in range(reappraisal.JOB_BATCH + 3)]
+    for a in agents:
+        _first(fleet, a)
+    quiet = _agent(fleet, "never-attested")
+    done = inventory.reappraise_nodes(fleet.svc, None, "audit", "admin")
+    assert sorted(r.node for r in done) == sorted(a.name for a in agents)
+    assert {r.state for r in done} == {"trusted"}
+    with fleet.store.read() as db:
+        [job] = db.scalars(select(ReappraisalJob))
+        assert job.kind == "all" and job.finished_at is not None
+        assert repo.get_node(db, quiet.name).state == "enrolled"  # type: ignore[union-attr]
+        reappraised = db.scalar(
+            select(func.count()).select_from(Attestation).where(Attestation.source == "reappraisal")
+        )
+    assert reappraised == len(agents)

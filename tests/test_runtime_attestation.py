@@ -10,12 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from assay.algorithms import HashAlg
 from assay.eventlog import assume_quoted_for_review, parse_event_log
 from golden.capture import capture
 from golden.yamlfmt import dump_yaml
+from verifier.service import reappraisal
 from verifier.store import runtime as rstore
+from verifier.store.models import ReappraisalJob
 
 from . import imalogbuilder as made
 from .conftest import CORPUS
@@ -288,6 +291,42 @@ def test_revoking_the_runtime_policy_takes_the_node_out_of_trusted_at_once(env: 
     r = attest(env, n)
     assert r.full_log_retry and r.answer["status"] == "unknown"
     assert r.answer["reason"] == "ima_policy_not_in_force"
+
+
+def test_a_runtime_policy_change_reappraises_the_nodes_it_applies_to_in_batches(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A status change re-appraises as a job of batches (one transaction each, so no single
+    transaction holds a fleet's rows), each batch the policy's nodes among the next ids only."""
+    monkeypatch.setattr(reappraisal, "JOB_BATCH", 2)
+    batches: list[list[str]] = []
+    real = reappraisal.reappraise_batch
+
+    def counted(svc: Any, db: Any, nodes: Any, *rest: Any) -> Any:
+        batches.append([n.name for n in nodes])
+        return real(svc, db, nodes, *rest)
+
+    monkeypatch.setattr(reappraisal, "reappraise_batch", counted)
+    ima = [node(env, f"ima-{i}") for i in range(3)]
+    for n in ima:
+        n.run(prog(0))
+        assert attest(env, n).answer["status"] == "trusted"
+    for i in range(2):  # enrolled after them, and the policy does not select them
+        node(env, f"plain-{i}", labels={"ima": "off"})
+    resp = env.client.post(
+        "/v1/runtime-policies/fleet-runtime/1/revoke",
+        headers=env.h("admin"),
+        json={"reason": "CVE-2026-7 in prog0"},
+    )
+    assert resp.status_code == 200, resp.json
+    assert [r["node"] for r in resp.json["reappraised"]] == ["ima-0", "ima-1", "ima-2"]
+    assert {r["state"] for r in resp.json["reappraised"]} == {"unknown"}
+    # ids in order: n1 (make_env's, no ima label), ima-0..2, plain-0..1; two per batch
+    assert batches == [["ima-0"], ["ima-1", "ima-2"], []]
+    with env.store.read() as db:
+        [job] = db.scalars(select(ReappraisalJob))
+        assert (job.kind, job.golden_name) == ("runtime", "fleet-runtime")
+        assert job.finished_at is not None
 
 
 def test_a_node_a_policy_selects_without_an_ima_list_is_not_trusted(env: Env) -> None:

@@ -40,7 +40,7 @@ def test_db_token_golden_nodes_round_trip(
 ) -> None:
     db = ["--database", str(tmp_path / "v.db")]
     code, out, _ = run(capsys, "db", "upgrade", *db, "--json")
-    assert code == 0 and json.loads(out)["revision"] == "0009"
+    assert code == 0 and json.loads(out)["revision"] == "0010"
     code, out, _ = run(
         capsys, "token", "create", "--role", "scheduler", "--ttl", "60", *db, "--json"
     )

@@ -17,7 +17,7 @@ from sqlalchemy import func, select, text
 from tests.postgres import postgres_server, postgres_url  # noqa: F401
 from verifier.store import Store, repo, upgrade
 from verifier.store.migrate import current_revision, head_revision
-from verifier.store.models import Base, EventLogBlob, Node, Nonce
+from verifier.store.models import Base, EventLogBlob, Node, Nonce, ReappraisalJob
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
 
@@ -57,14 +57,14 @@ def _node(s: Store, name: str = "n1") -> int:
 
 
 def test_migrations_create_exactly_the_models_schema(store: Store) -> None:
-    assert current_revision(store) == head_revision() == "0009"
+    assert current_revision(store) == head_revision() == "0010"
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
 
 
 def test_upgrade_twice_is_a_no_op(store: Store) -> None:
-    assert upgrade(store) == "0009"
+    assert upgrade(store) == "0010"
 
 
 def _row_version_migration() -> Any:
@@ -275,6 +275,26 @@ def test_sqlite_writers_in_many_threads_never_hit_database_is_locked(tmp_path: P
     s.close()
 
 
+def test_upgrade_to_0010_makes_every_earlier_reappraisal_job_a_golden_one(tmp_path: Path) -> None:
+    s = Store(str(tmp_path / "old.db"))
+    try:
+        assert upgrade(s, "0009") == "0009"
+        with s.engine.begin() as conn:  # a job left unfinished by a verifier before 0010
+            conn.execute(
+                text(
+                    "INSERT INTO reappraisal_jobs (golden_name, reason, actor, created_at, cursor)"
+                    " VALUES ('f', 'f@1 revoked: CVE', 'admin', :at, 7)"
+                ),
+                {"at": NOW.replace(tzinfo=None)},
+            )
+        assert upgrade(s) == "0010"
+        with s.read() as db:
+            [job] = db.scalars(select(ReappraisalJob))
+            assert (job.kind, job.golden_name, job.cursor) == ("golden", "f", 7)
+    finally:
+        s.close()
+
+
 def test_upgrade_from_0001_keeps_tokens_and_gives_them_no_labels(tmp_path: Path) -> None:
     s = Store(str(tmp_path / "old.db"))
     try:
@@ -287,7 +307,7 @@ def test_upgrade_from_0001_keeps_tokens_and_gives_them_no_labels(tmp_path: Path)
                 ),
                 {"h": repo.token_hash("s1"), "at": NOW.replace(tzinfo=None)},
             )
-        assert upgrade(s) == "0009"
+        assert upgrade(s) == "0010"
         with s.read() as db:
             token = repo.find_token(db, "s1")
             assert token is not None and token.labels == {}

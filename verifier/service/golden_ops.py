@@ -214,11 +214,3 @@ def set_canary(
     return CanaryChange(
         view, canary, reappraisal.reappraise_nodes(svc, affected, why, actor) if affected else []
     )
-
-
-def nodes_using(db: Session, name: str) -> list[str]:
-    """The nodes golden set ``name`` applies to (by the assignments' label selectors)."""
-    assignments = repo.list_assignments(db)
-    return [
-        n.name for n in repo.list_nodes(db) if name in repo.golden_names_for(n.labels, assignments)
-    ]

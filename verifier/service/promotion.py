@@ -41,7 +41,8 @@ from .attestation import find_attestation
 from .context import Services
 from .errors import BadRequest, Conflict, Forbidden, NotFound
 from .golden_policy import golden_from_row, parse_golden
-from .inventory import Reappraisal, reappraise_nodes
+from .inventory import Reappraisal
+from .reappraisal import run_job, start_job
 from .tokens import Caller
 
 PROMOTABLE = {
@@ -421,11 +422,12 @@ def approve(svc: Services, draft_id: str | int, reason: str, caller: Caller) -> 
             for t in (gs.ref, row.node_name):
                 repo.audit(db, caller.actor, "golden_approve", t, reason, details, now=now)
             view, golden = DraftView.of(row), golden_ops.GoldenView.of(golden_row)
-            affected = golden_ops.nodes_using(db, gs.name)
+            why = f"{golden.name}@{golden.version} approved: {reason}"
+            job_id, held = start_job(db, gs.name, why, caller.actor, svc.holder, now)
     except IntegrityError:
         raise Conflict("golden_exists", "that golden version was added meanwhile") from None
-    why = f"{golden.name}@{golden.version} approved: {reason}"
-    return Approved(view, golden, reappraise_nodes(svc, affected, why, caller.actor))
+    # Batches of nodes, one transaction each; another instance finishes it if this one dies.
+    return Approved(view, golden, run_job(svc, job_id, held))
 
 
 def reject(svc: Services, draft_id: str | int, reason: str, caller: Caller) -> DraftView:

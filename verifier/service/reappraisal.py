@@ -3,15 +3,17 @@
 The stored quote is verified again with the node's AK and nonce, the log replayed against it
 (cached when unchanged), and the verdict recorded (``attestation.record``) as a ``reappraisal``
 attestation that moves the node's state. It never refreshes a node: freshness stays that of the
-stored evidence. Admin requests (one node, every node) run in one transaction; a golden retire
-or revoke runs as a batched job (``ReappraisalJob``, 200 nodes per transaction under a lease),
-so thousands of nodes move in seconds and another instance finishes the job after a crash.
+stored evidence. One node's re-appraisal (an admin request, a label change) runs in one
+transaction; whatever may touch many nodes — a golden retire or revoke, an approved golden draft,
+a runtime policy's status change, the admin "every node" request — runs as a batched job
+(``ReappraisalJob``, 200 nodes per transaction under a lease), so thousands of nodes move in
+seconds, no transaction holds a fleet's rows, and another instance finishes the job after a crash.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +24,7 @@ from assay.errors import MalformedEvidence, VerificationFailed
 from assay.tpm2 import parse_public, verify_quote
 from verifier.appraisal import VerdictStatus
 from verifier.store import hotpath, leases, repo
+from verifier.store import runtime as rstore
 from verifier.store.models import Attestation, AttestationSource, Node, NodeState, ReappraisalJob
 
 from . import runtime_verdict
@@ -73,10 +76,15 @@ def _node(db: Session, name: str) -> Node:
 def reappraise_nodes(
     svc: Services, names: Sequence[str] | None, reason: str, actor: str
 ) -> list[Reappraisal]:
-    """Re-appraise each named node (all when ``names`` is None) in one transaction."""
+    """Re-appraise each named node in one transaction; every node (``names`` None) as a job of
+    batches (``EVERY_NODE``)."""
     now = svc.now()
+    if names is None:
+        return reappraise_as_job(
+            svc, lambda db: start_job(db, "", reason, actor, svc.holder, now, kind=EVERY_NODE)
+        )
     with svc.store.write() as db:
-        nodes = repo.list_nodes(db) if names is None else [_node(db, n) for n in names]
+        nodes = [_node(db, n) for n in names]
         return reappraise_batch(svc, db, nodes, reason, actor, now)
 
 
@@ -148,16 +156,30 @@ def _reassess(
     return known
 
 
-# --- batched jobs (golden retire / revoke) -------------------------------------------------------
+# --- batched jobs --------------------------------------------------------------------------------
+
+GOLDEN, RUNTIME, EVERY_NODE = "golden", "runtime", "all"
+"""Job kinds: the nodes a golden set applies to, those a runtime policy applies to, every node."""
+JOB_KINDS = (GOLDEN, RUNTIME, EVERY_NODE)
 
 
 def start_job(
-    db: Session, golden_name: str, reason: str, actor: str, holder: str, now: dt.datetime
+    db: Session,
+    name: str,
+    reason: str,
+    actor: str,
+    holder: str,
+    now: dt.datetime,
+    *,
+    kind: str = GOLDEN,
 ) -> tuple[int, leases.Held]:
-    """Create a job for every node ``golden_name`` applies to, held by ``holder`` at once (in the
-    caller's transaction, so no background runner takes it before the caller starts)."""
+    """Create a job for every node policy ``name`` of ``kind`` applies to (``EVERY_NODE``: every
+    node, ``name`` unused), held by ``holder`` at once (in the caller's transaction, so no
+    background runner takes it before the caller starts)."""
+    if kind not in JOB_KINDS:
+        raise ValueError(f"unknown re-appraisal job kind {kind!r}")
     job = ReappraisalJob(
-        golden_name=golden_name, reason=reason, actor=actor, created_at=now, cursor=0
+        kind=kind, golden_name=name, reason=reason, actor=actor, created_at=now, cursor=0
     )
     db.add(job)
     db.flush()
@@ -199,9 +221,26 @@ def _job_batch(
     )
     if not nodes:
         return [], None
-    assignments = repo.list_assignments(db)
-    todo = [n for n in nodes if job.golden_name in repo.golden_names_for(n.labels, assignments)]
+    name = job.golden_name
+    if job.kind == EVERY_NODE:
+        todo = nodes
+    elif job.kind == RUNTIME:
+        runtime = rstore.list_assignments(db)
+        todo = [n for n in nodes if name in rstore.names_for(n.labels, runtime)]
+    else:
+        golden = repo.list_assignments(db)
+        todo = [n for n in nodes if name in repo.golden_names_for(n.labels, golden)]
     return reappraise_batch(svc, db, todo, job.reason, job.actor, now), nodes[-1].id
+
+
+def reappraise_as_job(
+    svc: Services, start: Callable[[Session], tuple[int, leases.Held]]
+) -> list[Reappraisal]:
+    """``start`` (which makes the change and creates the job in one transaction), then the job
+    in batches: what this caller re-appraised."""
+    with svc.store.write() as db:
+        job_id, held = start(db)
+    return run_job(svc, job_id, held)
 
 
 def pending_jobs(db: Session) -> list[int]:

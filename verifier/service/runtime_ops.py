@@ -1,7 +1,8 @@
 """Runtime-policy lifecycle in the store: upload, list, show, assign by label selector, activate,
 retire, revoke — the golden sets' lifecycle (``lifecycle``) for IMA runtime policies.
 
-A status change re-appraises every node the policy applies to, at once: the IMA prefix a node's
+A status change re-appraises every node the policy applies to, at once (a job of batches,
+``reappraisal.run_job``, created in the status change's transaction): the IMA prefix a node's
 last verdict was judged on was judged by other policies, so its runtime checks become
 ``ima_policy_changed`` (unknown) until the node's next attestation sends its full list, which is
 judged under the policies now in force. A node leaves ``trusted`` the moment a policy it relied on
@@ -30,7 +31,7 @@ from .lifecycle import (
     check_printable,
     transition,
 )
-from .reappraisal import Reappraisal, reappraise_nodes
+from .reappraisal import RUNTIME, Reappraisal, run_job, start_job
 from .runtime_policy import parse_runtime
 
 MAX_RUNTIME = 16 * 1024 * 1024
@@ -162,15 +163,8 @@ def set_status(
             status, "runtime_revoke"
         )
         repo.audit(db, actor, action, f"{name}@{version}", reason, now=now)
-        affected = nodes_using(db, name)
         view = VersionView.of(row)
-    why = f"runtime policy {name}@{version} {status}: {reason}"
-    return RuntimeStatusChange(
-        view, reappraise_nodes(svc, affected, why, actor) if affected else []
-    )
-
-
-def nodes_using(db: Session, name: str) -> list[str]:
-    """The nodes runtime policy ``name`` applies to (by its assignments' label selectors)."""
-    assignments = rstore.list_assignments(db)
-    return [n.name for n in repo.list_nodes(db) if name in rstore.names_for(n.labels, assignments)]
+        why = f"runtime policy {name}@{version} {status}: {reason}"
+        job_id, held = start_job(db, name, why, actor, svc.holder, now, kind=RUNTIME)
+    # Batches of nodes, one transaction each; another instance finishes it if this one dies.
+    return RuntimeStatusChange(view, run_job(svc, job_id, held))

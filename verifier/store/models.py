@@ -312,12 +312,15 @@ class Lease(Base):
 
 
 class ReappraisalJob(Base):
-    """A batched re-appraisal (a golden retire or revoke): the nodes with id > ``cursor`` are
-    still to do; any instance resumes an unfinished job."""
+    """A batched re-appraisal (a golden set's retire or revoke, or a runtime policy's status
+    change): the nodes with id > ``cursor`` that policy ``golden_name`` of ``kind`` applies to
+    are still to do; any instance resumes an unfinished job."""
 
     __tablename__ = "reappraisal_jobs"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), default="golden", server_default="golden")
+    """``golden`` or ``runtime``: which assignments ``golden_name`` is matched against."""
     golden_name: Mapped[str] = mapped_column(String(200))
     reason: Mapped[str] = mapped_column(Text)
     actor: Mapped[str] = mapped_column(String(200))
