@@ -69,11 +69,14 @@ class VerifierServer(BaseApplication):  # type: ignore[misc]
 
 
 def _post_worker_init(worker: Any) -> None:
-    """Each worker delivers webhooks (a lease per receiver keeps one delivering at a time), and
-    leaves what it loaded to start out of the cyclic garbage collector's full passes."""
+    """Each worker delivers webhooks (a lease per receiver keeps one delivering at a time),
+    leaves what it loaded to start out of the cyclic garbage collector's full passes, and keeps
+    its collections short from then on (``_gcpolicy``)."""
+    from . import _gcpolicy
     from .webhooks import Dispatcher
 
     _freeze_startup_objects()
+    _gcpolicy.start()
 
     svc = worker.wsgi.extensions["assay"]
     if isinstance(svc, Services) and svc.config.webhooks:
