@@ -13,7 +13,7 @@ seconds, no transaction holds a fleet's rows, and another instance finishes the 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,9 +80,9 @@ def reappraise_nodes(
     batches (``EVERY_NODE``)."""
     now = svc.now()
     if names is None:
-        return reappraise_as_job(
-            svc, lambda db: start_job(db, "", reason, actor, svc.holder, now, kind=EVERY_NODE)
-        )
+        with svc.store.write() as db:
+            job_id, held = start_job(db, "", reason, actor, svc.holder, now, kind=EVERY_NODE)
+        return run_job(svc, job_id, held)
     with svc.store.write() as db:
         nodes = [_node(db, n) for n in names]
         return reappraise_batch(svc, db, nodes, reason, actor, now)
@@ -231,16 +231,6 @@ def _job_batch(
         golden = repo.list_assignments(db)
         todo = [n for n in nodes if name in repo.golden_names_for(n.labels, golden)]
     return reappraise_batch(svc, db, todo, job.reason, job.actor, now), nodes[-1].id
-
-
-def reappraise_as_job(
-    svc: Services, start: Callable[[Session], tuple[int, leases.Held]]
-) -> list[Reappraisal]:
-    """``start`` (which makes the change and creates the job in one transaction), then the job
-    in batches: what this caller re-appraised."""
-    with svc.store.write() as db:
-        job_id, held = start(db)
-    return run_job(svc, job_id, held)
 
 
 def pending_jobs(db: Session) -> list[int]:
