@@ -10,25 +10,35 @@ import time
 from types import SimpleNamespace
 
 import psycopg
+import pytest
 import requests
 
 from testkit.service import serve
 from tests.postgres import postgres_server, postgres_url  # noqa: F401
-from verifier.service import server
+from verifier.service import _gcpolicy, server
 from verifier.service.config import ServiceConfig
 from verifier.store import Store, upgrade
 
 
-def test_a_started_worker_keeps_its_startup_objects_out_of_full_collections() -> None:
+def test_a_started_worker_keeps_its_startup_objects_out_of_full_collections(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A full collection stops the whole gevent worker while it scans every tracked object; what
-    the worker loaded to start (modules, metadata, the app) is frozen out of those scans."""
+    the worker loaded to start (modules, metadata, the app) is frozen out of those scans at once,
+    and the worker's collection timer is running."""
     worker = SimpleNamespace(wsgi=SimpleNamespace(extensions={"assay": None}))  # no webhooks
+    timers: list[threading.Event] = []
+    real = _gcpolicy.start
+    monkeypatch.setattr(_gcpolicy, "start", lambda: timers.append(real()))
     gc.unfreeze()
     try:
         assert gc.get_freeze_count() == 0
         server._post_worker_init(worker)
         assert gc.get_freeze_count() > 10_000  # the test process's modules, at least
+        assert len(timers) == 1
     finally:
+        for stop in timers:  # the test process keeps its own collector
+            stop.set()
         gc.unfreeze()
 
 

@@ -1,7 +1,8 @@
 """The cyclic garbage collector in a served worker: short pauses, however much the caches hold.
 
 A full collection stops a gevent worker, and every request it holds, while it walks every
-tracked object. Once the caches hold a fleet (node snapshots, parsed AKs, verified logs) that
+tracked object. What the worker loaded to start (modules, SQLAlchemy's metadata, the app) made
+that 100-150 ms, so the first pass, at start, freezes it. Once the caches hold a fleet (node snapshots, parsed AKs, verified logs) that
 took 60-120 ms at 10,000 nodes, one per worker about once a minute, and it grows with the fleet
 (measured with ``scripts/_fleet.py``). So each worker collects on a timer and then freezes what
 survived (``gc.freeze``): a pass walks only what became long-lived since the last one (a few
@@ -49,10 +50,11 @@ class Collector:
 
 
 def start(interval: float = INTERVAL, collector: Collector | None = None) -> threading.Event:
-    """Run ``collector`` every ``interval`` seconds in a daemon thread (a greenlet in a gevent
-    worker) until the returned event is set."""
+    """Run ``collector`` once now, then every ``interval`` seconds in a daemon thread (a greenlet
+    in a gevent worker) until the returned event is set."""
     stop = threading.Event()
     every = collector or Collector()
+    every.step()
 
     def loop() -> None:
         while not stop.wait(interval):

@@ -6,7 +6,6 @@ cannot stall the service the way two idle sockets stalled two sync workers (docs
 
 from __future__ import annotations
 
-import gc
 from typing import Any
 
 from flask import Flask
@@ -75,22 +74,11 @@ def _post_worker_init(worker: Any) -> None:
     from . import _gcpolicy
     from .webhooks import Dispatcher
 
-    _freeze_startup_objects()
-    _gcpolicy.start()
+    _gcpolicy.start()  # its first pass, now, freezes what the worker loaded to start
 
     svc = worker.wsgi.extensions["assay"]
     if isinstance(svc, Services) and svc.config.webhooks:
         Dispatcher(svc).start()
-
-
-def _freeze_startup_objects() -> None:
-    """Move every object the worker holds now (modules, SQLAlchemy's metadata, the app) to the
-    collector's permanent generation. A full collection stops the whole gevent worker while it
-    scans every tracked object: 100-150 ms each with them (seen twice in 20 s under load, each a
-    spike in every waiting request's latency), a fraction of that without. They live as long as
-    the process; reference counting still frees anything that stops being used."""
-    gc.collect()
-    gc.freeze()
 
 
 def _child_exit(server: Any, worker: Any) -> None:
